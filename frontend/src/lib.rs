@@ -1,0 +1,1 @@
+//! placeholder until the crate's first module lands

@@ -1,0 +1,37 @@
+//! `pgc`, the parameter-golf compiler. The CLI contract is in
+//! ../shared/spec/DESIGN.md ("The command line contract"); each subcommand
+//! lives in its own module under `src/cli/`.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "pgc",
+    version,
+    about = "The parameter-golf compiler: .pgdsl models to fused sm_90a PTX, with a CPU reference",
+    long_about = "pgc lowers a model written in .pgdsl to a typed graph IR with quantization \
+annotations, derives the backward pass, fuses the graph into kernels and emits PTX for \
+H100 (sm_90a). A CPU backend computes the same program as the reference.\n\n\
+Exit status: 0 success, 1 a check failed, 2 bad input."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile a model: IR, report (parameters, storage, FLOPs), and later plan and PTX.
+    Compile(cli::compile::CompileArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compile(a) => cli::compile::run(a),
+    };
+    cli::finish(result)
+}
