@@ -1,1 +1,3 @@
-//! placeholder until the crate's first module lands
+//! pgc code generators.
+
+pub mod cpu;

@@ -1,1 +1,1 @@
-//! placeholder until the crate's first module lands
+//! The lowering of .pgdsl source to the IR.

@@ -17,3 +17,6 @@ pub use op::{AttnPart, BinaryFn, Op, ReduceFn, TypeError, UnaryFn};
 pub use quant::{Init, Qat, QuantSpec, StorageClass};
 pub use types::{broadcast_shapes, numel, DType, Shape, TensorType};
 pub use verify::verify;
+pub mod passes;
+pub mod report;
+pub mod text;

@@ -1,1 +1,6 @@
-//! placeholder until the crate's first module lands
+//! pgc runtime: the device abstraction, the PTX simulator, weights and tokens I/O.
+
+pub mod device;
+pub mod sim;
+pub mod weights;
+pub mod init;

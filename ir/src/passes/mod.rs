@@ -1,0 +1,3 @@
+//! Graph-to-graph passes. Each has a name (for `--dump-after NAME`).
+
+pub mod autodiff;

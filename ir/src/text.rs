@@ -1,0 +1,1 @@
+//! The readable text form of a graph: printed and parsed back.

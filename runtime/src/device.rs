@@ -1,0 +1,1 @@
+//! The device abstraction shared by the PTX simulator and the CUDA runtime.

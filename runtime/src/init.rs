@@ -1,0 +1,1 @@
+//! The training initialisation of spec/MODEL.md, seeded (`--random-weights SEED`).

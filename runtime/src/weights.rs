@@ -1,0 +1,1 @@
+//! Loading and saving parameter tensors and token files (safetensors), with checks.
