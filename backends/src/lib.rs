@@ -1,3 +1,4 @@
 //! pgc code generators.
 
 pub mod cpu;
+pub mod ptx;
