@@ -1,1 +1,347 @@
 //! The CPU reference backend: executes forward and backward graphs in f64 or f32.
+//!
+//! [`execute`] interprets a verified [`Graph`] node by node, from named
+//! parameters and inputs to the named outputs asked for. Only nodes those
+//! outputs depend on run; each intermediate buffer is freed right after its
+//! last use (use counts), and an element-wise op reuses its operand's buffer
+//! when that was the operand's last use. The float type `F` ([`Real`]: f64
+//! or f32) is the precision of every arithmetic step.
+//!
+//! Matrix products go through `matrixmultiply`, split over the rayon threads;
+//! large element-wise loops, reductions and attention heads run on rayon too.
+//! Attention computes one `T x T` score block per (batch, head) at a time. The
+//! three `CausalAttentionGrad` nodes of one attention (same operands) are
+//! computed together the first time one of them runs; the others are kept
+//! until their turn.
+
+mod attention;
+pub mod linalg;
+pub mod ops;
+pub mod real;
+pub mod tensor;
+
+pub use real::Real;
+pub use tensor::{Buf, Tensor};
+
+use pgc_ir::{AttnPart, Graph, Op, TensorType, ValueId};
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("the graph does not verify: {0}")]
+    Invalid(String),
+    #[error("missing parameter `{0}`")]
+    MissingParam(String),
+    #[error("parameter `{name}`: expected shape {expected:?}, got {got:?}")]
+    ParamShape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("parameter `{0}` must be a float tensor")]
+    ParamDtype(String),
+    #[error("missing input `{0}`")]
+    MissingInput(String),
+    #[error("input `{name}`: expected {expected}, got {got}")]
+    InputType { name: String, expected: TensorType, got: String },
+    #[error("the graph has no output named `{0}`")]
+    NoOutput(String),
+    #[error("%{node} = {op}: {msg}")]
+    Op { node: u32, op: &'static str, msg: String },
+}
+
+/// Time spent per op kind.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    /// (op name, nodes run, seconds), slowest first.
+    pub ops: Vec<(&'static str, usize, f64)>,
+}
+
+impl Profile {
+    pub fn render(&self) -> String {
+        let total: f64 = self.ops.iter().map(|o| o.2).sum();
+        let mut s = format!("{:<24} {:>6} {:>10}\n", "op", "nodes", "seconds");
+        for (name, n, t) in &self.ops {
+            s += &format!("{name:<24} {n:>6} {t:>10.4}\n");
+        }
+        s += &format!("{:<24} {:>6} {total:>10.4}\n", "total", "");
+        s
+    }
+}
+
+/// The outputs asked for, by name, and the time per op kind.
+pub struct Run<F> {
+    pub outputs: Vec<(String, Tensor<F>)>,
+    pub profile: Profile,
+}
+
+impl<F> Run<F> {
+    pub fn get(&self, name: &str) -> Option<&Tensor<F>> {
+        self.outputs.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+/// Run `g` on `params` (by parameter name) and `inputs` (by `Input` name) and
+/// return the outputs named in `wanted` (all outputs when `None`).
+pub fn execute<F: Real>(
+    g: &Graph,
+    params: &HashMap<String, Tensor<F>>,
+    inputs: &HashMap<String, Tensor<F>>,
+    wanted: Option<&[&str]>,
+) -> Result<Run<F>, CpuError> {
+    pgc_ir::verify(g).map_err(|es| CpuError::Invalid(es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+    let outs: Vec<(String, ValueId)> = match wanted {
+        None => g.outputs.clone(),
+        Some(names) => names
+            .iter()
+            .map(|n| g.output(n).map(|v| (n.to_string(), v)).ok_or_else(|| CpuError::NoOutput(n.to_string())))
+            .collect::<Result<_, _>>()?,
+    };
+    let n = g.nodes.len();
+    let mut needed = vec![false; n];
+    for (_, v) in &outs {
+        needed[v.index()] = true;
+    }
+    for i in (0..n).rev() {
+        if needed[i] {
+            for a in &g.nodes[i].args {
+                needed[a.index()] = true;
+            }
+        }
+    }
+    let mut remaining = vec![0u32; n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        if needed[i] {
+            for a in &node.args {
+                remaining[a.index()] += 1;
+            }
+        }
+    }
+    for (_, v) in &outs {
+        remaining[v.index()] += 1;
+    }
+    // Attention gradient groups: operands -> [(part, node)].
+    let mut attn_groups: HashMap<Vec<ValueId>, Vec<(AttnPart, usize)>> = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        if let (true, Op::CausalAttentionGrad { wrt, .. }) = (needed[i], &node.op) {
+            attn_groups.entry(node.args.clone()).or_default().push((*wrt, i));
+        }
+    }
+    let mut stash: HashMap<usize, Tensor<F>> = HashMap::new();
+    let mut vals: Vec<Option<Tensor<F>>> = vec![None; n];
+    let mut prof: HashMap<&'static str, (usize, f64)> = HashMap::new();
+
+    for i in 0..n {
+        if !needed[i] {
+            continue;
+        }
+        let node = &g.nodes[i];
+        let mut args = Vec::with_capacity(node.args.len());
+        for a in &node.args {
+            let ai = a.index();
+            remaining[ai] -= 1;
+            let t = if remaining[ai] == 0 { vals[ai].take() } else { vals[ai].clone() };
+            args.push(t.expect("internal: operand computed before use"));
+        }
+        let start = Instant::now();
+        let opname = node.op.name();
+        let oerr = |msg: String| CpuError::Op { node: i as u32, op: opname, msg };
+        let out: Tensor<F> = match &node.op {
+            Op::Input { name, ty } => {
+                let t = inputs.get(name).ok_or_else(|| CpuError::MissingInput(name.clone()))?;
+                if t.dtype() != ty.dtype || t.shape != ty.shape {
+                    return Err(CpuError::InputType {
+                        name: name.clone(),
+                        expected: ty.clone(),
+                        got: format!("{}{:?}", t.dtype(), t.shape),
+                    });
+                }
+                t.clone()
+            }
+            Op::Param { name } => {
+                let info = g.param(name).expect("verified");
+                let t = params.get(name).ok_or_else(|| CpuError::MissingParam(name.clone()))?;
+                if t.as_float().is_none() {
+                    return Err(CpuError::ParamDtype(name.clone()));
+                }
+                if t.shape != info.shape {
+                    return Err(CpuError::ParamShape { name: name.clone(), expected: info.shape.clone(), got: t.shape.clone() });
+                }
+                t.clone()
+            }
+            Op::CausalAttentionGrad { scale, .. } => match stash.remove(&i) {
+                Some(t) => t,
+                None => {
+                    let group = &attn_groups[&node.args];
+                    let want = [AttnPart::Q, AttnPart::K, AttnPart::V].map(|p| group.iter().any(|(w, _)| *w == p));
+                    let res = attention::backward(&args[0], &args[1], &args[2], &args[3], *scale, want);
+                    let mut mine = None;
+                    for (part, node_id) in group {
+                        let k = *part as usize;
+                        let t = res[k].clone().expect("computed");
+                        if *node_id == i {
+                            mine = Some(t);
+                        } else if *node_id > i {
+                            stash.insert(*node_id, t);
+                        }
+                    }
+                    mine.expect("node is in its group")
+                }
+            },
+            op => eval(op, args, &node.ty).map_err(oerr)?,
+        };
+        if out.shape != node.ty.shape || out.dtype() != node.ty.dtype {
+            return Err(oerr(format!("internal: computed {}{:?}, expected {}", out.dtype(), out.shape, node.ty)));
+        }
+        let e = prof.entry(opname).or_default();
+        e.0 += 1;
+        e.1 += start.elapsed().as_secs_f64();
+        if remaining[i] > 0 {
+            vals[i] = Some(out);
+        }
+    }
+    let outputs = outs
+        .iter()
+        .map(|(name, v)| (name.clone(), vals[v.index()].clone().expect("output computed")))
+        .collect();
+    let mut ops: Vec<_> = prof.into_iter().map(|(k, (c, t))| (k, c, t)).collect();
+    ops.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(Run { outputs, profile: Profile { ops } })
+}
+
+/// Evaluate one op on its operands (all except the ones with external state).
+fn eval<F: Real>(op: &Op, mut args: Vec<Tensor<F>>, ty: &TensorType) -> Result<Tensor<F>, String> {
+    let bad_id = |what: &str, (pos, id): (usize, i32), limit: usize| format!("{what} {id} at position {pos} is outside 0..{limit}");
+    Ok(match op {
+        Op::Input { .. } | Op::Param { .. } | Op::CausalAttentionGrad { .. } => unreachable!("handled by execute"),
+        Op::Scalar { value } => Tensor::float(vec![], vec![F::from_f64(*value)]),
+        Op::Unary { f } => {
+            let f = *f;
+            ops::map(args.pop().unwrap(), move |x| ops::unary_fn(f, x))
+        }
+        Op::LeakyRelu { slope } => {
+            let s = F::from_f64(*slope);
+            ops::map(args.pop().unwrap(), move |x| if x > F::ZERO { x } else { s * x })
+        }
+        Op::LeakyStep { slope } => {
+            let s = F::from_f64(*slope);
+            ops::map(args.pop().unwrap(), move |x| if x > F::ZERO { F::ONE } else { s })
+        }
+        Op::Binary { f } => {
+            let f = *f;
+            let b = args.pop().unwrap();
+            let a = args.pop().unwrap();
+            ops::binary(a, b, &ty.shape, move |x, y| ops::binary_fn(f, x, y))
+        }
+        Op::Reduce { f, axis, keepdim } => ops::reduce(args.pop().unwrap(), *f, *axis, *keepdim),
+        Op::Reshape { shape } => args.pop().unwrap().with_shape(shape.clone()),
+        Op::Permute { perm } => ops::permute(args.pop().unwrap(), perm),
+        Op::Broadcast { shape } => ops::broadcast(args.pop().unwrap(), shape),
+        Op::SumTo { shape } => ops::sum_to(args.pop().unwrap(), shape),
+        Op::Index { axis, index } => ops::index(args.pop().unwrap(), *axis, *index),
+        Op::Unindex { axis, index, size } => ops::unindex(args.pop().unwrap(), *axis, *index, *size),
+        Op::Linear => linalg::linear(&args[0], &args[1]),
+        Op::MatMul => linalg::matmul(&args[0], &args[1]),
+        Op::OuterSum => linalg::outer_sum(&args[0], &args[1]),
+        Op::Gather => ops::gather(&args[0], &args[1]).map_err(|e| bad_id("token id", e, args[0].shape[0]))?,
+        Op::ScatterAdd { rows } => ops::scatter_add(&args[0], &args[1], *rows).map_err(|e| bad_id("row id", e, *rows))?,
+        Op::BigramHash { buckets } => ops::bigram_hash(&args[0], *buckets),
+        Op::Shift { axis, offset } => ops::shift(args.pop().unwrap(), *axis, *offset),
+        Op::Rope { base, inverse } => ops::rope(args.pop().unwrap(), *base, *inverse),
+        Op::CausalAttention { scale } => attention::forward(&args[0], &args[1], &args[2], *scale),
+        Op::FakeQuant { bits } => ops::fake_quant(args.pop().unwrap(), *bits),
+        Op::CrossEntropy => {
+            let v = *args[0].shape.last().unwrap();
+            ops::cross_entropy(&args[0], &args[1]).map_err(|e| bad_id("target", e, v))?
+        }
+        Op::CrossEntropyGrad => {
+            let v = *args[0].shape.last().unwrap();
+            ops::cross_entropy_grad(&args[0], &args[1], &args[2]).map_err(|e| bad_id("target", e, v))?
+        }
+    })
+}
+
+/// Maximum absolute value of a float slice (0 for an empty one).
+pub fn max_abs(x: &[f64]) -> f64 {
+    x.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// The relative error `max|a - b| / max|b|` of two tensors of equal length
+/// (`max|a - b|` when `b` is all zero).
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let d = a.iter().zip(b).fold(0.0f64, |m, (x, y)| if (x - y).is_nan() { f64::INFINITY } else { m.max((x - y).abs()) });
+    let s = max_abs(b);
+    if s > 0.0 {
+        d / s
+    } else {
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgc_ir::{BinaryFn, Init, Mode, ParamInfo, QuantSpec, ReduceFn};
+
+    fn graph_with(params: &[(&str, &[usize])]) -> (Graph, Vec<ValueId>) {
+        let mut g = Graph::new(Mode::Eval);
+        let mut ids = vec![];
+        for (name, shape) in params {
+            g.add_param(ParamInfo { name: name.to_string(), shape: shape.to_vec(), quant: QuantSpec::default(), init: Init::Zeros, origin: None })
+                .unwrap();
+            ids.push(g.push(Op::Param { name: name.to_string() }, &[], None).unwrap());
+        }
+        (g, ids)
+    }
+
+    #[test]
+    fn broadcast_binary_and_reduce() {
+        let (mut g, p) = graph_with(&[("a", &[2, 3]), ("b", &[3])]);
+        let s = g.push(Op::Binary { f: BinaryFn::Mul }, &[p[0], p[1]], None).unwrap();
+        let r = g.push(Op::Reduce { f: ReduceFn::Sum, axis: 1, keepdim: false }, &[s], None).unwrap();
+        g.outputs.push(("r".into(), r));
+        let mut params = HashMap::new();
+        params.insert("a".to_string(), Tensor::<f64>::float(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]));
+        params.insert("b".to_string(), Tensor::<f64>::float(vec![3], vec![1., 10., 100.]));
+        let run = execute(&g, &params, &HashMap::new(), None).unwrap();
+        assert_eq!(run.get("r").unwrap().f(), &[321.0, 654.0]);
+        params.remove("b");
+        assert!(matches!(execute(&g, &params, &HashMap::new(), None), Err(CpuError::MissingParam(_))));
+    }
+
+    #[test]
+    fn fake_quant_rounds_half_to_even_with_f16_scales() {
+        // row max 7 -> scale 1: 2.5 -> 2, 3.5 -> 4, -0.5 -> -0
+        let w = Tensor::<f64>::float(vec![1, 4], vec![2.5, 3.5, -0.5, 7.0]);
+        assert_eq!(ops::fake_quant(w, 4).f(), &[2.0, 4.0, -0.0, 7.0]);
+        // zero row: scale is f16's smallest normal, values stay zero
+        let z = Tensor::<f64>::float(vec![1, 2], vec![0.0, 0.0]);
+        assert_eq!(ops::fake_quant(z, 4).f(), &[0.0, 0.0]);
+        // scale 0.1/7 is not an f16: the grid is the rounded scale
+        let w = Tensor::<f64>::float(vec![1, 2], vec![0.1, -0.05]);
+        let s = half::f16::from_f32((0.1f64 / 7.0) as f32).to_f64();
+        let out = ops::fake_quant(w, 4);
+        assert_eq!(out.f()[0], (0.1 / s).round_ties_even().min(7.0) * s);
+    }
+
+    #[test]
+    fn bigram_hash_matches_the_spec() {
+        let ids = Tensor::<f64>::int(vec![1, 3], vec![5, 7, 1000]);
+        let h = ops::bigram_hash(&ids, 97);
+        let m = 96i64;
+        assert_eq!(h.i(), &[96, (((36313 * 7) ^ (27191 * 5)) % m) as i32, (((36313 * 1000) ^ (27191 * 7)) % m) as i32]);
+    }
+
+    #[test]
+    fn gemm_split_matches_single_thread() {
+        let (m, k, n) = (300, 70, 90);
+        let a: Vec<f64> = (0..m * k).map(|i| ((i * 7919) % 13) as f64 - 6.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| ((i * 104729) % 11) as f64 - 5.0).collect();
+        let mut c = vec![0.0; m * n];
+        linalg::gemm(m, k, n, &a, k, 1, &b, n, 1, &mut c);
+        for i in (0..m).step_by(37) {
+            for j in (0..n).step_by(11) {
+                let want: f64 = (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum();
+                assert_eq!(c[i * n + j], want);
+            }
+        }
+    }
+}

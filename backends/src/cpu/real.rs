@@ -1,0 +1,176 @@
+//! The working precision of the CPU backend: f64 (the reference) or f32.
+
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+/// A float type the CPU backend computes in. Every arithmetic step of an op
+/// is done in this type (as PyTorch does in the tensor's dtype).
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialOrd
+    + Debug
+    + Display
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + Sum
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NAME: &'static str;
+    const NEG_INFINITY: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn tanh(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn abs(self) -> Self;
+    fn sin(self) -> Self;
+    fn cos(self) -> Self;
+    fn powf(self, e: Self) -> Self;
+    fn round_ties_even(self) -> Self;
+    fn is_nan(self) -> bool;
+    fn max(self, o: Self) -> Self;
+    fn min(self, o: Self) -> Self;
+    /// Round to the nearest IEEE half (through f32, as PyTorch's conversion
+    /// of a double to float16 does) and back.
+    fn round_to_f16(self) -> Self;
+    /// `c = alpha * a @ b + beta * c` for row/column strided matrices
+    /// (`a` is m x k, `b` k x n, `c` m x n).
+    ///
+    /// # Safety
+    /// The pointers and strides must describe valid, non-overlapping (for c) memory.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+macro_rules! impl_real {
+    ($t:ident, $gemm:path, $name:literal) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NAME: &'static str = $name;
+            const NEG_INFINITY: Self = $t::NEG_INFINITY;
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn exp(self) -> Self {
+                $t::exp(self)
+            }
+            #[inline]
+            fn ln(self) -> Self {
+                $t::ln(self)
+            }
+            #[inline]
+            fn tanh(self) -> Self {
+                $t::tanh(self)
+            }
+            #[inline]
+            fn sqrt(self) -> Self {
+                $t::sqrt(self)
+            }
+            #[inline]
+            fn abs(self) -> Self {
+                $t::abs(self)
+            }
+            #[inline]
+            fn sin(self) -> Self {
+                $t::sin(self)
+            }
+            #[inline]
+            fn cos(self) -> Self {
+                $t::cos(self)
+            }
+            #[inline]
+            fn powf(self, e: Self) -> Self {
+                $t::powf(self, e)
+            }
+            #[inline]
+            fn round_ties_even(self) -> Self {
+                $t::round_ties_even(self)
+            }
+            #[inline]
+            fn is_nan(self) -> bool {
+                $t::is_nan(self)
+            }
+            #[inline]
+            fn max(self, o: Self) -> Self {
+                // NaN-propagating like torch.maximum.
+                if self.is_nan() || o.is_nan() {
+                    $t::NAN
+                } else if self >= o {
+                    self
+                } else {
+                    o
+                }
+            }
+            #[inline]
+            fn min(self, o: Self) -> Self {
+                if self.is_nan() || o.is_nan() {
+                    $t::NAN
+                } else if self <= o {
+                    self
+                } else {
+                    o
+                }
+            }
+            #[inline]
+            fn round_to_f16(self) -> Self {
+                half::f16::from_f32(self as f32).to_f32() as $t
+            }
+            unsafe fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+            }
+        }
+    };
+}
+
+impl_real!(f64, matrixmultiply::dgemm, "f64");
+impl_real!(f32, matrixmultiply::sgemm, "f32");
