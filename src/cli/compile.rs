@@ -1,7 +1,23 @@
-//! `pgc compile`.
+//! `pgc compile`: model source -> IR (JSON, text), report.
 
 use super::{CliResult, Failure};
-use std::path::PathBuf;
+use anyhow::Context;
+use pgc_ir::report::Report;
+use pgc_ir::{Graph, Mode};
+use std::path::{Path, PathBuf};
+
+/// Passes whose result `--dump-after` can print, in pipeline order.
+pub const PASSES: &[&str] = &["lower"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// The IR in its text form (train mode).
+    Ir,
+    /// The IR as JSON (as written to model.ir.json).
+    Json,
+    /// report.json.
+    Report,
+}
 
 #[derive(clap::Args)]
 pub struct CompileArgs {
@@ -13,9 +29,86 @@ pub struct CompileArgs {
     /// Output directory for model.ir.json, report.json (and later plan.json, model.ptx).
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
+    /// Print to stdout (comma-separated): ir (text IR), json (IR JSON), report (report JSON).
+    /// The human summary then goes to stderr.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub emit: Vec<Emit>,
+    /// Print the IR (text form) after the named pass; with -o also write DIR/after-PASS.ir.
+    #[arg(long = "dump-after", value_name = "PASS", value_parser = clap::builder::PossibleValuesParser::new(PASSES))]
+    pub dump_after: Vec<String>,
 }
 
 pub fn run(args: CompileArgs) -> CliResult {
-    let _sets = super::parse_sets(&args.sets)?;
-    Err(Failure::Other(anyhow::anyhow!("the frontend is being written; {} not compiled", args.model.display())))
+    let sets = super::parse_sets(&args.sets)?;
+    let path = args.model.display().to_string();
+    let bytes = std::fs::read(&args.model).map_err(|e| Failure::BadInput(format!("error: cannot read {path}: {e}")))?;
+    let source = String::from_utf8(bytes).map_err(|e| {
+        Failure::BadInput(format!("error: {path}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+    })?;
+    let graph = pgc_frontend::compile_model(&source, &path, &sets, Mode::Train)
+        .map_err(|d| Failure::BadInput(d.render(&source)))?;
+
+    let report = Report::from_graph(&graph);
+    let report_json = serde_json::to_string_pretty(&report.to_json()).context("serializing the report")? + "\n";
+    let ir_json = serde_json::to_string(&graph).context("serializing the IR")? + "\n";
+
+    let mut stdout = String::new();
+    let mut files: Vec<(String, String)> = vec![("model.ir.json".into(), ir_json.clone()), ("report.json".into(), report_json.clone())];
+    for pass in &args.dump_after {
+        let text = dump(&graph);
+        stdout.push_str(&format!("// IR after pass `{pass}`\n{text}"));
+        files.push((format!("after-{pass}.ir"), text));
+    }
+    for e in &args.emit {
+        match e {
+            Emit::Ir => stdout.push_str(&pgc_ir::text::print(&graph)),
+            Emit::Json => stdout.push_str(&ir_json),
+            Emit::Report => stdout.push_str(&report_json),
+        }
+    }
+    if let Some(dir) = &args.out {
+        write_all_atomic(dir, &files)?;
+    }
+    let summary = format!("{path}\n{}", report.summary());
+    if stdout.is_empty() {
+        print!("{summary}");
+    } else {
+        eprint!("{summary}");
+        print!("{stdout}");
+    }
+    Ok(())
+}
+
+fn dump(g: &Graph) -> String {
+    pgc_ir::text::print(g)
+}
+
+/// Write every file under `dir` through temporary files, then rename them all:
+/// on failure no output file is left half-written (and temporaries are removed).
+fn write_all_atomic(dir: &Path, files: &[(String, String)]) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pid = std::process::id();
+    let mut temps = Vec::new();
+    let cleanup = |temps: &[PathBuf]| {
+        for t in temps {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    for (name, content) in files {
+        let tmp = dir.join(format!(".{name}.tmp.{pid}"));
+        if let Err(e) = std::fs::write(&tmp, content) {
+            temps.push(tmp.clone());
+            cleanup(&temps);
+            return Err(Failure::Other(anyhow::anyhow!("writing {}: {e}", tmp.display())));
+        }
+        temps.push(tmp);
+    }
+    for ((name, _), tmp) in files.iter().zip(&temps) {
+        let dst = dir.join(name);
+        if let Err(e) = std::fs::rename(tmp, &dst) {
+            cleanup(&temps);
+            return Err(Failure::Other(anyhow::anyhow!("writing {}: {e}", dst.display())));
+        }
+    }
+    Ok(())
 }
