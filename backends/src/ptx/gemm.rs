@@ -1,0 +1,918 @@
+//! GEMM emitters: `C[M, N] = op(A) @ op(B)` with a fused [`Epilogue`].
+//!
+//! Two precisions share one skeleton (operand loaders into a multi-stage
+//! shared-memory ring, the k-loop, the epilogue):
+//! * [`Precision::Bf16`]: bf16 operands, f32 accumulation on tensor cores
+//!   (`mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`), fragments read
+//!   with `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16`, tiles copied with
+//!   `cp.async` (zero-filling out-of-bounds chunks with src-size 0).
+//! * [`Precision::F32`]: f32 operands, `fma.rn.f32` on a 16-wide thread grid
+//!   (the `--precision f32` debugging mode).
+//!
+//! ## Conventions (the kernel's contract)
+//! * Parameters, in order: `a, b, c` (`.u64` pointers), `m, n, k` (`.u32`),
+//!   then one `.u64` per epilogue step that names a tensor ([`Epilogue::params`]).
+//!   Sizes are run-time parameters; tile shapes, layouts, vector widths and the
+//!   epilogue are baked in.
+//! * Layouts (all row-major in memory; leading dimension = the stored row length):
+//!   - A: [`AStore::MK`] stores `A[M, K]` (K contiguous); [`AStore::KM`] stores
+//!     `A^T` as `[K, M]` (M contiguous).
+//!   - B: [`BStore::NK`] stores `[N, K]` (K contiguous: `x @ W^T` with `W[N, K]`);
+//!     [`BStore::KN`] stores `[K, N]` (N contiguous).
+//!   - C and every per-element epilogue tensor: `[M, N]`, leading dimension N.
+//!   The model's three training GEMMs: [`GemmLayout::LINEAR`] (`x[M,K] @ W[N,K]^T`),
+//!   [`GemmLayout::INPUT_GRAD`] (`dy[M,N] @ W[N,K]`; GEMM `N` = model K),
+//!   [`GemmLayout::WEIGHT_GRAD`] (`dy[T,N]^T @ x[T,K]`; GEMM `M,N,K` = model `N,K,T`).
+//! * Vector widths `vec_a`, `vec_b` (elements per global load) are promises:
+//!   the contiguous extent of the operand is a multiple of the width and the
+//!   base pointer is aligned to `width * element size` bytes.
+//!   [`GemmConfig::new`] picks the widest width the given sizes allow. `vec_c`
+//!   (1 or 2) likewise for N and the output / epilogue tensors.
+//! * Any `M, N, K >= 1` satisfying the promises works: loads outside the
+//!   matrices are zero-filled (never issued), stores are predicated.
+//! * Launch: `grid = [ceil(N / bn), ceil(M / bm), 1]`, `block = [threads, 1, 1]`,
+//!   dynamic shared memory [`GemmKernel::smem_bytes`] (above 48 KiB the CUDA
+//!   runtime must raise the kernel's dynamic shared-memory limit first).
+
+use super::builder::*;
+use super::epilogue::{self, Epilogue};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 operands, tensor cores, f32 accumulation.
+    Bf16,
+    /// f32 operands, FFMA.
+    F32,
+}
+
+impl Precision {
+    pub fn elem_bytes(self) -> u32 {
+        match self {
+            Precision::Bf16 => 2,
+            Precision::F32 => 4,
+        }
+    }
+}
+
+/// How A (logically `[M, K]`) is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AStore {
+    /// `[M, K]` row-major.
+    MK,
+    /// `[K, M]` row-major (A transposed).
+    KM,
+}
+
+/// How B (logically `[K, N]`) is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BStore {
+    /// `[N, K]` row-major (B transposed, e.g. a weight `W[N, K]` in `x @ W^T`).
+    NK,
+    /// `[K, N]` row-major.
+    KN,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GemmLayout {
+    pub a: AStore,
+    pub b: BStore,
+}
+
+impl GemmLayout {
+    /// `x[M, K] @ W[N, K]^T`
+    pub const LINEAR: GemmLayout = GemmLayout { a: AStore::MK, b: BStore::NK };
+    /// `dy[M, N] @ W[N, K]` (here GEMM `K` = the model's N, GEMM `N` = the model's K)
+    pub const INPUT_GRAD: GemmLayout = GemmLayout { a: AStore::MK, b: BStore::KN };
+    /// `dy[T, N]^T @ x[T, K]` (GEMM `M, N, K` = the model's `N, K, T`)
+    pub const WEIGHT_GRAD: GemmLayout = GemmLayout { a: AStore::KM, b: BStore::KN };
+    /// `A^T @ W^T`: not used by the model, supported for completeness.
+    pub const TT: GemmLayout = GemmLayout { a: AStore::KM, b: BStore::NK };
+
+    pub fn tag(self) -> &'static str {
+        match (self.a, self.b) {
+            (AStore::MK, BStore::NK) => "nt",
+            (AStore::MK, BStore::KN) => "nn",
+            (AStore::KM, BStore::KN) => "tn",
+            (AStore::KM, BStore::NK) => "tt",
+        }
+    }
+}
+
+/// Block tile and pipeline shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TileConfig {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    /// Warps along M and N (bf16: each warp owns a `bm/warps_m x bn/warps_n`
+    /// sub-tile; f32: only the total thread count matters).
+    pub warps_m: u32,
+    pub warps_n: u32,
+    /// Shared-memory pipeline depth (2..=4).
+    pub stages: u32,
+}
+
+impl TileConfig {
+    /// 128x128x32, 8 warps (warp tile 64x32), 3 stages: the big shapes.
+    pub const LARGE: TileConfig = TileConfig { bm: 128, bn: 128, bk: 32, warps_m: 2, warps_n: 4, stages: 3 };
+    /// 64x64x32, 4 warps (warp tile 32x32), 3 stages.
+    pub const MEDIUM: TileConfig = TileConfig { bm: 64, bn: 64, bk: 32, warps_m: 2, warps_n: 2, stages: 3 };
+    /// 32x32x32, 4 warps (warp tile 16x16), 2 stages: tiny shapes.
+    pub const SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 32, warps_m: 2, warps_n: 2, stages: 2 };
+    /// f32 FFMA: 64x64x16, 256 threads (4x4 outputs each), 2 stages.
+    pub const F32_DEFAULT: TileConfig = TileConfig { bm: 64, bn: 64, bk: 16, warps_m: 4, warps_n: 2, stages: 2 };
+    /// f32 FFMA: 32x32x16, 256 threads (2x2 outputs each), 2 stages.
+    pub const F32_SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 16, warps_m: 4, warps_n: 2, stages: 2 };
+
+    pub fn threads(&self) -> u32 {
+        self.warps_m * self.warps_n * 32
+    }
+
+    /// A reasonable tile for a problem size.
+    pub fn pick(precision: Precision, m: u32, n: u32) -> TileConfig {
+        match precision {
+            Precision::Bf16 => {
+                if m >= 512 && n >= 512 {
+                    TileConfig::LARGE
+                } else if m >= 64 && n >= 64 {
+                    TileConfig::MEDIUM
+                } else {
+                    TileConfig::SMALL
+                }
+            }
+            Precision::F32 => {
+                if m >= 64 && n >= 64 {
+                    TileConfig::F32_DEFAULT
+                } else {
+                    TileConfig::F32_SMALL
+                }
+            }
+        }
+    }
+}
+
+/// Everything that determines one GEMM kernel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GemmConfig {
+    pub name: String,
+    pub precision: Precision,
+    pub layout: GemmLayout,
+    pub tile: TileConfig,
+    /// Elements per global load of A / B (see the module doc).
+    pub vec_a: u32,
+    pub vec_b: u32,
+    /// 2: output columns are accessed in pairs (N even); 1: one by one.
+    pub vec_c: u32,
+    pub epilogue: Epilogue,
+}
+
+fn widest(extent: u32, max: u32) -> u32 {
+    let mut v = max;
+    while v > 1 && extent % v != 0 {
+        v /= 2;
+    }
+    v
+}
+
+impl GemmConfig {
+    /// A configuration for known sizes: tile by [`TileConfig::pick`], the
+    /// widest vector widths the sizes allow, a generated name.
+    pub fn new(precision: Precision, layout: GemmLayout, m: u32, n: u32, k: u32, epilogue: Epilogue) -> Self {
+        let maxv = 16 / precision.elem_bytes();
+        let a_ext = match layout.a {
+            AStore::MK => k,
+            AStore::KM => m,
+        };
+        let b_ext = match layout.b {
+            BStore::NK => k,
+            BStore::KN => n,
+        };
+        let mut c = GemmConfig {
+            name: String::new(),
+            precision,
+            layout,
+            tile: TileConfig::pick(precision, m, n),
+            vec_a: widest(a_ext, maxv),
+            vec_b: widest(b_ext, maxv),
+            vec_c: widest(n, 2),
+            epilogue,
+        };
+        c.name = c.default_name();
+        c
+    }
+
+    pub fn with_tile(mut self, tile: TileConfig) -> Self {
+        self.tile = tile;
+        self.name = self.default_name();
+        self
+    }
+
+    pub fn default_name(&self) -> String {
+        let t = &self.tile;
+        format!(
+            "gemm_{}_{}_{}x{}x{}_w{}x{}_s{}_v{}{}{}_{}",
+            match self.precision {
+                Precision::Bf16 => "bf16",
+                Precision::F32 => "f32",
+            },
+            self.layout.tag(),
+            t.bm,
+            t.bn,
+            t.bk,
+            t.warps_m,
+            t.warps_n,
+            t.stages,
+            self.vec_a,
+            self.vec_b,
+            self.vec_c,
+            self.epilogue.tag()
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), GemmError> {
+        let t = &self.tile;
+        let bad = |m: String| Err(GemmError::Config { name: self.name.clone(), msg: m });
+        let pow2 = |x: u32| x.is_power_of_two();
+        if !(pow2(t.bm) && pow2(t.bn) && pow2(t.bk) && pow2(t.warps_m) && pow2(t.warps_n)) {
+            return bad("tile sizes and warp counts must be powers of two".into());
+        }
+        if !(2..=4).contains(&t.stages) {
+            return bad("stages must be 2, 3 or 4".into());
+        }
+        let maxv = 16 / self.precision.elem_bytes();
+        for (n, v) in [("vec_a", self.vec_a), ("vec_b", self.vec_b)] {
+            if !pow2(v) || v > maxv {
+                return bad(format!("{n} = {v}: must be a power of two up to {maxv}"));
+            }
+        }
+        if !matches!(self.vec_c, 1 | 2) {
+            return bad("vec_c must be 1 or 2".into());
+        }
+        let threads = t.threads();
+        if threads > 1024 {
+            return bad("more than 1024 threads".into());
+        }
+        match self.precision {
+            Precision::Bf16 => {
+                if t.bk % 16 != 0 {
+                    return bad("bk must be a multiple of 16".into());
+                }
+                if t.bm % (16 * t.warps_m) != 0 || t.bn % (16 * t.warps_n) != 0 {
+                    return bad("warp tiles must be multiples of 16x16".into());
+                }
+            }
+            Precision::F32 => {
+                if threads % 16 != 0 || t.bn % 16 != 0 || t.bm % (threads / 16) != 0 {
+                    return bad("f32: bn must be a multiple of 16 and bm of threads/16".into());
+                }
+            }
+        }
+        for (rows, cols, v) in self.operand_tiles() {
+            if cols % v != 0 || threads % (cols / v) != 0 {
+                return bad(format!("a {rows}x{cols} operand tile cannot be split over {threads} threads in vectors of {v}"));
+            }
+        }
+        let reserved = ["a", "b", "c", "m", "n", "k"];
+        self.epilogue
+            .validate(&reserved)
+            .map_err(|m| GemmError::Config { name: self.name.clone(), msg: m })?;
+        if !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || self.name.is_empty() {
+            return bad("kernel name is not an identifier".into());
+        }
+        Ok(())
+    }
+
+    /// (stored rows, stored cols, vector width) of the A and B tiles in shared memory.
+    fn operand_tiles(&self) -> [(u32, u32, u32); 2] {
+        let t = &self.tile;
+        let a = match self.layout.a {
+            AStore::MK => (t.bm, t.bk, self.vec_a),
+            AStore::KM => (t.bk, t.bm, self.vec_a),
+        };
+        let b = match self.layout.b {
+            BStore::NK => (t.bn, t.bk, self.vec_b),
+            BStore::KN => (t.bk, t.bn, self.vec_b),
+        };
+        [a, b]
+    }
+
+    /// Row stride in bytes of a stored tile with `cols` columns: padded
+    /// against bank conflicts (bf16: +16 bytes, so that the 8 row addresses of
+    /// an `ldmatrix` phase hit 8 distinct 16-byte bank groups; f32: +`vec`
+    /// words, so that 16 threads reading one word from 16 rows hit distinct banks).
+    fn row_stride(&self, cols: u32, vec: u32) -> u32 {
+        match self.precision {
+            Precision::Bf16 => (cols + 8) * 2,
+            Precision::F32 => (cols + vec) * 4,
+        }
+    }
+
+    fn region_bytes(&self) -> [u32; 2] {
+        self.operand_tiles().map(|(rows, cols, v)| (rows * self.row_stride(cols, v)).next_multiple_of(128))
+    }
+
+    /// Dynamic shared memory per block.
+    pub fn smem_bytes(&self) -> u32 {
+        let [a, b] = self.region_bytes();
+        (a + b) * self.tile.stages
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GemmError {
+    #[error("GEMM kernel `{name}`: {msg}")]
+    Config { name: String, msg: String },
+}
+
+/// An emitted GEMM kernel and how to launch it.
+#[derive(Clone, Debug)]
+pub struct GemmKernel {
+    pub config: GemmConfig,
+    pub kernel: Kernel,
+    pub threads: u32,
+    pub smem_bytes: u32,
+}
+
+impl GemmKernel {
+    pub fn name(&self) -> &str {
+        &self.kernel.name
+    }
+    pub fn grid(&self, m: u32, n: u32) -> [u32; 3] {
+        [n.div_ceil(self.config.tile.bn), m.div_ceil(self.config.tile.bm), 1]
+    }
+    pub fn block(&self) -> [u32; 3] {
+        [self.threads, 1, 1]
+    }
+    /// Parameter names in order.
+    pub fn param_names(&self) -> Vec<String> {
+        self.kernel.params.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+/// Emit a GEMM kernel.
+pub fn emit_gemm(cfg: &GemmConfig) -> Result<GemmKernel, GemmError> {
+    cfg.validate()?;
+    let kernel = Skeleton::emit(cfg);
+    Ok(GemmKernel { config: cfg.clone(), kernel, threads: cfg.tile.threads(), smem_bytes: cfg.smem_bytes() })
+}
+
+// ---------------------------------------------------------------------------
+// Operand loader: global tile -> one shared-memory stage.
+
+/// Copies one operand's `rows x cols` tile (cols contiguous in memory and in
+/// shared memory) per k-step. Thread `t` handles the vector at tile row
+/// `t / (cols/vec) + p * rows_per_pass` (pass `p`), column `(t % (cols/vec)) * vec`.
+struct Loader {
+    rows: u32,
+    vec: u32,
+    es: u32,
+    rs: u32,
+    rows_per_pass: u32,
+    passes: u32,
+    k_along_rows: bool,
+    bk: u32,
+    cp_async: bool,
+    // run-time
+    base: Reg,
+    gptr: Reg,
+    pass_stride: Reg,
+    k_step: Operand,
+    row_idx: Reg,
+    col_idx: Reg,
+    row_lim: Reg,
+    col_lim: Reg,
+    r0: Reg,
+    soff: Reg,
+}
+
+struct LoaderSpec {
+    rows: u32,
+    cols: u32,
+    vec: u32,
+    region_off: u32,
+    k_along_rows: bool,
+    /// Tile origin in (stored row, stored col) coordinates for this block.
+    row0: Operand,
+    col0: Operand,
+    row_lim: Reg,
+    col_lim: Reg,
+    ld: Reg,
+}
+
+impl Loader {
+    fn new(b: &mut KernelBuilder, cfg: &GemmConfig, s: LoaderSpec, base: Reg, tid: Reg) -> Loader {
+        let es = cfg.precision.elem_bytes();
+        let rs = cfg.row_stride(s.cols, s.vec);
+        let cpr = s.cols / s.vec;
+        let threads = cfg.tile.threads();
+        let rows_per_pass = threads / cpr;
+        let passes = s.rows.div_ceil(rows_per_pass);
+        let cp_async = s.vec * es >= 4;
+        b.comment(format!(
+            "loader: {}x{} tile, {} B vectors, {} pass(es) of {} rows, {}",
+            s.rows,
+            s.cols,
+            s.vec * es,
+            passes,
+            rows_per_pass,
+            if cp_async { "cp.async" } else { "ld.global + st.shared" }
+        ));
+        let r0 = b.bin(BinOp::Shr, Type::U32, tid, cpr.trailing_zeros());
+        let cm = b.bin(BinOp::And, Type::U32, tid, cpr - 1);
+        let c0 = b.mul_lo(Type::U32, cm, s.vec);
+        let row_idx = b.add(Type::U32, r0, s.row0);
+        let col_idx = b.add(Type::U32, c0, s.col0);
+        let rl = b.mul_wide_u32(row_idx, s.ld);
+        let cw = b.cvt(Type::U64, Type::U32, None, col_idx);
+        let e = b.add(Type::U64, rl, cw);
+        let eb = b.bin(BinOp::Shl, Type::U64, e, es.trailing_zeros());
+        let gptr = b.add_u64(base, eb);
+        let pass_stride = b.mul_wide_u32(s.ld, rows_per_pass * es);
+        let k_step: Operand = if s.k_along_rows { b.mul_wide_u32(s.ld, cfg.tile.bk * es).into() } else { ((cfg.tile.bk * es) as i64).into() };
+        let so = b.mad_lo(Type::U32, r0, rs, s.region_off);
+        let c0b = b.mul_lo(Type::U32, c0, es);
+        let soff = b.add(Type::U32, so, c0b);
+        Loader {
+            rows: s.rows,
+            vec: s.vec,
+            es,
+            rs,
+            rows_per_pass,
+            passes,
+            k_along_rows: s.k_along_rows,
+            bk: cfg.tile.bk,
+            cp_async,
+            base,
+            gptr,
+            pass_stride,
+            k_step,
+            row_idx,
+            col_idx,
+            row_lim: s.row_lim,
+            col_lim: s.col_lim,
+            r0,
+            soff,
+        }
+    }
+
+    /// Copy the current k-tile into the stage at shared address `stage` (a
+    /// `.b32` shared-window address of the stage's start), then advance.
+    fn load(&self, b: &mut KernelBuilder, stage: Reg) {
+        let sdst = b.add(Type::U32, stage, self.soff);
+        let col_ok = b.setp(Cmp::Lt, Type::U32, self.col_idx, self.col_lim);
+        let mut gaddr = self.gptr;
+        for p in 0..self.passes {
+            if p > 0 {
+                gaddr = b.add_u64(gaddr, self.pass_stride);
+            }
+            let partial = (p + 1) * self.rows_per_pass > self.rows;
+            let body = |b: &mut KernelBuilder| {
+                let row = b.add(Type::U32, self.row_idx, p * self.rows_per_pass);
+                let row_ok = b.setp(Cmp::Lt, Type::U32, row, self.row_lim);
+                let ok = b.and_pred(row_ok, col_ok);
+                let dst = Addr::reg_off(sdst, (p * self.rows_per_pass * self.rs) as i64);
+                let bytes = self.vec * self.es;
+                if self.cp_async {
+                    let src = b.selp(Type::U64, gaddr, self.base, ok);
+                    let size = b.selp(Type::U32, bytes, 0u32, ok);
+                    let cache = if bytes == 16 { CpCache::Cg } else { CpCache::Ca };
+                    b.cp_async(cache, dst, Addr::reg(src), bytes, Some(size.into()));
+                } else {
+                    // 2-byte elements without 4-byte alignment: through registers.
+                    let h = b.val(Type::B16, 0u32);
+                    b.guarded(ok, false, |b| b.ld_vec(Space::Global, true, Type::B16, &[h], Addr::reg(gaddr)));
+                    b.st(Space::Shared, Type::B16, dst, h);
+                }
+            };
+            if partial {
+                let in_tile = b.setp(Cmp::Lt, Type::U32, self.r0, self.rows - p * self.rows_per_pass);
+                b.if_then(in_tile, false, body);
+            } else {
+                body(b);
+            }
+        }
+        // advance to the next k-tile
+        b.bin_to(BinOp::Add, Type::U64, self.gptr, self.gptr, self.k_step.clone());
+        let idx = if self.k_along_rows { self.row_idx } else { self.col_idx };
+        b.bin_to(BinOp::Add, Type::U32, idx, idx, self.bk);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The kernel skeleton.
+
+struct Common {
+    tid: Reg,
+    m0: Reg,
+    n0: Reg,
+    m: Reg,
+    n: Reg,
+    smem: Reg,
+}
+
+enum Compute {
+    Mma(MmaState),
+    Ffma(FfmaState),
+}
+
+struct Skeleton;
+
+impl Skeleton {
+    fn emit(cfg: &GemmConfig) -> Kernel {
+        let t = cfg.tile;
+        let mut b = KernelBuilder::new(&cfg.name);
+        b.max_threads(t.threads(), Some(1));
+        let pa = b.param("a", ParamType::U64);
+        let pb = b.param("b", ParamType::U64);
+        let pc = b.param("c", ParamType::U64);
+        let pm = b.param("m", ParamType::U32);
+        let pn = b.param("n", ParamType::U32);
+        let pk = b.param("k", ParamType::U32);
+        let epi_params = epilogue::declare_params(&mut b, &cfg.epilogue);
+        b.comment(format!("{cfg:?}"));
+        let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
+
+        let a = b.ld_param_global_ptr(&pa);
+        let bb = b.ld_param_global_ptr(&pb);
+        let c = b.ld_param_global_ptr(&pc);
+        let m = b.ld_param(&pm);
+        let n = b.ld_param(&pn);
+        let k = b.ld_param(&pk);
+        let tid = b.special(Special::TidX);
+        let bx = b.special(Special::CtaidX);
+        let by = b.special(Special::CtaidY);
+        let m0 = b.mul_lo(Type::U32, by, t.bm);
+        let n0 = b.mul_lo(Type::U32, bx, t.bn);
+        let smem = b.shared_addr(&smem_sym);
+        let cm = Common { tid, m0, n0, m, n, smem };
+
+        let [ra, _rb] = cfg.region_bytes();
+        let [(ar, ac, av), (br, bc, bv)] = cfg.operand_tiles();
+        let zero: Operand = 0u32.into();
+        let a_spec = match cfg.layout.a {
+            AStore::MK => LoaderSpec {
+                rows: ar, cols: ac, vec: av, region_off: 0, k_along_rows: false,
+                row0: m0.into(), col0: zero.clone(), row_lim: m, col_lim: k, ld: k,
+            },
+            AStore::KM => LoaderSpec {
+                rows: ar, cols: ac, vec: av, region_off: 0, k_along_rows: true,
+                row0: zero.clone(), col0: m0.into(), row_lim: k, col_lim: m, ld: m,
+            },
+        };
+        let b_spec = match cfg.layout.b {
+            BStore::NK => LoaderSpec {
+                rows: br, cols: bc, vec: bv, region_off: ra, k_along_rows: false,
+                row0: n0.into(), col0: zero.clone(), row_lim: n, col_lim: k, ld: k,
+            },
+            BStore::KN => LoaderSpec {
+                rows: br, cols: bc, vec: bv, region_off: ra, k_along_rows: true,
+                row0: zero.clone(), col0: n0.into(), row_lim: k, col_lim: n, ld: n,
+            },
+        };
+        b.comment("operand A");
+        let la = Loader::new(&mut b, cfg, a_spec, a, tid);
+        b.comment("operand B");
+        let lb = Loader::new(&mut b, cfg, b_spec, bb, tid);
+
+        let mut compute = match cfg.precision {
+            Precision::Bf16 => Compute::Mma(MmaState::new(&mut b, cfg, &cm)),
+            Precision::F32 => Compute::Ffma(FfmaState::new(&mut b, cfg, &cm)),
+        };
+
+        // k-loop over a ring of `stages` shared-memory stages.
+        let stage_bytes = cfg.smem_bytes() / t.stages;
+        let ring_end = cfg.smem_bytes();
+        let kt_add = b.add(Type::U32, k, t.bk - 1);
+        let ktiles = b.bin(BinOp::Shr, Type::U32, kt_add, t.bk.trailing_zeros());
+        let rd = b.val(Type::U32, 0u32);
+        let wr = b.val(Type::U32, 0u32);
+        let advance = |b: &mut KernelBuilder, r: Reg| {
+            b.bin_to(BinOp::Add, Type::U32, r, r, stage_bytes);
+            let wrap = b.setp(Cmp::Ge, Type::U32, r, ring_end);
+            b.push(Inst::Selp { ty: Type::U32, dst: r, a: 0u32.into(), b: r.into(), p: wrap });
+        };
+        b.comment(format!("prologue: fill {} stage(s)", t.stages - 1));
+        for _ in 0..t.stages - 1 {
+            let st = b.add(Type::U32, smem, wr);
+            la.load(&mut b, st);
+            lb.load(&mut b, st);
+            b.cp_async_commit();
+            advance(&mut b, wr);
+        }
+        b.comment("main loop");
+        b.for_range(0u32, ktiles, 1, true, |b, _kt| {
+            b.cp_async_wait(t.stages - 2);
+            b.bar_sync();
+            let st = b.add(Type::U32, smem, wr);
+            la.load(b, st);
+            lb.load(b, st);
+            b.cp_async_commit();
+            advance(b, wr);
+            match &mut compute {
+                Compute::Mma(s) => s.compute(b, cfg, rd),
+                Compute::Ffma(s) => s.compute(b, cfg, rd),
+            }
+            advance(b, rd);
+        });
+        b.cp_async_wait_all();
+
+        b.comment("epilogue");
+        let er = epilogue::setup(&mut b, &epi_params, c, n);
+        match &compute {
+            Compute::Mma(s) => s.epilogue(&mut b, cfg, &cm, &er),
+            Compute::Ffma(s) => s.epilogue(&mut b, cfg, &cm, &er),
+        }
+        b.ret();
+        b.finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tensor cores.
+
+struct MmaState {
+    mt: u32,
+    nt: u32,
+    /// Per-thread ldmatrix addresses (shared window, stage 0).
+    a_lane: Reg,
+    b_lane: Reg,
+    a_rs: u32,
+    b_rs: u32,
+    acc: Vec<[Reg; 4]>,
+    /// Thread's first output row / column (without the mt/nt offsets).
+    row0: Reg,
+    col0: Reg,
+}
+
+impl MmaState {
+    fn new(b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common) -> MmaState {
+        let t = cfg.tile;
+        let wtm = t.bm / t.warps_m;
+        let wtn = t.bn / t.warps_n;
+        let (mt, nt) = (wtm / 16, wtn / 8);
+        let [(_, ac, av), (_, bc, bv)] = cfg.operand_tiles();
+        let a_rs = cfg.row_stride(ac, av);
+        let b_rs = cfg.row_stride(bc, bv);
+        let [ra, _] = cfg.region_bytes();
+        b.comment(format!("mma: warp tile {wtm}x{wtn} = {mt}x{nt} m16n8k16 tiles"));
+        let lane = b.bin(BinOp::And, Type::U32, cm.tid, 31u32);
+        let warp = b.bin(BinOp::Shr, Type::U32, cm.tid, 5u32);
+        let wn = b.bin(BinOp::And, Type::U32, warp, t.warps_n - 1);
+        let wm = b.bin(BinOp::Shr, Type::U32, warp, t.warps_n.trailing_zeros());
+        // ldmatrix: lane supplies the row address of matrix idx = lane/8, row r = lane%8.
+        let idx = b.bin(BinOp::Shr, Type::U32, lane, 3u32);
+        let r = b.bin(BinOp::And, Type::U32, lane, 7u32);
+        let lo = b.bin(BinOp::And, Type::U32, idx, 1u32); // idx & 1
+        let hi = b.bin(BinOp::Shr, Type::U32, idx, 1u32); // idx >> 1
+        let wm_off = b.mul_lo(Type::U32, wm, wtm);
+        let wn_off = b.mul_lo(Type::U32, wn, wtn);
+        // A fragments (a0..a3 = (m0-7,k0-7), (m8-15,k0-7), (m0-7,k8-15), (m8-15,k8-15)).
+        let a_lane = match cfg.layout.a {
+            AStore::MK => {
+                // row m = wm_off + r + lo*8, col k = hi*8
+                let m_ = b.mad_lo(Type::U32, lo, 8u32, r);
+                let m_ = b.add(Type::U32, m_, wm_off);
+                let off = b.mul_lo(Type::U32, m_, a_rs);
+                let off = b.mad_lo(Type::U32, hi, 16u32, off);
+                b.add(Type::U32, off, cm.smem)
+            }
+            AStore::KM => {
+                // stored [k][m], .trans: row k = hi*8 + r, col m = wm_off + lo*8
+                let k_ = b.mad_lo(Type::U32, hi, 8u32, r);
+                let off = b.mul_lo(Type::U32, k_, a_rs);
+                let m_ = b.mad_lo(Type::U32, lo, 8u32, wm_off);
+                let off = b.mad_lo(Type::U32, m_, 2u32, off);
+                b.add(Type::U32, off, cm.smem)
+            }
+        };
+        // B fragments for an n-tile pair (b0,b1 of nt=2q; b0,b1 of nt=2q+1).
+        let b_lane = match cfg.layout.b {
+            BStore::NK => {
+                // stored [n][k]: row n = wn_off + hi*8 + r, col k = lo*8
+                let n_ = b.mad_lo(Type::U32, hi, 8u32, r);
+                let n_ = b.add(Type::U32, n_, wn_off);
+                let off = b.mul_lo(Type::U32, n_, b_rs);
+                let off = b.mad_lo(Type::U32, lo, 16u32, off);
+                let off = b.add(Type::U32, off, ra);
+                b.add(Type::U32, off, cm.smem)
+            }
+            BStore::KN => {
+                // stored [k][n], .trans: row k = lo*8 + r, col n = wn_off + hi*8
+                let k_ = b.mad_lo(Type::U32, lo, 8u32, r);
+                let off = b.mul_lo(Type::U32, k_, b_rs);
+                let n_ = b.mad_lo(Type::U32, hi, 8u32, wn_off);
+                let off = b.mad_lo(Type::U32, n_, 2u32, off);
+                let off = b.add(Type::U32, off, ra);
+                b.add(Type::U32, off, cm.smem)
+            }
+        };
+        // accumulators
+        let mut acc = vec![];
+        for _ in 0..mt * nt {
+            let regs: [Reg; 4] = b.regs(RegClass::F32);
+            for &x in &regs {
+                b.mov(Type::F32, x, 0.0f32);
+            }
+            acc.push(regs);
+        }
+        // epilogue coordinates: row = m0 + wm_off + lane/4 (+8), col = n0 + wn_off + (lane%4)*2 (+1)
+        let g = b.bin(BinOp::Shr, Type::U32, lane, 2u32);
+        let tig = b.bin(BinOp::And, Type::U32, lane, 3u32);
+        let row0 = b.add(Type::U32, cm.m0, wm_off);
+        let row0 = b.add(Type::U32, row0, g);
+        let col0 = b.add(Type::U32, cm.n0, wn_off);
+        let col0 = b.mad_lo(Type::U32, tig, 2u32, col0);
+        MmaState { mt, nt, a_lane, b_lane, a_rs, b_rs, acc, row0, col0 }
+    }
+
+    fn compute(&mut self, b: &mut KernelBuilder, cfg: &GemmConfig, stage: Reg) {
+        let a_base = b.add(Type::U32, self.a_lane, stage);
+        let b_base = b.add(Type::U32, self.b_lane, stage);
+        let a_trans = cfg.layout.a == AStore::KM;
+        let b_trans = cfg.layout.b == BStore::KN;
+        for kk in 0..cfg.tile.bk / 16 {
+            let mut af = vec![];
+            for i in 0..self.mt {
+                let off = if a_trans { kk * 16 * self.a_rs + i * 32 } else { i * 16 * self.a_rs + kk * 32 };
+                let r = b.ldmatrix(4, a_trans, Addr::reg_off(a_base, off as i64));
+                af.push([r[0], r[1], r[2], r[3]]);
+            }
+            let mut bf = vec![];
+            for q in 0..self.nt / 2 {
+                let off = if b_trans { kk * 16 * self.b_rs + q * 32 } else { q * 16 * self.b_rs + kk * 32 };
+                let r = b.ldmatrix(4, b_trans, Addr::reg_off(b_base, off as i64));
+                bf.push([r[0], r[1]]);
+                bf.push([r[2], r[3]]);
+            }
+            for i in 0..self.mt as usize {
+                for j in 0..self.nt as usize {
+                    let c = self.acc[i * self.nt as usize + j];
+                    b.mma_bf16(c, af[i], bf[j], c);
+                }
+            }
+        }
+    }
+
+    fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &epilogue::EpiRegs) {
+        let epi = &cfg.epilogue;
+        let pair = cfg.vec_c == 2;
+        // column values for every column this thread owns
+        let mut cols = vec![];
+        for j in 0..self.nt {
+            let col = b.add(Type::U32, self.col0, j * 8);
+            let ok0 = b.setp(Cmp::Lt, Type::U32, col, cm.n);
+            let col1 = b.add(Type::U32, col, 1u32);
+            let ok1 = b.setp(Cmp::Lt, Type::U32, col1, cm.n);
+            let v0 = epilogue::load_col_vals(b, epi, er, col, ok0);
+            let v1 = epilogue::load_col_vals(b, epi, er, col1, ok1);
+            cols.push((col, ok0, ok1, v0, v1));
+        }
+        for i in 0..self.mt {
+            for h in 0..2u32 {
+                let row = b.add(Type::U32, self.row0, i * 16 + h * 8);
+                let row_ok = b.setp(Cmp::Lt, Type::U32, row, cm.m);
+                let rv = epilogue::load_row_vals(b, epi, er, row, row_ok);
+                for j in 0..self.nt as usize {
+                    let (col, ok0, ok1, v0, v1) = &cols[j];
+                    let acc = self.acc[i as usize * self.nt as usize + j];
+                    let vals = [acc[2 * h as usize], acc[2 * h as usize + 1]];
+                    let idx = epilogue::elem_index(b, er, row, *col);
+                    let p0 = b.and_pred(row_ok, *ok0);
+                    let cv: [&[Option<Reg>]; 2] = [v0, v1];
+                    if pair {
+                        let g = epilogue::Group { idx, preds: &[p0], vector: true, row_vals: &rv, col_vals: &cv };
+                        epilogue::emit_group(b, epi, er, &g, &vals);
+                    } else {
+                        let p1 = b.and_pred(row_ok, *ok1);
+                        let g = epilogue::Group { idx, preds: &[p0, p1], vector: false, row_vals: &rv, col_vals: &cv };
+                        epilogue::emit_group(b, epi, er, &g, &vals);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// FFMA (f32).
+
+struct FfmaState {
+    /// Outputs per thread along M (rows ty + TY*i) and N (cols tx + 16*j).
+    mi: u32,
+    nj: u32,
+    ty_n: u32,
+    a_lane: Reg,
+    b_lane: Reg,
+    a_rs: u32,
+    b_rs: u32,
+    acc: Vec<Reg>,
+    row0: Reg,
+    col0: Reg,
+}
+
+impl FfmaState {
+    fn new(b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common) -> FfmaState {
+        let t = cfg.tile;
+        let ty_n = t.threads() / 16;
+        let (mi, nj) = (t.bm / ty_n, t.bn / 16);
+        let [(_, ac, av), (_, bc, bv)] = cfg.operand_tiles();
+        let a_rs = cfg.row_stride(ac, av);
+        let b_rs = cfg.row_stride(bc, bv);
+        let [ra, _] = cfg.region_bytes();
+        b.comment(format!("ffma: 16x{ty_n} threads, {mi}x{nj} outputs each"));
+        let tx = b.bin(BinOp::And, Type::U32, cm.tid, 15u32);
+        let ty = b.bin(BinOp::Shr, Type::U32, cm.tid, 4u32);
+        let a_lane = match cfg.layout.a {
+            AStore::MK => b.mad_lo(Type::U32, ty, a_rs, cm.smem), // As[m][k]
+            AStore::KM => b.mad_lo(Type::U32, ty, 4u32, cm.smem), // As[k][m]
+        };
+        let b_lane = match cfg.layout.b {
+            BStore::NK => b.mad_lo(Type::U32, tx, b_rs, cm.smem), // Bs[n][k]
+            BStore::KN => b.mad_lo(Type::U32, tx, 4u32, cm.smem), // Bs[k][n]
+        };
+        let b_lane = b.add(Type::U32, b_lane, ra);
+        let acc: Vec<Reg> = (0..mi * nj).map(|_| b.val(Type::F32, 0.0f32)).collect();
+        let row0 = b.add(Type::U32, cm.m0, ty);
+        let col0 = b.add(Type::U32, cm.n0, tx);
+        FfmaState { mi, nj, ty_n, a_lane, b_lane, a_rs, b_rs, acc, row0, col0 }
+    }
+
+    fn compute(&mut self, b: &mut KernelBuilder, cfg: &GemmConfig, stage: Reg) {
+        let a_base = b.add(Type::U32, self.a_lane, stage);
+        let b_base = b.add(Type::U32, self.b_lane, stage);
+        for kk in 0..cfg.tile.bk {
+            let av: Vec<Reg> = (0..self.mi)
+                .map(|i| {
+                    let m = i * self.ty_n;
+                    let off = match cfg.layout.a {
+                        AStore::MK => m * self.a_rs + kk * 4,
+                        AStore::KM => kk * self.a_rs + m * 4,
+                    };
+                    b.ld(Space::Shared, Type::F32, Addr::reg_off(a_base, off as i64))
+                })
+                .collect();
+            let bv: Vec<Reg> = (0..self.nj)
+                .map(|j| {
+                    let n = j * 16;
+                    let off = match cfg.layout.b {
+                        BStore::NK => n * self.b_rs + kk * 4,
+                        BStore::KN => kk * self.b_rs + n * 4,
+                    };
+                    b.ld(Space::Shared, Type::F32, Addr::reg_off(b_base, off as i64))
+                })
+                .collect();
+            for i in 0..self.mi as usize {
+                for j in 0..self.nj as usize {
+                    let c = self.acc[i * self.nj as usize + j];
+                    b.fma_f32_to(c, av[i], bv[j], c);
+                }
+            }
+        }
+    }
+
+    fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &epilogue::EpiRegs) {
+        let epi = &cfg.epilogue;
+        let mut cols = vec![];
+        for j in 0..self.nj {
+            let col = b.add(Type::U32, self.col0, j * 16);
+            let ok = b.setp(Cmp::Lt, Type::U32, col, cm.n);
+            let v = epilogue::load_col_vals(b, epi, er, col, ok);
+            cols.push((col, ok, v));
+        }
+        for i in 0..self.mi {
+            let row = b.add(Type::U32, self.row0, i * self.ty_n);
+            let row_ok = b.setp(Cmp::Lt, Type::U32, row, cm.m);
+            let rv = epilogue::load_row_vals(b, epi, er, row, row_ok);
+            for j in 0..self.nj as usize {
+                let (col, ok, v) = &cols[j];
+                let idx = epilogue::elem_index(b, er, row, *col);
+                let p = b.and_pred(row_ok, *ok);
+                let cv: [&[Option<Reg>]; 1] = [v];
+                let g = epilogue::Group { idx, preds: &[p], vector: false, row_vals: &rv, col_vals: &cv };
+                epilogue::emit_group(b, epi, er, &g, &[self.acc[i as usize * self.nj as usize + j]]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ptx::epilogue::ElemType;
+    use crate::ptx::ptxas;
+
+    #[test]
+    fn dump_for_inspection() {
+        let cfg = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 1024, 1024, 512, Epilogue::store(ElemType::F32));
+        let k = emit_gemm(&cfg).unwrap();
+        let mut m = Module::new();
+        m.push(k.kernel);
+        let text = m.render();
+        std::fs::write("/tmp/pgc_gemm.ptx", &text).unwrap();
+        if let Some(r) = ptxas::assemble_or_skip(&text, "gemm") {
+            eprintln!("{:?}", r.kernels);
+        }
+    }
+}
