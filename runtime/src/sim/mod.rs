@@ -1,1 +1,378 @@
-//! The PTX simulator: parse PTX text and execute kernels on the CPU with the CUDA execution model.
+//! The PTX simulator: parse PTX text and execute kernels on the CPU with the
+//! CUDA execution model, with sanitizer checks. See `SUBSET.md` beside this
+//! file for the supported PTX, the divergence model and the checks.
+//!
+//! ```
+//! use pgc_runtime::device::{Device, DeviceExt, KernelArg, LaunchConfig};
+//! use pgc_runtime::sim::SimDevice;
+//! let dev = SimDevice::new();
+//! let m = dev.load_module(".version 8.0\n.target sm_90a\n.address_size 64\n\
+//!     .visible .entry k(.param .u64 p) { .reg .b64 %rd<2>; .reg .b32 %r<2>;\n\
+//!     ld.param.u64 %rd0, [p]; mov.u32 %r0, %tid.x; mul.wide.u32 %rd1, %r0, 4;\n\
+//!     add.u64 %rd0, %rd0, %rd1; st.global.u32 [%rd0], %r0; ret; }").unwrap();
+//! let buf = dev.alloc(4 * 32).unwrap();
+//! dev.launch(&m, "k", LaunchConfig::linear(1, 32), &[KernelArg::Buf(buf, 0)]).unwrap();
+//! assert_eq!(dev.download_u32(&buf).unwrap()[31], 31);
+//! ```
+
+pub mod decode;
+pub mod exec;
+pub mod mem;
+pub mod num;
+pub mod parse;
+
+use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle, Result};
+use decode::{Kernel, Ty};
+use mem::{Allocation, GlobalMem, GLOBAL_BASE, GUARD};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a sanitizer check (or the executor) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimErrorKind {
+    /// global, shared, local or param access outside its memory
+    OutOfBounds,
+    /// an access whose address is not a multiple of its size
+    Misaligned,
+    /// a read of shared memory that no thread has written in this block
+    UninitializedRead,
+    /// two threads touch the same shared byte between two barriers, one writes
+    Race,
+    /// a barrier not reached by all the threads it waits for
+    BarrierDivergence,
+    /// a warp-collective instruction (shfl/vote/ldmatrix/mma/bra.uni) executed
+    /// by a subset of the lanes it needs
+    WarpDivergence,
+    /// shared memory touched while a cp.async into it is in flight
+    AsyncCopyHazard,
+    /// the step limit of [`SimOptions::max_warp_steps`] was exceeded
+    StepLimit,
+    Other,
+}
+
+/// An error found while executing a kernel: names kernel, block, thread and PTX line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimError {
+    pub kind: SimErrorKind,
+    pub kernel: String,
+    pub block: [u32; 3],
+    pub thread: [u32; 3],
+    /// 1-based PTX source line of the instruction
+    pub line: u32,
+    pub msg: String,
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} in kernel `{}`, block ({},{},{}), thread ({},{},{}), PTX line {}: {}",
+            self.kind, self.kernel, self.block[0], self.block[1], self.block[2], self.thread[0], self.thread[1], self.thread[2], self.line, self.msg
+        )
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// host threads running blocks (0 = all available cores)
+    pub threads: usize,
+    /// shared-memory race detection
+    pub racecheck: bool,
+    /// uninitialised shared-memory read detection
+    pub initcheck: bool,
+    /// per-block limit on executed warp instructions (catches infinite loops)
+    pub max_warp_steps: u64,
+    /// total bytes of device memory
+    pub memory_bytes: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions { threads: 0, racecheck: true, initcheck: true, max_warp_steps: 1 << 32, memory_bytes: 16 << 30 }
+    }
+}
+
+/// Counters of the last launch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LaunchStats {
+    /// sum over executed warp instructions of the active lanes
+    pub thread_instructions: u64,
+    pub warp_instructions: u64,
+    pub blocks: u64,
+    pub wall: Duration,
+    pub host_threads: usize,
+}
+
+struct Module {
+    kernels: Vec<Kernel>,
+    /// module-scope .global variables (freed with the device)
+    _globals: Vec<DevBuf>,
+}
+
+struct State {
+    allocs: BTreeMap<u64, Arc<Allocation>>, // by base address
+    ids: HashMap<u64, u64>,                 // id -> base
+    next_addr: u64,
+    next_id: u64,
+    used: u64,
+    modules: HashMap<u64, Arc<Module>>,
+}
+
+/// The simulated device.
+pub struct SimDevice {
+    state: Mutex<State>,
+    opts: SimOptions,
+    stats: Mutex<LaunchStats>,
+    total_thread_insts: AtomicU64,
+}
+
+impl Default for SimDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimDevice {
+    pub fn new() -> Self {
+        Self::with_options(SimOptions::default())
+    }
+
+    pub fn with_options(opts: SimOptions) -> Self {
+        SimDevice {
+            state: Mutex::new(State { allocs: BTreeMap::new(), ids: HashMap::new(), next_addr: GLOBAL_BASE, next_id: 1, used: 0, modules: HashMap::new() }),
+            opts,
+            stats: Mutex::new(LaunchStats::default()),
+            total_thread_insts: AtomicU64::new(0),
+        }
+    }
+
+    pub fn options(&self) -> &SimOptions {
+        &self.opts
+    }
+
+    /// Counters of the last completed launch.
+    pub fn last_launch_stats(&self) -> LaunchStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Thread-instructions executed by every launch so far.
+    pub fn total_thread_instructions(&self) -> u64 {
+        self.total_thread_insts.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, buf: &DevBuf) -> Result<Arc<Allocation>> {
+        let st = self.lock();
+        match st.ids.get(&buf.id).and_then(|b| st.allocs.get(b)) {
+            Some(a) if a.base == buf.addr && a.len == buf.bytes as u64 => Ok(a.clone()),
+            _ => Err(DeviceError::InvalidBuffer(*buf)),
+        }
+    }
+
+    fn alloc_aligned(&self, bytes: usize, align: u64) -> Result<DevBuf> {
+        let mut st = self.lock();
+        let len = bytes as u64;
+        if st.used.saturating_add(len) > self.opts.memory_bytes {
+            return Err(DeviceError::OutOfMemory { requested: bytes });
+        }
+        let base = st.next_addr.div_ceil(align.max(256)) * align.max(256);
+        let id = st.next_id;
+        let a = Allocation::new(id, base, len).ok_or(DeviceError::OutOfMemory { requested: bytes })?;
+        st.next_id += 1;
+        st.next_addr = base + len.max(1) + GUARD;
+        st.used += len;
+        st.allocs.insert(base, Arc::new(a));
+        st.ids.insert(id, base);
+        Ok(DevBuf { id, addr: base, bytes })
+    }
+}
+
+fn ptx_err(e: parse::ParseError) -> DeviceError {
+    DeviceError::Ptx { line: e.span.line, col: e.span.col, msg: e.msg }
+}
+
+impl Device for SimDevice {
+    fn name(&self) -> String {
+        "pgc PTX simulator".to_string()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevBuf> {
+        self.alloc_aligned(bytes, 256)
+    }
+
+    fn free(&self, buf: DevBuf) -> Result<()> {
+        self.get(&buf)?;
+        let mut st = self.lock();
+        st.ids.remove(&buf.id);
+        st.allocs.remove(&buf.addr);
+        st.used -= buf.bytes as u64;
+        Ok(())
+    }
+
+    fn copy_to_device(&self, dst: &DevBuf, src: &[u8]) -> Result<()> {
+        let a = self.get(dst)?;
+        if src.len() > dst.bytes {
+            return Err(DeviceError::CopySize { len: src.len(), bytes: dst.bytes });
+        }
+        a.write_all(src);
+        Ok(())
+    }
+
+    fn copy_from_device(&self, src: &DevBuf, dst: &mut [u8]) -> Result<()> {
+        let a = self.get(src)?;
+        if dst.len() > src.bytes {
+            return Err(DeviceError::CopySize { len: dst.len(), bytes: src.bytes });
+        }
+        a.read_all(dst);
+        Ok(())
+    }
+
+    fn load_module(&self, ptx: &str) -> Result<ModuleHandle> {
+        let m = parse::parse_module(ptx).map_err(ptx_err)?;
+        if let Some(t) = m.target.first() {
+            if !t.starts_with("sm_") {
+                return Err(DeviceError::Ptx { line: 1, col: 1, msg: format!("unsupported target {t}") });
+            }
+        }
+        let gvars = decode::module_globals(&m).map_err(ptx_err)?;
+        let mut gaddr = HashMap::new();
+        let mut gbufs = Vec::new();
+        for g in &gvars {
+            let b = self.alloc_aligned(g.size as usize, g.align as u64)?;
+            if let Some(a) = self.lock().allocs.get(&b.addr) {
+                a.write_all(&g.init);
+            }
+            gaddr.insert(g.name.clone(), b.addr);
+            gbufs.push(b);
+        }
+        let kernels = match decode::decode_module(&m, &gaddr) {
+            Ok(k) => k,
+            Err(e) => {
+                for b in gbufs {
+                    let _ = self.free(b);
+                }
+                return Err(ptx_err(e));
+            }
+        };
+        let mut st = self.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.modules.insert(id, Arc::new(Module { kernels, _globals: gbufs }));
+        Ok(ModuleHandle { id })
+    }
+
+    fn launch(&self, module: &ModuleHandle, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        let (m, snapshot) = {
+            let st = self.lock();
+            let m = st.modules.get(&module.id).cloned().ok_or(DeviceError::InvalidModule(*module))?;
+            let snapshot: Vec<Arc<Allocation>> = st.allocs.values().cloned().collect();
+            (m, snapshot)
+        };
+        let k = m.kernels.iter().find(|k| k.name == kernel).ok_or_else(|| DeviceError::UnknownKernel(kernel.to_string()))?;
+        let bad = |msg: String| DeviceError::BadLaunch { kernel: kernel.to_string(), msg };
+        let [bx, by, bz] = cfg.block;
+        let [gx, gy, gz] = cfg.grid;
+        if bx == 0 || by == 0 || bz == 0 || gx == 0 || gy == 0 || gz == 0 {
+            return Err(bad(format!("zero dimension in grid {:?} / block {:?}", cfg.grid, cfg.block)));
+        }
+        let nthreads = bx as u64 * by as u64 * bz as u64;
+        if nthreads > 1024 || bz > 64 {
+            return Err(bad(format!("block {:?} has {nthreads} threads (at most 1024, z at most 64)", cfg.block)));
+        }
+        if gy > 65535 || gz > 65535 {
+            return Err(bad("grid y and z must be at most 65535".into()));
+        }
+        let shared_size = k.dyn_shared_offset as u64 + cfg.shared_bytes as u64;
+        let shared_size = if cfg.shared_bytes == 0 { k.static_shared as u64 } else { shared_size };
+        if shared_size > 227 * 1024 {
+            return Err(bad(format!("{shared_size} bytes of shared memory per block (at most 227 KiB)")));
+        }
+        // params
+        if args.len() != k.params.len() {
+            return Err(DeviceError::BadArgs { kernel: kernel.into(), msg: format!("{} arguments given, the kernel has {} parameters", args.len(), k.params.len()) });
+        }
+        let mut params = vec![0u8; k.param_bytes as usize];
+        for (i, (a, p)) in args.iter().zip(&k.params).enumerate() {
+            let (bytes, size): (u64, u32) = match a {
+                KernelArg::Buf(b, off) => (b.addr.wrapping_add(*off), 8),
+                KernelArg::U64(v) => (*v, 8),
+                KernelArg::U32(v) => (*v as u64, 4),
+                KernelArg::I32(v) => (*v as u32 as u64, 4),
+                KernelArg::F32(v) => (v.to_bits() as u64, 4),
+            };
+            let ok_ty = match a {
+                KernelArg::F32(_) => matches!(p.ty, Ty::F32 | Ty::B32),
+                KernelArg::Buf(..) | KernelArg::U64(_) => matches!(p.ty, Ty::U64 | Ty::S64 | Ty::B64),
+                _ => matches!(p.ty, Ty::U32 | Ty::S32 | Ty::B32),
+            };
+            if p.size != size || !ok_ty {
+                return Err(DeviceError::BadArgs { kernel: kernel.into(), msg: format!("argument {i} ({a:?}) does not match parameter `{}` (.{:?}, {} bytes)", p.name, p.ty, p.size) });
+            }
+            params[p.offset as usize..(p.offset + size) as usize].copy_from_slice(&bytes.to_le_bytes()[..size as usize]);
+        }
+        let mem = GlobalMem { allocs: snapshot };
+        let launch = exec::Launch { k, grid: cfg.grid, block: cfg.block, params, mem: &mem, shared_size: shared_size as u32, opts: &self.opts };
+        let nblocks = gx as u64 * gy as u64 * gz as u64;
+        let avail = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let workers = (if self.opts.threads == 0 { avail } else { self.opts.threads }).clamp(1, 256).min(nblocks as usize);
+        let next = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        let first_err: Mutex<Option<(u64, Box<SimError>)>> = Mutex::new(None);
+        let tinsts = AtomicU64::new(0);
+        let winsts = AtomicU64::new(0);
+        let t0 = Instant::now();
+        let work = || {
+            let mut r = exec::BlockRunner::new(&launch);
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= nblocks {
+                    break;
+                }
+                let ctaid = [(b % gx as u64) as u32, ((b / gx as u64) % gy as u64) as u32, (b / (gx as u64 * gy as u64)) as u32];
+                if let Err(e) = r.run_block(ctaid) {
+                    let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
+                    if fe.as_ref().is_none_or(|(fb, _)| b < *fb) {
+                        *fe = Some((b, e));
+                    }
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+            tinsts.fetch_add(r.thread_insts, Ordering::Relaxed);
+            winsts.fetch_add(r.warp_insts, Ordering::Relaxed);
+        };
+        if workers <= 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..workers {
+                    s.spawn(&work);
+                }
+            });
+        }
+        let ti = tinsts.load(Ordering::Relaxed);
+        self.total_thread_insts.fetch_add(ti, Ordering::Relaxed);
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) =
+            LaunchStats { thread_instructions: ti, warp_instructions: winsts.load(Ordering::Relaxed), blocks: nblocks, wall: t0.elapsed(), host_threads: workers };
+        if let Some((_, e)) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(DeviceError::Sim(e));
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,1680 @@
+//! The interpreter: blocks of warps of 32 lanes, SIMT reconvergence stack,
+//! barriers, shared/local/param/global memory and the sanitizer checks.
+
+use super::decode::*;
+use super::mem::{atomic_apply, Allocation, GlobalMem, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
+use super::num::{self, Rnd};
+use super::{SimError, SimErrorKind, SimOptions};
+use std::collections::VecDeque;
+
+pub const FULL: u32 = u32::MAX;
+
+type R<T> = Result<T, Box<SimError>>;
+
+/// Everything about one launch that every block shares (read-only).
+pub struct Launch<'a> {
+    pub k: &'a Kernel,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub params: Vec<u8>,
+    pub mem: &'a GlobalMem,
+    /// total shared bytes per block (static + dynamic)
+    pub shared_size: u32,
+    pub opts: &'a SimOptions,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    pc: u32,
+    mask: u32,
+    rpc: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BarWait {
+    id: u32,
+    count: Option<u32>,
+    pc: u32,
+    line: u32,
+}
+
+#[derive(Clone, Copy)]
+struct CpOp {
+    lane: u8,
+    bytes: u8,
+    dst: u32,
+    line: u32,
+    data: [u8; 16],
+}
+
+struct Warp {
+    id: u32,
+    r32: Vec<[u32; 32]>,
+    r64: Vec<[u64; 32]>,
+    p: Vec<u32>,
+    stack: Vec<Entry>,
+    valid: u32,
+    exited: u32,
+    wait: Option<BarWait>,
+    done: bool,
+    cp_pending: Vec<CpOp>,
+    cp_groups: VecDeque<Vec<CpOp>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Shadow {
+    w_epoch: u32,
+    r_epoch: u32,
+    w_line: u32,
+    w_tid: u16,
+    r_tid: u16,
+}
+
+const MULTI: u16 = 0xffff;
+const PENDING: u16 = 0x8000;
+
+/// Per-host-thread state reused across blocks.
+pub struct BlockRunner<'a> {
+    l: &'a Launch<'a>,
+    warps: Vec<Warp>,
+    ctaid: [u32; 3],
+    shared: Vec<u8>,
+    shadow: Vec<Shadow>,
+    epoch: u32,
+    local: Vec<u8>,
+    arrivals: [u32; 16],
+    nthreads: u32,
+    hint: usize,
+    pub thread_insts: u64,
+    pub warp_insts: u64,
+    steps: u64,
+}
+
+macro_rules! each {
+    ($mask:expr, |$l:ident| $body:expr) => {{
+        let m: u32 = $mask;
+        if m == FULL {
+            for $l in 0..32usize {
+                $body;
+            }
+        } else {
+            let mut mm = m;
+            while mm != 0 {
+                let $l = mm.trailing_zeros() as usize;
+                mm &= mm - 1;
+                $body;
+            }
+        }
+    }};
+}
+
+#[inline]
+fn f(x: u32) -> f32 {
+    f32::from_bits(x)
+}
+#[inline]
+fn fd(x: u64) -> f64 {
+    f64::from_bits(x)
+}
+
+fn sext(v: u64, bytes: u32) -> i64 {
+    let sh = 64 - bytes * 8;
+    ((v << sh) as i64) >> sh
+}
+
+fn mask_bytes(v: u64, bytes: u32) -> u64 {
+    if bytes >= 8 {
+        v
+    } else {
+        v & ((1u64 << (bytes * 8)) - 1)
+    }
+}
+
+fn lanes_str(m: u32) -> String {
+    let v: Vec<String> = (0..32).filter(|l| m >> l & 1 == 1).map(|l| l.to_string()).collect();
+    if v.len() > 8 {
+        format!("{} lanes ({}..)", v.len(), v[..8].join(","))
+    } else {
+        v.join(",")
+    }
+}
+
+impl<'a> BlockRunner<'a> {
+    pub fn new(l: &'a Launch<'a>) -> Self {
+        let nthreads = l.block[0] * l.block[1] * l.block[2];
+        let nwarps = nthreads.div_ceil(32);
+        let k = l.k;
+        let warps = (0..nwarps)
+            .map(|w| Warp {
+                id: w,
+                r32: vec![[0; 32]; k.n32 as usize],
+                r64: vec![[0; 32]; k.n64 as usize],
+                p: vec![0; k.np as usize],
+                stack: Vec::with_capacity(16),
+                valid: 0,
+                exited: 0,
+                wait: None,
+                done: false,
+                cp_pending: Vec::new(),
+                cp_groups: VecDeque::new(),
+            })
+            .collect();
+        BlockRunner {
+            l,
+            warps,
+            ctaid: [0; 3],
+            shared: vec![0; l.shared_size as usize],
+            shadow: vec![Shadow::default(); l.shared_size as usize],
+            epoch: 2,
+            local: vec![0; k.local_bytes as usize * nthreads as usize],
+            arrivals: [0; 16],
+            nthreads,
+            hint: 0,
+            thread_insts: 0,
+            warp_insts: 0,
+            steps: 0,
+        }
+    }
+
+    fn tid_of(&self, warp: u32, lane: usize) -> [u32; 3] {
+        let t = warp * 32 + lane as u32;
+        let b = self.l.block;
+        [t % b[0], (t / b[0]) % b[1], t / (b[0] * b[1])]
+    }
+
+    fn error(&self, kind: SimErrorKind, warp: u32, lane: usize, line: u32, msg: String) -> Box<SimError> {
+        Box::new(SimError { kind, kernel: self.l.k.name.clone(), block: self.ctaid, thread: self.tid_of(warp, lane), line, msg })
+    }
+
+    fn reset(&mut self, ctaid: [u32; 3]) {
+        self.ctaid = ctaid;
+        self.epoch = 2;
+        self.arrivals = [0; 16];
+        self.shadow.fill(Shadow::default());
+        self.shared.fill(0);
+        self.local.fill(0);
+        let k = self.l.k;
+        let (b, g) = (self.l.block, self.l.grid);
+        let nthreads = self.nthreads;
+        let nwarps = self.warps.len() as u32;
+        for w in self.warps.iter_mut() {
+            for r in w.r32.iter_mut() {
+                *r = [0; 32];
+            }
+            for r in w.r64.iter_mut() {
+                *r = [0; 32];
+            }
+            w.p.fill(0);
+            let first = w.id * 32;
+            let n = nthreads.saturating_sub(first).min(32);
+            w.valid = if n == 32 { FULL } else { (1u32 << n) - 1 };
+            w.exited = 0;
+            w.wait = None;
+            w.done = false;
+            w.stack.clear();
+            w.stack.push(Entry { pc: 0, mask: w.valid, rpc: RECONV_NONE });
+            w.cp_pending.clear();
+            w.cp_groups.clear();
+            for &(r, v) in &k.const32 {
+                w.r32[r as usize] = [v; 32];
+            }
+            for &(r, v) in &k.const64 {
+                w.r64[r as usize] = [v; 32];
+            }
+            for &(r, sp) in &k.specials {
+                let reg = &mut w.r32[r as usize];
+                for (l, slot) in reg.iter_mut().enumerate() {
+                    let t = first + l as u32;
+                    let tid = [t % b[0], (t / b[0]) % b[1], t / (b[0] * b[1])];
+                    let lane = l as u32;
+                    *slot = match sp {
+                        Special::Tid(c) => tid[c as usize],
+                        Special::Ntid(c) => b[c as usize],
+                        Special::Ctaid(c) => ctaid[c as usize],
+                        Special::Nctaid(c) => g[c as usize],
+                        Special::Laneid => lane,
+                        Special::Warpid => w.id,
+                        Special::Nwarpid => nwarps,
+                        Special::LanemaskEq => 1 << lane,
+                        Special::LanemaskLt => (1u32 << lane) - 1,
+                        Special::LanemaskLe => ((1u64 << (lane + 1)) - 1) as u32,
+                        Special::LanemaskGt => !(((1u64 << (lane + 1)) - 1) as u32),
+                        Special::LanemaskGe => !((1u32 << lane) - 1),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Run one block to completion.
+    pub fn run_block(&mut self, ctaid: [u32; 3]) -> R<()> {
+        self.reset(ctaid);
+        loop {
+            for wi in 0..self.warps.len() {
+                if !self.warps[wi].done && self.warps[wi].wait.is_none() {
+                    self.run_warp(wi)?;
+                }
+            }
+            if self.warps.iter().all(|w| w.done) {
+                return Ok(());
+            }
+            self.resolve_barriers()?;
+        }
+    }
+
+    fn resolve_barriers(&mut self) -> R<()> {
+        let live: u32 = self.warps.iter().map(|w| (w.valid & !w.exited).count_ones()).sum();
+        let exited = self.nthreads - live;
+        let mut released = false;
+        for id in 0..16u32 {
+            let waiters: Vec<usize> = (0..self.warps.len()).filter(|&w| self.warps[w].wait.is_some_and(|b| b.id == id)).collect();
+            if waiters.is_empty() {
+                continue;
+            }
+            let first = self.warps[waiters[0]].wait.unwrap_or_else(|| unreachable!());
+            let fw = self.warps[waiters[0]].id;
+            let flane = (self.warps[waiters[0]].valid & !self.warps[waiters[0]].exited).trailing_zeros() as usize;
+            for &w in &waiters {
+                let b = self.warps[w].wait.unwrap_or_else(|| unreachable!());
+                if b.count != first.count {
+                    return Err(self.error(SimErrorKind::BarrierDivergence, fw, flane, first.line, format!("barrier {id}: warps wait with different thread counts ({:?} at line {}, {:?} at line {})", first.count, first.line, b.count, b.line)));
+                }
+                if first.count.is_none() && b.pc != first.pc {
+                    return Err(self.error(
+                        SimErrorKind::BarrierDivergence,
+                        fw,
+                        flane,
+                        first.line,
+                        format!("barrier divergence: warps of the block wait at different barrier instructions (line {} and line {}): the block's threads did not all reach the same bar.sync", first.line, b.line),
+                    ));
+                }
+            }
+            let arrived: u32 = waiters.iter().map(|&w| (self.warps[w].valid & !self.warps[w].exited).count_ones()).sum::<u32>() + self.arrivals[id as usize];
+            let expected = first.count.unwrap_or(self.nthreads);
+            if first.count.is_none() && exited > 0 {
+                let (ew, el) = self.warps.iter().find_map(|w| {
+                    let e = w.exited & w.valid;
+                    if e != 0 {
+                        Some((w.id, e.trailing_zeros()))
+                    } else {
+                        None
+                    }
+                }).unwrap_or((0, 0));
+                let et = self.tid_of(ew, el as usize);
+                return Err(self.error(
+                    SimErrorKind::BarrierDivergence,
+                    fw,
+                    flane,
+                    first.line,
+                    format!("barrier divergence: bar.sync {id} waits for all {} threads of the block, but {exited} thread(s) have exited (e.g. thread ({},{},{})) and can never arrive", self.nthreads, et[0], et[1], et[2]),
+                ));
+            }
+            if arrived > expected {
+                return Err(self.error(SimErrorKind::BarrierDivergence, fw, flane, first.line, format!("barrier {id}: {arrived} threads arrived but the barrier expects {expected}")));
+            }
+            if arrived == expected {
+                for &w in &waiters {
+                    self.warps[w].wait = None;
+                }
+                self.arrivals[id as usize] = 0;
+                self.epoch += 1;
+                released = true;
+            }
+        }
+        if !released {
+            // nobody can make progress
+            let w = self.warps.iter().find(|w| w.wait.is_some()).map(|w| (w.id, w.wait.unwrap_or_else(|| unreachable!()), (w.valid & !w.exited).trailing_zeros()));
+            let (wid, b, lane) = w.unwrap_or((0, BarWait { id: 0, count: None, pc: 0, line: 0 }, 0));
+            let arrived: u32 = self.warps.iter().filter(|w| w.wait.is_some_and(|x| x.id == b.id)).map(|w| (w.valid & !w.exited).count_ones()).sum::<u32>() + self.arrivals[b.id as usize];
+            return Err(self.error(
+                SimErrorKind::BarrierDivergence,
+                wid,
+                lane as usize,
+                b.line,
+                format!("barrier divergence (deadlock): barrier {} expects {} threads but only {arrived} can arrive; the other threads wait elsewhere or have exited", b.id, b.count.unwrap_or(self.nthreads)),
+            ));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ memory
+
+    #[inline]
+    fn shadow_read(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
+        let (race, init) = (self.l.opts.racecheck, self.l.opts.initcheck);
+        if !race && !init {
+            return Ok(());
+        }
+        let t = (warp * 32 + lane as u32) as u16;
+        let e = self.epoch;
+        for k in off..off + size {
+            let s = self.shadow[k];
+            if s.w_tid & PENDING != 0 {
+                return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("read of shared address {k:#x} while a cp.async into it is in flight (missing cp.async.wait_group?)")));
+            }
+            if init && s.w_epoch == 0 {
+                return Err(self.error(SimErrorKind::UninitializedRead, warp, lane, line, format!("read of uninitialised shared memory at shared address {k:#x} ({} bytes of shared memory per block)", self.l.shared_size)));
+            }
+            if race {
+                if s.w_epoch == e && s.w_tid != t {
+                    let u = self.tid_of(0, s.w_tid as usize);
+                    return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: read of shared address {k:#x} written by thread ({},{},{}) at line {} with no barrier in between (read-after-write)", u[0], u[1], u[2], s.w_line)));
+                }
+                let sm = &mut self.shadow[k];
+                if sm.r_epoch != e {
+                    sm.r_epoch = e;
+                    sm.r_tid = t;
+                } else if sm.r_tid != t {
+                    sm.r_tid = MULTI;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn shadow_write(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
+        let race = self.l.opts.racecheck;
+        let t = (warp * 32 + lane as u32) as u16;
+        let e = self.epoch;
+        for k in off..off + size {
+            let s = self.shadow[k];
+            if s.w_tid & PENDING != 0 {
+                return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("write to shared address {k:#x} while a cp.async into it is in flight (missing cp.async.wait_group?)")));
+            }
+            if race {
+                if s.w_epoch == e && s.w_tid != t {
+                    let u = self.tid_of(0, s.w_tid as usize);
+                    return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: write to shared address {k:#x} also written by thread ({},{},{}) at line {} with no barrier in between (write-after-write)", u[0], u[1], u[2], s.w_line)));
+                }
+                if s.r_epoch == e && s.r_tid != t {
+                    let who = if s.r_tid == MULTI {
+                        "other threads".to_string()
+                    } else {
+                        let u = self.tid_of(0, s.r_tid as usize);
+                        format!("thread ({},{},{})", u[0], u[1], u[2])
+                    };
+                    return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: write to shared address {k:#x} read by {who} with no barrier in between (write-after-read)")));
+                }
+            }
+            let sm = &mut self.shadow[k];
+            sm.w_epoch = e;
+            sm.w_tid = t;
+            sm.w_line = line;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn sh_check(&self, warp: u32, lane: usize, addr: u64, size: u32, line: u32) -> R<usize> {
+        if addr.checked_add(size as u64).is_none_or(|e| e > self.l.shared_size as u64) {
+            return Err(self.error(SimErrorKind::OutOfBounds, warp, lane, line, format!("out-of-bounds shared access: {size} bytes at shared address {addr:#x}, the block has {} bytes of shared memory", self.l.shared_size)));
+        }
+        Ok(addr as usize)
+    }
+
+    fn misaligned(&self, warp: u32, lane: usize, line: u32, what: &str, addr: u64, align: u32) -> Box<SimError> {
+        self.error(SimErrorKind::Misaligned, warp, lane, line, format!("misaligned {what} access: address {addr:#x} is not a multiple of {align}"))
+    }
+
+    fn sh_read(&mut self, warp: u32, lane: usize, addr: u64, size: u32, line: u32) -> R<u64> {
+        let off = self.sh_check(warp, lane, addr, size, line)?;
+        self.shadow_read(warp, lane, off, size as usize, line)?;
+        let mut b = [0u8; 8];
+        b[..size as usize].copy_from_slice(&self.shared[off..off + size as usize]);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn sh_write(&mut self, warp: u32, lane: usize, addr: u64, size: u32, v: u64, line: u32) -> R<()> {
+        let off = self.sh_check(warp, lane, addr, size, line)?;
+        self.shadow_write(warp, lane, off, size as usize, line)?;
+        self.shared[off..off + size as usize].copy_from_slice(&v.to_le_bytes()[..size as usize]);
+        Ok(())
+    }
+
+    fn gl_find(&mut self, warp: u32, lane: usize, addr: u64, size: u32, line: u32) -> R<(&'a Allocation, u64)> {
+        let mem: &'a GlobalMem = self.l.mem;
+        match mem.find(addr, size as u64, &mut self.hint) {
+            Some(x) => Ok(x),
+            None => Err(self.error(SimErrorKind::OutOfBounds, warp, lane, line, format!("out-of-bounds global access: {size} bytes at address {addr:#x} ({})", mem.describe(addr)))),
+        }
+    }
+
+    fn local_off(&self, warp: u32, lane: usize, addr: u64, size: u32, line: u32) -> R<usize> {
+        let lb = self.l.k.local_bytes as u64;
+        if addr.checked_add(size as u64).is_none_or(|e| e > lb) {
+            return Err(self.error(SimErrorKind::OutOfBounds, warp, lane, line, format!("out-of-bounds local access: {size} bytes at local address {addr:#x}, each thread has {lb} bytes")));
+        }
+        Ok(((warp as usize * 32 + lane) * lb as usize) + addr as usize)
+    }
+
+    /// Resolve a generic address to (space, space address).
+    fn generic(addr: u64) -> (Space, u64) {
+        if (SHARED_WINDOW..SHARED_WINDOW + WINDOW_SIZE).contains(&addr) {
+            (Space::Shared, addr - SHARED_WINDOW)
+        } else if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SIZE).contains(&addr) {
+            (Space::Local, addr - LOCAL_WINDOW)
+        } else {
+            (Space::Global, addr)
+        }
+    }
+
+    fn read(&mut self, warp: u32, lane: usize, space: Space, addr: u64, size: u32, line: u32) -> R<u64> {
+        let (space, addr) = if space == Space::Generic { Self::generic(addr) } else { (space, addr) };
+        match space {
+            Space::Global | Space::Generic => {
+                let (a, off) = self.gl_find(warp, lane, addr, size, line)?;
+                Ok(a.load(off, size))
+            }
+            Space::Shared => self.sh_read(warp, lane, addr, size, line),
+            Space::Local => {
+                let o = self.local_off(warp, lane, addr, size, line)?;
+                let mut b = [0u8; 8];
+                b[..size as usize].copy_from_slice(&self.local[o..o + size as usize]);
+                Ok(u64::from_le_bytes(b))
+            }
+            Space::Param => {
+                let p = &self.l.params;
+                if addr.checked_add(size as u64).is_none_or(|e| e > p.len() as u64) {
+                    return Err(self.error(SimErrorKind::OutOfBounds, warp, lane, line, format!("out-of-bounds param access: {size} bytes at param offset {addr}, the kernel has {} bytes of parameters", p.len())));
+                }
+                let mut b = [0u8; 8];
+                b[..size as usize].copy_from_slice(&p[addr as usize..(addr + size as u64) as usize]);
+                Ok(u64::from_le_bytes(b))
+            }
+        }
+    }
+
+    fn write(&mut self, warp: u32, lane: usize, space: Space, addr: u64, size: u32, v: u64, line: u32) -> R<()> {
+        let (space, addr) = if space == Space::Generic { Self::generic(addr) } else { (space, addr) };
+        match space {
+            Space::Global | Space::Generic => {
+                let (a, off) = self.gl_find(warp, lane, addr, size, line)?;
+                a.store(off, size, v);
+                Ok(())
+            }
+            Space::Shared => self.sh_write(warp, lane, addr, size, v, line),
+            Space::Local => {
+                let o = self.local_off(warp, lane, addr, size, line)?;
+                self.local[o..o + size as usize].copy_from_slice(&v.to_le_bytes()[..size as usize]);
+                Ok(())
+            }
+            Space::Param => Err(self.error(SimErrorKind::Other, warp, lane, line, "write to .param space".into())),
+        }
+    }
+
+    #[inline]
+    fn addr_of(w: &Warp, a: &Addr, lane: usize) -> u64 {
+        let base = match a.base {
+            Base::None => 0,
+            Base::R32(r) => w.r32[r as usize][lane] as u64,
+            Base::R64(r) => w.r64[r as usize][lane],
+        };
+        base.wrapping_add(a.off as u64)
+    }
+
+    // ------------------------------------------------------------ cp.async
+
+    fn complete_group(&mut self, wi: usize, ops: Vec<CpOp>) -> R<()> {
+        let wid = self.warps[wi].id;
+        for op in ops {
+            let off = op.dst as usize;
+            for k in off..off + op.bytes as usize {
+                self.shadow[k].w_tid &= !PENDING;
+            }
+            self.shadow_write(wid, op.lane as usize, off, op.bytes as usize, op.line)?;
+            self.shared[off..off + op.bytes as usize].copy_from_slice(&op.data[..op.bytes as usize]);
+        }
+        Ok(())
+    }
+
+    fn finish_warp(&mut self, wi: usize) -> R<()> {
+        let w = &mut self.warps[wi];
+        w.done = true;
+        let mut groups: Vec<Vec<CpOp>> = w.cp_groups.drain(..).collect();
+        groups.push(std::mem::take(&mut w.cp_pending));
+        for g in groups {
+            self.complete_group(wi, g)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ the warp loop
+
+    fn run_warp(&mut self, wi: usize) -> R<()> {
+        let k: &'a Kernel = self.l.k;
+        let max_steps = self.l.opts.max_warp_steps;
+        loop {
+            let w = &mut self.warps[wi];
+            let Some(top) = w.stack.last().copied() else {
+                return self.finish_warp(wi);
+            };
+            if top.pc == top.rpc || top.mask == 0 {
+                w.stack.pop();
+                continue;
+            }
+            let pc = top.pc;
+            let mask = top.mask;
+            let di = &k.insts[pc as usize];
+            let em = if di.guard == NO_GUARD {
+                mask
+            } else {
+                let p = w.p[di.guard as usize];
+                mask & if di.guard_neg { !p } else { p }
+            };
+            self.thread_insts += mask.count_ones() as u64;
+            self.warp_insts += 1;
+            self.steps += 1;
+            if self.steps > max_steps {
+                let wid = w.id;
+                return Err(self.error(SimErrorKind::StepLimit, wid, mask.trailing_zeros() as usize, di.line, format!("the block exceeded the step limit of {max_steps} warp instructions (an infinite loop?)")));
+            }
+            let mut next = pc + 1;
+            if em == 0 && !matches!(di.inst, Inst::Bra { .. }) {
+                w.stack.last_mut().unwrap_or_else(|| unreachable!()).pc = next;
+                continue;
+            }
+            let line = di.line;
+            let wid = w.id;
+            match &di.inst {
+                Inst::I32 { op, d, a, b, w16 } => {
+                    let (av, bv) = (w.r32[*a as usize], w.r32[*b as usize]);
+                    let dv = &mut w.r32[*d as usize];
+                    exec_i32(*op, em, dv, &av, &bv);
+                    if *w16 {
+                        each!(em, |l| dv[l] &= 0xffff);
+                    }
+                }
+                Inst::I64 { op, d, a, b } => {
+                    let (av, bv) = (w.r64[*a as usize], w.r64[*b as usize]);
+                    let dv = &mut w.r64[*d as usize];
+                    exec_i64(*op, em, dv, &av, &bv);
+                }
+                Inst::Sh64 { op, d, a, b } => {
+                    let (av, bv) = (w.r64[*a as usize], w.r32[*b as usize]);
+                    let dv = &mut w.r64[*d as usize];
+                    match op {
+                        IOp::Shl => each!(em, |l| dv[l] = if bv[l] >= 64 { 0 } else { av[l] << bv[l] }),
+                        IOp::ShrU => each!(em, |l| dv[l] = if bv[l] >= 64 { 0 } else { av[l] >> bv[l] }),
+                        _ => each!(em, |l| dv[l] = ((av[l] as i64) >> bv[l].min(63)) as u64),
+                    }
+                }
+                Inst::IU32 { op, d, a } => {
+                    let av = w.r32[*a as usize];
+                    let dv = &mut w.r32[*d as usize];
+                    match op {
+                        IUop::Not => each!(em, |l| dv[l] = !av[l]),
+                        IUop::Neg => each!(em, |l| dv[l] = (av[l] as i32).wrapping_neg() as u32),
+                        IUop::AbsS => each!(em, |l| dv[l] = (av[l] as i32).wrapping_abs() as u32),
+                        IUop::Popc => each!(em, |l| dv[l] = av[l].count_ones()),
+                        IUop::Clz => each!(em, |l| dv[l] = av[l].leading_zeros()),
+                        IUop::Brev => each!(em, |l| dv[l] = av[l].reverse_bits()),
+                    }
+                }
+                Inst::IU64 { op, d, a } => {
+                    let av = w.r64[*a as usize];
+                    let dv = &mut w.r64[*d as usize];
+                    match op {
+                        IUop::Not => each!(em, |l| dv[l] = !av[l]),
+                        IUop::Neg => each!(em, |l| dv[l] = (av[l] as i64).wrapping_neg() as u64),
+                        IUop::AbsS => each!(em, |l| dv[l] = (av[l] as i64).wrapping_abs() as u64),
+                        IUop::Brev => each!(em, |l| dv[l] = av[l].reverse_bits()),
+                        _ => {}
+                    }
+                }
+                Inst::Mad32 { hi, d, a, b, c } => {
+                    let (av, bv, cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
+                    let dv = &mut w.r32[*d as usize];
+                    match hi {
+                        None => each!(em, |l| dv[l] = av[l].wrapping_mul(bv[l]).wrapping_add(cv[l])),
+                        Some(false) => each!(em, |l| dv[l] = (((av[l] as u64 * bv[l] as u64) >> 32) as u32).wrapping_add(cv[l])),
+                        Some(true) => each!(em, |l| dv[l] = ((((av[l] as i32 as i64) * (bv[l] as i32 as i64)) >> 32) as u32).wrapping_add(cv[l])),
+                    }
+                }
+                Inst::Mad64 { d, a, b, c } => {
+                    let (av, bv, cv) = (w.r64[*a as usize], w.r64[*b as usize], w.r64[*c as usize]);
+                    let dv = &mut w.r64[*d as usize];
+                    each!(em, |l| dv[l] = av[l].wrapping_mul(bv[l]).wrapping_add(cv[l]));
+                }
+                Inst::MulWide { signed, d, a, b, c } => {
+                    let (av, bv) = (w.r32[*a as usize], w.r32[*b as usize]);
+                    let cv = match c {
+                        Some(c) => w.r64[*c as usize],
+                        None => [0; 32],
+                    };
+                    let dv = &mut w.r64[*d as usize];
+                    if *signed {
+                        each!(em, |l| dv[l] = ((av[l] as i32 as i64).wrapping_mul(bv[l] as i32 as i64) as u64).wrapping_add(cv[l]));
+                    } else {
+                        each!(em, |l| dv[l] = (av[l] as u64 * bv[l] as u64).wrapping_add(cv[l]));
+                    }
+                }
+                Inst::MulWide16 { signed, d, a, b } => {
+                    let (av, bv) = (w.r32[*a as usize], w.r32[*b as usize]);
+                    let dv = &mut w.r32[*d as usize];
+                    if *signed {
+                        each!(em, |l| dv[l] = ((av[l] as u16 as i16 as i32) * (bv[l] as u16 as i16 as i32)) as u32);
+                    } else {
+                        each!(em, |l| dv[l] = (av[l] & 0xffff) * (bv[l] & 0xffff));
+                    }
+                }
+                Inst::F32 { op, d, a, b, fl } => {
+                    let (mut av, mut bv) = (w.r32[*a as usize], w.r32[*b as usize]);
+                    if fl & FTZ != 0 {
+                        each!(em, |l| {
+                            av[l] = num::ftz32(f(av[l])).to_bits();
+                            bv[l] = num::ftz32(f(bv[l])).to_bits()
+                        });
+                    }
+                    let dv = &mut w.r32[*d as usize];
+                    match op {
+                        FOp::Add => each!(em, |l| dv[l] = (f(av[l]) + f(bv[l])).to_bits()),
+                        FOp::Sub => each!(em, |l| dv[l] = (f(av[l]) - f(bv[l])).to_bits()),
+                        FOp::Mul => each!(em, |l| dv[l] = (f(av[l]) * f(bv[l])).to_bits()),
+                        FOp::Div => each!(em, |l| dv[l] = (f(av[l]) / f(bv[l])).to_bits()),
+                        FOp::Min => each!(em, |l| dv[l] = fmin(f(av[l]), f(bv[l])).to_bits()),
+                        FOp::Max => each!(em, |l| dv[l] = fmax(f(av[l]), f(bv[l])).to_bits()),
+                    }
+                    post_f32(dv, em, *fl);
+                }
+                Inst::Fma32 { d, a, b, c, fl } => {
+                    let (mut av, mut bv, mut cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
+                    if fl & FTZ != 0 {
+                        each!(em, |l| {
+                            av[l] = num::ftz32(f(av[l])).to_bits();
+                            bv[l] = num::ftz32(f(bv[l])).to_bits();
+                            cv[l] = num::ftz32(f(cv[l])).to_bits()
+                        });
+                    }
+                    let dv = &mut w.r32[*d as usize];
+                    each!(em, |l| dv[l] = f(av[l]).mul_add(f(bv[l]), f(cv[l])).to_bits());
+                    post_f32(dv, em, *fl);
+                }
+                Inst::FU32 { op, d, a, fl } => {
+                    let mut av = w.r32[*a as usize];
+                    if fl & FTZ != 0 {
+                        each!(em, |l| av[l] = num::ftz32(f(av[l])).to_bits());
+                    }
+                    let dv = &mut w.r32[*d as usize];
+                    match op {
+                        FUop::Neg => each!(em, |l| dv[l] = av[l] ^ 0x8000_0000),
+                        FUop::Abs => each!(em, |l| dv[l] = av[l] & 0x7fff_ffff),
+                        FUop::Rcp => each!(em, |l| dv[l] = (1.0 / f(av[l])).to_bits()),
+                        FUop::Sqrt => each!(em, |l| dv[l] = f(av[l]).sqrt().to_bits()),
+                        FUop::Rsqrt => each!(em, |l| dv[l] = ((1.0 / (f(av[l]) as f64).sqrt()) as f32).to_bits()),
+                        FUop::Ex2 => each!(em, |l| dv[l] = ((f(av[l]) as f64).exp2() as f32).to_bits()),
+                        FUop::Lg2 => each!(em, |l| dv[l] = ((f(av[l]) as f64).log2() as f32).to_bits()),
+                        FUop::Tanh => each!(em, |l| dv[l] = ((f(av[l]) as f64).tanh() as f32).to_bits()),
+                        FUop::Sin => each!(em, |l| dv[l] = ((f(av[l]) as f64).sin() as f32).to_bits()),
+                        FUop::Cos => each!(em, |l| dv[l] = ((f(av[l]) as f64).cos() as f32).to_bits()),
+                    }
+                    post_f32(dv, em, *fl);
+                }
+                Inst::F64 { op, d, a, b } => {
+                    let (av, bv) = (w.r64[*a as usize], w.r64[*b as usize]);
+                    let dv = &mut w.r64[*d as usize];
+                    match op {
+                        FOp::Add => each!(em, |l| dv[l] = (fd(av[l]) + fd(bv[l])).to_bits()),
+                        FOp::Sub => each!(em, |l| dv[l] = (fd(av[l]) - fd(bv[l])).to_bits()),
+                        FOp::Mul => each!(em, |l| dv[l] = (fd(av[l]) * fd(bv[l])).to_bits()),
+                        FOp::Div => each!(em, |l| dv[l] = (fd(av[l]) / fd(bv[l])).to_bits()),
+                        FOp::Min => each!(em, |l| dv[l] = fd(av[l]).min(fd(bv[l])).to_bits()),
+                        FOp::Max => each!(em, |l| dv[l] = fd(av[l]).max(fd(bv[l])).to_bits()),
+                    }
+                }
+                Inst::Fma64 { d, a, b, c } => {
+                    let (av, bv, cv) = (w.r64[*a as usize], w.r64[*b as usize], w.r64[*c as usize]);
+                    let dv = &mut w.r64[*d as usize];
+                    each!(em, |l| dv[l] = fd(av[l]).mul_add(fd(bv[l]), fd(cv[l])).to_bits());
+                }
+                Inst::FU64 { op, d, a } => {
+                    let av = w.r64[*a as usize];
+                    let dv = &mut w.r64[*d as usize];
+                    match op {
+                        FUop::Neg => each!(em, |l| dv[l] = av[l] ^ (1 << 63)),
+                        FUop::Abs => each!(em, |l| dv[l] = av[l] & !(1 << 63)),
+                        FUop::Rcp => each!(em, |l| dv[l] = (1.0 / fd(av[l])).to_bits()),
+                        FUop::Sqrt => each!(em, |l| dv[l] = fd(av[l]).sqrt().to_bits()),
+                        FUop::Rsqrt => each!(em, |l| dv[l] = (1.0 / fd(av[l]).sqrt()).to_bits()),
+                        _ => {}
+                    }
+                }
+                Inst::Half { op, bf, x2, d, a, b, c } => {
+                    let (av, bv, cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
+                    let dv = &mut w.r32[*d as usize];
+                    let n = if *x2 { 2 } else { 1 };
+                    each!(em, |l| {
+                        let mut r = 0u32;
+                        for h in 0..n {
+                            let sh = 16 * h;
+                            let (x, y, z) = ((av[l] >> sh) as u16, (bv[l] >> sh) as u16, (cv[l] >> sh) as u16);
+                            r |= (half_op(*op, *bf, x, y, z) as u32) << sh;
+                        }
+                        dv[l] = r
+                    });
+                }
+                Inst::Setp { cmp, ty, d, dn, a, b, comb } => {
+                    let mut res = 0u32;
+                    match (a, b) {
+                        (Reg::R32(a), Reg::R32(b)) => {
+                            let (av, bv) = (&w.r32[*a as usize], &w.r32[*b as usize]);
+                            match ty {
+                                Ty::F32 => each!(em, |l| res |= (cmp_f(*cmp, f(av[l]) as f64, f(bv[l]) as f64) as u32) << l),
+                                Ty::S32 => each!(em, |l| res |= (cmp_i(*cmp, av[l] as i32 as i64, bv[l] as i32 as i64) as u32) << l),
+                                Ty::S16 => each!(em, |l| res |= (cmp_i(*cmp, av[l] as u16 as i16 as i64, bv[l] as u16 as i16 as i64) as u32) << l),
+                                Ty::U16 | Ty::B16 => each!(em, |l| res |= (cmp_u(*cmp, (av[l] & 0xffff) as u64, (bv[l] & 0xffff) as u64) as u32) << l),
+                                _ => each!(em, |l| res |= (cmp_u(*cmp, av[l] as u64, bv[l] as u64) as u32) << l),
+                            }
+                        }
+                        (Reg::R64(a), Reg::R64(b)) => {
+                            let (av, bv) = (&w.r64[*a as usize], &w.r64[*b as usize]);
+                            match ty {
+                                Ty::F64 => each!(em, |l| res |= (cmp_f(*cmp, fd(av[l]), fd(bv[l])) as u32) << l),
+                                Ty::S64 => each!(em, |l| res |= (cmp_i(*cmp, av[l] as i64, bv[l] as i64) as u32) << l),
+                                _ => each!(em, |l| res |= (cmp_u(*cmp, av[l], bv[l]) as u32) << l),
+                            }
+                        }
+                        _ => {}
+                    }
+                    let (r1, r2) = match comb {
+                        None => (res, !res),
+                        Some((op, c, cn)) => {
+                            let cv = if *cn { !w.p[*c as usize] } else { w.p[*c as usize] };
+                            match op {
+                                BoolOp::And => (res & cv, !res & cv),
+                                BoolOp::Or => (res | cv, !res | cv),
+                                BoolOp::Xor => (res ^ cv, !res ^ cv),
+                            }
+                        }
+                    };
+                    let pd = &mut w.p[*d as usize];
+                    *pd = (*pd & !em) | (r1 & em);
+                    if let Some(q) = dn {
+                        let pq = &mut w.p[*q as usize];
+                        *pq = (*pq & !em) | (r2 & em);
+                    }
+                }
+                Inst::PredOp { op, d, a, an, b, bn } => {
+                    let av = if *an { !w.p[*a as usize] } else { w.p[*a as usize] };
+                    let bv = if *bn { !w.p[*b as usize] } else { w.p[*b as usize] };
+                    let r = match op {
+                        BoolOp::And => av & bv,
+                        BoolOp::Or => av | bv,
+                        BoolOp::Xor => av ^ bv,
+                    };
+                    let pd = &mut w.p[*d as usize];
+                    *pd = (*pd & !em) | (r & em);
+                }
+                Inst::PredNot { d, a } => {
+                    let r = !w.p[*a as usize];
+                    let pd = &mut w.p[*d as usize];
+                    *pd = (*pd & !em) | (r & em);
+                }
+                Inst::PredMov { d, a } => {
+                    let r = w.p[*a as usize];
+                    let pd = &mut w.p[*d as usize];
+                    *pd = (*pd & !em) | (r & em);
+                }
+                Inst::PredSet { d, v } => {
+                    let r = if *v { FULL } else { 0 };
+                    let pd = &mut w.p[*d as usize];
+                    *pd = (*pd & !em) | (r & em);
+                }
+                Inst::Selp { d, a, b, p, pn } => {
+                    let pv = if *pn { !w.p[*p as usize] } else { w.p[*p as usize] };
+                    match (d, a, b) {
+                        (Reg::R32(d), Reg::R32(a), Reg::R32(b)) => {
+                            let (av, bv) = (w.r32[*a as usize], w.r32[*b as usize]);
+                            let dv = &mut w.r32[*d as usize];
+                            each!(em, |l| dv[l] = if pv >> l & 1 == 1 { av[l] } else { bv[l] });
+                        }
+                        (Reg::R64(d), Reg::R64(a), Reg::R64(b)) => {
+                            let (av, bv) = (w.r64[*a as usize], w.r64[*b as usize]);
+                            let dv = &mut w.r64[*d as usize];
+                            each!(em, |l| dv[l] = if pv >> l & 1 == 1 { av[l] } else { bv[l] });
+                        }
+                        _ => {}
+                    }
+                }
+                Inst::Mov32 { d, a } => {
+                    let av = w.r32[*a as usize];
+                    let dv = &mut w.r32[*d as usize];
+                    each!(em, |l| dv[l] = av[l]);
+                }
+                Inst::Mov64 { d, a } => {
+                    let av = w.r64[*a as usize];
+                    let dv = &mut w.r64[*d as usize];
+                    each!(em, |l| dv[l] = av[l]);
+                }
+                Inst::Pack { d, parts, bits } => {
+                    let mut v = [0u64; 32];
+                    for (k, p) in parts.iter().enumerate() {
+                        let pv = w.r32[*p as usize];
+                        let sh = k as u32 * bits;
+                        each!(em, |l| v[l] |= mask_bytes(pv[l] as u64, bits / 8) << sh);
+                    }
+                    match d {
+                        Reg::R32(d) => {
+                            let dv = &mut w.r32[*d as usize];
+                            each!(em, |l| dv[l] = v[l] as u32);
+                        }
+                        Reg::R64(d) => {
+                            let dv = &mut w.r64[*d as usize];
+                            each!(em, |l| dv[l] = v[l]);
+                        }
+                    }
+                }
+                Inst::Unpack { a, parts, bits } => {
+                    let v: [u64; 32] = match a {
+                        Reg::R32(a) => w.r32[*a as usize].map(|x| x as u64),
+                        Reg::R64(a) => w.r64[*a as usize],
+                    };
+                    for (k, p) in parts.iter().enumerate() {
+                        if let Some(p) = p {
+                            let sh = k as u32 * bits;
+                            let dv = &mut w.r32[*p as usize];
+                            each!(em, |l| dv[l] = mask_bytes(v[l] >> sh, bits / 8) as u32);
+                        }
+                    }
+                }
+                Inst::Cvt { d, a, from, to, rnd, int_rnd, sat, ftz, relu, satfinite } => {
+                    let src: [u64; 32] = match a {
+                        Reg::R32(a) => w.r32[*a as usize].map(|x| x as u64),
+                        Reg::R64(a) => w.r64[*a as usize],
+                    };
+                    let mut out = [0u64; 32];
+                    each!(em, |l| out[l] = cvt(src[l], *from, *to, *rnd, *int_rnd, *sat, *ftz, *relu, *satfinite));
+                    match d {
+                        Reg::R32(d) => {
+                            let dv = &mut w.r32[*d as usize];
+                            each!(em, |l| dv[l] = out[l] as u32);
+                        }
+                        Reg::R64(d) => {
+                            let dv = &mut w.r64[*d as usize];
+                            each!(em, |l| dv[l] = out[l]);
+                        }
+                    }
+                }
+                Inst::CvtPack { d, a, b, bf, rnd, relu, satfinite } => {
+                    let (av, bv) = (w.r32[*a as usize], w.r32[*b as usize]);
+                    let dv = &mut w.r32[*d as usize];
+                    let conv = |x: f32| -> u32 {
+                        let mut x = x;
+                        if *relu && !x.is_nan() && x < 0.0 {
+                            x = 0.0;
+                        }
+                        let mut h = if *bf { num::f32_to_bf16(x, *rnd) } else { num::f32_to_f16(x, *rnd) };
+                        if *satfinite && !x.is_nan() && (h & 0x7fff) == if *bf { 0x7f80 } else { 0x7c00 } {
+                            h = (h & 0x8000) | if *bf { 0x7f7f } else { 0x7bff };
+                        }
+                        h as u32
+                    };
+                    if *bf && *rnd == Rnd::N && !*relu && !*satfinite {
+                        each!(em, |l| dv[l] = (num::f32_to_bf16(f(av[l]), Rnd::N) as u32) << 16 | num::f32_to_bf16(f(bv[l]), Rnd::N) as u32);
+                    } else {
+                        each!(em, |l| dv[l] = conv(f(av[l])) << 16 | conv(f(bv[l])));
+                    }
+                }
+                Inst::Cvta { to, space, d, a } => {
+                    let win = match space {
+                        Space::Shared => SHARED_WINDOW,
+                        Space::Local => LOCAL_WINDOW,
+                        _ => 0,
+                    };
+                    let src: [u64; 32] = match a {
+                        Reg::R32(a) => w.r32[*a as usize].map(|x| x as u64),
+                        Reg::R64(a) => w.r64[*a as usize],
+                    };
+                    let mut out = [0u64; 32];
+                    each!(em, |l| out[l] = if *to { src[l].wrapping_sub(win) } else { src[l].wrapping_add(win) });
+                    match d {
+                        Reg::R32(d) => {
+                            let dv = &mut w.r32[*d as usize];
+                            each!(em, |l| dv[l] = out[l] as u32);
+                        }
+                        Reg::R64(d) => {
+                            let dv = &mut w.r64[*d as usize];
+                            each!(em, |l| dv[l] = out[l]);
+                        }
+                    }
+                }
+                Inst::Prmt { d, a, b, c } => {
+                    let (av, bv, cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
+                    let dv = &mut w.r32[*d as usize];
+                    each!(em, |l| {
+                        let bytes = ((bv[l] as u64) << 32 | av[l] as u64).to_le_bytes();
+                        let mut r = 0u32;
+                        for i in 0..4 {
+                            let sel = (cv[l] >> (4 * i)) & 0xf;
+                            let mut byte = bytes[(sel & 7) as usize];
+                            if sel & 8 != 0 {
+                                byte = if byte & 0x80 != 0 { 0xff } else { 0 };
+                            }
+                            r |= (byte as u32) << (8 * i);
+                        }
+                        dv[l] = r
+                    });
+                }
+                Inst::Lop3 { d, a, b, c, lut } => {
+                    let (av, bv, cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
+                    let dv = &mut w.r32[*d as usize];
+                    let lut = *lut;
+                    each!(em, |l| {
+                        let mut r = 0u32;
+                        for i in 0..8 {
+                            if lut >> i & 1 == 1 {
+                                let x = if i & 4 != 0 { av[l] } else { !av[l] };
+                                let y = if i & 2 != 0 { bv[l] } else { !bv[l] };
+                                let z = if i & 1 != 0 { cv[l] } else { !cv[l] };
+                                r |= x & y & z;
+                            }
+                        }
+                        dv[l] = r
+                    });
+                }
+                Inst::Ld { space, ty, d, addr } => {
+                    let size = ty.bytes();
+                    let n = d.len() as u32;
+                    let total = size * n;
+                    let signed = ty.signed();
+                    let mut m = em;
+                    while m != 0 {
+                        let l = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        let ad = Self::addr_of(&self.warps[wi], addr, l);
+                        if ad % total as u64 != 0 {
+                            return Err(self.misaligned(wid, l, line, "load", ad, total));
+                        }
+                        for (k, r) in d.iter().enumerate() {
+                            let v = self.read(wid, l, *space, ad + (k as u32 * size) as u64, size, line)?;
+                            let v = if signed { sext(v, size) as u64 } else { v };
+                            match r {
+                                Some(Reg::R32(r)) => self.warps[wi].r32[*r as usize][l] = v as u32,
+                                Some(Reg::R64(r)) => self.warps[wi].r64[*r as usize][l] = v,
+                                None => {}
+                            }
+                        }
+                    }
+                }
+                Inst::St { space, ty, s, addr } => {
+                    let size = ty.bytes();
+                    let n = s.len() as u32;
+                    let total = size * n;
+                    let mut m = em;
+                    while m != 0 {
+                        let l = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        let ad = Self::addr_of(&self.warps[wi], addr, l);
+                        if ad % total as u64 != 0 {
+                            return Err(self.misaligned(wid, l, line, "store", ad, total));
+                        }
+                        for (k, r) in s.iter().enumerate() {
+                            let v = match r {
+                                Reg::R32(r) => self.warps[wi].r32[*r as usize][l] as u64,
+                                Reg::R64(r) => self.warps[wi].r64[*r as usize][l],
+                            };
+                            self.write(wid, l, *space, ad + (k as u32 * size) as u64, size, mask_bytes(v, size), line)?;
+                        }
+                    }
+                }
+                Inst::Atom { space, op, ty, d, addr, b, c } => {
+                    let mut m = em;
+                    while m != 0 {
+                        let l = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        let w = &self.warps[wi];
+                        let ad = Self::addr_of(w, addr, l);
+                        let bv = w.r32[*b as usize][l];
+                        let cv = c.map(|c| w.r32[c as usize][l]).unwrap_or(0);
+                        if ad % 4 != 0 {
+                            return Err(self.misaligned(wid, l, line, "atomic", ad, 4));
+                        }
+                        let old = if *space == Space::Shared {
+                            let off = self.sh_check(wid, l, ad, 4, line)?;
+                            if self.l.opts.initcheck {
+                                for k in off..off + 4 {
+                                    if self.shadow[k].w_epoch == 0 {
+                                        return Err(self.error(SimErrorKind::UninitializedRead, wid, l, line, format!("atomic on uninitialised shared memory at shared address {k:#x}")));
+                                    }
+                                }
+                            }
+                            for k in off..off + 4 {
+                                if self.shadow[k].w_tid & PENDING != 0 {
+                                    return Err(self.error(SimErrorKind::AsyncCopyHazard, wid, l, line, format!("atomic on shared address {k:#x} while a cp.async into it is in flight")));
+                                }
+                            }
+                            let old = u32::from_le_bytes([self.shared[off], self.shared[off + 1], self.shared[off + 2], self.shared[off + 3]]);
+                            let new = if *op == AtomOp::Cas { if old == bv { cv } else { old } } else { atomic_apply(*op, *ty, old, bv) };
+                            self.shared[off..off + 4].copy_from_slice(&new.to_le_bytes());
+                            old
+                        } else {
+                            let (a, off) = self.gl_find(wid, l, ad, 4, line)?;
+                            a.atomic(off, *op, *ty, bv, cv)
+                        };
+                        if let Some(d) = d {
+                            self.warps[wi].r32[*d as usize][l] = old;
+                        }
+                    }
+                }
+                Inst::Bra { target, uni } => {
+                    let taken = em;
+                    let not_taken = mask & !em;
+                    if taken == 0 {
+                        // fall through
+                    } else if not_taken == 0 {
+                        next = *target;
+                    } else {
+                        if *uni {
+                            return Err(self.error(SimErrorKind::WarpDivergence, wid, taken.trailing_zeros() as usize, line, format!("bra.uni is divergent: lanes {} branch, lanes {} do not", lanes_str(taken), lanes_str(not_taken))));
+                        }
+                        let rpc = di.reconv;
+                        let w = &mut self.warps[wi];
+                        let top = w.stack.last_mut().unwrap_or_else(|| unreachable!());
+                        if top.rpc == rpc {
+                            top.pc = next;
+                            top.mask = not_taken;
+                        } else {
+                            top.pc = rpc;
+                            w.stack.push(Entry { pc: next, mask: not_taken, rpc });
+                        }
+                        w.stack.push(Entry { pc: *target, mask: taken, rpc });
+                        if w.stack.len() > 4096 {
+                            return Err(self.error(SimErrorKind::Other, wid, taken.trailing_zeros() as usize, line, "reconvergence stack overflow".into()));
+                        }
+                        continue;
+                    }
+                }
+                Inst::Exit => {
+                    let w = &mut self.warps[wi];
+                    w.exited |= em;
+                    for e in w.stack.iter_mut() {
+                        e.mask &= !em;
+                    }
+                    let top_alive = w.stack.last().is_some_and(|e| e.mask != 0);
+                    w.stack.retain(|e| e.mask != 0);
+                    if !top_alive {
+                        continue;
+                    }
+                }
+                Inst::Bar { arrive, id, count } => {
+                    let w = &self.warps[wi];
+                    let live = w.valid & !w.exited;
+                    if em != live {
+                        let missing = live & !em;
+                        return Err(self.error(
+                            SimErrorKind::BarrierDivergence,
+                            wid,
+                            em.trailing_zeros() as usize,
+                            line,
+                            format!("barrier divergence: bar at line {line} is reached by lanes {} of warp {wid} but not by lanes {} (they took another path or are predicated off)", lanes_str(em), lanes_str(missing)),
+                        ));
+                    }
+                    let l0 = em.trailing_zeros() as usize;
+                    let idv = w.r32[*id as usize][l0];
+                    let cnt = count.map(|c| w.r32[c as usize][l0]);
+                    if idv >= 16 {
+                        return Err(self.error(SimErrorKind::Other, wid, l0, line, format!("barrier id {idv} out of range (0..15)")));
+                    }
+                    if let Some(c) = cnt {
+                        if c == 0 || c % 32 != 0 || c > self.nthreads.div_ceil(32) * 32 {
+                            return Err(self.error(SimErrorKind::Other, wid, l0, line, format!("barrier thread count {c} must be a non-zero multiple of 32 not above the block size")));
+                        }
+                    }
+                    if *arrive {
+                        self.arrivals[idv as usize] += live.count_ones();
+                    } else {
+                        let w = &mut self.warps[wi];
+                        w.stack.last_mut().unwrap_or_else(|| unreachable!()).pc = next;
+                        w.wait = Some(BarWait { id: idv, count: cnt, pc, line });
+                        return Ok(());
+                    }
+                }
+                Inst::BarWarp { mask: mr } => {
+                    let mv = w.r32[*mr as usize][em.trailing_zeros() as usize];
+                    self.check_converged(wi, em, mv, line, "bar.warp.sync")?;
+                }
+                Inst::Nop => {}
+                Inst::Activemask { d } => {
+                    let dv = &mut w.r32[*d as usize];
+                    each!(em, |l| dv[l] = mask);
+                }
+                Inst::Shfl { mode, d, p, a, b, c, mask: mr } => {
+                    let mv = w.r32[*mr as usize][em.trailing_zeros() as usize];
+                    self.check_converged(wi, em, mv, line, "shfl.sync")?;
+                    let w = &self.warps[wi];
+                    let (av, bv, cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
+                    let mut out = [0u32; 32];
+                    let mut pres = 0u32;
+                    let mut m = em;
+                    while m != 0 {
+                        let l = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        let lane = l as i32;
+                        let bval = (bv[l] & 31) as i32;
+                        let cval = (cv[l] & 31) as i32;
+                        let segmask = ((cv[l] >> 8) & 31) as i32;
+                        let max_lane = (lane & segmask) | (cval & !segmask);
+                        let min_lane = lane & segmask;
+                        let (j, pval) = match mode {
+                            ShflMode::Up => (lane - bval, lane - bval >= max_lane),
+                            ShflMode::Down => (lane + bval, lane + bval <= max_lane),
+                            ShflMode::Bfly => (lane ^ bval, (lane ^ bval) <= max_lane),
+                            ShflMode::Idx => {
+                                let j = min_lane | (bval & !segmask);
+                                (j, j <= max_lane)
+                            }
+                        };
+                        let j = if pval { j as usize } else { l };
+                        if em >> j & 1 == 0 {
+                            return Err(self.error(SimErrorKind::WarpDivergence, wid, l, line, format!("shfl.sync: lane {l} reads lane {j}, which does not execute this shfl (inactive, predicated off or exited): the result is undefined")));
+                        }
+                        out[l] = av[j];
+                        pres |= (pval as u32) << l;
+                    }
+                    let w = &mut self.warps[wi];
+                    let dv = &mut w.r32[*d as usize];
+                    each!(em, |l| dv[l] = out[l]);
+                    if let Some(p) = p {
+                        let pd = &mut w.p[*p as usize];
+                        *pd = (*pd & !em) | (pres & em);
+                    }
+                }
+                Inst::Vote { mode, d, dp, a, an, mask: mr } => {
+                    let mv = w.r32[*mr as usize][em.trailing_zeros() as usize];
+                    self.check_converged(wi, em, mv, line, "vote.sync")?;
+                    let w = &mut self.warps[wi];
+                    let pv = (if *an { !w.p[*a as usize] } else { w.p[*a as usize] }) & em;
+                    match mode {
+                        VoteMode::Ballot => {
+                            if let Reg::R32(d) = d {
+                                let dv = &mut w.r32[*d as usize];
+                                each!(em, |l| dv[l] = pv);
+                            }
+                        }
+                        _ => {
+                            let r = match mode {
+                                VoteMode::All => pv == em,
+                                VoteMode::Any => pv != 0,
+                                _ => pv == em || pv == 0,
+                            };
+                            let pd = &mut w.p[*dp as usize];
+                            *pd = (*pd & !em) | if r { em } else { 0 };
+                        }
+                    }
+                }
+                Inst::CpAsync { bytes, dst, src, src_size } => {
+                    let mut m = em;
+                    while m != 0 {
+                        let l = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        let w = &self.warps[wi];
+                        let da = Self::addr_of(w, dst, l);
+                        let sa = Self::addr_of(w, src, l);
+                        let ss = src_size.map(|r| w.r32[r as usize][l]).unwrap_or(*bytes);
+                        if ss > *bytes {
+                            return Err(self.error(SimErrorKind::Other, wid, l, line, format!("cp.async src-size {ss} exceeds cp-size {bytes}")));
+                        }
+                        if da % *bytes as u64 != 0 {
+                            return Err(self.misaligned(wid, l, line, "cp.async shared", da, *bytes));
+                        }
+                        if sa % *bytes as u64 != 0 {
+                            return Err(self.misaligned(wid, l, line, "cp.async global", sa, *bytes));
+                        }
+                        let off = self.sh_check(wid, l, da, *bytes, line)?;
+                        let mut data = [0u8; 16];
+                        if ss > 0 {
+                            let (a, goff) = self.gl_find(wid, l, sa, ss, line)?;
+                            // word-wise reads where possible
+                            let mut k = 0u32;
+                            while k < ss {
+                                if (goff + k as u64) % 4 == 0 && k + 4 <= ss {
+                                    data[k as usize..k as usize + 4].copy_from_slice(&(a.load(goff + k as u64, 4) as u32).to_le_bytes());
+                                    k += 4;
+                                } else {
+                                    data[k as usize] = a.load(goff + k as u64, 1) as u8;
+                                    k += 1;
+                                }
+                            }
+                        }
+                        for kk in off..off + *bytes as usize {
+                            if self.shadow[kk].w_tid & PENDING != 0 {
+                                return Err(self.error(SimErrorKind::AsyncCopyHazard, wid, l, line, format!("cp.async into shared address {kk:#x}, which another in-flight cp.async also writes")));
+                            }
+                            self.shadow[kk].w_tid |= PENDING;
+                        }
+                        self.warps[wi].cp_pending.push(CpOp { lane: l as u8, bytes: *bytes as u8, dst: off as u32, line, data });
+                    }
+                }
+                Inst::CpCommit => {
+                    self.check_whole_warp_live(wi, em, line, "cp.async.commit_group")?;
+                    let w = &mut self.warps[wi];
+                    let g = std::mem::take(&mut w.cp_pending);
+                    w.cp_groups.push_back(g);
+                }
+                Inst::CpWait { n } => {
+                    self.check_whole_warp_live(wi, em, line, "cp.async.wait_group")?;
+                    let w = &mut self.warps[wi];
+                    if *n == u32::MAX {
+                        let g = std::mem::take(&mut w.cp_pending);
+                        w.cp_groups.push_back(g);
+                    }
+                    let keep = if *n == u32::MAX { 0 } else { *n as usize };
+                    while self.warps[wi].cp_groups.len() > keep {
+                        let g = self.warps[wi].cp_groups.pop_front().unwrap_or_default();
+                        self.complete_group(wi, g)?;
+                    }
+                }
+                Inst::Ldmatrix { num, trans, d, addr } => {
+                    self.check_aligned_collective(wi, em, line, "ldmatrix")?;
+                    let mut mats = [[[0u16; 8]; 8]; 4];
+                    for (i, mat) in mats.iter_mut().enumerate().take(*num as usize) {
+                        for (r, row) in mat.iter_mut().enumerate() {
+                            let p = i * 8 + r;
+                            let ad = Self::addr_of(&self.warps[wi], addr, p);
+                            if ad % 16 != 0 {
+                                return Err(self.misaligned(wid, p, line, "ldmatrix row", ad, 16));
+                            }
+                            let off = self.sh_check(wid, p, ad, 16, line)?;
+                            self.shadow_read(wid, p, off, 16, line)?;
+                            for (c, v) in row.iter_mut().enumerate() {
+                                *v = u16::from_le_bytes([self.shared[off + 2 * c], self.shared[off + 2 * c + 1]]);
+                            }
+                        }
+                    }
+                    let w = &mut self.warps[wi];
+                    for i in 0..*num as usize {
+                        let dv = &mut w.r32[d[i] as usize];
+                        for (l, slot) in dv.iter_mut().enumerate() {
+                            let (r, c) = (l / 4, 2 * (l % 4));
+                            let (x, y) = if *trans { (mats[i][c][r], mats[i][c + 1][r]) } else { (mats[i][r][c], mats[i][r][c + 1]) };
+                            *slot = x as u32 | (y as u32) << 16;
+                        }
+                    }
+                }
+                Inst::Mma { bf, d, a, b, c } => {
+                    self.check_aligned_collective(wi, em, line, "mma.sync")?;
+                    let w = &mut self.warps[wi];
+                    mma_m16n8k16(w, *bf, d, a, b, c);
+                }
+            }
+            self.warps[wi].stack.last_mut().unwrap_or_else(|| unreachable!()).pc = next;
+        }
+    }
+
+    /// shfl/vote/bar.warp: executing lanes must be in the member mask, and
+    /// every live lane named in it must be executing this instruction.
+    fn check_converged(&self, wi: usize, em: u32, membermask: u32, line: u32, what: &str) -> R<()> {
+        let w = &self.warps[wi];
+        let wid = w.id;
+        if em & !membermask != 0 {
+            let l = (em & !membermask).trailing_zeros() as usize;
+            return Err(self.error(SimErrorKind::WarpDivergence, wid, l, line, format!("{what}: executing lane {l} is not in the member mask {membermask:#010x}")));
+        }
+        let live = w.valid & !w.exited;
+        let missing = membermask & live & !em;
+        if missing != 0 {
+            return Err(self.error(
+                SimErrorKind::WarpDivergence,
+                wid,
+                em.trailing_zeros() as usize,
+                line,
+                format!("{what}: member mask {membermask:#010x} names lanes {} that are not executing it (divergent or predicated off)", lanes_str(missing)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `.aligned` warp-wide instructions: all 32 lanes must execute them.
+    fn check_aligned_collective(&self, wi: usize, em: u32, line: u32, what: &str) -> R<()> {
+        let w = &self.warps[wi];
+        if em != FULL {
+            let missing = !em;
+            return Err(self.error(
+                SimErrorKind::WarpDivergence,
+                w.id,
+                em.trailing_zeros() as usize,
+                line,
+                format!("{what}.aligned must be executed by all 32 lanes of the warp, but lanes {} do not (diverged, predicated off, exited or not launched)", lanes_str(missing)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_whole_warp_live(&self, wi: usize, em: u32, line: u32, what: &str) -> R<()> {
+        let w = &self.warps[wi];
+        let live = w.valid & !w.exited;
+        if em != live {
+            return Err(self.error(SimErrorKind::WarpDivergence, w.id, em.trailing_zeros() as usize, line, format!("{what} executed by lanes {} but not by live lanes {}: the simulator tracks cp.async groups per warp and needs them converged", lanes_str(em), lanes_str(live & !em))));
+        }
+        Ok(())
+    }
+}
+
+fn exec_i32(op: IOp, em: u32, dv: &mut [u32; 32], av: &[u32; 32], bv: &[u32; 32]) {
+    match op {
+        IOp::Add => each!(em, |l| dv[l] = av[l].wrapping_add(bv[l])),
+        IOp::Sub => each!(em, |l| dv[l] = av[l].wrapping_sub(bv[l])),
+        IOp::MulLo => each!(em, |l| dv[l] = av[l].wrapping_mul(bv[l])),
+        IOp::MulHiU => each!(em, |l| dv[l] = ((av[l] as u64 * bv[l] as u64) >> 32) as u32),
+        IOp::MulHiS => each!(em, |l| dv[l] = (((av[l] as i32 as i64) * (bv[l] as i32 as i64)) >> 32) as u32),
+        IOp::MinU => each!(em, |l| dv[l] = av[l].min(bv[l])),
+        IOp::MinS => each!(em, |l| dv[l] = (av[l] as i32).min(bv[l] as i32) as u32),
+        IOp::MaxU => each!(em, |l| dv[l] = av[l].max(bv[l])),
+        IOp::MaxS => each!(em, |l| dv[l] = (av[l] as i32).max(bv[l] as i32) as u32),
+        IOp::And => each!(em, |l| dv[l] = av[l] & bv[l]),
+        IOp::Or => each!(em, |l| dv[l] = av[l] | bv[l]),
+        IOp::Xor => each!(em, |l| dv[l] = av[l] ^ bv[l]),
+        IOp::Shl => each!(em, |l| dv[l] = if bv[l] >= 32 { 0 } else { av[l] << bv[l] }),
+        IOp::ShrU => each!(em, |l| dv[l] = if bv[l] >= 32 { 0 } else { av[l] >> bv[l] }),
+        IOp::ShrS => each!(em, |l| dv[l] = ((av[l] as i32) >> bv[l].min(31)) as u32),
+        IOp::DivU => each!(em, |l| dv[l] = av[l].checked_div(bv[l]).unwrap_or(u32::MAX)),
+        IOp::DivS => each!(em, |l| dv[l] = if bv[l] == 0 { u32::MAX } else { (av[l] as i32).wrapping_div(bv[l] as i32) as u32 }),
+        IOp::RemU => each!(em, |l| dv[l] = if bv[l] == 0 { av[l] } else { av[l] % bv[l] }),
+        IOp::RemS => each!(em, |l| dv[l] = if bv[l] == 0 { av[l] } else { (av[l] as i32).wrapping_rem(bv[l] as i32) as u32 }),
+    }
+}
+
+fn exec_i64(op: IOp, em: u32, dv: &mut [u64; 32], av: &[u64; 32], bv: &[u64; 32]) {
+    match op {
+        IOp::Add => each!(em, |l| dv[l] = av[l].wrapping_add(bv[l])),
+        IOp::Sub => each!(em, |l| dv[l] = av[l].wrapping_sub(bv[l])),
+        IOp::MulLo => each!(em, |l| dv[l] = av[l].wrapping_mul(bv[l])),
+        IOp::MulHiU => each!(em, |l| dv[l] = ((av[l] as u128 * bv[l] as u128) >> 64) as u64),
+        IOp::MulHiS => each!(em, |l| dv[l] = (((av[l] as i64 as i128) * (bv[l] as i64 as i128)) >> 64) as u64),
+        IOp::MinU => each!(em, |l| dv[l] = av[l].min(bv[l])),
+        IOp::MinS => each!(em, |l| dv[l] = (av[l] as i64).min(bv[l] as i64) as u64),
+        IOp::MaxU => each!(em, |l| dv[l] = av[l].max(bv[l])),
+        IOp::MaxS => each!(em, |l| dv[l] = (av[l] as i64).max(bv[l] as i64) as u64),
+        IOp::And => each!(em, |l| dv[l] = av[l] & bv[l]),
+        IOp::Or => each!(em, |l| dv[l] = av[l] | bv[l]),
+        IOp::Xor => each!(em, |l| dv[l] = av[l] ^ bv[l]),
+        IOp::DivU => each!(em, |l| dv[l] = av[l].checked_div(bv[l]).unwrap_or(u64::MAX)),
+        IOp::DivS => each!(em, |l| dv[l] = if bv[l] == 0 { u64::MAX } else { (av[l] as i64).wrapping_div(bv[l] as i64) as u64 }),
+        IOp::RemU => each!(em, |l| dv[l] = if bv[l] == 0 { av[l] } else { av[l] % bv[l] }),
+        IOp::RemS => each!(em, |l| dv[l] = if bv[l] == 0 { av[l] } else { (av[l] as i64).wrapping_rem(bv[l] as i64) as u64 }),
+        IOp::Shl | IOp::ShrU | IOp::ShrS => {}
+    }
+}
+
+/// PTX min/max: a NaN operand yields the other; -0 < +0.
+fn fmin(a: f32, b: f32) -> f32 {
+    if a == 0.0 && b == 0.0 {
+        return if a.is_sign_negative() { a } else { b };
+    }
+    let r = a.min(b);
+    if r.is_nan() {
+        f32::from_bits(num::NAN32)
+    } else {
+        r
+    }
+}
+fn fmax(a: f32, b: f32) -> f32 {
+    if a == 0.0 && b == 0.0 {
+        return if a.is_sign_negative() { b } else { a };
+    }
+    let r = a.max(b);
+    if r.is_nan() {
+        f32::from_bits(num::NAN32)
+    } else {
+        r
+    }
+}
+
+fn post_f32(dv: &mut [u32; 32], em: u32, fl: u8) {
+    if fl & FTZ != 0 {
+        each!(em, |l| dv[l] = num::ftz32(f(dv[l])).to_bits());
+    }
+    if fl & SAT != 0 {
+        each!(em, |l| dv[l] = num::sat01(f(dv[l])).to_bits());
+    }
+}
+
+fn cmp_u(c: Cmp, a: u64, b: u64) -> bool {
+    match c {
+        Cmp::Eq => a == b,
+        Cmp::Ne => a != b,
+        Cmp::Lt | Cmp::Lo => a < b,
+        Cmp::Le | Cmp::Ls => a <= b,
+        Cmp::Gt | Cmp::Hi => a > b,
+        Cmp::Ge | Cmp::Hs => a >= b,
+        _ => false,
+    }
+}
+fn cmp_i(c: Cmp, a: i64, b: i64) -> bool {
+    match c {
+        Cmp::Eq => a == b,
+        Cmp::Ne => a != b,
+        Cmp::Lt => a < b,
+        Cmp::Le => a <= b,
+        Cmp::Gt => a > b,
+        Cmp::Ge => a >= b,
+        Cmp::Lo => (a as u64) < (b as u64),
+        Cmp::Ls => (a as u64) <= (b as u64),
+        Cmp::Hi => (a as u64) > (b as u64),
+        Cmp::Hs => (a as u64) >= (b as u64),
+        _ => false,
+    }
+}
+fn cmp_f(c: Cmp, a: f64, b: f64) -> bool {
+    let un = a.is_nan() || b.is_nan();
+    match c {
+        Cmp::Eq => a == b,
+        Cmp::Ne => !un && a != b,
+        Cmp::Lt => a < b,
+        Cmp::Le => a <= b,
+        Cmp::Gt => a > b,
+        Cmp::Ge => a >= b,
+        Cmp::Equ => un || a == b,
+        Cmp::Neu => un || a != b,
+        Cmp::Ltu => un || a < b,
+        Cmp::Leu => un || a <= b,
+        Cmp::Gtu => un || a > b,
+        Cmp::Geu => un || a >= b,
+        Cmp::Num => !un,
+        Cmp::Nan => un,
+        _ => false,
+    }
+}
+
+fn h_to_f64(bf: bool, x: u16) -> f64 {
+    if bf {
+        num::bf16_to_f32(x) as f64
+    } else {
+        num::f16_to_f32(x) as f64
+    }
+}
+
+fn half_op(op: HOp, bf: bool, x: u16, y: u16, z: u16) -> u16 {
+    let round = |v: f64| if bf { num::f64_to_bf16(v, Rnd::N) } else { num::f64_to_f16(v, Rnd::N) };
+    let (a, b, c) = (h_to_f64(bf, x), h_to_f64(bf, y), h_to_f64(bf, z));
+    match op {
+        HOp::Neg => x ^ 0x8000,
+        HOp::Abs => x & 0x7fff,
+        HOp::Add => round(a + b),
+        HOp::Sub => round(a - b),
+        HOp::Mul => round(a * b),
+        // a*b is exact in f64 for 16-bit formats; the sum rounds once more in
+        // f64 only when far below the 16-bit format's precision.
+        HOp::Fma => round(a * b + c),
+        HOp::Min => {
+            if a.is_nan() && b.is_nan() {
+                num::NAN16
+            } else if a.is_nan() || (!b.is_nan() && b < a) || (a == 0.0 && b == 0.0 && y & 0x8000 != 0) {
+                y
+            } else {
+                x
+            }
+        }
+        HOp::Max => {
+            if a.is_nan() && b.is_nan() {
+                num::NAN16
+            } else if a.is_nan() || (!b.is_nan() && b > a) || (a == 0.0 && b == 0.0 && x & 0x8000 != 0) {
+                y
+            } else {
+                x
+            }
+        }
+    }
+}
+
+fn int_range(t: Ty) -> (i128, i128) {
+    let bits = t.bytes() * 8;
+    if t.signed() {
+        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+    } else {
+        (0, (1i128 << bits) - 1)
+    }
+}
+
+/// One lane of `cvt`: `v` holds the source bits (low `from.bytes()` bytes).
+#[allow(clippy::too_many_arguments)]
+fn cvt(v: u64, from: Ty, to: Ty, rnd: Rnd, int_rnd: bool, sat: bool, ftz: bool, relu: bool, satfinite: bool) -> u64 {
+    let fb = from.bytes();
+    let v = mask_bytes(v, fb);
+    // source as exact integer or exact f64
+    enum Src {
+        I(i128),
+        F(f64),
+    }
+    let src = if from.is_float() {
+        let mut x = match from {
+            Ty::F32 => f32::from_bits(v as u32) as f64,
+            Ty::F64 => f64::from_bits(v),
+            Ty::F16 => num::f16_to_f32(v as u16) as f64,
+            _ => num::bf16_to_f32(v as u16) as f64,
+        };
+        if ftz && from == Ty::F32 {
+            x = num::ftz32(x as f32) as f64;
+        }
+        Src::F(x)
+    } else if from.signed() {
+        Src::I(sext(v, fb) as i128)
+    } else {
+        Src::I(v as i128)
+    };
+    let out_bits: u64 = if to.is_int() {
+        let (lo, hi) = int_range(to);
+        let i = match src {
+            Src::I(i) => {
+                if sat {
+                    i.clamp(lo, hi)
+                } else {
+                    i
+                }
+            }
+            Src::F(x) => num::f64_to_int_sat(x, rnd, lo, hi),
+        };
+        let tb = to.bytes();
+        if to.signed() {
+            // sign-extend into the register
+            sext(i as u64, tb) as u64
+        } else {
+            mask_bytes(i as u64, tb)
+        }
+    } else {
+        // to float
+        let mut x: f64;
+        let bits = match src {
+            Src::I(i) => {
+                x = 0.0;
+                match to {
+                    Ty::F32 => {
+                        let r = if from.signed() { num::i64_to_f32(i as i64, rnd) } else { num::u64_to_f32(i as u64, rnd) };
+                        x = r as f64;
+                        r.to_bits() as u64
+                    }
+                    Ty::F64 => {
+                        let r = if from.signed() { num::i64_to_f64(i as i64, rnd) } else { num::u64_to_f64(i as u64, rnd) };
+                        x = r;
+                        r.to_bits()
+                    }
+                    Ty::F16 => num::f64_to_f16(i as f64, rnd) as u64,
+                    _ => num::f64_to_bf16(i as f64, rnd) as u64,
+                }
+            }
+            Src::F(s) => {
+                x = if int_rnd { num::round_int(s, rnd) } else { s };
+                if relu && !x.is_nan() && x < 0.0 {
+                    x = 0.0;
+                }
+                if sat {
+                    x = if x.is_nan() { 0.0 } else { x.clamp(0.0, 1.0) };
+                }
+                let r = if int_rnd { Rnd::N } else { rnd };
+                match to {
+                    Ty::F32 => {
+                        let mut y = num::f64_to_f32(x, r);
+                        if ftz {
+                            y = num::ftz32(y);
+                        }
+                        y.to_bits() as u64
+                    }
+                    Ty::F64 => x.to_bits(),
+                    Ty::F16 => num::f64_to_f16(x, r) as u64,
+                    _ => num::f64_to_bf16(x, r) as u64,
+                }
+            }
+        };
+        let _ = x;
+        if satfinite {
+            match to {
+                Ty::F16 if bits & 0x7fff == 0x7c00 => (bits & 0x8000) | 0x7bff,
+                Ty::BF16 if bits & 0x7fff == 0x7f80 => (bits & 0x8000) | 0x7f7f,
+                _ => bits,
+            }
+        } else {
+            bits
+        }
+    };
+    out_bits
+}
+
+fn mma_m16n8k16(w: &mut Warp, bf: bool, d: &[u32; 4], a: &[u32; 4], b: &[u32; 2], c: &[u32; 4]) {
+    let mut am = [[0f64; 16]; 16];
+    let mut bm = [[0f64; 8]; 16];
+    let mut acc = [[0f64; 8]; 16];
+    let cv = |x: u32| -> (f64, f64) { (h_to_f64(bf, x as u16), h_to_f64(bf, (x >> 16) as u16)) };
+    for l in 0..32 {
+        let (g, t) = (l >> 2, l & 3);
+        let (x0, x1) = cv(w.r32[a[0] as usize][l]);
+        am[g][2 * t] = x0;
+        am[g][2 * t + 1] = x1;
+        let (x0, x1) = cv(w.r32[a[1] as usize][l]);
+        am[g + 8][2 * t] = x0;
+        am[g + 8][2 * t + 1] = x1;
+        let (x0, x1) = cv(w.r32[a[2] as usize][l]);
+        am[g][2 * t + 8] = x0;
+        am[g][2 * t + 9] = x1;
+        let (x0, x1) = cv(w.r32[a[3] as usize][l]);
+        am[g + 8][2 * t + 8] = x0;
+        am[g + 8][2 * t + 9] = x1;
+        let (y0, y1) = cv(w.r32[b[0] as usize][l]);
+        bm[2 * t][g] = y0;
+        bm[2 * t + 1][g] = y1;
+        let (y0, y1) = cv(w.r32[b[1] as usize][l]);
+        bm[2 * t + 8][g] = y0;
+        bm[2 * t + 9][g] = y1;
+        acc[g][2 * t] = f32::from_bits(w.r32[c[0] as usize][l]) as f64;
+        acc[g][2 * t + 1] = f32::from_bits(w.r32[c[1] as usize][l]) as f64;
+        acc[g + 8][2 * t] = f32::from_bits(w.r32[c[2] as usize][l]) as f64;
+        acc[g + 8][2 * t + 1] = f32::from_bits(w.r32[c[3] as usize][l]) as f64;
+    }
+    for m in 0..16 {
+        let row = &am[m];
+        let out = &mut acc[m];
+        for k in 0..16 {
+            let x = row[k];
+            let brow = &bm[k];
+            for n in 0..8 {
+                out[n] += x * brow[n];
+            }
+        }
+    }
+    for l in 0..32 {
+        let (g, t) = (l >> 2, l & 3);
+        w.r32[d[0] as usize][l] = (acc[g][2 * t] as f32).to_bits();
+        w.r32[d[1] as usize][l] = (acc[g][2 * t + 1] as f32).to_bits();
+        w.r32[d[2] as usize][l] = (acc[g + 8][2 * t] as f32).to_bits();
+        w.r32[d[3] as usize][l] = (acc[g + 8][2 * t + 1] as f32).to_bits();
+    }
+}
