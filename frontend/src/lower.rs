@@ -874,6 +874,9 @@ impl<'a> Lower<'a> {
             (Value::Str(x), Value::Str(y)) if matches!(op, BinOp::Eq | BinOp::Ne) => {
                 Ok(Value::Bool((x == y) == (op == BinOp::Eq)))
             }
+            (Value::List(x), Value::List(y)) if matches!(op, BinOp::Eq | BinOp::Ne) => {
+                Ok(Value::Bool((x == y) == (op == BinOp::Eq)))
+            }
             (Value::Str(x), Value::Str(y)) if op == BinOp::Add => Ok(Value::Str(format!("{x}{y}"))),
             (Value::List(x), Value::List(y)) if op == BinOp::Add => {
                 if x.len() + y.len() > self.limits.max_list {
@@ -1035,7 +1038,14 @@ impl<'a> Lower<'a> {
         self.frames.truncate(1);
         self.frames.extend(saved);
         self.calls -= 1;
-        r
+        // A short backtrace: where the failing function was called from.
+        r.map_err(|d| {
+            if d.secondary.len() < 4 && d.span != Some(span) {
+                d.also(span, format!("in this call of `{}`", callee.name))
+            } else {
+                d
+            }
+        })
     }
 
     // ----- builtins -----

@@ -89,6 +89,16 @@ impl<'a> Parser<'a> {
     fn expect(&mut self, t: Tok, what: &str) -> PResult<Token> {
         if self.peek() == t {
             Ok(self.bump())
+        } else if t == Tok::Semi && self.pos > 0 {
+            // Point just after the previous token, where the `;` belongs.
+            let end = self.prev_span().end;
+            let tk = self.toks[self.pos];
+            let found = if matches!(tk.tok, Tok::Ident | Tok::Int | Tok::Float) {
+                format!("`{}`", self.text(&tk))
+            } else {
+                tk.tok.describe().to_string()
+            };
+            self.error(Diagnostic::error(format!("expected `;`, found {found}"), Span::new(end, end)).label("add `;` here"))
         } else {
             self.unexpected(what)
         }
