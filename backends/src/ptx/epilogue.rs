@@ -129,6 +129,10 @@ impl Epilogue {
     /// A short tag for kernel names.
     pub fn tag(&self) -> String {
         let mut t = String::new();
+        let dt = |d: &ElemType| match d {
+            ElemType::F32 => "f",
+            ElemType::Bf16 => "h",
+        };
         for s in &self.steps {
             t.push_str(match s {
                 EpiStep::RowScale { .. } => "r",
@@ -140,11 +144,12 @@ impl Epilogue {
                 EpiStep::AddTensor { .. } => "a",
                 EpiStep::StoreAux { .. } => "s",
             });
+            if let EpiStep::Relu2Grad { dtype, .. } | EpiStep::AddTensor { dtype, .. } | EpiStep::StoreAux { dtype, .. } = s {
+                t.push_str(dt(dtype));
+            }
         }
-        t.push_str(match self.out {
-            ElemType::F32 => "f",
-            ElemType::Bf16 => "h",
-        });
+        t.push('_');
+        t.push_str(dt(&self.out));
         t
     }
 

@@ -902,17 +902,56 @@ mod tests {
     use super::*;
     use crate::ptx::epilogue::ElemType;
     use crate::ptx::ptxas;
+    use crate::ptx::testing::{AWKWARD_SHAPES, LAYOUTS};
 
     #[test]
-    fn dump_for_inspection() {
-        let cfg = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 1024, 1024, 512, Epilogue::store(ElemType::F32));
-        let k = emit_gemm(&cfg).unwrap();
+    fn rejects_bad_configs() {
+        let e = Epilogue::store(ElemType::F32);
+        let c = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 64, 64, 64, e.clone());
+        assert!(c.clone().with_tile(TileConfig { bk: 8, ..TileConfig::SMALL }).validate().is_err());
+        assert!(c.clone().with_tile(TileConfig { stages: 1, ..TileConfig::SMALL }).validate().is_err());
+        assert!(c.clone().with_tile(TileConfig { bm: 48, ..TileConfig::SMALL }).validate().is_err());
+        let mut bad = c.clone();
+        bad.vec_a = 16;
+        assert!(bad.validate().is_err());
+        let dup = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 64, 64, 64, Epilogue::residual("m", ElemType::F32, None, ElemType::F32));
+        assert!(dup.validate().is_err(), "epilogue parameter may not shadow m");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn picks_vector_widths_from_sizes() {
+        let e = Epilogue::store(ElemType::F32);
+        let c = GemmConfig::new(Precision::Bf16, GemmLayout::WEIGHT_GRAD, 33, 48, 200, e.clone());
+        assert_eq!((c.vec_a, c.vec_b, c.vec_c), (1, 8, 2)); // A stored [K, M=33], B [K, N=48]
+        let c = GemmConfig::new(Precision::F32, GemmLayout::LINEAR, 33, 48, 200, e);
+        assert_eq!((c.vec_a, c.vec_b, c.vec_c), (4, 4, 2));
+    }
+
+    /// Every layout in both precisions on the awkward shapes assembles with no spills.
+    #[test]
+    fn gemm_kernels_assemble_without_spills() {
         let mut m = Module::new();
-        m.push(k.kernel);
+        for prec in [Precision::Bf16, Precision::F32] {
+            for layout in LAYOUTS {
+                for (mm, nn, kk) in AWKWARD_SHAPES {
+                    let cfg = GemmConfig::new(prec, layout, mm, nn, kk, Epilogue::relu2(Some(("pre", ElemType::Bf16)), ElemType::Bf16));
+                    if m.kernels.iter().any(|k| k.name == cfg.name) {
+                        continue;
+                    }
+                    m.push(emit_gemm(&cfg).unwrap().kernel);
+                }
+            }
+        }
         let text = m.render();
-        std::fs::write("/tmp/pgc_gemm.ptx", &text).unwrap();
-        if let Some(r) = ptxas::assemble_or_skip(&text, "gemm") {
-            eprintln!("{:?}", r.kernels);
+        let Some(r) = ptxas::assemble_or_skip(&text, "GEMM kernels") else { return };
+        for k in &r.kernels {
+            eprintln!("{:<60} regs {:>3} spill {}/{} smem(static) {}", k.name, k.registers, k.spill_stores, k.spill_loads, k.shared_bytes);
+        }
+        assert_eq!(r.kernels.len(), m.kernels.len(), "{}", r.log);
+        for k in &r.kernels {
+            assert_eq!((k.spill_stores, k.spill_loads, k.stack_frame), (0, 0, 0), "{k:?}");
+            assert!(k.registers > 0 && k.registers <= 255, "{k:?}");
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod builder;
 pub mod epilogue;
 pub mod gemm;
 pub mod ptxas;
+pub mod testing;
 
 pub use builder::{Kernel, KernelBuilder, Module};
 pub use epilogue::{ElemType, EpiStep, Epilogue};

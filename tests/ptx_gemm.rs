@@ -1,0 +1,170 @@
+//! The GEMM kernels run on the PTX simulator (with its sanitizer: races,
+//! out-of-bounds, uninitialised shared reads, cp.async hazards) and are
+//! compared with an f64 reference of the same (bf16-rounded) inputs:
+//! `max|got - want| / max|want|` below 1e-5 for f32 outputs (both the bf16
+//! tensor-core and the f32 FFMA kernels), and below bf16 rounding for bf16
+//! outputs. Outputs start as NaN so an element the kernel fails to write
+//! shows up.
+
+use pgc_backends::ptx::builder::Module;
+use pgc_backends::ptx::epilogue::ElemType;
+use pgc_backends::ptx::gemm::{emit_gemm, GemmLayout, Precision};
+use pgc_backends::ptx::testing::{cases, decode, encode, rel_err, GemmCase, AWKWARD_SHAPES};
+use pgc_runtime::device::{Device, KernelArg, LaunchConfig};
+use pgc_runtime::sim::SimDevice;
+use std::collections::BTreeMap;
+
+fn nan_bytes(elems: usize, dt: ElemType) -> Vec<u8> {
+    match dt {
+        ElemType::F32 => (0..elems).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
+        ElemType::Bf16 => (0..elems).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
+    }
+}
+
+/// Run one case on the simulator; returns the worst relative error over its outputs.
+fn run_case(dev: &SimDevice, case: &GemmCase, seed: u64) -> Result<Vec<(String, f64, f64)>, String> {
+    let inputs = case.inputs(seed);
+    let want = case.reference(&inputs);
+    let got = run_on_sim(dev, case, &inputs)?;
+    Ok(case
+        .tensors()
+        .iter()
+        .filter(|t| t.output)
+        .map(|t| (t.name.clone(), rel_err(&got[&t.name], &want[&t.name]), GemmCase::tolerance(t.dtype)))
+        .collect())
+}
+
+/// Run a case's kernel on `inputs`; returns its outputs.
+fn run_on_sim(dev: &SimDevice, case: &GemmCase, inputs: &BTreeMap<String, Vec<f64>>) -> Result<BTreeMap<String, Vec<f64>>, String> {
+    let k = emit_gemm(&case.config).map_err(|e| e.to_string())?;
+    let mut module = Module::new();
+    module.push(k.kernel.clone());
+    let text = module.render();
+    let mh = dev.load_module(&text).map_err(|e| format!("load {}: {e}", k.name()))?;
+    let specs = case.tensors();
+    let mut bufs = vec![];
+    for t in &specs {
+        let bytes = if t.output { nan_bytes(t.elems, t.dtype) } else { encode(&inputs[&t.name], t.dtype) };
+        let b = dev.alloc(bytes.len()).map_err(|e| e.to_string())?;
+        dev.copy_to_device(&b, &bytes).map_err(|e| e.to_string())?;
+        bufs.push(b);
+    }
+    let mut args: Vec<KernelArg> = bufs[..3].iter().map(|b| KernelArg::Buf(*b, 0)).collect();
+    args.extend([KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)]);
+    args.extend(bufs[3..].iter().map(|b| KernelArg::Buf(*b, 0)));
+    let cfg = LaunchConfig { grid: k.grid(case.m, case.n), block: k.block(), shared_bytes: k.smem_bytes };
+    dev.launch(&mh, k.name(), cfg, &args).map_err(|e| format!("{}: {e}", k.name()))?;
+    let mut out = BTreeMap::new();
+    for (t, b) in specs.iter().zip(&bufs) {
+        if t.output {
+            let mut bytes = vec![0u8; b.bytes];
+            dev.copy_from_device(b, &mut bytes).map_err(|e| e.to_string())?;
+            out.insert(t.name.clone(), decode(&bytes, t.dtype));
+        }
+        dev.free(*b).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+fn check(cases: &[GemmCase]) {
+    let dev = SimDevice::new();
+    let mut failures = vec![];
+    for (i, c) in cases.iter().enumerate() {
+        match run_case(&dev, c, 1000 + i as u64) {
+            Ok(errs) => {
+                for (name, err, tol) in errs {
+                    let line = format!("{} {}x{}x{} {name}: rel err {err:.3e} (tol {tol:.0e})", c.config.name, c.m, c.n, c.k);
+                    println!("{line}");
+                    if !(err <= tol) {
+                        failures.push(line);
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("{} {}x{}x{}: {e}", c.config.name, c.m, c.n, c.k)),
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+fn select(f: impl Fn(&GemmCase) -> bool) -> Vec<GemmCase> {
+    cases().into_iter().filter(|c| f(c)).collect()
+}
+
+fn is_plain(c: &GemmCase) -> bool {
+    c.config.epilogue.steps.is_empty() && c.config.epilogue.out == ElemType::F32
+}
+
+fn awkward(c: &GemmCase) -> bool {
+    AWKWARD_SHAPES.contains(&(c.m, c.n, c.k))
+}
+
+#[test]
+fn sim_bf16_layouts_awkward_shapes() {
+    check(&select(|c| c.config.precision == Precision::Bf16 && is_plain(c) && awkward(c)));
+}
+
+#[test]
+fn sim_f32_layouts_awkward_shapes() {
+    check(&select(|c| c.config.precision == Precision::F32 && is_plain(c) && awkward(c)));
+}
+
+#[test]
+fn sim_bf16_epilogues() {
+    check(&select(|c| c.config.precision == Precision::Bf16 && !is_plain(c) && awkward(c)));
+}
+
+#[test]
+fn sim_f32_epilogues() {
+    check(&select(|c| c.config.precision == Precision::F32 && !is_plain(c) && awkward(c)));
+}
+
+#[test]
+fn sim_tile_presets() {
+    check(&select(|c| !awkward(c)));
+}
+
+/// The three GEMMs of a linear layer's training step, fed the model's tensors
+/// directly: `y = x W^T`, `dx = dy W`, `dW = dy^T x` with `x[T, K]`,
+/// `W[N, K]`, `dy[T, N]`, compared with loops written in the model's terms
+/// (independent of the layout interpretation in `GemmCase::reference`).
+#[test]
+fn sim_linear_layer_training_step() {
+    use pgc_backends::ptx::epilogue::Epilogue;
+    use pgc_backends::ptx::gemm::GemmConfig;
+    use pgc_backends::ptx::testing::{round_to, Lcg};
+    let (t, n, k) = (40usize, 24usize, 56usize);
+    let mut rng = Lcg(7);
+    let mut gen = |len: usize| -> Vec<f64> { (0..len).map(|_| round_to(rng.uniform(), ElemType::Bf16)).collect() };
+    let (x, w, dy) = (gen(t * k), gen(n * k), gen(t * n));
+    let case = |l, m: usize, nn: usize, kk: usize| GemmCase {
+        config: GemmConfig::new(Precision::Bf16, l, m as u32, nn as u32, kk as u32, Epilogue::store(ElemType::F32)),
+        m: m as u32,
+        n: nn as u32,
+        k: kk as u32,
+    };
+    let dev = SimDevice::new();
+    let run = |c: &GemmCase, a: &Vec<f64>, b: &Vec<f64>| {
+        let inp = BTreeMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]);
+        run_on_sim(&dev, c, &inp).unwrap().remove("c").unwrap()
+    };
+    let y = run(&case(GemmLayout::LINEAR, t, n, k), &x, &w);
+    let dx = run(&case(GemmLayout::INPUT_GRAD, t, k, n), &dy, &w);
+    let dw = run(&case(GemmLayout::WEIGHT_GRAD, n, k, t), &dy, &x);
+    let mut y_ref = vec![0.0; t * n];
+    let mut dx_ref = vec![0.0; t * k];
+    let mut dw_ref = vec![0.0; n * k];
+    for ti in 0..t {
+        for ni in 0..n {
+            for ki in 0..k {
+                y_ref[ti * n + ni] += x[ti * k + ki] * w[ni * k + ki];
+                dx_ref[ti * k + ki] += dy[ti * n + ni] * w[ni * k + ki];
+                dw_ref[ni * k + ki] += dy[ti * n + ni] * x[ti * k + ki];
+            }
+        }
+    }
+    for (name, got, want) in [("y", &y, &y_ref), ("dx", &dx, &dx_ref), ("dW", &dw, &dw_ref)] {
+        let e = rel_err(got, want);
+        println!("{name}: rel err {e:.3e}");
+        assert!(e < 1e-5, "{name}: rel err {e}");
+    }
+}
