@@ -1,62 +1,75 @@
 //! Every GEMM configuration of the test matrix (each layout, bf16 and f32,
-//! the awkward shapes, each epilogue, each tile preset) assembles with
-//! `ptxas -arch=sm_90a -O3` with zero spills.
+//! the awkward shapes, each epilogue, each tile preset) and the model-sized
+//! timing configurations assemble with `ptxas -arch=sm_90a -O3` with zero
+//! spills.
 //!
-//! With `PGC_GEMM_DUMP=DIR` the test also writes `DIR/gemm.ptx` (all kernels)
-//! and `DIR/cases.json` (the cases with their configurations and launch
-//! geometry), which `scripts`-less device checks can run on a real GPU.
+//! With `PGC_GEMM_DUMP=DIR` the test also writes, for device checks on a real
+//! GPU, `DIR/kernels/NAME.ptx` (one module per kernel) and `DIR/cases.json` /
+//! `DIR/perf.json` (the cases with their configurations and launch geometry).
 
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::gemm::emit_gemm;
+use pgc_backends::ptx::gemm::{emit_gemm, GemmConfig};
 use pgc_backends::ptx::ptxas;
-use pgc_backends::ptx::testing::cases;
+use pgc_backends::ptx::testing::{cases, perf_cases, GemmCase};
 use std::collections::BTreeMap;
+
+fn manifest(cases: &[GemmCase]) -> Vec<serde_json::Value> {
+    cases
+        .iter()
+        .map(|c| {
+            let k = emit_gemm(&c.config).unwrap();
+            serde_json::json!({
+                "kernel": c.config.name,
+                "m": c.m, "n": c.n, "k": c.k,
+                "grid": k.grid(c.m, c.n),
+                "block": k.block(),
+                "smem_bytes": k.smem_bytes,
+                "config": c.config,
+                "tensors": c.tensors(),
+            })
+        })
+        .collect()
+}
 
 #[test]
 fn all_gemm_configurations_assemble_without_spills() {
-    let cases = cases();
+    let test_cases = cases();
+    let perf = perf_cases();
     let mut module = Module::new();
-    let mut kernels = BTreeMap::new();
-    let mut manifest = vec![];
-    for c in &cases {
+    let mut kernels: BTreeMap<String, GemmConfig> = BTreeMap::new();
+    for c in test_cases.iter().chain(&perf) {
         let name = c.config.name.clone();
         if let Some(prev) = kernels.get(&name) {
             assert_eq!(prev, &c.config, "two configurations named {name}");
-        } else {
-            let k = emit_gemm(&c.config).unwrap_or_else(|e| panic!("{e}"));
-            module.push(k.kernel.clone());
-            kernels.insert(name.clone(), c.config.clone());
+            continue;
         }
-        let k = emit_gemm(&c.config).unwrap();
-        manifest.push(serde_json::json!({
-            "kernel": name,
-            "m": c.m, "n": c.n, "k": c.k,
-            "grid": k.grid(c.m, c.n),
-            "block": k.block(),
-            "smem_bytes": k.smem_bytes,
-            "config": c.config,
-            "tensors": c.tensors(),
-        }));
+        let k = emit_gemm(&c.config).unwrap_or_else(|e| panic!("{e}"));
+        module.push(k.kernel.clone());
+        kernels.insert(name, c.config.clone());
     }
-    let text = module.render();
     if let Some(dir) = std::env::var_os("PGC_GEMM_DUMP") {
         let dir = std::path::PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("gemm.ptx"), &text).unwrap();
-        std::fs::write(dir.join("cases.json"), serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+        std::fs::create_dir_all(dir.join("kernels")).unwrap();
+        for k in &module.kernels {
+            let mut one = Module::new();
+            one.push(k.clone());
+            std::fs::write(dir.join("kernels").join(format!("{}.ptx", k.name)), one.render()).unwrap();
+        }
+        std::fs::write(dir.join("cases.json"), serde_json::to_string_pretty(&manifest(&test_cases)).unwrap()).unwrap();
+        std::fs::write(dir.join("perf.json"), serde_json::to_string_pretty(&manifest(&perf)).unwrap()).unwrap();
     }
+    let text = module.render();
     let Some(report) = ptxas::assemble_or_skip(&text, "the GEMM test matrix") else { return };
     assert_eq!(report.kernels.len(), module.kernels.len(), "ptxas reported other kernels:\n{}", report.log);
     println!("{:<64} {:>5} {:>6} {:>6} {:>7}", "kernel", "regs", "spillS", "spillL", "dynsmem");
     for k in &report.kernels {
-        let cfg = &kernels[&k.name];
         println!(
             "{:<64} {:>5} {:>6} {:>6} {:>7}",
             k.name,
             k.registers,
             k.spill_stores,
             k.spill_loads,
-            cfg.smem_bytes()
+            kernels[&k.name].smem_bytes()
         );
     }
     for k in &report.kernels {

@@ -86,6 +86,32 @@ pub fn cases() -> Vec<GemmCase> {
     out
 }
 
+/// Model-sized cases for timing on a GPU (11-layer model: dim 512, MLP 1536,
+/// 16384 tokens): each training-step layout with several big tiles.
+pub fn perf_cases() -> Vec<GemmCase> {
+    let tiles = [
+        TileConfig::LARGE,
+        TileConfig { stages: 4, ..TileConfig::LARGE },
+        TileConfig { bk: 64, ..TileConfig::LARGE },
+        TileConfig { bm: 128, bn: 256, bk: 32, warps_m: 2, warps_n: 4, stages: 3 },
+        TileConfig { bm: 256, bn: 128, bk: 32, warps_m: 4, warps_n: 2, stages: 3 },
+    ];
+    let shapes = [
+        (GemmLayout::LINEAR, (16384, 1536, 512)),
+        (GemmLayout::LINEAR, (16384, 512, 1536)),
+        (GemmLayout::INPUT_GRAD, (16384, 512, 1536)),
+        (GemmLayout::WEIGHT_GRAD, (1536, 512, 16384)),
+    ];
+    let mut out = vec![];
+    for (layout, (m, n, k)) in shapes {
+        for t in tiles {
+            let c = GemmConfig::new(Precision::Bf16, layout, m, n, k, Epilogue::store(ElemType::Bf16)).with_tile(t);
+            out.push(GemmCase { config: c, m, n, k });
+        }
+    }
+    out
+}
+
 /// A tensor a case's kernel takes, in pointer-parameter order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TensorSpec {
