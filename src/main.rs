@@ -26,12 +26,15 @@ struct Cli {
 enum Command {
     /// Compile a model: IR, report (parameters, storage, FLOPs), and later plan and PTX.
     Compile(cli::compile::CompileArgs),
+    /// Run a forward (and backward) pass: loss, logits and gradients to a safetensors file.
+    Run(cli::run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compile(a) => cli::compile::run(a),
+        Command::Run(a) => cli::run::run(a),
     };
     cli::finish(result)
 }

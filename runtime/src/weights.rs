@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: cannot read: {err}", path.display())]
+    Read { path: PathBuf, err: std::io::Error },
     #[error("{}: not a valid safetensors file: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
     #[error("{}: missing tensor `{tensor}` (expected {what})", path.display())]
@@ -33,8 +33,8 @@ pub enum WeightsError {
     TokenRange { path: PathBuf, tensor: String, id: i64, b: usize, t: usize, vocab: usize },
     #[error("{}: tensors `input_ids` {input:?} and `target_ids` {target:?} must have the same shape", path.display())]
     TokenShapes { path: PathBuf, input: Vec<usize>, target: Vec<usize> },
-    #[error("{}: cannot write: {source}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("{}: cannot write: {err}", path.display())]
+    Write { path: PathBuf, err: std::io::Error },
     #[error("{}: cannot serialize: {msg}", path.display())]
     Serialize { path: PathBuf, msg: String },
 }
@@ -112,7 +112,7 @@ fn dtype_name(d: Dtype) -> String {
 
 impl SafeFile {
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
-        let bytes = std::fs::read(path).map_err(|source| WeightsError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|err| WeightsError::Read { path: path.to_path_buf(), err })?;
         let f = SafeFile { path: path.to_path_buf(), bytes };
         f.st()?;
         Ok(f)
@@ -302,7 +302,7 @@ pub fn save(path: &Path, tensors: &[(String, HostTensor)], metadata: Option<Hash
 
 /// Write `bytes` to a temporary file in `path`'s folder and rename it to `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
-    let werr = |source| WeightsError::Write { path: path.to_path_buf(), source };
+    let werr = |err| WeightsError::Write { path: path.to_path_buf(), err };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

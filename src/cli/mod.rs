@@ -1,6 +1,7 @@
 //! Subcommands and the error convention shared by all of them.
 
 pub mod compile;
+pub mod run;
 
 use std::process::ExitCode;
 

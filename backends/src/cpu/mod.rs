@@ -330,6 +330,116 @@ mod tests {
         assert_eq!(h.i(), &[96, (((36313 * 7) ^ (27191 * 5)) % m) as i32, (((36313 * 1000) ^ (27191 * 7)) % m) as i32]);
     }
 
+    fn seq(n: usize, k: usize) -> Vec<f64> {
+        (0..n).map(|i| (((i * 2654435761 + k) % 1000) as f64) / 500.0 - 1.0).collect()
+    }
+
+    /// Element of a row-major tensor at a multi-index, with broadcasting from the right.
+    fn at(x: &[f64], shape: &[usize], idx: &[usize]) -> f64 {
+        let off = idx.len() - shape.len();
+        let mut o = 0;
+        for (d, &s) in shape.iter().enumerate() {
+            o = o * s + if s == 1 { 0 } else { idx[off + d] };
+        }
+        x[o]
+    }
+
+    fn indices(shape: &[usize]) -> Vec<Vec<usize>> {
+        let mut out = vec![vec![]];
+        for &s in shape {
+            out = out.into_iter().flat_map(|p| (0..s).map(move |i| [p.clone(), vec![i]].concat())).collect();
+        }
+        out
+    }
+
+    /// The parallel paths (large tensors) agree with a naive definition.
+    #[test]
+    fn large_layout_ops_match_naive() {
+        let shape = [6, 33, 40, 5];
+        let n: usize = shape.iter().product();
+        let x = seq(n, 1);
+        let xt = || Tensor::<f64>::float(shape.to_vec(), x.clone());
+        for bshape in [vec![33, 1, 5], vec![40, 5], vec![6, 1, 1, 1]] {
+            let b = seq(bshape.iter().product(), 2);
+            let out = ops::binary(xt(), Tensor::float(bshape.clone(), b.clone()), &shape, |p, q| p * q - q);
+            for (k, idx) in indices(&shape).iter().enumerate().step_by(7) {
+                let (p, q) = (at(&x, &shape, idx), at(&b, &bshape, idx));
+                assert_eq!(out.f()[k], p * q - q, "{bshape:?} {idx:?}");
+            }
+            let bc = ops::broadcast(Tensor::<f64>::float(bshape.clone(), b.clone()), &shape);
+            for (k, idx) in indices(&shape).iter().enumerate().step_by(5) {
+                assert_eq!(bc.f()[k], at(&b, &bshape, idx));
+            }
+            let st = ops::sum_to(xt(), &bshape);
+            let mut want = vec![0.0; b.len()];
+            for (k, idx) in indices(&shape).iter().enumerate() {
+                let off = idx.len() - bshape.len();
+                let mut o = 0;
+                for (d, &s) in bshape.iter().enumerate() {
+                    o = o * s + if s == 1 { 0 } else { idx[off + d] };
+                }
+                want[o] += x[k];
+            }
+            assert!(rel_err(&st.to_f64_vec(), &want) < 1e-13, "sum_to {bshape:?}");
+        }
+        let p = ops::permute(xt(), &[2, 0, 3, 1]);
+        assert_eq!(p.shape, vec![40, 6, 5, 33]);
+        for (k, idx) in indices(&p.shape).iter().enumerate().step_by(3) {
+            assert_eq!(p.f()[k], at(&x, &shape, &[idx[1], idx[3], idx[0], idx[2]]));
+        }
+        for axis in 0..4 {
+            let r = ops::reduce(xt(), ReduceFn::Max, axis, false);
+            let s = ops::reduce(xt(), ReduceFn::Mean, axis, true);
+            let mut oshape = shape.to_vec();
+            oshape.remove(axis);
+            for (k, idx) in indices(&oshape).iter().enumerate().step_by(3) {
+                let vals: Vec<f64> = (0..shape[axis])
+                    .map(|j| {
+                        let mut full = idx.clone();
+                        full.insert(axis, j);
+                        at(&x, &shape, &full)
+                    })
+                    .collect();
+                assert_eq!(r.f()[k], vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+                let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+                assert!((s.f()[k] - mean).abs() < 1e-14);
+            }
+        }
+    }
+
+    /// Attention against a naive softmax at a size that takes the parallel paths.
+    #[test]
+    fn attention_matches_naive() {
+        let (b, h, hk, t, d) = (2, 4, 2, 70, 16);
+        let q = seq(b * h * t * d, 3);
+        let k = seq(b * hk * t * d, 4);
+        let v = seq(b * hk * t * d, 5);
+        let scale = 0.25;
+        let y = attention::forward(
+            &Tensor::<f64>::float(vec![b, h, t, d], q.clone()),
+            &Tensor::float(vec![b, hk, t, d], k.clone()),
+            &Tensor::float(vec![b, hk, t, d], v.clone()),
+            scale,
+        );
+        for bi in 0..b {
+            for hi in 0..h {
+                let kh = hi / (h / hk);
+                for i in (0..t).step_by(9) {
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| (0..d).map(|l| q[((bi * h + hi) * t + i) * d + l] * k[((bi * hk + kh) * t + j) * d + l]).sum::<f64>() * scale)
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for l in 0..d {
+                        let want: f64 = (0..=i).map(|j| (s[j] - m).exp() / z * v[((bi * hk + kh) * t + j) * d + l]).sum();
+                        let got = y.f()[((bi * h + hi) * t + i) * d + l];
+                        assert!((got - want).abs() < 1e-13, "{bi} {hi} {i} {l}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn gemm_split_matches_single_thread() {
         let (m, k, n) = (300, 70, 90);
