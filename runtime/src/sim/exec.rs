@@ -83,6 +83,10 @@ pub struct BlockRunner<'a> {
     epoch: u32,
     local: Vec<u8>,
     arrivals: [u32; 16],
+    /// first read of never-written shared memory in this barrier interval:
+    /// (warp, lane, line, address). Reported when the interval ends, unless a
+    /// write by another thread in the same interval turns it into a race.
+    uninit: Option<(u32, usize, u32, usize)>,
     nthreads: u32,
     hint: usize,
     pub thread_insts: u64,
@@ -168,6 +172,7 @@ impl<'a> BlockRunner<'a> {
             epoch: 2,
             local: vec![0; k.local_bytes as usize * nthreads as usize],
             arrivals: [0; 16],
+            uninit: None,
             nthreads,
             hint: 0,
             thread_insts: 0,
@@ -190,6 +195,7 @@ impl<'a> BlockRunner<'a> {
         self.ctaid = ctaid;
         self.epoch = 2;
         self.arrivals = [0; 16];
+        self.uninit = None;
         self.shadow.fill(Shadow::default());
         self.shared.fill(0);
         self.local.fill(0);
@@ -255,11 +261,25 @@ impl<'a> BlockRunner<'a> {
                     self.run_warp(wi)?;
                 }
             }
+            self.report_uninit()?;
             if self.warps.iter().all(|w| w.done) {
                 return Ok(());
             }
             self.resolve_barriers()?;
         }
+    }
+
+    fn report_uninit(&mut self) -> R<()> {
+        if let Some((w, l, line, k)) = self.uninit.take() {
+            return Err(self.error(
+                SimErrorKind::UninitializedRead,
+                w,
+                l,
+                line,
+                format!("read of uninitialised shared memory at shared address {k:#x}: no thread of the block wrote it before this read ({} bytes of shared memory per block)", self.l.shared_size),
+            ));
+        }
+        Ok(())
     }
 
     fn resolve_barriers(&mut self) -> R<()> {
@@ -352,8 +372,8 @@ impl<'a> BlockRunner<'a> {
             if s.w_tid & PENDING != 0 {
                 return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("read of shared address {k:#x} while a cp.async into it is in flight (missing cp.async.wait_group?)")));
             }
-            if init && s.w_epoch == 0 {
-                return Err(self.error(SimErrorKind::UninitializedRead, warp, lane, line, format!("read of uninitialised shared memory at shared address {k:#x} ({} bytes of shared memory per block)", self.l.shared_size)));
+            if init && s.w_epoch == 0 && self.uninit.is_none() {
+                self.uninit = Some((warp, lane, line, k));
             }
             if race {
                 if s.w_epoch == e && s.w_tid != t {
