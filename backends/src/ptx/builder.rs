@@ -456,6 +456,8 @@ pub enum Inst {
     /// `ld[.space][.nc][.vN].ty`
     Ld { space: Space, nc: bool, ty: Type, dst: Vec<Reg>, addr: Addr },
     St { space: Space, ty: Type, src: Vec<Operand>, addr: Addr },
+    /// `red.space.add.ty [addr], src` (atomic reduction, no result).
+    RedAdd { space: Space, ty: Type, addr: Addr, src: Operand },
     /// `cp.async.{ca,cg}.shared.global [dst], [src], size[, src_size]`.
     CpAsync { cache: CpCache, dst: Addr, src: Addr, size: u32, src_size: Option<Operand> },
     CpAsyncCommit,
@@ -558,6 +560,12 @@ impl Inst {
             Inst::St { space, ty, src, addr } => {
                 want(matches!(src.len(), 1 | 2 | 4), self, "vector width");
                 want(src.iter().all(|o| op_ok(*ty, o)), self, "st src");
+                check_addr(*space, addr, self);
+            }
+            Inst::RedAdd { space, ty, addr, src } => {
+                want(matches!(space, Space::Global | Space::Shared), self, "red space");
+                want(matches!(ty, Type::F32 | Type::U32 | Type::S32 | Type::U64), self, "red type");
+                want(op_ok(*ty, src), self, "red src");
                 check_addr(*space, addr, self);
             }
             Inst::CpAsync { cache, dst, src, size, src_size } => {
@@ -685,6 +693,7 @@ impl fmt::Display for Inst {
             Inst::St { space, ty, src, addr } => {
                 write!(f, "st.{}{}.{} {addr}, {};", space.name(), vec_suffix(src.len()), ty.name(), braced(src))
             }
+            Inst::RedAdd { space, ty, addr, src } => write!(f, "red.{}.add.{} {addr}, {src};", space.name(), ty.name()),
             Inst::CpAsync { cache, dst, src, size, src_size } => {
                 let c = match cache {
                     CpCache::Ca => "ca",
@@ -1094,6 +1103,11 @@ impl KernelBuilder {
 
     pub fn st_vec(&mut self, space: Space, ty: Type, addr: Addr, src: Vec<Operand>) {
         self.push(Inst::St { space, ty, src, addr });
+    }
+
+    /// `red.global.add` (atomic accumulate).
+    pub fn red_add(&mut self, space: Space, ty: Type, addr: Addr, src: impl Into<Operand>) {
+        self.push(Inst::RedAdd { space, ty, addr, src: src.into() });
     }
 
     pub fn cp_async(&mut self, cache: CpCache, dst: Addr, src: Addr, size: u32, src_size: Option<Operand>) {

@@ -81,6 +81,11 @@ impl EpiStep {
     fn is_row(&self) -> bool {
         matches!(self, EpiStep::RowScale { .. })
     }
+    /// Whether the step is linear in `v` with no side effects (allowed under split-K,
+    /// where each split applies the epilogue to its partial sum).
+    pub fn is_linear(&self) -> bool {
+        matches!(self, EpiStep::RowScale { .. } | EpiStep::ColScale { .. } | EpiStep::Scale { .. })
+    }
     fn is_col(&self) -> bool {
         matches!(self, EpiStep::ColScale { .. } | EpiStep::ColBias { .. })
     }
@@ -175,6 +180,8 @@ pub(crate) struct EpiRegs {
     ptrs: Vec<Option<Reg>>,
     out: Reg,
     n: Reg,
+    /// Accumulate into the output with `red.global.add.f32` (split-K).
+    atomic_out: bool,
 }
 
 /// Declare the epilogue's parameters (after the GEMM's) and return their handles.
@@ -183,9 +190,9 @@ pub(crate) fn declare_params(b: &mut KernelBuilder, epi: &Epilogue) -> Vec<Optio
 }
 
 /// Load the epilogue's pointers.
-pub(crate) fn setup(b: &mut KernelBuilder, params: &[Option<Param>], out: Reg, n: Reg) -> EpiRegs {
+pub(crate) fn setup(b: &mut KernelBuilder, params: &[Option<Param>], out: Reg, n: Reg, atomic_out: bool) -> EpiRegs {
     let ptrs = params.iter().map(|p| p.as_ref().map(|p| b.ld_param_global_ptr(p))).collect();
-    EpiRegs { ptrs, out, n }
+    EpiRegs { ptrs, out, n, atomic_out }
 }
 
 fn guarded_load_f32(b: &mut KernelBuilder, ok: Reg, addr: Addr) -> Reg {
@@ -361,7 +368,16 @@ pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, g: 
             EpiStep::StoreAux { dtype, .. } => store_tensor(b, r.ptrs[i].unwrap(), *dtype, g, &v),
         }
     }
-    store_tensor(b, r.out, epi.out, g, &v);
+    if r.atomic_out {
+        assert_eq!(epi.out, ElemType::F32);
+        let addr = elem_addr(b, r.out, g.idx, ElemType::F32);
+        for (j, x) in v.iter().enumerate() {
+            let p = if g.vector { g.preds[0] } else { g.preds[j] };
+            b.guarded(p, false, |b| b.red_add(Space::Global, Type::F32, addr.plus(4 * j as i64), *x));
+        }
+    } else {
+        store_tensor(b, r.out, epi.out, g, &v);
+    }
 }
 
 /// `row * N + col` as a 64-bit element index.

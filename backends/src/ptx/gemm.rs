@@ -112,19 +112,27 @@ pub struct TileConfig {
     pub warps_n: u32,
     /// Shared-memory pipeline depth (2..=4).
     pub stages: u32,
+    /// `.minnctapersm`: blocks per SM the register allocation must allow.
+    #[serde(default = "one")]
+    pub min_blocks: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl TileConfig {
     /// 128x128x32, 8 warps (warp tile 64x32), 3 stages: the big shapes.
-    pub const LARGE: TileConfig = TileConfig { bm: 128, bn: 128, bk: 32, warps_m: 2, warps_n: 4, stages: 3 };
+    /// (Two blocks per SM: at most 128 registers per thread.)
+    pub const LARGE: TileConfig = TileConfig { bm: 128, bn: 128, bk: 32, warps_m: 2, warps_n: 4, stages: 3, min_blocks: 2 };
     /// 64x64x32, 4 warps (warp tile 32x32), 3 stages.
-    pub const MEDIUM: TileConfig = TileConfig { bm: 64, bn: 64, bk: 32, warps_m: 2, warps_n: 2, stages: 3 };
+    pub const MEDIUM: TileConfig = TileConfig { bm: 64, bn: 64, bk: 32, warps_m: 2, warps_n: 2, stages: 3, min_blocks: 1 };
     /// 32x32x32, 4 warps (warp tile 16x16), 2 stages: tiny shapes.
-    pub const SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 32, warps_m: 2, warps_n: 2, stages: 2 };
+    pub const SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 32, warps_m: 2, warps_n: 2, stages: 2, min_blocks: 1 };
     /// f32 FFMA: 64x64x16, 256 threads (4x4 outputs each), 2 stages.
-    pub const F32_DEFAULT: TileConfig = TileConfig { bm: 64, bn: 64, bk: 16, warps_m: 4, warps_n: 2, stages: 2 };
+    pub const F32_DEFAULT: TileConfig = TileConfig { bm: 64, bn: 64, bk: 16, warps_m: 4, warps_n: 2, stages: 2, min_blocks: 1 };
     /// f32 FFMA: 32x32x16, 256 threads (2x2 outputs each), 2 stages.
-    pub const F32_SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 16, warps_m: 4, warps_n: 2, stages: 2 };
+    pub const F32_SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 16, warps_m: 4, warps_n: 2, stages: 2, min_blocks: 1 };
 
     pub fn threads(&self) -> u32 {
         self.warps_m * self.warps_n * 32
@@ -165,6 +173,12 @@ pub struct GemmConfig {
     pub vec_b: u32,
     /// 2: output columns are accessed in pairs (N even); 1: one by one.
     pub vec_c: u32,
+    /// Split the K range over `split_k` blocks (`grid.z`); each adds its
+    /// partial result into C with `red.global.add.f32`, so C must hold the
+    /// initial value (zero, or a gradient to accumulate into). Requires an f32
+    /// output and an epilogue of linear steps only (row/column scale, scale).
+    #[serde(default = "one")]
+    pub split_k: u32,
     pub epilogue: Epilogue,
 }
 
@@ -197,6 +211,7 @@ impl GemmConfig {
             vec_a: widest(a_ext, maxv),
             vec_b: widest(b_ext, maxv),
             vec_c: widest(n, 2),
+            split_k: 1,
             epilogue,
         };
         c.name = c.default_name();
@@ -209,10 +224,18 @@ impl GemmConfig {
         self
     }
 
+    /// Accumulate into C over `splits` K ranges (see [`GemmConfig::split_k`]).
+    pub fn with_split_k(mut self, splits: u32) -> Self {
+        self.split_k = splits;
+        self.name = self.default_name();
+        self
+    }
+
     pub fn default_name(&self) -> String {
         let t = &self.tile;
+        let split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
         format!(
-            "gemm_{}_{}_{}x{}x{}_w{}x{}_s{}_v{}{}{}_{}",
+            "gemm_{}_{}_{}x{}x{}_w{}x{}_s{}{}_v{}{}{}{split}_{}",
             match self.precision {
                 Precision::Bf16 => "bf16",
                 Precision::F32 => "f32",
@@ -224,6 +247,7 @@ impl GemmConfig {
             t.warps_m,
             t.warps_n,
             t.stages,
+            if t.min_blocks > 1 { format!("b{}", t.min_blocks) } else { String::new() },
             self.vec_a,
             self.vec_b,
             self.vec_c,
@@ -249,6 +273,17 @@ impl GemmConfig {
         }
         if !matches!(self.vec_c, 1 | 2) {
             return bad("vec_c must be 1 or 2".into());
+        }
+        if !(1..=64).contains(&t.min_blocks) {
+            return bad("min_blocks must be 1..=64".into());
+        }
+        if !(1..=1024).contains(&self.split_k) {
+            return bad("split_k must be 1..=1024".into());
+        }
+        if self.split_k > 1
+            && (self.epilogue.out != epilogue::ElemType::F32 || !self.epilogue.steps.iter().all(|s| s.is_linear()))
+        {
+            return bad("split-K accumulates atomically: it needs an f32 output and only row/column scale and scale steps".into());
         }
         let threads = t.threads();
         if threads > 1024 {
@@ -340,7 +375,7 @@ impl GemmKernel {
         &self.kernel.name
     }
     pub fn grid(&self, m: u32, n: u32) -> [u32; 3] {
-        [n.div_ceil(self.config.tile.bn), m.div_ceil(self.config.tile.bm), 1]
+        [n.div_ceil(self.config.tile.bn), m.div_ceil(self.config.tile.bm), self.config.split_k]
     }
     pub fn block(&self) -> [u32; 3] {
         [self.threads, 1, 1]
@@ -523,7 +558,7 @@ impl Skeleton {
     fn emit(cfg: &GemmConfig) -> Kernel {
         let t = cfg.tile;
         let mut b = KernelBuilder::new(&cfg.name);
-        b.max_threads(t.threads(), Some(1));
+        b.max_threads(t.threads(), Some(t.min_blocks));
         let pa = b.param("a", ParamType::U64);
         let pb = b.param("b", ParamType::U64);
         let pc = b.param("c", ParamType::U64);
@@ -550,25 +585,43 @@ impl Skeleton {
 
         let [ra, _rb] = cfg.region_bytes();
         let [(ar, ac, av), (br, bc, bv)] = cfg.operand_tiles();
-        let zero: Operand = 0u32.into();
+        // The K range of this block: all of K, or one split's share of the k-tiles.
+        let log_bk = t.bk.trailing_zeros();
+        let (kb, kl): (Operand, Reg) = if cfg.split_k > 1 {
+            b.comment(format!("split-K over {} blocks (grid.z)", cfg.split_k));
+            let z = b.special(Special::CtaidZ);
+            let tk = b.add(Type::U32, k, t.bk - 1);
+            let total = b.bin(BinOp::Shr, Type::U32, tk, log_bk);
+            let tp = b.add(Type::U32, total, cfg.split_k - 1);
+            let per = b.bin(BinOp::Div, Type::U32, tp, cfg.split_k);
+            let chunk = b.bin(BinOp::Shl, Type::U32, per, log_bk);
+            let kbeg = b.mul_lo(Type::U32, z, chunk);
+            let empty = b.setp(Cmp::Ge, Type::U32, kbeg, k);
+            b.push_guarded(Guard { pred: empty, negate: false }, Inst::Ret);
+            let e = b.add(Type::U32, kbeg, chunk);
+            let kend = b.bin(BinOp::Min, Type::U32, e, k);
+            (kbeg.into(), kend)
+        } else {
+            (0u32.into(), k)
+        };
         let a_spec = match cfg.layout.a {
             AStore::MK => LoaderSpec {
                 rows: ar, cols: ac, vec: av, region_off: 0, k_along_rows: false,
-                row0: m0.into(), col0: zero.clone(), row_lim: m, col_lim: k, ld: k,
+                row0: m0.into(), col0: kb.clone(), row_lim: m, col_lim: kl, ld: k,
             },
             AStore::KM => LoaderSpec {
                 rows: ar, cols: ac, vec: av, region_off: 0, k_along_rows: true,
-                row0: zero.clone(), col0: m0.into(), row_lim: k, col_lim: m, ld: m,
+                row0: kb.clone(), col0: m0.into(), row_lim: kl, col_lim: m, ld: m,
             },
         };
         let b_spec = match cfg.layout.b {
             BStore::NK => LoaderSpec {
                 rows: br, cols: bc, vec: bv, region_off: ra, k_along_rows: false,
-                row0: n0.into(), col0: zero.clone(), row_lim: n, col_lim: k, ld: k,
+                row0: n0.into(), col0: kb.clone(), row_lim: n, col_lim: kl, ld: k,
             },
             BStore::KN => LoaderSpec {
                 rows: br, cols: bc, vec: bv, region_off: ra, k_along_rows: true,
-                row0: zero.clone(), col0: n0.into(), row_lim: k, col_lim: n, ld: n,
+                row0: kb.clone(), col0: n0.into(), row_lim: kl, col_lim: n, ld: n,
             },
         };
         b.comment("operand A");
@@ -584,8 +637,9 @@ impl Skeleton {
         // k-loop over a ring of `stages` shared-memory stages.
         let stage_bytes = cfg.smem_bytes() / t.stages;
         let ring_end = cfg.smem_bytes();
-        let kt_add = b.add(Type::U32, k, t.bk - 1);
-        let ktiles = b.bin(BinOp::Shr, Type::U32, kt_add, t.bk.trailing_zeros());
+        let klen = b.bin(BinOp::Sub, Type::U32, kl, kb.clone());
+        let kt_add = b.add(Type::U32, klen, t.bk - 1);
+        let ktiles = b.bin(BinOp::Shr, Type::U32, kt_add, log_bk);
         let rd = b.val(Type::U32, 0u32);
         let wr = b.val(Type::U32, 0u32);
         let advance = |b: &mut KernelBuilder, r: Reg| {
@@ -619,7 +673,7 @@ impl Skeleton {
         b.cp_async_wait_all();
 
         b.comment("epilogue");
-        let er = epilogue::setup(&mut b, &epi_params, c, n);
+        let er = epilogue::setup(&mut b, &epi_params, c, n, cfg.split_k > 1);
         match &compute {
             Compute::Mma(s) => s.epilogue(&mut b, cfg, &cm, &er),
             Compute::Ffma(s) => s.epilogue(&mut b, cfg, &cm, &er),

@@ -71,7 +71,8 @@ pub fn cases() -> Vec<GemmCase> {
         TileConfig { stages: 4, bk: 64, ..TileConfig::MEDIUM },
         TileConfig::MEDIUM,
         TileConfig { stages: 4, ..TileConfig::SMALL },
-        TileConfig { bm: 64, bn: 128, bk: 32, warps_m: 2, warps_n: 2, stages: 3 },
+        TileConfig { bm: 64, bn: 128, bk: 32, warps_m: 2, warps_n: 2, stages: 3, min_blocks: 1 },
+        TileConfig { bk: 64, ..TileConfig::LARGE },
     ];
     for t in presets {
         for (layout, s) in [(GemmLayout::LINEAR, (256, 192, 96)), (GemmLayout::WEIGHT_GRAD, (200, 136, 72))] {
@@ -83,6 +84,17 @@ pub fn cases() -> Vec<GemmCase> {
         let s = (130, 100, 50);
         push(GemmConfig::new(Precision::F32, GemmLayout::INPUT_GRAD, s.0, s.1, s.2, Epilogue::store(ElemType::F32)).with_tile(t), s);
     }
+    // split-K (accumulating into C), including splits that get no k-tiles
+    let scaled = Epilogue { steps: vec![EpiStep::RowScale { param: "rstd".into() }, EpiStep::Scale { value: -0.25 }], out: ElemType::F32 };
+    for (prec, layout, s, split, e) in [
+        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 3, Epilogue::store(ElemType::F32)),
+        (Precision::Bf16, GemmLayout::LINEAR, (257, 129, 65), 2, scaled.clone()),
+        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (40, 24, 16), 4, Epilogue::store(ElemType::F32)),
+        (Precision::F32, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 5, scaled),
+        (Precision::F32, GemmLayout::INPUT_GRAD, (1, 8, 16), 2, Epilogue::store(ElemType::F32)),
+    ] {
+        push(GemmConfig::new(prec, layout, s.0, s.1, s.2, e).with_split_k(split), s);
+    }
     out
 }
 
@@ -93,8 +105,8 @@ pub fn perf_cases() -> Vec<GemmCase> {
         TileConfig::LARGE,
         TileConfig { stages: 4, ..TileConfig::LARGE },
         TileConfig { bk: 64, ..TileConfig::LARGE },
-        TileConfig { bm: 128, bn: 256, bk: 32, warps_m: 2, warps_n: 4, stages: 3 },
-        TileConfig { bm: 256, bn: 128, bk: 32, warps_m: 4, warps_n: 2, stages: 3 },
+        TileConfig { bm: 128, bn: 256, bk: 32, warps_m: 2, warps_n: 4, stages: 3, min_blocks: 1 },
+        TileConfig { bm: 256, bn: 128, bk: 32, warps_m: 4, warps_n: 2, stages: 3, min_blocks: 1 },
     ];
     let shapes = [
         (GemmLayout::LINEAR, (16384, 1536, 512)),
@@ -109,6 +121,13 @@ pub fn perf_cases() -> Vec<GemmCase> {
             out.push(GemmCase { config: c, m, n, k });
         }
     }
+    // weight gradients: few output tiles, long K: split-K or smaller tiles
+    let (m, n, k) = (1536, 512, 16384);
+    for (t, split) in [(TileConfig::LARGE, 2), (TileConfig::LARGE, 4), (TileConfig { bk: 64, ..TileConfig::LARGE }, 4), (TileConfig::MEDIUM, 1)] {
+        let out_t = if split > 1 { ElemType::F32 } else { ElemType::Bf16 };
+        let c = GemmConfig::new(Precision::Bf16, GemmLayout::WEIGHT_GRAD, m, n, k, Epilogue::store(out_t)).with_tile(t).with_split_k(split);
+        out.push(GemmCase { config: c, m, n, k });
+    }
     out
 }
 
@@ -119,6 +138,9 @@ pub struct TensorSpec {
     pub elems: usize,
     pub dtype: ElemType,
     pub output: bool,
+    /// An output whose initial contents matter (split-K accumulates into C):
+    /// [`GemmCase::inputs`] provides them.
+    pub initial: bool,
 }
 
 impl GemmCase {
@@ -130,8 +152,10 @@ impl GemmCase {
             Precision::Bf16 => ElemType::Bf16,
             Precision::F32 => ElemType::F32,
         };
-        let t = |name: &str, elems: usize, dtype: ElemType, output: bool| TensorSpec { name: name.into(), elems, dtype, output };
-        let mut v = vec![t("a", m * k, inp, false), t("b", k * n, inp, false), t("c", m * n, self.config.epilogue.out, true)];
+        let t = |name: &str, elems: usize, dtype: ElemType, output: bool| TensorSpec { name: name.into(), elems, dtype, output, initial: false };
+        let mut c = t("c", m * n, self.config.epilogue.out, true);
+        c.initial = self.config.split_k > 1;
+        let mut v = vec![t("a", m * k, inp, false), t("b", k * n, inp, false), c];
         for s in &self.config.epilogue.steps {
             match s {
                 EpiStep::RowScale { param } => v.push(t(param, m, ElemType::F32, false)),
@@ -149,7 +173,7 @@ impl GemmCase {
         let mut rng = Lcg(seed ^ 0x9e37_79b9_7f4a_7c15);
         let mut out = BTreeMap::new();
         for t in self.tensors() {
-            if t.output {
+            if t.output && !t.initial {
                 continue;
             }
             let positive = matches!(t.name.as_str(), "rstd" | "s");
@@ -172,6 +196,7 @@ impl GemmCase {
         let epi = &self.config.epilogue;
         let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         out.insert("c".into(), vec![0.0; m * n]);
+        let c_init = if self.config.split_k > 1 { Some(&inp["c"]) } else { None };
         for s in &epi.steps {
             if let EpiStep::StoreAux { param, .. } = s {
                 out.insert(param.clone(), vec![0.0; m * n]);
@@ -204,6 +229,9 @@ impl GemmCase {
                         EpiStep::AddTensor { param, .. } => v += inp[param][e],
                         EpiStep::StoreAux { param, dtype } => out.get_mut(param).unwrap()[e] = round_to(v, *dtype),
                     }
+                }
+                if let Some(ci) = c_init {
+                    v += ci[e];
                 }
                 out.get_mut("c").unwrap()[e] = round_to(v, epi.out);
             }
