@@ -161,8 +161,8 @@ pub fn run(args: RunArgs) -> CliResult {
     };
     let t_prep = t_start.elapsed().as_secs_f64();
     let result = match args.precision {
-        Precision::F64 => execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, |v| HostData::F64(v))?,
-        _ => execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, |v| HostData::F32(v))?,
+        Precision::F64 => execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64)?,
+        _ => execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32)?,
     };
     weights::save(&args.out, &result.tensors, None).map_err(|e| Failure::Other(e.into()))?;
     println!(

@@ -26,7 +26,7 @@ fn probs<F: Real>(q: &[F], k: &[F], t: usize, d: usize, scale: F, p: &mut [F]) {
         let row = &mut p[i * t..(i + 1) * t];
         let mut m = F::NEG_INFINITY;
         for v in row[..=i].iter_mut() {
-            *v = *v * scale;
+            *v *= scale;
             m = m.max(*v);
         }
         let mut s = F::ZERO;

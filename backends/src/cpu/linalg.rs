@@ -26,7 +26,6 @@ pub fn gemm<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usi
     let threads = rayon::current_num_threads().max(1);
     let (ap, bp, cp) = (a.as_ptr() as usize, b.as_ptr() as usize, SendPtr(c.as_mut_ptr()));
     let call = |m0: usize, mc: usize, n0: usize, nc: usize| unsafe {
-        let cp = cp;
         F::gemm(
             mc,
             k,
@@ -39,7 +38,7 @@ pub fn gemm<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usi
             rsb as isize,
             csb as isize,
             F::ZERO,
-            cp.0.add(m0 * n + n0),
+            cp.get().add(m0 * n + n0),
             n as isize,
             1,
         )

@@ -14,6 +14,12 @@ pub const PAR_MIN: usize = 1 << 15;
 pub(crate) struct SendPtr<T>(pub *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole wrapper).
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
 
 fn chunk_len(n: usize) -> usize {
     let t = rayon::current_num_threads().max(1);
@@ -96,9 +102,8 @@ pub fn unary_fn<F: Real>(f: UnaryFn, x: F) -> F {
         UnaryFn::Neg => -x,
         UnaryFn::Abs => x.abs(),
         UnaryFn::Relu => {
-            if x > F::ZERO {
-                x
-            } else if x.is_nan() {
+            // NaN propagates, as in torch.relu.
+            if x > F::ZERO || x.is_nan() {
                 x
             } else {
                 F::ZERO
