@@ -16,7 +16,7 @@ use pgc_ir::{Graph, Mode};
 
 /// Stack for the compiler thread: parsing and lowering recurse, and both are
 /// depth-capped well below what this holds.
-const STACK_BYTES: usize = 256 << 20;
+const STACK_BYTES: usize = 64 << 20;
 
 /// Parse `source` (named `path` in messages), apply `--set` overrides of its
 /// `const`s, and lower it to a verified graph in `mode`.

@@ -25,6 +25,8 @@ pub struct Limits {
     pub max_calls: usize,
     /// Nodes in the graph.
     pub max_nodes: usize,
+    /// Declared parameters.
+    pub max_params: usize,
     /// Elements of one tensor.
     pub max_numel: u64,
     /// Rank of one tensor.
@@ -42,6 +44,7 @@ impl Default for Limits {
             max_steps: 5_000_000,
             max_calls: 64,
             max_nodes: 1_000_000,
+            max_params: 10_000,
             max_numel: 1 << 40,
             max_rank: 8,
             max_list: 100_000,
@@ -1639,16 +1642,29 @@ impl<'a> Lower<'a> {
         let is_ste = matches!(quant.qat, Qat::Ste { .. });
         let bits = if let Qat::Ste { bits } = quant.qat { bits } else { 0 };
         let info = ParamInfo { name: name.clone(), shape: dims, quant, init, origin: Some(origin) };
-        if self.g.param(&name).is_some() {
-            let mut d = Diagnostic::error(format!("parameter `{name}` declared twice"), path.span).label("second declaration");
-            if let Some(prev) = self.param_spans.get(&name) {
-                d = d.also(*prev, "first declared here");
-            }
-            return Err(d.note("to use a parameter twice, bind it with `let` and reuse the variable"));
+        if let Some(prev) = self.param_spans.get(&name) {
+            return Err(Diagnostic::error(format!("parameter `{name}` declared twice"), path.span)
+                .label("second declaration")
+                .also(*prev, "first declared here")
+                .note("to use a parameter twice, bind it with `let` and reuse the variable"));
         }
-        self.g.add_param(info).map_err(|e| Diagnostic::error(e.message, span))?;
+        if self.g.params.len() >= self.limits.max_params {
+            return Err(Diagnostic::error(format!("more than {} parameters", self.limits.max_params), span)
+                .label("one too many")
+                .note("is a loop or the model much larger than intended?"));
+        }
+        if self.g.nodes.len() >= self.limits.max_nodes {
+            return Err(Diagnostic::error(format!("the graph would exceed {} nodes", self.limits.max_nodes), span)
+                .label("while lowering this"));
+        }
+        // Pushed directly: the type is known, and `Graph::add_param`/`Graph::push`
+        // look parameters up by a linear scan (quadratic for huge programs).
+        let ty = TensorType::f32(info.shape.clone());
+        let porigin = info.origin.clone();
+        self.g.params.push(info);
         self.param_spans.insert(name.clone(), path.span);
-        let mut v = self.push(Op::Param { name }, &[], span)?;
+        let mut v = ValueId(self.g.nodes.len() as u32);
+        self.g.nodes.push(pgc_ir::Node { op: Op::Param { name }, args: Vec::new(), ty, origin: porigin });
         if self.mode == Mode::Train && is_ste {
             v = self.push(Op::FakeQuant { bits }, &[v], span)?;
         }
