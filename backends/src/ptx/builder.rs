@@ -776,6 +776,8 @@ pub struct Kernel {
     pub shared: Vec<SharedDecl>,
     /// `extern .shared` (dynamic) array used by the kernel: name and alignment.
     pub extern_shared: Option<(String, u32)>,
+    /// `.local` (per-thread) arrays.
+    pub local: Vec<SharedDecl>,
     pub body: Vec<Stmt>,
     pub reg_counts: BTreeMap<RegClass, u32>,
 }
@@ -788,6 +790,7 @@ pub struct KernelBuilder {
     min_blocks_per_sm: Option<u32>,
     shared: Vec<SharedDecl>,
     extern_shared: Option<(String, u32)>,
+    local: Vec<SharedDecl>,
     body: Vec<Stmt>,
     next_reg: BTreeMap<RegClass, u32>,
     next_label: u32,
@@ -807,6 +810,7 @@ impl KernelBuilder {
             min_blocks_per_sm: None,
             shared: vec![],
             extern_shared: None,
+            local: vec![],
             body: vec![],
             next_reg: BTreeMap::new(),
             next_label: 0,
@@ -860,6 +864,14 @@ impl KernelBuilder {
     pub fn shared_array(&mut self, name: &str, align: u32, bytes: u32) -> String {
         assert!(!self.shared.iter().any(|s| s.name == name));
         self.shared.push(SharedDecl { name: name.to_string(), align, bytes });
+        name.to_string()
+    }
+
+    /// A per-thread `.local` array; returns its symbol name (address it with
+    /// `Addr::sym` in `ld.local`/`st.local`).
+    pub fn local_array(&mut self, name: &str, align: u32, bytes: u32) -> String {
+        assert!(!self.local.iter().any(|s| s.name == name));
+        self.local.push(SharedDecl { name: name.to_string(), align, bytes });
         name.to_string()
     }
 
@@ -942,7 +954,8 @@ impl KernelBuilder {
 
     /// A counted loop `for (i = start; i < end; i += step) body(i)` over `.u32`
     /// values; `end` is evaluated once. The body sees the induction register
-    /// (do not write it). Runs zero times when `start >= end`.
+    /// (do not write it). Runs zero times when `start >= end`. `uniform`: every
+    /// thread of a warp takes the same trip count (branches are `bra.uni`).
     pub fn for_range(
         &mut self,
         start: impl Into<Operand>,
@@ -957,13 +970,12 @@ impl KernelBuilder {
         let top = self.new_label();
         let exit = self.new_label();
         let p = self.setp(Cmp::Ge, Type::U32, i, end.clone());
-        self.push_guarded(Guard { pred: p, negate: false }, Inst::Bra { target: exit, uni: false });
+        self.push_guarded(Guard { pred: p, negate: false }, Inst::Bra { target: exit, uni: uniform });
         self.place(top);
         body(self, i);
         self.bin_to(BinOp::Add, Type::U32, i, i, step);
         let p2 = self.setp(Cmp::Lt, Type::U32, i, end);
-        let _ = uniform;
-        self.push_guarded(Guard { pred: p2, negate: false }, Inst::Bra { target: top, uni: false });
+        self.push_guarded(Guard { pred: p2, negate: false }, Inst::Bra { target: top, uni: uniform });
         self.place(exit);
     }
 
@@ -1158,6 +1170,7 @@ impl KernelBuilder {
             min_blocks_per_sm: self.min_blocks_per_sm,
             shared: self.shared,
             extern_shared: self.extern_shared,
+            local: self.local,
             body: self.body,
             reg_counts,
         }
@@ -1195,6 +1208,9 @@ impl Kernel {
         }
         for s in &self.shared {
             let _ = writeln!(out, "\t.shared .align {} .b8 {}[{}];", s.align, s.name, s.bytes);
+        }
+        for s in &self.local {
+            let _ = writeln!(out, "\t.local .align {} .b8 {}[{}];", s.align, s.name, s.bytes);
         }
         out.push('\n');
         for s in &self.body {

@@ -67,12 +67,12 @@ pub fn cases() -> Vec<GemmCase> {
     }
     let presets = [
         TileConfig::LARGE,
-        TileConfig { stages: 2, ..TileConfig::LARGE },
+        TileConfig::LARGE_8W,
+        TileConfig { stages: 2, ..TileConfig::LARGE_8W },
         TileConfig { stages: 4, bk: 64, ..TileConfig::MEDIUM },
         TileConfig::MEDIUM,
         TileConfig { stages: 4, ..TileConfig::SMALL },
         TileConfig { bm: 64, bn: 128, bk: 32, warps_m: 2, warps_n: 2, stages: 3, min_blocks: 1 },
-        TileConfig { bk: 64, ..TileConfig::LARGE },
     ];
     for t in presets {
         for (layout, s) in [(GemmLayout::LINEAR, (256, 192, 96)), (GemmLayout::WEIGHT_GRAD, (200, 136, 72))] {
@@ -103,10 +103,10 @@ pub fn cases() -> Vec<GemmCase> {
 pub fn perf_cases() -> Vec<GemmCase> {
     let tiles = [
         TileConfig::LARGE,
-        TileConfig { stages: 4, ..TileConfig::LARGE },
-        TileConfig { bk: 64, ..TileConfig::LARGE },
-        TileConfig { bm: 128, bn: 256, bk: 32, warps_m: 2, warps_n: 4, stages: 3, min_blocks: 1 },
-        TileConfig { bm: 256, bn: 128, bk: 32, warps_m: 4, warps_n: 2, stages: 3, min_blocks: 1 },
+        TileConfig { stages: 4, bk: 32, ..TileConfig::LARGE },
+        TileConfig::LARGE_8W,
+        TileConfig { bk: 64, ..TileConfig::LARGE_8W },
+        TileConfig { bm: 128, bn: 256, bk: 64, warps_m: 2, warps_n: 4, stages: 3, min_blocks: 1 },
     ];
     let shapes = [
         (GemmLayout::LINEAR, (16384, 1536, 512)),
@@ -123,7 +123,7 @@ pub fn perf_cases() -> Vec<GemmCase> {
     }
     // weight gradients: few output tiles, long K: split-K or smaller tiles
     let (m, n, k) = (1536, 512, 16384);
-    for (t, split) in [(TileConfig::LARGE, 2), (TileConfig::LARGE, 4), (TileConfig { bk: 64, ..TileConfig::LARGE }, 4), (TileConfig::MEDIUM, 1)] {
+    for (t, split) in [(TileConfig::LARGE, 1), (TileConfig::LARGE, 4), (TileConfig::LARGE, 6), (TileConfig::LARGE_8W, 4), (TileConfig::MEDIUM, 1)] {
         let out_t = if split > 1 { ElemType::F32 } else { ElemType::Bf16 };
         let c = GemmConfig::new(Precision::Bf16, GemmLayout::WEIGHT_GRAD, m, n, k, Epilogue::store(out_t)).with_tile(t).with_split_k(split);
         out.push(GemmCase { config: c, m, n, k });
