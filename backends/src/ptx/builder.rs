@@ -271,9 +271,8 @@ impl fmt::Display for Addr {
             AddrBase::Reg(r) => write!(f, "[{r}")?,
             AddrBase::Sym(s) => write!(f, "[{s}")?,
         }
-        if self.offset > 0 {
-            write!(f, "+{}", self.offset)?;
-        } else if self.offset < 0 {
+        // ptxas takes `[r+-4]` for negative offsets
+        if self.offset != 0 {
             write!(f, "+{}", self.offset)?;
         }
         f.write_str("]")

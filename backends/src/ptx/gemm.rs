@@ -20,6 +20,7 @@
 //!   - B: [`BStore::NK`] stores `[N, K]` (K contiguous: `x @ W^T` with `W[N, K]`);
 //!     [`BStore::KN`] stores `[K, N]` (N contiguous).
 //!   - C and every per-element epilogue tensor: `[M, N]`, leading dimension N.
+//!
 //!   The model's three training GEMMs: [`GemmLayout::LINEAR`] (`x[M,K] @ W[N,K]^T`),
 //!   [`GemmLayout::INPUT_GRAD`] (`dy[M,N] @ W[N,K]`; GEMM `N` = model K),
 //!   [`GemmLayout::WEIGHT_GRAD`] (`dy[T,N]^T @ x[T,K]`; GEMM `M,N,K` = model `N,K,T`).
