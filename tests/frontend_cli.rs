@@ -160,7 +160,8 @@ fn one_line_edits_of_the_model() {
     let src = std::fs::read_to_string(root().join("models/11l.pgdsl")).unwrap();
     let dir = tmpdir("edits");
     std::fs::create_dir_all(&dir).unwrap();
-    let edits: [(&str, &str, Box<dyn Fn(&serde_json::Value, &Graph)>); 4] = [
+    type Check = Box<dyn Fn(&serde_json::Value, &Graph)>;
+    let edits: [(&str, &str, Check); 4] = [
         (
             "    let h = relu(linear(u, w_fc));",
             "    let h = leaky_relu(linear(u, w_fc), 0.5);",

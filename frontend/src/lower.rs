@@ -296,7 +296,7 @@ impl<'a> Lower<'a> {
     }
 
     fn assign(&mut self, name: &Ident, v: Value) -> R<()> {
-        if self.consts.contains_key(&name.name) && self.frames.len() >= 1 && self.frames[0].iter().any(|(n, _)| *n == name.name)
+        if self.consts.contains_key(&name.name) && self.frames[0].iter().any(|(n, _)| *n == name.name)
         {
             let shadowed = self.frames[1..].iter().any(|f| f.iter().any(|(n, _)| *n == name.name));
             if !shadowed {
@@ -1276,7 +1276,7 @@ impl<'a> Lower<'a> {
                     "ceil" => x.ceil(),
                     _ => x.trunc(),
                 };
-                if !(y.abs() < 9.0e18) {
+                if y.is_nan() || y.abs() >= 9.0e18 {
                     return Err(Diagnostic::error(format!("{f}({x}) does not fit an integer"), a[0].1).label("out of range"));
                 }
                 Ok(Value::Int(y as i64))
@@ -1374,7 +1374,7 @@ impl<'a> Lower<'a> {
                 self.check_size(&shape, a[1].1)?;
                 if let Some(i) = infer {
                     let rest: u64 = shape.iter().map(|&d| d as u64).product();
-                    if rest == 0 || numel % rest != 0 {
+                    if rest == 0 || !numel.is_multiple_of(rest) {
                         return Err(Diagnostic::error(format!("reshape: cannot infer -1 for {} elements into {dims:?}", numel), a[1].1)
                             .label("does not divide"));
                     }
@@ -1401,7 +1401,7 @@ impl<'a> Lower<'a> {
                 let h = self.unsigned(f, &a[1])?;
                 let ty = self.ty(t);
                 let r = ty.rank();
-                if r < 2 || h == 0 || ty.shape[r - 1] % h != 0 {
+                if r < 2 || h == 0 || !ty.shape[r - 1].is_multiple_of(h) {
                     return Err(Diagnostic::error(
                         format!("split_heads: expects x[..., T, heads*head_dim] with a last axis divisible by {h}, got {ty}"),
                         span,

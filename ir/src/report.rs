@@ -48,7 +48,7 @@ pub fn node_flops(g: &Graph, i: usize) -> u64 {
             let x = arg(0);
             let w = arg(1);
             let k = *x.shape.last().unwrap_or(&1) as u64;
-            let m = if k == 0 { 0 } else { x.numel() as u64 / k };
+            let m = (x.numel() as u64).checked_div(k).unwrap_or(0);
             let nn = if matches!(n.op, Op::Linear) { w.shape[0] } else { w.shape[1] } as u64;
             2 * m * nn * k
         }
@@ -56,7 +56,7 @@ pub fn node_flops(g: &Graph, i: usize) -> u64 {
             let dy = arg(0);
             let x = arg(1);
             let nn = *dy.shape.last().unwrap_or(&1) as u64;
-            let m = if nn == 0 { 0 } else { dy.numel() as u64 / nn };
+            let m = (dy.numel() as u64).checked_div(nn).unwrap_or(0);
             2 * m * nn * *x.shape.last().unwrap_or(&1) as u64
         }
         Op::CausalAttention { .. } => {
@@ -150,7 +150,7 @@ fn group(n: u64) -> String {
     let d = n.to_string();
     let mut out = String::new();
     for (i, c) in d.chars().enumerate() {
-        if i > 0 && (d.len() - i) % 3 == 0 {
+        if i > 0 && (d.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
