@@ -1,11 +1,18 @@
 //! Causal softmax attention with grouped key/value heads, forward and
-//! backward. One `T x T` score block per (batch, head) lives at a time per
-//! thread; work is split over (batch, kv head) groups.
+//! backward. Queries are taken in blocks of [`ROWS`] rows; a block's scores
+//! are computed only against the keys it can see (`0..=last row`), so at most
+//! `ROWS x T` scores per thread live at a time and the masked upper triangle
+//! is never computed. Work is split over (batch, head) for the forward and
+//! over (batch, kv head) groups for the backward (the group's query heads
+//! accumulate into the same key/value gradients).
 
-use super::linalg::gemm;
+use super::linalg::{gemm, gemm_acc};
 use super::real::Real;
 use super::tensor::Tensor;
 use rayon::prelude::*;
+
+/// Query rows per block.
+pub const ROWS: usize = 64;
 
 struct Dims {
     b: usize,
@@ -19,11 +26,14 @@ fn dims<F: Real>(q: &Tensor<F>, k: &Tensor<F>) -> Dims {
     Dims { b: q.shape[0], h: q.shape[1], hk: k.shape[1], t: q.shape[2], d: q.shape[3] }
 }
 
-/// Probabilities `P = softmax(scale * q k^T)` with the causal mask, in `p` (`T x T`, zero above the diagonal).
-fn probs<F: Real>(q: &[F], k: &[F], t: usize, d: usize, scale: F, p: &mut [F]) {
-    gemm(t, d, t, q, d, 1, k, 1, d, p);
-    for i in 0..t {
-        let row = &mut p[i * t..(i + 1) * t];
+/// Probabilities of query rows `i0..i0 + rb` against keys `0..w` (`w = i0 + rb`):
+/// `P = softmax(scale * q k^T)` with the causal mask, in `p` (`rb x w`, row-major).
+fn probs<F: Real>(q: &[F], k: &[F], i0: usize, rb: usize, d: usize, scale: F, p: &mut [F]) {
+    let w = i0 + rb;
+    gemm(rb, d, w, &q[i0 * d..w * d], d, 1, &k[..w * d], 1, d, p);
+    for r in 0..rb {
+        let i = i0 + r;
+        let row = &mut p[r * w..(r + 1) * w];
         let mut m = F::NEG_INFINITY;
         for v in row[..=i].iter_mut() {
             *v *= scale;
@@ -43,6 +53,10 @@ fn probs<F: Real>(q: &[F], k: &[F], t: usize, d: usize, scale: F, p: &mut [F]) {
 
 /// `[B, H, T, d]` output of causal attention.
 pub fn forward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64) -> Tensor<F> {
+    forward_rows(q, k, v, scale, ROWS)
+}
+
+fn forward_rows<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64, rows: usize) -> Tensor<F> {
     let Dims { b, h, hk, t, d } = dims(q, k);
     let rep = h / hk;
     let (qf, kf, vf) = (q.f(), k.f(), v.f());
@@ -53,12 +67,18 @@ pub fn forward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64)
         return Tensor::float(q.shape.clone(), out);
     }
     out.par_chunks_mut(blk).enumerate().for_each_init(
-        || vec![F::ZERO; t * t],
+        || vec![F::ZERO; rows.min(t) * t],
         |p, (bh, o)| {
             let (bi, hi) = (bh / h, bh % h);
             let kv = (bi * hk + hi / rep) * blk;
-            probs(&qf[bh * blk..(bh + 1) * blk], &kf[kv..kv + blk], t, d, scale, p);
-            gemm(t, t, d, p, t, 1, &vf[kv..kv + blk], d, 1, o);
+            let (qb, kb, vb) = (&qf[bh * blk..(bh + 1) * blk], &kf[kv..kv + blk], &vf[kv..kv + blk]);
+            for i0 in (0..t).step_by(rows) {
+                let rb = rows.min(t - i0);
+                let w = i0 + rb;
+                let p = &mut p[..rb * w];
+                probs(qb, kb, i0, rb, d, scale, p);
+                gemm(rb, w, d, p, w, 1, &vb[..w * d], d, 1, &mut o[i0 * d..w * d]);
+            }
         },
     );
     Tensor::float(q.shape.clone(), out)
@@ -72,6 +92,18 @@ pub fn backward<F: Real>(
     dy: &Tensor<F>,
     scale: f64,
     want: [bool; 3],
+) -> [Option<Tensor<F>>; 3] {
+    backward_rows(q, k, v, dy, scale, want, ROWS)
+}
+
+fn backward_rows<F: Real>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    dy: &Tensor<F>,
+    scale: f64,
+    want: [bool; 3],
+    rows: usize,
 ) -> [Option<Tensor<F>>; 3] {
     let Dims { b, h, hk, t, d } = dims(q, k);
     let rep = h / hk;
@@ -94,9 +126,10 @@ pub fn backward<F: Real>(
         let dqs = split(&mut dq, rep * blk);
         let dks = split(&mut dk, blk);
         let dvs = split(&mut dv, blk);
+        let cap = rows.min(t) * t;
         (0..groups).into_par_iter().for_each_init(
-            || (vec![F::ZERO; t * t], vec![F::ZERO; t * t], vec![F::ZERO; blk]),
-            |(p, dp, tmp), g| {
+            || (vec![F::ZERO; cap], vec![F::ZERO; cap]),
+            |(p, dp), g| {
                 let (bi, kh) = (g / hk, g % hk);
                 let kv = g * blk;
                 let (kb, vb) = (&kf[kv..kv + blk], &vf[kv..kv + blk]);
@@ -106,17 +139,24 @@ pub fn backward<F: Real>(
                     let hi = kh * rep + r;
                     let qo = (bi * h + hi) * blk;
                     let (qb, gb) = (&qf[qo..qo + blk], &gf[qo..qo + blk]);
-                    probs(qb, kb, t, d, sc, p);
-                    if want[2] {
-                        // dv += P^T dy
-                        gemm(t, t, d, p, 1, t, gb, d, 1, tmp);
-                        dvg.iter_mut().zip(tmp.iter()).for_each(|(a, &x)| *a += x);
-                    }
-                    if want[0] || want[1] {
-                        // dP = dy v^T; dS = P (dP - rowsum(P dP)) * scale
-                        gemm(t, d, t, gb, d, 1, vb, 1, d, dp);
-                        for i in 0..t {
-                            let (pr, dr) = (&p[i * t..=i * t + i], &mut dp[i * t..(i + 1) * t]);
+                    for i0 in (0..t).step_by(rows) {
+                        let rb = rows.min(t - i0);
+                        let w = i0 + rb;
+                        let (p, dp) = (&mut p[..rb * w], &mut dp[..rb * w]);
+                        probs(qb, kb, i0, rb, d, sc, p);
+                        let gblk = &gb[i0 * d..w * d];
+                        if want[2] {
+                            // dv[0..w] += P^T dy[block]
+                            gemm_acc(w, rb, d, p, 1, w, gblk, d, 1, &mut dvg[..w * d]);
+                        }
+                        if !(want[0] || want[1]) {
+                            continue;
+                        }
+                        // dP = dy[block] v[0..w]^T; dS = P (dP - rowsum(P dP)) * scale
+                        gemm(rb, d, w, gblk, d, 1, &vb[..w * d], 1, d, dp);
+                        for rr in 0..rb {
+                            let i = i0 + rr;
+                            let (pr, dr) = (&p[rr * w..rr * w + i + 1], &mut dp[rr * w..(rr + 1) * w]);
                             let dsum: F = pr.iter().zip(dr.iter()).map(|(&a, &b)| a * b).sum();
                             for j in 0..=i {
                                 dr[j] = pr[j] * (dr[j] - dsum) * sc;
@@ -124,11 +164,12 @@ pub fn backward<F: Real>(
                             dr[i + 1..].fill(F::ZERO);
                         }
                         if want[0] {
-                            gemm(t, t, d, dp, t, 1, kb, d, 1, &mut dqg[r * blk..(r + 1) * blk]);
+                            // dq[block] = dS k[0..w]
+                            gemm(rb, w, d, dp, w, 1, &kb[..w * d], d, 1, &mut dqg[r * blk + i0 * d..r * blk + w * d]);
                         }
                         if want[1] {
-                            gemm(t, t, d, dp, 1, t, qb, d, 1, tmp);
-                            dkg.iter_mut().zip(tmp.iter()).for_each(|(a, &x)| *a += x);
+                            // dk[0..w] += dS^T q[block]
+                            gemm_acc(w, rb, d, dp, 1, w, &qb[i0 * d..w * d], d, 1, &mut dkg[..w * d]);
                         }
                     }
                 }
@@ -137,6 +178,37 @@ pub fn backward<F: Real>(
     }
     let mk = |w: bool, v: Vec<F>, shape: &[usize]| w.then(|| Tensor::float(shape.to_vec(), v));
     [mk(want[0], dq, &q.shape), mk(want[1], dk, &k.shape), mk(want[2], dv, &v.shape)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, k: usize) -> Vec<f64> {
+        (0..n).map(|i| (((i * 2654435761 + k * 97) % 1000) as f64) / 500.0 - 1.0).collect()
+    }
+
+    /// Blocked rows give the same results as one block of all rows.
+    #[test]
+    fn row_blocks_agree_with_a_single_block() {
+        let (b, h, hk, t, d) = (2, 4, 2, 70, 8);
+        let q = Tensor::<f64>::float(vec![b, h, t, d], data(b * h * t * d, 1));
+        let k = Tensor::<f64>::float(vec![b, hk, t, d], data(b * hk * t * d, 2));
+        let v = Tensor::<f64>::float(vec![b, hk, t, d], data(b * hk * t * d, 3));
+        let dy = Tensor::<f64>::float(vec![b, h, t, d], data(b * h * t * d, 4));
+        let close = |a: &Tensor<f64>, c: &Tensor<f64>| {
+            let e = a.f().iter().zip(c.f()).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(e < 1e-13, "{e}");
+        };
+        for rows in [1, 16, 64] {
+            close(&forward_rows(&q, &k, &v, 0.3, rows), &forward_rows(&q, &k, &v, 0.3, t));
+            let a = backward_rows(&q, &k, &v, &dy, 0.3, [true; 3], rows);
+            let c = backward_rows(&q, &k, &v, &dy, 0.3, [true; 3], t);
+            for i in 0..3 {
+                close(a[i].as_ref().unwrap(), c[i].as_ref().unwrap());
+            }
+        }
+    }
 }
 
 /// A mutable chunk handed to one parallel task.

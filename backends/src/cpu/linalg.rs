@@ -12,12 +12,26 @@ const PAR_FLOPS: usize = 1 << 20;
 /// (`m x k`) and `b` (`k x n`) given by base slices and element strides.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]) {
+    gemm_beta(m, k, n, a, rsa, csa, b, rsb, csb, F::ZERO, c)
+}
+
+/// `c += a @ b` (see [`gemm`]).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_acc<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]) {
+    gemm_beta(m, k, n, a, rsa, csa, b, rsb, csb, F::ONE, c)
+}
+
+/// `c = a @ b + beta c`; `beta` is 0 (overwrite, `c` may hold anything) or 1.
+#[allow(clippy::too_many_arguments)]
+fn gemm_beta<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, beta: F, c: &mut [F]) {
     assert_eq!(c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c.fill(F::ZERO);
+        if beta == F::ZERO {
+            c.fill(F::ZERO);
+        }
         return;
     }
     // Bounds: the last element each operand reaches must be in its slice.
@@ -37,7 +51,7 @@ pub fn gemm<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usi
             (bp as *const F).add(n0 * csb),
             rsb as isize,
             csb as isize,
-            F::ZERO,
+            beta,
             cp.get().add(m0 * n + n0),
             n as isize,
             1,

@@ -320,6 +320,19 @@ mod tests {
         let s = half::f16::from_f32((0.1f64 / 7.0) as f32).to_f64();
         let out = ops::fake_quant(w, 4);
         assert_eq!(out.f()[0], (0.1 / s).round_ties_even().min(7.0) * s);
+        // the fast rounding equals round-half-even, in both precisions
+        let row: Vec<f64> = (0..400).map(|i| (i as f64 - 200.0) * 0.0437 + if i % 3 == 0 { 0.0 } else { 1e-9 }).collect();
+        let amax = row.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for bits in [2, 4, 6, 8] {
+            let qmax = ((1 << (bits - 1)) - 1) as f64;
+            let s = half::f16::from_f32((amax / qmax) as f32).to_f64();
+            let want: Vec<f64> = row.iter().map(|v| (v / s).round_ties_even().clamp(-qmax - 1.0, qmax) * s).collect();
+            assert_eq!(ops::fake_quant(Tensor::<f64>::float(vec![1, 400], row.clone()), bits).f(), &want[..]);
+            let r32: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+            let s32 = half::f16::from_f32(r32.iter().fold(0.0f32, |m, v| m.max(v.abs())) / qmax as f32).to_f32();
+            let want32: Vec<f32> = r32.iter().map(|v| (v / s32).round_ties_even().clamp(-qmax as f32 - 1.0, qmax as f32) * s32).collect();
+            assert_eq!(ops::fake_quant(Tensor::<f32>::float(vec![1, 400], r32), bits).f(), &want32[..]);
+        }
     }
 
     #[test]

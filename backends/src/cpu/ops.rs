@@ -519,7 +519,11 @@ pub fn fake_quant<F: Real>(w: Tensor<F>, bits: u32) -> Tensor<F> {
         let amax = row.iter().fold(F::ZERO, |m, &v| m.max(v.abs()));
         let s = (amax / qmaxf).max(floor).round_to_f16().max(tiny);
         for (d, &v) in o.iter_mut().zip(row) {
-            let q = (v / s).round_ties_even().max(qminf).min(qmaxf);
+            // clamp(round(x)) == round(clamp(x)) for integer bounds; after the
+            // clamp |x| <= 128, where the magic-number rounding is exact
+            // round-half-to-even (and much faster than a libm call).
+            let x = (v / s).max(qminf).min(qmaxf);
+            let q = (x + F::ROUND_MAGIC) - F::ROUND_MAGIC;
             *d = q * s;
         }
     };

@@ -29,6 +29,9 @@ pub trait Real:
     const ONE: Self;
     const NAME: &'static str;
     const NEG_INFINITY: Self;
+    /// 1.5 * 2^(mantissa bits): `(x + M) - M` rounds `x` to an integer, half
+    /// to even, for `|x| < 2^(mantissa bits - 1)`.
+    const ROUND_MAGIC: Self;
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
@@ -71,12 +74,13 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($t:ident, $gemm:path, $name:literal) => {
+    ($t:ident, $gemm:path, $name:literal, $magic:expr) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NAME: &'static str = $name;
             const NEG_INFINITY: Self = $t::NEG_INFINITY;
+            const ROUND_MAGIC: Self = $magic;
             #[inline]
             fn from_f64(v: f64) -> Self {
                 v as $t
@@ -172,5 +176,5 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f64, matrixmultiply::dgemm, "f64");
-impl_real!(f32, matrixmultiply::sgemm, "f32");
+impl_real!(f64, matrixmultiply::dgemm, "f64", 6755399441055744.0);
+impl_real!(f32, matrixmultiply::sgemm, "f32", 12582912.0);
