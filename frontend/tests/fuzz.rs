@@ -179,6 +179,11 @@ fn check(src: &str, sets: &[(String, String)], mode: Mode, stats: &mut (usize, u
         Ok(g) => {
             stats.0 += 1;
             assert!(pgc_ir::verify(&g).is_ok());
+            // What `pgc compile` does with a graph must not panic either.
+            let _ = pgc_ir::report::Report::from_graph(&g).to_json();
+            if render {
+                let _ = pgc_ir::text::print(&g);
+            }
         }
         Err(Diagnostics { items, .. }) if items.is_empty() => panic!("empty diagnostics for:\n{src}"),
         Err(d) => {

@@ -39,7 +39,7 @@ pub struct Report {
     pub constants: Vec<(String, f64)>,
 }
 
-/// FLOPs of one node under the convention above (0 for uncounted ops).
+/// FLOPs of one node under the convention above (0 for uncounted ops; saturating).
 pub fn node_flops(g: &Graph, i: usize) -> u64 {
     let n = &g.nodes[i];
     let arg = |k: usize| &g.nodes[n.args[k].index()].ty;
@@ -50,14 +50,14 @@ pub fn node_flops(g: &Graph, i: usize) -> u64 {
             let k = *x.shape.last().unwrap_or(&1) as u64;
             let m = (x.numel() as u64).checked_div(k).unwrap_or(0);
             let nn = if matches!(n.op, Op::Linear) { w.shape[0] } else { w.shape[1] } as u64;
-            2 * m * nn * k
+            2u64.saturating_mul(m).saturating_mul(nn).saturating_mul(k)
         }
         Op::OuterSum => {
             let dy = arg(0);
             let x = arg(1);
             let nn = *dy.shape.last().unwrap_or(&1) as u64;
             let m = (dy.numel() as u64).checked_div(nn).unwrap_or(0);
-            2 * m * nn * *x.shape.last().unwrap_or(&1) as u64
+            2u64.saturating_mul(m).saturating_mul(nn).saturating_mul(*x.shape.last().unwrap_or(&1) as u64)
         }
         Op::CausalAttention { .. } => {
             let q = arg(0);
@@ -65,7 +65,7 @@ pub fn node_flops(g: &Graph, i: usize) -> u64 {
                 return 0;
             }
             let (b, h, t, d) = (q.shape[0] as u64, q.shape[1] as u64, q.shape[2] as u64, q.shape[3] as u64);
-            2 * b * h * t * t * d
+            [b, h, t, t, d].iter().fold(2u64, |acc, &x| acc.saturating_mul(x))
         }
         _ => 0,
     }
@@ -80,7 +80,7 @@ impl Report {
             s.params += p.numel() as u64;
             s.bytes += p.quant.storage.raw_bytes(&p.shape);
         }
-        let forward_flops: u64 = (0..g.nodes.len()).map(|i| node_flops(g, i)).sum();
+        let forward_flops: u64 = (0..g.nodes.len()).fold(0u64, |acc, i| acc.saturating_add(node_flops(g, i)));
         let tokens = g
             .nodes
             .iter()
