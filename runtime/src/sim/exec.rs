@@ -359,12 +359,36 @@ impl<'a> BlockRunner<'a> {
 
     // ------------------------------------------------------------ memory
 
-    #[inline]
+    /// Record a read of `size` shared bytes at `off`; the common case (no
+    /// hazard) is one pass without branches on the error paths.
+    #[inline(always)]
     fn shadow_read(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
-        let (race, init) = (self.l.opts.racecheck, self.l.opts.initcheck);
-        if !race && !init {
+        if !self.l.opts.racecheck && !self.l.opts.initcheck {
             return Ok(());
         }
+        let t = (warp * 32 + lane as u32) as u16;
+        let e = self.epoch;
+        let mut suspicious = false;
+        for s in self.shadow[off..off + size].iter_mut() {
+            suspicious |= (s.w_tid & PENDING != 0) | (s.w_epoch == e && s.w_tid != t) | (s.w_epoch == 0);
+            if s.r_epoch != e {
+                s.r_epoch = e;
+                s.r_tid = t;
+            } else if s.r_tid != t {
+                s.r_tid = MULTI;
+            }
+        }
+        if suspicious {
+            self.shadow_read_slow(warp, lane, off, size, line)
+        } else {
+            Ok(())
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn shadow_read_slow(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
+        let (race, init) = (self.l.opts.racecheck, self.l.opts.initcheck);
         let t = (warp * 32 + lane as u32) as u16;
         let e = self.epoch;
         for k in off..off + size {
@@ -375,25 +399,37 @@ impl<'a> BlockRunner<'a> {
             if init && s.w_epoch == 0 && self.uninit.is_none() {
                 self.uninit = Some((warp, lane, line, k));
             }
-            if race {
-                if s.w_epoch == e && s.w_tid != t {
-                    let u = self.tid_of(0, s.w_tid as usize);
-                    return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: read of shared address {k:#x} written by thread ({},{},{}) at line {} with no barrier in between (read-after-write)", u[0], u[1], u[2], s.w_line)));
-                }
-                let sm = &mut self.shadow[k];
-                if sm.r_epoch != e {
-                    sm.r_epoch = e;
-                    sm.r_tid = t;
-                } else if sm.r_tid != t {
-                    sm.r_tid = MULTI;
-                }
+            if race && s.w_epoch == e && s.w_tid != t {
+                let u = self.tid_of(0, s.w_tid as usize);
+                return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: read of shared address {k:#x} written by thread ({},{},{}) at line {} with no barrier in between (read-after-write)", u[0], u[1], u[2], s.w_line)));
             }
         }
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn shadow_write(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
+        let race = self.l.opts.racecheck;
+        let t = (warp * 32 + lane as u32) as u16;
+        let e = self.epoch;
+        let mut suspicious = false;
+        for s in self.shadow[off..off + size].iter() {
+            suspicious |= (s.w_tid & PENDING != 0) | (race & (((s.w_epoch == e) & (s.w_tid != t)) | ((s.r_epoch == e) & (s.r_tid != t))));
+        }
+        if !suspicious {
+            for s in self.shadow[off..off + size].iter_mut() {
+                s.w_epoch = e;
+                s.w_tid = t;
+                s.w_line = line;
+            }
+            return Ok(());
+        }
+        self.shadow_write_slow(warp, lane, off, size, line)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn shadow_write_slow(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
         let race = self.l.opts.racecheck;
         let t = (warp * 32 + lane as u32) as u16;
         let e = self.epoch;
