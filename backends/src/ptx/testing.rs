@@ -65,6 +65,13 @@ pub fn cases() -> Vec<GemmCase> {
             }
         }
     }
+    // every epilogue with the big tile (register pressure: 64x64 warp tiles)
+    for out_t in [ElemType::F32, ElemType::Bf16] {
+        for e in epilogues(out_t) {
+            let s = (256, 192, 96);
+            push(GemmConfig::new(Precision::Bf16, GemmLayout::INPUT_GRAD, s.0, s.1, s.2, e).with_tile(TileConfig::LARGE), s);
+        }
+    }
     let presets = [
         TileConfig::LARGE,
         TileConfig::LARGE_8W,
