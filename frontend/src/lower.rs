@@ -219,11 +219,7 @@ impl<'a> Lower<'a> {
         let origin = self.origin(span);
         let id = match self.g.push(op, args, Some(origin)) {
             Ok(id) => id,
-            Err(e) => {
-                let mut d = Diagnostic::error(e.message, span).label("in this expression");
-                let _ = &mut d;
-                return Err(d);
-            }
+            Err(e) => return Err(Diagnostic::error(e.message, span).label("in this expression")),
         };
         let ty = self.g.ty(id);
         self.check_size(&ty.shape, span)?;
