@@ -31,7 +31,8 @@
 //!   (1 or 2) likewise for N and the output / epilogue tensors.
 //! * Any `M, N, K >= 1` satisfying the promises works: loads outside the
 //!   matrices are zero-filled (never issued), stores are predicated.
-//! * Launch: `grid = [ceil(N / bn), ceil(M / bm), 1]`, `block = [threads, 1, 1]`,
+//! * M is limited by the grid: `ceil(M / bm) <= 65535` (8.4M rows at bm = 128).
+//! * Launch: `grid = [ceil(N / bn), ceil(M / bm), split_k]`, `block = [threads, 1, 1]`,
 //!   dynamic shared memory [`GemmKernel::smem_bytes`] (above 48 KiB the CUDA
 //!   runtime must raise the kernel's dynamic shared-memory limit first).
 
