@@ -174,3 +174,57 @@ fn freed_buffers_and_bad_arguments_are_errors() {
     assert!(d.copy_to_device(&a, &[0u8; 4]).is_err());
     assert!(d.free(a).is_err());
 }
+
+fn collatz_steps(mut x: u32) -> u32 {
+    let mut s = 0;
+    while x != 1 && s <= 299 {
+        x = if x % 2 == 0 { x / 2 } else { 3 * x + 1 };
+        s += 1;
+    }
+    s
+}
+
+#[test]
+fn divergent_loops_branches_and_early_exit_reconverge() {
+    let d = SimDevice::new();
+    let (blocks, threads) = (3usize, 100usize); // the last warp of each block has 4 lanes
+    let n = blocks * threads;
+    let (o1, o2) = (d.alloc(n * 4).unwrap(), d.alloc(n * 4).unwrap());
+    let m = d.load_module(&ptx("divergence.ptx")).unwrap();
+    d.launch(&m, "divergence", LaunchConfig::linear(blocks as u32, threads as u32), &[KernelArg::Buf(o1, 0), KernelArg::Buf(o2, 0)]).unwrap();
+    let (out, out2) = (d.download_u32(&o1).unwrap(), d.download_u32(&o2).unwrap());
+    let a = |i: usize| {
+        let s = collatz_steps(i as u32 + 1);
+        if i % 3 == 0 {
+            if i % 2 == 0 {
+                2 * s
+            } else {
+                3 * s
+            }
+        } else {
+            s + 7
+        }
+    };
+    for i in 0..n {
+        let partner = i ^ 1; // same warp and block: blocks and warps start at even indices
+        assert_eq!(out[i], a(i) * 1000 + a(partner), "out[{i}]");
+        assert_eq!(out2[i], if i % 5 == 4 { 0 } else { i as u32 }, "out2[{i}]");
+    }
+}
+
+#[test]
+fn static_and_dynamic_shared_memory() {
+    let d = SimDevice::new();
+    let o = d.alloc(65 * 4).unwrap();
+    let m = d.load_module(&ptx("dynamic_shared.ptx")).unwrap();
+    let cfg = LaunchConfig { grid: [1, 1, 1], block: [64, 1, 1], shared_bytes: 256 };
+    d.launch(&m, "dynamic_shared", cfg, &[KernelArg::Buf(o, 0)]).unwrap();
+    let out = d.download_u32(&o).unwrap();
+    assert_eq!(out[0], 16, "the dynamic array follows the 16-byte static header");
+    for t in 0..64 {
+        assert_eq!(out[1 + t], ((t + 1) % 64) as u32);
+    }
+    // too little dynamic shared memory for 64 threads
+    let e = d.launch(&m, "dynamic_shared", LaunchConfig { shared_bytes: 128, ..cfg }, &[KernelArg::Buf(o, 0)]).unwrap_err();
+    assert!(e.to_string().contains("OutOfBounds") && e.to_string().contains("thread (32,0,0)"), "{e}");
+}
