@@ -178,7 +178,7 @@ fn freed_buffers_and_bad_arguments_are_errors() {
 fn collatz_steps(mut x: u32) -> u32 {
     let mut s = 0;
     while x != 1 && s <= 299 {
-        x = if x % 2 == 0 { x / 2 } else { 3 * x + 1 };
+        x = if x.is_multiple_of(2) { x / 2 } else { 3 * x + 1 };
         s += 1;
     }
     s
@@ -195,8 +195,8 @@ fn divergent_loops_branches_and_early_exit_reconverge() {
     let (out, out2) = (d.download_u32(&o1).unwrap(), d.download_u32(&o2).unwrap());
     let a = |i: usize| {
         let s = collatz_steps(i as u32 + 1);
-        if i % 3 == 0 {
-            if i % 2 == 0 {
+        if i.is_multiple_of(3) {
+            if i.is_multiple_of(2) {
                 2 * s
             } else {
                 3 * s

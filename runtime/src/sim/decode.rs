@@ -5,6 +5,7 @@
 //! into constant registers filled when a warp starts, so the interpreter never
 //! looks at an operand kind at run time. Labels become instruction indices and
 //! every branch carries its reconvergence point (immediate post-dominator).
+#![allow(clippy::needless_range_loop, clippy::collapsible_if, clippy::collapsible_match, clippy::too_many_arguments)]
 
 use super::num::Rnd;
 use super::parse::{AddrBase, Entry, Imm, Instr, Module, Operand, ParseError, Span, StateSpace, Stmt, VarDecl};
@@ -658,7 +659,8 @@ impl<'a> Dec<'a> {
         Ok(match (imm, ty) {
             (Imm::Int(v), t) if t.is_int() => {
                 let bits = t.bytes() * 8;
-                let lo = if t.signed() { -(1i128 << (bits - 1)) } else { -(1i128 << (bits - 1)) };
+                // negative literals are accepted for unsigned types too (two's complement bits)
+                let lo = -(1i128 << (bits - 1));
                 let hi = (1i128 << bits) - 1;
                 if *v < lo || *v > hi {
                     return derr(span, format!("constant {v} does not fit .{ty:?}"));

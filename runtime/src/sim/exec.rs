@@ -1,5 +1,6 @@
 //! The interpreter: blocks of warps of 32 lanes, SIMT reconvergence stack,
 //! barriers, shared/local/param/global memory and the sanitizer checks.
+#![allow(clippy::needless_range_loop, clippy::collapsible_if, clippy::collapsible_match, clippy::too_many_arguments)]
 
 use super::decode::*;
 use super::mem::{atomic_apply, Allocation, GlobalMem, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
@@ -1283,7 +1284,7 @@ impl<'a> BlockRunner<'a> {
                             // word-wise reads where possible
                             let mut k = 0u32;
                             while k < ss {
-                                if (goff + k as u64) % 4 == 0 && k + 4 <= ss {
+                                if (goff + k as u64).is_multiple_of(4) && k + 4 <= ss {
                                     data[k as usize..k as usize + 4].copy_from_slice(&(a.load(goff + k as u64, 4) as u32).to_le_bytes());
                                     k += 4;
                                 } else {

@@ -358,7 +358,7 @@ impl Device for SimDevice {
         } else {
             std::thread::scope(|s| {
                 for _ in 0..workers {
-                    s.spawn(&work);
+                    s.spawn(work);
                 }
             });
         }

@@ -2,6 +2,7 @@
 //!
 //! The input is untrusted: every failure is a [`ParseError`] with a 1-based
 //! line and column, never a panic. Nesting depth of `{}` blocks is bounded.
+#![allow(clippy::needless_range_loop, clippy::collapsible_if, clippy::collapsible_match, clippy::too_many_arguments)]
 
 use std::fmt;
 
@@ -773,13 +774,7 @@ fn parse_operand(p: &mut P, allow_pair: bool) -> PResult<Operand> {
                 Tok::Ident(_) => {
                     let (n, _) = parse_name(p)?;
                     base = AddrBase::Name(n);
-                    if p.eat_punct('+') {
-                        let (imm, sp) = parse_imm(p)?;
-                        match imm {
-                            Imm::Int(v) => offset = v,
-                            _ => return err(sp, "address offset must be an integer"),
-                        }
-                    } else if p.is_punct('-') {
+                    if p.eat_punct('+') || p.is_punct('-') {
                         let (imm, sp) = parse_imm(p)?;
                         match imm {
                             Imm::Int(v) => offset = v,
