@@ -234,3 +234,16 @@ fn parse_errors_name_line_and_column_and_never_panic() {
         }
     }
 }
+
+#[test]
+fn wild_addresses_are_out_of_bounds_not_panics() {
+    // vector loads at addresses near 2^64 and far outside any allocation
+    let src = ".version 8.0\n.target sm_90a\n.address_size 64\n.visible .entry wild(.param .u64 p)\n{\n    .reg .b64 %rd<4>;\n    .reg .f32 %f<4>;\n    ld.param.u64 %rd1, [p];\n    ld.global.v4.f32 {%f0, %f1, %f2, %f3}, [%rd1+-16];\n    ret;\n}\n";
+    let d = SimDevice::new();
+    let m = d.load_module(src).unwrap();
+    for addr in [0u64, 16, u64::MAX - 15, 1 << 63] {
+        let e = sim_err(d.launch(&m, "wild", LaunchConfig::linear(1, 32), &[KernelArg::U64(addr)]));
+        assert_eq!(e.kind, SimErrorKind::OutOfBounds, "{addr:#x}: {e}");
+        assert_eq!(e.line, 9);
+    }
+}

@@ -1043,7 +1043,7 @@ impl<'a> BlockRunner<'a> {
                             return Err(self.misaligned(wid, l, line, "load", ad, total));
                         }
                         for (k, r) in d.iter().enumerate() {
-                            let v = self.read(wid, l, *space, ad + (k as u32 * size) as u64, size, line)?;
+                            let v = self.read(wid, l, *space, ad.wrapping_add((k as u32 * size) as u64), size, line)?;
                             let v = if signed { sext(v, size) as u64 } else { v };
                             match r {
                                 Some(Reg::R32(r)) => self.warps[wi].r32[*r as usize][l] = v as u32,
@@ -1070,7 +1070,7 @@ impl<'a> BlockRunner<'a> {
                                 Reg::R32(r) => self.warps[wi].r32[*r as usize][l] as u64,
                                 Reg::R64(r) => self.warps[wi].r64[*r as usize][l],
                             };
-                            self.write(wid, l, *space, ad + (k as u32 * size) as u64, size, mask_bytes(v, size), line)?;
+                            self.write(wid, l, *space, ad.wrapping_add((k as u32 * size) as u64), size, mask_bytes(v, size), line)?;
                         }
                     }
                 }
