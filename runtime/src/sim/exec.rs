@@ -1042,12 +1042,38 @@ impl<'a> BlockRunner<'a> {
                         if ad % total as u64 != 0 {
                             return Err(self.misaligned(wid, l, line, "load", ad, total));
                         }
+                        let (sp, sa) = if *space == Space::Generic { Self::generic(ad) } else { (*space, ad) };
+                        let mut vals = [0u64; 4];
+                        match sp {
+                            // fast paths: one lookup / check for the whole vector
+                            Space::Global | Space::Generic => {
+                                let (a, off) = self.gl_find(wid, l, sa, total, line)?;
+                                for (k, v) in vals.iter_mut().enumerate().take(n as usize) {
+                                    *v = a.load(off + (k as u32 * size) as u64, size);
+                                }
+                            }
+                            Space::Shared => {
+                                let off = self.sh_check(wid, l, sa, total, line)?;
+                                self.shadow_read(wid, l, off, total as usize, line)?;
+                                for (k, v) in vals.iter_mut().enumerate().take(n as usize) {
+                                    let o = off + (k as u32 * size) as usize;
+                                    let mut b = [0u8; 8];
+                                    b[..size as usize].copy_from_slice(&self.shared[o..o + size as usize]);
+                                    *v = u64::from_le_bytes(b);
+                                }
+                            }
+                            _ => {
+                                for (k, v) in vals.iter_mut().enumerate().take(n as usize) {
+                                    *v = self.read(wid, l, sp, sa.wrapping_add((k as u32 * size) as u64), size, line)?;
+                                }
+                            }
+                        }
+                        let w = &mut self.warps[wi];
                         for (k, r) in d.iter().enumerate() {
-                            let v = self.read(wid, l, *space, ad.wrapping_add((k as u32 * size) as u64), size, line)?;
-                            let v = if signed { sext(v, size) as u64 } else { v };
+                            let v = if signed { sext(vals[k], size) as u64 } else { vals[k] };
                             match r {
-                                Some(Reg::R32(r)) => self.warps[wi].r32[*r as usize][l] = v as u32,
-                                Some(Reg::R64(r)) => self.warps[wi].r64[*r as usize][l] = v,
+                                Some(Reg::R32(r)) => w.r32[*r as usize][l] = v as u32,
+                                Some(Reg::R64(r)) => w.r64[*r as usize][l] = v,
                                 None => {}
                             }
                         }
@@ -1061,16 +1087,42 @@ impl<'a> BlockRunner<'a> {
                     while m != 0 {
                         let l = m.trailing_zeros() as usize;
                         m &= m - 1;
-                        let ad = Self::addr_of(&self.warps[wi], addr, l);
+                        let w = &self.warps[wi];
+                        let ad = Self::addr_of(w, addr, l);
                         if ad % total as u64 != 0 {
                             return Err(self.misaligned(wid, l, line, "store", ad, total));
                         }
+                        let mut vals = [0u64; 4];
                         for (k, r) in s.iter().enumerate() {
-                            let v = match r {
-                                Reg::R32(r) => self.warps[wi].r32[*r as usize][l] as u64,
-                                Reg::R64(r) => self.warps[wi].r64[*r as usize][l],
-                            };
-                            self.write(wid, l, *space, ad.wrapping_add((k as u32 * size) as u64), size, mask_bytes(v, size), line)?;
+                            vals[k] = mask_bytes(
+                                match r {
+                                    Reg::R32(r) => w.r32[*r as usize][l] as u64,
+                                    Reg::R64(r) => w.r64[*r as usize][l],
+                                },
+                                size,
+                            );
+                        }
+                        let (sp, sa) = if *space == Space::Generic { Self::generic(ad) } else { (*space, ad) };
+                        match sp {
+                            Space::Global | Space::Generic => {
+                                let (a, off) = self.gl_find(wid, l, sa, total, line)?;
+                                for (k, v) in vals.iter().enumerate().take(n as usize) {
+                                    a.store(off + (k as u32 * size) as u64, size, *v);
+                                }
+                            }
+                            Space::Shared => {
+                                let off = self.sh_check(wid, l, sa, total, line)?;
+                                self.shadow_write(wid, l, off, total as usize, line)?;
+                                for (k, v) in vals.iter().enumerate().take(n as usize) {
+                                    let o = off + (k as u32 * size) as usize;
+                                    self.shared[o..o + size as usize].copy_from_slice(&v.to_le_bytes()[..size as usize]);
+                                }
+                            }
+                            _ => {
+                                for (k, v) in vals.iter().enumerate().take(n as usize) {
+                                    self.write(wid, l, sp, sa.wrapping_add((k as u32 * size) as u64), size, *v, line)?;
+                                }
+                            }
                         }
                     }
                 }
