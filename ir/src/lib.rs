@@ -18,5 +18,6 @@ pub use quant::{Init, Qat, QuantSpec, StorageClass};
 pub use types::{broadcast_shapes, numel, DType, Shape, TensorType};
 pub use verify::verify;
 pub mod passes;
+pub mod plan;
 pub mod report;
 pub mod text;

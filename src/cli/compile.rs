@@ -1,13 +1,14 @@
-//! `pgc compile`: model source -> IR (JSON, text), report.
+//! `pgc compile`: model source -> IR (JSON, text) -> backward graph -> kernel plan; report.
 
 use super::{CliResult, Failure};
 use anyhow::Context;
+use pgc_ir::plan::{FusionRule, Plan, PlanOptions, Precision};
 use pgc_ir::report::Report;
 use pgc_ir::{Graph, Mode};
 use std::path::{Path, PathBuf};
 
 /// Passes whose result `--dump-after` can print, in pipeline order.
-pub const PASSES: &[&str] = &["lower"];
+pub const PASSES: &[&str] = &["lower", "autodiff"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
@@ -17,6 +18,8 @@ pub enum Emit {
     Json,
     /// report.json.
     Report,
+    /// plan.json: the kernel plans (train: forward+backward; eval: forward).
+    Plan,
 }
 
 #[derive(clap::Args)]
@@ -36,6 +39,18 @@ pub struct CompileArgs {
     /// Print the IR (text form) after the named pass; with -o also write DIR/after-PASS.ir.
     #[arg(long = "dump-after", value_name = "PASS", value_parser = clap::builder::PossibleValuesParser::new(PASSES))]
     pub dump_after: Vec<String>,
+    /// Switch a fusion rule off (repeatable), to compare kernel layouts.
+    #[arg(long = "no-fuse", value_name = "RULE", value_parser = clap::builder::PossibleValuesParser::new(FusionRule::ALL.map(FusionRule::name)))]
+    pub no_fuse: Vec<String>,
+    /// Kernel precision: bf16 tensor cores with fp32 accumulation, or all fp32.
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub precision: PlanPrecision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanPrecision {
+    Bf16,
+    F32,
 }
 
 pub fn run(args: CompileArgs) -> CliResult {
@@ -49,13 +64,27 @@ pub fn run(args: CompileArgs) -> CliResult {
         .map_err(|d| Failure::BadInput(d.render(&source)))?;
 
     let report = Report::from_graph(&graph);
+    let train = pgc_ir::passes::autodiff::backward(&graph, "loss").context("deriving the backward pass")?;
+    let eval = pgc_frontend::compile_model(&source, &path, &sets, Mode::Eval).map_err(|d| Failure::BadInput(d.render(&source)))?;
+    let precision = match args.precision {
+        PlanPrecision::Bf16 => Precision::Bf16,
+        PlanPrecision::F32 => Precision::F32,
+    };
+    let plans = [("train", plan_for(&train, precision, &args.no_fuse, true)?), ("eval", plan_for(&eval, precision, &args.no_fuse, false)?)];
+    let plan_json = serde_json::to_string_pretty(&serde_json::json!({ plans[0].0: plans[0].1, plans[1].0: plans[1].1 }))
+        .context("serializing the plan")?
+        + "\n";
     let report_json = serde_json::to_string_pretty(&report.to_json()).context("serializing the report")? + "\n";
     let ir_json = serde_json::to_string(&graph).context("serializing the IR")? + "\n";
 
     let mut stdout = String::new();
-    let mut files: Vec<(String, String)> = vec![("model.ir.json".into(), ir_json.clone()), ("report.json".into(), report_json.clone())];
+    let mut files: Vec<(String, String)> = vec![
+        ("model.ir.json".into(), ir_json.clone()),
+        ("report.json".into(), report_json.clone()),
+        ("plan.json".into(), plan_json.clone()),
+    ];
     for pass in &args.dump_after {
-        let text = dump(&graph);
+        let text = dump(if pass == "autodiff" { &train } else { &graph });
         stdout.push_str(&format!("// IR after pass `{pass}`\n{text}"));
         files.push((format!("after-{pass}.ir"), text));
     }
@@ -64,12 +93,16 @@ pub fn run(args: CompileArgs) -> CliResult {
             Emit::Ir => stdout.push_str(&pgc_ir::text::print(&graph)),
             Emit::Json => stdout.push_str(&ir_json),
             Emit::Report => stdout.push_str(&report_json),
+            Emit::Plan => stdout.push_str(&plan_json),
         }
     }
     if let Some(dir) = &args.out {
         write_all_atomic(dir, &files)?;
     }
-    let summary = format!("{path}\n{}", report.summary());
+    let mut summary = format!("{path}\n{}", report.summary());
+    for (name, plan) in &plans {
+        summary.push_str(&format!("plan {name}: {}", plan.summary()));
+    }
     if stdout.is_empty() {
         print!("{summary}");
     } else {
@@ -77,6 +110,20 @@ pub fn run(args: CompileArgs) -> CliResult {
         print!("{stdout}");
     }
     Ok(())
+}
+
+/// The kernel plan of a graph: train plans store the loss and every gradient,
+/// eval plans the loss and the logits.
+fn plan_for(g: &Graph, precision: Precision, no_fuse: &[String], train: bool) -> Result<Plan, Failure> {
+    let mut opts = PlanOptions::all(g, precision);
+    for name in no_fuse {
+        // clap has checked the names against FusionRule::ALL.
+        if let Some(rule) = FusionRule::parse(name) {
+            opts.rules.remove(&rule);
+        }
+    }
+    opts.outputs.retain(|o| if train { o != "logits" } else { o == "loss" || o == "logits" });
+    pgc_ir::plan::build(g, &opts).map_err(|e| Failure::Other(e.into()))
 }
 
 fn dump(g: &Graph) -> String {

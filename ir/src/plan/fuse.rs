@@ -1,0 +1,426 @@
+//! Partition a graph into kernels by applying the fusion rules to groups of
+//! nodes (union-find), then order the groups topologically.
+//!
+//! Every merge joins a producer group into a consumer group and is refused
+//! when it would create a cycle between groups (a path that leaves the pair
+//! and comes back), so the result can always be ordered.
+
+use super::classify::{initial_kind, is_elementwise, is_row_reduction, KernelKind};
+use super::rules::FusionRule;
+use super::Precision;
+use crate::op::Op;
+use crate::types::DType;
+use crate::Graph;
+use std::collections::{BTreeSet, HashSet};
+
+/// One group of nodes that becomes one kernel.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub kind: KernelKind,
+    /// Nodes computed by the kernel, ascending.
+    pub nodes: Vec<usize>,
+    /// Nodes also computed here (duplicated) as a prologue: `rms(x)` rows
+    /// recomputed from `x` and the stored row scale.
+    pub prologue: Vec<usize>,
+    pub rules: BTreeSet<FusionRule>,
+}
+
+struct Partition<'g> {
+    g: &'g Graph,
+    users: Vec<Vec<usize>>,
+    /// Union-find parent; `None` for sources that belong to no kernel.
+    parent: Vec<Option<usize>>,
+    kind: Vec<KernelKind>,
+    members: Vec<Vec<usize>>,
+    rules: Vec<BTreeSet<FusionRule>>,
+    requested: HashSet<usize>,
+}
+
+impl<'g> Partition<'g> {
+    fn root(&mut self, mut i: usize) -> Option<usize> {
+        let mut p = self.parent[i]?;
+        while p != i {
+            let gp = self.parent[p].expect("groups are closed under parent");
+            self.parent[i] = Some(gp);
+            i = p;
+            p = gp;
+        }
+        Some(p)
+    }
+
+    /// Groups of the users of node `i` (None if some user is a source, which cannot happen).
+    fn user_groups(&mut self, i: usize) -> BTreeSet<usize> {
+        let users = self.users[i].clone();
+        users.into_iter().filter_map(|u| self.root(u)).collect()
+    }
+
+    /// Element count of the largest index space the group works over.
+    fn domain(&self, r: usize) -> usize {
+        self.members[r]
+            .iter()
+            .map(|&n| {
+                let node = &self.g.nodes[n];
+                let own = node.ty.numel();
+                if matches!(node.op, Op::Reduce { .. } | Op::SumTo { .. } | Op::CrossEntropy) {
+                    own.max(self.g.ty(node.args[0]).numel())
+                } else {
+                    own
+                }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Would joining groups `a` and `b` create a cycle through a third group?
+    fn creates_cycle(&mut self, a: usize, b: usize) -> bool {
+        let inside: HashSet<usize> = self.members[a].iter().chain(&self.members[b]).copied().collect();
+        let limit = inside.iter().copied().max().unwrap_or(0);
+        let mut stack: Vec<usize> = inside.iter().flat_map(|&n| self.users[n].iter().copied()).filter(|u| !inside.contains(u)).collect();
+        let mut seen = HashSet::new();
+        while let Some(n) = stack.pop() {
+            if n > limit || !seen.insert(n) {
+                continue;
+            }
+            if inside.contains(&n) {
+                return true;
+            }
+            for &u in &self.users[n] {
+                if inside.contains(&u) {
+                    return true;
+                }
+                stack.push(u);
+            }
+        }
+        false
+    }
+
+    /// Merge group `from` into group `into` (which keeps its identity), with the new kind.
+    fn merge(&mut self, from: usize, into: usize, kind: KernelKind, rule: FusionRule) -> bool {
+        if from == into || self.creates_cycle(from, into) {
+            return false;
+        }
+        self.parent[from] = Some(into);
+        let moved = std::mem::take(&mut self.members[from]);
+        self.members[into].extend(moved);
+        self.members[into].sort_unstable();
+        let moved_rules = std::mem::take(&mut self.rules[from]);
+        self.rules[into].extend(moved_rules);
+        self.rules[into].insert(rule);
+        self.kind[into] = kind;
+        true
+    }
+
+    fn single_user_group(&mut self, i: usize) -> Option<usize> {
+        let groups = self.user_groups(i);
+        (groups.len() == 1).then(|| *groups.iter().next().unwrap())
+    }
+}
+
+/// Group the graph's nodes into kernels; `requested` are the outputs the plan must store.
+pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>, requested: &HashSet<usize>) -> Vec<Group> {
+    let n = g.nodes.len();
+    let mut users = vec![Vec::new(); n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for a in &node.args {
+            if !users[a.index()].contains(&i) {
+                users[a.index()].push(i);
+            }
+        }
+    }
+    let mut p = Partition {
+        g,
+        users,
+        parent: vec![None; n],
+        kind: vec![KernelKind::Elementwise; n],
+        members: vec![Vec::new(); n],
+        rules: vec![BTreeSet::new(); n],
+        requested: requested.clone(),
+    };
+    for i in 0..n {
+        let kind = match initial_kind(g, i) {
+            Some(k) => Some(k),
+            // bf16 tensor cores read a bf16 copy of weights: one preparation kernel per weight use.
+            None if precision == Precision::Bf16 && matches!(g.nodes[i].op, Op::Param { .. }) => p.users[i]
+                .iter()
+                .any(|&u| is_tensor_core_operand(g, u, i))
+                .then_some(KernelKind::WeightPrep),
+            None => None,
+        };
+        if let Some(k) = kind {
+            p.parent[i] = Some(i);
+            p.kind[i] = k;
+            p.members[i] = vec![i];
+        }
+    }
+    let on = |r: FusionRule| enabled.contains(&r);
+
+    // Fake quantization reads its fp32 master directly: the preparation kernel of a
+    // QAT weight is the fake-quant kernel (always; there is no unfused alternative).
+    for i in 0..n {
+        if matches!(g.nodes[i].op, Op::FakeQuant { .. }) {
+            let w = g.nodes[i].args[0].index();
+            if let (Some(rw), Some(ri)) = (p.root(w), p.root(i)) {
+                if p.users[w].len() == 1 {
+                    p.merge(rw, ri, KernelKind::WeightPrep, FusionRule::Elementwise);
+                    p.rules[ri].remove(&FusionRule::Elementwise);
+                }
+            }
+        }
+    }
+
+    // Producers into consumers, last node first, so chains collapse backwards.
+    for i in (0..n).rev() {
+        let Some(ri) = p.root(i) else { continue };
+        if p.requested.contains(&i) && p.users[i].is_empty() {
+            continue;
+        }
+        let op = &g.nodes[i].op;
+        if is_elementwise(op) && on(FusionRule::Elementwise) && p.members[ri].len() == 1 {
+            // Computed in the earliest consumer kernel that can hold it, and stored
+            // from there when later kernels read it too.
+            let numel = g.nodes[i].ty.numel();
+            let mut candidates: Vec<(usize, usize)> = Vec::new();
+            for u in p.user_groups(i) {
+                let ok = match p.kind[u] {
+                    KernelKind::Elementwise | KernelKind::RowWise | KernelKind::Reduce | KernelKind::CrossEntropy | KernelKind::Scatter => {
+                        numel <= p.domain(u)
+                    }
+                    KernelKind::Gather => g.nodes[i].ty.dtype == DType::I32,
+                    _ => false,
+                };
+                if ok {
+                    candidates.push((p.members[u][0], u));
+                }
+            }
+            candidates.sort_unstable();
+            for (_, u) in candidates {
+                let uk = p.kind[u];
+                if p.merge(ri, u, uk, FusionRule::Elementwise) {
+                    break;
+                }
+            }
+        } else if is_row_reduction(g, i) && on(FusionRule::Rowwise) && p.members[ri].len() == 1 {
+            let Some(u) = p.single_user_group(i) else { continue };
+            let input = g.ty(g.nodes[i].args[0]);
+            let rows = input.numel() / input.shape.last().copied().unwrap_or(1).max(1);
+            let fits = matches!(p.kind[u], KernelKind::Elementwise | KernelKind::RowWise)
+                && p.domain(u) == input.numel()
+                && rows == g.nodes[i].ty.numel();
+            if fits {
+                p.merge(ri, u, KernelKind::RowWise, FusionRule::Rowwise);
+            }
+        }
+    }
+
+    // Epilogues: the element-wise group that alone consumes a GEMM's result.
+    if on(FusionRule::GemmEpilogue) {
+        for i in 0..n {
+            if !matches!(g.nodes[i].op, Op::Linear | Op::MatMul | Op::OuterSum) {
+                continue;
+            }
+            let Some(ri) = p.root(i) else { continue };
+            // The earliest element-wise consumer over the GEMM's output space becomes
+            // its epilogue; the product itself is still stored if others read it.
+            let mut candidates: Vec<(usize, usize)> = Vec::new();
+            for u in p.user_groups(i) {
+                if p.kind[u] == KernelKind::Elementwise && p.domain(u) == g.nodes[i].ty.numel() {
+                    candidates.push((p.members[u][0], u));
+                }
+            }
+            candidates.sort_unstable();
+            for (_, u) in candidates {
+                if p.kind[ri] == KernelKind::Gemm && p.merge(u, ri, KernelKind::Gemm, FusionRule::GemmEpilogue) {
+                    break;
+                }
+            }
+        }
+    }
+
+    // q/k preparation read only by the attention forward.
+    if on(FusionRule::QkPrologueIntoAttention) {
+        for i in 0..n {
+            if !matches!(g.nodes[i].op, Op::CausalAttention { .. }) {
+                continue;
+            }
+            let Some(ra) = p.root(i) else { continue };
+            for a in g.nodes[i].args.clone() {
+                let Some(rq) = p.root(a.index()) else { continue };
+                let only_attention = p.members[rq].iter().all(|&m| p.users[m].iter().all(|&u| p.members[rq].contains(&u) || u == i));
+                if rq != ra && only_attention && matches!(p.kind[rq], KernelKind::RowWise | KernelKind::Elementwise) {
+                    p.merge(rq, ra, KernelKind::Attention, FusionRule::QkPrologueIntoAttention);
+                }
+            }
+        }
+    }
+
+    if on(FusionRule::AttentionBackwardTogether) {
+        for i in 0..n {
+            if !matches!(g.nodes[i].op, Op::CausalAttentionGrad { .. }) {
+                continue;
+            }
+            for j in i + 1..n {
+                if matches!(g.nodes[j].op, Op::CausalAttentionGrad { .. }) && g.nodes[j].args == g.nodes[i].args {
+                    if let (Some(ri), Some(rj)) = (p.root(i), p.root(j)) {
+                        p.merge(rj, ri, KernelKind::AttentionBackward, FusionRule::AttentionBackwardTogether);
+                    }
+                }
+            }
+        }
+    }
+
+    if on(FusionRule::LmHeadCrossEntropy) {
+        fuse_lm_head(&mut p);
+    }
+
+    let mut groups: Vec<Group> = (0..n)
+        .filter(|&i| p.parent[i] == Some(i))
+        .map(|r| Group { kind: p.kind[r], nodes: p.members[r].clone(), prologue: Vec::new(), rules: p.rules[r].clone() })
+        .collect();
+
+    if on(FusionRule::RmsnormIntoGemm) {
+        move_rms_into_gemms(g, &p.users, &mut groups, requested);
+    }
+    order(g, groups)
+}
+
+/// Is node `input` read by node `user` as a tensor-core operand (a matrix product
+/// or attention input)?
+pub fn is_tensor_core_operand(g: &Graph, user: usize, input: usize) -> bool {
+    let node = &g.nodes[user];
+    matches!(node.op, Op::Linear | Op::MatMul | Op::OuterSum | Op::CausalAttention { .. } | Op::CausalAttentionGrad { .. })
+        && node.args.iter().any(|a| a.index() == input)
+}
+
+/// The logits GEMM, the softcap, the cross entropy and the logits gradient
+/// (with the softcap's backward) in one kernel.
+fn fuse_lm_head(p: &mut Partition) {
+    let g = p.g;
+    for c in 0..g.nodes.len() {
+        if !matches!(g.nodes[c].op, Op::CrossEntropy) {
+            continue;
+        }
+        let Some(rc) = p.root(c) else { continue };
+        // The GEMM whose result the cross-entropy kernel reads (through the softcap).
+        let gemm = p.members[rc]
+            .clone()
+            .into_iter()
+            .flat_map(|m| g.nodes[m].args.iter().map(|a| a.index()).collect::<Vec<_>>())
+            .find(|&a| matches!(g.nodes[a].op, Op::Linear));
+        let Some(gemm) = gemm else { continue };
+        let Some(rg) = p.root(gemm) else { continue };
+        if p.kind[rg] != KernelKind::Gemm || !p.merge(rc, rg, KernelKind::LmHead, FusionRule::LmHeadCrossEntropy) {
+            continue;
+        }
+        // The gradient of the logits from the same logits and targets, and the
+        // element-wise softcap backward that consumes it.
+        for d in 0..g.nodes.len() {
+            if !(matches!(g.nodes[d].op, Op::CrossEntropyGrad) && g.nodes[d].args[..2] == g.nodes[c].args[..2]) {
+                continue;
+            }
+            let (Some(rd), Some(rh)) = (p.root(d), p.root(gemm)) else { continue };
+            if rd != rh && !p.merge(rd, rh, KernelKind::LmHead, FusionRule::LmHeadCrossEntropy) {
+                continue;
+            }
+            let rh = p.root(gemm).unwrap();
+            for u in p.user_groups(d) {
+                if u != rh && p.kind[u] == KernelKind::Elementwise && p.domain(u) <= g.nodes[d].ty.numel() {
+                    p.merge(u, rh, KernelKind::LmHead, FusionRule::LmHeadCrossEntropy);
+                }
+            }
+        }
+    }
+}
+
+/// `rms(x) = x * r` stored only to feed `Linear` inputs: store `r` instead and
+/// recompute the product in each GEMM's prologue (applied to output rows).
+fn move_rms_into_gemms(g: &Graph, users: &[Vec<usize>], groups: &mut [Group], requested: &HashSet<usize>) {
+    let group_of = |groups: &[Group], n: usize| groups.iter().position(|gr| gr.nodes.binary_search(&n).is_ok());
+    for gi in 0..groups.len() {
+        if groups[gi].kind != KernelKind::RowWise {
+            continue;
+        }
+        let nodes = groups[gi].nodes.clone();
+        for &m in &nodes {
+            let node = &g.nodes[m];
+            let outside: Vec<usize> = users[m].iter().copied().filter(|u| nodes.binary_search(u).is_err()).collect();
+            if outside.is_empty() || requested.contains(&m) || !matches!(node.op, Op::Binary { f: crate::op::BinaryFn::Mul }) {
+                continue;
+            }
+            // m = x * r with r one value per row (shape [..., 1]) computed in this group.
+            let [a, b] = [node.args[0].index(), node.args[1].index()];
+            let row_scale = |v: usize| g.nodes[v].ty.shape.last() == Some(&1) && nodes.binary_search(&v).is_ok();
+            if !(row_scale(b) || row_scale(a)) {
+                continue;
+            }
+            let all_linear_inputs = outside.iter().all(|&u| matches!(g.nodes[u].op, Op::Linear) && g.nodes[u].args[0].index() == m);
+            let other_users_inside = users[m].iter().any(|u| nodes.binary_search(u).is_ok());
+            if !all_linear_inputs || other_users_inside {
+                continue;
+            }
+            let targets: Vec<usize> = outside.iter().filter_map(|&u| group_of(groups, u)).collect();
+            groups[gi].nodes.retain(|&x| x != m);
+            groups[gi].rules.insert(FusionRule::RmsnormIntoGemm);
+            for t in targets {
+                if !groups[t].prologue.contains(&m) {
+                    groups[t].prologue.push(m);
+                    groups[t].rules.insert(FusionRule::RmsnormIntoGemm);
+                }
+            }
+        }
+    }
+}
+
+/// Topological order of the groups (ties: the group holding the earliest node first).
+fn order(g: &Graph, groups: Vec<Group>) -> Vec<Group> {
+    let n = g.nodes.len();
+    let mut owner = vec![usize::MAX; n];
+    for (gi, gr) in groups.iter().enumerate() {
+        for &m in &gr.nodes {
+            owner[m] = gi;
+        }
+    }
+    let reads = |gr: &Group| -> BTreeSet<usize> {
+        gr.nodes.iter().chain(&gr.prologue).flat_map(|&m| g.nodes[m].args.iter().map(|a| a.index())).collect()
+    };
+    let mut deps: Vec<BTreeSet<usize>> = Vec::with_capacity(groups.len());
+    for (gi, gr) in groups.iter().enumerate() {
+        let mut d = BTreeSet::new();
+        for v in reads(gr) {
+            if owner[v] != usize::MAX && owner[v] != gi {
+                d.insert(owner[v]);
+            } else if owner[v] == usize::MAX {
+                // A prologue node's own inputs belong to other groups.
+                for a in &g.nodes[v].args {
+                    let o = owner[a.index()];
+                    if o != usize::MAX && o != gi {
+                        d.insert(o);
+                    }
+                }
+            }
+        }
+        deps.push(d);
+    }
+    let mut indeg: Vec<usize> = deps.iter().map(|d| d.len()).collect();
+    let mut dependents = vec![Vec::new(); groups.len()];
+    for (gi, d) in deps.iter().enumerate() {
+        for &x in d {
+            dependents[x].push(gi);
+        }
+    }
+    let mut ready: BTreeSet<(usize, usize)> =
+        (0..groups.len()).filter(|&gi| indeg[gi] == 0).map(|gi| (groups[gi].nodes[0], gi)).collect();
+    let mut out = Vec::with_capacity(groups.len());
+    while let Some(&(k, gi)) = ready.iter().next() {
+        ready.remove(&(k, gi));
+        out.push(gi);
+        for &d in &dependents[gi] {
+            indeg[d] -= 1;
+            if indeg[d] == 0 {
+                ready.insert((groups[d].nodes[0], d));
+            }
+        }
+    }
+    assert_eq!(out.len(), groups.len(), "fusion never merges across a cycle");
+    let mut slots: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
+    out.into_iter().map(|gi| slots[gi].take().expect("each group once")).collect()
+}

@@ -1,0 +1,58 @@
+//! The fusion rules. Each can be switched off (`pgc compile --no-fuse NAME`)
+//! so layouts can be compared; with every rule off, each op is its own kernel.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FusionRule {
+    /// An element-wise op joins the kernel of its consumers when they are all
+    /// in one element-wise, row-wise, reduction, gather, scatter or cross-entropy
+    /// kernel (it is recomputed there instead of stored and reloaded).
+    Elementwise,
+    /// A last-axis reduction (RMS norm's mean of squares) joins the element-wise
+    /// kernel that consumes it over the same rows: one row-wise kernel per norm.
+    Rowwise,
+    /// Element-wise consumers of a matrix product (relu^2, residual add with
+    /// per-channel scale, resid_mix, gradient accumulation) run in its epilogue.
+    GemmEpilogue,
+    /// `rms(x)` read only as the input of matrix products is not stored: the
+    /// norm kernel stores the row scale and each GEMM applies it to its output rows.
+    RmsnormIntoGemm,
+    /// The q/k RMS norm, rotary embedding and q_gain, when read only by the
+    /// attention forward, run in the attention kernel's prologue.
+    QkPrologueIntoAttention,
+    /// The tied output head: logits GEMM, softcap, cross entropy and the logits
+    /// gradient in one kernel; logits are stored only when asked for.
+    LmHeadCrossEntropy,
+    /// The q, k and v gradients of one attention in one backward kernel.
+    AttentionBackwardTogether,
+}
+
+impl FusionRule {
+    pub const ALL: [FusionRule; 7] = [
+        FusionRule::Elementwise,
+        FusionRule::Rowwise,
+        FusionRule::GemmEpilogue,
+        FusionRule::RmsnormIntoGemm,
+        FusionRule::QkPrologueIntoAttention,
+        FusionRule::LmHeadCrossEntropy,
+        FusionRule::AttentionBackwardTogether,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FusionRule::Elementwise => "elementwise",
+            FusionRule::Rowwise => "rowwise",
+            FusionRule::GemmEpilogue => "gemm-epilogue",
+            FusionRule::RmsnormIntoGemm => "rmsnorm-into-gemm",
+            FusionRule::QkPrologueIntoAttention => "qk-prologue-into-attention",
+            FusionRule::LmHeadCrossEntropy => "lm-head-cross-entropy",
+            FusionRule::AttentionBackwardTogether => "attention-backward-together",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FusionRule> {
+        FusionRule::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
