@@ -13,6 +13,8 @@
 //! * [`epilogue`]: the fused epilogue as serializable data
 //!   ([`epilogue::EpiStep`]: row/column scale, bias, relu², relu² gradient,
 //!   residual add, auxiliary stores; output f32 or bf16).
+//! * [`program`]: the compiled program handed to the runtime: the PTX module
+//!   of a plan and its ordered launches with symbolic arguments.
 //! * [`ptxas`]: finding and running ptxas, parsing registers / spills /
 //!   shared memory per kernel.
 //! * [`testing`]: the GEMM test matrix, deterministic inputs and an f64
@@ -21,6 +23,7 @@
 pub mod builder;
 pub mod epilogue;
 pub mod gemm;
+pub mod program;
 pub mod ptxas;
 pub mod testing;
 

@@ -181,6 +181,16 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
     for (k, gr) in groups.iter().enumerate() {
         let inside: HashSet<usize> = gr.nodes.iter().chain(&gr.prologue).copied().collect();
         let mut inputs = BTreeSet::new();
+        // The attention backward also reads the forward's output (FlashAttention's
+        // D = rowsum(dO * O)), so that output stays stored until then.
+        if gr.kind == KernelKind::AttentionBackward {
+            for &m in &gr.nodes {
+                let fwd = (0..n).find(|&f| matches!(g.nodes[f].op, Op::CausalAttention { .. }) && g.nodes[f].args[..] == g.nodes[m].args[..3]);
+                if let Some(f) = fwd.filter(|&f| live[f] && !inside_of(&gr.nodes, f)) {
+                    inputs.insert(f);
+                }
+            }
+        }
         for &m in gr.nodes.iter().chain(&gr.prologue) {
             for a in &g.nodes[m].args {
                 let a = a.index();
@@ -311,6 +321,10 @@ fn node_cost_flops(g: &Graph, m: usize, kind: KernelKind) -> u64 {
         Op::Input { .. } | Op::Param { .. } | Op::Scalar { .. } | Op::Reshape { .. } | Op::Permute { .. } => 0,
         _ => node.ty.numel().max(node.args.first().map(|a| g.ty(*a).numel()).unwrap_or(0)) as u64,
     }
+}
+
+fn inside_of(nodes: &[usize], m: usize) -> bool {
+    nodes.binary_search(&m).is_ok()
 }
 
 fn kernel_name(g: &Graph, k: usize, kind: KernelKind, nodes: &[usize]) -> String {
