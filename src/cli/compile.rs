@@ -64,7 +64,12 @@ pub fn run(args: CompileArgs) -> CliResult {
         .map_err(|d| Failure::BadInput(d.render(&source)))?;
 
     let report = Report::from_graph(&graph);
-    let train = pgc_ir::passes::autodiff::backward(&graph, "loss").context("deriving the backward pass")?;
+    // A model with a scalar `loss` output trains: plan its backward pass too.
+    // Other programs (library snippets, tests) are planned forward only.
+    let train = match graph.output("loss") {
+        Some(_) => pgc_ir::passes::autodiff::backward(&graph, "loss").context("deriving the backward pass")?,
+        None => graph.clone(),
+    };
     let eval = pgc_frontend::compile_model(&source, &path, &sets, Mode::Eval).map_err(|d| Failure::BadInput(d.render(&source)))?;
     let precision = match args.precision {
         PlanPrecision::Bf16 => Precision::Bf16,
@@ -122,7 +127,9 @@ fn plan_for(g: &Graph, precision: Precision, no_fuse: &[String], train: bool) ->
             opts.rules.remove(&rule);
         }
     }
-    opts.outputs.retain(|o| if train { o != "logits" } else { o == "loss" || o == "logits" });
+    if g.output("loss").is_some() {
+        opts.outputs.retain(|o| if train { o != "logits" } else { o == "loss" || o == "logits" });
+    }
     pgc_ir::plan::build(g, &opts).map_err(|e| Failure::Other(e.into()))
 }
 
