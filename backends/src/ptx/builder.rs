@@ -358,6 +358,8 @@ pub enum UnOp {
     RsqrtApprox,
     /// `ex2.approx.f32`
     Ex2Approx,
+    /// `lg2.approx.f32`
+    Lg2Approx,
 }
 
 impl UnOp {
@@ -370,6 +372,7 @@ impl UnOp {
             UnOp::Rcp => "rcp.rn",
             UnOp::RsqrtApprox => "rsqrt.approx",
             UnOp::Ex2Approx => "ex2.approx",
+            UnOp::Lg2Approx => "lg2.approx",
         }
     }
 }
@@ -425,6 +428,26 @@ pub enum CpCache {
     Cg,
 }
 
+/// Lane-exchange modes of `shfl.sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShflMode {
+    Up,
+    Down,
+    Bfly,
+    Idx,
+}
+
+impl ShflMode {
+    fn name(self) -> &'static str {
+        match self {
+            ShflMode::Up => "up",
+            ShflMode::Down => "down",
+            ShflMode::Bfly => "bfly",
+            ShflMode::Idx => "idx",
+        }
+    }
+}
+
 /// A branch target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Label(pub u32);
@@ -466,6 +489,9 @@ pub enum Inst {
     BarSync(u32),
     /// `ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16`
     Ldmatrix { trans: bool, dst: Vec<Reg>, addr: Addr },
+    /// `shfl.sync.mode.b32 dst, a, b, c, membermask` (`b`: lane / offset /
+    /// xor mask, `c`: clamp and segment mask, e.g. `0x1f` for the whole warp).
+    Shfl { mode: ShflMode, dst: Reg, a: Operand, b: Operand, c: Operand, mask: Operand },
     /// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, c`
     MmaBf16 { d: [Reg; 4], a: [Reg; 4], b: [Reg; 2], c: [Reg; 4] },
     Bra { target: Label, uni: bool },
@@ -581,6 +607,15 @@ impl Inst {
                 want(dst.iter().all(|r| r.class == RegClass::B32), self, "ldmatrix dst");
                 check_addr(Space::Shared, addr, self);
             }
+            Inst::Shfl { dst, a, b, c, mask, .. } => want(
+                Type::B32.accepts(dst.class)
+                    && op_ok(Type::B32, a)
+                    && op_ok(Type::B32, b)
+                    && op_ok(Type::B32, c)
+                    && op_ok(Type::B32, mask),
+                self,
+                "shfl",
+            ),
             Inst::MmaBf16 { d, a, b, c } => {
                 want(d.iter().chain(c.iter()).all(|r| r.class == RegClass::F32), self, "mma f32 accumulators");
                 want(a.iter().chain(b.iter()).all(|r| r.class == RegClass::B32), self, "mma bf16x2 operands");
@@ -605,7 +640,8 @@ impl Inst {
             | Inst::Setp { dst, .. }
             | Inst::Selp { dst, .. }
             | Inst::Cvt { dst, .. }
-            | Inst::CvtaToGlobal { dst, .. } => vec![*dst],
+            | Inst::CvtaToGlobal { dst, .. }
+            | Inst::Shfl { dst, .. } => vec![*dst],
             Inst::Ld { dst, .. } | Inst::Ldmatrix { dst, .. } => dst.clone(),
             Inst::MmaBf16 { d, .. } => d.to_vec(),
             _ => vec![],
@@ -715,6 +751,9 @@ impl fmt::Display for Inst {
                 if *trans { ".trans" } else { "" },
                 join(dst)
             ),
+            Inst::Shfl { mode, dst, a, b, c, mask } => {
+                write!(f, "shfl.sync.{}.b32 {dst}, {a}, {b}, {c}, {mask};", mode.name())
+            }
             Inst::MmaBf16 { d, a, b, c } => write!(
                 f,
                 "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{}}}, {{{}}}, {{{}}}, {{{}}};",
@@ -1145,6 +1184,21 @@ impl KernelBuilder {
         let dst: Vec<Reg> = (0..n).map(|_| self.reg(RegClass::B32)).collect();
         self.push(Inst::Ldmatrix { trans, dst: dst.clone(), addr });
         dst
+    }
+
+    /// `shfl.sync.bfly.b32` over the whole warp (every lane must execute it):
+    /// the value of lane `laneid ^ xor`, in a fresh register of `a`'s class.
+    pub fn shfl_bfly(&mut self, a: Reg, xor: u32) -> Reg {
+        let d = self.reg(a.class);
+        self.push(Inst::Shfl {
+            mode: ShflMode::Bfly,
+            dst: d,
+            a: a.into(),
+            b: xor.into(),
+            c: 0x1fu32.into(),
+            mask: Operand::Imm(0xffff_ffff),
+        });
+        d
     }
 
     pub fn mma_bf16(&mut self, d: [Reg; 4], a: [Reg; 4], b: [Reg; 2], c: [Reg; 4]) {

@@ -20,6 +20,7 @@
 //! * [`testing`]: the GEMM test matrix, deterministic inputs and an f64
 //!   reference (used by the tests under `tests/ptx_gemm*.rs`).
 
+pub mod attention;
 pub mod builder;
 pub mod epilogue;
 pub mod gemm;

@@ -1,0 +1,467 @@
+//! Causal flash attention (forward and backward) with grouped key/value heads,
+//! and the q/k prologue (per-head RMS norm, rotary embedding, `q_gain`) with
+//! its backward.
+//!
+//! ## Tensors and layouts
+//!
+//! `B` batch, `H` query heads, `Hk` key/value heads (`H % Hk == 0`; query
+//! head `h` reads kv head `h / (H / Hk)`), `T` sequence length, `d` the head
+//! dimension (baked into the kernel: 8, 16, 32 or 64). Every per-head tensor
+//! (`q, o, do, dq` with `H` heads; `k, v, dk, dv` with `Hk` heads) is
+//! contiguous, row-major, in one of two layouts ([`AttnLayout`], baked in):
+//! * [`AttnLayout::Bhtd`]: `[B, heads, T, d]` (the IR's `CausalAttention`
+//!   operand layout): element `(b, h, t, j)` at `((b * heads + h) * T + t) * d + j`;
+//! * [`AttnLayout::Bthd`]: `[B, T, heads, d]`, i.e. the `[B*T, heads*d]` output
+//!   of the projection GEMM and the input of the output projection, with no
+//!   transposes: element at `((b * T + t) * heads + h) * d + j`.
+//!
+//! Row statistics (`lse`, `dsum`) are f32 `[B, H, T]` in both layouts.
+//! `lse` is the natural-log log-sum-exp of the scaled scores of each query
+//! row: `lse = ln sum_{j <= t} exp(scale * q_t . k_j)`.
+//!
+//! ## Kernels ([`emit_attention`])
+//!
+//! | kernel | bf16 ([`Precision::Bf16`]) | f32 ([`Precision::F32`]) |
+//! |---|---|---|
+//! | `fwd` | flash forward on tensor cores | FFMA, a group of threads per query row |
+//! | `dot` | `dsum = rowsum(do * o)`, zeroes `dq` | `dsum = rowsum(do * o)` |
+//! | `bwd` | one kernel: dk, dv per key block, dq by `red.global.add.f32` | two kernels: dk/dv per key row, dq per query row |
+//!
+//! Parameters (all pointers `.u64`, sizes `.u32`, `scale` `.f32`):
+//! * `fwd(q, k, v, o, lse, h, hk, t, scale)`: q, k, v in the precision's
+//!   element type (bf16 or f32), `o` in [`AttnConfig::out`], `lse` f32.
+//! * `dot(o, do, dsum, dq, h, t, rows)`, `rows = B * H * T`: `o` as the
+//!   forward wrote it, `do` in the precision's type, `dsum` f32 `[B, H, T]`;
+//!   bf16: also sets the f32 `dq` to zero (the backward accumulates into it);
+//!   f32: `dq` is not touched (may be 0).
+//! * every `bwd` kernel: `(q, k, v, do, lse, dsum, dq, dk, dv, h, hk, t, scale)`;
+//!   `dq` is f32 (bf16: accumulated atomically into the zeroed buffer; f32:
+//!   written), `dk, dv` in [`AttnConfig::grad_out`] (bf16 precision) or f32.
+//!   `dk, dv` are summed over the `H / Hk` query heads of their kv head.
+//!
+//! Launch: `block = [threads, 1, 1]`, dynamic shared memory `smem_bytes`,
+//! grid from [`AttnKernel::grid`]:
+//! * bf16 `fwd`: `[ceil(T / 64), H, B]`, 128 threads (4 warps x 16 query rows).
+//!   Block `x` takes query block `ceil(T/64) - 1 - x` (longest first). Key/value
+//!   tiles of 64 rows stream through a 2-stage `cp.async` ring; only the
+//!   `q0 / 64 + 1` tiles at or below the diagonal are loaded, and only tiles
+//!   crossing the diagonal are masked. `S = Q K^T` and `O += P V` use
+//!   `mma.sync.m16n8k16` bf16 with f32 accumulation (`ldmatrix` fragments,
+//!   `P` converted to bf16 in registers); the online softmax runs in f32 in the
+//!   log2 domain (`ex2.approx`). `d = 8` is padded to the mma k of 16 with
+//!   zero-filled columns.
+//! * bf16 `bwd`: `[ceil(T / 64), Hk, B]`, 128 threads (4 warps x 16 keys).
+//!   FlashAttention-2: each block owns 64 keys of one kv head and walks the
+//!   query blocks at or below the diagonal of every query head of its group
+//!   (Q, dO, lse, dsum tiles double-buffered with `cp.async`), accumulating dk
+//!   and dv in registers; `dS` goes through shared memory and each warp adds
+//!   its 16 query rows of `dS K` into `dq` with `red.global.add.f32`.
+//! * f32 kernels: `[ceil(T / R), heads, B]` with `R = 128 / G` rows per block,
+//!   `G = max(d / 16, 1)` threads per row (each holds `d / G` interleaved
+//!   dimensions and reduces dot products with `shfl.sync.bfly`).
+//! * `dot`: `[ceil(rows / (128 / (d / 8))), 1, 1]`.
+//!
+//! Any `T >= 1` works: loads past `T` are zero-filled `cp.async`s (never
+//! issued), stores and atomics are predicated. `scale` is a run-time
+//! parameter (the model uses `1 / sqrt(d)`).
+//!
+//! ## The q/k prologue ([`emit_qk_prep`], [`emit_qk_prep_bwd`])
+//!
+//! The model applies RMS norm over the head dimension, rotary embedding and
+//! (for q) `q_gain[h]` between the projections and the attention. This is a
+//! separate, memory-bound row kernel rather than part of the attention
+//! kernels: fused into the forward, the key side would be renormalized and
+//! rotated once per (query block, query head) that reads each key tile, and
+//! the backward needs the normalized q and k again anyway; the prep kernel
+//! costs one pass over q and k (about a tenth of the attention's time at
+//! T = 2048) and stores exactly what both attention kernels read. See
+//! [`QkPrepConfig`] for its parameters.
+
+mod ffma;
+mod mma;
+mod rows;
+
+use super::builder::*;
+use super::epilogue::ElemType;
+use super::gemm::Precision;
+use serde::{Deserialize, Serialize};
+
+pub use rows::{emit_qk_prep, emit_qk_prep_bwd, rope_table, QkPrepConfig};
+
+/// Memory layout of the per-head tensors (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttnLayout {
+    /// `[B, heads, T, d]`
+    Bhtd,
+    /// `[B, T, heads, d]`
+    Bthd,
+}
+
+impl AttnLayout {
+    fn tag(self) -> &'static str {
+        match self {
+            AttnLayout::Bhtd => "bhtd",
+            AttnLayout::Bthd => "bthd",
+        }
+    }
+}
+
+/// Everything that determines the attention kernels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttnConfig {
+    pub precision: Precision,
+    /// 8, 16, 32 or 64.
+    pub head_dim: u32,
+    pub layout: AttnLayout,
+    /// Element type of the forward output `o` (f32 precision: must be F32).
+    pub out: ElemType,
+    /// Element type of `dk` and `dv` (f32 precision: must be F32).
+    pub grad_out: ElemType,
+}
+
+impl AttnConfig {
+    pub fn new(precision: Precision, head_dim: u32, layout: AttnLayout) -> Self {
+        let e = match precision {
+            Precision::Bf16 => ElemType::Bf16,
+            Precision::F32 => ElemType::F32,
+        };
+        AttnConfig { precision, head_dim, layout, out: e, grad_out: ElemType::F32 }
+    }
+
+    /// The element type of q, k, v and do.
+    pub fn in_type(&self) -> ElemType {
+        match self.precision {
+            Precision::Bf16 => ElemType::Bf16,
+            Precision::F32 => ElemType::F32,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), AttnError> {
+        if !matches!(self.head_dim, 8 | 16 | 32 | 64) {
+            return Err(AttnError(format!("head_dim {} is not 8, 16, 32 or 64", self.head_dim)));
+        }
+        if self.precision == Precision::F32 && (self.out != ElemType::F32 || self.grad_out != ElemType::F32) {
+            return Err(AttnError("f32 precision writes f32 outputs only".into()));
+        }
+        Ok(())
+    }
+
+    /// Name stem shared by the kernels of this configuration.
+    pub fn tag(&self) -> String {
+        let p = match self.precision {
+            Precision::Bf16 => "bf16",
+            Precision::F32 => "f32",
+        };
+        let e = |t: ElemType| match t {
+            ElemType::F32 => "f",
+            ElemType::Bf16 => "h",
+        };
+        format!("{p}_d{}_{}_o{}{}", self.head_dim, self.layout.tag(), e(self.out), e(self.grad_out))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("attention: {0}")]
+pub struct AttnError(pub String);
+
+/// What a kernel's grid is laid over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GridKind {
+    /// `[ceil(T / rows), H, B]`
+    QueryBlocks,
+    /// `[ceil(T / rows), Hk, B]`
+    KeyBlocks,
+    /// `[ceil(B * H * T / rows), 1, 1]`
+    Rows,
+    /// `[ceil(B * T / rows), heads, 1]` (the prep kernels: `heads` is the
+    /// tensor's own head count)
+    PrepRows,
+}
+
+/// An emitted kernel and how to launch it.
+#[derive(Clone, Debug)]
+pub struct AttnKernel {
+    pub kernel: Kernel,
+    pub threads: u32,
+    /// Dynamic shared memory per block.
+    pub smem_bytes: u32,
+    pub grid_kind: GridKind,
+    /// Rows (queries, keys or tensor rows) per block.
+    pub rows_per_block: u32,
+}
+
+impl AttnKernel {
+    pub fn name(&self) -> &str {
+        &self.kernel.name
+    }
+    pub fn block(&self) -> [u32; 3] {
+        [self.threads, 1, 1]
+    }
+    /// Grid for `B` batches, `H` query heads, `Hk` kv heads, `T` positions
+    /// (prep kernels: `h` is the head count of the tensor they process).
+    pub fn grid(&self, b: u32, h: u32, hk: u32, t: u32) -> [u32; 3] {
+        let r = self.rows_per_block;
+        match self.grid_kind {
+            GridKind::QueryBlocks => [t.div_ceil(r), h, b],
+            GridKind::KeyBlocks => [t.div_ceil(r), hk, b],
+            GridKind::Rows => [(b * h * t).div_ceil(r), 1, 1],
+            GridKind::PrepRows => [(b * t).div_ceil(r), h, 1],
+        }
+    }
+}
+
+/// The kernels of one attention configuration.
+#[derive(Clone, Debug)]
+pub struct AttnKernels {
+    pub fwd: AttnKernel,
+    pub dot: AttnKernel,
+    /// Launched in order with the same arguments.
+    pub bwd: Vec<AttnKernel>,
+}
+
+impl AttnKernels {
+    pub fn all(&self) -> Vec<&AttnKernel> {
+        let mut v = vec![&self.fwd, &self.dot];
+        v.extend(self.bwd.iter());
+        v
+    }
+}
+
+/// Emit the forward, the `dsum` kernel and the backward kernel(s).
+pub fn emit_attention(cfg: &AttnConfig) -> Result<AttnKernels, AttnError> {
+    cfg.validate()?;
+    Ok(match cfg.precision {
+        Precision::Bf16 => AttnKernels { fwd: mma::forward(cfg), dot: rows::dot(cfg), bwd: vec![mma::backward(cfg)] },
+        Precision::F32 => AttnKernels {
+            fwd: ffma::forward(cfg),
+            dot: rows::dot(cfg),
+            bwd: vec![ffma::backward_dkdv(cfg), ffma::backward_dq(cfg)],
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Shared emission helpers.
+
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LN2: f32 = std::f32::consts::LN_2;
+
+fn fmul(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
+    b.bin(BinOp::Mul, Type::F32, x, y)
+}
+fn fadd(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
+    b.bin(BinOp::Add, Type::F32, x, y)
+}
+fn fsub(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
+    b.bin(BinOp::Sub, Type::F32, x, y)
+}
+fn fmax(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
+    b.bin(BinOp::Max, Type::F32, x, y)
+}
+fn ex2(b: &mut KernelBuilder, x: impl Into<Operand>) -> Reg {
+    b.unary(UnOp::Ex2Approx, Type::F32, x)
+}
+/// `x *= y` in place.
+fn fmul_to(b: &mut KernelBuilder, x: Reg, y: impl Into<Operand>) {
+    b.bin_to(BinOp::Mul, Type::F32, x, x, y);
+}
+
+/// Sum (or max) of `x` over aligned groups of `n` lanes (a power of two up
+/// to 32); every lane of the warp must execute it.
+fn group_reduce(b: &mut KernelBuilder, x: Reg, n: u32, op: BinOp) -> Reg {
+    let mut acc = x;
+    let mut m = 1;
+    while m < n {
+        let o = b.shfl_bfly(acc, m);
+        acc = b.bin(op, Type::F32, acc, o);
+        m *= 2;
+    }
+    acc
+}
+
+/// The (low, high) bf16 halves of a packed `.b32` as f32 bit patterns.
+fn unpack_bf16x2(b: &mut KernelBuilder, w: Reg) -> (Reg, Reg) {
+    let lo = b.bin(BinOp::Shl, Type::B32, w, 16u32);
+    let hi = b.bin(BinOp::And, Type::B32, w, 0xffff_0000u32);
+    (lo, hi)
+}
+
+/// Base address of row 0 of head `h` of batch `bb` in a per-head tensor with
+/// `nh` heads, and the row stride in bytes (a `.u32` register).
+struct HeadRows {
+    base: Reg,
+    stride: Reg,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn head_rows(
+    b: &mut KernelBuilder,
+    layout: AttnLayout,
+    ptr: Reg,
+    bb: Reg,
+    h: Reg,
+    nh: Reg,
+    t: Reg,
+    d: u32,
+    es: u32,
+) -> HeadRows {
+    let row_bytes = d * es;
+    match layout {
+        AttnLayout::Bhtd => {
+            let bh = b.mad_lo(Type::U32, bb, nh, h);
+            let r0 = b.mul_lo(Type::U32, bh, t);
+            let off = b.mul_wide_u32(r0, row_bytes);
+            let base = b.add_u64(ptr, off);
+            let stride = b.val(Type::U32, row_bytes);
+            HeadRows { base, stride }
+        }
+        AttnLayout::Bthd => {
+            let bt = b.mul_lo(Type::U32, bb, t);
+            let r0 = b.mad_lo(Type::U32, bt, nh, h);
+            let off = b.mul_wide_u32(r0, row_bytes);
+            let base = b.add_u64(ptr, off);
+            let stride = b.mul_lo(Type::U32, nh, row_bytes);
+            HeadRows { base, stride }
+        }
+    }
+}
+
+/// Base address of the f32 row statistics (`lse`, `dsum`: `[B, H, T]`) of head `h`.
+fn stat_base(b: &mut KernelBuilder, ptr: Reg, bb: Reg, h: Reg, nh: Reg, t: Reg) -> Reg {
+    let bh = b.mad_lo(Type::U32, bb, nh, h);
+    let r0 = b.mul_lo(Type::U32, bh, t);
+    b.mad_wide_u32(r0, 4u32, ptr)
+}
+
+/// Copies a `rows x cols` tile of a head (rows `row0..row0 + rows`, columns
+/// `0..cols` of `valid` meaningful ones) into shared memory with 16-byte
+/// `cp.async`s; rows at or past `t` and columns past `valid` are zero-filled.
+struct TileLoader {
+    rows: u32,
+    /// shared row stride (bytes)
+    srs: u32,
+    /// rows covered by one pass of all threads
+    rpp: u32,
+    passes: u32,
+    rt: Reg,
+    col_ok: Reg,
+    cbytes: Reg,
+    soff: Reg,
+}
+
+impl TileLoader {
+    /// `row_bytes`: bytes per shared row holding data (a multiple of 16);
+    /// `valid_bytes`: bytes per row present in memory (a multiple of 16).
+    fn new(b: &mut KernelBuilder, tid: Reg, threads: u32, rows: u32, row_bytes: u32, valid_bytes: u32, srs: u32) -> TileLoader {
+        assert!(row_bytes % 16 == 0 && valid_bytes % 16 == 0 && valid_bytes <= row_bytes);
+        let cpr = row_bytes / 16;
+        assert!(cpr.is_power_of_two() && threads % cpr == 0);
+        let rpp = threads / cpr;
+        let passes = rows.div_ceil(rpp);
+        let rt = b.bin(BinOp::Shr, Type::U32, tid, cpr.trailing_zeros());
+        let ct = b.bin(BinOp::And, Type::U32, tid, cpr - 1);
+        let cb = b.mul_lo(Type::U32, ct, 16u32);
+        let col_ok = b.setp(Cmp::Lt, Type::U32, cb, valid_bytes);
+        let cbytes = b.cvt(Type::U64, Type::U32, None, cb);
+        let soff = b.mad_lo(Type::U32, rt, srs, cb);
+        TileLoader { rows, srs, rpp, passes, rt, col_ok, cbytes, soff }
+    }
+
+    fn load(&self, b: &mut KernelBuilder, dst: Reg, src: &HeadRows, row0: Reg, t: Reg) {
+        let sdst = b.add(Type::U32, dst, self.soff);
+        let row_t = b.add(Type::U32, row0, self.rt);
+        let gcol = b.add_u64(src.base, self.cbytes);
+        for p in 0..self.passes {
+            let body = |b: &mut KernelBuilder| {
+                let row = b.add(Type::U32, row_t, p * self.rpp);
+                let in_t = b.setp(Cmp::Lt, Type::U32, row, t);
+                let ok = b.and_pred(in_t, self.col_ok);
+                let g = b.mad_wide_u32(row, src.stride, gcol);
+                let s = b.selp(Type::U64, g, src.base, ok);
+                let n = b.selp(Type::U32, 16u32, 0u32, ok);
+                b.cp_async(CpCache::Cg, Addr::reg_off(sdst, (p * self.rpp * self.srs) as i64), Addr::reg(s), 16, Some(n.into()));
+            };
+            if (p + 1) * self.rpp > self.rows {
+                let inside = b.setp(Cmp::Lt, Type::U32, self.rt, self.rows - p * self.rpp);
+                b.if_then(inside, false, body);
+            } else {
+                body(b);
+            }
+        }
+    }
+}
+
+/// Copies `n` f32 row statistics (`base[row0 .. row0 + n]`, zero past `t`)
+/// into shared memory at `dst` with 4-byte `cp.async`s; threads
+/// `first .. first + n` take one element each.
+fn load_stats(b: &mut KernelBuilder, tid: Reg, first: u32, n: u32, dst: Reg, base: Reg, row0: Reg, t: Reg) {
+    let e = b.bin(BinOp::Sub, Type::U32, tid, first);
+    let mine = b.setp(Cmp::Lt, Type::U32, e, n); // wraps for tid < first
+    b.if_then(mine, false, |b| {
+        let row = b.add(Type::U32, row0, e);
+        let ok = b.setp(Cmp::Lt, Type::U32, row, t);
+        let g = b.mad_wide_u32(row, 4u32, base);
+        let s = b.selp(Type::U64, g, base, ok);
+        let sz = b.selp(Type::U32, 4u32, 0u32, ok);
+        let sd = b.mad_lo(Type::U32, e, 4u32, dst);
+        b.cp_async(CpCache::Ca, Addr::reg(sd), Addr::reg(s), 4, Some(sz.into()));
+    });
+}
+
+/// Common kernel parameters of the attention kernels.
+struct AttnParams {
+    ptrs: Vec<Reg>,
+    h: Reg,
+    hk: Reg,
+    t: Reg,
+    scale: Reg,
+}
+
+fn declare(b: &mut KernelBuilder, names: &[&str]) -> AttnParams {
+    let ps: Vec<Param> = names.iter().map(|n| b.param(n, ParamType::U64)).collect();
+    let ph = b.param("h", ParamType::U32);
+    let phk = b.param("hk", ParamType::U32);
+    let pt = b.param("t", ParamType::U32);
+    let ps_ = b.param("scale", ParamType::F32);
+    let ptrs = ps.iter().map(|p| b.ld_param_global_ptr(p)).collect();
+    let h = b.ld_param(&ph);
+    let hk = b.ld_param(&phk);
+    let t = b.ld_param(&pt);
+    let scale = b.ld_param(&ps_);
+    AttnParams { ptrs, h, hk, t, scale }
+}
+
+const FWD_PARAMS: [&str; 5] = ["q", "k", "v", "o", "lse"];
+const BWD_PARAMS: [&str; 9] = ["q", "k", "v", "do", "lse", "dsum", "dq", "dk", "dv"];
+
+/// Store `vals` (consecutive columns of one row) as f32 or bf16 at `addr`
+/// under `pred`: f32 as `.v2`/`.v4` (or scalars), bf16 as packed pairs.
+fn store_row_vals(b: &mut KernelBuilder, ty: ElemType, addr: Addr, vals: &[Reg], pred: Reg) {
+    match ty {
+        ElemType::F32 => {
+            let ops: Vec<Operand> = vals.iter().map(|&r| r.into()).collect();
+            b.guarded(pred, false, |b| b.st_vec(Space::Global, Type::F32, addr, ops));
+        }
+        ElemType::Bf16 => {
+            assert!(vals.len() % 2 == 0);
+            let packed: Vec<Operand> = vals.chunks(2).map(|p| b.pack_bf16x2(p[1], p[0]).into()).collect();
+            b.guarded(pred, false, |b| b.st_vec(Space::Global, Type::B32, addr, packed));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_configs() {
+        assert!(AttnConfig::new(Precision::Bf16, 48, AttnLayout::Bhtd).validate().is_err());
+        let mut c = AttnConfig::new(Precision::F32, 16, AttnLayout::Bhtd);
+        c.out = ElemType::Bf16;
+        assert!(c.validate().is_err());
+        assert!(AttnConfig::new(Precision::Bf16, 8, AttnLayout::Bthd).validate().is_ok());
+    }
+}
