@@ -72,18 +72,8 @@ pub fn initial_kind(g: &Graph, i: usize) -> Option<KernelKind> {
         Op::ScatterAdd { .. } => KernelKind::Scatter,
         Op::FakeQuant { .. } => KernelKind::WeightPrep,
         Op::CrossEntropy | Op::CrossEntropyGrad => KernelKind::CrossEntropy,
-        Op::Unary { .. }
-        | Op::LeakyRelu { .. }
-        | Op::LeakyStep { .. }
-        | Op::Binary { .. }
-        | Op::Broadcast { .. }
-        | Op::Reshape { .. }
-        | Op::Permute { .. }
-        | Op::Index { .. }
-        | Op::Unindex { .. }
-        | Op::Shift { .. }
-        | Op::Rope { .. }
-        | Op::BigramHash { .. } => KernelKind::Elementwise,
+        op if is_elementwise(op) => KernelKind::Elementwise,
+        _ => unreachable!("every op is classified above or element-wise"),
     })
 }
 
