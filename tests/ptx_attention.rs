@@ -247,3 +247,307 @@ fn attention_bthd_layout_and_bf16_outputs() {
     }
     check(&c);
 }
+
+// ---------------------------------------------------------------------------
+// The q/k prologue: y = rope(rms_norm(x)) * gain[h], and its backward.
+
+/// f64 forward of one head-row `x` (d elements) at position `t`: (y, u) with
+/// `u = rope(rms_norm(x))` and `y = g * u`.
+fn prep_row_ref(x: &[f64], t: usize, g: f64, eps: f64, base: f64) -> (Vec<f64>, Vec<f64>) {
+    let d = x.len();
+    let half = d / 2;
+    let r = 1.0 / (x.iter().map(|v| v * v).sum::<f64>() / d as f64 + eps).sqrt();
+    let n: Vec<f64> = x.iter().map(|v| v * r).collect();
+    let mut u = vec![0.0; d];
+    for j in 0..half {
+        let ang = t as f64 / base.powf((2 * j) as f64 / d as f64);
+        let (c, s) = (ang.cos(), ang.sin());
+        u[j] = n[j] * c + n[j + half] * s;
+        u[j + half] = -n[j] * s + n[j + half] * c;
+    }
+    (u.iter().map(|v| v * g).collect(), u)
+}
+
+/// f64 backward of [`prep_row_ref`]: (dx, dgain contribution).
+fn prep_row_bwd_ref(x: &[f64], t: usize, g: f64, eps: f64, base: f64, dy: &[f64]) -> (Vec<f64>, f64) {
+    let d = x.len();
+    let half = d / 2;
+    let (_, u) = prep_row_ref(x, t, g, eps, base);
+    let dg: f64 = dy.iter().zip(&u).map(|(a, b)| a * b).sum();
+    let du: Vec<f64> = dy.iter().map(|v| v * g).collect();
+    let mut dn = vec![0.0; d];
+    for j in 0..half {
+        let ang = t as f64 / base.powf((2 * j) as f64 / d as f64);
+        let (c, s) = (ang.cos(), ang.sin());
+        dn[j] = du[j] * c - du[j + half] * s;
+        dn[j + half] = du[j] * s + du[j + half] * c;
+    }
+    let r = 1.0 / (x.iter().map(|v| v * v).sum::<f64>() / d as f64 + eps).sqrt();
+    let n: Vec<f64> = x.iter().map(|v| v * r).collect();
+    let m: f64 = dn.iter().zip(&n).map(|(a, b)| a * b).sum::<f64>() / d as f64;
+    (dn.iter().zip(&n).map(|(a, b)| r * (a - b * m)).collect(), dg)
+}
+
+/// The reference backward agrees with central differences of the reference forward.
+#[test]
+fn prep_reference_matches_finite_differences() {
+    let mut rng = Lcg(5);
+    let d = 8;
+    let x: Vec<f64> = (0..d).map(|_| rng.uniform() * 2.0).collect();
+    let dy: Vec<f64> = (0..d).map(|_| rng.uniform()).collect();
+    let (t, g, eps, base) = (5, 1.3, 1e-6, 100.0);
+    let loss = |x: &[f64], g: f64| prep_row_ref(x, t, g, eps, base).0.iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>();
+    let (dx, dg) = prep_row_bwd_ref(&x, t, g, eps, base, &dy);
+    let h = 1e-6;
+    for i in 0..d {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[i] += h;
+        xm[i] -= h;
+        let fd = (loss(&xp, g) - loss(&xm, g)) / (2.0 * h);
+        assert!((fd - dx[i]).abs() < 1e-7, "dx[{i}]: {fd} vs {}", dx[i]);
+    }
+    let fd = (loss(&x, g + h) - loss(&x, g - h)) / (2.0 * h);
+    assert!((fd - dg).abs() < 1e-7, "dgain: {fd} vs {dg}");
+}
+
+const EPS: f64 = 1.1920928955078125e-07;
+const BASE: f64 = 10000.0;
+
+/// Prep forward over a per-head tensor: (y, u) per element.
+fn prep_ref(l: AttnLayout, s: &Shape, nh: usize, x: &[f64], gain: Option<&[f64]>) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for b in 0..s.b {
+        for h in 0..nh {
+            for t in 0..s.t {
+                let row: Vec<f64> = (0..s.d).map(|j| x[at(l, s, nh, b, h, t, j)]).collect();
+                let (yr, _) = prep_row_ref(&row, t, gain.map_or(1.0, |g| g[h]), EPS, BASE);
+                for j in 0..s.d {
+                    y[at(l, s, nh, b, h, t, j)] = yr[j];
+                }
+            }
+        }
+    }
+    y
+}
+
+fn prep_bwd_ref(l: AttnLayout, s: &Shape, nh: usize, x: &[f64], gain: Option<&[f64]>, dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut dx = vec![0.0; x.len()];
+    let mut dg = vec![0.0; nh];
+    for b in 0..s.b {
+        for h in 0..nh {
+            for t in 0..s.t {
+                let row: Vec<f64> = (0..s.d).map(|j| x[at(l, s, nh, b, h, t, j)]).collect();
+                let dyr: Vec<f64> = (0..s.d).map(|j| dy[at(l, s, nh, b, h, t, j)]).collect();
+                let (dxr, g) = prep_row_bwd_ref(&row, t, gain.map_or(1.0, |g| g[h]), EPS, BASE, &dyr);
+                dg[h] += g;
+                for j in 0..s.d {
+                    dx[at(l, s, nh, b, h, t, j)] = dxr[j];
+                }
+            }
+        }
+    }
+    (dx, dg)
+}
+
+/// Handles of the prep kernels' common tensors on the device.
+struct PrepBufs {
+    cos: DevBuf,
+    sin: DevBuf,
+}
+
+impl Sim {
+    fn rope(&self, s: &Shape) -> PrepBufs {
+        let (c, sn) = rope_table(s.t as u32, s.d as u32, BASE);
+        let c: Vec<f64> = c.iter().map(|&v| v as f64).collect();
+        let sn: Vec<f64> = sn.iter().map(|&v| v as f64).collect();
+        PrepBufs { cos: self.upload(&c, ElemType::F32), sin: self.upload(&sn, ElemType::F32) }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prep(&self, cfg: &QkPrepConfig, s: &Shape, nh: usize, x: DevBuf, y: DevBuf, gain: Option<DevBuf>, rb: &PrepBufs) -> Result<(), String> {
+        let k = emit_qk_prep(cfg).map_err(|e| e.to_string())?;
+        let g = gain.map_or(KernelArg::U64(0), buf);
+        let args = [buf(x), buf(y), g, buf(rb.cos), buf(rb.sin), KernelArg::U32(nh as u32), KernelArg::U32(s.t as u32), KernelArg::U32((s.b * s.t) as u32), KernelArg::F32(EPS as f32)];
+        self.launch(&k, k.grid(s.b as u32, nh as u32, 0, s.t as u32), &args)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prep_bwd(
+        &self,
+        cfg: &QkPrepConfig,
+        s: &Shape,
+        nh: usize,
+        x: DevBuf,
+        dy: DevBuf,
+        dx: DevBuf,
+        gain: Option<(DevBuf, DevBuf)>,
+        rb: &PrepBufs,
+    ) -> Result<(), String> {
+        let k = emit_qk_prep_bwd(cfg).map_err(|e| e.to_string())?;
+        let (g, dg) = gain.map_or((KernelArg::U64(0), KernelArg::U64(0)), |(g, dg)| (buf(g), buf(dg)));
+        let args = [
+            buf(x),
+            buf(dy),
+            buf(dx),
+            g,
+            dg,
+            buf(rb.cos),
+            buf(rb.sin),
+            KernelArg::U32(nh as u32),
+            KernelArg::U32(s.t as u32),
+            KernelArg::U32((s.b * s.t) as u32),
+            KernelArg::F32(EPS as f32),
+        ];
+        self.launch(&k, k.grid(s.b as u32, nh as u32, 0, s.t as u32), &args)
+    }
+}
+
+/// The prep kernels on their own: forward output, dx and dgain.
+#[test]
+fn qk_prep_kernels() {
+    let mut failures = vec![];
+    let shapes = [
+        (Precision::F32, AttnLayout::Bthd, Shape { b: 2, h: 3, hk: 3, t: 37, d: 8 }),
+        (Precision::F32, AttnLayout::Bhtd, Shape { b: 1, h: 2, hk: 2, t: 70, d: 64 }),
+        (Precision::Bf16, AttnLayout::Bthd, Shape { b: 1, h: 2, hk: 2, t: 33, d: 64 }),
+        (Precision::Bf16, AttnLayout::Bhtd, Shape { b: 3, h: 1, hk: 1, t: 5, d: 16 }),
+    ];
+    for (i, (p, l, s)) in shapes.into_iter().enumerate() {
+        for gain in [true, false] {
+            for dx_t in [ElemType::F32, ElemType::Bf16] {
+                let mut cfg = QkPrepConfig::new(p, s.d as u32, l, gain);
+                cfg.dx = dx_t;
+                let io = match p {
+                    Precision::Bf16 => ElemType::Bf16,
+                    Precision::F32 => ElemType::F32,
+                };
+                let n = s.b * s.h * s.t * s.d;
+                let mut rng = Lcg(300 + i as u64);
+                let x = gen(&mut rng, n, 2.0, io);
+                let dy = gen(&mut rng, n, 1.0, ElemType::F32);
+                let g: Vec<f64> = (0..s.h).map(|_| round_to(1.5 + 0.5 * rng.uniform(), ElemType::F32)).collect();
+                let gopt = gain.then_some(&g[..]);
+                let y_ref = prep_ref(l, &s, s.h, &x, gopt);
+                let (dx_ref, dg_ref) = prep_bwd_ref(l, &s, s.h, &x, gopt, &dy);
+                let sim = Sim::new();
+                let rb = sim.rope(&s);
+                let (bx, by, bdy, bdx) = (sim.upload(&x, io), sim.nan(n, io), sim.upload(&dy, ElemType::F32), sim.nan(n, dx_t));
+                let (bg, bdg) = (sim.upload(&g, ElemType::F32), sim.upload(&vec![0.0; s.h], ElemType::F32));
+                let run = || -> Result<(), String> {
+                    sim.prep(&cfg, &s, s.h, bx, by, gain.then_some(bg), &rb)?;
+                    sim.prep_bwd(&cfg, &s, s.h, bx, bdy, bdx, gain.then_some((bg, bdg)), &rb)
+                };
+                if let Err(e) = run() {
+                    failures.push(format!("{}: {e}", cfg.tag()));
+                    continue;
+                }
+                // y (and dx) stored as bf16 round once; dx and dgain are computed
+                // in f32 from the exact inputs
+                let tol = |t: ElemType| -> f64 { if t == ElemType::Bf16 { 8e-3 } else { 1e-5 } };
+                let mut errs = vec![
+                    ("y", rel_err(&sim.download(&by, io), &y_ref), tol(io)),
+                    ("dx", rel_err(&sim.download(&bdx, dx_t), &dx_ref), tol(dx_t)),
+                ];
+                if gain {
+                    errs.push(("dgain", rel_err(&sim.download(&bdg, ElemType::F32), &dg_ref), 1e-5));
+                }
+                for (name, e, t) in errs {
+                    let line = format!("{} {s:?} {name}: err {e:.3e} (tol {t:.0e})", cfg.tag());
+                    println!("  {line}");
+                    if !(e <= t) {
+                        failures.push(line);
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The whole attention of a block: raw q, k (projection outputs) -> prep ->
+/// attention forward -> dsum -> backward -> prep backward, against the f64
+/// chain: o, the raw-q and raw-k gradients, dv and the q_gain gradient.
+fn run_chain(p: Precision, l: AttnLayout, s: &Shape, seed: u64) -> Result<Vec<(String, f64, f64)>, String> {
+    let mut cfg = AttnConfig::new(p, s.d as u32, l);
+    cfg.grad_out = ElemType::F32;
+    let ks = emit_attention(&cfg).map_err(|e| e.to_string())?;
+    let io = cfg.in_type();
+    let (nq, nk) = (s.b * s.h * s.t * s.d, s.b * s.hk * s.t * s.d);
+    let mut rng = Lcg(seed);
+    let qraw = gen(&mut rng, nq, 2.0, io);
+    let kraw = gen(&mut rng, nk, 2.0, io);
+    let v = gen(&mut rng, nk, 1.0, io);
+    let dout = gen(&mut rng, nq, 1.0, io);
+    let g: Vec<f64> = (0..s.h).map(|_| round_to(1.5 + 0.5 * rng.uniform(), ElemType::F32)).collect();
+    let scale = (1.0 / (s.d as f64).sqrt()) as f32;
+    // reference chain
+    let qn = prep_ref(l, s, s.h, &qraw, Some(&g));
+    let kn = prep_ref(l, s, s.hk, &kraw, None);
+    let (o_ref, _, dqn, dkn, dv_ref) = reference(l, s, scale as f64, &qn, &kn, &v, &dout);
+    let (dq_ref, dg_ref) = prep_bwd_ref(l, s, s.h, &qraw, Some(&g), &dqn);
+    let (dk_ref, _) = prep_bwd_ref(l, s, s.hk, &kraw, None, &dkn);
+
+    let sim = Sim::new();
+    let rb = sim.rope(s);
+    let qcfg = QkPrepConfig::new(p, s.d as u32, l, true);
+    let kcfg = QkPrepConfig::new(p, s.d as u32, l, false);
+    let (bqr, bkr, bv, bdo) = (sim.upload(&qraw, io), sim.upload(&kraw, io), sim.upload(&v, io), sim.upload(&dout, io));
+    let (bg, bdg) = (sim.upload(&g, ElemType::F32), sim.upload(&vec![0.0; s.h], ElemType::F32));
+    let (bq, bk) = (sim.nan(nq, io), sim.nan(nk, io));
+    sim.prep(&qcfg, s, s.h, bqr, bq, Some(bg), &rb)?;
+    sim.prep(&kcfg, s, s.hk, bkr, bk, None, &rb)?;
+    let rows = s.b * s.h * s.t;
+    let (bo, blse, bds) = (sim.nan(nq, cfg.out), sim.nan(rows, ElemType::F32), sim.nan(rows, ElemType::F32));
+    let (bdq, bdk, bdv) = (sim.nan(nq, ElemType::F32), sim.nan(nk, ElemType::F32), sim.nan(nk, ElemType::F32));
+    let (h, hk, t) = (s.h as u32, s.hk as u32, s.t as u32);
+    let sz = [KernelArg::U32(h), KernelArg::U32(hk), KernelArg::U32(t), KernelArg::F32(scale)];
+    let grid = |k: &AttnKernel| k.grid(s.b as u32, h, hk, t);
+    let mut args = vec![buf(bq), buf(bk), buf(bv), buf(bo), buf(blse)];
+    args.extend(sz);
+    sim.launch(&ks.fwd, grid(&ks.fwd), &args)?;
+    sim.launch(&ks.dot, grid(&ks.dot), &[buf(bo), buf(bdo), buf(bds), buf(bdq), KernelArg::U32(h), KernelArg::U32(t), KernelArg::U32(rows as u32)])?;
+    let mut args = vec![buf(bq), buf(bk), buf(bv), buf(bdo), buf(blse), buf(bds), buf(bdq), buf(bdk), buf(bdv)];
+    args.extend(sz);
+    for k in &ks.bwd {
+        sim.launch(k, grid(k), &args)?;
+    }
+    let (bdqr, bdkr) = (sim.nan(nq, ElemType::F32), sim.nan(nk, ElemType::F32));
+    sim.prep_bwd(&qcfg, s, s.h, bqr, bdq, bdqr, Some((bg, bdg)), &rb)?;
+    sim.prep_bwd(&kcfg, s, s.hk, bkr, bdk, bdkr, None, &rb)?;
+    let tol = if p == Precision::Bf16 { 2e-2 } else { 1e-5 };
+    Ok(vec![
+        ("o".into(), rel_err(&sim.download(&bo, cfg.out), &o_ref), tol),
+        ("dq_raw".into(), rel_err(&sim.download(&bdqr, ElemType::F32), &dq_ref), tol),
+        ("dk_raw".into(), rel_err(&sim.download(&bdkr, ElemType::F32), &dk_ref), tol),
+        ("dv".into(), rel_err(&sim.download(&bdv, ElemType::F32), &dv_ref), tol),
+        ("dq_gain".into(), rel_err(&sim.download(&bdg, ElemType::F32), &dg_ref), tol),
+    ])
+}
+
+#[test]
+fn prep_attention_chain() {
+    let mut failures = vec![];
+    let cases = [
+        (AttnLayout::Bthd, Shape { b: 2, h: 4, hk: 2, t: 33, d: 16 }),
+        (AttnLayout::Bhtd, Shape { b: 1, h: 2, hk: 1, t: 65, d: 64 }),
+        (AttnLayout::Bthd, Shape { b: 1, h: 2, hk: 1, t: 20, d: 8 }),
+    ];
+    for (i, (l, s)) in cases.iter().enumerate() {
+        for p in [Precision::Bf16, Precision::F32] {
+            println!("chain {p:?} {l:?} {s:?}");
+            match run_chain(p, *l, s, 700 + i as u64) {
+                Ok(errs) => {
+                    for (name, e, t) in errs {
+                        let line = format!("chain {p:?} {l:?} {s:?} {name}: err {e:.3e} (tol {t:.0e})");
+                        println!("  {line}");
+                        if !(e <= t) {
+                            failures.push(line);
+                        }
+                    }
+                }
+                Err(e) => failures.push(format!("chain {p:?} {l:?} {s:?}: {e}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
