@@ -1,6 +1,7 @@
 //! pgc runtime: the device abstraction, the PTX simulator, weights and tokens I/O.
 
 pub mod device;
+pub mod exec;
 pub mod sim;
 pub mod weights;
 pub mod init;
