@@ -355,9 +355,9 @@ impl TileLoader {
     /// `row_bytes`: bytes per shared row holding data (a multiple of 16);
     /// `valid_bytes`: bytes per row present in memory (a multiple of 16).
     fn new(b: &mut KernelBuilder, tid: Reg, threads: u32, rows: u32, row_bytes: u32, valid_bytes: u32, srs: u32) -> TileLoader {
-        assert!(row_bytes % 16 == 0 && valid_bytes % 16 == 0 && valid_bytes <= row_bytes);
+        assert!(row_bytes.is_multiple_of(16) && valid_bytes.is_multiple_of(16) && valid_bytes <= row_bytes);
         let cpr = row_bytes / 16;
-        assert!(cpr.is_power_of_two() && threads % cpr == 0);
+        assert!(cpr.is_power_of_two() && threads.is_multiple_of(cpr));
         let rpp = threads / cpr;
         let passes = rows.div_ceil(rpp);
         let rt = b.bin(BinOp::Shr, Type::U32, tid, cpr.trailing_zeros());
@@ -396,6 +396,7 @@ impl TileLoader {
 /// Copies `n` f32 row statistics (`base[row0 .. row0 + n]`, zero past `t`)
 /// into shared memory at `dst` with 4-byte `cp.async`s; threads
 /// `first .. first + n` take one element each.
+#[allow(clippy::too_many_arguments)]
 fn load_stats(b: &mut KernelBuilder, tid: Reg, first: u32, n: u32, dst: Reg, base: Reg, row0: Reg, t: Reg) {
     let e = b.bin(BinOp::Sub, Type::U32, tid, first);
     let mine = b.setp(Cmp::Lt, Type::U32, e, n); // wraps for tid < first
@@ -445,7 +446,7 @@ fn store_row_vals(b: &mut KernelBuilder, ty: ElemType, addr: Addr, vals: &[Reg],
             b.guarded(pred, false, |b| b.st_vec(Space::Global, Type::F32, addr, ops));
         }
         ElemType::Bf16 => {
-            assert!(vals.len() % 2 == 0);
+            assert!(vals.len().is_multiple_of(2));
             let packed: Vec<Operand> = vals.chunks(2).map(|p| b.pack_bf16x2(p[1], p[0]).into()).collect();
             b.guarded(pred, false, |b| b.st_vec(Space::Global, Type::B32, addr, packed));
         }

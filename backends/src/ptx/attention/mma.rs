@@ -251,11 +251,11 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
             let kc = b.add(Type::U32, k0, col2);
             let row_b = b.add(Type::U32, row_a, 8u32);
             for (nt, t) in s.iter().enumerate() {
-                for e in 0..4 {
+                for (e, &x) in t.iter().enumerate() {
                     let key = b.add(Type::U32, kc, nt as u32 * 8 + (e as u32 & 1));
                     let row = if e < 2 { row_a } else { row_b };
                     let masked = b.setp(Cmp::Gt, Type::U32, key, row);
-                    b.push_guarded(Guard { pred: masked, negate: false }, Inst::Mov { ty: Type::F32, dst: t[e], src: ninf.into() });
+                    b.push_guarded(Guard { pred: masked, negate: false }, Inst::Mov { ty: Type::F32, dst: x, src: ninf.into() });
                 }
             }
         });
@@ -272,11 +272,11 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
         }
         let mut rsum = [None, None];
         for t in &mut s {
-            for e in 0..4 {
+            for (e, te) in t.iter_mut().enumerate() {
                 let h = e / 2;
-                let x = fsub(b, t[e], m[h]);
+                let x = fsub(b, *te, m[h]);
                 let pe = ex2(b, x);
-                t[e] = pe;
+                *te = pe;
                 rsum[h] = Some(match rsum[h] {
                     None => pe,
                     Some(acc) => fadd(b, acc, pe),
@@ -336,13 +336,14 @@ pub(super) fn backward(cfg: &AttnConfig) -> AttnKernel {
     let dp = padded(d);
     let rs = row_stride(dp);
     let tile_bytes = TILE * rs;
-    // shared: K, V (BLOCK rows), dS^T [BLOCK keys][TILE queries], then 2
-    // stages of (Q, dO, lse, dsum)
+    // shared: K, V (BLOCK rows), then 2 stages of (Q, dO, lse, dsum). V is
+    // read into registers before the loop (behind the loop's first barrier),
+    // so dS^T [BLOCK keys][TILE queries] reuses its space.
     let k_off = 0;
     let v_off = BLOCK * rs;
     let ds_rs = row_stride(TILE);
-    let ds_off = v_off + BLOCK * rs;
-    let st_off = ds_off + BLOCK * ds_rs;
+    let ds_off = v_off;
+    let st_off = v_off + BLOCK * rs.max(ds_rs);
     let stage_bytes = 2 * tile_bytes + 2 * TILE * 4;
     let smem_bytes = st_off + 2 * stage_bytes;
 
@@ -501,11 +502,11 @@ pub(super) fn backward(cfg: &AttnConfig) -> AttnKernel {
         b.if_then(qmin_lt, false, |b| {
             let qc = b.add(Type::U32, q0, col2);
             for (nt, t) in s.iter().enumerate() {
-                for e in 0..4 {
+                for (e, &x) in t.iter().enumerate() {
                     let qi = b.add(Type::U32, qc, nt as u32 * 8 + (e as u32 & 1));
                     let key = if e < 2 { key_a } else { key_b };
                     let masked = b.setp(Cmp::Lt, Type::U32, qi, key);
-                    b.push_guarded(Guard { pred: masked, negate: false }, Inst::Mov { ty: Type::F32, dst: t[e], src: 0.0f32.into() });
+                    b.push_guarded(Guard { pred: masked, negate: false }, Inst::Mov { ty: Type::F32, dst: x, src: 0.0f32.into() });
                 }
             }
         });

@@ -77,7 +77,7 @@ pub(super) fn dot(cfg: &AttnConfig) -> AttnKernel {
     let bb = b.bin(BinOp::Div, Type::U32, bh, h);
     let hh = b.bin(BinOp::Rem, Type::U32, bh, h);
     let ri = row_index(&mut b, cfg.layout, bb, hh, tt, h, t);
-    let e0 = b.mad_lo(Type::U32, ri, d, 0u32);
+    let e0 = b.mul_lo(Type::U32, ri, d);
     let e0 = b.mad_lo(Type::U32, li, 8u32, e0);
     let oa = b.mad_wide_u32(e0, cfg.out.bytes(), o);
     let da = b.mad_wide_u32(e0, cfg.in_type().bytes(), dout);
@@ -196,11 +196,10 @@ pub fn rope_table(t: u32, d: u32, base: f64) -> (Vec<f32>, Vec<f32>) {
     (c, s)
 }
 
-/// Per-thread state of one prep row: the pair `(a, b)`, `1/rms`, the
-/// normalized pair, the rotary cos/sin and the row's addresses.
+/// Per-thread state of one prep row: whether it exists, its element row
+/// index, `1/rms`, the normalized pair and the rotary cos/sin.
 struct PrepRow {
     valid: Reg,
-    tt: Reg,
     ri: Reg,
     r: Reg,
     na: Reg,
@@ -278,7 +277,7 @@ fn prep_row(b: &mut KernelBuilder, cfg: &QkPrepConfig, cx: &PrepCtx, x: Reg, it:
     let sa = b.mad_wide_u32(ci, 4u32, cx.sin);
     let cs = b.ld_global_nc(Type::F32, Addr::reg(cs));
     let sn = b.ld_global_nc(Type::F32, Addr::reg(sa));
-    PrepRow { valid, tt, ri, r, na, nb, cs, sn }
+    PrepRow { valid, ri, r, na, nb, cs, sn }
 }
 
 /// Declares the prep parameters (pointers `names`, then nh, t, bt, eps) and
@@ -338,7 +337,6 @@ pub fn emit_qk_prep(cfg: &QkPrepConfig) -> Result<AttnKernel, AttnError> {
         store_scalar(b, cfg.io(), y, e, pr.valid, ya);
         let e2 = b.add(Type::U32, e, cx.half);
         store_scalar(b, cfg.io(), y, e2, pr.valid, yb);
-        let _ = pr.tt;
     });
     b.ret();
     Ok(AttnKernel {
@@ -405,7 +403,6 @@ pub fn emit_qk_prep_bwd(cfg: &QkPrepConfig) -> Result<AttnKernel, AttnError> {
         let xb = fmul(b, xb, pr.r);
         store_scalar(b, cfg.dx, dx, e, pr.valid, xa);
         store_scalar(b, cfg.dx, dx, e2, pr.valid, xb);
-        let _ = pr.tt;
     });
     if cfg.gain {
         let s = group_reduce(&mut b, gacc, 32, BinOp::Add);
