@@ -186,7 +186,7 @@ fn unavailable_backend_and_inconsistent_sets_exit_2() {
     let out = d.join("o.safetensors");
     let base = ["--weights", gs, "--weights-prefix", "param.", "--tokens", gs, "--mode", "eval", "--out", out.to_str().unwrap()];
     let s = sets(&g);
-    let o = pgc(&[&base[..], &["--backend", "sim"]].concat(), &s);
+    let o = pgc(&[&base[..], &["--backend", "cuda"]].concat(), &s);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("not available"), "{}", text(&o));
     let mut s2 = s.clone();

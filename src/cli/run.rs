@@ -5,10 +5,22 @@
 //! backward graph. OUT gets `loss` ([1]), `logits` ([B, T, vocab]) and
 //! `grad.NAME` per parameter, in f64 when the precision is f64, else f32,
 //! written atomically: a failed run leaves no output file.
+//!
+//! `--backend sim` plans the graph for the PTX backend (only the fusion rules
+//! it supports, `--precision bf16` or `f32`), compiles the plan to a PTX
+//! program and runs it on the PTX simulator through the program executor
+//! (`pgc_runtime::exec`, the one the CUDA runtime shares). `--backend cuda` is
+//! not available yet (exit 2).
 
 use super::{CliResult, Failure};
 use pgc_backends::cpu::{self, Real, Tensor};
+use pgc_backends::ptx::program::Program;
+use pgc_ir::plan::{self, FusionRule, Plan, PlanOptions};
 use pgc_ir::{Graph, Mode};
+use pgc_runtime::device::Device;
+use pgc_runtime::exec::Executor;
+use pgc_runtime::sim::SimDevice;
+use std::collections::BTreeSet;
 use pgc_runtime::weights::{self, HostData, HostTensor, Tokens};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,7 +36,7 @@ pub enum ModeArg {
 pub enum Backend {
     /// The CPU reference backend.
     Cpu,
-    /// The PTX simulator (not available for `run` yet).
+    /// The plan's PTX kernels on the PTX simulator (precision bf16 or f32).
     Sim,
     /// CUDA on a GPU (not available for `run` yet).
     Cuda,
@@ -34,7 +46,7 @@ pub enum Backend {
 pub enum Precision {
     F64,
     F32,
-    /// bf16 tensor-core kernels (GPU backends only; not available yet).
+    /// bf16 tensor-core kernels with fp32 accumulation (sim and cuda backends only).
     Bf16,
 }
 
@@ -71,9 +83,9 @@ pub struct RunArgs {
     pub mode: ModeArg,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: Backend,
-    /// Working precision.
-    #[arg(long, value_enum, default_value = "f64")]
-    pub precision: Precision,
+    /// Working precision [default: f64 on the cpu backend, bf16 on sim and cuda].
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Output file (safetensors).
     #[arg(long, value_name = "OUT.safetensors")]
     pub out: PathBuf,
@@ -91,14 +103,21 @@ fn bad(msg: impl std::fmt::Display) -> Failure {
 
 pub fn run(args: RunArgs) -> CliResult {
     let t_start = Instant::now();
-    match args.backend {
-        Backend::Cpu => {}
-        other => {
-            return Err(bad(format!("backend `{}` is not available for `pgc run` yet (use --backend cpu)", format!("{other:?}").to_lowercase())))
+    let precision = args.precision.unwrap_or(match args.backend {
+        Backend::Cpu => Precision::F64,
+        Backend::Sim | Backend::Cuda => Precision::Bf16,
+    });
+    match (args.backend, precision) {
+        (Backend::Cuda, _) => {
+            return Err(bad("backend `cuda` is not available for `pgc run` yet (use --backend cpu or sim)"));
         }
-    }
-    if args.precision == Precision::Bf16 {
-        return Err(bad("precision bf16 is for the GPU backends; the cpu backend computes in f64 or f32"));
+        (Backend::Cpu, Precision::Bf16) => {
+            return Err(bad("precision bf16 is for the GPU backends (sim, cuda); the cpu backend computes in f64 or f32"));
+        }
+        (Backend::Sim, Precision::F64) => {
+            return Err(bad("precision f64 is for the cpu backend; the sim backend runs the PTX kernels in bf16 or f32"));
+        }
+        _ => {}
     }
     let mut sets = super::parse_sets(&args.sets)?;
     let path = args.model.display().to_string();
@@ -160,16 +179,21 @@ pub fn run(args: RunArgs) -> CliResult {
         fwd
     };
     let t_prep = t_start.elapsed().as_secs_f64();
-    let result = match args.precision {
-        Precision::F64 => execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64)?,
+    let result = match (args.backend, precision) {
+        (Backend::Sim, p) => {
+            let p = if p == Precision::Bf16 { plan::Precision::Bf16 } else { plan::Precision::F32 };
+            execute_sim(&graph, &values, &tokens, with_grads, p, args.profile)?
+        }
+        (_, Precision::F64) => execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64)?,
         _ => execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32)?,
     };
     weights::save(&args.out, &result.tensors, None).map_err(|e| Failure::Other(e.into()))?;
     println!(
-        "loss {:.10} ({} mode, {} precision, batch {} seq {}, {} parameters)",
+        "loss {:.10} ({} mode, {} backend, {} precision, batch {} seq {}, {} parameters)",
         result.loss,
         mode.name(),
-        if args.precision == Precision::F64 { "f64" } else { "f32" },
+        format!("{:?}", args.backend).to_lowercase(),
+        format!("{precision:?}").to_lowercase(),
         tokens.batch,
         tokens.seq,
         graph.param_count()
@@ -182,6 +206,9 @@ pub fn run(args: RunArgs) -> CliResult {
         t_start.elapsed().as_secs_f64(),
         args.out.display()
     );
+    if let Some(d) = &result.device_note {
+        println!("{d}");
+    }
     if let Some(p) = result.profile {
         print!("{p}");
     }
@@ -193,6 +220,122 @@ struct Outcome {
     seconds: f64,
     tensors: Vec<(String, HostTensor)>,
     profile: Option<String>,
+    /// What the device did (simulator: launches, thread-instructions).
+    device_note: Option<String>,
+}
+
+/// The names `pgc run` writes: loss, logits and (with gradients) grad.NAME per parameter.
+fn output_names(graph: &Graph, with_grads: bool) -> Vec<String> {
+    let mut names: Vec<String> = vec!["loss".into(), "logits".into()];
+    if with_grads {
+        names.extend(graph.params.iter().map(|p| format!("grad.{}", p.name)));
+    }
+    names
+}
+
+/// The fusion rules the PTX backend implements: plans for it use only these.
+pub(crate) fn ptx_supported_rules() -> BTreeSet<FusionRule> {
+    // Until backends/src/ptx/compile.rs lands: no fusion (each op its own kernel).
+    BTreeSet::new()
+}
+
+/// Compile a plan to a PTX program (errors as text: e.g. a kernel kind with no emitter yet).
+pub(crate) fn compile_ptx(g: &Graph, plan: &Plan) -> Result<Program, String> {
+    // Until backends/src/ptx/compile.rs lands.
+    let _ = (g, plan);
+    Err("the PTX program compiler (backends/src/ptx/compile.rs: compile_program) has not landed yet".into())
+}
+
+/// The kernel plan for the PTX backend storing `outputs` (only the supported fusion rules).
+pub(crate) fn ptx_plan(g: &Graph, precision: plan::Precision, outputs: &[String], disabled: &[FusionRule]) -> Result<Plan, Failure> {
+    let mut opts = PlanOptions::all(g, precision);
+    opts.rules = ptx_supported_rules().into_iter().filter(|r| !disabled.contains(r)).collect();
+    opts.outputs = outputs.to_vec();
+    plan::build(g, &opts).map_err(|e| Failure::Other(e.into()))
+}
+
+/// Plan, compile and run the graph's PTX program on the simulator.
+fn execute_sim(
+    graph: &Graph,
+    values: &HashMap<String, Vec<f64>>,
+    tokens: &Tokens,
+    with_grads: bool,
+    precision: plan::Precision,
+    profile: bool,
+) -> Result<Outcome, Failure> {
+    let names = output_names(graph, with_grads);
+    let plan = ptx_plan(graph, precision, &names, &[])?;
+    let t_compile = Instant::now();
+    let program = compile_ptx(graph, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
+    let compile_s = t_compile.elapsed().as_secs_f64();
+    let dev = SimDevice::new();
+    let internal = |e: pgc_runtime::exec::ExecError| Failure::Other(anyhow::anyhow!("{e}"));
+    let mut ex = Executor::new(&dev, &program, graph).map_err(internal)?;
+    let params: HashMap<String, Vec<f32>> = values.iter().map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect())).collect();
+    ex.set_params(&params).map_err(internal)?;
+    for name in ex.input_names() {
+        let ids = match name.as_str() {
+            "input_ids" => &tokens.input_ids,
+            "target_ids" => &tokens.target_ids,
+            other => return Err(bad(format!("the model has an input `{other}`; pgc run supplies only input_ids and target_ids"))),
+        };
+        ex.set_input(&name, ids).map_err(internal)?;
+    }
+    let insts0 = dev.total_thread_instructions();
+    let t0 = Instant::now();
+    let mut per_kernel: Vec<(f64, u64)> = vec![(0.0, 0); program.plan.kernels.len()];
+    if profile {
+        for i in 0..ex.launch_count() {
+            let t = Instant::now();
+            let before = dev.total_thread_instructions();
+            ex.launch_step(i).map_err(internal)?;
+            dev.synchronize().map_err(|e| internal(pgc_runtime::exec::ExecError::Device { what: "synchronize".into(), source: e }))?;
+            let k = program.launches[i].plan_kernel;
+            per_kernel[k].0 += t.elapsed().as_secs_f64();
+            per_kernel[k].1 += dev.total_thread_instructions() - before;
+        }
+    } else {
+        ex.run().map_err(internal)?;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let insts = dev.total_thread_instructions() - insts0;
+
+    let mut tensors = Vec::with_capacity(names.len());
+    let mut loss = f64::NAN;
+    for name in &names {
+        let data = ex.read_output(name).map_err(internal)?;
+        let v = graph.output(name).ok_or_else(|| bad(format!("the model has no output `{name}`")))?;
+        let shape = if name == "loss" { vec![1] } else { graph.ty(v).shape.clone() };
+        if name == "loss" {
+            loss = data.first().copied().unwrap_or(f32::NAN) as f64;
+        }
+        tensors.push((name.clone(), HostTensor::new(shape, HostData::F32(data))));
+    }
+    let device_note = Some(format!(
+        "sim: {} kernels, {} launches, {:.3e} thread-instructions, {:.3} s on the simulator ({} host threads); PTX compile {:.3} s, {} KiB of PTX",
+        program.plan.kernels.len(),
+        program.launches.len(),
+        insts as f64,
+        seconds,
+        host_threads(),
+        compile_s,
+        program.ptx.len() / 1024
+    ));
+    let profile = profile.then(|| {
+        let mut order: Vec<usize> = (0..per_kernel.len()).collect();
+        order.sort_by(|&a, &b| per_kernel[b].1.cmp(&per_kernel[a].1));
+        let mut s = format!("{:<48} {:<18} {:>14} {:>10}\n", "kernel", "kind", "thread-insts", "sim s");
+        for k in order {
+            let kr = &program.plan.kernels[k];
+            s += &format!("{:<48} {:<18} {:>14} {:>10.4}\n", kr.name, kr.kind.name(), per_kernel[k].1, per_kernel[k].0);
+        }
+        s
+    });
+    Ok(Outcome { loss, seconds, tensors, profile, device_note })
+}
+
+fn host_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn execute<F: Real>(
@@ -212,10 +355,7 @@ fn execute<F: Real>(
     let mut inputs = HashMap::new();
     inputs.insert("input_ids".to_string(), Tensor::<F>::int(shape.clone(), tokens.input_ids.clone()));
     inputs.insert("target_ids".to_string(), Tensor::<F>::int(shape, tokens.target_ids.clone()));
-    let mut names: Vec<String> = vec!["loss".into(), "logits".into()];
-    if with_grads {
-        names.extend(graph.params.iter().map(|p| format!("grad.{}", p.name)));
-    }
+    let names = output_names(graph, with_grads);
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let t0 = Instant::now();
     let run = cpu::execute(graph, &params, &inputs, Some(&refs)).map_err(bad)?;
@@ -231,5 +371,5 @@ fn execute<F: Real>(
             (name, HostTensor::new(shape, store(t.into_float_vec())))
         })
         .collect();
-    Ok(Outcome { loss, seconds, tensors, profile })
+    Ok(Outcome { loss, seconds, tensors, profile, device_note: None })
 }

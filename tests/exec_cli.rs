@@ -1,0 +1,82 @@
+//! `pgc run --backend sim|cuda`: the error paths of the command line (exit
+//! status 2, a message saying what is wrong, no output file). The golden
+//! numbers of the sim backend are checked by tests/golden_sim.rs.
+
+use pgc_runtime::weights::{save, HostTensor, SafeFile};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmpdir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pgc-exec-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn golden() -> PathBuf {
+    root().join("tests/golden/tiny.safetensors")
+}
+
+fn sets(file: &Path) -> Vec<String> {
+    let meta = SafeFile::open(file).unwrap().metadata();
+    let cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&meta["config"]).unwrap();
+    cfg.into_iter().flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")]).collect()
+}
+
+fn run(weights: &Path, extra: &[&str], out: &Path) -> Output {
+    let g = golden();
+    Command::new(env!("CARGO_BIN_EXE_pgc"))
+        .arg("run")
+        .arg(root().join("models/11l.pgdsl"))
+        .args(sets(&g))
+        .args(["--weights", weights.to_str().unwrap(), "--weights-prefix", "param.", "--tokens", g.to_str().unwrap()])
+        .args(extra)
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn expect_2(o: &Output, needle: &str, out: &Path) {
+    assert_eq!(o.status.code(), Some(2), "{}", text(o));
+    assert!(text(o).contains(needle), "wanted `{needle}` in: {}", text(o));
+    assert!(!text(o).contains("panicked"), "{}", text(o));
+    assert!(!out.exists(), "an output file was written on failure");
+}
+
+#[test]
+fn precisions_and_backends_that_do_not_go_together() {
+    let d = tmpdir("prec");
+    let out = d.join("o.safetensors");
+    let g = golden();
+    let o = run(&g, &["--mode", "train", "--backend", "sim", "--precision", "f64"], &out);
+    expect_2(&o, "precision f64 is for the cpu backend", &out);
+    let o = run(&g, &["--mode", "train", "--backend", "cpu", "--precision", "bf16"], &out);
+    expect_2(&o, "precision bf16 is for the GPU backends", &out);
+    let o = run(&g, &["--mode", "eval", "--backend", "cuda"], &out);
+    expect_2(&o, "backend `cuda` is not available", &out);
+}
+
+#[test]
+fn bad_weights_are_rejected_before_the_simulator_starts() {
+    let d = tmpdir("weights");
+    let out = d.join("o.safetensors");
+    let file = SafeFile::open(&golden()).unwrap();
+    let mut ts: Vec<(String, HostTensor)> = file.all().unwrap();
+    let name = "param.blocks.0.attn.c_q.weight";
+    let i = ts.iter().position(|(n, _)| n == name).unwrap();
+    ts[i].1.shape = vec![ts[i].1.shape.iter().product::<usize>()];
+    let w = d.join("bad.safetensors");
+    save(&w, &ts, None).unwrap();
+    for prec in ["bf16", "f32"] {
+        let o = run(&w, &["--mode", "train", "--backend", "sim", "--precision", prec], &out);
+        expect_2(&o, "blocks.0.attn.c_q.weight", &out);
+    }
+}
