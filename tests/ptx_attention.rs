@@ -7,7 +7,8 @@
 //! element a kernel fails to write fails the test.
 
 use pgc_backends::ptx::attention::{
-    emit_attention, emit_qk_prep, emit_qk_prep_bwd, rope_table, AttnConfig, AttnKernel, AttnLayout, QkPrepConfig,
+    emit_attention, emit_qk_prep, emit_qk_prep_bwd, prologue_configs, rope_table, AttnConfig, AttnKernel, AttnLayout,
+    QkPrepConfig,
 };
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::epilogue::ElemType;
@@ -419,9 +420,10 @@ fn qk_prep_kernels() {
     ];
     for (i, (p, l, s)) in shapes.into_iter().enumerate() {
         for gain in [true, false] {
-            for dx_t in [ElemType::F32, ElemType::Bf16] {
+            for (dy_t, dx_t) in [(ElemType::F32, ElemType::F32), (ElemType::F32, ElemType::Bf16), (ElemType::Bf16, ElemType::Bf16)] {
                 let mut cfg = QkPrepConfig::new(p, s.d as u32, l, gain);
                 cfg.dx = dx_t;
+                cfg.dy = dy_t;
                 let io = match p {
                     Precision::Bf16 => ElemType::Bf16,
                     Precision::F32 => ElemType::F32,
@@ -429,14 +431,14 @@ fn qk_prep_kernels() {
                 let n = s.b * s.h * s.t * s.d;
                 let mut rng = Lcg(300 + i as u64);
                 let x = gen(&mut rng, n, 2.0, io);
-                let dy = gen(&mut rng, n, 1.0, ElemType::F32);
+                let dy = gen(&mut rng, n, 1.0, dy_t);
                 let g: Vec<f64> = (0..s.h).map(|_| round_to(1.5 + 0.5 * rng.uniform(), ElemType::F32)).collect();
                 let gopt = gain.then_some(&g[..]);
                 let y_ref = prep_ref(l, &s, s.h, &x, gopt);
                 let (dx_ref, dg_ref) = prep_bwd_ref(l, &s, s.h, &x, gopt, &dy);
                 let sim = Sim::new();
                 let rb = sim.rope(&s);
-                let (bx, by, bdy, bdx) = (sim.upload(&x, io), sim.nan(n, io), sim.upload(&dy, ElemType::F32), sim.nan(n, dx_t));
+                let (bx, by, bdy, bdx) = (sim.upload(&x, io), sim.nan(n, io), sim.upload(&dy, dy_t), sim.nan(n, dx_t));
                 let (bg, bdg) = (sim.upload(&g, ElemType::F32), sim.upload(&vec![0.0; s.h], ElemType::F32));
                 let run = || -> Result<(), String> {
                     sim.prep(&cfg, &s, s.h, bx, by, gain.then_some(bg), &rb)?;
@@ -473,9 +475,9 @@ fn qk_prep_kernels() {
 /// attention forward -> dsum -> backward -> prep backward, against the f64
 /// chain: o, the raw-q and raw-k gradients, dv and the q_gain gradient.
 fn run_chain(p: Precision, l: AttnLayout, s: &Shape, seed: u64) -> Result<Vec<(String, f64, f64)>, String> {
-    let mut cfg = AttnConfig::new(p, s.d as u32, l);
-    cfg.grad_out = ElemType::F32;
+    let cfg = AttnConfig::new(p, s.d as u32, l).with_prologue(ElemType::F32);
     let ks = emit_attention(&cfg).map_err(|e| e.to_string())?;
+    let pk = ks.prologue.as_ref().expect("prologue kernels");
     let io = cfg.in_type();
     let (nq, nk) = (s.b * s.h * s.t * s.d, s.b * s.hk * s.t * s.d);
     let mut rng = Lcg(seed);
@@ -494,8 +496,8 @@ fn run_chain(p: Precision, l: AttnLayout, s: &Shape, seed: u64) -> Result<Vec<(S
 
     let sim = Sim::new();
     let rb = sim.rope(s);
-    let qcfg = QkPrepConfig::new(p, s.d as u32, l, true);
-    let kcfg = QkPrepConfig::new(p, s.d as u32, l, false);
+    let (qcfg, kcfg) = prologue_configs(&cfg, cfg.prologue.unwrap());
+    assert_eq!((pk.q.name(), pk.k_bwd.name()), (emit_qk_prep(&qcfg).unwrap().name(), emit_qk_prep_bwd(&kcfg).unwrap().name()));
     let (bqr, bkr, bv, bdo) = (sim.upload(&qraw, io), sim.upload(&kraw, io), sim.upload(&v, io), sim.upload(&dout, io));
     let (bg, bdg) = (sim.upload(&g, ElemType::F32), sim.upload(&vec![0.0; s.h], ElemType::F32));
     let (bq, bk) = (sim.nan(nq, io), sim.nan(nk, io));

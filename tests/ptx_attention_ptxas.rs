@@ -1,5 +1,6 @@
 //! Every attention kernel (forward, dsum, backward; bf16 and f32; both
-//! layouts; f32 and bf16 outputs) and every q/k prep kernel assembles with
+//! layouts; f32 and bf16 outputs; with the q/k prologue kernels) and every
+//! q/k prep variant assembles with
 //! `ptxas -arch=sm_90a -O3` with zero spill bytes and no stack frame, for
 //! head dims 8, 16, 32 and 64. Prints the registers and shared memory of each.
 
@@ -14,9 +15,9 @@ fn all_kernels() -> Vec<AttnKernel> {
     let mut out: Vec<AttnKernel> = vec![];
     for d in [8, 16, 32, 64] {
         for layout in [AttnLayout::Bhtd, AttnLayout::Bthd] {
-            let mut cfgs = vec![AttnConfig::new(Precision::F32, d, layout)];
+            let mut cfgs = vec![AttnConfig::new(Precision::F32, d, layout).with_prologue(ElemType::F32)];
             for (o, g) in [(ElemType::Bf16, ElemType::F32), (ElemType::F32, ElemType::F32), (ElemType::Bf16, ElemType::Bf16)] {
-                let mut c = AttnConfig::new(Precision::Bf16, d, layout);
+                let mut c = AttnConfig::new(Precision::Bf16, d, layout).with_prologue(ElemType::Bf16);
                 c.out = o;
                 c.grad_out = g;
                 cfgs.push(c);
@@ -36,7 +37,7 @@ fn all_kernels() -> Vec<AttnKernel> {
             }
         }
     }
-    // the dsum kernel does not depend on grad_out: keep one of each name
+    // the dsum and prep kernels recur across configurations: keep one of each name
     let mut seen = std::collections::BTreeSet::new();
     out.retain(|k| seen.insert(k.name().to_string()));
     out

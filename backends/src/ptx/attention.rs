@@ -65,7 +65,7 @@
 //! issued), stores and atomics are predicated. `scale` is a run-time
 //! parameter (the model uses `1 / sqrt(d)`).
 //!
-//! ## The q/k prologue ([`emit_qk_prep`], [`emit_qk_prep_bwd`])
+//! ## The q/k prologue ([`AttnConfig::prologue`], [`emit_qk_prep`], [`emit_qk_prep_bwd`])
 //!
 //! The model applies RMS norm over the head dimension, rotary embedding and
 //! (for q) `q_gain[h]` between the projections and the attention. This is a
@@ -74,8 +74,10 @@
 //! rotated once per (query block, query head) that reads each key tile, and
 //! the backward needs the normalized q and k again anyway; the prep kernel
 //! costs one pass over q and k (about a tenth of the attention's time at
-//! T = 2048) and stores exactly what both attention kernels read. See
-//! [`QkPrepConfig`] for its parameters.
+//! T = 2048) and stores exactly what both attention kernels read. With
+//! [`AttnConfig::prologue`] set, [`emit_attention`] returns the four prep
+//! kernels with the attention kernels ([`PrologueKernels`]); see
+//! [`QkPrepConfig`] for their parameters.
 
 mod ffma;
 mod mma;
@@ -118,6 +120,18 @@ pub struct AttnConfig {
     pub out: ElemType,
     /// Element type of `dk` and `dv` (f32 precision: must be F32).
     pub grad_out: ElemType,
+    /// The q/k prologue (RMS norm, rotary, `q_gain`): when set, q and k
+    /// arrive raw from the projections and [`emit_attention`] also emits the
+    /// prep kernels and their backward ([`PrologueKernels`]).
+    #[serde(default)]
+    pub prologue: Option<Prologue>,
+}
+
+/// The fused q/k prologue of an attention configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prologue {
+    /// Element type of the gradients of the raw q and k.
+    pub dx: ElemType,
 }
 
 impl AttnConfig {
@@ -126,7 +140,13 @@ impl AttnConfig {
             Precision::Bf16 => ElemType::Bf16,
             Precision::F32 => ElemType::F32,
         };
-        AttnConfig { precision, head_dim, layout, out: e, grad_out: ElemType::F32 }
+        AttnConfig { precision, head_dim, layout, out: e, grad_out: ElemType::F32, prologue: None }
+    }
+
+    /// With the q/k prologue (raw-gradient element type `dx`).
+    pub fn with_prologue(mut self, dx: ElemType) -> Self {
+        self.prologue = Some(Prologue { dx });
+        self
     }
 
     /// The element type of q, k, v and do.
@@ -141,7 +161,8 @@ impl AttnConfig {
         if !matches!(self.head_dim, 8 | 16 | 32 | 64) {
             return Err(AttnError(format!("head_dim {} is not 8, 16, 32 or 64", self.head_dim)));
         }
-        if self.precision == Precision::F32 && (self.out != ElemType::F32 || self.grad_out != ElemType::F32) {
+        let dx = self.prologue.map_or(ElemType::F32, |p| p.dx);
+        if self.precision == Precision::F32 && (self.out != ElemType::F32 || self.grad_out != ElemType::F32 || dx != ElemType::F32) {
             return Err(AttnError("f32 precision writes f32 outputs only".into()));
         }
         Ok(())
@@ -212,32 +233,69 @@ impl AttnKernel {
     }
 }
 
-/// The kernels of one attention configuration.
+/// The kernels of one attention configuration. Order of a training step:
+/// `prologue.q`, `prologue.k`, `fwd`; then `dot`, every `bwd`,
+/// `prologue.q_bwd` (its `dy` is the f32 `dq`), `prologue.k_bwd` (`dy` = `dk`).
 #[derive(Clone, Debug)]
 pub struct AttnKernels {
     pub fwd: AttnKernel,
     pub dot: AttnKernel,
     /// Launched in order with the same arguments.
     pub bwd: Vec<AttnKernel>,
+    pub prologue: Option<PrologueKernels>,
+}
+
+/// The q/k prep kernels of an attention with a [`Prologue`] (see [`QkPrepConfig`]).
+#[derive(Clone, Debug)]
+pub struct PrologueKernels {
+    /// `y = rope(rms_norm(q_raw)) * q_gain[h]`
+    pub q: AttnKernel,
+    /// `y = rope(rms_norm(k_raw))`
+    pub k: AttnKernel,
+    /// raw-q gradient and the `q_gain` gradient from the f32 `dq`
+    pub q_bwd: AttnKernel,
+    /// raw-k gradient from `dk` (element type [`AttnConfig::grad_out`])
+    pub k_bwd: AttnKernel,
 }
 
 impl AttnKernels {
     pub fn all(&self) -> Vec<&AttnKernel> {
         let mut v = vec![&self.fwd, &self.dot];
         v.extend(self.bwd.iter());
+        if let Some(p) = &self.prologue {
+            v.extend([&p.q, &p.k, &p.q_bwd, &p.k_bwd]);
+        }
         v
     }
+}
+
+/// The prep configurations of an attention's prologue: (q, k).
+pub fn prologue_configs(cfg: &AttnConfig, p: Prologue) -> (QkPrepConfig, QkPrepConfig) {
+    let mut q = QkPrepConfig::new(cfg.precision, cfg.head_dim, cfg.layout, true);
+    q.dx = p.dx;
+    let mut k = QkPrepConfig::new(cfg.precision, cfg.head_dim, cfg.layout, false);
+    k.dx = p.dx;
+    k.dy = cfg.grad_out;
+    (q, k)
 }
 
 /// Emit the forward, the `dsum` kernel and the backward kernel(s).
 pub fn emit_attention(cfg: &AttnConfig) -> Result<AttnKernels, AttnError> {
     cfg.validate()?;
+    let prologue = match cfg.prologue {
+        Some(p) => {
+            let (q, k) = prologue_configs(cfg, p);
+            Some(PrologueKernels { q: emit_qk_prep(&q)?, k: emit_qk_prep(&k)?, q_bwd: emit_qk_prep_bwd(&q)?, k_bwd: emit_qk_prep_bwd(&k)? })
+        }
+        None => None,
+    };
     Ok(match cfg.precision {
-        Precision::Bf16 => AttnKernels { fwd: mma::forward(cfg), dot: rows::dot(cfg), bwd: vec![mma::backward(cfg)] },
+        Precision::Bf16 => AttnKernels { fwd: mma::forward(cfg), dot: rows::dot(cfg), bwd: vec![mma::backward(cfg)], prologue },
         Precision::F32 => AttnKernels {
             fwd: ffma::forward(cfg),
             dot: rows::dot(cfg),
             bwd: vec![ffma::backward_dkdv(cfg), ffma::backward_dq(cfg)],
+            prologue,
         },
     })
 }
