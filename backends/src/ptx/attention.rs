@@ -65,6 +65,22 @@
 //! issued), stores and atomics are predicated. `scale` is a run-time
 //! parameter (the model uses `1 / sqrt(d)`).
 //!
+//! Resources (ptxas 12.x, `-arch=sm_90a -O3`, `[B, H, T, d]` layout; zero
+//! spills everywhere, `tests/ptx_attention_ptxas.rs`); registers / dynamic
+//! shared memory per block:
+//!
+//! | kernel | d = 8 | d = 16 | d = 32 | d = 64 |
+//! |---|---|---|---|---|
+//! | bf16 `fwd` (128 threads) | 65 / 15 KiB | 72 / 15 KiB | 86 / 25 KiB | 126 / 45 KiB |
+//! | bf16 `bwd` (128 threads) | 112 / 25 KiB | 101 / 25 KiB | 128 / 35 KiB | 229 / 55 KiB |
+//! | f32 `fwd` | 38 / 2 KiB | 62 / 4 KiB | 55 / 8 KiB | 56 / 16 KiB |
+//! | f32 `bwd` dk/dv, dq | 64, 48 | 110, 90 | 94, 79 | 96, 80 |
+//! | `dot`, prep, prep backward | 21-26, 24-26, 27-32 (no shared memory) | | | |
+//!
+//! The bf16 backward at d = 64 takes 55 KiB of dynamic shared memory: above
+//! 48 KiB the CUDA runtime must raise the kernel's dynamic shared-memory limit
+//! (`cuFuncSetAttribute`) before the launch, as for the large GEMM tiles.
+//!
 //! ## The q/k prologue ([`AttnConfig::prologue`], [`emit_qk_prep`], [`emit_qk_prep_bwd`])
 //!
 //! The model applies RMS norm over the head dimension, rotary embedding and

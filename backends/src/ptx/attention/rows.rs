@@ -150,13 +150,10 @@ impl QkPrepConfig {
             Precision::F32 => ElemType::F32,
         }
     }
-    pub fn tag(&self) -> String {
-        let e = |t: ElemType| match t {
-            ElemType::F32 => "f",
-            ElemType::Bf16 => "h",
-        };
+    /// Name stem of the forward kernel (independent of `dy`, `dx`).
+    pub fn fwd_tag(&self) -> String {
         format!(
-            "{}_d{}_{}_{}_{}{}",
+            "{}_d{}_{}_{}",
             match self.precision {
                 Precision::Bf16 => "bf16",
                 Precision::F32 => "f32",
@@ -164,9 +161,15 @@ impl QkPrepConfig {
             self.head_dim,
             self.layout.tag(),
             if self.gain { "g" } else { "ng" },
-            e(self.dy),
-            e(self.dx)
         )
+    }
+    /// Name stem of the backward kernel.
+    pub fn tag(&self) -> String {
+        let e = |t: ElemType| match t {
+            ElemType::F32 => "f",
+            ElemType::Bf16 => "h",
+        };
+        format!("{}_{}{}", self.fwd_tag(), e(self.dy), e(self.dx))
     }
     pub fn validate(&self) -> Result<(), AttnError> {
         if !matches!(self.head_dim, 8 | 16 | 32 | 64) {
@@ -309,7 +312,7 @@ fn prep_begin(b: &mut KernelBuilder, cfg: &QkPrepConfig, names: &[&str]) -> (Vec
 pub fn emit_qk_prep(cfg: &QkPrepConfig) -> Result<AttnKernel, AttnError> {
     cfg.validate()?;
     let d = cfg.head_dim;
-    let mut b = KernelBuilder::new(&format!("qk_prep_{}", cfg.tag()));
+    let mut b = KernelBuilder::new(&format!("qk_prep_{}", cfg.fwd_tag()));
     b.max_threads(THREADS, None);
     let names = ["x", "y", "gain", "cos", "sin"];
     let (ptrs, cx) = prep_begin(&mut b, cfg, &names);
