@@ -65,7 +65,7 @@
 //! issued), stores and atomics are predicated. `scale` is a run-time
 //! parameter (the model uses `1 / sqrt(d)`).
 //!
-//! Resources (ptxas 12.x, `-arch=sm_90a -O3`, `[B, H, T, d]` layout; zero
+//! Resources (ptxas 12.9, `-arch=sm_90a -O3`, `[B, H, T, d]` layout; zero
 //! spills everywhere, `tests/ptx_attention_ptxas.rs`); registers / dynamic
 //! shared memory per block:
 //!

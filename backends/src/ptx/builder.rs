@@ -1373,6 +1373,20 @@ mod tests {
     }
 
     #[test]
+    fn renders_shfl_and_lg2() {
+        let mut k = KernelBuilder::new("t");
+        let x = k.val(Type::F32, 1.0f32);
+        let y = k.shfl_bfly(x, 2);
+        assert_eq!(y.class, RegClass::F32);
+        let _ = k.unary(UnOp::Lg2Approx, Type::F32, y);
+        let mut m = Module::new();
+        m.push(k.finish());
+        let s = m.render();
+        assert!(s.contains("shfl.sync.bfly.b32 %f1, %f0, 2, 31, 4294967295;"), "{s}");
+        assert!(s.contains("lg2.approx.f32 %f2, %f1;"), "{s}");
+    }
+
+    #[test]
     #[should_panic(expected = "ill-typed")]
     fn rejects_ill_typed() {
         let mut k = KernelBuilder::new("t");
