@@ -1,11 +1,32 @@
-//! `pgc compile`: model source -> IR (JSON, text) -> backward graph -> kernel plan; report.
+//! `pgc compile`: model source -> IR (JSON, text) -> backward graph -> kernel
+//! plan -> PTX program; report.
+//!
+//! With `-o DIR` (or `--emit plan,ptx,report`), the train and eval graphs are
+//! planned for the PTX backend (the fusion rules it supports, minus
+//! `--no-fuse`) and compiled: `DIR/model.ptx` holds the train program's
+//! module (forward + backward), `DIR/model.eval.ptx` the eval program's, and
+//! `plan.json` the plans with their launch geometry. ptxas (found through
+//! `PGC_PTXAS`, `PATH` or `.tools/`) assembles the train module once, for
+//! sm_90a, and report.json gets, per kernel, its FLOPs, minimum bytes, floor
+//! and ptxas figures (see [`kernel_rows`]).
 
 use super::{CliResult, Failure};
 use anyhow::Context;
-use pgc_ir::plan::{FusionRule, Plan, PlanOptions, Precision};
+use pgc_backends::ptx::program::Program;
+use pgc_backends::ptx::ptxas::{self, PtxasReport};
+use pgc_ir::plan::{FusionRule, KernelKind, Plan, Precision};
 use pgc_ir::report::Report;
 use pgc_ir::{Graph, Mode};
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// H100 SXM5 datasheet peaks used for each kernel's floor: dense bf16 tensor-core
+/// FLOP/s (989.4 TFLOPS without sparsity), fp32 non-tensor FLOP/s (66.9 TFLOPS),
+/// HBM3 bandwidth (3.35 TB/s).
+pub const PEAK_BF16_FLOPS: f64 = 989e12;
+pub const PEAK_F32_FLOPS: f64 = 67e12;
+pub const PEAK_BYTES_PER_S: f64 = 3.35e12;
 
 /// Passes whose result `--dump-after` can print, in pipeline order.
 pub const PASSES: &[&str] = &["lower", "autodiff"];
@@ -20,6 +41,8 @@ pub enum Emit {
     Report,
     /// plan.json: the kernel plans (train: forward+backward; eval: forward).
     Plan,
+    /// model.ptx: the train program's PTX module.
+    Ptx,
 }
 
 #[derive(clap::Args)]
@@ -45,6 +68,9 @@ pub struct CompileArgs {
     /// Kernel precision: bf16 tensor cores with fp32 accumulation, or all fp32.
     #[arg(long, value_enum, default_value = "bf16")]
     pub precision: PlanPrecision,
+    /// Do not run ptxas (no registers / spills / shared memory in the report).
+    #[arg(long)]
+    pub no_ptxas: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +80,7 @@ pub enum PlanPrecision {
 }
 
 pub fn run(args: CompileArgs) -> CliResult {
+    let t_start = Instant::now();
     let sets = super::parse_sets(&args.sets)?;
     let path = args.model.display().to_string();
     let bytes = std::fs::read(&args.model).map_err(|e| Failure::BadInput(format!("error: cannot read {path}: {e}")))?;
@@ -75,11 +102,98 @@ pub fn run(args: CompileArgs) -> CliResult {
         PlanPrecision::Bf16 => Precision::Bf16,
         PlanPrecision::F32 => Precision::F32,
     };
-    let plans = [("train", plan_for(&train, precision, &args.no_fuse, true)?), ("eval", plan_for(&eval, precision, &args.no_fuse, false)?)];
+    let disabled: Vec<FusionRule> = args.no_fuse.iter().filter_map(|n| FusionRule::parse(n)).collect();
+    let mut plans = [("train", plan_for(&train, precision, &disabled, true)?), ("eval", plan_for(&eval, precision, &disabled, false)?)];
+
+    // The PTX programs (and ptxas), when something that needs them is asked for.
+    let want_ptx = args.out.is_some() || args.emit.iter().any(|e| matches!(e, Emit::Ptx | Emit::Plan | Emit::Report));
+    let mut notes = String::new();
+    let mut warnings = String::new();
+    let mut ptx_json = json!(null);
+    let mut programs: [Option<Program>; 2] = [None, None];
+    let mut ptxas_report: Option<PtxasReport> = None;
+    if want_ptx {
+        let t0 = Instant::now();
+        for (i, g) in [&train, &eval].into_iter().enumerate() {
+            match super::run::compile_ptx(g, &plans[i].1) {
+                Ok(p) => {
+                    plans[i].1 = p.plan.clone();
+                    programs[i] = Some(p);
+                }
+                Err(e) => warnings.push_str(&format!("warning: no PTX for the {} program: {e}\n", plans[i].0)),
+            }
+        }
+        let ptx_s = t0.elapsed().as_secs_f64();
+        ptx_json = json!({ "precision": format!("{precision:?}").to_lowercase(), "compile_seconds": ptx_s });
+        let unsupported: Vec<&str> = FusionRule::ALL
+            .into_iter()
+            .filter(|r| !disabled.contains(r) && !super::run::ptx_supported_rules().contains(r))
+            .map(FusionRule::name)
+            .collect();
+        if !unsupported.is_empty() {
+            notes.push_str(&format!("note: fusion rules the PTX backend does not implement yet (off): {}\n", unsupported.join(", ")));
+            ptx_json["rules_off_unsupported"] = json!(unsupported);
+        }
+        match &programs[0] {
+            Some(p) => {
+                ptx_json["train"] = json!({ "file": "model.ptx", "bytes": p.ptx.len(), "entries": entry_count(p), "launches": p.launches.len() });
+                if args.no_ptxas {
+                    ptx_json["ptxas"] = json!({ "skipped": "--no-ptxas" });
+                } else {
+                    match ptxas::find_ptxas() {
+                        None => {
+                            warnings.push_str("warning: ptxas not found (set PGC_PTXAS, put it on PATH, or run scripts/install-ptxas): no register / spill figures\n");
+                            ptx_json["ptxas"] = json!({ "error": "not found" });
+                        }
+                        Some(exe) => {
+                            let t = Instant::now();
+                            match ptxas::assemble_with(&exe, &p.ptx) {
+                                Ok(r) => {
+                                    let secs = t.elapsed().as_secs_f64();
+                                    let max_reg = r.kernels.iter().map(|k| k.registers).max().unwrap_or(0);
+                                    let spills: u64 = r.kernels.iter().map(|k| (k.spill_stores + k.spill_loads) as u64).sum();
+                                    notes.push_str(&format!(
+                                        "ptxas (sm_90a, train module): {} kernels, max {} registers, {} spill bytes, {:.2} s\n",
+                                        r.kernels.len(),
+                                        max_reg,
+                                        spills,
+                                        secs
+                                    ));
+                                    ptx_json["ptxas"] = json!({
+                                        "path": r.ptxas.display().to_string(), "seconds": secs, "kernels": r.kernels.len(),
+                                        "max_registers": max_reg, "spill_bytes": spills,
+                                    });
+                                    ptxas_report = Some(r);
+                                }
+                                Err(e) => {
+                                    warnings.push_str(&format!("warning: ptxas rejected model.ptx: {e}\n"));
+                                    ptx_json["ptxas"] = json!({ "error": e.to_string() });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            None => ptx_json["error"] = json!(warnings.trim_end()),
+        }
+        if let Some(p) = &programs[1] {
+            ptx_json["eval"] = json!({ "file": "model.eval.ptx", "bytes": p.ptx.len(), "entries": entry_count(p), "launches": p.launches.len() });
+        }
+    }
+    let mut report_value = report.to_json();
+    if want_ptx {
+        report_value["ptx"] = ptx_json;
+        report_value["kernels"] = json!({
+            "peaks": { "bf16_flops": PEAK_BF16_FLOPS, "f32_flops": PEAK_F32_FLOPS, "bytes_per_s": PEAK_BYTES_PER_S, "card": "H100 SXM5 datasheet" },
+            "train": kernel_rows(&plans[0].1, programs[0].as_ref(), ptxas_report.as_ref()),
+            "eval": kernel_rows(&plans[1].1, programs[1].as_ref(), None),
+        });
+    }
+
     let plan_json = serde_json::to_string_pretty(&serde_json::json!({ plans[0].0: plans[0].1, plans[1].0: plans[1].1 }))
         .context("serializing the plan")?
         + "\n";
-    let report_json = serde_json::to_string_pretty(&report.to_json()).context("serializing the report")? + "\n";
+    let report_json = serde_json::to_string_pretty(&report_value).context("serializing the report")? + "\n";
     let ir_json = serde_json::to_string(&graph).context("serializing the IR")? + "\n";
 
     let mut stdout = String::new();
@@ -88,6 +202,12 @@ pub fn run(args: CompileArgs) -> CliResult {
         ("report.json".into(), report_json.clone()),
         ("plan.json".into(), plan_json.clone()),
     ];
+    if let Some(p) = &programs[0] {
+        files.push(("model.ptx".into(), p.ptx.clone()));
+    }
+    if let Some(p) = &programs[1] {
+        files.push(("model.eval.ptx".into(), p.ptx.clone()));
+    }
     for pass in &args.dump_after {
         let text = dump(if pass == "autodiff" { &train } else { &graph });
         stdout.push_str(&format!("// IR after pass `{pass}`\n{text}"));
@@ -99,6 +219,10 @@ pub fn run(args: CompileArgs) -> CliResult {
             Emit::Json => stdout.push_str(&ir_json),
             Emit::Report => stdout.push_str(&report_json),
             Emit::Plan => stdout.push_str(&plan_json),
+            Emit::Ptx => match &programs[0] {
+                Some(p) => stdout.push_str(&p.ptx),
+                None => return Err(Failure::Other(anyhow::anyhow!("--emit ptx: {}", warnings.trim_end()))),
+            },
         }
     }
     if let Some(dir) = &args.out {
@@ -108,6 +232,11 @@ pub fn run(args: CompileArgs) -> CliResult {
     for (name, plan) in &plans {
         summary.push_str(&format!("plan {name}: {}", plan.summary()));
     }
+    summary.push_str(&notes);
+    if want_ptx {
+        summary.push_str(&format!("compile: {:.2} s\n", t_start.elapsed().as_secs_f64()));
+    }
+    eprint!("{warnings}");
     if stdout.is_empty() {
         print!("{summary}");
     } else {
@@ -117,20 +246,83 @@ pub fn run(args: CompileArgs) -> CliResult {
     Ok(())
 }
 
-/// The kernel plan of a graph: train plans store the loss and every gradient,
+/// The kernel plan of a graph for the PTX backend (its supported fusion
+/// rules minus `disabled`): train plans store the loss and every gradient,
 /// eval plans the loss and the logits.
-fn plan_for(g: &Graph, precision: Precision, no_fuse: &[String], train: bool) -> Result<Plan, Failure> {
-    let mut opts = PlanOptions::all(g, precision);
-    for name in no_fuse {
-        // clap has checked the names against FusionRule::ALL.
-        if let Some(rule) = FusionRule::parse(name) {
-            opts.rules.remove(&rule);
-        }
-    }
+fn plan_for(g: &Graph, precision: Precision, disabled: &[FusionRule], train: bool) -> Result<Plan, Failure> {
+    let mut outputs: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
     if g.output("loss").is_some() {
-        opts.outputs.retain(|o| if train { o != "logits" } else { o == "loss" || o == "logits" });
+        outputs.retain(|o| if train { o != "logits" } else { o == "loss" || o == "logits" });
     }
-    pgc_ir::plan::build(g, &opts).map_err(|e| Failure::Other(e.into()))
+    super::run::ptx_plan(g, precision, &outputs, disabled)
+}
+
+fn entry_count(p: &Program) -> usize {
+    pgc_runtime::exec::ptx_entries(&p.ptx).len()
+}
+
+/// Whether a kernel's FLOPs run on tensor cores (bf16 plans: matrix products and attention).
+fn on_tensor_cores(plan: &Plan, kind: KernelKind) -> bool {
+    plan.precision == Precision::Bf16
+        && matches!(kind, KernelKind::Gemm | KernelKind::Attention | KernelKind::AttentionBackward | KernelKind::LmHead)
+}
+
+/// One report row per plan kernel: name, kind, FLOPs, minimum bytes and the
+/// floor `max(flops / peak, min_bytes / bandwidth)` (peak: bf16 tensor cores
+/// for the matrix-product kinds of a bf16 plan, else fp32), which bound sets
+/// it; with a program, its launches' entries; with a ptxas report, per entry
+/// registers, spill bytes (stores + loads), static shared memory, and the
+/// kernel's dynamic shared memory, with the kernel's maxima.
+pub fn kernel_rows(plan: &Plan, program: Option<&Program>, ptxas: Option<&PtxasReport>) -> Value {
+    let rows: Vec<Value> = plan
+        .kernels
+        .iter()
+        .enumerate()
+        .map(|(k, kr)| {
+            let tc = on_tensor_cores(plan, kr.kind);
+            let compute_s = kr.flops as f64 / if tc { PEAK_BF16_FLOPS } else { PEAK_F32_FLOPS };
+            let memory_s = kr.min_bytes as f64 / PEAK_BYTES_PER_S;
+            let mut row = json!({
+                "name": kr.name,
+                "kind": kr.kind, // as in plan.json
+                "flops": kr.flops,
+                "min_bytes": kr.min_bytes,
+                "floor_s": compute_s.max(memory_s),
+                "bound": if compute_s >= memory_s { "compute" } else { "memory" },
+                "peak": if tc { "bf16" } else { "f32" },
+            });
+            if let Some(p) = program {
+                let mut entries: Vec<Value> = Vec::new();
+                let (mut max_reg, mut spills, mut max_smem) = (0u32, 0u64, 0u64);
+                let mut seen = std::collections::BTreeSet::new();
+                for l in p.launches.iter().filter(|l| l.plan_kernel == k) {
+                    if !seen.insert(l.entry.clone()) {
+                        continue;
+                    }
+                    let mut e = json!({ "entry": l.entry, "grid": l.grid, "block": l.block, "dynamic_shared_bytes": l.shared_bytes });
+                    if let Some(r) = ptxas.and_then(|r| r.kernel(&l.entry)) {
+                        let sp = (r.spill_stores + r.spill_loads) as u64;
+                        e["registers"] = json!(r.registers);
+                        e["spill_bytes"] = json!(sp);
+                        e["static_shared_bytes"] = json!(r.shared_bytes);
+                        max_reg = max_reg.max(r.registers);
+                        spills += sp;
+                        max_smem = max_smem.max(r.shared_bytes as u64 + l.shared_bytes as u64);
+                    }
+                    entries.push(e);
+                }
+                row["launches"] = json!(p.launches.iter().filter(|l| l.plan_kernel == k).count());
+                row["entries"] = json!(entries);
+                if ptxas.is_some() {
+                    row["registers"] = json!(max_reg);
+                    row["spill_bytes"] = json!(spills);
+                    row["shared_bytes"] = json!(max_smem);
+                }
+            }
+            row
+        })
+        .collect();
+    Value::Array(rows)
 }
 
 fn dump(g: &Graph) -> String {
@@ -165,4 +357,85 @@ fn write_all_atomic(dir: &Path, files: &[(String, String)]) -> Result<(), Failur
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgc_backends::ptx::builder::Module;
+    use pgc_backends::ptx::epilogue::{ElemType, Epilogue};
+    use pgc_backends::ptx::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GemmPrecision};
+    use pgc_backends::ptx::program::{ArgRef, LaunchStep};
+
+    fn tiny_train() -> Graph {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/11l.pgdsl");
+        let src = std::fs::read_to_string(path).unwrap();
+        let sets: Vec<(String, String)> =
+            [("vocab", "64"), ("dim", "32"), ("heads", "4"), ("kv_heads", "2"), ("layers", "2"), ("seq", "16"), ("batch", "2")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let g = pgc_frontend::compile_model(&src, path, &sets, Mode::Train).unwrap();
+        pgc_ir::passes::autodiff::backward(&g, "loss").unwrap()
+    }
+
+    /// A program with one real GEMM kernel (two launches of one entry) attached to the plan's first GEMM kernel.
+    fn program(plan: &Plan) -> (Program, usize) {
+        let k = plan.kernels.iter().position(|k| k.kind == KernelKind::Gemm).unwrap();
+        let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(ElemType::F32));
+        let gk = emit_gemm(&cfg).unwrap();
+        let mut m = Module::new();
+        m.push(gk.kernel.clone());
+        let step = LaunchStep {
+            plan_kernel: k,
+            entry: gk.name().to_string(),
+            grid: gk.grid(100, 72),
+            block: gk.block(),
+            shared_bytes: gk.smem_bytes,
+            args: vec![ArgRef::U32(0)],
+            zero_first: vec![],
+        };
+        (Program { plan: plan.clone(), ptx: m.render(), launches: vec![step.clone(), step], aux: vec![] }, k)
+    }
+
+    #[test]
+    fn kernel_rows_carry_floor_entries_and_ptxas_figures() {
+        let g = tiny_train();
+        let plan = plan_for(&g, Precision::Bf16, &[], true).unwrap();
+        let (prog, k) = program(&plan);
+        let rows = kernel_rows(&plan, Some(&prog), None);
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), plan.kernels.len());
+        for (r, kr) in rows.iter().zip(&plan.kernels) {
+            assert_eq!(r["name"], kr.name.as_str());
+            assert_eq!(r["flops"], kr.flops);
+            assert_eq!(r["min_bytes"], kr.min_bytes);
+            let tc = on_tensor_cores(&plan, kr.kind);
+            let want = (kr.flops as f64 / if tc { PEAK_BF16_FLOPS } else { PEAK_F32_FLOPS }).max(kr.min_bytes as f64 / PEAK_BYTES_PER_S);
+            assert_eq!(r["floor_s"].as_f64().unwrap(), want, "{}", kr.name);
+        }
+        assert_eq!(rows[k]["kind"], "gemm");
+        assert_eq!(rows[k]["kind"], serde_json::to_value(KernelKind::Gemm).unwrap());
+        assert_eq!(rows[k]["peak"], "bf16");
+        assert_eq!(rows[k]["launches"], 2);
+        assert_eq!(rows[k]["entries"].as_array().unwrap().len(), 1, "one row per distinct entry");
+        assert!(rows[k].get("registers").is_none(), "no ptxas figures without ptxas");
+
+        let Some(report) = ptxas::assemble_or_skip(&prog.ptx, "the compile report's GEMM") else { return };
+        let rows = kernel_rows(&plan, Some(&prog), Some(&report));
+        let row = &rows.as_array().unwrap()[k];
+        let regs = row["registers"].as_u64().unwrap();
+        assert!(regs > 16 && regs <= 255, "{row}");
+        assert_eq!(row["spill_bytes"], 0);
+        assert!(row["shared_bytes"].as_u64().unwrap() >= prog.launches[0].shared_bytes as u64);
+        assert_eq!(row["entries"][0]["registers"].as_u64().unwrap(), regs);
+    }
+
+    #[test]
+    fn f32_plans_use_the_fp32_peak() {
+        let g = tiny_train();
+        let plan = plan_for(&g, Precision::F32, &[], true).unwrap();
+        let rows = kernel_rows(&plan, None, None);
+        assert!(rows.as_array().unwrap().iter().all(|r| r["peak"] == "f32" && r.get("entries").is_none()));
+    }
 }

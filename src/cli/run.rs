@@ -235,8 +235,9 @@ fn output_names(graph: &Graph, with_grads: bool) -> Vec<String> {
 
 /// The fusion rules the PTX backend implements: plans for it use only these.
 pub(crate) fn ptx_supported_rules() -> BTreeSet<FusionRule> {
-    // Until backends/src/ptx/compile.rs lands: no fusion (each op its own kernel).
-    BTreeSet::new()
+    // Until backends/src/ptx/compile.rs lands (its compile_program is stubbed
+    // below), plans keep every rule.
+    FusionRule::ALL.into_iter().collect::<BTreeSet<_>>()
 }
 
 /// Compile a plan to a PTX program (errors as text: e.g. a kernel kind with no emitter yet).
