@@ -455,7 +455,7 @@ impl<'a> Executor<'a> {
     /// Set a region to zero with the helper kernels.
     fn zero(&self, r: &Region) -> std::result::Result<(), DeviceError> {
         let addr = r.buf.addr + r.offset;
-        let (n16, tail) = if addr % 16 == 0 { (r.bytes / 16, r.bytes % 16) } else { (0, r.bytes) };
+        let (n16, tail) = if addr.is_multiple_of(16) { (r.bytes / 16, r.bytes % 16) } else { (0, r.bytes) };
         if n16 > 0 {
             self.dev.launch(&self.helpers, "pgc_exec_zero16", helper_cfg(n16), &[KernelArg::Buf(r.buf, r.offset), KernelArg::U64(n16)])?;
         }
@@ -479,7 +479,7 @@ impl<'a> Executor<'a> {
         let staging = self.dev.alloc(r.bytes as usize).map_err(dev_err("allocating a staging buffer"))?;
         let copied = (|| -> std::result::Result<(), DeviceError> {
             let src = r.buf.addr + r.offset;
-            let (n16, tail) = if src % 16 == 0 { (r.bytes / 16, r.bytes % 16) } else { (0, r.bytes) };
+            let (n16, tail) = if src.is_multiple_of(16) { (r.bytes / 16, r.bytes % 16) } else { (0, r.bytes) };
             if n16 > 0 {
                 let args = [KernelArg::Buf(staging, 0), KernelArg::Buf(r.buf, r.offset), KernelArg::U64(n16)];
                 self.dev.launch(&self.helpers, "pgc_exec_copy16", helper_cfg(n16), &args)?;
