@@ -1,5 +1,6 @@
 //! pgc runtime: the device abstraction, the PTX simulator, weights and tokens I/O.
 
+pub mod cuda;
 pub mod device;
 pub mod exec;
 pub mod sim;
