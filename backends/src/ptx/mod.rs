@@ -22,8 +22,11 @@
 
 pub mod attention;
 pub mod builder;
+pub mod compile;
 pub mod epilogue;
 pub mod gemm;
+pub mod kinds;
+pub mod pointwise;
 pub mod program;
 pub mod ptxas;
 pub mod testing;

@@ -1,0 +1,153 @@
+//! The PTX backend's entry point: a kernel plan -> a [`Program`] (one PTX
+//! module and the ordered launches that run the plan).
+//!
+//! [`compile_program`] walks the plan's kernels in order and hands each to
+//! the emitter of its kind (`kinds/`); every emitter produces one or more
+//! launches of entries in the one module, and the plan comes back with each
+//! kernel's launch geometry filled in (its main launch). See
+//! [`supported_rules`] for the fusion rules the emitters implement.
+
+use super::builder::Module;
+use super::kinds;
+use super::pointwise::graph::BufArg;
+use super::program::{ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
+use pgc_ir::plan::{FusionRule, KernelKind, Launch, Plan};
+use pgc_ir::Graph;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PtxError {
+    /// Something the emitters do not handle (a shape, an op in a place, a kind).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("plan kernel `{kernel}` ({kind}): {msg}")]
+    Kernel { kernel: String, kind: &'static str, msg: String },
+    #[error(transparent)]
+    Gemm(#[from] super::gemm::GemmError),
+    #[error(transparent)]
+    Attention(#[from] super::attention::AttnError),
+}
+
+/// The fusion rules the emitters implement; plans for this backend should be
+/// built with only these.
+///
+/// Missing:
+/// * `lm-head-cross-entropy`: the LM head is emitted as the logits GEMM into
+///   a scratch buffer followed by a row-wise cross-entropy launch, not as one
+///   kernel; with the rule off the plan's separate kernels do the same work.
+/// * `qk-prologue-into-attention`: the q/k prologue would run as a row-wise
+///   launch into scratch before the attention launch (no bytes saved); with the
+///   rule off it is an ordinary row-wise kernel.
+pub fn supported_rules() -> BTreeSet<FusionRule> {
+    [FusionRule::Elementwise, FusionRule::Rowwise, FusionRule::GemmEpilogue, FusionRule::RmsnormIntoGemm, FusionRule::AttentionBackwardTogether]
+        .into_iter()
+        .collect()
+}
+
+/// State shared by the emitters while compiling one plan.
+pub struct Ctx<'a> {
+    pub g: &'a Graph,
+    pub plan: &'a Plan,
+    pub module: Module,
+    pub launches: Vec<LaunchStep>,
+    pub aux: Vec<AuxBuffer>,
+    /// The plan kernel being compiled.
+    pub kernel: usize,
+    /// Attention forward node -> aux buffer holding its log-sum-exp rows.
+    pub lse: HashMap<usize, usize>,
+    names: HashSet<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(g: &'a Graph, plan: &'a Plan) -> Self {
+        Ctx { g, plan, module: Module::new(), launches: Vec::new(), aux: Vec::new(), kernel: 0, lse: HashMap::new(), names: HashSet::new() }
+    }
+
+    /// A rotary table (one per distinct shape and base).
+    pub fn rope_aux(&mut self, positions: usize, half: usize, base: f64) -> usize {
+        let want = AuxBuffer::RopeTable { positions, half, base };
+        if let Some(i) = self.aux.iter().position(|a| *a == want) {
+            return i;
+        }
+        self.aux.push(want);
+        self.aux.len() - 1
+    }
+
+    /// A scratch buffer of `bytes` (at least 4).
+    pub fn scratch(&mut self, bytes: u64) -> usize {
+        self.aux.push(AuxBuffer::Scratch { bytes: bytes.max(4).next_multiple_of(16) });
+        self.aux.len() - 1
+    }
+
+    pub fn resolve(&mut self, a: &BufArg) -> ArgRef {
+        match a {
+            BufArg::Ref(r) => r.clone(),
+            BufArg::Rope { positions, half, base } => ArgRef::Aux(self.rope_aux(*positions, *half, *base)),
+        }
+    }
+
+    /// An entry name derived from `base`, unique in the module.
+    pub fn unique_name(&mut self, base: &str) -> String {
+        let clean: String = base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+        let mut name = clean.clone();
+        let mut i = 1;
+        while !self.names.insert(name.clone()) {
+            name = format!("{clean}_{i}");
+            i += 1;
+        }
+        name
+    }
+
+    /// Append a launch of `entry` for the current plan kernel.
+    pub fn launch(&mut self, entry: &str, l: Launch, args: Vec<ArgRef>, zero_first: Vec<ZeroRef>) {
+        self.launches.push(LaunchStep {
+            plan_kernel: self.kernel,
+            entry: entry.to_string(),
+            grid: l.grid,
+            block: l.block,
+            shared_bytes: l.shared_bytes,
+            args,
+            zero_first,
+        });
+    }
+}
+
+fn check_sizes(g: &Graph) -> Result<(), PtxError> {
+    for (i, n) in g.nodes.iter().enumerate() {
+        if n.ty.numel() >= (1usize << 31) {
+            return Err(PtxError::Unsupported(format!("%{i} has {} elements; kernels index with 32-bit integers (at most 2^31 - 1)", n.ty.numel())));
+        }
+    }
+    Ok(())
+}
+
+/// Compile a kernel plan of `g` to a PTX program.
+pub fn compile_program(g: &Graph, plan: &Plan) -> Result<Program, PtxError> {
+    if plan.values.len() != g.nodes.len() {
+        return Err(PtxError::Unsupported(format!("the plan places {} values but the graph has {} nodes", plan.values.len(), g.nodes.len())));
+    }
+    check_sizes(g)?;
+    let mut cx = Ctx::new(g, plan);
+    let mut geo: Vec<Option<Launch>> = Vec::with_capacity(plan.kernels.len());
+    for (ki, k) in plan.kernels.iter().enumerate() {
+        cx.kernel = ki;
+        let r = match k.kind {
+            KernelKind::Gemm | KernelKind::LmHead => kinds::gemm::emit_kernel(&mut cx, ki),
+            KernelKind::Attention | KernelKind::AttentionBackward => kinds::attention::emit_kernel(&mut cx, ki),
+            KernelKind::Elementwise
+            | KernelKind::RowWise
+            | KernelKind::Reduce
+            | KernelKind::Gather
+            | KernelKind::Scatter
+            | KernelKind::WeightPrep
+            | KernelKind::CrossEntropy => kinds::fused::emit_kernel(&mut cx, ki),
+        };
+        let l = r.map_err(|e| PtxError::Kernel { kernel: k.name.clone(), kind: k.kind.name(), msg: e.to_string() })?;
+        geo.push(Some(l));
+    }
+    let mut plan = plan.clone();
+    for (k, l) in plan.kernels.iter_mut().zip(geo) {
+        k.launch = l;
+    }
+    Ok(Program { plan, ptx: cx.module.render(), launches: cx.launches, aux: cx.aux })
+}

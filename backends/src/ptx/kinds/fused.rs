@@ -1,0 +1,516 @@
+//! Fused launches: the emitter shared by the element-wise, row-wise,
+//! reduction, gather, scatter, cross-entropy and weight-preparation kernels
+//! (and by the staging launches of GEMMs and attention).
+//!
+//! A [`Fused`] launch is a list of independent [`Section`]s over one grid of
+//! `256`-thread blocks; each section stores some outputs:
+//! * [`Section::Items`]: a grid-stride loop over `n` work items (one thread
+//!   per element of an output; per `(output element, chunk)` of a reduction
+//!   over leading axes; per element of a scatter-add).
+//! * [`Section::Rows`]: a warp-stride loop over `rows` rows, one warp per row:
+//!   row-level values first (the row reductions, lanes splitting the row and
+//!   combining with `shfl.sync.bfly`, and everything else that depends only
+//!   on the row), stored once per row by lane 0; then a lane-strided loop over
+//!   the `len` columns storing the per-element outputs.
+//!
+//! Stores are plain (`st.global`, bf16 rounded to nearest) or atomic
+//! (`red.global.add.f32` into an output the launch zero-fills first).
+
+use crate::ptx::builder::*;
+use crate::ptx::compile::{Ctx, PtxError};
+use crate::ptx::pointwise::expr::*;
+use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
+use crate::ptx::pointwise::lower::{red_add, store, Lower};
+use crate::ptx::program::{ArgRef, ZeroRef};
+use pgc_ir::plan::{Launch, Place, Storage};
+use pgc_ir::{DType, Op, ReduceFn, ValueId};
+
+pub const THREADS: u32 = 256;
+/// Most blocks a fused launch uses (grid-stride loops cover the rest).
+pub const MAX_BLOCKS: u32 = 4096;
+/// Work items a chunked reduction aims for (enough to fill an H100).
+const TARGET_ITEMS: u64 = 1 << 17;
+
+/// One output store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub buf: Buf,
+    pub index: E,
+    pub value: E,
+    /// `red.global.add.f32` instead of a store.
+    pub atomic: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Section {
+    Items { var: Var, n: u32, stores: Vec<Store> },
+    Rows { row: Var, col: Var, rows: u32, len: u32, row_stores: Vec<Store>, col_stores: Vec<Store> },
+}
+
+impl Section {
+    fn roots(&self) -> Vec<E> {
+        let st = |s: &[Store]| s.iter().flat_map(|s| [s.index, s.value]).collect::<Vec<_>>();
+        match self {
+            Section::Items { stores, .. } => st(stores),
+            Section::Rows { row_stores, col_stores, .. } => {
+                let mut v = st(row_stores);
+                v.extend(st(col_stores));
+                v
+            }
+        }
+    }
+    fn blocks(&self) -> u64 {
+        match self {
+            Section::Items { n, .. } => (*n as u64).div_ceil(THREADS as u64),
+            Section::Rows { rows, .. } => (*rows as u64).div_ceil((THREADS / 32) as u64),
+        }
+    }
+}
+
+/// A launch under construction.
+pub struct Fused<'g> {
+    pub gx: GraphExprs<'g>,
+    pub sections: Vec<Section>,
+    pub zero_first: Vec<ZeroRef>,
+}
+
+impl<'g> Fused<'g> {
+    pub fn new(gx: GraphExprs<'g>) -> Self {
+        Fused { gx, sections: Vec::new(), zero_first: Vec::new() }
+    }
+}
+
+pub fn elem_of(s: Storage) -> Elem {
+    match s {
+        Storage::F32 => Elem::F32,
+        Storage::Bf16 => Elem::Bf16,
+        Storage::I32 => Elem::I32,
+    }
+}
+
+/// How a non-GEMM kernel reads a stored value: arena slot, fp32 master or run-time input.
+pub fn plain_source(cx: &Ctx, v: ValueId) -> Result<(Elem, ArgRef), PtxError> {
+    Ok(match &cx.plan.values[v.index()] {
+        Place::Arena(s) => (elem_of(s.storage), ArgRef::Value(v)),
+        Place::Param { name, .. } => (Elem::F32, ArgRef::ParamMaster(name.clone())),
+        Place::Input { .. } => (if cx.g.ty(v).dtype == DType::I32 { Elem::I32 } else { Elem::F32 }, ArgRef::Value(v)),
+        other => return Err(PtxError::Unsupported(format!("%{} is read but not stored ({other:?})", v.index()))),
+    })
+}
+
+/// Where a kernel writes output `v`.
+pub fn output_target(cx: &Ctx, v: ValueId) -> Result<(Elem, ArgRef), PtxError> {
+    Ok(match &cx.plan.values[v.index()] {
+        Place::Arena(s) | Place::Param { prepared: Some(s), .. } => (elem_of(s.storage), ArgRef::Value(v)),
+        other => return Err(PtxError::Unsupported(format!("output %{} has no slot ({other:?})", v.index()))),
+    })
+}
+
+/// Emit a fused launch as entry `name`; returns its geometry.
+pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
+    let Fused { gx, sections, zero_first } = f;
+    let blocks = sections.iter().map(|s| s.blocks()).max().unwrap_or(1).clamp(1, MAX_BLOCKS as u64) as u32;
+    let stride = blocks * THREADS;
+    let nwarps = stride / 32;
+    let mut b = KernelBuilder::new(name);
+    b.max_threads(THREADS, None);
+    let params: Vec<Param> = (0..gx.x.bufs.len()).map(|i| b.param(&format!("b{i}"), ParamType::U64)).collect();
+    let x = &gx.x;
+    let mut lw = Lower::new(x);
+    for (i, p) in params.iter().enumerate() {
+        let r = b.ld_param_global_ptr(p);
+        lw.bind_buf(Buf(i as u32), r);
+    }
+    let tid = b.special(Special::TidX);
+    let ctaid = b.special(Special::CtaidX);
+    let gtid = b.mad_lo(Type::U32, ctaid, THREADS, tid);
+    let lane = b.bin(BinOp::And, Type::U32, tid, 31u32);
+    let gwarp = b.bin(BinOp::Shr, Type::U32, gtid, 5u32);
+    lw.lane = Some(lane);
+    lw.converged = true;
+    for s in &sections {
+        let roots = s.roots();
+        lw.hoist(&mut b, &roots);
+        match s {
+            Section::Items { var, n, stores } => {
+                b.comment(format!("items: {n}"));
+                b.for_range(gtid, *n, stride, false, |b, i| {
+                    lw.push_scope();
+                    lw.bind(*var, i, false);
+                    lw.converged = false;
+                    for st in stores {
+                        emit_store(b, &mut lw, st, None);
+                    }
+                    lw.converged = true;
+                    lw.unbind(*var);
+                    lw.pop_scope();
+                });
+            }
+            Section::Rows { row, col, rows, len, row_stores, col_stores } => {
+                b.comment(format!("rows: {rows} x {len}, one warp per row"));
+                b.for_range(gwarp, *rows, nwarps, true, |b, r| {
+                    lw.push_scope();
+                    lw.bind(*row, r, true);
+                    lw.hoist(b, &roots);
+                    if !row_stores.is_empty() {
+                        let first = b.setp(Cmp::Eq, Type::U32, lane, 0u32);
+                        for st in row_stores {
+                            emit_store(b, &mut lw, st, Some(first));
+                        }
+                    }
+                    if !col_stores.is_empty() {
+                        b.for_range(lane, *len, 32, false, |b, c| {
+                            lw.push_scope();
+                            lw.bind(*col, c, false);
+                            lw.converged = false;
+                            for st in col_stores {
+                                emit_store(b, &mut lw, st, None);
+                            }
+                            lw.converged = true;
+                            lw.unbind(*col);
+                            lw.pop_scope();
+                        });
+                    }
+                    lw.unbind(*row);
+                    lw.pop_scope();
+                });
+            }
+        }
+    }
+    b.ret();
+    cx.module.push(b.finish());
+    let args: Vec<ArgRef> = gx.buf_args.iter().map(|a| cx.resolve(a)).collect();
+    let launch = Launch { grid: [blocks, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 };
+    cx.launch(name, launch, args, zero_first);
+    Ok(launch)
+}
+
+fn emit_store(b: &mut KernelBuilder, lw: &mut Lower, st: &Store, pred: Option<Reg>) {
+    let v = lw.emit_reg(b, st.value);
+    let addr = lw.address(b, st.buf, st.index);
+    if st.atomic {
+        red_add(b, addr, v.into(), pred);
+    } else {
+        let elem = lw.x.bufs[st.buf.0 as usize];
+        store(b, elem, addr, v.into(), pred);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Plan kernels of the fused kinds.
+
+/// The rows a row-reducing node works over: `(rows, row length)`.
+fn row_space(gx: &GraphExprs, v: ValueId) -> Option<(u32, u32)> {
+    let g = gx.g;
+    let node = g.node(v);
+    let s = |k: usize| g.ty(node.args[k]).shape.clone();
+    let split = |shape: &[usize], trailing: usize| -> (u32, u32) {
+        let l: usize = shape[shape.len() - trailing..].iter().product();
+        let n: usize = shape.iter().product();
+        ((n / l.max(1)) as u32, l as u32)
+    };
+    match &node.op {
+        Op::Reduce { axis, .. } if *axis + 1 == s(0).len() => Some(split(&s(0), 1)),
+        Op::SumTo { shape } => {
+            let t = trailing_reduced(&s(0), shape);
+            (t > 0).then(|| split(&s(0), t))
+        }
+        Op::FakeQuant { .. } | Op::CrossEntropy | Op::CrossEntropyGrad => Some(split(&s(0), 1)),
+        _ => None,
+    }
+}
+
+/// Reduced axes of a `SumTo` from `s` to `o` (input axis numbers).
+fn sum_to_reduced(s: &[usize], o: &[usize]) -> Vec<usize> {
+    let pad = s.len() - o.len();
+    (0..s.len()).filter(|&i| i < pad || (o[i - pad] == 1 && s[i] != 1)).collect()
+}
+
+/// How many trailing axes of `s` a `SumTo` to `o` reduces (size-1 axes count as reduced).
+fn trailing_reduced(s: &[usize], o: &[usize]) -> usize {
+    let red = sum_to_reduced(s, o);
+    let mut t = 0;
+    while t < s.len() && (red.contains(&(s.len() - 1 - t)) || s[s.len() - 1 - t] == 1) {
+        t += 1;
+    }
+    // Only count it as a row reduction when something non-trivial is reduced there.
+    if (0..t).any(|k| red.contains(&(s.len() - 1 - k))) {
+        t
+    } else {
+        0
+    }
+}
+
+struct RowsSpec {
+    rows: u32,
+    len: u32,
+    row: Var,
+    col: Var,
+    row_stores: Vec<Store>,
+    col_stores: Vec<Store>,
+}
+
+fn space<'a>(spaces: &'a mut Vec<RowsSpec>, gx: &mut GraphExprs, rows: u32, len: u32) -> &'a mut RowsSpec {
+    if let Some(i) = spaces.iter().position(|s| s.rows == rows && s.len == len) {
+        return &mut spaces[i];
+    }
+    let row = gx.x.var(Ty::U32, rows as u64, "row");
+    let col = gx.x.var(Ty::U32, len as u64, "col");
+    spaces.push(RowsSpec { rows, len, row, col, row_stores: vec![], col_stores: vec![] });
+    spaces.last_mut().unwrap()
+}
+
+/// Emit a plan kernel of one of the fused kinds as one launch.
+pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
+    let kernel = cx.plan.kernels[ki].clone();
+    let g = cx.g;
+    let mut gx = GraphExprs::new(g, kernel.ops.iter().chain(&kernel.prologue).copied());
+    for &v in &kernel.inputs {
+        let (elem, arg) = plain_source(cx, v)?;
+        gx.source(v, elem, arg);
+    }
+    for &v in &kernel.ops {
+        if let Op::Param { name } = &g.node(v).op {
+            if !gx.has_source(v) {
+                gx.source(v, Elem::F32, ArgRef::ParamMaster(name.clone()));
+            }
+        }
+    }
+    let mut outs = Vec::new();
+    for &o in &kernel.outputs {
+        let (elem, arg) = output_target(cx, o)?;
+        let buf = gx.buffer(elem, BufArg::Ref(arg));
+        outs.push((o, buf, elem));
+    }
+    let mut f = Fused::new(gx);
+    plan_outputs(&mut f, &outs, &kernel.ops)?;
+    let name = cx.unique_name(&kernel.name);
+    emit(cx, &name, f)
+}
+
+/// Sections storing `outs` (node, buffer, element type); `ops` are the kernel's nodes.
+pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId]) -> Result<(), PtxError> {
+    let g = f.gx.g;
+    let mut spaces: Vec<RowsSpec> = Vec::new();
+    // Row spaces of the kernel's row-reducing nodes, in node order.
+    for &v in ops {
+        if let Some((r, l)) = row_space(&f.gx, v) {
+            space(&mut spaces, &mut f.gx, r, l);
+        }
+    }
+    let mut deferred: Vec<(ValueId, Buf, Elem)> = Vec::new();
+    let mut items: Vec<Section> = Vec::new();
+    for &(o, buf, elem) in outs {
+        let node = g.node(o);
+        let atomic_ok = elem == Elem::F32;
+        match &node.op {
+            Op::ScatterAdd { rows } if ops.contains(&o) => {
+                if !atomic_ok {
+                    return Err(PtxError::Unsupported("scatter-add into a bf16 output".into()));
+                }
+                let (ids, dy) = (node.args[0], node.args[1]);
+                let ds = g.ty(dy).shape.clone();
+                let n: usize = ds.iter().product();
+                let c = *ds.last().unwrap() as u32;
+                let var = f.gx.x.var(Ty::U32, n as u64, "i");
+                let ve = f.gx.x.var_e(var);
+                let idx = f.gx.x.unravel(ve, &ds);
+                let r = idx.len();
+                let id = f.gx.value(ids, &idx[..r - 1])?;
+                let id = f.gx.x.min_c(id, *rows as u32 - 1);
+                let val = f.gx.value(dy, &idx)?;
+                let index = f.gx.x.linear(&[*rows, c as usize], &[id, idx[r - 1]]);
+                items.push(Section::Items { var, n: n as u32, stores: vec![Store { buf, index, value: val, atomic: true }] });
+                f.zero_first.push(ZeroRef::Value(o));
+            }
+            Op::CrossEntropy if ops.contains(&o) => {
+                if !atomic_ok {
+                    return Err(PtxError::Unsupported("cross entropy into a bf16 output".into()));
+                }
+                let (z, t) = (node.args[0], node.args[1]);
+                let (rows, len) = row_space(&f.gx, o).unwrap();
+                let sp = space(&mut spaces, &mut f.gx, rows, len);
+                let (row, _) = (sp.row, sp.col);
+                let re = f.gx.x.var_e(row);
+                let tshape = g.ty(t).shape.clone();
+                let ridx = f.gx.x.unravel(re, &tshape);
+                let l = f.gx.ce_row_loss(z, t, &ridx)?;
+                let nf = f.gx.x.f32_c(rows as f32);
+                let value = f.gx.x.fdiv(l, nf);
+                let index = f.gx.x.int_c(0);
+                space(&mut spaces, &mut f.gx, rows, len).row_stores.push(Store { buf, index, value, atomic: true });
+                f.zero_first.push(ZeroRef::Value(o));
+            }
+            Op::Reduce { .. } | Op::SumTo { .. } if ops.contains(&o) => {
+                plan_reduction(f, &mut spaces, &mut items, o, buf, atomic_ok)?;
+            }
+            _ => deferred.push((o, buf, elem)),
+        }
+    }
+    // Element-wise outputs: into a row space of matching shape, else their own loop.
+    let mut by_shape: Vec<(Vec<usize>, Var, Vec<Store>)> = Vec::new();
+    for (o, buf, _) in deferred {
+        let shape = g.ty(o).shape.clone();
+        let n: usize = shape.iter().product();
+        let last = shape.last().copied().unwrap_or(1);
+        if let Some(i) = spaces.iter().position(|s| s.rows as usize * s.len as usize == n && s.len as usize == last && !shape.is_empty()) {
+            let (row, col) = (spaces[i].row, spaces[i].col);
+            let (re, ce) = (f.gx.x.var_e(row), f.gx.x.var_e(col));
+            let mut idx = f.gx.x.unravel(re, &shape[..shape.len() - 1]);
+            idx.push(ce);
+            let value = f.gx.value(o, &idx)?;
+            let index = f.gx.x.linear(&shape, &idx);
+            spaces[i].col_stores.push(Store { buf, index, value, atomic: false });
+            continue;
+        }
+        if let Some(i) = spaces.iter().position(|s| s.rows as usize == n) {
+            let re = f.gx.x.var_e(spaces[i].row);
+            let idx = f.gx.x.unravel(re, &shape);
+            let value = f.gx.value(o, &idx)?;
+            let index = f.gx.x.linear(&shape, &idx);
+            spaces[i].row_stores.push(Store { buf, index, value, atomic: false });
+            continue;
+        }
+        let k = match by_shape.iter().position(|(s, _, _)| *s == shape) {
+            Some(k) => k,
+            None => {
+                let var = f.gx.x.var(Ty::U32, n as u64, "i");
+                by_shape.push((shape.clone(), var, vec![]));
+                by_shape.len() - 1
+            }
+        };
+        let ve = f.gx.x.var_e(by_shape[k].1);
+        let idx = f.gx.x.unravel(ve, &shape);
+        let value = f.gx.value(o, &idx)?;
+        by_shape[k].2.push(Store { buf, index: ve, value, atomic: false });
+    }
+    for (shape, var, stores) in by_shape {
+        let n: usize = shape.iter().product();
+        f.sections.push(Section::Items { var, n: n as u32, stores });
+    }
+    for s in spaces {
+        if !s.row_stores.is_empty() || !s.col_stores.is_empty() {
+            f.sections.push(Section::Rows { row: s.row, col: s.col, rows: s.rows, len: s.len, row_stores: s.row_stores, col_stores: s.col_stores });
+        }
+    }
+    f.sections.extend(items);
+    Ok(())
+}
+
+/// A reduction output: per row (warp per row) when it reduces the last axes,
+/// else per (output element, chunk) with atomics.
+fn plan_reduction(f: &mut Fused, spaces: &mut Vec<RowsSpec>, items: &mut Vec<Section>, o: ValueId, buf: Buf, atomic_ok: bool) -> Result<(), PtxError> {
+    let g = f.gx.g;
+    let node = g.node(o);
+    let x = node.args[0];
+    let s = g.ty(x).shape.clone();
+    let oshape = node.ty.shape.clone();
+    let onum: usize = oshape.iter().product();
+    if let Some((rows, len)) = row_space(&f.gx, o) {
+        // Reduces the trailing axes.
+        let full_rows = rows as usize == onum;
+        let sp = space(spaces, &mut f.gx, rows, len);
+        let row = sp.row;
+        let re = f.gx.x.var_e(row);
+        if full_rows {
+            let idx = f.gx.x.unravel(re, &oshape);
+            let value = f.gx.value(o, &idx)?;
+            let index = f.gx.x.linear(&oshape, &idx);
+            space(spaces, &mut f.gx, rows, len).row_stores.push(Store { buf, index, value, atomic: false });
+            return Ok(());
+        }
+        // SumTo over the trailing axes and some leading ones: each row adds its sum.
+        if !atomic_ok {
+            return Err(PtxError::Unsupported("a partial reduction into a bf16 output".into()));
+        }
+        let Op::SumTo { shape } = &node.op else { unreachable!("only SumTo reduces several axes") };
+        let t = trailing_reduced(&s, shape);
+        let lead_shape = &s[..s.len() - t];
+        let lead = f.gx.x.unravel(re, lead_shape);
+        let red = sum_to_reduced(&s, shape);
+        let k = f.gx.x.var(Ty::U32, len as u64, "k");
+        let ke = f.gx.x.var_e(k);
+        let tail = f.gx.x.unravel(ke, &s[s.len() - t..]);
+        let mut xi = lead.clone();
+        xi.extend(tail);
+        let body = f.gx.value(x, &xi)?;
+        let value = f.gx.x.reduce(RedOp::Sum, k, len, body);
+        let pad = s.len() - shape.len();
+        let mut oi = Vec::with_capacity(shape.len());
+        for i in pad..s.len() {
+            if i >= s.len() - t || red.contains(&i) {
+                oi.push(f.gx.x.int_c(0));
+            } else {
+                oi.push(lead[i]);
+            }
+        }
+        let index = f.gx.x.linear(shape, &oi);
+        space(spaces, &mut f.gx, rows, len).row_stores.push(Store { buf, index, value, atomic: true });
+        f.zero_first.push(ZeroRef::Value(o));
+        return Ok(());
+    }
+    // Reduction over leading / middle axes: chunks of the reduced range per work item.
+    let (reduced_len, is_max, is_mean) = match &node.op {
+        Op::Reduce { f: rf, axis, .. } => (s[*axis], *rf == ReduceFn::Max, *rf == ReduceFn::Mean),
+        Op::SumTo { shape } => (sum_to_reduced(&s, shape).iter().map(|&i| s[i]).product(), false, false),
+        _ => unreachable!(),
+    };
+    let chunks = if is_max || !atomic_ok || reduced_len == 0 {
+        1
+    } else {
+        (TARGET_ITEMS.div_ceil(onum.max(1) as u64)).clamp(1, (reduced_len as u64).div_ceil(32).max(1))
+    };
+    let ch = (reduced_len as u64).div_ceil(chunks) as u32;
+    let chunks = (reduced_len as u64).div_ceil(ch.max(1) as u64).max(1);
+    let n = onum as u64 * chunks;
+    if n > u32::MAX as u64 {
+        return Err(PtxError::Unsupported("reduction too large".into()));
+    }
+    let w = f.gx.x.var(Ty::U32, n, "w");
+    let we = f.gx.x.var_e(w);
+    let oi_lin = f.gx.x.rem_c(we, onum as u32);
+    let chunk = f.gx.x.div_c(we, onum as u32);
+    let oidx = f.gx.x.unravel(oi_lin, &oshape);
+    let first = f.gx.x.mul_c(chunk, ch);
+    let (k, xi) = match &node.op {
+        Op::Reduce { axis, keepdim, .. } => {
+            let k = f.gx.x.var(Ty::U32, ch as u64, "k");
+            let ke = f.gx.x.var_e(k);
+            let at = f.gx.x.add(first, ke);
+            let at = f.gx.x.min_c(at, reduced_len as u32 - 1);
+            let mut xi = oidx.clone();
+            if *keepdim {
+                xi[*axis] = at;
+            } else {
+                xi.insert(*axis, at);
+            }
+            (k, xi)
+        }
+        Op::SumTo { .. } => {
+            let (red, xi) = f.gx.sum_to_index(&s, &oshape, &oidx, Some((first, ch)));
+            (red.unwrap().0, xi)
+        }
+        _ => unreachable!(),
+    };
+    let ke = f.gx.x.var_e(k);
+    let body = f.gx.value(x, &xi)?;
+    let body = if chunks > 1 {
+        let at = f.gx.x.add(first, ke);
+        let valid = f.gx.x.lt_c(at, reduced_len as u32);
+        let z = f.gx.x.f32_c(0.0);
+        f.gx.x.sel(valid, body, z)
+    } else {
+        body
+    };
+    let mut value = f.gx.x.reduce(if is_max { RedOp::Max } else { RedOp::Sum }, k, ch, body);
+    if is_mean {
+        let nf = f.gx.x.f32_c(reduced_len as f32);
+        value = f.gx.x.fdiv(value, nf);
+    }
+    let index = f.gx.x.linear(&oshape, &oidx);
+    items.push(Section::Items { var: w, n: n as u32, stores: vec![Store { buf, index, value, atomic: chunks > 1 }] });
+    if chunks > 1 {
+        f.zero_first.push(ZeroRef::Value(o));
+    }
+    Ok(())
+}

@@ -1,0 +1,577 @@
+//! The value of an IR node at a multi-index, as an expression.
+//!
+//! [`GraphExprs::value`] is the demand-driven code generator: asked for node
+//! `v` at index `idx` (one u32 expression per axis), it maps the index through
+//! the node's op to its operands' indices and recurses, down to loads of the
+//! kernel's inputs (at their storage type), immediates and overrides (a GEMM
+//! accumulator standing for the product). `(node, index)` pairs are memoized
+//! and the expressions are hash-consed, so shared subexpressions exist once.
+//!
+//! Index algebra (output index -> operand index):
+//! * broadcasting (binary ops, `Broadcast`): size-1 and missing leading axes read index 0;
+//! * `Reshape`: the common prefix and suffix of the two shapes pass through,
+//!   the middle is linearized and unravelled (and simplifies back when the
+//!   shapes only split or merge axes);
+//! * `Permute`, `Index` (a fixed index inserted), `Unindex` (zero off the
+//!   index), `Shift` (offset, zero outside, the read clamped in range);
+//! * `Rope`: the partner element `j +- d/2`, cos/sin from a rotary table;
+//! * `BigramHash`: the ids at `t` and `t - 1`; `Gather`: the row read from the ids;
+//! * reductions (`Reduce`, `SumTo`, the row max of `FakeQuant`, the
+//!   log-sum-exp of cross entropy) become `Reduce` nodes over a fresh variable.
+
+use super::expr::*;
+use crate::ptx::compile::PtxError;
+use crate::ptx::program::ArgRef;
+use pgc_ir::{BinaryFn, Graph, Op, ReduceFn, UnaryFn, ValueId};
+use std::collections::{HashMap, HashSet};
+
+/// What a buffer of the expressions is bound to at launch time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BufArg {
+    Ref(ArgRef),
+    /// The rotary table `AuxBuffer::RopeTable { positions, half, base }` (allocated by the caller).
+    Rope { positions: usize, half: usize, base: f64 },
+}
+
+/// Builds expressions for the nodes of one kernel.
+pub struct GraphExprs<'g> {
+    pub g: &'g Graph,
+    pub x: Exprs,
+    /// One entry per buffer of `x`.
+    pub buf_args: Vec<BufArg>,
+    /// Nodes computed by this kernel (others are read from memory).
+    inside: HashSet<usize>,
+    /// Stored values this kernel may read, by node.
+    sources: HashMap<usize, Buf>,
+    overrides: HashMap<(usize, Vec<E>), E>,
+    /// Values overridden at some index: any other index is an error.
+    overridden: HashSet<usize>,
+    memo: HashMap<(usize, Vec<E>), E>,
+    /// Row helpers (log-sum-exp, row max) by (kind, node, row index).
+    rows: HashMap<(u8, usize, Vec<E>), E>,
+    ropes: HashMap<(usize, usize, u64), Buf>,
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, PtxError> {
+    Err(PtxError::Unsupported(msg.into()))
+}
+
+impl<'g> GraphExprs<'g> {
+    pub fn new(g: &'g Graph, inside: impl IntoIterator<Item = ValueId>) -> Self {
+        GraphExprs {
+            g,
+            x: Exprs::new(),
+            buf_args: Vec::new(),
+            inside: inside.into_iter().map(|v| v.index()).collect(),
+            sources: HashMap::new(),
+            overrides: HashMap::new(),
+            overridden: HashSet::new(),
+            memo: HashMap::new(),
+            rows: HashMap::new(),
+            ropes: HashMap::new(),
+        }
+    }
+
+    /// A new buffer bound to `arg`.
+    pub fn buffer(&mut self, elem: Elem, arg: BufArg) -> Buf {
+        let b = self.x.buf(elem);
+        self.buf_args.push(arg);
+        b
+    }
+
+    /// Read node `v` from memory through `buf` (a kernel input, a scratch copy, ...).
+    pub fn source(&mut self, v: ValueId, elem: Elem, arg: ArgRef) -> Buf {
+        let b = self.buffer(elem, BufArg::Ref(arg));
+        self.sources.insert(v.index(), b);
+        b
+    }
+
+    /// Read node `v` through an existing buffer.
+    pub fn source_buf(&mut self, v: ValueId, buf: Buf) {
+        self.sources.insert(v.index(), buf);
+    }
+
+    pub fn has_source(&self, v: ValueId) -> bool {
+        self.sources.contains_key(&v.index())
+    }
+
+    /// Node `v` at `idx` is the expression `e` (e.g. a GEMM accumulator);
+    /// `v` at any other index becomes an error.
+    pub fn set_override(&mut self, v: ValueId, idx: Vec<E>, e: E) {
+        self.overridden.insert(v.index());
+        self.overrides.insert((v.index(), idx), e);
+    }
+
+    pub fn shape(&self, v: ValueId) -> &[usize] {
+        &self.g.ty(v).shape
+    }
+
+    fn f(&mut self, v: f32) -> E {
+        self.x.f32_c(v)
+    }
+
+    /// Broadcast index: operand of shape `from` read by an output index of shape `to`.
+    pub fn bidx(&mut self, from: &[usize], to: &[usize], idx: &[E]) -> Vec<E> {
+        let off = to.len() - from.len();
+        (0..from.len()).map(|k| if from[k] == 1 { self.x.int_c(0) } else { idx[k + off] }).collect()
+    }
+
+    /// The value of node `v` at multi-index `idx`.
+    pub fn value(&mut self, v: ValueId, idx: &[E]) -> Result<E, PtxError> {
+        let i = v.index();
+        let node = &self.g.nodes[i];
+        if idx.len() != node.ty.rank() {
+            return err(format!("internal: %{i} indexed with {} axes, has {}", idx.len(), node.ty.rank()));
+        }
+        let key = (i, idx.to_vec());
+        if let Some(&e) = self.overrides.get(&key) {
+            return Ok(e);
+        }
+        if self.overridden.contains(&i) {
+            return err(format!("%{i} ({}) is read at another element than the one this thread holds", node.op.name()));
+        }
+        if let Some(&e) = self.memo.get(&key) {
+            return Ok(e);
+        }
+        let e = match &node.op {
+            Op::Scalar { value } => self.f(*value as f32),
+            Op::Input { .. } | Op::Param { .. } => self.load(v, idx)?,
+            _ if !self.inside.contains(&i) => self.load(v, idx)?,
+            _ => self.op_value(v, idx)?,
+        };
+        self.memo.insert(key, e);
+        Ok(e)
+    }
+
+    fn load(&mut self, v: ValueId, idx: &[E]) -> Result<E, PtxError> {
+        let Some(&buf) = self.sources.get(&v.index()) else {
+            return err(format!("internal: the kernel reads %{} ({}) but has no buffer for it", v.index(), self.g.node(v).op.name()));
+        };
+        let shape = self.g.ty(v).shape.clone();
+        let lin = self.x.linear(&shape, idx);
+        Ok(self.x.load(buf, lin))
+    }
+
+    fn rope_table(&mut self, positions: usize, half: usize, base: f64) -> Buf {
+        if let Some(&b) = self.ropes.get(&(positions, half, base.to_bits())) {
+            return b;
+        }
+        let b = self.buffer(Elem::F32, BufArg::Rope { positions, half, base });
+        self.ropes.insert((positions, half, base.to_bits()), b);
+        b
+    }
+
+    fn op_value(&mut self, v: ValueId, idx: &[E]) -> Result<E, PtxError> {
+        let g = self.g;
+        let node = g.node(v);
+        let out_shape = node.ty.shape.clone();
+        let arg = |k: usize| node.args[k];
+        let shape_of = |k: usize| g.ty(node.args[k]).shape.clone();
+        Ok(match &node.op {
+            Op::Unary { f } => {
+                let a = self.value(arg(0), idx)?;
+                self.unary(*f, a)
+            }
+            Op::LeakyRelu { slope } => {
+                let a = self.value(arg(0), idx)?;
+                let z = self.f(0.0);
+                let pos = self.x.fcmp(FCmp::Gt, a, z);
+                let s = self.f(*slope as f32);
+                let sa = self.x.fmul(s, a);
+                self.x.sel(pos, a, sa)
+            }
+            Op::LeakyStep { slope } => {
+                let a = self.value(arg(0), idx)?;
+                let z = self.f(0.0);
+                let pos = self.x.fcmp(FCmp::Gt, a, z);
+                let one = self.f(1.0);
+                let s = self.f(*slope as f32);
+                self.x.sel(pos, one, s)
+            }
+            Op::Binary { f } => {
+                let ia = self.bidx(&shape_of(0), &out_shape, idx);
+                let ib = self.bidx(&shape_of(1), &out_shape, idx);
+                let a = self.value(arg(0), &ia)?;
+                let b = self.value(arg(1), &ib)?;
+                match f {
+                    BinaryFn::Add => self.x.fadd(a, b),
+                    BinaryFn::Sub => self.x.fsub(a, b),
+                    BinaryFn::Mul => self.x.fmul(a, b),
+                    BinaryFn::Div => self.x.fdiv(a, b),
+                    BinaryFn::Max => self.x.f2(F2::Max, a, b),
+                    BinaryFn::Min => self.x.f2(F2::Min, a, b),
+                    BinaryFn::Eq => {
+                        let p = self.x.fcmp(FCmp::Eq, a, b);
+                        let (one, zero) = (self.f(1.0), self.f(0.0));
+                        self.x.sel(p, one, zero)
+                    }
+                }
+            }
+            Op::Broadcast { .. } => {
+                let ia = self.bidx(&shape_of(0), &out_shape, idx);
+                self.value(arg(0), &ia)?
+            }
+            Op::Reduce { f, axis, keepdim } => {
+                let s = shape_of(0);
+                let n = s[*axis];
+                let k = self.x.var(Ty::U32, n as u64, "k");
+                let ke = self.x.var_e(k);
+                let mut ii: Vec<E> = idx.to_vec();
+                if *keepdim {
+                    ii[*axis] = ke;
+                } else {
+                    ii.insert(*axis, ke);
+                }
+                let body = self.value(arg(0), &ii)?;
+                let op = if *f == ReduceFn::Max { RedOp::Max } else { RedOp::Sum };
+                let r = self.x.reduce(op, k, n as u32, body);
+                if *f == ReduceFn::Mean {
+                    let nf = self.f(n as f32);
+                    self.x.fdiv(r, nf)
+                } else {
+                    r
+                }
+            }
+            Op::SumTo { .. } => {
+                let s = shape_of(0);
+                let (red, ii) = self.sum_to_index(&s, &out_shape, idx, None);
+                let body = self.value(arg(0), &ii)?;
+                match red {
+                    Some((k, n)) => self.x.reduce(RedOp::Sum, k, n, body),
+                    None => body,
+                }
+            }
+            Op::Reshape { .. } => {
+                let ii = self.reshape_index(&shape_of(0), &out_shape, idx);
+                self.value(arg(0), &ii)?
+            }
+            Op::Permute { perm } => {
+                let mut ii = vec![idx[0]; perm.len()];
+                for (o, &p) in perm.iter().enumerate() {
+                    ii[p] = idx[o];
+                }
+                self.value(arg(0), &ii)?
+            }
+            Op::Index { axis, index } => {
+                let mut ii = idx.to_vec();
+                let c = self.x.int_c(*index as u32);
+                ii.insert(*axis, c);
+                self.value(arg(0), &ii)?
+            }
+            Op::Unindex { axis, index, .. } => {
+                let p = self.x.ieq_c(idx[*axis], *index as u32);
+                let mut ii = idx.to_vec();
+                ii.remove(*axis);
+                let a = self.value(arg(0), &ii)?;
+                let z = self.f(0.0);
+                self.x.sel(p, a, z)
+            }
+            Op::Shift { axis, offset } => {
+                let n = out_shape[*axis] as u32;
+                let t = idx[*axis];
+                let z = self.f(0.0);
+                if *offset == 0 {
+                    self.value(arg(0), idx)?
+                } else if offset.unsigned_abs() >= n as u64 {
+                    z
+                } else {
+                    let (valid, src) = if *offset > 0 {
+                        let o = *offset as u32;
+                        let lim = self.x.int_c(o - 1);
+                        (self.x.lt(lim, t), self.x.sub_sat(t, o))
+                    } else {
+                        let o = offset.unsigned_abs() as u32;
+                        let tp = self.x.add_c(t, o);
+                        (self.x.lt_c(tp, n), self.x.min_c(tp, n - 1))
+                    };
+                    let mut ii = idx.to_vec();
+                    ii[*axis] = src;
+                    let a = self.value(arg(0), &ii)?;
+                    self.x.sel(valid, a, z)
+                }
+            }
+            Op::Rope { base, inverse } => {
+                let r = out_shape.len();
+                let (tlen, d) = (out_shape[r - 2], out_shape[r - 1]);
+                let h = (d / 2) as u32;
+                let (t, j) = (idx[r - 2], idx[r - 1]);
+                let lo = self.x.lt_c(j, h);
+                let jj = self.x.rem_c(j, h);
+                let up = self.x.add_c(j, h);
+                let down = self.x.sub_sat(j, h);
+                let partner = self.x.sel(lo, up, down);
+                let xj = self.value(arg(0), idx)?;
+                let mut ip = idx.to_vec();
+                ip[r - 1] = partner;
+                let xp = self.value(arg(0), &ip)?;
+                let table = self.rope_table(tlen, h as usize, *base);
+                let th = self.x.mul_c(t, h);
+                let ci = self.x.add(th, jj);
+                let si = self.x.add_c(ci, tlen as u32 * h);
+                let c = self.x.load(table, ci);
+                let s = self.x.load(table, si);
+                let nxp = self.x.f1(F1::Neg, xp);
+                let coef = if *inverse { self.x.sel(lo, nxp, xp) } else { self.x.sel(lo, xp, nxp) };
+                let a = self.x.fmul(xj, c);
+                let b = self.x.fmul(coef, s);
+                self.x.fadd(a, b)
+            }
+            Op::BigramHash { buckets } => {
+                let m = (*buckets - 1) as u32;
+                let (bb, t) = (idx[0], idx[1]);
+                let cur = self.value(arg(0), &[bb, t])?;
+                let tp = self.x.sub_sat(t, 1);
+                let prev = self.value(arg(0), &[bb, tp])?;
+                let zero = self.x.int_c(0);
+                let pos = self.x.lt(zero, t);
+                let h = self.x.bigram(cur, prev, m);
+                let mc = self.x.int_c(m);
+                self.x.sel(pos, h, mc)
+            }
+            Op::Gather => {
+                let rows = shape_of(0)[0] as u32;
+                let r = idx.len();
+                let id = self.value(arg(1), &idx[..r - 1])?;
+                let id = self.x.min_c(id, rows - 1);
+                self.value(arg(0), &[id, idx[r - 1]])?
+            }
+            Op::FakeQuant { bits } => {
+                let (r, c) = (idx[0], idx[1]);
+                let s = self.quant_scale(arg(0), r, *bits)?;
+                let w = self.value(arg(0), &[r, c])?;
+                let qmax = ((1i64 << (bits - 1)) - 1) as f32;
+                let x = self.x.fdiv(w, s);
+                let lo = self.f(-qmax - 1.0);
+                let hi = self.f(qmax);
+                let x = self.x.f2(F2::Max, x, lo);
+                let x = self.x.f2(F2::Min, x, hi);
+                let q = self.x.f1(F1::RoundEven, x);
+                self.x.fmul(q, s)
+            }
+            Op::CrossEntropy => {
+                let tshape = shape_of(1);
+                let n = tshape.iter().product::<usize>();
+                let k = self.x.var(Ty::U32, n as u64, "row");
+                let ke = self.x.var_e(k);
+                let row = self.x.unravel(ke, &tshape);
+                let l = self.ce_row_loss(arg(0), arg(1), &row)?;
+                let total = self.x.reduce(RedOp::Sum, k, n as u32, l);
+                let nf = self.f(n as f32);
+                self.x.fdiv(total, nf)
+            }
+            Op::CrossEntropyGrad => {
+                let r = idx.len();
+                let row = &idx[..r - 1];
+                let n = shape_of(1).iter().product::<usize>();
+                let lse = self.lse(arg(0), row)?;
+                let dl = self.value(arg(2), &[])?;
+                let nf = self.f(n as f32);
+                let scale = self.x.fdiv(dl, nf);
+                let z = self.value(arg(0), idx)?;
+                let d = self.x.fsub(z, lse);
+                let e = self.x.f1(F1::Exp, d);
+                let p = self.x.fmul(e, scale);
+                let tg = self.value(arg(1), row)?;
+                let hit = self.x.ieq(idx[r - 1], tg);
+                let zero = self.f(0.0);
+                let oh = self.x.sel(hit, scale, zero);
+                self.x.fsub(p, oh)
+            }
+            Op::Linear | Op::MatMul | Op::OuterSum | Op::CausalAttention { .. } | Op::CausalAttentionGrad { .. } | Op::ScatterAdd { .. } => {
+                return err(format!("%{} ({}) is not element-wise and cannot be computed inside this kernel", v.index(), node.op.name()))
+            }
+            Op::Input { .. } | Op::Param { .. } | Op::Scalar { .. } => unreachable!("handled by value"),
+        })
+    }
+
+    fn unary(&mut self, f: UnaryFn, a: E) -> E {
+        let x = &mut self.x;
+        match f {
+            UnaryFn::Neg => x.f1(F1::Neg, a),
+            UnaryFn::Abs => x.f1(F1::Abs, a),
+            UnaryFn::Relu => {
+                // NaN propagates (x <= 0 is false for NaN), as in the CPU backend.
+                let z = x.f32_c(0.0);
+                let le = x.fcmp(FCmp::Le, a, z);
+                x.sel(le, z, a)
+            }
+            UnaryFn::Step => {
+                let z = x.f32_c(0.0);
+                let one = x.f32_c(1.0);
+                let gt = x.fcmp(FCmp::Gt, a, z);
+                x.sel(gt, one, z)
+            }
+            UnaryFn::Square => x.fmul(a, a),
+            UnaryFn::Sqrt => x.f1(F1::Sqrt, a),
+            UnaryFn::Rsqrt => x.f1(F1::Rsqrt, a),
+            UnaryFn::Recip => x.f1(F1::Recip, a),
+            UnaryFn::Sigmoid => x.f1(F1::Sigmoid, a),
+            UnaryFn::Tanh => x.f1(F1::Tanh, a),
+            UnaryFn::Exp => x.f1(F1::Exp, a),
+            UnaryFn::Log => x.f1(F1::Log, a),
+        }
+    }
+
+    /// The operand index of `SumTo` (input shape `s`, output shape `o`) at
+    /// output index `idx`: the reduced axes read one variable over their
+    /// product (`Some((var, len))`), or `chunk = (first, len)` restricts it to
+    /// `first + var` (clamped; the caller masks past the end).
+    pub fn sum_to_index(&mut self, s: &[usize], o: &[usize], idx: &[E], chunk: Option<(E, u32)>) -> (Option<(Var, u32)>, Vec<E>) {
+        let pad = s.len() - o.len();
+        let reduced: Vec<usize> = (0..s.len()).filter(|&i| i < pad || (o[i - pad] == 1 && s[i] != 1)).collect();
+        if reduced.is_empty() {
+            let ii = (0..s.len()).map(|i| if s[i] == 1 { self.x.int_c(0) } else { idx[i - pad] }).collect();
+            return (None, ii);
+        }
+        let rshape: Vec<usize> = reduced.iter().map(|&i| s[i]).collect();
+        let total: usize = rshape.iter().product();
+        let (len, k, kk) = match chunk {
+            None => {
+                let k = self.x.var(Ty::U32, total as u64, "k");
+                let ke = self.x.var_e(k);
+                (total as u32, k, ke)
+            }
+            Some((first, len)) => {
+                let k = self.x.var(Ty::U32, len as u64, "k");
+                let ke = self.x.var_e(k);
+                let at = self.x.add(first, ke);
+                (len, k, self.x.min_c(at, total as u32 - 1))
+            }
+        };
+        let parts = self.x.unravel(kk, &rshape);
+        let mut ii = Vec::with_capacity(s.len());
+        let mut r = 0;
+        for i in 0..s.len() {
+            if reduced.contains(&i) {
+                ii.push(parts[r]);
+                r += 1;
+            } else if s[i] == 1 {
+                ii.push(self.x.int_c(0));
+            } else {
+                ii.push(idx[i - pad]);
+            }
+        }
+        (Some((k, len)), ii)
+    }
+
+    /// Operand index of a reshape from `from` to `to` at output index `idx`.
+    pub fn reshape_index(&mut self, from: &[usize], to: &[usize], idx: &[E]) -> Vec<E> {
+        let mut p = 0;
+        while p < from.len() && p < to.len() && from[p] == to[p] {
+            p += 1;
+        }
+        let mut q = 0;
+        while q < from.len() - p && q < to.len() - p && from[from.len() - 1 - q] == to[to.len() - 1 - q] {
+            q += 1;
+        }
+        let mid_to = &to[p..to.len() - q];
+        let mid_from = &from[p..from.len() - q];
+        let lin = self.x.linear(mid_to, &idx[p..to.len() - q]);
+        let mid = self.x.unravel(lin, mid_from);
+        let mut ii: Vec<E> = idx[..p].to_vec();
+        ii.extend(mid);
+        ii.extend_from_slice(&idx[to.len() - q..]);
+        ii
+    }
+
+    /// `max_j |w[r, j]|`, the fake-quantization row scale of row `r`.
+    fn quant_scale(&mut self, w: ValueId, r: E, bits: u32) -> Result<E, PtxError> {
+        let key = (0u8, w.index(), vec![r, self.x.int_c(bits)]);
+        if let Some(&e) = self.rows.get(&key) {
+            return Ok(e);
+        }
+        let cols = self.shape(w)[1];
+        let k = self.x.var(Ty::U32, cols as u64, "k");
+        let ke = self.x.var_e(k);
+        let wk = self.value(w, &[r, ke])?;
+        let a = self.x.f1(F1::Abs, wk);
+        let amax = self.x.reduce(RedOp::Max, k, cols as u32, a);
+        // CPU: fold from 0 (an empty row has scale 1e-12 -> tiny).
+        let zero = self.f(0.0);
+        let amax = self.x.f2(F2::Max, amax, zero);
+        let qmax = ((1i64 << (bits - 1)) - 1) as f32;
+        let qm = self.f(qmax);
+        let s = self.x.fdiv(amax, qm);
+        let floor = self.f(1e-12);
+        let s = self.x.f2(F2::Max, s, floor);
+        let s = self.x.f1(F1::F16Scale, s);
+        self.rows.insert(key, s);
+        Ok(s)
+    }
+
+    /// Log-sum-exp of row `row` of logits `z[..., V]`: `m + ln(sum exp(z - m))`.
+    pub fn lse(&mut self, z: ValueId, row: &[E]) -> Result<E, PtxError> {
+        let key = (1u8, z.index(), row.to_vec());
+        if let Some(&e) = self.rows.get(&key) {
+            return Ok(e);
+        }
+        let v = *self.shape(z).last().unwrap() as u32;
+        let k = self.x.var(Ty::U32, v as u64, "k");
+        let ke = self.x.var_e(k);
+        let mut ii = row.to_vec();
+        ii.push(ke);
+        let zk = self.value(z, &ii)?;
+        let m = self.x.reduce(RedOp::Max, k, v, zk);
+        let k2 = self.x.var(Ty::U32, v as u64, "k");
+        let ke2 = self.x.var_e(k2);
+        let mut i2 = row.to_vec();
+        i2.push(ke2);
+        let zk2 = self.value(z, &i2)?;
+        let d = self.x.fsub(zk2, m);
+        let e = self.x.f1(F1::Exp, d);
+        let s = self.x.reduce(RedOp::Sum, k2, v, e);
+        let l = self.x.f1(F1::Log, s);
+        let r = self.x.fadd(m, l);
+        self.rows.insert(key, r);
+        Ok(r)
+    }
+
+    /// `lse(row) - z[row, target[row]]`: one row's cross-entropy term.
+    pub fn ce_row_loss(&mut self, z: ValueId, t: ValueId, row: &[E]) -> Result<E, PtxError> {
+        let v = *self.shape(z).last().unwrap() as u32;
+        let lse = self.lse(z, row)?;
+        let tg = self.value(t, row)?;
+        let tg = self.x.min_c(tg, v - 1);
+        let mut ii = row.to_vec();
+        ii.push(tg);
+        let zt = self.value(z, &ii)?;
+        Ok(self.x.fsub(lse, zt))
+    }
+
+    /// The index of node `to` that holds the element of `from` at `idx`, when
+    /// `to` is computed from `from` by element-wise ops (same shape) and
+    /// reshapes/permutes along the path; None otherwise.
+    pub fn forward_index(&mut self, from: ValueId, to: ValueId, idx: &[E]) -> Option<Vec<E>> {
+        if from == to {
+            return Some(idx.to_vec());
+        }
+        let node = self.g.node(to);
+        // Follow the first operand that depends on `from`.
+        let a = *node.args.iter().find(|a| self.depends_on(**a, from))?;
+        let ia = self.forward_index(from, a, idx)?;
+        let sa = self.g.ty(a).shape.clone();
+        let so = node.ty.shape.clone();
+        match &node.op {
+            Op::Unary { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } | Op::Binary { .. } | Op::Broadcast { .. } if sa == so => Some(ia),
+            // A reshape maps indices both ways: the output index of operand index `ia`.
+            Op::Reshape { .. } => Some(self.reshape_index(&so, &sa, &ia)),
+            Op::Permute { perm } => Some(perm.iter().map(|&p| ia[p]).collect()),
+            _ => None,
+        }
+    }
+
+    fn depends_on(&self, v: ValueId, on: ValueId) -> bool {
+        let mut seen = HashSet::new();
+        let mut stack = vec![v];
+        while let Some(x) = stack.pop() {
+            if x == on {
+                return true;
+            }
+            if x.index() < on.index() || !self.inside.contains(&x.index()) || !seen.insert(x) {
+                continue;
+            }
+            stack.extend(self.g.node(x).args.iter().copied());
+        }
+        false
+    }
+}
