@@ -292,3 +292,58 @@ fn rowwise_norms_smear_rope() {
 fn reduce_backward_of_norms_smear_rope() {
     check(&Case { name: "reduce", src: ROWS_SRC, mode: Mode::Train, ids: 1, scale: 1.0 }, KernelKind::Reduce);
 }
+
+const EMBED_SRC: &str = "
+let ids = input input_ids[3, 33]: i32;
+let targets = input target_ids[3, 33]: i32;
+let tok = param tok[200, 48];
+let big = param big[97, 12];
+let zt = param zt[200, 200];
+let x = embedding(tok, ids);
+let b = embedding(big, bigram_hash(ids, 97));
+let z = 30.0 * tanh(embedding(zt, ids) * 4.0 / 30.0);
+let w = fake_quant(param wq[17, 40], 4);
+let u = param u[17, 40];
+output logits = z;
+output loss = cross_entropy(z, targets) + sum(sum(sum(x * x, -1), -1), -1) * 0.01 + sum(sum(sum(b, -1), -1), -1) + sum(sum(w * u, -1), -1);
+";
+
+#[test]
+fn gather_embedding_and_bigram_hash() {
+    check(&Case { name: "gather", src: EMBED_SRC, mode: Mode::Eval, ids: 200, scale: 1.0 }, KernelKind::Gather);
+}
+
+#[test]
+fn scatter_cross_entropy_and_fake_quant_in_training() {
+    let case = Case { name: "scatter-ce-quant", src: EMBED_SRC, mode: Mode::Train, ids: 200, scale: 1.0 };
+    check(&case, KernelKind::Scatter);
+    check(&case, KernelKind::CrossEntropy);
+    check(&case, KernelKind::WeightPrep);
+}
+
+const MLP_SRC: &str = "
+const norm_eps = 1.1920928955078125e-07;
+fn rms(x) { x * rsqrt(mean(x^2, -1, keepdim=true) + norm_eps) }
+let x = param x[3, 33, 48];
+let w1 = param fc[200, 48];
+let w2 = param proj[48, 200];
+let wv = param wv[16, 48];
+let s = param s[48];
+let u = rms(x);
+let h = relu(linear(u, w1));
+let y = x + s * linear(square(h), w2);
+let v = split_heads(linear(u, wv), 2);
+output y = y;
+output v = v;
+output loss = sum(sum(sum(y * y, -1), -1), -1) + sum(reshape(v * v, [1584]), 0);
+";
+
+#[test]
+fn gemm_with_prologue_and_epilogues() {
+    check(&Case { name: "gemm-eval", src: MLP_SRC, mode: Mode::Eval, ids: 1, scale: 0.3 }, KernelKind::Gemm);
+}
+
+#[test]
+fn gemm_backward_products_and_epilogues() {
+    check(&Case { name: "gemm-train", src: MLP_SRC, mode: Mode::Train, ids: 1, scale: 0.3 }, KernelKind::Gemm);
+}

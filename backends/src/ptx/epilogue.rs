@@ -16,8 +16,12 @@
 //! * relu²: `[StoreAux { param: "pre", dtype }, Relu2]`
 //! * residual add with a per-channel scale: `[ColScale { param: "s" }, AddTensor { param: "res", dtype }]`
 //!   (`out = res[row, col] + s[col] * acc`; `res` may be the output buffer itself)
+//! * anything element-wise: `[Pointwise(program)]` ([`PwEpilogue`]: a scalar
+//!   program over `row`, `col` and the accumulator that stores every output
+//!   itself; the kernel plan's fused epilogue ops compile to one)
 
 use super::builder::*;
+use super::pointwise::epi::{PwEpilogue, PwLower};
 use serde::{Deserialize, Serialize};
 
 /// Element type of a tensor in memory.
@@ -63,10 +67,14 @@ pub enum EpiStep {
     AddTensor { param: String, dtype: ElemType },
     /// Store the current `v` to an extra `[M, N]` output (e.g. the pre-activation).
     StoreAux { param: String, dtype: ElemType },
+    /// Run a scalar program at `(row, col)` with the accumulator `v` (see
+    /// [`PwEpilogue`]); it stores every output itself, so it must be the last
+    /// step and the main output `c` is not written.
+    Pointwise(Box<PwEpilogue>),
 }
 
 impl EpiStep {
-    /// The kernel parameter this step adds, if any.
+    /// The kernel parameter this step adds, if it adds exactly one.
     pub fn param(&self) -> Option<&str> {
         match self {
             EpiStep::RowScale { param }
@@ -75,7 +83,14 @@ impl EpiStep {
             | EpiStep::Relu2Grad { param, .. }
             | EpiStep::AddTensor { param, .. }
             | EpiStep::StoreAux { param, .. } => Some(param),
-            EpiStep::Scale { .. } | EpiStep::Relu2 => None,
+            EpiStep::Scale { .. } | EpiStep::Relu2 | EpiStep::Pointwise(_) => None,
+        }
+    }
+    /// Every kernel parameter this step adds, in order.
+    pub fn params(&self) -> Vec<&str> {
+        match self {
+            EpiStep::Pointwise(p) => p.params.iter().map(|s| s.as_str()).collect(),
+            s => s.param().into_iter().collect(),
         }
     }
     fn is_row(&self) -> bool {
@@ -128,7 +143,7 @@ impl Epilogue {
 
     /// The extra kernel parameters, in order.
     pub fn params(&self) -> Vec<String> {
-        self.steps.iter().filter_map(|s| s.param().map(|p| p.to_string())).collect()
+        self.steps.iter().flat_map(|s| s.params()).map(|p| p.to_string()).collect()
     }
 
     /// A short tag for kernel names.
@@ -148,6 +163,7 @@ impl Epilogue {
                 EpiStep::Relu2Grad { .. } => "g",
                 EpiStep::AddTensor { .. } => "a",
                 EpiStep::StoreAux { .. } => "s",
+                EpiStep::Pointwise(_) => "p",
             });
             if let EpiStep::Relu2Grad { dtype, .. } | EpiStep::AddTensor { dtype, .. } | EpiStep::StoreAux { dtype, .. } = s {
                 t.push_str(dt(dtype));
@@ -160,8 +176,13 @@ impl Epilogue {
 
     pub fn validate(&self, reserved: &[&str]) -> Result<(), String> {
         let mut seen: Vec<&str> = reserved.to_vec();
+        if let Some(i) = self.steps.iter().position(|s| matches!(s, EpiStep::Pointwise(_))) {
+            if i + 1 != self.steps.len() {
+                return Err("a pointwise step must be the last step of an epilogue".into());
+            }
+        }
         for s in &self.steps {
-            if let Some(p) = s.param() {
+            for p in s.params() {
                 if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(format!("epilogue parameter name `{p}` is not an identifier"));
                 }
@@ -176,23 +197,29 @@ impl Epilogue {
 }
 
 /// Registers the epilogue code needs: pointers per step, the output, M and N.
-pub(crate) struct EpiRegs {
-    ptrs: Vec<Option<Reg>>,
+pub(crate) struct EpiRegs<'a> {
+    ptrs: Vec<Vec<Reg>>,
     out: Reg,
     n: Reg,
     /// Accumulate into the output with `red.global.add.f32` (split-K).
     atomic_out: bool,
+    /// The lowering state of a final pointwise step.
+    pw: Option<PwLower<'a>>,
 }
 
 /// Declare the epilogue's parameters (after the GEMM's) and return their handles.
-pub(crate) fn declare_params(b: &mut KernelBuilder, epi: &Epilogue) -> Vec<Option<Param>> {
-    epi.steps.iter().map(|s| s.param().map(|p| b.param(p, ParamType::U64))).collect()
+pub(crate) fn declare_params(b: &mut KernelBuilder, epi: &Epilogue) -> Vec<Vec<Param>> {
+    epi.steps.iter().map(|s| s.params().into_iter().map(|p| b.param(p, ParamType::U64)).collect()).collect()
 }
 
 /// Load the epilogue's pointers.
-pub(crate) fn setup(b: &mut KernelBuilder, params: &[Option<Param>], out: Reg, n: Reg, atomic_out: bool) -> EpiRegs {
-    let ptrs = params.iter().map(|p| p.as_ref().map(|p| b.ld_param_global_ptr(p))).collect();
-    EpiRegs { ptrs, out, n, atomic_out }
+pub(crate) fn setup<'a>(b: &mut KernelBuilder, epi: &'a Epilogue, params: &[Vec<Param>], out: Reg, m: Reg, n: Reg, atomic_out: bool) -> EpiRegs<'a> {
+    let ptrs: Vec<Vec<Reg>> = params.iter().map(|ps| ps.iter().map(|p| b.ld_param_global_ptr(p)).collect()).collect();
+    let pw = match epi.steps.last() {
+        Some(EpiStep::Pointwise(p)) => Some(PwLower::new(b, p, ptrs.last().unwrap(), m, n)),
+        _ => None,
+    };
+    EpiRegs { ptrs, out, n, atomic_out, pw }
 }
 
 fn guarded_load_f32(b: &mut KernelBuilder, ok: Reg, addr: Addr) -> Reg {
@@ -211,7 +238,7 @@ pub(crate) fn load_row_vals(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, 
                 return None;
             }
             let off = b.mul_wide_u32(row, 4u32);
-            let a = b.add_u64(r.ptrs[i].unwrap(), off);
+            let a = b.add_u64(r.ptrs[i][0], off);
             Some(guarded_load_f32(b, ok, Addr::reg(a)))
         })
         .collect()
@@ -227,7 +254,7 @@ pub(crate) fn load_col_vals(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, 
                 return None;
             }
             let off = b.mul_wide_u32(col, 4u32);
-            let a = b.add_u64(r.ptrs[i].unwrap(), off);
+            let a = b.add_u64(r.ptrs[i][0], off);
             Some(guarded_load_f32(b, ok, Addr::reg(a)))
         })
         .collect()
@@ -240,6 +267,9 @@ pub(crate) fn load_col_vals(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, 
 pub(crate) struct Group<'a> {
     /// Element index `row * N + col` of the first element (`.b64`).
     pub idx: Reg,
+    /// Row and column of the first element.
+    pub row: Reg,
+    pub col: Reg,
     pub preds: &'a [Reg],
     pub vector: bool,
     /// Row values (from [`load_row_vals`]).
@@ -317,7 +347,7 @@ fn store_tensor(b: &mut KernelBuilder, ptr: Reg, dt: ElemType, g: &Group, vals: 
 }
 
 /// Apply the epilogue to the group's values and store them.
-pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, g: &Group, acc: &[Reg]) {
+pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &mut EpiRegs, g: &Group, acc: &[Reg]) {
     let n = acc.len();
     assert!(n == 1 || n == 2);
     assert_eq!(g.col_vals.len(), n);
@@ -352,7 +382,7 @@ pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, g: 
                 }
             }
             EpiStep::Relu2Grad { dtype, .. } => {
-                let pre = load_tensor(b, r.ptrs[i].unwrap(), *dtype, g, n);
+                let pre = load_tensor(b, r.ptrs[i][0], *dtype, g, n);
                 for (x, p) in v.iter_mut().zip(pre) {
                     let t = b.bin(BinOp::Max, Type::F32, p, 0.0f32);
                     let t2 = b.bin(BinOp::Add, Type::F32, t, t);
@@ -360,12 +390,20 @@ pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, g: 
                 }
             }
             EpiStep::AddTensor { dtype, .. } => {
-                let res = load_tensor(b, r.ptrs[i].unwrap(), *dtype, g, n);
+                let res = load_tensor(b, r.ptrs[i][0], *dtype, g, n);
                 for (x, t) in v.iter_mut().zip(res) {
                     *x = b.bin(BinOp::Add, Type::F32, *x, t);
                 }
             }
-            EpiStep::StoreAux { dtype, .. } => store_tensor(b, r.ptrs[i].unwrap(), *dtype, g, &v),
+            EpiStep::StoreAux { dtype, .. } => store_tensor(b, r.ptrs[i][0], *dtype, g, &v),
+            EpiStep::Pointwise(_) => {
+                let pw = r.pw.as_mut().expect("pointwise state");
+                for (j, x) in v.iter().enumerate() {
+                    let p = if g.vector { g.preds[0] } else { g.preds[j] };
+                    pw.element(b, g.row, g.col, j as u32, *x, p);
+                }
+                return;
+            }
         }
     }
     if r.atomic_out {
@@ -381,7 +419,7 @@ pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, g: 
 }
 
 /// `row * N + col` as a 64-bit element index.
-pub(crate) fn elem_index(b: &mut KernelBuilder, r: &EpiRegs, row: Reg, col: Reg) -> Reg {
+pub(crate) fn elem_index(b: &mut KernelBuilder, r: &EpiRegs<'_>, row: Reg, col: Reg) -> Reg {
     let c = b.cvt(Type::U64, Type::U32, None, col);
     let rn = b.mul_wide_u32(row, r.n);
     b.add_u64(rn, c)

@@ -698,10 +698,10 @@ impl Skeleton {
         b.cp_async_wait_all();
 
         b.comment("epilogue");
-        let er = epilogue::setup(&mut b, &epi_params, c, n, cfg.split_k > 1);
+        let mut er = epilogue::setup(&mut b, &cfg.epilogue, &epi_params, c, m, n, cfg.split_k > 1);
         match &compute {
-            Compute::Mma(s) => s.epilogue(&mut b, cfg, &cm, &er),
-            Compute::Ffma(s) => s.epilogue(&mut b, cfg, &cm, &er),
+            Compute::Mma(s) => s.epilogue(&mut b, cfg, &cm, &mut er),
+            Compute::Ffma(s) => s.epilogue(&mut b, cfg, &cm, &mut er),
         }
         b.ret();
         b.finish()
@@ -834,7 +834,7 @@ impl MmaState {
         }
     }
 
-    fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &epilogue::EpiRegs) {
+    fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &mut epilogue::EpiRegs) {
         let epi = &cfg.epilogue;
         let pair = cfg.vec_c == 2;
         // column values for every column this thread owns
@@ -861,11 +861,11 @@ impl MmaState {
                     let p0 = b.and_pred(row_ok, *ok0);
                     let cv: [&[Option<Reg>]; 2] = [v0, v1];
                     if pair {
-                        let g = epilogue::Group { idx, preds: &[p0], vector: true, row_vals: &rv, col_vals: &cv };
+                        let g = epilogue::Group { idx, row, col: *col, preds: &[p0], vector: true, row_vals: &rv, col_vals: &cv };
                         epilogue::emit_group(b, epi, er, &g, &vals);
                     } else {
                         let p1 = b.and_pred(row_ok, *ok1);
-                        let g = epilogue::Group { idx, preds: &[p0, p1], vector: false, row_vals: &rv, col_vals: &cv };
+                        let g = epilogue::Group { idx, row, col: *col, preds: &[p0, p1], vector: false, row_vals: &rv, col_vals: &cv };
                         epilogue::emit_group(b, epi, er, &g, &vals);
                     }
                 }
@@ -951,7 +951,7 @@ impl FfmaState {
         }
     }
 
-    fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &epilogue::EpiRegs) {
+    fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &mut epilogue::EpiRegs) {
         let epi = &cfg.epilogue;
         let mut cols = vec![];
         for j in 0..self.nj {
@@ -969,7 +969,7 @@ impl FfmaState {
                 let idx = epilogue::elem_index(b, er, row, *col);
                 let p = b.and_pred(row_ok, *ok);
                 let cv: [&[Option<Reg>]; 1] = [v];
-                let g = epilogue::Group { idx, preds: &[p], vector: false, row_vals: &rv, col_vals: &cv };
+                let g = epilogue::Group { idx, row, col: *col, preds: &[p], vector: false, row_vals: &rv, col_vals: &cv };
                 epilogue::emit_group(b, epi, er, &g, &[self.acc[i as usize * self.nj as usize + j]]);
             }
         }

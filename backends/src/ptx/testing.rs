@@ -170,6 +170,7 @@ impl GemmCase {
                 EpiStep::Relu2Grad { param, dtype } | EpiStep::AddTensor { param, dtype } => v.push(t(param, m * n, *dtype, false)),
                 EpiStep::StoreAux { param, dtype } => v.push(t(param, m * n, *dtype, true)),
                 EpiStep::Scale { .. } | EpiStep::Relu2 => {}
+                EpiStep::Pointwise(_) => unreachable!("the GEMM test matrix has no pointwise epilogues"),
             }
         }
         v
@@ -235,6 +236,7 @@ impl GemmCase {
                         EpiStep::Relu2Grad { param, .. } => v *= 2.0 * inp[param][e].max(0.0),
                         EpiStep::AddTensor { param, .. } => v += inp[param][e],
                         EpiStep::StoreAux { param, dtype } => out.get_mut(param).unwrap()[e] = round_to(v, *dtype),
+                        EpiStep::Pointwise(_) => unreachable!("the GEMM test matrix has no pointwise epilogues"),
                     }
                 }
                 if let Some(ci) = c_init {

@@ -267,12 +267,12 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     let mut gx = GraphExprs::new(g, kernel.ops.iter().chain(&kernel.prologue).copied());
     for &v in &kernel.inputs {
         let (elem, arg) = plain_source(cx, v)?;
-        gx.source(v, elem, arg);
+        gx.source_lazy(v, elem, arg);
     }
     for &v in &kernel.ops {
         if let Op::Param { name } = &g.node(v).op {
             if !gx.has_source(v) {
-                gx.source(v, Elem::F32, ArgRef::ParamMaster(name.clone()));
+                gx.source_lazy(v, Elem::F32, ArgRef::ParamMaster(name.clone()));
             }
         }
     }
@@ -512,5 +512,44 @@ fn plan_reduction(f: &mut Fused, spaces: &mut Vec<RowsSpec>, items: &mut Vec<Sec
     if chunks > 1 {
         f.zero_first.push(ZeroRef::Value(o));
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Staging: values copied / converted into other buffers by a small launch.
+
+/// Where value `v` (stored by an earlier kernel) can be read in element type
+/// `want`: its arena slot, prepared copy or fp32 master when the type matches;
+/// otherwise a launch converts it into a new scratch buffer first.
+pub fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<ArgRef, PtxError> {
+    match &cx.plan.values[v.index()] {
+        Place::Arena(s) if elem_of(s.storage) == want => return Ok(ArgRef::Value(v)),
+        Place::Param { prepared: Some(s), .. } if elem_of(s.storage) == want => return Ok(ArgRef::Value(v)),
+        Place::Param { name, .. } if want == Elem::F32 => return Ok(ArgRef::ParamMaster(name.clone())),
+        _ => {}
+    }
+    let n = cx.g.ty(v).numel();
+    let aux = cx.scratch(n as u64 * want.bytes() as u64);
+    let (elem, arg) = plain_source(cx, v)?;
+    copy(cx, v, (elem, arg), (want, ArgRef::Aux(aux)), what)?;
+    Ok(ArgRef::Aux(aux))
+}
+
+/// A launch copying value `v` from `src` to `dst` (element types converted).
+pub fn copy(cx: &mut Ctx, v: ValueId, src: (Elem, ArgRef), dst: (Elem, ArgRef), what: &str) -> Result<(), PtxError> {
+    let g = cx.g;
+    let shape = g.ty(v).shape.clone();
+    let n: usize = shape.iter().product();
+    let mut gx = GraphExprs::new(g, []);
+    gx.source(v, src.0, src.1);
+    let out = gx.buffer(dst.0, BufArg::Ref(dst.1));
+    let var = gx.x.var(Ty::U32, n as u64, "i");
+    let ve = gx.x.var_e(var);
+    let idx = gx.x.unravel(ve, &shape);
+    let value = gx.value(v, &idx)?;
+    let mut f = Fused::new(gx);
+    f.sections.push(Section::Items { var, n: n as u32, stores: vec![Store { buf: out, index: ve, value, atomic: false }] });
+    let name = cx.unique_name(&format!("{}_{what}", cx.plan.kernels[cx.kernel].name));
+    emit(cx, &name, f)?;
     Ok(())
 }

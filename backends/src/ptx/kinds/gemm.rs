@@ -1,9 +1,241 @@
-//! Plan GEMM kernels.
+//! Plan GEMM kernels (and the LM head) onto the GEMM emitter.
+//!
+//! The product node maps to a [`GemmLayout`] with leading axes flattened:
+//! * `Linear(x[..., K], w[N, K])` -> [`GemmLayout::LINEAR`], `M = numel(x) / K`;
+//! * `MatMul(dy[..., N], w[N, K])` -> [`GemmLayout::INPUT_GRAD`] (GEMM `N, K` = model `K, N`);
+//! * `OuterSum(dy[..., N], x[..., K])` -> [`GemmLayout::WEIGHT_GRAD`] (GEMM
+//!   `M, N, K` = model `N, K, rows`), split-K with atomics when the output is
+//!   small and the rows many.
+//!
+//! Operands are read in the precision's element type: bf16 arena values and
+//! prepared parameter copies as they are, fp32 masters in f32 plans; anything
+//! else is first converted by a staging launch into scratch.
+//! A prologue `rms(x) = x * r` (rmsnorm-into-gemm) becomes `A = x` and a row
+//! scale `r[row]` on the output rows. The kernel's other ops are the
+//! epilogue: a [`PwEpilogue`] program at each `(row, col)` with the
+//! accumulator standing for the product, storing every output of the plan
+//! kernel. When an output needs the product at another element than the
+//! thread's own (or the kernel is the LM head), the product goes to an f32
+//! scratch buffer and a fused launch computes the outputs from it.
 
+use super::fused::{self, output_target, plain_source, Fused};
 use crate::ptx::compile::{Ctx, PtxError};
-use pgc_ir::plan::Launch;
+use crate::ptx::epilogue::{ElemType, EpiStep, Epilogue};
+use crate::ptx::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GPrec};
+use crate::ptx::pointwise::epi::{PwEpilogue, PwStore};
+use crate::ptx::pointwise::expr::{Elem, Ty};
+use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
+use crate::ptx::program::{ArgRef, ZeroRef};
+use pgc_ir::plan::{KernelKind, Launch, Precision};
+use pgc_ir::{BinaryFn, Op, ValueId};
 
+/// Streaming multiprocessors of an H100 SXM (split-K sizing).
+const SMS: u32 = 132;
+
+struct Geometry {
+    layout: GemmLayout,
+    m: u32,
+    n: u32,
+    k: u32,
+    a: ValueId,
+    b: ValueId,
+}
+
+fn geometry(cx: &Ctx, p: ValueId) -> Result<Geometry, PtxError> {
+    let g = cx.g;
+    let node = g.node(p);
+    let (x, y) = (node.args[0], node.args[1]);
+    let sx = &g.ty(x).shape;
+    let sy = &g.ty(y).shape;
+    let last = |s: &[usize]| *s.last().unwrap();
+    let rows = |s: &[usize]| s.iter().product::<usize>() / last(s).max(1);
+    let u = |v: usize| -> Result<u32, PtxError> { u32::try_from(v).map_err(|_| PtxError::Unsupported(format!("GEMM size {v} too large"))) };
+    Ok(match node.op {
+        Op::Linear => Geometry { layout: GemmLayout::LINEAR, m: u(rows(sx))?, n: u(sy[0])?, k: u(sy[1])?, a: x, b: y },
+        Op::MatMul => Geometry { layout: GemmLayout::INPUT_GRAD, m: u(rows(sx))?, n: u(sy[1])?, k: u(sy[0])?, a: x, b: y },
+        Op::OuterSum => Geometry { layout: GemmLayout::WEIGHT_GRAD, m: u(last(sx))?, n: u(last(sy))?, k: u(rows(sx))?, a: x, b: y },
+        _ => unreachable!(),
+    })
+}
+
+/// Where operand `v` can be read in element type `want` (staged into scratch if needed).
+fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<ArgRef, PtxError> {
+    fused::operand(cx, v, want, what)
+}
+
+fn elem_type(e: Elem) -> Result<ElemType, PtxError> {
+    match e {
+        Elem::F32 => Ok(ElemType::F32),
+        Elem::Bf16 => Ok(ElemType::Bf16),
+        Elem::I32 => Err(PtxError::Unsupported("an i32 GEMM output".into())),
+    }
+}
+
+/// Emit a plan GEMM (or LM head) kernel.
 pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
-    let _ = (cx, ki);
-    Err(PtxError::Unsupported("GEMM kernels are not emitted yet".into()))
+    let kernel = cx.plan.kernels[ki].clone();
+    let g = cx.g;
+    let prods: Vec<ValueId> = kernel.ops.iter().copied().filter(|&v| matches!(g.node(v).op, Op::Linear | Op::MatMul | Op::OuterSum)).collect();
+    let [p] = prods[..] else {
+        return Err(PtxError::Unsupported(format!("a GEMM kernel with {} matrix products", prods.len())));
+    };
+    let prec = match cx.plan.precision {
+        Precision::Bf16 => GPrec::Bf16,
+        Precision::F32 => GPrec::F32,
+    };
+    let want = match prec {
+        GPrec::Bf16 => Elem::Bf16,
+        GPrec::F32 => Elem::F32,
+    };
+    let mut geo = geometry(cx, p)?;
+    // rmsnorm-into-gemm: A = x, output rows scaled by r.
+    let mut row_scale: Option<ValueId> = None;
+    if matches!(g.node(p).op, Op::Linear) && kernel.prologue.contains(&geo.a) {
+        let m = g.node(geo.a);
+        let is_row = |v: ValueId| g.ty(v).shape.last() == Some(&1) && g.ty(v).rank() == g.ty(geo.a).rank();
+        let (x, r) = match (&m.op, m.args[0], m.args[1]) {
+            (Op::Binary { f: BinaryFn::Mul }, a, b) if is_row(b) && g.ty(a).shape == g.ty(geo.a).shape => (a, b),
+            (Op::Binary { f: BinaryFn::Mul }, a, b) if is_row(a) && g.ty(b).shape == g.ty(geo.a).shape => (b, a),
+            _ => return Err(PtxError::Unsupported(format!("prologue %{} is not x * row_scale", geo.a.index()))),
+        };
+        geo.a = x;
+        row_scale = Some(r);
+    }
+    let a = operand(cx, geo.a, want, "a")?;
+    let b = operand(cx, geo.b, want, "b")?;
+    let mut pre_steps = Vec::new();
+    let mut pre_args = Vec::new();
+    if let Some(r) = row_scale {
+        let (elem, arg) = plain_source(cx, r)?;
+        if elem != Elem::F32 {
+            return Err(PtxError::Unsupported("a bf16 row scale".into()));
+        }
+        pre_steps.push(EpiStep::RowScale { param: "rs".into() });
+        pre_args.push(arg);
+    }
+    let name = cx.unique_name(&kernel.name);
+    let outs = kernel.outputs.clone();
+    let (m, n, k) = (geo.m, geo.n, geo.k);
+    let sizes = [ArgRef::U32(m), ArgRef::U32(n), ArgRef::U32(k)];
+
+    // The product alone: a plain epilogue (split-K for long weight gradients).
+    if outs == [p] && kernel.kind == KernelKind::Gemm {
+        let (elem, c) = output_target(cx, p)?;
+        let epi = Epilogue { steps: pre_steps, out: elem_type(elem)? };
+        let mut cfg = GemmConfig::new(prec, geo.layout, m, n, k, epi);
+        let mut zero = Vec::new();
+        if elem == Elem::F32 && geo.layout == GemmLayout::WEIGHT_GRAD {
+            let s = cfg.suggest_split_k(m, n, k, SMS);
+            if s > 1 {
+                cfg = cfg.with_split_k(s);
+                zero.push(ZeroRef::Value(p));
+            }
+        }
+        cfg.name = name.clone();
+        return launch_gemm(cx, &name, cfg, [a, b, c], &sizes, pre_args, zero);
+    }
+
+    // The epilogue as a pointwise program.
+    if kernel.kind == KernelKind::Gemm {
+        match pointwise_epilogue(cx, &kernel.ops, &kernel.prologue, &kernel.inputs, &outs, p) {
+            Ok((pw, args)) => {
+                let mut steps = pre_steps.clone();
+                steps.push(EpiStep::Pointwise(Box::new(pw)));
+                let mut cfg = GemmConfig::new(prec, geo.layout, m, n, k, Epilogue { steps, out: ElemType::F32 });
+                cfg.name = name.clone();
+                // `c` is not written by a pointwise epilogue: any valid pointer.
+                let c = args.first().cloned().unwrap_or(a.clone());
+                let mut extra = pre_args.clone();
+                extra.extend(args);
+                return launch_gemm(cx, &name, cfg, [a, b, c], &sizes, extra, vec![]);
+            }
+            Err(PtxError::Unsupported(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+
+    // Fallback (and the LM head): the product into f32 scratch, then a fused launch.
+    let numel = g.ty(p).numel();
+    let aux = cx.scratch(numel as u64 * 4);
+    let epi = Epilogue { steps: pre_steps, out: ElemType::F32 };
+    let mut cfg = GemmConfig::new(prec, geo.layout, m, n, k, epi);
+    cfg.name = name.clone();
+    let launch = launch_gemm(cx, &name, cfg, [a, b, ArgRef::Aux(aux)], &sizes, pre_args, vec![])?;
+    let inside: Vec<ValueId> = kernel.ops.iter().copied().filter(|&v| v != p).collect();
+    let mut gx = GraphExprs::new(g, inside.iter().copied());
+    gx.source(p, Elem::F32, ArgRef::Aux(aux));
+    for &v in &kernel.inputs {
+        let (elem, arg) = plain_source(cx, v)?;
+        gx.source_lazy(v, elem, arg);
+    }
+    let mut bufs = Vec::new();
+    for &o in &outs {
+        let (elem, arg) = output_target(cx, o)?;
+        let buf = gx.buffer(elem, BufArg::Ref(arg));
+        bufs.push((o, buf, elem));
+    }
+    let mut f = Fused::new(gx);
+    fused::plan_outputs(&mut f, &bufs, &kernel.ops)?;
+    let rest = cx.unique_name(&format!("{}_epilogue", kernel.name));
+    fused::emit(cx, &rest, f)?;
+    Ok(launch)
+}
+
+fn launch_gemm(cx: &mut Ctx, name: &str, cfg: GemmConfig, abc: [ArgRef; 3], sizes: &[ArgRef; 3], extra: Vec<ArgRef>, zero: Vec<ZeroRef>) -> Result<Launch, PtxError> {
+    let (m, n) = match (&sizes[0], &sizes[1]) {
+        (ArgRef::U32(m), ArgRef::U32(n)) => (*m, *n),
+        _ => unreachable!(),
+    };
+    let gk = emit_gemm(&cfg)?;
+    let launch = Launch { grid: gk.grid(m, n), block: gk.block(), shared_bytes: gk.smem_bytes };
+    cx.module.push(gk.kernel);
+    let mut args: Vec<ArgRef> = abc.to_vec();
+    args.extend(sizes.iter().cloned());
+    args.extend(extra);
+    cx.launch(name, launch, args, zero);
+    Ok(launch)
+}
+
+/// The plan kernel's outputs as a program over `(row, col, acc)`; Unsupported
+/// when some output needs the product at another element.
+fn pointwise_epilogue(
+    cx: &mut Ctx,
+    ops: &[ValueId],
+    prologue: &[ValueId],
+    inputs: &[ValueId],
+    outs: &[ValueId],
+    p: ValueId,
+) -> Result<(PwEpilogue, Vec<ArgRef>), PtxError> {
+    let g = cx.g;
+    let mut gx = GraphExprs::new(g, ops.iter().chain(prologue).copied());
+    for &v in inputs {
+        let (elem, arg) = plain_source(cx, v)?;
+        gx.source_lazy(v, elem, arg);
+    }
+    let pshape = g.ty(p).shape.clone();
+    let (m, n) = match g.node(p).op {
+        Op::OuterSum => (pshape[0], pshape[1]),
+        _ => (pshape.iter().product::<usize>() / pshape.last().unwrap(), *pshape.last().unwrap()),
+    };
+    let row = gx.x.var(Ty::U32, m as u64, "row");
+    let col = gx.x.var(Ty::U32, n as u64, "col");
+    let acc = gx.x.var(Ty::F32, 0, "acc");
+    let (re, ce, ae) = (gx.x.var_e(row), gx.x.var_e(col), gx.x.var_e(acc));
+    let mut pidx = gx.x.unravel(re, &pshape[..pshape.len() - 1]);
+    pidx.push(ce);
+    gx.set_override(p, pidx.clone(), ae);
+    let mut stores = Vec::new();
+    for &o in outs {
+        let idx = gx
+            .forward_index(p, o, &pidx)
+            .ok_or_else(|| PtxError::Unsupported(format!("output %{} is not an element-wise image of the product", o.index())))?;
+        let value = gx.value(o, &idx)?;
+        let index = gx.x.linear(&g.ty(o).shape.clone(), &idx);
+        let (elem, arg) = output_target(cx, o)?;
+        let buf = gx.buffer(elem, BufArg::Ref(arg));
+        stores.push(PwStore { buf, index, value });
+    }
+    let args: Vec<ArgRef> = gx.buf_args.iter().map(|a| cx.resolve(a)).collect();
+    let params = (0..args.len()).map(|i| format!("e{i}")).collect();
+    Ok((PwEpilogue { exprs: gx.x, row, col, acc, params, stores }, args))
 }

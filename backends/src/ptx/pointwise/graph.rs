@@ -43,6 +43,8 @@ pub struct GraphExprs<'g> {
     inside: HashSet<usize>,
     /// Stored values this kernel may read, by node.
     sources: HashMap<usize, Buf>,
+    /// Readable values whose buffer is made at the first read.
+    lazy: HashMap<usize, (Elem, ArgRef)>,
     overrides: HashMap<(usize, Vec<E>), E>,
     /// Values overridden at some index: any other index is an error.
     overridden: HashSet<usize>,
@@ -64,6 +66,7 @@ impl<'g> GraphExprs<'g> {
             buf_args: Vec::new(),
             inside: inside.into_iter().map(|v| v.index()).collect(),
             sources: HashMap::new(),
+            lazy: HashMap::new(),
             overrides: HashMap::new(),
             overridden: HashSet::new(),
             memo: HashMap::new(),
@@ -86,13 +89,18 @@ impl<'g> GraphExprs<'g> {
         b
     }
 
+    /// Read node `v` from `arg`, making the buffer (a kernel parameter) only if it is read.
+    pub fn source_lazy(&mut self, v: ValueId, elem: Elem, arg: ArgRef) {
+        self.lazy.insert(v.index(), (elem, arg));
+    }
+
     /// Read node `v` through an existing buffer.
     pub fn source_buf(&mut self, v: ValueId, buf: Buf) {
         self.sources.insert(v.index(), buf);
     }
 
     pub fn has_source(&self, v: ValueId) -> bool {
-        self.sources.contains_key(&v.index())
+        self.sources.contains_key(&v.index()) || self.lazy.contains_key(&v.index())
     }
 
     /// Node `v` at `idx` is the expression `e` (e.g. a GEMM accumulator);
@@ -144,6 +152,9 @@ impl<'g> GraphExprs<'g> {
     }
 
     fn load(&mut self, v: ValueId, idx: &[E]) -> Result<E, PtxError> {
+        if let Some((elem, arg)) = self.lazy.remove(&v.index()) {
+            self.source(v, elem, arg);
+        }
         let Some(&buf) = self.sources.get(&v.index()) else {
             return err(format!("internal: the kernel reads %{} ({}) but has no buffer for it", v.index(), self.g.node(v).op.name()));
         };

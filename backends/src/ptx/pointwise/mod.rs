@@ -8,6 +8,7 @@
 //!   free variables, loop invariants hoisted, reductions warp-cooperative
 //!   where the warp agrees on the row.
 
+pub mod epi;
 pub mod expr;
 pub mod graph;
 pub mod lower;
