@@ -515,16 +515,13 @@ impl Exprs {
             }
             // (x / c1) / c2 = x / (c1 c2)
             Expr::Div(x, c1) if (c1 as u64) * (c as u64) <= u32::MAX as u64 => return self.div_c(x, c1 * c),
-            // (p + q) / c = p / c + q / c when c divides p and (q < c or c divides q)
+            // (p + q) / c = p / c + q / c when c divides p or q
             Expr::I2(IOp::Add, p, q) => {
                 let c64 = c as u64;
-                if self.div(p) % c64 == 0 && (self.bound(q) <= c64 || self.div(q) % c64 == 0) {
+                if self.div(p).is_multiple_of(c64) || self.div(q).is_multiple_of(c64) {
                     let pd = self.div_c(p, c);
                     let qd = self.div_c(q, c);
                     return self.add(pd, qd);
-                }
-                if self.div(q) % c64 == 0 && self.bound(p) <= c64 {
-                    return self.div_c(q, c);
                 }
             }
             _ => {}
