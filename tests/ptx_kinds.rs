@@ -347,3 +347,33 @@ fn gemm_with_prologue_and_epilogues() {
 fn gemm_backward_products_and_epilogues() {
     check(&Case { name: "gemm-train", src: MLP_SRC, mode: Mode::Train, ids: 1, scale: 0.3 }, KernelKind::Gemm);
 }
+
+const ATTN_SRC: &str = "
+const norm_eps = 1.1920928955078125e-07;
+const heads = 3;
+const kv_heads = 1;
+fn rms(x) { x * rsqrt(mean(x^2, -1, keepdim=true) + norm_eps) }
+let x = param x[2, 33, 48];
+let wq = param wq[48, 48];
+let wk = param wk[16, 48];
+let wv = param wv[16, 48];
+let wo = param wo[48, 48];
+let q = rms(split_heads(linear(x, wq), heads));
+let k = rms(split_heads(linear(x, wk), kv_heads));
+let v = split_heads(linear(x, wv), kv_heads);
+let q = rope(q, 10000.0) * reshape(param q_gain[heads], [heads, 1, 1]);
+let k = rope(k, 10000.0);
+let y = linear(merge_heads(causal_attention(q, k, v, 0.25)), wo);
+output y = y;
+output loss = sum(sum(sum(y * y, -1), -1), -1);
+";
+
+#[test]
+fn attention_forward() {
+    check(&Case { name: "attention-eval", src: ATTN_SRC, mode: Mode::Eval, ids: 1, scale: 0.3 }, KernelKind::Attention);
+}
+
+#[test]
+fn attention_backward() {
+    check(&Case { name: "attention-train", src: ATTN_SRC, mode: Mode::Train, ids: 1, scale: 0.3 }, KernelKind::AttentionBackward);
+}

@@ -53,8 +53,9 @@ pub struct Ctx<'a> {
     pub aux: Vec<AuxBuffer>,
     /// The plan kernel being compiled.
     pub kernel: usize,
-    /// Attention forward node -> aux buffer holding its log-sum-exp rows.
-    pub lse: HashMap<usize, usize>,
+    /// Attention forward node -> (aux buffer of its log-sum-exp rows, its
+    /// output, the output's element type), for the backward.
+    pub lse: HashMap<usize, (usize, ArgRef, super::epilogue::ElemType)>,
     names: HashSet<String>,
 }
 
