@@ -93,24 +93,33 @@ fn with_nan_fills(p: &Program) -> Program {
 struct Case {
     name: &'static str,
     src: &'static str,
+    sets: &'static [(&'static str, &'static str)],
     mode: Mode,
     /// Exclusive upper bound of the token ids.
     ids: i32,
     /// Parameter scale.
     scale: f64,
+    /// Check each kernel against the CPU run on the kernel's actual inputs as
+    /// the device stored them (else against one CPU run of the whole graph).
+    isolate: bool,
 }
 
 struct Outcome {
     worst: f64,
+    /// Graph outputs against one f64 run of the whole graph (isolated cases).
+    end_to_end: Vec<(String, f64)>,
     kinds: Vec<KernelKind>,
     lines: Vec<String>,
 }
 
 /// Plan, compile and run `case` in `precision`; compare every stored value.
 fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) -> Outcome {
-    let g = graph(case.src, case.mode, &[]);
+    let g = graph(case.src, case.mode, case.sets);
     let mut opts = PlanOptions::all(&g, precision);
     opts.rules = rules.iter().copied().collect();
+    if case.mode == Mode::Train {
+        opts.outputs.retain(|n| n != "logits");
+    }
     let p = plan::build(&g, &opts).unwrap();
     let prog = compile_program(&g, &p).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let prog = with_nan_fills(&prog);
@@ -143,10 +152,26 @@ fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) 
     // Launch by launch; each plan kernel's outputs are read right after its
     // last launch (the memory plan reuses a slot once its last reader ran).
     let mut got_vals: HashMap<ValueId, Vec<f64>> = HashMap::new();
+    let mut in_vals: HashMap<(usize, ValueId), Vec<f64>> = HashMap::new();
     let nfill = prog.launches.iter().take_while(|l| l.entry == "pgc_test_nanfill").count();
     for i in 0..ex.launch_count() {
-        ex.launch_step(i).unwrap_or_else(|e| panic!("{} ({precision:?}): {e}", case.name));
         let l = &prog.launches[i];
+        let first_of_kernel = i >= nfill && (i == nfill || prog.launches[i - 1].plan_kernel != l.plan_kernel);
+        if case.isolate && first_of_kernel {
+            let k = &p.kernels[l.plan_kernel];
+            let tensor_cores = matches!(k.kind, KernelKind::Gemm | KernelKind::LmHead | KernelKind::Attention | KernelKind::AttentionBackward);
+            for &v in &k.inputs {
+                let read = match &p.values[v.index()] {
+                    Place::Arena(s) => s.storage != plan::Storage::I32,
+                    Place::Param { prepared: Some(_), .. } => tensor_cores,
+                    _ => false,
+                };
+                if read {
+                    in_vals.insert((l.plan_kernel, v), ex.read_stored(v).unwrap().iter().map(|&x| x as f64).collect());
+                }
+            }
+        }
+        ex.launch_step(i).unwrap_or_else(|e| panic!("{} ({precision:?}): {e}", case.name));
         let last_of_kernel = i >= nfill && prog.launches.get(i + 1).is_none_or(|n| n.plan_kernel != l.plan_kernel);
         if last_of_kernel {
             for &o in &p.kernels[l.plan_kernel].outputs {
@@ -162,13 +187,44 @@ fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) 
             stored.push((ki, o));
         }
     }
-    let mut g2 = g.clone();
-    for (_, v) in &stored {
-        g2.outputs.push((format!("__v{}", v.0), *v));
-    }
     let names: Vec<String> = stored.iter().map(|(_, v)| format!("__v{}", v.0)).collect();
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    let want = cpu::execute::<f64>(&g2, &params64, &inputs64, Some(&refs)).unwrap();
+    let mut end_to_end = Vec::new();
+    if case.isolate {
+        let outs: Vec<(String, ValueId)> = g.outputs.iter().filter(|(_, v)| got_vals.contains_key(v)).cloned().collect();
+        let refs: Vec<&str> = outs.iter().map(|(n, _)| n.as_str()).collect();
+        let full = cpu::execute::<f64>(&g, &params64, &inputs64, Some(&refs)).unwrap();
+        for (n, v) in &outs {
+            end_to_end.push((n.clone(), cpu::rel_err(&got_vals[v], full.get(n).unwrap().as_float().unwrap())));
+        }
+    }
+    let want: HashMap<String, Tensor<f64>> = if case.isolate {
+        // One CPU run per kernel, its stored inputs replaced by the device's values.
+        let mut all = HashMap::new();
+        for (ki, k) in p.kernels.iter().enumerate() {
+            let mut gk = g.clone();
+            let mut params = params64.clone();
+            for &v in &k.inputs {
+                let Some(vals) = in_vals.get(&(ki, v)) else { continue };
+                let name = format!("__in{}", v.0);
+                let shape = g.ty(v).shape.clone();
+                gk.nodes[v.index()].op = Op::Param { name: name.clone() };
+                gk.nodes[v.index()].args.clear();
+                gk.params.push(pgc_ir::ParamInfo { name: name.clone(), shape: shape.clone(), quant: Default::default(), init: pgc_ir::Init::Zeros, origin: None });
+                params.insert(name, Tensor::float(shape, vals.clone()));
+            }
+            gk.outputs = k.outputs.iter().map(|o| (format!("__v{}", o.0), *o)).collect();
+            let run = cpu::execute::<f64>(&gk, &params, &inputs64, None).unwrap_or_else(|e| panic!("{}: reference of {}: {e}", case.name, k.name));
+            all.extend(run.outputs);
+        }
+        all
+    } else {
+        let mut g2 = g.clone();
+        for (_, v) in &stored {
+            g2.outputs.push((format!("__v{}", v.0), *v));
+        }
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        cpu::execute::<f64>(&g2, &params64, &inputs64, Some(&refs)).unwrap().outputs.into_iter().collect()
+    };
 
     let mut worst = 0.0f64;
     let mut lines = Vec::new();
@@ -188,7 +244,7 @@ fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) 
         lines.push(format!("{:<44} %{:<5} {:<16} {:?} rel err {e:.2e}", k.name, v.0, g.node(*v).op.name(), g.ty(*v).shape));
         worst = worst.max(e);
     }
-    Outcome { worst, kinds: p.kernels.iter().map(|k| k.kind).collect(), lines }
+    Outcome { worst, end_to_end, kinds: p.kernels.iter().map(|k| k.kind).collect(), lines }
 }
 
 fn tol(p: Precision) -> f64 {
@@ -213,6 +269,17 @@ fn check_with(case: &Case, kind: KernelKind, rules: &[FusionRule]) {
         for l in &out.lines {
             println!("   {l}");
         }
+        if !out.end_to_end.is_empty() {
+            let (n, e) = out.end_to_end.iter().fold((String::new(), 0.0f64), |a, (n, e)| if *e > a.1 { (n.clone(), *e) } else { a });
+            println!("   end to end ({} outputs against one f64 run of the graph): worst {e:.2e} ({n})", out.end_to_end.len());
+            for (n, e) in &out.end_to_end {
+                println!("      {n:<40} {e:.2e}");
+            }
+            // The f32 path end to end, as the golden checks require (1e-4).
+            if precision == Precision::F32 && !(e <= 1e-4) {
+                fails.push(format!("{} f32 end to end: {n} {e:.3e} > 1e-4", case.name));
+            }
+        }
         if !(out.worst <= tol(precision)) {
             fails.push(format!("{} {precision:?}: {:.3e} > {:.0e}", case.name, out.worst, tol(precision)));
         }
@@ -225,6 +292,7 @@ fn elementwise_math_and_index_ops() {
     check(
         &Case {
             name: "elementwise",
+            sets: &[],
             src: "
 let a = param a[3, 33, 48];
 let b = param b[48];
@@ -239,6 +307,7 @@ output s = shift(z, axis=1, offset=-2) + sqrt(abs(a));
             mode: Mode::Eval,
             ids: 1,
             scale: 1.0,
+            isolate: false,
         },
         KernelKind::Elementwise,
     );
@@ -249,6 +318,7 @@ fn math_functions_one_by_one() {
     check(
         &Case {
             name: "math",
+            sets: &[],
             src: "
 let a = param a[5, 37];
 output t = tanh(a);
@@ -263,6 +333,7 @@ output x = relu(a) + square(a);
             mode: Mode::Eval,
             ids: 1,
             scale: 3.0,
+            isolate: false,
         },
         KernelKind::Elementwise,
     );
@@ -285,12 +356,12 @@ output loss = sum(reshape(q * w, [4752]), 0) + sum(sum(sum(s * x, -1), -1), -1);
 
 #[test]
 fn rowwise_norms_smear_rope() {
-    check(&Case { name: "rowwise", src: ROWS_SRC, mode: Mode::Eval, ids: 1, scale: 1.0 }, KernelKind::RowWise);
+    check(&Case { name: "rowwise", src: ROWS_SRC, sets: &[], mode: Mode::Eval, ids: 1, scale: 1.0, isolate: false }, KernelKind::RowWise);
 }
 
 #[test]
 fn reduce_backward_of_norms_smear_rope() {
-    check(&Case { name: "reduce", src: ROWS_SRC, mode: Mode::Train, ids: 1, scale: 1.0 }, KernelKind::Reduce);
+    check(&Case { name: "reduce", src: ROWS_SRC, sets: &[], mode: Mode::Train, ids: 1, scale: 1.0, isolate: false }, KernelKind::Reduce);
 }
 
 const EMBED_SRC: &str = "
@@ -310,12 +381,12 @@ output loss = cross_entropy(z, targets) + sum(sum(sum(x * x, -1), -1), -1) * 0.0
 
 #[test]
 fn gather_embedding_and_bigram_hash() {
-    check(&Case { name: "gather", src: EMBED_SRC, mode: Mode::Eval, ids: 200, scale: 1.0 }, KernelKind::Gather);
+    check(&Case { name: "gather", src: EMBED_SRC, sets: &[], mode: Mode::Eval, ids: 200, scale: 1.0, isolate: false }, KernelKind::Gather);
 }
 
 #[test]
 fn scatter_cross_entropy_and_fake_quant_in_training() {
-    let case = Case { name: "scatter-ce-quant", src: EMBED_SRC, mode: Mode::Train, ids: 200, scale: 1.0 };
+    let case = Case { name: "scatter-ce-quant", src: EMBED_SRC, sets: &[], mode: Mode::Train, ids: 200, scale: 1.0, isolate: false };
     check(&case, KernelKind::Scatter);
     check(&case, KernelKind::CrossEntropy);
     check(&case, KernelKind::WeightPrep);
@@ -340,12 +411,12 @@ output loss = sum(sum(sum(y * y, -1), -1), -1) + sum(reshape(v * v, [1584]), 0);
 
 #[test]
 fn gemm_with_prologue_and_epilogues() {
-    check(&Case { name: "gemm-eval", src: MLP_SRC, mode: Mode::Eval, ids: 1, scale: 0.3 }, KernelKind::Gemm);
+    check(&Case { name: "gemm-eval", src: MLP_SRC, sets: &[], mode: Mode::Eval, ids: 1, scale: 0.3, isolate: false }, KernelKind::Gemm);
 }
 
 #[test]
 fn gemm_backward_products_and_epilogues() {
-    check(&Case { name: "gemm-train", src: MLP_SRC, mode: Mode::Train, ids: 1, scale: 0.3 }, KernelKind::Gemm);
+    check(&Case { name: "gemm-train", src: MLP_SRC, sets: &[], mode: Mode::Train, ids: 1, scale: 0.3, isolate: false }, KernelKind::Gemm);
 }
 
 const ATTN_SRC: &str = "
@@ -370,10 +441,35 @@ output loss = sum(sum(sum(y * y, -1), -1), -1);
 
 #[test]
 fn attention_forward() {
-    check(&Case { name: "attention-eval", src: ATTN_SRC, mode: Mode::Eval, ids: 1, scale: 0.3 }, KernelKind::Attention);
+    check(&Case { name: "attention-eval", src: ATTN_SRC, sets: &[], mode: Mode::Eval, ids: 1, scale: 0.3, isolate: false }, KernelKind::Attention);
 }
 
 #[test]
 fn attention_backward() {
-    check(&Case { name: "attention-train", src: ATTN_SRC, mode: Mode::Train, ids: 1, scale: 0.3 }, KernelKind::AttentionBackward);
+    check(&Case { name: "attention-train", src: ATTN_SRC, sets: &[], mode: Mode::Train, ids: 1, scale: 0.3, isolate: false }, KernelKind::AttentionBackward);
+}
+
+const MODEL_11L: &str = include_str!("../models/11l.pgdsl");
+const TINY: &[(&str, &str)] = &[
+    ("vocab", "64"), ("dim", "32"), ("heads", "4"), ("kv_heads", "2"), ("layers", "3"),
+    ("bigram_buckets", "32"), ("bigram_dim", "8"), ("seq", "16"), ("batch", "2"),
+];
+const ODD: &[(&str, &str)] = &[
+    ("vocab", "200"), ("dim", "48"), ("heads", "3"), ("kv_heads", "1"), ("layers", "5"),
+    ("bigram_buckets", "97"), ("bigram_dim", "12"), ("seq", "33"), ("batch", "3"),
+];
+
+#[test]
+fn model_11l_tiny_train() {
+    check(&Case { name: "11l-tiny-train", src: MODEL_11L, sets: TINY, mode: Mode::Train, ids: 64, scale: 0.2, isolate: true }, KernelKind::Gemm);
+}
+
+#[test]
+fn model_11l_odd_train() {
+    check(&Case { name: "11l-odd-train", src: MODEL_11L, sets: ODD, mode: Mode::Train, ids: 200, scale: 0.2, isolate: true }, KernelKind::AttentionBackward);
+}
+
+#[test]
+fn model_11l_odd_eval() {
+    check(&Case { name: "11l-odd-eval", src: MODEL_11L, sets: ODD, mode: Mode::Eval, ids: 200, scale: 0.2, isolate: true }, KernelKind::Attention);
 }
