@@ -7,7 +7,7 @@
 //! kernel's launch geometry filled in (its main launch). See
 //! [`supported_rules`] for the fusion rules the emitters implement.
 
-use super::builder::Module;
+use super::builder::{Kernel, Module};
 use super::kinds;
 use super::pointwise::graph::BufArg;
 use super::program::{ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
@@ -57,11 +57,23 @@ pub struct Ctx<'a> {
     /// output, the output's element type), for the backward.
     pub lse: HashMap<usize, (usize, ArgRef, super::epilogue::ElemType)>,
     names: HashSet<String>,
+    /// Kernel text (with its name blanked) -> the entry already in the module.
+    bodies: HashMap<String, String>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(g: &'a Graph, plan: &'a Plan) -> Self {
-        Ctx { g, plan, module: Module::new(), launches: Vec::new(), aux: Vec::new(), kernel: 0, lse: HashMap::new(), names: HashSet::new() }
+        Ctx {
+            g,
+            plan,
+            module: Module::new(),
+            launches: Vec::new(),
+            aux: Vec::new(),
+            kernel: 0,
+            lse: HashMap::new(),
+            names: HashSet::new(),
+            bodies: HashMap::new(),
+        }
     }
 
     /// A rotary table (one per distinct shape and base).
@@ -96,6 +108,22 @@ impl<'a> Ctx<'a> {
             name = format!("{clean}_{i}");
             i += 1;
         }
+        name
+    }
+
+    /// Add a kernel to the module unless an identical one (up to its name) is
+    /// there already; returns the entry to launch. Layers of the same shape
+    /// share their kernels this way.
+    pub fn add_kernel(&mut self, k: Kernel) -> String {
+        let mut m = Module::new();
+        m.push(k.clone());
+        let key = m.render().replace(&k.name, "\u{1}");
+        if let Some(e) = self.bodies.get(&key) {
+            return e.clone();
+        }
+        self.bodies.insert(key, k.name.clone());
+        let name = k.name.clone();
+        self.module.push(k);
         name
     }
 

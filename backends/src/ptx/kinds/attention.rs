@@ -59,7 +59,7 @@ fn kernels(cx: &mut Ctx, cfg: &AttnConfig) -> Result<AttnKernels, PtxError> {
     let ks = emit_attention(cfg)?;
     for k in ks.all() {
         if !cx.module.kernels.iter().any(|m| m.name == k.kernel.name) {
-            cx.module.push(k.kernel.clone());
+            cx.add_kernel(k.kernel.clone());
         }
     }
     Ok(ks)

@@ -178,10 +178,10 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
         }
     }
     b.ret();
-    cx.module.push(b.finish());
+    let entry = cx.add_kernel(b.finish());
     let args: Vec<ArgRef> = gx.buf_args.iter().map(|a| cx.resolve(a)).collect();
     let launch = Launch { grid: [blocks, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 };
-    cx.launch(name, launch, args, zero_first);
+    cx.launch(&entry, launch, args, zero_first);
     Ok(launch)
 }
 

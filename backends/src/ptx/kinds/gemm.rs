@@ -132,7 +132,7 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
             }
         }
         cfg.name = name.clone();
-        return launch_gemm(cx, &name, cfg, [a, b, c], &sizes, pre_args, zero);
+        return launch_gemm(cx, cfg, [a, b, c], &sizes, pre_args, zero);
     }
 
     // The epilogue as a pointwise program.
@@ -147,7 +147,7 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
                 let c = args.first().cloned().unwrap_or(a.clone());
                 let mut extra = pre_args.clone();
                 extra.extend(args);
-                return launch_gemm(cx, &name, cfg, [a, b, c], &sizes, extra, vec![]);
+                return launch_gemm(cx, cfg, [a, b, c], &sizes, extra, vec![]);
             }
             Err(PtxError::Unsupported(_)) => {}
             Err(e) => return Err(e),
@@ -160,7 +160,7 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     let epi = Epilogue { steps: pre_steps, out: ElemType::F32 };
     let mut cfg = GemmConfig::new(prec, geo.layout, m, n, k, epi);
     cfg.name = name.clone();
-    let launch = launch_gemm(cx, &name, cfg, [a, b, ArgRef::Aux(aux)], &sizes, pre_args, vec![])?;
+    let launch = launch_gemm(cx, cfg, [a, b, ArgRef::Aux(aux)], &sizes, pre_args, vec![])?;
     let inside: Vec<ValueId> = kernel.ops.iter().copied().filter(|&v| v != p).collect();
     let mut gx = GraphExprs::new(g, inside.iter().copied());
     gx.source(p, Elem::F32, ArgRef::Aux(aux));
@@ -181,18 +181,18 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     Ok(launch)
 }
 
-fn launch_gemm(cx: &mut Ctx, name: &str, cfg: GemmConfig, abc: [ArgRef; 3], sizes: &[ArgRef; 3], extra: Vec<ArgRef>, zero: Vec<ZeroRef>) -> Result<Launch, PtxError> {
+fn launch_gemm(cx: &mut Ctx, cfg: GemmConfig, abc: [ArgRef; 3], sizes: &[ArgRef; 3], extra: Vec<ArgRef>, zero: Vec<ZeroRef>) -> Result<Launch, PtxError> {
     let (m, n) = match (&sizes[0], &sizes[1]) {
         (ArgRef::U32(m), ArgRef::U32(n)) => (*m, *n),
         _ => unreachable!(),
     };
     let gk = emit_gemm(&cfg)?;
     let launch = Launch { grid: gk.grid(m, n), block: gk.block(), shared_bytes: gk.smem_bytes };
-    cx.module.push(gk.kernel);
+    let entry = cx.add_kernel(gk.kernel);
     let mut args: Vec<ArgRef> = abc.to_vec();
     args.extend(sizes.iter().cloned());
     args.extend(extra);
-    cx.launch(name, launch, args, zero);
+    cx.launch(&entry, launch, args, zero);
     Ok(launch)
 }
 
