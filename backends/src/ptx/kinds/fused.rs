@@ -5,8 +5,9 @@
 //! A [`Fused`] launch is a list of independent [`Section`]s over one grid of
 //! `256`-thread blocks; each section stores some outputs:
 //! * [`Section::Items`]: a grid-stride loop over `n` work items (one thread
-//!   per element of an output; per `(output element, chunk)` of a reduction
-//!   over leading axes; per element of a scatter-add).
+//!   per `vec` consecutive elements of same-shaped outputs, with `vec`-wide
+//!   vector loads and stores where the indices line up; per `(output element,
+//!   chunk)` of a reduction over leading axes; per element of a scatter-add).
 //! * [`Section::Rows`]: a warp-stride loop over `rows` rows, one warp per row:
 //!   row-level values first (the row reductions, lanes splitting the row and
 //!   combining with `shfl.sync.bfly`, and everything else that depends only
@@ -43,7 +44,9 @@ pub struct Store {
 
 #[derive(Clone, Debug)]
 pub enum Section {
-    Items { var: Var, n: u32, stores: Vec<Store> },
+    /// `stores` hold every element of a work item: `vec` consecutive
+    /// elements per store target when `vec > 1`.
+    Items { var: Var, n: u32, vec: u32, stores: Vec<Store> },
     Rows { row: Var, col: Var, rows: u32, len: u32, row_stores: Vec<Store>, col_stores: Vec<Store> },
 }
 
@@ -132,14 +135,19 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
         let roots = s.roots();
         lw.hoist(&mut b, &roots);
         match s {
-            Section::Items { var, n, stores } => {
-                b.comment(format!("items: {n}"));
+            Section::Items { var, n, vec, stores } => {
+                b.comment(format!("items: {n} x {vec}"));
                 b.for_range(gtid, *n, stride, false, |b, i| {
                     lw.push_scope();
                     lw.bind(*var, i, false);
                     lw.converged = false;
-                    for st in stores {
-                        emit_store(b, &mut lw, st, None);
+                    if *vec > 1 {
+                        lw.vector_loads(b, &roots, *vec);
+                        emit_stores_vec(b, &mut lw, stores, *vec);
+                    } else {
+                        for st in stores {
+                            emit_store(b, &mut lw, st, None);
+                        }
                     }
                     lw.converged = true;
                     lw.unbind(*var);
@@ -183,6 +191,50 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
     let launch = Launch { grid: [blocks, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 };
     cx.launch(&entry, launch, args, zero_first);
     Ok(launch)
+}
+
+/// Stores of consecutive elements (`base + j`, `j < vec`, `base` a multiple
+/// of `vec`) to one buffer as one vector store; the rest one by one.
+fn emit_stores_vec(b: &mut KernelBuilder, lw: &mut Lower, stores: &[Store], vec: u32) {
+    let mut done = vec![false; stores.len()];
+    for i in 0..stores.len() {
+        if done[i] || stores[i].atomic {
+            continue;
+        }
+        let (base, off) = lw.x.split_offset(stores[i].index);
+        if off != 0 || !lw.x.div(base).is_multiple_of(vec as u64) || lw.x.bufs[stores[i].buf.0 as usize] == Elem::I32 {
+            continue;
+        }
+        let mut group = vec![i];
+        for j in 1..vec {
+            let want = (stores[i].buf, base, j);
+            match (0..stores.len()).find(|&k| !done[k] && !stores[k].atomic && (stores[k].buf, lw.x.split_offset(stores[k].index).0, lw.x.split_offset(stores[k].index).1) == want) {
+                Some(k) => group.push(k),
+                None => break,
+            }
+        }
+        if group.len() as u32 != vec {
+            continue;
+        }
+        let vals: Vec<Reg> = group.iter().map(|&k| lw.emit_reg(b, stores[k].value)).collect();
+        let addr = lw.address(b, stores[i].buf, base);
+        match lw.x.bufs[stores[i].buf.0 as usize] {
+            Elem::F32 => b.st_vec(Space::Global, Type::F32, addr, vals.iter().map(|&v| v.into()).collect()),
+            Elem::Bf16 => {
+                let words: Vec<Operand> = vals.chunks(2).map(|p| b.pack_bf16x2(p[1], p[0]).into()).collect();
+                b.st_vec(Space::Global, Type::B32, addr, words);
+            }
+            Elem::I32 => unreachable!(),
+        }
+        for k in group {
+            done[k] = true;
+        }
+    }
+    for (k, st) in stores.iter().enumerate() {
+        if !done[k] {
+            emit_store(b, lw, st, None);
+        }
+    }
 }
 
 fn emit_store(b: &mut KernelBuilder, lw: &mut Lower, st: &Store, pred: Option<Reg>) {
@@ -320,7 +372,7 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
                 let id = f.gx.x.min_c(id, *rows as u32 - 1);
                 let val = f.gx.value(dy, &idx)?;
                 let index = f.gx.x.linear(&[*rows, c as usize], &[id, idx[r - 1]]);
-                items.push(Section::Items { var, n: n as u32, stores: vec![Store { buf, index, value: val, atomic: true }] });
+                items.push(Section::Items { var, n: n as u32, vec: 1, stores: vec![Store { buf, index, value: val, atomic: true }] });
                 f.zero_first.push(ZeroRef::Value(o));
             }
             Op::CrossEntropy if ops.contains(&o) => {
@@ -348,7 +400,7 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
         }
     }
     // Element-wise outputs: into a row space of matching shape, else their own loop.
-    let mut by_shape: Vec<(Vec<usize>, Var, Vec<Store>)> = Vec::new();
+    let mut by_shape: Vec<(Vec<usize>, Vec<(ValueId, Buf)>)> = Vec::new();
     for (o, buf, _) in deferred {
         let shape = g.ty(o).shape.clone();
         let n: usize = shape.iter().product();
@@ -371,22 +423,14 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
             spaces[i].row_stores.push(Store { buf, index, value, atomic: false });
             continue;
         }
-        let k = match by_shape.iter().position(|(s, _, _)| *s == shape) {
-            Some(k) => k,
-            None => {
-                let var = f.gx.x.var(Ty::U32, n as u64, "i");
-                by_shape.push((shape.clone(), var, vec![]));
-                by_shape.len() - 1
-            }
-        };
-        let ve = f.gx.x.var_e(by_shape[k].1);
-        let idx = f.gx.x.unravel(ve, &shape);
-        let value = f.gx.value(o, &idx)?;
-        by_shape[k].2.push(Store { buf, index: ve, value, atomic: false });
+        match by_shape.iter().position(|(s, _)| *s == shape) {
+            Some(k) => by_shape[k].1.push((o, buf)),
+            None => by_shape.push((shape.clone(), vec![(o, buf)])),
+        }
     }
-    for (shape, var, stores) in by_shape {
-        let n: usize = shape.iter().product();
-        f.sections.push(Section::Items { var, n: n as u32, stores });
+    for (shape, outs) in by_shape {
+        let sec = items_section(&mut f.gx, &shape, &outs)?;
+        f.sections.push(sec);
     }
     for s in spaces {
         if !s.row_stores.is_empty() || !s.col_stores.is_empty() {
@@ -508,7 +552,7 @@ fn plan_reduction(f: &mut Fused, spaces: &mut Vec<RowsSpec>, items: &mut Vec<Sec
         value = f.gx.x.fdiv(value, nf);
     }
     let index = f.gx.x.linear(&oshape, &oidx);
-    items.push(Section::Items { var: w, n: n as u32, stores: vec![Store { buf, index, value, atomic: chunks > 1 }] });
+    items.push(Section::Items { var: w, n: n as u32, vec: 1, stores: vec![Store { buf, index, value, atomic: chunks > 1 }] });
     if chunks > 1 {
         f.zero_first.push(ZeroRef::Value(o));
     }
@@ -539,17 +583,34 @@ pub fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<ArgRe
 pub fn copy(cx: &mut Ctx, v: ValueId, src: (Elem, ArgRef), dst: (Elem, ArgRef), what: &str) -> Result<(), PtxError> {
     let g = cx.g;
     let shape = g.ty(v).shape.clone();
-    let n: usize = shape.iter().product();
     let mut gx = GraphExprs::new(g, []);
     gx.source(v, src.0, src.1);
     let out = gx.buffer(dst.0, BufArg::Ref(dst.1));
-    let var = gx.x.var(Ty::U32, n as u64, "i");
-    let ve = gx.x.var_e(var);
-    let idx = gx.x.unravel(ve, &shape);
-    let value = gx.value(v, &idx)?;
+    let sec = items_section(&mut gx, &shape, &[(v, out)])?;
     let mut f = Fused::new(gx);
-    f.sections.push(Section::Items { var, n: n as u32, stores: vec![Store { buf: out, index: ve, value, atomic: false }] });
+    f.sections.push(sec);
     let name = cx.unique_name(&format!("{}_{what}", cx.plan.kernels[cx.kernel].name));
     emit(cx, &name, f)?;
     Ok(())
+}
+
+/// One thread per `vec` consecutive elements of outputs of shape `shape`
+/// (`vec` = 4, 2 or 1, the widest dividing the element count).
+pub fn items_section(gx: &mut GraphExprs, shape: &[usize], outs: &[(ValueId, Buf)]) -> Result<Section, PtxError> {
+    let n: usize = shape.iter().product();
+    let vec = [4usize, 2, 1].into_iter().find(|v| n.is_multiple_of(*v) && n >= *v).unwrap_or(1);
+    let groups = n / vec;
+    let var = gx.x.var(Ty::U32, groups as u64, "i");
+    let ve = gx.x.var_e(var);
+    let base = gx.x.mul_c(ve, vec as u32);
+    let mut stores = Vec::new();
+    for j in 0..vec as u32 {
+        let e = gx.x.add_c(base, j);
+        let idx = gx.x.unravel(e, shape);
+        for &(o, buf) in outs {
+            let value = gx.value(o, &idx)?;
+            stores.push(Store { buf, index: e, value, atomic: false });
+        }
+    }
+    Ok(Section::Items { var, n: groups as u32, vec: vec as u32, stores })
 }

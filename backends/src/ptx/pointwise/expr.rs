@@ -390,6 +390,10 @@ impl Exprs {
             (Some(_), None) => return self.add(b, a),
             _ => {}
         }
+        // (y / c) * c + y % c = y: a linear index of an unravelled index.
+        if let Some(y) = self.undo_unravel(a, b).or_else(|| self.undo_unravel(b, a)) {
+            return y;
+        }
         // Keep constants outermost: (x + c1) + c2 = x + (c1 + c2); (x + c) + y = (x + y) + c.
         if let Some(c2) = self.int(b) {
             if let Expr::I2(IOp::Add, x, c1) = *self.get(a) {
@@ -413,6 +417,17 @@ impl Exprs {
             }
         }
         self.mk(Expr::I2(IOp::Add, a, b))
+    }
+
+    /// `y` when `a = (y / c) * c` and `b = y % c`.
+    fn undo_unravel(&mut self, a: E, b: E) -> Option<E> {
+        let Expr::I2(IOp::Mul, d, c) = *self.get(a) else { return None };
+        let c = self.int(c)?;
+        let Expr::Rem(y, c2) = *self.get(b) else { return None };
+        if c2 != c {
+            return None;
+        }
+        (self.div_c(y, c) == d).then_some(y)
     }
 
     pub fn add_c(&mut self, a: E, c: u32) -> E {
@@ -523,6 +538,12 @@ impl Exprs {
                     let qd = self.div_c(q, c);
                     return self.add(pd, qd);
                 }
+                // (p + q) / c = p / c when g = gcd(div(p), c) divides p and c and q < g
+                for (p, q) in [(p, q), (q, p)] {
+                    if self.bound(q) <= gcd(self.div(p), c64) {
+                        return self.div_c(p, c);
+                    }
+                }
             }
             _ => {}
         }
@@ -554,6 +575,13 @@ impl Exprs {
                 }
                 if self.div(q) % c64 == 0 {
                     return self.rem_c(p, c);
+                }
+                // (p + q) % c = p % c + q when g = gcd(div(p), c) and q < g
+                for (p, q) in [(p, q), (q, p)] {
+                    if self.bound(q) <= gcd(self.div(p), c64) {
+                        let r = self.rem_c(p, c);
+                        return self.add(r, q);
+                    }
                 }
             }
             // (x % k c) % c = x % c
@@ -737,6 +765,14 @@ impl Exprs {
         self.mk(Expr::Reduce(op, var, len, body))
     }
 
+    /// `(base, off)` with `e = base + off` (`off` a constant, 0 if none).
+    pub fn split_offset(&self, e: E) -> (E, u32) {
+        match *self.get(e) {
+            Expr::I2(IOp::Add, base, c) if self.int(c).is_some() => (base, self.int(c).unwrap()),
+            _ => (e, 0),
+        }
+    }
+
     // ---- index helpers ---------------------------------------------------
 
     /// Row-major linear index of `idx` in `shape`.
@@ -787,6 +823,19 @@ mod tests {
         assert_eq!(d, h1);
         let r = x.rem_c(l1, 16);
         assert_eq!(r, je);
+        // linear(unravel(i)) = i, also for 4 consecutive elements per thread
+        let i = x.var(Ty::U32, 3 * 33 * 48 / 4, "i");
+        let ie = x.var_e(i);
+        let base = x.mul_c(ie, 4);
+        for j in 0..4 {
+            let e = x.add_c(base, j);
+            let idx = x.unravel(e, &[3, 33, 48]);
+            assert_eq!(x.linear(&[3, 33, 48], &idx), e);
+            // the broadcast [48] operand reads (4 i % 48) + j
+            let r = x.rem_c(e, 48);
+            let r0 = x.rem_c(base, 48);
+            assert_eq!(r, x.add_c(r0, j));
+        }
     }
 
     #[test]

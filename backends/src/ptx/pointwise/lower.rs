@@ -136,6 +136,90 @@ impl<'x> Lower<'x> {
         }
     }
 
+    /// Vector loads for the loads reachable from `roots` (outside reduction
+    /// bodies) that read `vec` consecutive elements `base + j` of a buffer
+    /// with `base` a multiple of `vec`: one `ld.global.nc.v{vec}` (bf16: packed
+    /// words) instead of `vec` scalar loads; the values go into the memo.
+    pub fn vector_loads(&mut self, b: &mut KernelBuilder, roots: &[E], vec: u32) {
+        let x = self.x;
+        let mut seen = HashSet::new();
+        let mut stack: Vec<E> = roots.to_vec();
+        let mut groups: Vec<((Buf, E), Vec<Option<E>>)> = Vec::new();
+        while let Some(e) = stack.pop() {
+            if !seen.insert(e) {
+                continue;
+            }
+            match *x.get(e) {
+                Expr::Load(buf, idx) => {
+                    let (base, off) = x.split_offset(idx);
+                    if off < vec && self.all_bound(e) && x.div(base).is_multiple_of(vec as u64) {
+                        let key = self.key(e).unwrap();
+                        if self.lookup(&key).is_none() {
+                            match groups.iter_mut().find(|(k, _)| *k == (buf, base)) {
+                                Some((_, v)) => v[off as usize] = Some(e),
+                                None => {
+                                    let mut v = vec![None; vec as usize];
+                                    v[off as usize] = Some(e);
+                                    groups.push(((buf, base), v));
+                                }
+                            }
+                        }
+                    }
+                    stack.push(idx);
+                }
+                Expr::Reduce(..) => {}
+                Expr::I2(_, a, c) | Expr::Lt(a, c) | Expr::IEq(a, c) | Expr::FCmp(_, a, c) | Expr::And(a, c) | Expr::F2(_, a, c) | Expr::Bigram(a, c, _) => {
+                    stack.push(a);
+                    stack.push(c);
+                }
+                Expr::Div(a, _) | Expr::Rem(a, _) | Expr::SubSat(a, _) | Expr::Not(a) | Expr::F1(_, a) => stack.push(a),
+                Expr::Sel(p, a, c) => {
+                    stack.push(p);
+                    stack.push(a);
+                    stack.push(c);
+                }
+                Expr::Int(_) | Expr::Bool(_) | Expr::F(_) | Expr::Var(_) => {}
+            }
+        }
+        for ((buf, base), loads) in groups {
+            if loads.iter().any(|l| l.is_none()) {
+                continue;
+            }
+            let elem = x.bufs[buf.0 as usize];
+            let addr = self.address(b, buf, base);
+            let regs: Vec<Reg> = match elem {
+                Elem::F32 | Elem::I32 => {
+                    let (ty, class) = if elem == Elem::F32 { (Type::F32, RegClass::F32) } else { (Type::U32, RegClass::B32) };
+                    let regs: Vec<Reg> = (0..vec).map(|_| b.reg(class)).collect();
+                    b.ld_vec(Space::Global, true, ty, &regs, addr);
+                    regs
+                }
+                Elem::Bf16 => {
+                    if vec < 2 {
+                        continue;
+                    }
+                    let words: Vec<Reg> = (0..vec / 2).map(|_| b.reg(RegClass::B32)).collect();
+                    b.ld_vec(Space::Global, true, Type::B32, &words, addr);
+                    let mut regs = Vec::new();
+                    for w in words {
+                        let lo = b.bin(BinOp::Shl, Type::B32, w, 16u32);
+                        let hi = b.bin(BinOp::And, Type::B32, w, 0xffff_0000u32);
+                        for h in [lo, hi] {
+                            let f = b.reg(RegClass::F32);
+                            b.mov(Type::B32, f, h);
+                            regs.push(f);
+                        }
+                    }
+                    regs
+                }
+            };
+            for (l, r) in loads.into_iter().zip(regs) {
+                let key = self.key(l.unwrap()).unwrap();
+                self.scopes.last_mut().unwrap().insert(key, r.into());
+            }
+        }
+    }
+
     /// The value of `e` as an operand (immediates for constants).
     pub fn emit(&mut self, b: &mut KernelBuilder, e: E) -> Operand {
         let key = self.key(e).unwrap_or_else(|| panic!("unbound variable in {:?}", self.x.get(e)));
