@@ -473,3 +473,47 @@ fn model_11l_odd_train() {
 fn model_11l_odd_eval() {
     check(&Case { name: "11l-odd-eval", src: MODEL_11L, sets: ODD, mode: Mode::Eval, ids: 200, scale: 0.2, isolate: true }, KernelKind::Attention);
 }
+
+#[test]
+fn reductions_of_every_shape() {
+    check(
+        &Case {
+            name: "reductions",
+            src: "
+let a = param a[9000];
+let b = param b[2, 10000];
+let c = param c[300, 37];
+let d = param d[5, 7, 9];
+output s1 = sum(a, 0);
+output s2 = sum(b, -1);
+output s3 = mean(b, -1, keepdim=true);
+output s4 = max(b, -1);
+output s5 = sum(c, 0);
+output s6 = mean(c, 0, keepdim=true);
+output s7 = max(c, 0);
+output s8 = sum(d, 1);
+output s9 = max(d, 1, keepdim=true);
+output s10 = sum(sum(d * d, 2), 0);
+output loss = sum(sum(sum(d, 2), 1), 0) * sum(a, 0);
+",
+            sets: &[],
+            mode: Mode::Train,
+            ids: 1,
+            scale: 1.0,
+            isolate: false,
+        },
+        KernelKind::Reduce,
+    );
+}
+
+#[test]
+fn lm_head_with_its_fusion_rule() {
+    // The backend leaves `lm-head-cross-entropy` out of its rules (the head runs
+    // as a GEMM into scratch plus a row-wise launch); a plan made with the rule
+    // on still compiles and computes the same values.
+    let mut rules: Vec<FusionRule> = supported_rules().into_iter().collect();
+    rules.push(FusionRule::LmHeadCrossEntropy);
+    for mode in [Mode::Train, Mode::Eval] {
+        check_with(&Case { name: "lm-head", src: MODEL_11L, sets: TINY, mode, ids: 64, scale: 0.2, isolate: true }, KernelKind::LmHead, &rules);
+    }
+}

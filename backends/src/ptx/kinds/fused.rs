@@ -31,6 +31,11 @@ pub const THREADS: u32 = 256;
 pub const MAX_BLOCKS: u32 = 4096;
 /// Work items a chunked reduction aims for (enough to fill an H100).
 const TARGET_ITEMS: u64 = 1 << 17;
+/// Row reductions with fewer rows than this and rows at least `SPLIT_LEN`
+/// long split each row over several warps (parts of `SPLIT_PART` or more).
+const SPLIT_ROWS: u32 = 1024;
+const SPLIT_LEN: u32 = 8192;
+const SPLIT_PART: u64 = 2048;
 
 /// One output store.
 #[derive(Clone, Debug)]
@@ -451,46 +456,83 @@ fn plan_reduction(f: &mut Fused, spaces: &mut Vec<RowsSpec>, items: &mut Vec<Sec
     let oshape = node.ty.shape.clone();
     let onum: usize = oshape.iter().product();
     if let Some((rows, len)) = row_space(&f.gx, o) {
-        // Reduces the trailing axes.
+        // Reduces the trailing axes: one warp per row (or per part of a long row).
+        let is_max = matches!(node.op, Op::Reduce { f: ReduceFn::Max, .. });
         let full_rows = rows as usize == onum;
-        let sp = space(spaces, &mut f.gx, rows, len);
-        let row = sp.row;
-        let re = f.gx.x.var_e(row);
-        if full_rows {
+        if is_max || (full_rows && !(atomic_ok && rows < SPLIT_ROWS && len >= SPLIT_LEN)) {
+            let sp = space(spaces, &mut f.gx, rows, len);
+            let re = f.gx.x.var_e(sp.row);
             let idx = f.gx.x.unravel(re, &oshape);
             let value = f.gx.value(o, &idx)?;
             let index = f.gx.x.linear(&oshape, &idx);
             space(spaces, &mut f.gx, rows, len).row_stores.push(Store { buf, index, value, atomic: false });
             return Ok(());
         }
-        // SumTo over the trailing axes and some leading ones: each row adds its sum.
         if !atomic_ok {
             return Err(PtxError::Unsupported("a partial reduction into a bf16 output".into()));
         }
-        let Op::SumTo { shape } = &node.op else { unreachable!("only SumTo reduces several axes") };
-        let t = trailing_reduced(&s, shape);
+        // Few long rows: split each into parts (at least SPLIT_PART long), one warp per part.
+        let parts = if rows < SPLIT_ROWS && len >= SPLIT_LEN {
+            ((TARGET_ITEMS / 32).div_ceil(rows as u64)).clamp(1, (len as u64).div_ceil(SPLIT_PART))
+        } else {
+            1
+        };
+        let sub = (len as u64).div_ceil(parts) as u32;
+        let parts = (len as u64).div_ceil(sub as u64) as u32;
+        let (t, red, is_mean) = match &node.op {
+            Op::SumTo { shape } => (trailing_reduced(&s, shape), sum_to_reduced(&s, shape), false),
+            Op::Reduce { f: rf, axis, .. } => (1, vec![*axis], *rf == ReduceFn::Mean),
+            _ => unreachable!(),
+        };
+        let sp = space(spaces, &mut f.gx, rows * parts, sub);
+        let re = f.gx.x.var_e(sp.row);
+        let (rowe, kk0) = if parts > 1 {
+            let r = f.gx.x.div_c(re, parts);
+            let p = f.gx.x.rem_c(re, parts);
+            (r, Some(f.gx.x.mul_c(p, sub)))
+        } else {
+            (re, None)
+        };
         let lead_shape = &s[..s.len() - t];
-        let lead = f.gx.x.unravel(re, lead_shape);
-        let red = sum_to_reduced(&s, shape);
-        let k = f.gx.x.var(Ty::U32, len as u64, "k");
+        let lead = f.gx.x.unravel(rowe, lead_shape);
+        let k = f.gx.x.var(Ty::U32, sub as u64, "k");
         let ke = f.gx.x.var_e(k);
-        let tail = f.gx.x.unravel(ke, &s[s.len() - t..]);
+        let kk = match kk0 {
+            Some(first) => f.gx.x.add(first, ke),
+            None => ke,
+        };
+        let kc = f.gx.x.min_c(kk, len - 1);
+        let tail = f.gx.x.unravel(kc, &s[s.len() - t..]);
         let mut xi = lead.clone();
         xi.extend(tail);
-        let body = f.gx.value(x, &xi)?;
-        let value = f.gx.x.reduce(RedOp::Sum, k, len, body);
-        let pad = s.len() - shape.len();
-        let mut oi = Vec::with_capacity(shape.len());
-        for i in pad..s.len() {
-            if i >= s.len() - t || red.contains(&i) {
-                oi.push(f.gx.x.int_c(0));
-            } else {
-                oi.push(lead[i]);
-            }
+        let mut body = f.gx.value(x, &xi)?;
+        if parts > 1 {
+            let valid = f.gx.x.lt_c(kk, len);
+            let z = f.gx.x.f32_c(0.0);
+            body = f.gx.x.sel(valid, body, z);
         }
-        let index = f.gx.x.linear(shape, &oi);
-        space(spaces, &mut f.gx, rows, len).row_stores.push(Store { buf, index, value, atomic: true });
-        f.zero_first.push(ZeroRef::Value(o));
+        let mut value = f.gx.x.reduce(RedOp::Sum, k, sub, body);
+        if is_mean {
+            let nf = f.gx.x.f32_c(len as f32);
+            value = f.gx.x.fdiv(value, nf);
+        }
+        // The output element of this row: reduced axes at 0.
+        let pad = s.len() - oshape.len().min(s.len());
+        let oi: Vec<E> = match &node.op {
+            Op::SumTo { .. } => (pad..s.len()).map(|i| if i >= s.len() - t || red.contains(&i) { f.gx.x.int_c(0) } else { lead[i] }).collect(),
+            Op::Reduce { keepdim: true, .. } => {
+                let mut v = lead.clone();
+                v.push(f.gx.x.int_c(0));
+                v
+            }
+            _ => lead.clone(),
+        };
+        let index = f.gx.x.linear(&oshape, &oi);
+        let atomic = parts > 1 || !full_rows;
+        space(spaces, &mut f.gx, rows * parts, sub).row_stores.push(Store { buf, index, value, atomic });
+        if atomic {
+            f.zero_first.push(ZeroRef::Value(o));
+        }
         return Ok(());
     }
     // Reduction over leading / middle axes: chunks of the reduced range per work item.
