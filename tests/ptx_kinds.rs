@@ -237,7 +237,7 @@ fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) 
         };
         let e = cpu::rel_err(&got, &wv);
         if std::env::var_os("PGC_DEBUG").is_some() && e > 1e-3 {
-            let bad: Vec<(usize, f64, f64)> = got.iter().zip(&wv).enumerate().filter(|(_, (a, b))| !((*a - *b).abs() < 1e-3)).map(|(i, (a, b))| (i, *a, *b)).take(20).collect();
+            let bad: Vec<(usize, f64, f64)> = got.iter().zip(&wv).enumerate().filter(|(_, (a, b))| !within((*a - *b).abs(), 1e-3)).map(|(i, (a, b))| (i, *a, *b)).take(20).collect();
             println!("%{} mismatches: {bad:?}", v.0);
         }
         let k = &p.kernels[*ki];
@@ -245,6 +245,11 @@ fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) 
         worst = worst.max(e);
     }
     Outcome { worst, end_to_end, kinds: p.kernels.iter().map(|k| k.kind).collect(), lines }
+}
+
+/// `e <= tol`, false for NaN.
+fn within(e: f64, tol: f64) -> bool {
+    e <= tol
 }
 
 fn tol(p: Precision) -> f64 {
@@ -276,11 +281,11 @@ fn check_with(case: &Case, kind: KernelKind, rules: &[FusionRule]) {
                 println!("      {n:<40} {e:.2e}");
             }
             // The f32 path end to end, as the golden checks require (1e-4).
-            if precision == Precision::F32 && !(e <= 1e-4) {
+            if precision == Precision::F32 && !within(e, 1e-4) {
                 fails.push(format!("{} f32 end to end: {n} {e:.3e} > 1e-4", case.name));
             }
         }
-        if !(out.worst <= tol(precision)) {
+        if !within(out.worst, tol(precision)) {
             fails.push(format!("{} {precision:?}: {:.3e} > {:.0e}", case.name, out.worst, tol(precision)));
         }
     }

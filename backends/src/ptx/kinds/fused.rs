@@ -405,7 +405,8 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
         }
     }
     // Element-wise outputs: into a row space of matching shape, else their own loop.
-    let mut by_shape: Vec<(Vec<usize>, Vec<(ValueId, Buf)>)> = Vec::new();
+    type ShapeGroup = (Vec<usize>, Vec<(ValueId, Buf)>);
+    let mut by_shape: Vec<ShapeGroup> = Vec::new();
     for (o, buf, _) in deferred {
         let shape = g.ty(o).shape.clone();
         let n: usize = shape.iter().product();

@@ -564,16 +564,16 @@ impl Exprs {
             return a;
         }
         let c64 = c as u64;
-        if self.div(a) % c64 == 0 {
+        if self.div(a).is_multiple_of(c64) {
             return self.int_c(0);
         }
         match *self.get(a) {
             // (p + q) % c = q % c when c divides p
             Expr::I2(IOp::Add, p, q) => {
-                if self.div(p) % c64 == 0 {
+                if self.div(p).is_multiple_of(c64) {
                     return self.rem_c(q, c);
                 }
-                if self.div(q) % c64 == 0 {
+                if self.div(q).is_multiple_of(c64) {
                     return self.rem_c(p, c);
                 }
                 // (p + q) % c = p % c + q when g = gcd(div(p), c) and q < g

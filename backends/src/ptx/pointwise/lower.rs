@@ -144,7 +144,8 @@ impl<'x> Lower<'x> {
         let x = self.x;
         let mut seen = HashSet::new();
         let mut stack: Vec<E> = roots.to_vec();
-        let mut groups: Vec<((Buf, E), Vec<Option<E>>)> = Vec::new();
+        type Group = ((Buf, E), Vec<Option<E>>);
+        let mut groups: Vec<Group> = Vec::new();
         while let Some(e) = stack.pop() {
             if !seen.insert(e) {
                 continue;
@@ -234,10 +235,10 @@ impl<'x> Lower<'x> {
     /// The value of `e` in a register.
     pub fn emit_reg(&mut self, b: &mut KernelBuilder, e: E) -> Reg {
         let o = self.emit(b, e);
-        self.to_reg(b, self.x.ty(e), o)
+        self.materialize(b, self.x.ty(e), o)
     }
 
-    fn to_reg(&mut self, b: &mut KernelBuilder, ty: Ty, o: Operand) -> Reg {
+    fn materialize(&mut self, b: &mut KernelBuilder, ty: Ty, o: Operand) -> Reg {
         match o {
             Operand::Reg(r) => r,
             Operand::Imm(v) if ty == Ty::Pred => b.setp(Cmp::Ne, Type::U32, Operand::Imm(v), 0u32),
@@ -369,7 +370,7 @@ impl<'x> Lower<'x> {
         match self.emit(b, index) {
             Operand::Imm(v) => Addr::reg_off(base, v * es as i64),
             o => {
-                let r = self.to_reg(b, Ty::U32, o);
+                let r = self.materialize(b, Ty::U32, o);
                 Addr::reg(b.mad_wide_u32(r, es, base))
             }
         }
@@ -492,9 +493,18 @@ pub fn exp(b: &mut KernelBuilder, x: Reg) -> Reg {
 /// `ln(x)`: fdlibm's `logf` (argument reduction to `[sqrt(2)/2, sqrt(2))`,
 /// `s = f / (2 + f)`, a degree-14 polynomial in `s`).
 pub fn log(b: &mut KernelBuilder, x: Reg) -> Reg {
-    const LN2_HI: f32 = 6.931_381_2e-1;
-    const LN2_LO: f32 = 9.058_000_6e-6;
-    const LG: [f32; 7] = [6.666_666_9e-1, 4.000_000_1e-1, 2.857_142_9e-1, 2.222_219_8e-1, 1.818_357_2e-1, 1.531_383_8e-1, 1.479_819_9e-1];
+    // fdlibm e_logf.c constants, by their bits.
+    const LN2_HI: f32 = f32::from_bits(0x3f31_7180);
+    const LN2_LO: f32 = f32::from_bits(0x3717_f7d1);
+    const LG: [f32; 7] = [
+        f32::from_bits(0x3f2a_aaab),
+        f32::from_bits(0x3ecc_cccd),
+        f32::from_bits(0x3e92_4925),
+        f32::from_bits(0x3e63_8e29),
+        f32::from_bits(0x3e3a_3325),
+        f32::from_bits(0x3e1c_d04f),
+        f32::from_bits(0x3e17_8897),
+    ];
     // Subnormals: scale by 2^25.
     let sub = b.setp(Cmp::Lt, Type::F32, x, f32::MIN_POSITIVE);
     let xs_big = b.bin(BinOp::Mul, Type::F32, x, 33_554_432.0f32);
