@@ -522,3 +522,20 @@ fn lm_head_with_its_fusion_rule() {
         check_with(&Case { name: "lm-head", src: MODEL_11L, sets: TINY, mode, ids: 64, scale: 0.2, isolate: true }, KernelKind::LmHead, &rules);
     }
 }
+
+#[test]
+fn attention_with_the_qk_prologue_and_split_backward() {
+    // `qk-prologue-into-attention` (left out of the backend's rules: the
+    // prologue runs as a launch into scratch before the attention) and
+    // `attention-backward-together` off (each gradient its own kernel).
+    let mut rules: Vec<FusionRule> = supported_rules().into_iter().filter(|r| *r != FusionRule::AttentionBackwardTogether).collect();
+    rules.push(FusionRule::QkPrologueIntoAttention);
+    check_with(&Case { name: "attention-rules", src: ATTN_SRC, sets: &[], mode: Mode::Train, ids: 1, scale: 0.3, isolate: false }, KernelKind::AttentionBackward, &rules);
+    // In eval the q/k prologue joins the attention kernel.
+    check_with(&Case { name: "attention-prologue", src: ATTN_SRC, sets: &[], mode: Mode::Eval, ids: 1, scale: 0.3, isolate: false }, KernelKind::Attention, &rules);
+}
+
+#[test]
+fn every_rule_off() {
+    check_with(&Case { name: "unfused", src: MODEL_11L, sets: TINY, mode: Mode::Train, ids: 64, scale: 0.2, isolate: true }, KernelKind::CrossEntropy, &[]);
+}
