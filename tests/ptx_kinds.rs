@@ -409,8 +409,11 @@ let u = rms(x);
 let h = relu(linear(u, w1));
 let y = x + s * linear(square(h), w2);
 let v = split_heads(linear(u, wv), 2);
+let x2 = param x2[3, 11, 33];
+let z = linear(rms(x2), param wz[20, 33]);
 output y = y;
 output v = v;
+output z = z;
 output loss = sum(sum(sum(y * y, -1), -1), -1) + sum(reshape(v * v, [1584]), 0);
 ";
 

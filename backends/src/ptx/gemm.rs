@@ -24,6 +24,11 @@
 //!   The model's three training GEMMs: [`GemmLayout::LINEAR`] (`x[M,K] @ W[N,K]^T`),
 //!   [`GemmLayout::INPUT_GRAD`] (`dy[M,N] @ W[N,K]`; GEMM `N` = model K),
 //!   [`GemmLayout::WEIGHT_GRAD`] (`dy[T,N]^T @ x[T,K]`; GEMM `M,N,K` = model `N,K,T`).
+//! * [`GemmConfig::a_f32`] / [`GemmConfig::b_f32`] (bf16 precision only): the
+//!   operand is stored as f32 and converted to bf16 (round to nearest) as it
+//!   is copied into shared memory (register-staged loads instead of
+//!   `cp.async`, at most 4 elements per load); e.g. the residual stream read
+//!   by a GEMM with an RMS-norm row scale.
 //! * Vector widths `vec_a`, `vec_b` (elements per global load) are promises:
 //!   the contiguous extent of the operand is a multiple of the width and the
 //!   base pointer is aligned to `width * element size` bytes.
@@ -186,6 +191,11 @@ pub struct GemmConfig {
     /// output and an epilogue of linear steps only (row/column scale, scale).
     #[serde(default = "one")]
     pub split_k: u32,
+    /// A (B) is stored as f32 and converted to bf16 while loading (bf16 precision).
+    #[serde(default)]
+    pub a_f32: bool,
+    #[serde(default)]
+    pub b_f32: bool,
     pub epilogue: Epilogue,
 }
 
@@ -219,6 +229,8 @@ impl GemmConfig {
             vec_b: widest(b_ext, maxv),
             vec_c: widest(n, 2),
             split_k: 1,
+            a_f32: false,
+            b_f32: false,
             epilogue,
         };
         if c.tile == TileConfig::LARGE && (c.vec_a < maxv || c.vec_b < maxv) {
@@ -226,6 +238,34 @@ impl GemmConfig {
         }
         c.name = c.default_name();
         c
+    }
+
+    /// Read A and/or B as f32 (converted to bf16 in the loader; bf16
+    /// precision): narrower vector widths for those operands (at most 4), and
+    /// the 8-warp large tile when a width drops.
+    pub fn with_f32_operands(mut self, a: bool, b: bool, m: u32, n: u32, k: u32) -> Self {
+        assert_eq!(self.precision, Precision::Bf16, "f32 operands are for bf16 GEMMs");
+        self.a_f32 = a;
+        self.b_f32 = b;
+        let a_ext = match self.layout.a {
+            AStore::MK => k,
+            AStore::KM => m,
+        };
+        let b_ext = match self.layout.b {
+            BStore::NK => k,
+            BStore::KN => n,
+        };
+        if a {
+            self.vec_a = widest(a_ext, 4);
+        }
+        if b {
+            self.vec_b = widest(b_ext, 4);
+        }
+        if self.tile == TileConfig::LARGE && (self.vec_a < 8 || self.vec_b < 8) {
+            self.tile = TileConfig::LARGE_8W;
+        }
+        self.name = self.default_name();
+        self
     }
 
     pub fn with_tile(mut self, tile: TileConfig) -> Self {
@@ -258,7 +298,10 @@ impl GemmConfig {
 
     pub fn default_name(&self) -> String {
         let t = &self.tile;
-        let split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
+        let mut split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
+        if self.a_f32 || self.b_f32 {
+            split.push_str(&format!("_f{}{}", if self.a_f32 { "a" } else { "" }, if self.b_f32 { "b" } else { "" }));
+        }
         format!(
             "gemm_{}_{}_{}x{}x{}_w{}x{}_s{}{}_v{}{}{}{split}_{}",
             match self.precision {
@@ -291,7 +334,11 @@ impl GemmConfig {
             return bad("stages must be 2, 3 or 4".into());
         }
         let maxv = 16 / self.precision.elem_bytes();
-        for (n, v) in [("vec_a", self.vec_a), ("vec_b", self.vec_b)] {
+        if (self.a_f32 || self.b_f32) && self.precision != Precision::Bf16 {
+            return bad("f32 operands are converted only in bf16 GEMMs".into());
+        }
+        for (n, v, f32src) in [("vec_a", self.vec_a, self.a_f32), ("vec_b", self.vec_b, self.b_f32)] {
+            let maxv = if f32src { 4 } else { maxv };
             if !pow2(v) || v > maxv {
                 return bad(format!("{n} = {v}: must be a power of two up to {maxv}"));
             }
@@ -434,6 +481,8 @@ struct Loader {
     k_along_rows: bool,
     bk: u32,
     cp_async: bool,
+    /// f32 in global memory, bf16 in shared memory (converted in registers).
+    convert: bool,
     // run-time
     base: Reg,
     gptr: Reg,
@@ -459,25 +508,30 @@ struct LoaderSpec {
     row_lim: Reg,
     col_lim: Reg,
     ld: Reg,
+    /// The operand is f32 in memory (bf16 GEMM: converted while loading).
+    f32_src: bool,
 }
 
 impl Loader {
     fn new(b: &mut KernelBuilder, cfg: &GemmConfig, s: LoaderSpec, base: Reg, tid: Reg) -> Loader {
         let es = cfg.precision.elem_bytes();
+        let convert = s.f32_src && cfg.precision == Precision::Bf16;
+        // bytes per element in global memory
+        let ges = if convert { 4 } else { es };
         let rs = cfg.row_stride(s.cols, s.vec);
         let cpr = s.cols / s.vec;
         let threads = cfg.tile.threads();
         let rows_per_pass = threads / cpr;
         let passes = s.rows.div_ceil(rows_per_pass);
-        let cp_async = s.vec * es >= 4;
+        let cp_async = !convert && s.vec * es >= 4;
         b.comment(format!(
             "loader: {}x{} tile, {} B vectors, {} pass(es) of {} rows, {}",
             s.rows,
             s.cols,
-            s.vec * es,
+            s.vec * ges,
             passes,
             rows_per_pass,
-            if cp_async { "cp.async" } else { "ld.global + st.shared" }
+            if cp_async { "cp.async" } else if convert { "ld.global f32 -> bf16 st.shared" } else { "ld.global + st.shared" }
         ));
         let r0 = b.bin(BinOp::Shr, Type::U32, tid, cpr.trailing_zeros());
         let cm = b.bin(BinOp::And, Type::U32, tid, cpr - 1);
@@ -487,10 +541,10 @@ impl Loader {
         let rl = b.mul_wide_u32(row_idx, s.ld);
         let cw = b.cvt(Type::U64, Type::U32, None, col_idx);
         let e = b.add(Type::U64, rl, cw);
-        let eb = b.bin(BinOp::Shl, Type::U64, e, es.trailing_zeros());
+        let eb = b.bin(BinOp::Shl, Type::U64, e, ges.trailing_zeros());
         let gptr = b.add_u64(base, eb);
-        let pass_stride = b.mul_wide_u32(s.ld, rows_per_pass * es);
-        let k_step: Operand = if s.k_along_rows { b.mul_wide_u32(s.ld, cfg.tile.bk * es).into() } else { ((cfg.tile.bk * es) as i64).into() };
+        let pass_stride = b.mul_wide_u32(s.ld, rows_per_pass * ges);
+        let k_step: Operand = if s.k_along_rows { b.mul_wide_u32(s.ld, cfg.tile.bk * ges).into() } else { ((cfg.tile.bk * ges) as i64).into() };
         let so = b.mad_lo(Type::U32, r0, rs, s.region_off);
         let c0b = b.mul_lo(Type::U32, c0, es);
         let soff = b.add(Type::U32, so, c0b);
@@ -504,6 +558,7 @@ impl Loader {
             k_along_rows: s.k_along_rows,
             bk: cfg.tile.bk,
             cp_async,
+            convert,
             base,
             gptr,
             pass_stride,
@@ -534,7 +589,18 @@ impl Loader {
                 let ok = b.and_pred(row_ok, col_ok);
                 let dst = Addr::reg_off(sdst, (p * self.rows_per_pass * self.rs) as i64);
                 let bytes = self.vec * self.es;
-                if self.cp_async {
+                if self.convert {
+                    // f32 -> bf16 through registers (zero where out of bounds).
+                    let v: Vec<Reg> = (0..self.vec).map(|_| b.val(Type::F32, 0.0f32)).collect();
+                    b.guarded(ok, false, |b| b.ld_vec(Space::Global, true, Type::F32, &v, Addr::reg(gaddr)));
+                    if self.vec == 1 {
+                        let h = b.cvt(Type::Bf16, Type::F32, Some(Rnd::Rn), v[0]);
+                        b.st(Space::Shared, Type::B16, dst, h);
+                    } else {
+                        let words: Vec<Operand> = v.chunks(2).map(|p| b.pack_bf16x2(p[1], p[0]).into()).collect();
+                        b.st_vec(Space::Shared, Type::B32, dst, words);
+                    }
+                } else if self.cp_async {
                     let src = b.selp(Type::U64, gaddr, self.base, ok);
                     let size = b.selp(Type::U32, bytes, 0u32, ok);
                     let cache = if bytes == 16 { CpCache::Cg } else { CpCache::Ca };
@@ -632,21 +698,21 @@ impl Skeleton {
         let a_spec = match cfg.layout.a {
             AStore::MK => LoaderSpec {
                 rows: ar, cols: ac, vec: av, region_off: 0, k_along_rows: false,
-                row0: m0.into(), col0: kb.clone(), row_lim: m, col_lim: kl, ld: k,
+                row0: m0.into(), col0: kb.clone(), row_lim: m, col_lim: kl, ld: k, f32_src: cfg.a_f32,
             },
             AStore::KM => LoaderSpec {
                 rows: ar, cols: ac, vec: av, region_off: 0, k_along_rows: true,
-                row0: kb.clone(), col0: m0.into(), row_lim: kl, col_lim: m, ld: m,
+                row0: kb.clone(), col0: m0.into(), row_lim: kl, col_lim: m, ld: m, f32_src: cfg.a_f32,
             },
         };
         let b_spec = match cfg.layout.b {
             BStore::NK => LoaderSpec {
                 rows: br, cols: bc, vec: bv, region_off: ra, k_along_rows: false,
-                row0: n0.into(), col0: kb.clone(), row_lim: n, col_lim: kl, ld: k,
+                row0: n0.into(), col0: kb.clone(), row_lim: n, col_lim: kl, ld: k, f32_src: cfg.b_f32,
             },
             BStore::KN => LoaderSpec {
                 rows: br, cols: bc, vec: bv, region_off: ra, k_along_rows: true,
-                row0: kb.clone(), col0: n0.into(), row_lim: kl, col_lim: n, ld: n,
+                row0: kb.clone(), col0: n0.into(), row_lim: kl, col_lim: n, ld: n, f32_src: cfg.b_f32,
             },
         };
         b.comment("operand A");

@@ -8,8 +8,10 @@
 //!   small and the rows many.
 //!
 //! Operands are read in the precision's element type: bf16 arena values and
-//! prepared parameter copies as they are, fp32 masters in f32 plans; anything
-//! else is first converted by a staging launch into scratch.
+//! prepared parameter copies as they are, fp32 masters in f32 plans; in bf16
+//! plans an operand stored as f32 (the residual stream under an RMS-norm row
+//! scale, a weight without a bf16 copy) is converted to bf16 by the GEMM's
+//! loader ([`GemmConfig::a_f32`]).
 //! A prologue `rms(x) = x * r` (rmsnorm-into-gemm) becomes `A = x` and a row
 //! scale `r[row]` on the output rows. The kernel's other ops are the
 //! epilogue: a [`PwEpilogue`] program at each `(row, col)` with the
@@ -18,7 +20,7 @@
 //! thread's own (or the kernel is the LM head), the product goes to an f32
 //! scratch buffer and a fused launch computes the outputs from it.
 
-use super::fused::{self, output_target, plain_source, Fused};
+use super::fused::{self, elem_of, output_target, plain_source, Fused};
 use crate::ptx::compile::{Ctx, PtxError};
 use crate::ptx::epilogue::{ElemType, EpiStep, Epilogue};
 use crate::ptx::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GPrec};
@@ -26,7 +28,7 @@ use crate::ptx::pointwise::epi::{PwEpilogue, PwStore};
 use crate::ptx::pointwise::expr::{Elem, Ty};
 use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
 use crate::ptx::program::{ArgRef, ZeroRef};
-use pgc_ir::plan::{KernelKind, Launch, Precision};
+use pgc_ir::plan::{KernelKind, Launch, Place, Precision};
 use pgc_ir::{BinaryFn, Op, ValueId};
 
 /// Streaming multiprocessors of an H100 SXM (split-K sizing).
@@ -58,9 +60,18 @@ fn geometry(cx: &Ctx, p: ValueId) -> Result<Geometry, PtxError> {
     })
 }
 
-/// Where operand `v` can be read in element type `want` (staged into scratch if needed).
-fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<ArgRef, PtxError> {
-    fused::operand(cx, v, want, what)
+/// Where operand `v` is read and whether it is f32 in a bf16 GEMM (converted
+/// by the GEMM's loader); staged into scratch only when neither works.
+fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<(ArgRef, bool), PtxError> {
+    if want == Elem::Bf16 {
+        match &cx.plan.values[v.index()] {
+            Place::Arena(s) | Place::Param { prepared: Some(s), .. } if elem_of(s.storage) == Elem::Bf16 => return Ok((ArgRef::Value(v), false)),
+            Place::Arena(s) if elem_of(s.storage) == Elem::F32 => return Ok((ArgRef::Value(v), true)),
+            Place::Param { name, .. } => return Ok((ArgRef::ParamMaster(name.clone()), true)),
+            _ => {}
+        }
+    }
+    Ok((fused::operand(cx, v, want, what)?, false))
 }
 
 fn elem_type(e: Elem) -> Result<ElemType, PtxError> {
@@ -101,8 +112,16 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
         geo.a = x;
         row_scale = Some(r);
     }
-    let a = operand(cx, geo.a, want, "a")?;
-    let b = operand(cx, geo.b, want, "b")?;
+    let (a, a32) = operand(cx, geo.a, want, "a")?;
+    let (b, b32) = operand(cx, geo.b, want, "b")?;
+    let config = |epi: Epilogue| {
+        let c = GemmConfig::new(prec, geo.layout, geo.m, geo.n, geo.k, epi);
+        if a32 || b32 {
+            c.with_f32_operands(a32, b32, geo.m, geo.n, geo.k)
+        } else {
+            c
+        }
+    };
     let mut pre_steps = Vec::new();
     let mut pre_args = Vec::new();
     if let Some(r) = row_scale {
@@ -122,7 +141,7 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     if outs == [p] && kernel.kind == KernelKind::Gemm {
         let (elem, c) = output_target(cx, p)?;
         let epi = Epilogue { steps: pre_steps, out: elem_type(elem)? };
-        let mut cfg = GemmConfig::new(prec, geo.layout, m, n, k, epi);
+        let mut cfg = config(epi);
         let mut zero = Vec::new();
         if elem == Elem::F32 && geo.layout == GemmLayout::WEIGHT_GRAD {
             let s = cfg.suggest_split_k(m, n, k, SMS);
@@ -141,7 +160,7 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
             Ok((pw, args)) => {
                 let mut steps = pre_steps.clone();
                 steps.push(EpiStep::Pointwise(Box::new(pw)));
-                let mut cfg = GemmConfig::new(prec, geo.layout, m, n, k, Epilogue { steps, out: ElemType::F32 });
+                let mut cfg = config(Epilogue { steps, out: ElemType::F32 });
                 cfg.name = name.clone();
                 // `c` is not written by a pointwise epilogue: any valid pointer.
                 let c = args.first().cloned().unwrap_or(a.clone());
@@ -158,7 +177,7 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     let numel = g.ty(p).numel();
     let aux = cx.scratch(numel as u64 * 4);
     let epi = Epilogue { steps: pre_steps, out: ElemType::F32 };
-    let mut cfg = GemmConfig::new(prec, geo.layout, m, n, k, epi);
+    let mut cfg = config(epi);
     cfg.name = name.clone();
     let launch = launch_gemm(cx, cfg, [a, b, ArgRef::Aux(aux)], &sizes, pre_args, vec![])?;
     let inside: Vec<ValueId> = kernel.ops.iter().copied().filter(|&v| v != p).collect();
