@@ -111,7 +111,7 @@ pub fn run(args: CompileArgs) -> CliResult {
     let mut warnings = String::new();
     let mut ptx_json = json!(null);
     let mut programs: [Option<Program>; 2] = [None, None];
-    let mut ptxas_report: Option<PtxasReport> = None;
+    let mut ptxas_reports: [Option<PtxasReport>; 2] = [None, None];
     if want_ptx {
         let t0 = Instant::now();
         for (i, g) in [&train, &eval].into_iter().enumerate() {
@@ -134,50 +134,52 @@ pub fn run(args: CompileArgs) -> CliResult {
             notes.push_str(&format!("note: fusion rules the PTX backend does not implement yet (off): {}\n", unsupported.join(", ")));
             ptx_json["rules_off_unsupported"] = json!(unsupported);
         }
-        match &programs[0] {
-            Some(p) => {
-                ptx_json["train"] = json!({ "file": "model.ptx", "bytes": p.ptx.len(), "entries": entry_count(p), "launches": p.launches.len() });
-                if args.no_ptxas {
-                    ptx_json["ptxas"] = json!({ "skipped": "--no-ptxas" });
-                } else {
-                    match ptxas::find_ptxas() {
-                        None => {
-                            warnings.push_str("warning: ptxas not found (set PGC_PTXAS, put it on PATH, or run scripts/install-ptxas): no register / spill figures\n");
-                            ptx_json["ptxas"] = json!({ "error": "not found" });
+        if programs[0].is_none() {
+            ptx_json["error"] = json!(warnings.trim_end());
+        }
+        let files = ["model.ptx", "model.eval.ptx"];
+        for (i, p) in programs.iter().enumerate() {
+            if let Some(p) = p {
+                ptx_json[plans[i].0] = json!({ "file": files[i], "bytes": p.ptx.len(), "entries": entry_count(p), "launches": p.launches.len() });
+            }
+        }
+        if programs.iter().any(Option::is_some) {
+            if args.no_ptxas {
+                ptx_json["ptxas"] = json!({ "skipped": "--no-ptxas" });
+            } else if let Some(exe) = ptxas::find_ptxas() {
+                ptx_json["ptxas"] = json!({ "path": exe.display().to_string() });
+                let results = run_ptxas(&exe, [programs[0].as_ref().map(|p| p.ptx.as_str()), programs[1].as_ref().map(|p| p.ptx.as_str())]);
+                for (i, r) in results.into_iter().enumerate() {
+                    let which = plans[i].0;
+                    match r {
+                        None => {}
+                        Some(Ok(run)) => {
+                            let r = run.report;
+                            let max_reg = r.kernels.iter().map(|k| k.registers).max().unwrap_or(0);
+                            let spills: u64 = r.kernels.iter().map(|k| (k.spill_stores + k.spill_loads) as u64).sum();
+                            notes.push_str(&format!(
+                                "ptxas (sm_90a, {which} module): {} kernels ({} assembled, {} reused: identical or cached), max {max_reg} registers, {spills} spill bytes, {:.2} s\n",
+                                r.kernels.len(),
+                                run.assembled,
+                                r.kernels.len().saturating_sub(run.assembled),
+                                run.seconds
+                            ));
+                            ptx_json[which]["ptxas"] = json!({
+                                "seconds": run.seconds, "kernels": r.kernels.len(), "assembled": run.assembled,
+                                "max_registers": max_reg, "spill_bytes": spills,
+                            });
+                            ptxas_reports[i] = Some(r);
                         }
-                        Some(exe) => {
-                            let t = Instant::now();
-                            match ptxas::assemble_with(&exe, &p.ptx) {
-                                Ok(r) => {
-                                    let secs = t.elapsed().as_secs_f64();
-                                    let max_reg = r.kernels.iter().map(|k| k.registers).max().unwrap_or(0);
-                                    let spills: u64 = r.kernels.iter().map(|k| (k.spill_stores + k.spill_loads) as u64).sum();
-                                    notes.push_str(&format!(
-                                        "ptxas (sm_90a, train module): {} kernels, max {} registers, {} spill bytes, {:.2} s\n",
-                                        r.kernels.len(),
-                                        max_reg,
-                                        spills,
-                                        secs
-                                    ));
-                                    ptx_json["ptxas"] = json!({
-                                        "path": r.ptxas.display().to_string(), "seconds": secs, "kernels": r.kernels.len(),
-                                        "max_registers": max_reg, "spill_bytes": spills,
-                                    });
-                                    ptxas_report = Some(r);
-                                }
-                                Err(e) => {
-                                    warnings.push_str(&format!("warning: ptxas rejected model.ptx: {e}\n"));
-                                    ptx_json["ptxas"] = json!({ "error": e.to_string() });
-                                }
-                            }
+                        Some(Err(e)) => {
+                            warnings.push_str(&format!("warning: ptxas rejected {}: {e}\n", files[i]));
+                            ptx_json[which]["ptxas"] = json!({ "error": e.to_string() });
                         }
                     }
                 }
+            } else {
+                warnings.push_str("warning: ptxas not found (set PGC_PTXAS, put it on PATH, or run scripts/install-ptxas): no register / spill figures\n");
+                ptx_json["ptxas"] = json!({ "error": "not found" });
             }
-            None => ptx_json["error"] = json!(warnings.trim_end()),
-        }
-        if let Some(p) = &programs[1] {
-            ptx_json["eval"] = json!({ "file": "model.eval.ptx", "bytes": p.ptx.len(), "entries": entry_count(p), "launches": p.launches.len() });
         }
     }
     let mut report_value = report.to_json();
@@ -185,8 +187,8 @@ pub fn run(args: CompileArgs) -> CliResult {
         report_value["ptx"] = ptx_json;
         report_value["kernels"] = json!({
             "peaks": { "bf16_flops": PEAK_BF16_FLOPS, "f32_flops": PEAK_F32_FLOPS, "bytes_per_s": PEAK_BYTES_PER_S, "card": "H100 SXM5 datasheet" },
-            "train": kernel_rows(&plans[0].1, programs[0].as_ref(), ptxas_report.as_ref()),
-            "eval": kernel_rows(&plans[1].1, programs[1].as_ref(), None),
+            "train": kernel_rows(&plans[0].1, programs[0].as_ref(), ptxas_reports[0].as_ref()),
+            "eval": kernel_rows(&plans[1].1, programs[1].as_ref(), ptxas_reports[1].as_ref()),
         });
     }
 
@@ -255,6 +257,233 @@ fn plan_for(g: &Graph, precision: Precision, disabled: &[FusionRule], train: boo
         outputs.retain(|o| if train { o != "logits" } else { o == "loss" || o == "logits" });
     }
     super::run::ptx_plan(g, precision, &outputs, disabled)
+}
+
+/// What ptxas said about one module: per-entry figures, how many entries
+/// were assembled now (the rest came from the cache), and the seconds spent.
+struct PtxasRun {
+    report: PtxasReport,
+    assembled: usize,
+    seconds: f64,
+}
+
+/// A module's entries with their cache keys, and the module of the entries
+/// to assemble (None: all known).
+type ModulePlan = (Vec<(String, u128)>, Option<String>);
+
+/// ptxas over each given module: entries whose figures are cached (same
+/// ptxas, same module prelude, same entry text up to its name) are not
+/// assembled again; the rest of each module is assembled in one ptxas run,
+/// the modules in parallel. The eval module's entries that equal a train
+/// entry are taken from the train run.
+fn run_ptxas(exe: &Path, modules: [Option<&str>; 2]) -> [Option<Result<PtxasRun, ptxas::PtxasError>>; 2] {
+    let cache = ptxas_cache::Cache::open(exe);
+    let t0 = Instant::now();
+    // Per module: (entry name, key) for every entry, and the module to assemble (None: all cached).
+    let mut plans: [Option<ModulePlan>; 2] = [None, None];
+    let mut scheduled = std::collections::HashSet::new();
+    for (i, m) in modules.iter().enumerate() {
+        let Some(ptx) = m else { continue };
+        match ptxas_cache::split(ptx) {
+            Some((prelude, entries)) => {
+                let keys: Vec<(String, u128)> = entries.iter().map(|(n, body)| (n.clone(), cache.key(prelude, n, body))).collect();
+                let todo: Vec<&str> = entries
+                    .iter()
+                    .zip(&keys)
+                    .filter(|(_, (_, k))| cache.get(*k).is_none() && scheduled.insert(*k))
+                    .map(|((_, body), _)| body.as_str())
+                    .collect();
+                let sub = (!todo.is_empty()).then(|| format!("{prelude}{}", todo.concat()));
+                plans[i] = Some((keys, sub));
+            }
+            // Not splittable (e.g. device functions): the whole module, uncached.
+            None => plans[i] = Some((Vec::new(), Some(ptx.to_string()))),
+        }
+    }
+    let runs: [Option<Result<(PtxasReport, f64), ptxas::PtxasError>>; 2] = std::thread::scope(|sc| {
+        let handles = plans.each_ref().map(|p| {
+            p.as_ref().and_then(|(_, sub)| sub.as_ref()).map(|sub| {
+                sc.spawn(move || {
+                    let t = Instant::now();
+                    ptxas::assemble_with(exe, sub).map(|r| (r, t.elapsed().as_secs_f64()))
+                })
+            })
+        });
+        handles.map(|h| h.map(|h| h.join().unwrap_or_else(|_| Err(ptxas::PtxasError::Rejected("the ptxas thread panicked".into())))))
+    });
+    // Record what was assembled, then answer every entry from the cache.
+    let mut fresh: std::collections::HashMap<u128, pgc_backends::ptx::ptxas::KernelResources> = Default::default();
+    let mut out: [Option<Result<PtxasRun, ptxas::PtxasError>>; 2] = [None, None];
+    let mut errors: [Option<ptxas::PtxasError>; 2] = [None, None];
+    let mut assembled = [0usize; 2];
+    let mut direct: [Option<PtxasReport>; 2] = [None, None];
+    for (i, r) in runs.into_iter().enumerate() {
+        match r {
+            None => {}
+            Some(Err(e)) => errors[i] = Some(e),
+            Some(Ok((report, _))) => {
+                let (keys, _) = plans[i].as_ref().expect("a run has a plan");
+                assembled[i] = report.kernels.len();
+                if keys.is_empty() {
+                    direct[i] = Some(report);
+                    continue;
+                }
+                for k in &report.kernels {
+                    if let Some((_, key)) = keys.iter().find(|(n, _)| *n == k.name) {
+                        cache.put(*key, k);
+                        fresh.insert(*key, k.clone());
+                    }
+                }
+            }
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    for i in 0..2 {
+        let Some((keys, _)) = &plans[i] else { continue };
+        if let Some(e) = errors[i].take() {
+            out[i] = Some(Err(e));
+            continue;
+        }
+        if let Some(report) = direct[i].take() {
+            out[i] = Some(Ok(PtxasRun { report, assembled: assembled[i], seconds }));
+            continue;
+        }
+        let mut kernels = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (name, key) in keys {
+            match fresh.get(key).cloned().or_else(|| cache.get(*key)) {
+                Some(mut k) => {
+                    k.name = name.clone();
+                    kernels.push(k);
+                }
+                None => missing.push(name.clone()),
+            }
+        }
+        out[i] = Some(if missing.is_empty() {
+            Ok(PtxasRun { report: PtxasReport { ptxas: exe.to_path_buf(), kernels, log: String::new() }, assembled: assembled[i], seconds })
+        } else {
+            Err(ptxas::PtxasError::Rejected(format!("ptxas reported nothing for {}", missing.join(", "))))
+        });
+    }
+    out
+}
+
+/// A cache of ptxas figures per entry, on disk (`PGC_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/pgc`, else `~/.cache/pgc`; `PGC_PTXAS_CACHE=0` turns it
+/// off), keyed by the ptxas binary (path, size, modification time), the
+/// module prelude and the entry's text with its name taken out.
+mod ptxas_cache {
+    use pgc_backends::ptx::ptxas::KernelResources;
+    use std::hash::{Hash, Hasher};
+    use std::path::{Path, PathBuf};
+
+    pub struct Cache {
+        dir: Option<PathBuf>,
+        tool: String,
+        mem: std::cell::RefCell<std::collections::HashMap<u128, KernelResources>>,
+    }
+
+    impl Cache {
+        pub fn open(exe: &Path) -> Cache {
+            let off = std::env::var_os("PGC_PTXAS_CACHE").is_some_and(|v| v == "0");
+            let base = std::env::var_os("PGC_CACHE_DIR")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("pgc")))
+                .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/pgc")));
+            let dir = base.filter(|_| !off).map(|b| b.join("ptxas")).filter(|d| std::fs::create_dir_all(d).is_ok());
+            let meta = std::fs::metadata(exe).ok();
+            let tool = format!(
+                "{}|{}|{:?}",
+                exe.display(),
+                meta.as_ref().map(|m| m.len()).unwrap_or(0),
+                meta.and_then(|m| m.modified().ok())
+            );
+            Cache { dir, tool, mem: Default::default() }
+        }
+
+        /// 128 bits from two differently seeded 64-bit hashes (comment and blank lines
+        /// left out: they do not change what ptxas makes of the entry).
+        pub fn key(&self, prelude: &str, name: &str, body: &str) -> u128 {
+            let code: String = body.lines().filter(|l| !l.trim_start().starts_with("//") && !l.trim().is_empty()).flat_map(|l| [l, "\n"]).collect();
+            let norm = replace_ident_prefix(&code, name);
+            let h = |seed: u64| {
+                let mut s = std::collections::hash_map::DefaultHasher::new();
+                seed.hash(&mut s);
+                self.tool.hash(&mut s);
+                prelude.hash(&mut s);
+                norm.hash(&mut s);
+                s.finish()
+            };
+            ((h(0x9e37_79b9) as u128) << 64) | h(0x85eb_ca6b) as u128
+        }
+
+        pub fn get(&self, key: u128) -> Option<KernelResources> {
+            if let Some(k) = self.mem.borrow().get(&key) {
+                return Some(k.clone());
+            }
+            let path = self.dir.as_ref()?.join(format!("{key:032x}.json"));
+            let k: KernelResources = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+            self.mem.borrow_mut().insert(key, k.clone());
+            Some(k)
+        }
+
+        pub fn put(&self, key: u128, k: &KernelResources) {
+            self.mem.borrow_mut().insert(key, k.clone());
+            if let (Some(dir), Ok(text)) = (&self.dir, serde_json::to_string(k)) {
+                // Write then rename: a concurrent reader never sees half a file.
+                let tmp = dir.join(format!(".{key:032x}.{}.tmp", std::process::id()));
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, dir.join(format!("{key:032x}.json")));
+                }
+            }
+        }
+    }
+
+    /// `text` with each occurrence of `name` that starts an identifier
+    /// (the entry name, its parameters `NAME_param_...`) replaced by a marker.
+    fn replace_ident_prefix(text: &str, name: &str) -> String {
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for (i, _) in text.match_indices(name) {
+            if i < last || text[..i].chars().next_back().is_some_and(ident) {
+                continue;
+            }
+            out.push_str(&text[last..i]);
+            out.push('\u{1}');
+            last = i + name.len();
+        }
+        out.push_str(&text[last..]);
+        out
+    }
+
+    /// The module's prelude (everything before the first entry) and each
+    /// `.visible .entry` with its text; None when the prelude declares
+    /// functions (entries may call them) or no entry is found.
+    pub fn split(ptx: &str) -> Option<(&str, Vec<(String, String)>)> {
+        let marker = "\n.visible .entry ";
+        let first = ptx.find(marker)? + 1;
+        let prelude = &ptx[..first];
+        if prelude.contains(".func") {
+            return None;
+        }
+        let mut entries = Vec::new();
+        let mut rest = &ptx[first..];
+        while !rest.is_empty() {
+            let end = rest[1..].find(marker).map(|i| i + 2).unwrap_or(rest.len());
+            let body = &rest[..end];
+            if body.contains(".func") {
+                return None;
+            }
+            let name: String = body[".visible .entry ".len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '$').collect();
+            if name.is_empty() {
+                return None;
+            }
+            entries.push((name, body.to_string()));
+            rest = &rest[end..];
+        }
+        Some((prelude, entries))
+    }
 }
 
 fn entry_count(p: &Program) -> usize {
@@ -429,6 +658,22 @@ mod tests {
         assert_eq!(row["spill_bytes"], 0);
         assert!(row["shared_bytes"].as_u64().unwrap() >= prog.launches[0].shared_bytes as u64);
         assert_eq!(row["entries"][0]["registers"].as_u64().unwrap(), regs);
+    }
+
+    #[test]
+    fn ptxas_cache_keys_ignore_names_and_comments() {
+        let ptx = ".version 8.0\n.target sm_90a\n\n.visible .entry a(\n.param .u64 a_p0\n)\n{\n// x\nret;\n}\n\n.visible .entry b(\n.param .u64 b_p0\n)\n{\n// y\nret;\n}\n";
+        let (prelude, entries) = ptxas_cache::split(ptx).unwrap();
+        assert_eq!(prelude, ".version 8.0\n.target sm_90a\n\n");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0, "a");
+        assert!(entries[0].1.starts_with(".visible .entry a(") && entries[0].1.ends_with("}\n\n"));
+        assert_eq!(format!("{prelude}{}{}", entries[0].1, entries[1].1), ptx, "the pieces make the module");
+        let c = ptxas_cache::Cache::open(Path::new("/nonexistent/ptxas"));
+        let ka = c.key(prelude, "a", &entries[0].1);
+        assert_eq!(ka, c.key(prelude, "b", &entries[1].1), "same code up to name and comments");
+        assert_ne!(ka, c.key(prelude, "a", &entries[0].1.replace("ret;", "exit;")));
+        assert!(ptxas_cache::split(".version 8.0\n.func f()\n{\nret;\n}\n.visible .entry a()\n{\nret;\n}\n").is_none());
     }
 
     #[test]

@@ -235,16 +235,12 @@ fn output_names(graph: &Graph, with_grads: bool) -> Vec<String> {
 
 /// The fusion rules the PTX backend implements: plans for it use only these.
 pub(crate) fn ptx_supported_rules() -> BTreeSet<FusionRule> {
-    // Until backends/src/ptx/compile.rs lands (its compile_program is stubbed
-    // below), plans keep every rule.
-    FusionRule::ALL.into_iter().collect::<BTreeSet<_>>()
+    pgc_backends::ptx::compile::supported_rules()
 }
 
 /// Compile a plan to a PTX program (errors as text: e.g. a kernel kind with no emitter yet).
 pub(crate) fn compile_ptx(g: &Graph, plan: &Plan) -> Result<Program, String> {
-    // Until backends/src/ptx/compile.rs lands.
-    let _ = (g, plan);
-    Err("the PTX program compiler (backends/src/ptx/compile.rs: compile_program) has not landed yet".into())
+    pgc_backends::ptx::compile::compile_program(g, plan).map_err(|e| e.to_string())
 }
 
 /// The kernel plan for the PTX backend storing `outputs` (only the supported fusion rules).
