@@ -52,7 +52,8 @@ pub enum Section {
     /// `stores` hold every element of a work item: `vec` consecutive
     /// elements per store target when `vec > 1`.
     Items { var: Var, n: u32, vec: u32, stores: Vec<Store> },
-    Rows { row: Var, col: Var, rows: u32, len: u32, row_stores: Vec<Store>, col_stores: Vec<Store> },
+    /// `col` ranges over `len / vec`: each lane takes `vec` consecutive columns.
+    Rows { row: Var, col: Var, rows: u32, len: u32, vec: u32, row_stores: Vec<Store>, col_stores: Vec<Store> },
 }
 
 impl Section {
@@ -121,7 +122,9 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
     let stride = blocks * THREADS;
     let nwarps = stride / 32;
     let mut b = KernelBuilder::new(name);
-    b.max_threads(THREADS, None);
+    // `.minnctapersm 2`: up to 128 registers. With `.maxntid` alone ptxas
+    // aims at 8 blocks per SM (32 registers) and spills large fused kernels.
+    b.max_threads(THREADS, Some(2));
     let params: Vec<Param> = (0..gx.x.bufs.len()).map(|i| b.param(&format!("b{i}"), ParamType::U64)).collect();
     let x = &gx.x;
     let mut lw = Lower::new(x);
@@ -159,8 +162,9 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
                     lw.pop_scope();
                 });
             }
-            Section::Rows { row, col, rows, len, row_stores, col_stores } => {
-                b.comment(format!("rows: {rows} x {len}, one warp per row"));
+            Section::Rows { row, col, rows, len, vec, row_stores, col_stores } => {
+                b.comment(format!("rows: {rows} x {len}, one warp per row, {vec} column(s) per lane"));
+                let col_roots: Vec<E> = col_stores.iter().flat_map(|s| [s.index, s.value]).collect();
                 b.for_range(gwarp, *rows, nwarps, true, |b, r| {
                     lw.push_scope();
                     lw.bind(*row, r, true);
@@ -172,12 +176,17 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
                         }
                     }
                     if !col_stores.is_empty() {
-                        b.for_range(lane, *len, 32, false, |b, c| {
+                        b.for_range(lane, *len / *vec, 32, false, |b, c| {
                             lw.push_scope();
                             lw.bind(*col, c, false);
                             lw.converged = false;
-                            for st in col_stores {
-                                emit_store(b, &mut lw, st, None);
+                            if *vec > 1 {
+                                lw.vector_loads(b, &col_roots, *vec);
+                                emit_stores_vec(b, &mut lw, col_stores, *vec);
+                            } else {
+                                for st in col_stores {
+                                    emit_store(b, &mut lw, st, None);
+                                }
                             }
                             lw.converged = true;
                             lw.unbind(*col);
@@ -301,6 +310,8 @@ fn trailing_reduced(s: &[usize], o: &[usize]) -> usize {
 struct RowsSpec {
     rows: u32,
     len: u32,
+    /// Columns per lane of the element-wise outputs.
+    vec: u32,
     row: Var,
     col: Var,
     row_stores: Vec<Store>,
@@ -311,9 +322,10 @@ fn space<'a>(spaces: &'a mut Vec<RowsSpec>, gx: &mut GraphExprs, rows: u32, len:
     if let Some(i) = spaces.iter().position(|s| s.rows == rows && s.len == len) {
         return &mut spaces[i];
     }
+    let vec = if len >= 128 && len.is_multiple_of(4) { 4 } else { 1 };
     let row = gx.x.var(Ty::U32, rows as u64, "row");
-    let col = gx.x.var(Ty::U32, len as u64, "col");
-    spaces.push(RowsSpec { rows, len, row, col, row_stores: vec![], col_stores: vec![] });
+    let col = gx.x.var(Ty::U32, (len / vec) as u64, "col");
+    spaces.push(RowsSpec { rows, len, vec, row, col, row_stores: vec![], col_stores: vec![] });
     spaces.last_mut().unwrap()
 }
 
@@ -412,13 +424,17 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
         let n: usize = shape.iter().product();
         let last = shape.last().copied().unwrap_or(1);
         if let Some(i) = spaces.iter().position(|s| s.rows as usize * s.len as usize == n && s.len as usize == last && !shape.is_empty()) {
-            let (row, col) = (spaces[i].row, spaces[i].col);
+            let (row, col, vec) = (spaces[i].row, spaces[i].col, spaces[i].vec);
             let (re, ce) = (f.gx.x.var_e(row), f.gx.x.var_e(col));
-            let mut idx = f.gx.x.unravel(re, &shape[..shape.len() - 1]);
-            idx.push(ce);
-            let value = f.gx.value(o, &idx)?;
-            let index = f.gx.x.linear(&shape, &idx);
-            spaces[i].col_stores.push(Store { buf, index, value, atomic: false });
+            let lead = f.gx.x.unravel(re, &shape[..shape.len() - 1]);
+            let c0 = f.gx.x.mul_c(ce, vec);
+            for j in 0..vec {
+                let mut idx = lead.clone();
+                idx.push(f.gx.x.add_c(c0, j));
+                let value = f.gx.value(o, &idx)?;
+                let index = f.gx.x.linear(&shape, &idx);
+                spaces[i].col_stores.push(Store { buf, index, value, atomic: false });
+            }
             continue;
         }
         if let Some(i) = spaces.iter().position(|s| s.rows as usize == n) {
@@ -440,7 +456,7 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
     }
     for s in spaces {
         if !s.row_stores.is_empty() || !s.col_stores.is_empty() {
-            f.sections.push(Section::Rows { row: s.row, col: s.col, rows: s.rows, len: s.len, row_stores: s.row_stores, col_stores: s.col_stores });
+            f.sections.push(Section::Rows { row: s.row, col: s.col, rows: s.rows, len: s.len, vec: s.vec, row_stores: s.row_stores, col_stores: s.col_stores });
         }
     }
     f.sections.extend(items);
@@ -559,27 +575,23 @@ fn plan_reduction(f: &mut Fused, spaces: &mut Vec<RowsSpec>, items: &mut Vec<Sec
     let chunk = f.gx.x.div_c(we, onum as u32);
     let oidx = f.gx.x.unravel(oi_lin, &oshape);
     let first = f.gx.x.mul_c(chunk, ch);
-    let (k, xi) = match &node.op {
+    let k = f.gx.x.var(Ty::U32, ch as u64, "k");
+    let ke = f.gx.x.var_e(k);
+    let at = f.gx.x.add(first, ke);
+    let at = f.gx.x.min_c(at, reduced_len as u32 - 1);
+    let xi = match &node.op {
         Op::Reduce { axis, keepdim, .. } => {
-            let k = f.gx.x.var(Ty::U32, ch as u64, "k");
-            let ke = f.gx.x.var_e(k);
-            let at = f.gx.x.add(first, ke);
-            let at = f.gx.x.min_c(at, reduced_len as u32 - 1);
             let mut xi = oidx.clone();
             if *keepdim {
                 xi[*axis] = at;
             } else {
                 xi.insert(*axis, at);
             }
-            (k, xi)
+            xi
         }
-        Op::SumTo { .. } => {
-            let (red, xi) = f.gx.sum_to_index(&s, &oshape, &oidx, Some((first, ch)));
-            (red.unwrap().0, xi)
-        }
+        Op::SumTo { .. } => f.gx.sum_to_index(&s, &oshape, &oidx, Some(at)),
         _ => unreachable!(),
     };
-    let ke = f.gx.x.var_e(k);
     let body = f.gx.value(x, &xi)?;
     let body = if chunks > 1 {
         let at = f.gx.x.add(first, ke);

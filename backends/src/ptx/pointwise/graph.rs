@@ -225,17 +225,17 @@ impl<'g> GraphExprs<'g> {
             Op::Reduce { f, axis, keepdim } => {
                 let s = shape_of(0);
                 let n = s[*axis];
-                let k = self.x.var(Ty::U32, n as u64, "k");
-                let ke = self.x.var_e(k);
-                let mut ii: Vec<E> = idx.to_vec();
-                if *keepdim {
-                    ii[*axis] = ke;
-                } else {
-                    ii.insert(*axis, ke);
-                }
-                let body = self.value(arg(0), &ii)?;
+                let x = arg(0);
                 let op = if *f == ReduceFn::Max { RedOp::Max } else { RedOp::Sum };
-                let r = self.x.reduce(op, k, n as u32, body);
+                let r = self.reduce_over(op, n as u32, *axis + 1 == s.len(), |gx, k| {
+                    let mut ii: Vec<E> = idx.to_vec();
+                    if *keepdim {
+                        ii[*axis] = k;
+                    } else {
+                        ii.insert(*axis, k);
+                    }
+                    gx.value(x, &ii)
+                })?;
                 if *f == ReduceFn::Mean {
                     let nf = self.f(n as f32);
                     self.x.fdiv(r, nf)
@@ -245,11 +245,16 @@ impl<'g> GraphExprs<'g> {
             }
             Op::SumTo { .. } => {
                 let s = shape_of(0);
-                let (red, ii) = self.sum_to_index(&s, &out_shape, idx, None);
-                let body = self.value(arg(0), &ii)?;
-                match red {
-                    Some((k, n)) => self.x.reduce(RedOp::Sum, k, n, body),
-                    None => body,
+                let x = arg(0);
+                let (total, contiguous) = sum_to_total(&s, &out_shape);
+                if total == 0 {
+                    let ii = self.sum_to_index(&s, &out_shape, idx, None);
+                    self.value(x, &ii)?
+                } else {
+                    self.reduce_over(RedOp::Sum, total, contiguous, |gx, k| {
+                        let ii = gx.sum_to_index(&s, &out_shape, idx, Some(k));
+                        gx.value(x, &ii)
+                    })?
                 }
             }
             Op::Reshape { .. } => {
@@ -423,32 +428,51 @@ impl<'g> GraphExprs<'g> {
         }
     }
 
+    /// `op` over `k` in `0..len` of `body(k)`. `contiguous` (the reduced
+    /// elements are consecutive in memory) and `len` a multiple of 4 from 128
+    /// on: four consecutive `k` per step (`op` over `q` of the four values at
+    /// `4q + j`), so the lowering can read them with one vector load.
+    pub fn reduce_over(
+        &mut self,
+        op: RedOp,
+        len: u32,
+        contiguous: bool,
+        mut body: impl FnMut(&mut Self, E) -> Result<E, PtxError>,
+    ) -> Result<E, PtxError> {
+        if contiguous && len >= 128 && len.is_multiple_of(4) {
+            let q = self.x.var(Ty::U32, len as u64 / 4, "q");
+            let qe = self.x.var_e(q);
+            let base = self.x.mul_c(qe, 4);
+            let mut acc: Option<E> = None;
+            for j in 0..4 {
+                let k = self.x.add_c(base, j);
+                let v = body(self, k)?;
+                acc = Some(match (acc, op) {
+                    (None, _) => v,
+                    (Some(a), RedOp::Sum) => self.x.fadd(a, v),
+                    (Some(a), RedOp::Max) => self.x.f2(F2::Max, a, v),
+                });
+            }
+            Ok(self.x.reduce(op, q, len / 4, acc.unwrap()))
+        } else {
+            let k = self.x.var(Ty::U32, len as u64, "k");
+            let ke = self.x.var_e(k);
+            let v = body(self, ke)?;
+            Ok(self.x.reduce(op, k, len, v))
+        }
+    }
+
     /// The operand index of `SumTo` (input shape `s`, output shape `o`) at
-    /// output index `idx`: the reduced axes read one variable over their
-    /// product (`Some((var, len))`), or `chunk = (first, len)` restricts it to
-    /// `first + var` (clamped; the caller masks past the end).
-    pub fn sum_to_index(&mut self, s: &[usize], o: &[usize], idx: &[E], chunk: Option<(E, u32)>) -> (Option<(Var, u32)>, Vec<E>) {
+    /// output index `idx`, the reduced axes at flat index `k` (over their
+    /// product, see [`sum_to_total`]; `None` when nothing is reduced).
+    pub fn sum_to_index(&mut self, s: &[usize], o: &[usize], idx: &[E], k: Option<E>) -> Vec<E> {
         let pad = s.len() - o.len();
         let reduced: Vec<usize> = (0..s.len()).filter(|&i| i < pad || (o[i - pad] == 1 && s[i] != 1)).collect();
         if reduced.is_empty() {
-            let ii = (0..s.len()).map(|i| if s[i] == 1 { self.x.int_c(0) } else { idx[i - pad] }).collect();
-            return (None, ii);
+            return (0..s.len()).map(|i| if s[i] == 1 { self.x.int_c(0) } else { idx[i - pad] }).collect();
         }
         let rshape: Vec<usize> = reduced.iter().map(|&i| s[i]).collect();
-        let total: usize = rshape.iter().product();
-        let (len, k, kk) = match chunk {
-            None => {
-                let k = self.x.var(Ty::U32, total as u64, "k");
-                let ke = self.x.var_e(k);
-                (total as u32, k, ke)
-            }
-            Some((first, len)) => {
-                let k = self.x.var(Ty::U32, len as u64, "k");
-                let ke = self.x.var_e(k);
-                let at = self.x.add(first, ke);
-                (len, k, self.x.min_c(at, total as u32 - 1))
-            }
-        };
+        let kk = k.expect("a reduction index");
         let parts = self.x.unravel(kk, &rshape);
         let mut ii = Vec::with_capacity(s.len());
         let mut r = 0;
@@ -462,7 +486,7 @@ impl<'g> GraphExprs<'g> {
                 ii.push(idx[i - pad]);
             }
         }
-        (Some((k, len)), ii)
+        ii
     }
 
     /// Operand index of a reshape from `from` to `to` at output index `idx`.
@@ -485,18 +509,17 @@ impl<'g> GraphExprs<'g> {
         ii
     }
 
-    /// `max_j |w[r, j]|`, the fake-quantization row scale of row `r`.
+    /// The fake-quantization row scale of row `r` (from `max_j |w[r, j]|`).
     fn quant_scale(&mut self, w: ValueId, r: E, bits: u32) -> Result<E, PtxError> {
         let key = (0u8, w.index(), vec![r, self.x.int_c(bits)]);
         if let Some(&e) = self.rows.get(&key) {
             return Ok(e);
         }
         let cols = self.shape(w)[1];
-        let k = self.x.var(Ty::U32, cols as u64, "k");
-        let ke = self.x.var_e(k);
-        let wk = self.value(w, &[r, ke])?;
-        let a = self.x.f1(F1::Abs, wk);
-        let amax = self.x.reduce(RedOp::Max, k, cols as u32, a);
+        let amax = self.reduce_over(RedOp::Max, cols as u32, true, |gx, k| {
+            let wk = gx.value(w, &[r, k])?;
+            Ok(gx.x.f1(F1::Abs, wk))
+        })?;
         // CPU: fold from 0 (an empty row has scale 1e-12 -> tiny).
         let zero = self.f(0.0);
         let amax = self.x.f2(F2::Max, amax, zero);
@@ -517,20 +540,17 @@ impl<'g> GraphExprs<'g> {
             return Ok(e);
         }
         let v = *self.shape(z).last().unwrap() as u32;
-        let k = self.x.var(Ty::U32, v as u64, "k");
-        let ke = self.x.var_e(k);
-        let mut ii = row.to_vec();
-        ii.push(ke);
-        let zk = self.value(z, &ii)?;
-        let m = self.x.reduce(RedOp::Max, k, v, zk);
-        let k2 = self.x.var(Ty::U32, v as u64, "k");
-        let ke2 = self.x.var_e(k2);
-        let mut i2 = row.to_vec();
-        i2.push(ke2);
-        let zk2 = self.value(z, &i2)?;
-        let d = self.x.fsub(zk2, m);
-        let e = self.x.f1(F1::Exp, d);
-        let s = self.x.reduce(RedOp::Sum, k2, v, e);
+        let at = |gx: &mut Self, k: E| -> Result<E, PtxError> {
+            let mut ii = row.to_vec();
+            ii.push(k);
+            gx.value(z, &ii)
+        };
+        let m = self.reduce_over(RedOp::Max, v, true, at)?;
+        let s = self.reduce_over(RedOp::Sum, v, true, |gx, k| {
+            let zk = at(gx, k)?;
+            let d = gx.x.fsub(zk, m);
+            Ok(gx.x.f1(F1::Exp, d))
+        })?;
         let l = self.x.f1(F1::Log, s);
         let r = self.x.fadd(m, l);
         self.rows.insert(key, r);
@@ -585,4 +605,19 @@ impl<'g> GraphExprs<'g> {
         }
         false
     }
+}
+
+/// The number of elements a `SumTo` from `s` to `o` adds into each output
+/// element (0 when it reduces nothing), and whether they are consecutive in
+/// memory (the reduced axes are a suffix of `s`, ignoring size-1 axes).
+pub fn sum_to_total(s: &[usize], o: &[usize]) -> (u32, bool) {
+    let pad = s.len() - o.len();
+    let reduced: Vec<usize> = (0..s.len()).filter(|&i| i < pad || (o[i - pad] == 1 && s[i] != 1)).collect();
+    if reduced.is_empty() {
+        return (0, false);
+    }
+    let total: usize = reduced.iter().map(|&i| s[i]).product();
+    let first = reduced[0];
+    let contiguous = (first..s.len()).all(|i| reduced.contains(&i) || s[i] == 1);
+    (total as u32, contiguous)
 }

@@ -144,7 +144,7 @@ impl<'x> Lower<'x> {
         let x = self.x;
         let mut seen = HashSet::new();
         let mut stack: Vec<E> = roots.to_vec();
-        type Group = ((Buf, E), Vec<Option<E>>);
+        type Group = ((Buf, E, u32), Vec<Option<E>>);
         let mut groups: Vec<Group> = Vec::new();
         while let Some(e) = stack.pop() {
             if !seen.insert(e) {
@@ -152,16 +152,18 @@ impl<'x> Lower<'x> {
             }
             match *x.get(e) {
                 Expr::Load(buf, idx) => {
+                    // index = base + vec * w + j: group by (base, w), slot j.
                     let (base, off) = x.split_offset(idx);
-                    if off < vec && self.all_bound(e) && x.div(base).is_multiple_of(vec as u64) {
+                    let (w, j) = (off / vec, off % vec);
+                    if self.all_bound(e) && x.div(base).is_multiple_of(vec as u64) {
                         let key = self.key(e).unwrap();
                         if self.lookup(&key).is_none() {
-                            match groups.iter_mut().find(|(k, _)| *k == (buf, base)) {
-                                Some((_, v)) => v[off as usize] = Some(e),
+                            match groups.iter_mut().find(|(k, _)| *k == (buf, base, w)) {
+                                Some((_, v)) => v[j as usize] = Some(e),
                                 None => {
                                     let mut v = vec![None; vec as usize];
-                                    v[off as usize] = Some(e);
-                                    groups.push(((buf, base), v));
+                                    v[j as usize] = Some(e);
+                                    groups.push(((buf, base, w), v));
                                 }
                             }
                         }
@@ -182,12 +184,12 @@ impl<'x> Lower<'x> {
                 Expr::Int(_) | Expr::Bool(_) | Expr::F(_) | Expr::Var(_) => {}
             }
         }
-        for ((buf, base), loads) in groups {
+        for ((buf, base, w), loads) in groups {
             if loads.iter().any(|l| l.is_none()) {
                 continue;
             }
             let elem = x.bufs[buf.0 as usize];
-            let addr = self.address(b, buf, base);
+            let addr = self.address(b, buf, base).plus((w * vec * elem.bytes()) as i64);
             let regs: Vec<Reg> = match elem {
                 Elem::F32 | Elem::I32 => {
                     let (ty, class) = if elem == Elem::F32 { (Type::F32, RegClass::F32) } else { (Type::U32, RegClass::B32) };
@@ -392,6 +394,8 @@ impl<'x> Lower<'x> {
             self.push_scope();
             self.bind(v, k, false);
             self.converged = false;
+            // A body unrolled over 4 consecutive elements reads them with vector loads.
+            self.vector_loads(b, &[body], 4);
             let val = self.emit(b, body);
             b.bin_to(bop, Type::F32, acc, acc, val);
             self.unbind(v);
