@@ -4,8 +4,39 @@
 //! [`compile_program`] walks the plan's kernels in order and hands each to
 //! the emitter of its kind (`kinds/`); every emitter produces one or more
 //! launches of entries in the one module, and the plan comes back with each
-//! kernel's launch geometry filled in (its main launch). See
-//! [`supported_rules`] for the fusion rules the emitters implement.
+//! kernel's launch geometry filled in (its main launch). Kernels identical up
+//! to their name share one entry ([`Ctx::add_kernel`]), so the layers of a
+//! model reuse their kernels.
+//!
+//! ## Scalar code generation (`pointwise/`)
+//! Every kind computes the kernel plan's element-wise work through one
+//! demand-driven generator: the value of an IR node at a multi-index is an
+//! expression built recursively through the kernel's ops down to loads of its
+//! inputs (index algebra per op: broadcast, reshape, permute, index/unindex,
+//! shift, rope, bigram hash, gather), hash-consed and simplified on
+//! construction; reductions are expressions too. The lowering emits each
+//! expression once per binding of its free variables, hoists loop
+//! invariants, and makes reductions warp-cooperative where the warp agrees
+//! on the row.
+//!
+//! ## Kernels per kind (256-thread blocks unless said)
+//! * element-wise, gather, weight preparation and the rest of the fused kinds:
+//!   one launch of grid-stride sections ([`kinds::fused`]): 4 (or 2)
+//!   consecutive elements per thread with vector loads/stores; row-wise work
+//!   (norms, fake quantization, cross entropy) one warp per row, each row
+//!   reduction a pass of lanes over the row (4 consecutive elements per step)
+//!   and a butterfly shuffle, then a lane-strided pass storing the row's
+//!   elements (outputs of shape `[..., 1]` once per row by lane 0);
+//!   reductions over leading axes one thread per (output element, chunk of
+//!   the reduced range) with `red.global.add.f32` into a zero-filled output;
+//!   few long rows split over several warps likewise; scatter-add one thread
+//!   per element of the gradient, `red.global.add.f32` into the zero-filled table.
+//! * GEMM: the GEMM emitter's tiles ([`super::gemm`]), the plan's epilogue ops
+//!   as a pointwise program at each output element, the rms-norm prologue as a
+//!   row scale; bf16 GEMMs convert f32 operands while loading.
+//! * LM head: the logits GEMM into f32 scratch, then a row-wise launch
+//!   (cross entropy, its gradient, softcap) one warp per row.
+//! * attention: the flash-attention emitters ([`super::attention`]).
 
 use super::builder::{Kernel, Module};
 use super::kinds;
