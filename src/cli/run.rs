@@ -9,8 +9,13 @@
 //! `--backend sim` plans the graph for the PTX backend (only the fusion rules
 //! it supports, `--precision bf16` or `f32`), compiles the plan to a PTX
 //! program and runs it on the PTX simulator through the program executor
-//! (`pgc_runtime::exec`, the one the CUDA runtime shares). `--backend cuda` is
-//! not available yet (exit 2).
+//! (`pgc_runtime::exec`, the one the CUDA runtime shares). `--backend cuda`
+//! runs the same program through the same executor on the first GPU
+//! (`CudaDevice::new(0)`); without a GPU or driver it exits 2 with the
+//! driver's message and writes nothing.
+//!
+//! `--dump-inputs FILE` also writes the parameters (f32, spec names) and the
+//! `input_ids`/`target_ids` the run used, e.g. for PyTorch to recompute.
 
 use super::{CliResult, Failure};
 use pgc_backends::cpu::{self, Real, Tensor};
@@ -38,7 +43,7 @@ pub enum Backend {
     Cpu,
     /// The plan's PTX kernels on the PTX simulator (precision bf16 or f32).
     Sim,
-    /// CUDA on a GPU (not available for `run` yet).
+    /// The plan's PTX kernels on the first CUDA GPU (precision bf16 or f32).
     Cuda,
 }
 
@@ -95,6 +100,24 @@ pub struct RunArgs {
     /// Print the time spent per op kind.
     #[arg(long)]
     pub profile: bool,
+    /// Also write the parameters (f32, spec names) and tokens used to this safetensors file.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub dump_inputs: Option<PathBuf>,
+}
+
+/// What a run starts from: the graph (with the backward pass when gradients
+/// are wanted), parameter values and tokens.
+pub(crate) struct Prepared {
+    pub graph: Graph,
+    pub values: HashMap<String, Vec<f64>>,
+    pub tokens: Tokens,
+    pub with_grads: bool,
+    pub mode: Mode,
+}
+
+/// Open the CUDA device, or a bad-input failure naming why not (no GPU, no driver).
+pub(crate) fn open_cuda(command: &str) -> Result<pgc_runtime::cuda::CudaDevice, Failure> {
+    pgc_runtime::cuda::CudaDevice::new(0).map_err(|e| bad(format!("backend `cuda` is not available here ({command} needs a CUDA GPU): {e}")))
 }
 
 fn bad(msg: impl std::fmt::Display) -> Failure {
@@ -108,17 +131,86 @@ pub fn run(args: RunArgs) -> CliResult {
         Backend::Sim | Backend::Cuda => Precision::Bf16,
     });
     match (args.backend, precision) {
-        (Backend::Cuda, _) => {
-            return Err(bad("backend `cuda` is not available for `pgc run` yet (use --backend cpu or sim)"));
-        }
         (Backend::Cpu, Precision::Bf16) => {
             return Err(bad("precision bf16 is for the GPU backends (sim, cuda); the cpu backend computes in f64 or f32"));
         }
-        (Backend::Sim, Precision::F64) => {
-            return Err(bad("precision f64 is for the cpu backend; the sim backend runs the PTX kernels in bf16 or f32"));
+        (Backend::Sim | Backend::Cuda, Precision::F64) => {
+            return Err(bad("precision f64 is for the cpu backend; the sim and cuda backends run the PTX kernels in bf16 or f32"));
         }
         _ => {}
     }
+    // Open the GPU first: without one, fail before any work and write nothing.
+    let cuda = if args.backend == Backend::Cuda { Some(open_cuda("pgc run")?) } else { None };
+    let Prepared { graph, values, tokens, with_grads, mode } = prepare(&args)?;
+    let t_prep = t_start.elapsed().as_secs_f64();
+    if let Some(path) = &args.dump_inputs {
+        dump_inputs(path, &graph, &values, &tokens)?;
+    }
+    let result = match (args.backend, precision) {
+        (Backend::Sim, p) => {
+            let dev = SimDevice::new();
+            execute_ptx(&dev, Some(&dev), &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
+        }
+        (Backend::Cuda, p) => {
+            let dev = cuda.as_ref().expect("opened above");
+            execute_ptx(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
+        }
+        (_, Precision::F64) => execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64)?,
+        _ => execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32)?,
+    };
+    weights::save(&args.out, &result.tensors, None).map_err(|e| Failure::Other(e.into()))?;
+    println!(
+        "loss {:.10} ({} mode, {} backend, {} precision, batch {} seq {}, {} parameters)",
+        result.loss,
+        mode.name(),
+        format!("{:?}", args.backend).to_lowercase(),
+        format!("{precision:?}").to_lowercase(),
+        tokens.batch,
+        tokens.seq,
+        graph.param_count()
+    );
+    println!(
+        "time: {} {:.3} s (setup {:.3} s, total {:.3} s); wrote {}",
+        if with_grads { "forward+backward" } else { "forward" },
+        result.seconds,
+        t_prep,
+        t_start.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    if let Some(d) = &result.device_note {
+        println!("{d}");
+    }
+    if let Some(p) = result.profile {
+        print!("{p}");
+    }
+    Ok(())
+}
+
+pub(crate) fn ptx_precision(p: Precision) -> plan::Precision {
+    if p == Precision::Bf16 {
+        plan::Precision::Bf16
+    } else {
+        plan::Precision::F32
+    }
+}
+
+/// Write the parameters (f32) and tokens a run uses (names as in the spec;
+/// tokens `input_ids`, `target_ids` int32 [B, T]).
+pub(crate) fn dump_inputs(path: &std::path::Path, graph: &Graph, values: &HashMap<String, Vec<f64>>, tokens: &Tokens) -> Result<(), Failure> {
+    let mut tensors: Vec<(String, HostTensor)> = graph
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), HostTensor::new(p.shape.clone(), HostData::F32(values[&p.name].iter().map(|&x| x as f32).collect()))))
+        .collect();
+    let shape = vec![tokens.batch, tokens.seq];
+    tensors.push(("input_ids".into(), HostTensor::new(shape.clone(), HostData::I32(tokens.input_ids.clone()))));
+    tensors.push(("target_ids".into(), HostTensor::new(shape, HostData::I32(tokens.target_ids.clone()))));
+    weights::save(path, &tensors, None).map_err(|e| Failure::Other(anyhow::anyhow!("writing {}: {e}", path.display())))
+}
+
+/// Read the model, tokens and parameters a run's flags name; lower the model
+/// (with the backward pass in train mode or with `--grads`).
+pub(crate) fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
     let mut sets = super::parse_sets(&args.sets)?;
     let path = args.model.display().to_string();
     let bytes = std::fs::read(&args.model).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
@@ -178,54 +270,20 @@ pub fn run(args: RunArgs) -> CliResult {
     } else {
         fwd
     };
-    let t_prep = t_start.elapsed().as_secs_f64();
-    let result = match (args.backend, precision) {
-        (Backend::Sim, p) => {
-            let p = if p == Precision::Bf16 { plan::Precision::Bf16 } else { plan::Precision::F32 };
-            execute_sim(&graph, &values, &tokens, with_grads, p, args.profile)?
-        }
-        (_, Precision::F64) => execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64)?,
-        _ => execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32)?,
-    };
-    weights::save(&args.out, &result.tensors, None).map_err(|e| Failure::Other(e.into()))?;
-    println!(
-        "loss {:.10} ({} mode, {} backend, {} precision, batch {} seq {}, {} parameters)",
-        result.loss,
-        mode.name(),
-        format!("{:?}", args.backend).to_lowercase(),
-        format!("{precision:?}").to_lowercase(),
-        tokens.batch,
-        tokens.seq,
-        graph.param_count()
-    );
-    println!(
-        "time: {} {:.3} s (setup {:.3} s, total {:.3} s); wrote {}",
-        if with_grads { "forward+backward" } else { "forward" },
-        result.seconds,
-        t_prep,
-        t_start.elapsed().as_secs_f64(),
-        args.out.display()
-    );
-    if let Some(d) = &result.device_note {
-        println!("{d}");
-    }
-    if let Some(p) = result.profile {
-        print!("{p}");
-    }
-    Ok(())
+    Ok(Prepared { graph, values, tokens, with_grads, mode })
 }
 
-struct Outcome {
-    loss: f64,
-    seconds: f64,
-    tensors: Vec<(String, HostTensor)>,
-    profile: Option<String>,
+pub(crate) struct Outcome {
+    pub loss: f64,
+    pub seconds: f64,
+    pub tensors: Vec<(String, HostTensor)>,
+    pub profile: Option<String>,
     /// What the device did (simulator: launches, thread-instructions).
-    device_note: Option<String>,
+    pub device_note: Option<String>,
 }
 
 /// The names `pgc run` writes: loss, logits and (with gradients) grad.NAME per parameter.
-fn output_names(graph: &Graph, with_grads: bool) -> Vec<String> {
+pub(crate) fn output_names(graph: &Graph, with_grads: bool) -> Vec<String> {
     let mut names: Vec<String> = vec!["loss".into(), "logits".into()];
     if with_grads {
         names.extend(graph.params.iter().map(|p| format!("grad.{}", p.name)));
@@ -251,8 +309,13 @@ pub(crate) fn ptx_plan(g: &Graph, precision: plan::Precision, outputs: &[String]
     plan::build(g, &opts).map_err(|e| Failure::Other(e.into()))
 }
 
-/// Plan, compile and run the graph's PTX program on the simulator.
-fn execute_sim(
+/// Plan, compile and run the graph's PTX program on `dev` (the simulator, or
+/// a GPU); `sim` is the same device when it is the simulator, for its
+/// thread-instruction counts.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn execute_ptx(
+    dev: &dyn Device,
+    sim: Option<&SimDevice>,
     graph: &Graph,
     values: &HashMap<String, Vec<f64>>,
     tokens: &Tokens,
@@ -265,37 +328,30 @@ fn execute_sim(
     let t_compile = Instant::now();
     let program = compile_ptx(graph, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
     let compile_s = t_compile.elapsed().as_secs_f64();
-    let dev = SimDevice::new();
     let internal = |e: pgc_runtime::exec::ExecError| Failure::Other(anyhow::anyhow!("{e}"));
-    let mut ex = Executor::new(&dev, &program, graph).map_err(internal)?;
-    let params: HashMap<String, Vec<f32>> = values.iter().map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect())).collect();
-    ex.set_params(&params).map_err(internal)?;
-    for name in ex.input_names() {
-        let ids = match name.as_str() {
-            "input_ids" => &tokens.input_ids,
-            "target_ids" => &tokens.target_ids,
-            other => return Err(bad(format!("the model has an input `{other}`; pgc run supplies only input_ids and target_ids"))),
-        };
-        ex.set_input(&name, ids).map_err(internal)?;
-    }
-    let insts0 = dev.total_thread_instructions();
+    let t_load = Instant::now();
+    let mut ex = Executor::new(dev, &program, graph).map_err(internal)?;
+    set_executor_inputs(&mut ex, values, tokens)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let insts = || sim.map(|d| d.total_thread_instructions()).unwrap_or(0);
+    let insts0 = insts();
     let t0 = Instant::now();
     let mut per_kernel: Vec<(f64, u64)> = vec![(0.0, 0); program.plan.kernels.len()];
     if profile {
         for i in 0..ex.launch_count() {
             let t = Instant::now();
-            let before = dev.total_thread_instructions();
+            let before = insts();
             ex.launch_step(i).map_err(internal)?;
             dev.synchronize().map_err(|e| internal(pgc_runtime::exec::ExecError::Device { what: "synchronize".into(), source: e }))?;
             let k = program.launches[i].plan_kernel;
             per_kernel[k].0 += t.elapsed().as_secs_f64();
-            per_kernel[k].1 += dev.total_thread_instructions() - before;
+            per_kernel[k].1 += insts() - before;
         }
     } else {
         ex.run().map_err(internal)?;
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let insts = dev.total_thread_instructions() - insts0;
+    let insts = insts() - insts0;
 
     let mut tensors = Vec::with_capacity(names.len());
     let mut loss = f64::NAN;
@@ -308,20 +364,32 @@ fn execute_sim(
         }
         tensors.push((name.clone(), HostTensor::new(shape, HostData::F32(data))));
     }
-    let device_note = Some(format!(
-        "sim: {} kernels, {} launches, {:.3e} thread-instructions, {:.3} s on the simulator ({} host threads); PTX compile {:.3} s, {} KiB of PTX",
-        program.plan.kernels.len(),
-        program.launches.len(),
-        insts as f64,
-        seconds,
-        host_threads(),
-        compile_s,
-        program.ptx.len() / 1024
-    ));
+    let device_note = Some(match sim {
+        Some(_) => format!(
+            "sim: {} kernels, {} launches, {:.3e} thread-instructions, {:.3} s on the simulator ({} host threads); PTX compile {:.3} s, {} KiB of PTX",
+            program.plan.kernels.len(),
+            program.launches.len(),
+            insts as f64,
+            seconds,
+            host_threads(),
+            compile_s,
+            program.ptx.len() / 1024
+        ),
+        None => format!(
+            "{}: {} kernels, {} launches, {:.3} s on the device (first run: includes lazy work); PTX compile {:.3} s, {} KiB of PTX; module load (driver JIT) + upload {:.3} s",
+            dev.name(),
+            program.plan.kernels.len(),
+            program.launches.len(),
+            seconds,
+            compile_s,
+            program.ptx.len() / 1024,
+            load_s
+        ),
+    });
     let profile = profile.then(|| {
         let mut order: Vec<usize> = (0..per_kernel.len()).collect();
-        order.sort_by(|&a, &b| per_kernel[b].1.cmp(&per_kernel[a].1));
-        let mut s = format!("{:<48} {:<18} {:>14} {:>10}\n", "kernel", "kind", "thread-insts", "sim s");
+        order.sort_by(|&a, &b| per_kernel[b].1.cmp(&per_kernel[a].1).then(per_kernel[b].0.total_cmp(&per_kernel[a].0)));
+        let mut s = format!("{:<48} {:<18} {:>14} {:>10}\n", "kernel", "kind", "thread-insts", "wall s");
         for k in order {
             let kr = &program.plan.kernels[k];
             s += &format!("{:<48} {:<18} {:>14} {:>10.4}\n", kr.name, kr.kind.name(), per_kernel[k].1, per_kernel[k].0);
@@ -331,11 +399,27 @@ fn execute_sim(
     Ok(Outcome { loss, seconds, tensors, profile, device_note })
 }
 
+/// Upload the parameters (as f32 masters) and the token inputs.
+pub(crate) fn set_executor_inputs(ex: &mut Executor<'_>, values: &HashMap<String, Vec<f64>>, tokens: &Tokens) -> Result<(), Failure> {
+    let internal = |e: pgc_runtime::exec::ExecError| Failure::Other(anyhow::anyhow!("{e}"));
+    let params: HashMap<String, Vec<f32>> = values.iter().map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect())).collect();
+    ex.set_params(&params).map_err(internal)?;
+    for name in ex.input_names() {
+        let ids = match name.as_str() {
+            "input_ids" => &tokens.input_ids,
+            "target_ids" => &tokens.target_ids,
+            other => return Err(bad(format!("the model has an input `{other}`; pgc supplies only input_ids and target_ids"))),
+        };
+        ex.set_input(&name, ids).map_err(internal)?;
+    }
+    Ok(())
+}
+
 fn host_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-fn execute<F: Real>(
+pub(crate) fn execute<F: Real>(
     graph: &Graph,
     values: &HashMap<String, Vec<f64>>,
     tokens: &Tokens,
