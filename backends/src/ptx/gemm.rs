@@ -657,7 +657,25 @@ impl Skeleton {
         let pn = b.param("n", ParamType::U32);
         let pk = b.param("k", ParamType::U32);
         let epi_params = epilogue::declare_params(&mut b, &cfg.epilogue);
-        b.comment(format!("{cfg:?}"));
+        // A short, deterministic description (the full config holds hash maps).
+        b.comment(format!(
+            "{:?} {} tile {}x{}x{} ({}x{} warps, {} stages), vectors a{} b{} c{}, split-k {}, f32 operands a:{} b:{}, epilogue {}",
+            cfg.precision,
+            cfg.layout.tag(),
+            t.bm,
+            t.bn,
+            t.bk,
+            t.warps_m,
+            t.warps_n,
+            t.stages,
+            cfg.vec_a,
+            cfg.vec_b,
+            cfg.vec_c,
+            cfg.split_k,
+            cfg.a_f32,
+            cfg.b_f32,
+            cfg.epilogue.tag()
+        ));
         let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
 
         let a = b.ld_param_global_ptr(&pa);
