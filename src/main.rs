@@ -28,6 +28,10 @@ enum Command {
     Compile(cli::compile::CompileArgs),
     /// Run a forward (and backward) pass: loss, logits and gradients to a safetensors file.
     Run(cli::run::RunArgs),
+    /// Check the PTX program on a device (sim or cuda) against the CPU backend (f64): relative error per tensor.
+    Verify(cli::verify::VerifyArgs),
+    /// Time the PTX program on a CUDA GPU: per kernel against its floor, and the whole step.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Compile(a) => cli::compile::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Verify(a) => cli::verify::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     cli::finish(result)
 }

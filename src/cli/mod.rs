@@ -1,7 +1,9 @@
 //! Subcommands and the error convention shared by all of them.
 
+pub mod bench;
 pub mod compile;
 pub mod run;
+pub mod verify;
 
 use std::process::ExitCode;
 

@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// Print the time spent per op kind.
     #[arg(long)]
     pub profile: bool,
+    /// With --random-weights: give every parameter the initialisation leaves all zero (the
+    /// zero-initialised projections) seeded normal values / sqrt(fan-in), so every gradient is non-trivial.
+    #[arg(long, requires = "random_weights")]
+    pub dense_weights: bool,
     /// Also write the parameters (f32, spec names) and tokens used to this safetensors file.
     #[arg(long, value_name = "FILE.safetensors")]
     pub dump_inputs: Option<PathBuf>,
@@ -186,6 +190,24 @@ pub fn run(args: RunArgs) -> CliResult {
     Ok(())
 }
 
+/// Replace every all-zero parameter by seeded normal values / sqrt(fan-in)
+/// (fan-in: the last dimension), rounded to f32: the training initialisation
+/// zero-initialises output projections, which would leave the gradients of
+/// everything before them zero and so unchecked.
+pub(crate) fn densify(params: &[pgc_ir::graph::ParamInfo], values: &mut HashMap<String, Vec<f64>>, seed: u64) {
+    for p in params {
+        let Some(v) = values.get_mut(&p.name) else { continue };
+        if v.is_empty() || v.iter().any(|&x| x != 0.0) {
+            continue;
+        }
+        let fan_in = if p.shape.len() >= 2 { *p.shape.last().unwrap() as f64 } else { 100.0 };
+        let mut rng = pgc_runtime::init::Rng::new(seed ^ 0x5eed_de05, &format!("dense:{}", p.name));
+        for x in v.iter_mut() {
+            *x = (rng.normal() / fan_in.sqrt()) as f32 as f64;
+        }
+    }
+}
+
 pub(crate) fn ptx_precision(p: Precision) -> plan::Precision {
     if p == Precision::Bf16 {
         plan::Precision::Bf16
@@ -260,7 +282,13 @@ pub(crate) fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
     // Parameters.
     let values: HashMap<String, Vec<f64>> = match (&args.weights, args.random_weights) {
         (Some(w), _) => weights::load_params(w, &args.weights_prefix, &fwd.params).map_err(bad)?,
-        (None, Some(seed)) => pgc_runtime::init::random_params(&fwd.params, seed).map_err(bad)?,
+        (None, Some(seed)) => {
+            let mut v = pgc_runtime::init::random_params(&fwd.params, seed).map_err(bad)?;
+            if args.dense_weights {
+                densify(&fwd.params, &mut v, seed);
+            }
+            v
+        }
         (None, None) => return Err(bad("one of --weights or --random-weights is required")),
     };
 

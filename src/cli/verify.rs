@@ -1,0 +1,205 @@
+//! `pgc verify`: the model's PTX program on a device (the simulator or a
+//! CUDA GPU) against the CPU backend in f64, on random weights (the model's
+//! seeded training initialisation, rounded to f32 so both sides see the same
+//! numbers) and random tokens.
+//!
+//! Prints one row per output (loss, logits, and in train mode `grad.NAME` per
+//! parameter): `max|a-b|`, `max|b|`, the relative error `max|a-b| / max|b|`
+//! (b: the CPU reference) and the tolerance (bf16 2e-2, f32 1e-4 unless
+//! `--tol`). Exit 1 when any relative error exceeds the tolerance (or is not
+//! finite), 0 when all pass, 2 on bad input or when the device is missing.
+
+use super::run::{self, ModeArg, Prepared, RunArgs};
+use super::{CliResult, Failure};
+use pgc_runtime::sim::SimDevice;
+use pgc_runtime::weights::HostData;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The PTX simulator on the CPU.
+    Sim,
+    /// The first CUDA GPU.
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PtxPrecision {
+    /// bf16 tensor-core kernels with fp32 accumulation.
+    Bf16,
+    /// The all-fp32 debugging mode of the PTX backend.
+    F32,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The model source (.pgdsl).
+    pub model: PathBuf,
+    /// Override a model constant, e.g. `--set layers=2`. Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+    #[arg(long, value_enum)]
+    pub backend: DeviceArg,
+    /// Batch size of the random tokens.
+    #[arg(long, value_name = "B", default_value_t = 1)]
+    pub batch: usize,
+    /// Sequence length [default: the model's `seq`].
+    #[arg(long, value_name = "T")]
+    pub seq: Option<usize>,
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub precision: PtxPrecision,
+    /// train: loss, logits and every gradient; eval: loss and logits.
+    #[arg(long, value_enum, default_value = "train")]
+    pub mode: ModeArg,
+    /// Seed of the weights (the tokens use SEED + 1).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Keep the training initialisation's all-zero parameters (by default they get
+    /// random values, as `pgc run --dense-weights`, so that every gradient is non-zero).
+    #[arg(long)]
+    pub training_init: bool,
+    /// Relative-error tolerance for every tensor [default: 2e-2 for bf16, 1e-4 for f32].
+    #[arg(long, value_name = "TOL")]
+    pub tol: Option<f64>,
+}
+
+fn bad(msg: impl std::fmt::Display) -> Failure {
+    Failure::BadInput(format!("error: {msg}"))
+}
+
+/// `max|a-b|`, `max|b|`, and their ratio (`max|a-b|` alone when `max|b|` is 0).
+pub(crate) fn rel_error(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    let mut diff = 0.0f64;
+    let mut scale = 0.0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        let d = (x - y).abs();
+        // NaN anywhere makes the difference NaN (f64::max would drop it).
+        diff = if d.is_nan() || diff.is_nan() { f64::NAN } else { diff.max(d) };
+        scale = scale.max(y.abs());
+    }
+    if a.len() != b.len() {
+        diff = f64::NAN;
+    }
+    let rel = if scale > 0.0 { diff / scale } else { diff };
+    (diff, scale, rel)
+}
+
+pub fn run(args: VerifyArgs) -> CliResult {
+    let t_start = Instant::now();
+    if args.batch == 0 || args.seq == Some(0) {
+        return Err(bad("--batch and --seq must be at least 1"));
+    }
+    let tol = args.tol.unwrap_or(match args.precision {
+        PtxPrecision::Bf16 => 2e-2,
+        PtxPrecision::F32 => 1e-4,
+    });
+    if !(tol.is_finite() && tol >= 0.0) {
+        return Err(bad(format!("--tol must be a finite non-negative number, got {tol}")));
+    }
+    let cuda = if args.backend == DeviceArg::Cuda { Some(run::open_cuda("pgc verify")?) } else { None };
+    let prec = match args.precision {
+        PtxPrecision::Bf16 => run::Precision::Bf16,
+        PtxPrecision::F32 => run::Precision::F32,
+    };
+    let ra = RunArgs {
+        model: args.model.clone(),
+        sets: args.sets.clone(),
+        weights: None,
+        weights_prefix: String::new(),
+        random_weights: Some(args.seed),
+        tokens: None,
+        random_tokens: Some(args.seed.wrapping_add(1)),
+        batch: Some(args.batch),
+        seq: args.seq,
+        mode: args.mode,
+        backend: run::Backend::Cpu,
+        precision: Some(prec),
+        out: PathBuf::new(),
+        grads: false,
+        profile: false,
+        dense_weights: !args.training_init,
+        dump_inputs: None,
+    };
+    let Prepared { graph, mut values, tokens, with_grads, mode } = run::prepare(&ra)?;
+    // Both sides start from the same f32 numbers.
+    for v in values.values_mut() {
+        for x in v.iter_mut() {
+            *x = *x as f32 as f64;
+        }
+    }
+    let t_prep = t_start.elapsed().as_secs_f64();
+    println!(
+        "verify: {} ({} mode, {} precision, batch {} seq {}, {} parameters, seed {}); setup {:.2} s",
+        args.model.display(),
+        mode.name(),
+        format!("{:?}", args.precision).to_lowercase(),
+        tokens.batch,
+        tokens.seq,
+        graph.param_count(),
+        args.seed,
+        t_prep
+    );
+
+    let t_dev = Instant::now();
+    let dev_out = match &cuda {
+        Some(dev) => run::execute_ptx(dev, None, &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false)?,
+        None => {
+            let dev = SimDevice::new();
+            run::execute_ptx(&dev, Some(&dev), &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false)?
+        }
+    };
+    let dev_s = t_dev.elapsed().as_secs_f64();
+    if let Some(n) = &dev_out.device_note {
+        println!("{n}");
+    }
+    println!("device run: {dev_s:.2} s (plan + PTX compile + load + run + read back)");
+
+    let t_cpu = Instant::now();
+    let cpu_out = run::execute::<f64>(&graph, &values, &tokens, with_grads, false, HostData::F64)?;
+    println!(
+        "cpu reference (f64, {} threads): {:.2} s",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        t_cpu.elapsed().as_secs_f64()
+    );
+
+    let reference: HashMap<&str, Vec<f64>> = cpu_out.tensors.iter().map(|(n, t)| (n.as_str(), t.data.to_f64())).collect();
+    println!("{:<44} {:>12} {:>12} {:>11} {:>9}  result", "tensor", "max|a-b|", "max|b|", "rel err", "tol");
+    let (mut failed, mut worst) = (Vec::new(), (String::new(), 0.0f64));
+    for (name, t) in &dev_out.tensors {
+        let Some(b) = reference.get(name.as_str()) else {
+            return Err(Failure::Other(anyhow::anyhow!("the CPU backend did not produce `{name}`")));
+        };
+        let (diff, scale, rel) = rel_error(&t.data.to_f64(), b);
+        let ok = rel.is_finite() && rel <= tol;
+        if !ok {
+            failed.push(name.clone());
+        }
+        if !rel.is_finite() || rel > worst.1 || worst.0.is_empty() {
+            if !(worst.1.is_nan()) {
+                worst = (name.clone(), rel);
+            }
+        }
+        println!("{name:<44} {diff:>12.4e} {scale:>12.4e} {rel:>11.3e} {tol:>9.1e}  {}", if ok { "ok" } else { "FAIL" });
+    }
+    println!(
+        "loss: device {:.8} cpu {:.8}; worst {} at {:.3e}; total {:.2} s",
+        dev_out.loss,
+        cpu_out.loss,
+        worst.0,
+        worst.1,
+        t_start.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() {
+        println!("verify: PASS ({} tensors within {tol:.1e})", dev_out.tensors.len());
+        Ok(())
+    } else {
+        Err(Failure::CheckFailed(format!(
+            "verify: FAIL: {} of {} tensors exceed the tolerance {tol:.1e}: {}",
+            failed.len(),
+            dev_out.tensors.len(),
+            failed.join(", ")
+        )))
+    }
+}
