@@ -176,10 +176,9 @@ pub fn run(args: VerifyArgs) -> CliResult {
         if !ok {
             failed.push(name.clone());
         }
-        if !rel.is_finite() || rel > worst.1 || worst.0.is_empty() {
-            if !(worst.1.is_nan()) {
-                worst = (name.clone(), rel);
-            }
+        // The worst row: the largest relative error, a NaN above everything.
+        if worst.0.is_empty() || (!worst.1.is_nan() && (rel.is_nan() || rel > worst.1)) {
+            worst = (name.clone(), rel);
         }
         println!("{name:<44} {diff:>12.4e} {scale:>12.4e} {rel:>11.3e} {tol:>9.1e}  {}", if ok { "ok" } else { "FAIL" });
     }
