@@ -417,10 +417,16 @@ pub(crate) fn execute_ptx(
     let profile = profile.then(|| {
         let mut order: Vec<usize> = (0..per_kernel.len()).collect();
         order.sort_by(|&a, &b| per_kernel[b].1.cmp(&per_kernel[a].1).then(per_kernel[b].0.total_cmp(&per_kernel[a].0)));
-        let mut s = format!("{:<48} {:<18} {:>14} {:>10}\n", "kernel", "kind", "thread-insts", "wall s");
+        let mut s = match sim {
+            Some(_) => format!("{:<48} {:<18} {:>14} {:>10}\n", "kernel", "kind", "thread-insts", "wall s"),
+            None => format!("{:<48} {:<18} {:>10}   (host wall time per kernel, synchronized)\n", "kernel", "kind", "wall s"),
+        };
         for k in order {
             let kr = &program.plan.kernels[k];
-            s += &format!("{:<48} {:<18} {:>14} {:>10.4}\n", kr.name, kr.kind.name(), per_kernel[k].1, per_kernel[k].0);
+            s += &match sim {
+                Some(_) => format!("{:<48} {:<18} {:>14} {:>10.4}\n", kr.name, kr.kind.name(), per_kernel[k].1, per_kernel[k].0),
+                None => format!("{:<48} {:<18} {:>10.6}\n", kr.name, kr.kind.name(), per_kernel[k].0),
+            };
         }
         s
     });
