@@ -29,7 +29,9 @@ const TOL_BF16: f64 = 2e-2;
 /// math) does not reach on these tiny shapes: gradients that are sums of
 /// many terms of both signs (q_gain, bigram.scale, smear.gate, c_q/c_k)
 /// measured 2.1e-2 .. 9.2e-2 while f32 runs of the same kernels stay under
-/// 4e-6. Asserted at this bound until the numerics change; the table still
+/// 4e-6. PyTorch's own bf16 autocast on the same files (scripts/
+/// torch-bf16-golden.py, H200) has 7 to 11 tensors over 2e-2 per case, worst
+/// 8.5e-2. Asserted at this bound until the numerics change; the table still
 /// prints every tensor's error.
 const TOL_BF16_GRAD: f64 = 1.5e-1;
 
