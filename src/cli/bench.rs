@@ -125,25 +125,7 @@ pub fn run(args: BenchArgs) -> CliResult {
         PtxPrecision::Bf16 => run::Precision::Bf16,
         PtxPrecision::F32 => run::Precision::F32,
     };
-    let ra = RunArgs {
-        model: args.model.clone(),
-        sets: args.sets.clone(),
-        weights: None,
-        weights_prefix: String::new(),
-        random_weights: Some(args.seed),
-        tokens: None,
-        random_tokens: Some(args.seed.wrapping_add(1)),
-        batch: Some(args.batch),
-        seq: Some(args.seq),
-        mode: args.mode,
-        backend: run::Backend::Cuda,
-        precision: Some(prec),
-        out: PathBuf::new(),
-        grads: false,
-        profile: false,
-        dense_weights: true,
-        dump_inputs: None,
-    };
+    let ra = RunArgs::random(args.model.clone(), args.sets.clone(), args.seed, args.batch, Some(args.seq), args.mode, run::Backend::Cuda, prec, true);
     let Prepared { graph, values, tokens, with_grads, mode } = run::prepare(&ra)?;
     let names = run::output_names(&graph, with_grads);
     let plan = run::ptx_plan(&graph, run::ptx_precision(prec), &names, &[])?;

@@ -109,6 +109,43 @@ pub struct RunArgs {
     pub dump_inputs: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// A run on seeded random weights and tokens (tokens seeded `seed + 1`), as
+    /// `pgc verify` and `pgc bench` make them; nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn random(
+        model: PathBuf,
+        sets: Vec<String>,
+        seed: u64,
+        batch: usize,
+        seq: Option<usize>,
+        mode: ModeArg,
+        backend: Backend,
+        precision: Precision,
+        dense_weights: bool,
+    ) -> Self {
+        RunArgs {
+            model,
+            sets,
+            weights: None,
+            weights_prefix: String::new(),
+            random_weights: Some(seed),
+            tokens: None,
+            random_tokens: Some(seed.wrapping_add(1)),
+            batch: Some(batch),
+            seq,
+            mode,
+            backend,
+            precision: Some(precision),
+            out: PathBuf::new(),
+            grads: false,
+            profile: false,
+            dense_weights,
+            dump_inputs: None,
+        }
+    }
+}
+
 /// What a run starts from: the graph (with the backward pass when gradients
 /// are wanted), parameter values and tokens.
 pub(crate) struct Prepared {

@@ -103,25 +103,7 @@ pub fn run(args: VerifyArgs) -> CliResult {
         PtxPrecision::Bf16 => run::Precision::Bf16,
         PtxPrecision::F32 => run::Precision::F32,
     };
-    let ra = RunArgs {
-        model: args.model.clone(),
-        sets: args.sets.clone(),
-        weights: None,
-        weights_prefix: String::new(),
-        random_weights: Some(args.seed),
-        tokens: None,
-        random_tokens: Some(args.seed.wrapping_add(1)),
-        batch: Some(args.batch),
-        seq: args.seq,
-        mode: args.mode,
-        backend: run::Backend::Cpu,
-        precision: Some(prec),
-        out: PathBuf::new(),
-        grads: false,
-        profile: false,
-        dense_weights: !args.training_init,
-        dump_inputs: None,
-    };
+    let ra = RunArgs::random(args.model.clone(), args.sets.clone(), args.seed, args.batch, args.seq, args.mode, run::Backend::Cpu, prec, !args.training_init);
     let Prepared { graph, mut values, tokens, with_grads, mode } = run::prepare(&ra)?;
     // Both sides start from the same f32 numbers.
     for v in values.values_mut() {
