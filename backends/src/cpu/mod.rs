@@ -16,6 +16,7 @@
 
 mod attention;
 pub mod linalg;
+pub mod plan_exec;
 pub mod ops;
 pub mod real;
 pub mod tensor;

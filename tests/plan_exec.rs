@@ -1,0 +1,165 @@
+//! The CPU plan executor (`cpu::plan_exec`) against the PyTorch float64
+//! golden files, as tests/golden_cpu.rs checks the interpreter: golden
+//! configs tiny, small, odd, train and eval, f64 within 1e-9 and f32 within
+//! 1e-4 (relative error per tensor, `max|a - b| / max|b|`), with every fusion
+//! rule on, and (tiny) with each rule switched off in turn. Also the time of
+//! the full 11-layer model, batch 1, seq 256, f32, forward+backward, against
+//! the interpreter `cpu::execute` (printed; run with `--nocapture`).
+#![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(err <= tol)` also fails on NaN
+
+use pgc_backends::cpu::{self, plan_exec, rel_err, Real, Tensor};
+use pgc_ir::plan::FusionRule;
+use pgc_ir::{Graph, Mode};
+use pgc_runtime::weights::{HostData, SafeFile};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+const TOL_F64: f64 = 1e-9;
+const TOL_F32: f64 = 1e-4;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sets_of(file: &SafeFile) -> Vec<(String, String)> {
+    let meta = file.metadata();
+    let cfg: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(meta.get("config").expect("golden file has a config")).expect("config is a JSON object");
+    cfg.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+}
+
+fn compile(sets: &[(String, String)], mode: Mode) -> Graph {
+    let path = root().join("models/11l.pgdsl");
+    let src = std::fs::read_to_string(&path).unwrap();
+    let g = pgc_frontend::compile_model(&src, &path.display().to_string(), sets, mode).unwrap_or_else(|d| panic!("{}", d.render(&src)));
+    pgc_ir::passes::autodiff::backward(&g, "loss").unwrap()
+}
+
+/// Worst relative error over the outputs of one case, and the tensors over `tol`.
+fn run_precision<F: Real>(file: &SafeFile, g: &Graph, mode: &str, tol: f64, rules: &BTreeSet<FusionRule>) -> (f64, String, Vec<String>) {
+    let params: HashMap<String, Tensor<F>> = g
+        .params
+        .iter()
+        .map(|p| {
+            let t = file.get(&format!("param.{}", p.name), "a golden parameter").unwrap();
+            (p.name.clone(), Tensor::from_f64(t.shape.clone(), &t.data.to_f64()))
+        })
+        .collect();
+    let mut inputs = HashMap::new();
+    for name in ["input_ids", "target_ids"] {
+        let t = file.get(name, "token ids").unwrap();
+        let HostData::I32(ids) = t.data else { panic!("{name} is not int32") };
+        inputs.insert(name.to_string(), Tensor::<F>::int(t.shape, ids));
+    }
+    let run = plan_exec::execute(g, &params, &inputs, None, rules).unwrap();
+    let golden = file.names().iter().filter(|n| n.starts_with(&format!("{mode}."))).count();
+    assert_eq!(run.outputs.len(), golden, "{mode} {}: outputs vs golden tensors", F::NAME);
+    let (mut worst, mut worst_name, mut bad) = (0.0f64, String::new(), Vec::new());
+    for (name, t) in &run.outputs {
+        let want = file.get(&format!("{mode}.{name}"), "a golden result").unwrap();
+        let e = rel_err(&t.to_f64_vec(), &want.data.to_f64());
+        if !(e <= tol) {
+            bad.push(format!("{mode} {} {name}: {e:.3e} > {tol:.0e}", F::NAME));
+        }
+        if !(e <= worst) {
+            worst = e;
+            worst_name = name.clone();
+        }
+    }
+    (worst, worst_name, bad)
+}
+
+fn check_golden(name: &str, rules: &BTreeSet<FusionRule>, label: &str) {
+    let file = SafeFile::open(&root().join(format!("tests/golden/{name}.safetensors"))).unwrap();
+    let sets = sets_of(&file);
+    let mut bad = Vec::new();
+    for (mode, m) in [("train", Mode::Train), ("eval", Mode::Eval)] {
+        let g = compile(&sets, m);
+        let (e64, n64, b64) = run_precision::<f64>(&file, &g, mode, TOL_F64, rules);
+        let (e32, n32, b32) = run_precision::<f32>(&file, &g, mode, TOL_F32, rules);
+        println!("plan_exec golden {name} {mode} [{label}]: f64 worst {e64:.3e} ({n64}), f32 worst {e32:.3e} ({n32})");
+        bad.extend(b64);
+        bad.extend(b32);
+    }
+    assert!(bad.is_empty(), "golden {name} [{label}]: {} tensors off:\n{}", bad.len(), bad.join("\n"));
+}
+
+fn all_rules() -> BTreeSet<FusionRule> {
+    FusionRule::ALL.into_iter().collect()
+}
+
+#[test]
+fn golden_tiny() {
+    check_golden("tiny", &all_rules(), "all rules");
+}
+
+#[test]
+fn golden_small() {
+    check_golden("small", &all_rules(), "all rules");
+}
+
+#[test]
+fn golden_odd() {
+    check_golden("odd", &all_rules(), "all rules");
+}
+
+#[test]
+fn golden_tiny_each_rule_off() {
+    for r in FusionRule::ALL {
+        let mut rules = all_rules();
+        rules.remove(&r);
+        check_golden("tiny", &rules, &format!("--no-fuse {}", r.name()));
+    }
+    check_golden("tiny", &BTreeSet::new(), "no fusion");
+}
+
+/// The full model, batch 1, seq 256, f32, forward+backward: plan executor vs
+/// the interpreter. Prints both times; checks the two agree.
+#[test]
+fn full_model_time_vs_interpreter() {
+    let path = root().join("models/11l.pgdsl");
+    let src = std::fs::read_to_string(&path).unwrap();
+    let sets: Vec<(String, String)> = [("batch", "1"), ("seq", "256")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let fwd = pgc_frontend::compile_model(&src, "11l.pgdsl", &sets, Mode::Train).unwrap_or_else(|d| panic!("{}", d.render(&src)));
+    let g = pgc_ir::passes::autodiff::backward(&fwd, "loss").unwrap();
+    let values = pgc_runtime::init::random_params(&g.params, 1).unwrap();
+    let params: HashMap<String, Tensor<f32>> =
+        g.params.iter().map(|p| (p.name.clone(), Tensor::<f32>::from_f64(p.shape.clone(), &values[&p.name]))).collect();
+    let (ids, tgt) = pgc_runtime::init::random_tokens(2, 1, 256, 1024);
+    let mut inputs = HashMap::new();
+    inputs.insert("input_ids".to_string(), Tensor::<f32>::int(vec![1, 256], ids));
+    inputs.insert("target_ids".to_string(), Tensor::<f32>::int(vec![1, 256], tgt));
+    let rules = all_rules();
+    let plan = plan_exec::plan_for(&g, &rules, None).unwrap();
+    // One warm-up each, then the best of two.
+    let mut t_interp = f64::INFINITY;
+    let mut t_plan = f64::INFINITY;
+    let mut last = None;
+    for i in 0..3 {
+        let s = Instant::now();
+        let a = cpu::execute(&g, &params, &inputs, None).unwrap();
+        if i > 0 {
+            t_interp = t_interp.min(s.elapsed().as_secs_f64());
+        }
+        let s = Instant::now();
+        let b = plan_exec::execute_plan(&g, &plan, &params, &inputs, None).unwrap();
+        if i > 0 {
+            t_plan = t_plan.min(s.elapsed().as_secs_f64());
+        }
+        last = Some((a, b));
+    }
+    let (a, b) = last.unwrap();
+    let mut worst = 0.0f64;
+    for ((n, x), (m, y)) in a.outputs.iter().zip(&b.outputs) {
+        assert_eq!(n, m);
+        worst = worst.max(rel_err(&y.to_f64_vec(), &x.to_f64_vec()));
+    }
+    println!(
+        "full 11-layer model, batch 1, seq 256, f32, forward+backward ({} kernels): interpreter {t_interp:.3} s, plan executor {t_plan:.3} s, speed-up {:.2}x; worst rel diff {worst:.2e}",
+        plan.kernels.len(),
+        t_interp / t_plan
+    );
+    println!("plan executor time per kernel kind:\n{}", b.profile.render());
+    assert!(worst < 1e-5, "plan executor vs interpreter: {worst:.3e}");
+}
