@@ -1,6 +1,8 @@
 //! `pgc bench` without a GPU: exit 2 with a clear message, no panic; bad
 //! flags exit 2. (The timing itself runs on a GPU: scripts/gpu-check.)
 
+mod common;
+use common::output_text as text;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -15,9 +17,6 @@ fn bench(extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 #[test]
 fn without_a_gpu_bench_exits_2_and_says_why() {

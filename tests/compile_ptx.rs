@@ -4,6 +4,8 @@
 //! -- `model.ptx` (which the simulator loads) with ptxas figures per kernel
 //! and no spills.
 
+mod common;
+use common::output_text as text;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -34,9 +36,6 @@ fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 /// Every plan kernel has a report row with consistent figures.
 fn check_rows(report: &Value, plan: &Value, which: &str) {

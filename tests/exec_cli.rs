@@ -2,6 +2,8 @@
 //! status 2, a message saying what is wrong, no output file). The golden
 //! numbers of the sim backend are checked by tests/golden_sim.rs.
 
+mod common;
+use common::output_text as text;
 use pgc_runtime::weights::{save, HostTensor, SafeFile};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -40,9 +42,6 @@ fn run(weights: &Path, extra: &[&str], out: &Path) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn expect_2(o: &Output, needle: &str, out: &Path) {
     assert_eq!(o.status.code(), Some(2), "{}", text(o));

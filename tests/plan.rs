@@ -5,27 +5,10 @@
 
 use pgc_ir::plan::{self, FusionRule, KernelKind, Place, Plan, PlanOptions, Precision};
 use pgc_ir::{Graph, Mode, Op};
+
+mod common;
+use common::{model_11l as compile, ODD, TINY};
 use std::collections::HashMap;
-
-fn compile(sets: &[(&str, &str)], mode: Mode) -> Graph {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/11l.pgdsl");
-    let src = std::fs::read_to_string(path).unwrap();
-    let sets: Vec<(String, String)> = sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let g = pgc_frontend::compile_model(&src, path, &sets, mode).unwrap_or_else(|d| panic!("{}", d.render(&src)));
-    match mode {
-        Mode::Train => pgc_ir::passes::autodiff::backward(&g, "loss").unwrap(),
-        Mode::Eval => g,
-    }
-}
-
-const TINY: &[(&str, &str)] = &[
-    ("vocab", "64"), ("dim", "32"), ("heads", "4"), ("kv_heads", "2"), ("layers", "3"),
-    ("bigram_buckets", "32"), ("bigram_dim", "8"), ("seq", "16"), ("batch", "2"),
-];
-const ODD: &[(&str, &str)] = &[
-    ("vocab", "200"), ("dim", "48"), ("heads", "3"), ("kv_heads", "1"), ("layers", "5"),
-    ("bigram_buckets", "97"), ("bigram_dim", "12"), ("seq", "33"), ("batch", "3"),
-];
 
 fn options(g: &Graph, precision: Precision, off: &[FusionRule]) -> PlanOptions {
     let mut o = PlanOptions::all(g, precision);

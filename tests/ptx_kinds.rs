@@ -7,6 +7,8 @@
 //! Every stored value and scratch buffer starts as NaN, so an element no
 //! kernel writes shows up.
 
+mod common;
+use common::{ODD, TINY};
 use pgc_backends::cpu::{self, Tensor};
 use pgc_backends::ptx::compile::{compile_program, supported_rules};
 use pgc_backends::ptx::program::{ArgRef, LaunchStep, Program};
@@ -459,15 +461,6 @@ fn attention_backward() {
 }
 
 const MODEL_11L: &str = include_str!("../models/11l.pgdsl");
-const TINY: &[(&str, &str)] = &[
-    ("vocab", "64"), ("dim", "32"), ("heads", "4"), ("kv_heads", "2"), ("layers", "3"),
-    ("bigram_buckets", "32"), ("bigram_dim", "8"), ("seq", "16"), ("batch", "2"),
-];
-const ODD: &[(&str, &str)] = &[
-    ("vocab", "200"), ("dim", "48"), ("heads", "3"), ("kv_heads", "1"), ("layers", "5"),
-    ("bigram_buckets", "97"), ("bigram_dim", "12"), ("seq", "33"), ("batch", "3"),
-];
-
 #[test]
 fn model_11l_tiny_train() {
     check(&Case { name: "11l-tiny-train", src: MODEL_11L, sets: TINY, mode: Mode::Train, ids: 64, scale: 0.2, isolate: true }, KernelKind::Gemm);

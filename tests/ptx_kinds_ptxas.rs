@@ -5,18 +5,10 @@
 use pgc_backends::ptx::compile::{compile_program, supported_rules};
 use pgc_backends::ptx::ptxas;
 use pgc_ir::plan::{self, PlanOptions, Precision};
-use pgc_ir::{Graph, Mode};
+use pgc_ir::Mode;
 
-fn model(sets: &[(&str, &str)], mode: Mode) -> Graph {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/11l.pgdsl");
-    let src = std::fs::read_to_string(path).unwrap();
-    let sets: Vec<(String, String)> = sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let g = pgc_frontend::compile_model(&src, path, &sets, mode).unwrap_or_else(|d| panic!("{}", d.render(&src)));
-    match mode {
-        Mode::Train => pgc_ir::passes::autodiff::backward(&g, "loss").unwrap(),
-        Mode::Eval => g,
-    }
-}
+mod common;
+use common::model_11l as model;
 
 #[test]
 fn the_11l_model_assembles_without_spills() {

@@ -2,6 +2,8 @@
 //! weights / tokens rejected with exit status 2, the tensor named, and no
 //! output file written.
 
+mod common;
+use common::output_text as text;
 use pgc_backends::cpu::rel_err;
 use pgc_runtime::weights::{save, HostData, HostTensor, SafeFile};
 use std::path::{Path, PathBuf};
@@ -35,9 +37,6 @@ fn pgc(args: &[&str], sets: &[String]) -> Output {
     c.output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 #[test]
 fn golden_tiny_through_the_cli() {

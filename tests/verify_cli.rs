@@ -3,6 +3,8 @@
 //! (`--tol 1e-12`: exit 1), bad input (exit 2), and `--backend cuda` without
 //! a GPU (exit 2, a clear message, no panic).
 
+mod common;
+use common::output_text as text;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -23,9 +25,6 @@ fn verify(extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 #[test]
 fn f32_on_the_simulator_passes_with_every_gradient_in_the_table() {

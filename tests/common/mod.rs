@@ -1,0 +1,34 @@
+//! Helpers shared by the integration tests (each test binary includes this
+//! module with `mod common;` and uses what it needs).
+#![allow(dead_code)]
+
+use pgc_ir::{Graph, Mode};
+use std::process::Output;
+
+/// The golden config `tiny` as `--set` pairs (tests/golden/tiny.safetensors).
+pub const TINY: &[(&str, &str)] = &[
+    ("vocab", "64"), ("dim", "32"), ("heads", "4"), ("kv_heads", "2"), ("layers", "3"),
+    ("bigram_buckets", "32"), ("bigram_dim", "8"), ("seq", "16"), ("batch", "2"),
+];
+/// The golden config `odd` as `--set` pairs (tests/golden/odd.safetensors).
+pub const ODD: &[(&str, &str)] = &[
+    ("vocab", "200"), ("dim", "48"), ("heads", "3"), ("kv_heads", "1"), ("layers", "5"),
+    ("bigram_buckets", "97"), ("bigram_dim", "12"), ("seq", "33"), ("batch", "3"),
+];
+
+/// `models/11l.pgdsl` lowered with `sets`; in train mode with its backward pass.
+pub fn model_11l(sets: &[(&str, &str)], mode: Mode) -> Graph {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/11l.pgdsl");
+    let src = std::fs::read_to_string(path).unwrap();
+    let sets: Vec<(String, String)> = sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let g = pgc_frontend::compile_model(&src, path, &sets, mode).unwrap_or_else(|d| panic!("{}", d.render(&src)));
+    match mode {
+        Mode::Train => pgc_ir::passes::autodiff::backward(&g, "loss").unwrap(),
+        Mode::Eval => g,
+    }
+}
+
+/// A finished command's stdout and stderr, for assertions and failure messages.
+pub fn output_text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
