@@ -161,5 +161,50 @@ fn full_model_time_vs_interpreter() {
         t_interp / t_plan
     );
     println!("plan executor time per kernel kind:\n{}", b.profile.render());
+    let s = Instant::now();
+    let jit = plan_exec::jit::compile::<f32>(&g, &plan.kernels).unwrap();
+    println!(
+        "cranelift: {} element-wise kernels compiled in {:.3} s; {} left to the interpreter: {:?}",
+        jit.kernels.len(),
+        s.elapsed().as_secs_f64(),
+        jit.fallback.len(),
+        jit.fallback.iter().map(|(_, w)| w.as_str()).collect::<BTreeSet<_>>()
+    );
     assert!(worst < 1e-5, "plan executor vs interpreter: {worst:.3e}");
+}
+
+/// The compiled element-wise kernels give bitwise the interpreter's values
+/// (f32 and f64, tiny config, train mode), and some kernels are compiled.
+#[test]
+fn jit_matches_interpreted_kernels_bitwise() {
+    let file = SafeFile::open(&root().join("tests/golden/tiny.safetensors")).unwrap();
+    let g = compile(&sets_of(&file), Mode::Train);
+    fn both<F: Real>(file: &SafeFile, g: &Graph) {
+        let params: HashMap<String, Tensor<F>> = g
+            .params
+            .iter()
+            .map(|p| {
+                let t = file.get(&format!("param.{}", p.name), "").unwrap();
+                (p.name.clone(), Tensor::from_f64(t.shape.clone(), &t.data.to_f64()))
+            })
+            .collect();
+        let mut inputs = HashMap::new();
+        for name in ["input_ids", "target_ids"] {
+            let t = file.get(name, "").unwrap();
+            let HostData::I32(ids) = t.data else { panic!() };
+            inputs.insert(name.to_string(), Tensor::<F>::int(t.shape, ids));
+        }
+        let plan = plan_exec::plan_for(g, &all_rules(), None).unwrap();
+        let jit = plan_exec::jit::compile::<F>(g, &plan.kernels).unwrap();
+        assert!(!jit.kernels.is_empty(), "no kernel compiled");
+        let a = plan_exec::execute_plan_with(g, &plan, &params, &inputs, None, Some(&jit)).unwrap();
+        let b = plan_exec::execute_plan_with(g, &plan, &params, &inputs, None, None).unwrap();
+        for ((n, x), (_, y)) in a.outputs.iter().zip(&b.outputs) {
+            let (x, y) = (x.to_f64_vec(), y.to_f64_vec());
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{} {n}: jit differs", F::NAME);
+        }
+        println!("{}: {} kernels compiled, {} element-wise kernels interpreted", F::NAME, jit.kernels.len(), jit.fallback.len());
+    }
+    both::<f64>(&file, &g);
+    both::<f32>(&file, &g);
 }

@@ -17,8 +17,13 @@
 //! Numerics therefore match [`super::execute`] op for op; the plan only
 //! changes which values are kept and when they are freed.
 //!
-//! Not done yet (issue 8): cranelift-compiled fused loops for element-wise
-//! and row-wise kernels; the ops are interpreted one at a time.
+//! Element-wise kernels made only of Unary, Binary, Broadcast, Scalar,
+//! LeakyRelu and LeakyStep ops (outputs of one shape) are compiled with
+//! cranelift into native row loops ([`jit`]), bitwise equal to the
+//! reference. Not done yet (issue 8): compiled row-wise, reduction, GEMM
+//! epilogue/prologue, cross-entropy and weight-prep kernels (interpreted).
+
+pub mod jit;
 
 use super::{attention, eval, CpuError, Profile, Real, Run, Tensor};
 use pgc_ir::plan::{self, FusionRule, Plan, PlanOptions, Precision};
@@ -51,13 +56,27 @@ pub fn execute<F: Real>(
 }
 
 /// Run a plan built for `g`; return the outputs named in `wanted` (all graph
-/// outputs when `None`; each must be stored by the plan).
+/// outputs when `None`; each must be stored by the plan). Element-wise
+/// kernels are compiled with cranelift first (see [`jit`]).
 pub fn execute_plan<F: Real>(
     g: &Graph,
     plan: &Plan,
     params: &HashMap<String, Tensor<F>>,
     inputs: &HashMap<String, Tensor<F>>,
     wanted: Option<&[&str]>,
+) -> Result<Run<F>, CpuError> {
+    let jit = jit::compile::<F>(g, &plan.kernels).map_err(CpuError::Invalid)?;
+    execute_plan_with(g, plan, params, inputs, wanted, Some(&jit))
+}
+
+/// [`execute_plan`] with already compiled kernels (`None`: interpret every kernel).
+pub fn execute_plan_with<F: Real>(
+    g: &Graph,
+    plan: &Plan,
+    params: &HashMap<String, Tensor<F>>,
+    inputs: &HashMap<String, Tensor<F>>,
+    wanted: Option<&[&str]>,
+    jit: Option<&jit::JitKernels>,
 ) -> Result<Run<F>, CpuError> {
     let outs: Vec<(String, ValueId)> = match wanted {
         None => g.outputs.clone(),
@@ -86,6 +105,25 @@ pub fn execute_plan<F: Real>(
 
     for (k, kr) in plan.kernels.iter().enumerate() {
         let start = Instant::now();
+        if let Some(c) = jit.and_then(|j| j.kernels.get(&k)) {
+            let args: Vec<Tensor<F>> = c.loads.iter().map(|(m, _)| fetch(g, params, inputs, &stored, &HashMap::new(), *m)).collect::<Result<_, _>>()?;
+            let slices: Vec<&[F]> = args.iter().map(|t| t.as_float().expect("checked: float input")).collect();
+            let outs = jit::run(c, &slices);
+            for (m, data) in c.stores.iter().zip(outs) {
+                stored[*m] = Some(Tensor::float(g.nodes[*m].ty.shape.clone(), data));
+            }
+            drop(args);
+            for v in &kr.inputs {
+                let m = v.index();
+                if last_read[m] == k && !keep[m] {
+                    stored[m] = None;
+                }
+            }
+            let e = prof.entry("elementwise (jit)").or_default();
+            e.0 += 1;
+            e.1 += start.elapsed().as_secs_f64();
+            continue;
+        }
         // Prologue and ops, in topological (node id) order.
         let mut order: Vec<usize> = kr.prologue.iter().chain(&kr.ops).map(|v| v.index()).collect();
         order.sort_unstable();

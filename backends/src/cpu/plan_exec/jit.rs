@@ -1,0 +1,465 @@
+//! Cranelift-compiled element-wise kernels.
+//!
+//! An `Elementwise` kernel whose ops are all Unary, Binary, Broadcast,
+//! Scalar, LeakyRelu or LeakyStep, whose outputs all have one shape S and
+//! whose inputs broadcast to S, compiles to one native function that computes
+//! a row (the last axis of S) of every output:
+//! `fn(n: i64, inputs: *const *const F, outputs: *const *mut F)`.
+//! Each input is loaded at its row base plus `j * stride`, with stride 0 for a
+//! broadcast axis; intermediate values stay in registers. The host loop hands
+//! out rows (in parallel for large kernels).
+//!
+//! Exact numerics: +, -, *, /, sqrt, neg, abs, comparisons and selects are
+//! native instructions (IEEE, no contraction), which round exactly as the
+//! Rust reference; exp, ln, tanh, max and min call back into the reference's
+//! Rust functions (`Real::exp` etc.), so results are bitwise equal to
+//! `cpu::ops`. Sigmoid is `1 / (1 + exp(-x))` with exp called back.
+//! Any other op, or a kernel of another kind, is left to the interpreter.
+
+use super::super::{ops, Real};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::immediates::{Ieee32, Ieee64};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use pgc_ir::plan::{Kernel, KernelKind};
+use pgc_ir::{BinaryFn, DType, Graph, Op, UnaryFn};
+use std::collections::HashMap;
+
+/// The ops a compiled kernel may contain.
+pub const JIT_OPS: &[&str] = &["unary (all)", "binary (all)", "broadcast", "scalar", "leaky_relu", "leaky_step"];
+
+const UNARY: [UnaryFn; 12] = [
+    UnaryFn::Neg,
+    UnaryFn::Abs,
+    UnaryFn::Relu,
+    UnaryFn::Step,
+    UnaryFn::Square,
+    UnaryFn::Sqrt,
+    UnaryFn::Rsqrt,
+    UnaryFn::Recip,
+    UnaryFn::Sigmoid,
+    UnaryFn::Tanh,
+    UnaryFn::Exp,
+    UnaryFn::Log,
+];
+
+extern "C" fn cb_exp_f32(x: f32) -> f32 {
+    <f32 as Real>::exp(x)
+}
+extern "C" fn cb_exp_f64(x: f64) -> f64 {
+    <f64 as Real>::exp(x)
+}
+extern "C" fn cb_ln_f32(x: f32) -> f32 {
+    <f32 as Real>::ln(x)
+}
+extern "C" fn cb_ln_f64(x: f64) -> f64 {
+    <f64 as Real>::ln(x)
+}
+extern "C" fn cb_tanh_f32(x: f32) -> f32 {
+    <f32 as Real>::tanh(x)
+}
+extern "C" fn cb_tanh_f64(x: f64) -> f64 {
+    <f64 as Real>::tanh(x)
+}
+extern "C" fn cb_max_f32(a: f32, b: f32) -> f32 {
+    ops::binary_fn(BinaryFn::Max, a, b)
+}
+extern "C" fn cb_max_f64(a: f64, b: f64) -> f64 {
+    ops::binary_fn(BinaryFn::Max, a, b)
+}
+extern "C" fn cb_min_f32(a: f32, b: f32) -> f32 {
+    ops::binary_fn(BinaryFn::Min, a, b)
+}
+extern "C" fn cb_min_f64(a: f64, b: f64) -> f64 {
+    ops::binary_fn(BinaryFn::Min, a, b)
+}
+
+/// One compiled kernel: what to load, where to store, and the row function.
+pub struct Compiled {
+    /// Graph values loaded (kernel inputs), in argument order, with their
+    /// element strides over the iteration shape (0 on broadcast axes).
+    pub loads: Vec<(usize, Vec<usize>)>,
+    /// Graph values stored, in argument order; all of shape `shape`.
+    pub stores: Vec<usize>,
+    pub shape: Vec<usize>,
+    pub func: unsafe extern "C" fn(i64, *const *const u8, *const *mut u8),
+}
+
+/// The compiled element-wise kernels of a plan, by kernel index. Holds the
+/// JIT module (the code lives as long as this value).
+pub struct JitKernels {
+    _module: Option<JITModule>,
+    pub kernels: HashMap<usize, Compiled>,
+    /// Kernels left to the interpreter, with the reason.
+    pub fallback: Vec<(usize, String)>,
+}
+
+// The module is only read after finalization; function pointers are plain code.
+unsafe impl Send for JitKernels {}
+unsafe impl Sync for JitKernels {}
+
+fn bcast_strides(from: &[usize], to: &[usize]) -> Option<Vec<usize>> {
+    if from.len() > to.len() {
+        return None;
+    }
+    let st = ops::strides(from);
+    let off = to.len() - from.len();
+    let mut out = Vec::with_capacity(to.len());
+    for i in 0..to.len() {
+        if i < off {
+            out.push(0);
+        } else if from[i - off] == 1 {
+            out.push(0);
+        } else if from[i - off] == to[i] {
+            out.push(st[i - off]);
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Why a kernel cannot be compiled, or its iteration shape, loads and stores.
+fn analyse(g: &Graph, kr: &Kernel) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>)>, Vec<usize>), String> {
+    if kr.kind != KernelKind::Elementwise {
+        return Err(format!("kind {}", kr.kind.name()));
+    }
+    if !kr.prologue.is_empty() {
+        return Err("has a prologue".into());
+    }
+    let first = kr.outputs.first().ok_or("no outputs")?;
+    let shape = g.nodes[first.index()].ty.shape.clone();
+    let shape = if shape.is_empty() { vec![1] } else { shape };
+    let same = |s: &[usize]| s == &shape[..] || (s.is_empty() && shape == [1]);
+    for o in &kr.outputs {
+        if !same(&g.nodes[o.index()].ty.shape) {
+            return Err("outputs of different shapes".into());
+        }
+    }
+    for v in &kr.ops {
+        let node = &g.nodes[v.index()];
+        if node.ty.dtype != DType::F32 {
+            return Err(format!("non-float value %{}", v.index()));
+        }
+        match node.op {
+            Op::Unary { .. } | Op::Binary { .. } | Op::Broadcast { .. } | Op::Scalar { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } => {}
+            ref op => return Err(format!("op {}", op.name())),
+        }
+        bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("%{} does not broadcast to the kernel shape", v.index()))?;
+    }
+    let mut loads = Vec::new();
+    for v in &kr.inputs {
+        let node = &g.nodes[v.index()];
+        if node.ty.dtype != DType::F32 {
+            return Err(format!("non-float input %{}", v.index()));
+        }
+        let st = bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("input %{} does not broadcast", v.index()))?;
+        loads.push((v.index(), st));
+    }
+    Ok((shape, loads, kr.outputs.iter().map(|v| v.index()).collect()))
+}
+
+struct Callbacks {
+    exp: FuncId,
+    ln: FuncId,
+    tanh: FuncId,
+    max: FuncId,
+    min: FuncId,
+}
+
+/// Compile every compilable element-wise kernel of `kernels` for float type `F`.
+pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, String> {
+    let f64_mode = std::mem::size_of::<F>() == 8;
+    let mut plan = Vec::new();
+    let mut fallback = Vec::new();
+    for (k, kr) in kernels.iter().enumerate() {
+        if kr.kind != KernelKind::Elementwise {
+            continue;
+        }
+        match analyse(g, kr) {
+            Ok(a) => plan.push((k, a)),
+            Err(why) => fallback.push((k, why)),
+        }
+    }
+    if plan.is_empty() {
+        return Ok(JitKernels { _module: None, kernels: HashMap::new(), fallback });
+    }
+    let e = |x: &dyn std::fmt::Display| format!("cranelift: {x}");
+    let mut fb = settings::builder();
+    fb.set("use_colocated_libcalls", "false").map_err(|x| e(&x))?;
+    fb.set("is_pic", "false").map_err(|x| e(&x))?;
+    fb.set("opt_level", "speed").map_err(|x| e(&x))?;
+    let isa = cranelift_native::builder().map_err(|x| e(&x))?.finish(settings::Flags::new(fb)).map_err(|x| e(&x))?;
+    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+    if f64_mode {
+        jb.symbol("pgc_exp", cb_exp_f64 as *const u8);
+        jb.symbol("pgc_ln", cb_ln_f64 as *const u8);
+        jb.symbol("pgc_tanh", cb_tanh_f64 as *const u8);
+        jb.symbol("pgc_max", cb_max_f64 as *const u8);
+        jb.symbol("pgc_min", cb_min_f64 as *const u8);
+    } else {
+        jb.symbol("pgc_exp", cb_exp_f32 as *const u8);
+        jb.symbol("pgc_ln", cb_ln_f32 as *const u8);
+        jb.symbol("pgc_tanh", cb_tanh_f32 as *const u8);
+        jb.symbol("pgc_max", cb_max_f32 as *const u8);
+        jb.symbol("pgc_min", cb_min_f32 as *const u8);
+    }
+    let mut module = JITModule::new(jb);
+    let fty: Type = if f64_mode { types::F64 } else { types::F32 };
+    let ptr = module.target_config().pointer_type();
+    let mut sig1 = module.make_signature();
+    sig1.params.push(AbiParam::new(fty));
+    sig1.returns.push(AbiParam::new(fty));
+    let mut sig2 = module.make_signature();
+    sig2.params.push(AbiParam::new(fty));
+    sig2.params.push(AbiParam::new(fty));
+    sig2.returns.push(AbiParam::new(fty));
+    let cbs = Callbacks {
+        exp: module.declare_function("pgc_exp", Linkage::Import, &sig1).map_err(|x| e(&x))?,
+        ln: module.declare_function("pgc_ln", Linkage::Import, &sig1).map_err(|x| e(&x))?,
+        tanh: module.declare_function("pgc_tanh", Linkage::Import, &sig1).map_err(|x| e(&x))?,
+        max: module.declare_function("pgc_max", Linkage::Import, &sig2).map_err(|x| e(&x))?,
+        min: module.declare_function("pgc_min", Linkage::Import, &sig2).map_err(|x| e(&x))?,
+    };
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let mut ids = Vec::new();
+    for (k, (shape, loads, stores)) in plan {
+        let kr = &kernels[k];
+        ctx.func.signature.params.clear();
+        ctx.func.signature.returns.clear();
+        ctx.func.signature.params.push(AbiParam::new(types::I64));
+        ctx.func.signature.params.push(AbiParam::new(ptr));
+        ctx.func.signature.params.push(AbiParam::new(ptr));
+        {
+            let refs = [
+                module.declare_func_in_func(cbs.exp, &mut ctx.func),
+                module.declare_func_in_func(cbs.ln, &mut ctx.func),
+                module.declare_func_in_func(cbs.tanh, &mut ctx.func),
+                module.declare_func_in_func(cbs.max, &mut ctx.func),
+                module.declare_func_in_func(cbs.min, &mut ctx.func),
+            ];
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let size = if f64_mode { 8i64 } else { 4 };
+            let entry = b.create_block();
+            let header = b.create_block();
+            let body = b.create_block();
+            let exit = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let n = b.block_params(entry)[0];
+            let ins = b.block_params(entry)[1];
+            let outs = b.block_params(entry)[2];
+            let flags = MemFlagsData::trusted();
+            let inner = shape.len() - 1;
+            let in_bases: Vec<Value> = (0..loads.len()).map(|i| b.ins().load(ptr, flags, ins, (i * 8) as i32)).collect();
+            let out_bases: Vec<Value> = (0..stores.len()).map(|i| b.ins().load(ptr, flags, outs, (i * 8) as i32)).collect();
+            let iv = b.declare_var(types::I64);
+            let zero_i = b.ins().iconst(types::I64, 0);
+            b.def_var(iv, zero_i);
+            b.ins().jump(header, &[]);
+            b.switch_to_block(header);
+            let i = b.use_var(iv);
+            let c = b.ins().icmp(IntCC::SignedLessThan, i, n);
+            b.ins().brif(c, body, &[], exit, &[]);
+            b.switch_to_block(body);
+            let i = b.use_var(iv);
+            let byte_off = b.ins().imul_imm_s(i, size);
+            let fconst = |b: &mut FunctionBuilder, v: f64| -> Value {
+                if f64_mode {
+                    b.ins().f64const(Ieee64::with_float(v))
+                } else {
+                    b.ins().f32const(Ieee32::with_float(v as f32))
+                }
+            };
+            let mut vals: HashMap<usize, Value> = HashMap::new();
+            for (li, (m, st)) in loads.iter().enumerate() {
+                let addr = if st[inner] == 0 { in_bases[li] } else { b.ins().iadd(in_bases[li], byte_off) };
+                let x = b.ins().load(fty, flags, addr, 0);
+                vals.insert(*m, x);
+            }
+            let call1 = |b: &mut FunctionBuilder, f, x: Value| -> Value {
+                let inst = b.ins().call(f, &[x]);
+                b.inst_results(inst)[0]
+            };
+            for v in &kr.ops {
+                let m = v.index();
+                let node = &g.nodes[m];
+                let arg = |j: usize, vals: &HashMap<usize, Value>, b: &mut FunctionBuilder| -> Value {
+                    let a = node.args[j].index();
+                    match vals.get(&a) {
+                        Some(&x) => x,
+                        None => match g.nodes[a].op {
+                            Op::Scalar { value } => fconst(b, F::from_f64(value).to_f64()),
+                            _ => unreachable!("checked: operand %{a} is loaded or computed"),
+                        },
+                    }
+                };
+                let out = match node.op {
+                    Op::Scalar { value } => fconst(&mut b, F::from_f64(value).to_f64()),
+                    Op::Broadcast { .. } => arg(0, &vals, &mut b),
+                    Op::LeakyRelu { slope } => {
+                        let x = arg(0, &vals, &mut b);
+                        let z = fconst(&mut b, 0.0);
+                        let s = fconst(&mut b, F::from_f64(slope).to_f64());
+                        let sx = b.ins().fmul(s, x);
+                        let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                        b.ins().select(c, x, sx)
+                    }
+                    Op::LeakyStep { slope } => {
+                        let x = arg(0, &vals, &mut b);
+                        let z = fconst(&mut b, 0.0);
+                        let one = fconst(&mut b, 1.0);
+                        let s = fconst(&mut b, F::from_f64(slope).to_f64());
+                        let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                        b.ins().select(c, one, s)
+                    }
+                    Op::Unary { f } => {
+                        let x = arg(0, &vals, &mut b);
+                        let z = fconst(&mut b, 0.0);
+                        let one = fconst(&mut b, 1.0);
+                        match f {
+                            UnaryFn::Neg => b.ins().fneg(x),
+                            UnaryFn::Abs => b.ins().fabs(x),
+                            UnaryFn::Relu => {
+                                // x > 0 or NaN: x, else 0
+                                let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, z);
+                                b.ins().select(c, x, z)
+                            }
+                            UnaryFn::Step => {
+                                let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                                b.ins().select(c, one, z)
+                            }
+                            UnaryFn::Square => b.ins().fmul(x, x),
+                            UnaryFn::Sqrt => b.ins().sqrt(x),
+                            UnaryFn::Rsqrt => {
+                                let s = b.ins().sqrt(x);
+                                b.ins().fdiv(one, s)
+                            }
+                            UnaryFn::Recip => b.ins().fdiv(one, x),
+                            UnaryFn::Sigmoid => {
+                                let nx = b.ins().fneg(x);
+                                let ex = call1(&mut b, refs[0], nx);
+                                let d = b.ins().fadd(one, ex);
+                                b.ins().fdiv(one, d)
+                            }
+                            UnaryFn::Tanh => call1(&mut b, refs[2], x),
+                            UnaryFn::Exp => call1(&mut b, refs[0], x),
+                            UnaryFn::Log => call1(&mut b, refs[1], x),
+                        }
+                    }
+                    Op::Binary { f } => {
+                        let x = arg(0, &vals, &mut b);
+                        let y = arg(1, &vals, &mut b);
+                        match f {
+                            BinaryFn::Add => b.ins().fadd(x, y),
+                            BinaryFn::Sub => b.ins().fsub(x, y),
+                            BinaryFn::Mul => b.ins().fmul(x, y),
+                            BinaryFn::Div => b.ins().fdiv(x, y),
+                            BinaryFn::Eq => {
+                                let z = fconst(&mut b, 0.0);
+                                let one = fconst(&mut b, 1.0);
+                                let c = b.ins().fcmp(FloatCC::Equal, x, y);
+                                b.ins().select(c, one, z)
+                            }
+                            BinaryFn::Max | BinaryFn::Min => {
+                                let r = if f == BinaryFn::Max { refs[3] } else { refs[4] };
+                                let inst = b.ins().call(r, &[x, y]);
+                                b.inst_results(inst)[0]
+                            }
+                        }
+                    }
+                    _ => unreachable!("checked by analyse"),
+                };
+                vals.insert(m, out);
+            }
+            for (si, m) in stores.iter().enumerate() {
+                let addr = b.ins().iadd(out_bases[si], byte_off);
+                b.ins().store(flags, vals[m], addr, 0);
+            }
+            let i1 = b.ins().iadd_imm_s(i, 1);
+            b.def_var(iv, i1);
+            b.ins().jump(header, &[]);
+            b.switch_to_block(exit);
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(module.target_config());
+        }
+        let id = module.declare_function(&format!("k{k}"), Linkage::Local, &ctx.func.signature).map_err(|x| e(&x))?;
+        module.define_function(id, &mut ctx).map_err(|x| e(&format!("{x:?}")))?;
+        module.clear_context(&mut ctx);
+        ids.push((k, id, shape, loads, stores));
+    }
+    module.finalize_definitions().map_err(|x| e(&x))?;
+    let mut out = HashMap::new();
+    for (k, id, shape, loads, stores) in ids {
+        let p = module.get_finalized_function(id);
+        // SAFETY: compiled above with exactly this signature.
+        let func = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(i64, *const *const u8, *const *mut u8)>(p) };
+        out.insert(k, Compiled { loads, stores, shape, func });
+    }
+    let _ = UNARY;
+    Ok(JitKernels { _module: Some(module), kernels: out, fallback })
+}
+
+/// Run a compiled kernel on its input slices; returns the output buffers.
+pub fn run<F: Real>(c: &Compiled, inputs: &[&[F]]) -> Vec<Vec<F>> {
+    use rayon::prelude::*;
+    let numel: usize = c.shape.iter().product();
+    let mut outs: Vec<Vec<F>> = c.stores.iter().map(|_| vec![F::ZERO; numel]).collect();
+    if numel == 0 {
+        return outs;
+    }
+    let l = *c.shape.last().unwrap();
+    let rows = numel / l;
+    let r = c.shape.len();
+    let in_ptrs: Vec<usize> = inputs.iter().map(|s| s.as_ptr() as usize).collect();
+    let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
+    let size = std::mem::size_of::<F>();
+    let do_rows = |r0: usize, r1: usize| {
+        let mut ip = vec![0usize; in_ptrs.len()];
+        let mut op = vec![0usize; out_ptrs.len()];
+        let mut idx = vec![0usize; r];
+        // Multi-index of row r0 over the outer axes.
+        let mut rem = r0;
+        for d in (0..r - 1).rev() {
+            idx[d] = rem % c.shape[d];
+            rem /= c.shape[d];
+        }
+        for row in r0..r1 {
+            for (i, (_, st)) in c.loads.iter().enumerate() {
+                let off: usize = (0..r - 1).map(|d| idx[d] * st[d]).sum();
+                ip[i] = in_ptrs[i] + off * size;
+            }
+            for (i, p) in out_ptrs.iter().enumerate() {
+                op[i] = p + row * l * size;
+            }
+            // SAFETY: pointers in bounds (strides from the shapes); rows are disjoint.
+            unsafe { (c.func)(l as i64, ip.as_ptr() as *const *const u8, op.as_ptr() as *const *mut u8) };
+            for d in (0..r - 1).rev() {
+                idx[d] += 1;
+                if idx[d] < c.shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+    };
+    if numel < ops::PAR_MIN || rows == 1 {
+        do_rows(0, rows);
+    } else {
+        let chunks = (rayon::current_num_threads() * 4).min(rows);
+        let per = rows.div_ceil(chunks);
+        (0..chunks).into_par_iter().for_each(|ch| {
+            let r0 = ch * per;
+            let r1 = ((ch + 1) * per).min(rows);
+            if r0 < r1 {
+                do_rows(r0, r1);
+            }
+        });
+    }
+    outs
+}
