@@ -32,6 +32,12 @@ enum Command {
     Verify(cli::verify::VerifyArgs),
     /// Time the PTX program on a CUDA GPU: per kernel against its floor, and the whole step.
     Bench(cli::bench::BenchArgs),
+    /// Export the parameters as a quantized, zstd-22 compressed artifact (.pgz).
+    Export(cli::export::ExportArgs),
+    /// Show an artifact: per tensor class, shape, raw and compressed bytes; the total against the budget.
+    Inspect(cli::inspect::InspectArgs),
+    /// Bits per byte on token shards: sliding-window evaluation.
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +47,9 @@ fn main() -> ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::Verify(a) => cli::verify::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Export(a) => cli::export::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Eval(a) => cli::eval::run(a),
     };
     cli::finish(result)
 }

@@ -6,3 +6,4 @@ pub mod exec;
 pub mod sim;
 pub mod weights;
 pub mod init;
+pub mod artifact;

@@ -33,6 +33,8 @@ pub enum WeightsError {
     TokenRange { path: PathBuf, tensor: String, id: i64, b: usize, t: usize, vocab: usize },
     #[error("{}: tensors `input_ids` {input:?} and `target_ids` {target:?} must have the same shape", path.display())]
     TokenShapes { path: PathBuf, input: Vec<usize>, target: Vec<usize> },
+    #[error("{}: {msg}", path.display())]
+    Artifact { path: PathBuf, msg: String },
     #[error("{}: cannot write: {err}", path.display())]
     Write { path: PathBuf, err: std::io::Error },
     #[error("{}: cannot serialize: {msg}", path.display())]
@@ -163,6 +165,15 @@ impl SafeFile {
 
 /// Parameter values (f64) by parameter name, read from `PREFIX + NAME` tensors.
 pub fn load_params(path: &Path, prefix: &str, params: &[ParamInfo]) -> Result<HashMap<String, Vec<f64>>, WeightsError> {
+    // A `.pgz` artifact (by its magic): dequantized on load.
+    if let Ok(mut fh) = std::fs::File::open(path) {
+        let mut magic = [0u8; 4];
+        if std::io::Read::read_exact(&mut fh, &mut magic).is_ok() && crate::artifact::is_artifact(&magic) {
+            let bytes = std::fs::read(path).map_err(|err| WeightsError::Read { path: path.to_path_buf(), err })?;
+            let fe = |e: crate::artifact::ArtifactError| WeightsError::Artifact { path: path.to_path_buf(), msg: e.to_string() };
+            return crate::artifact::params_from(crate::artifact::load_bytes(&bytes).map_err(fe)?, params).map_err(fe);
+        }
+    }
     let f = SafeFile::open(path)?;
     let st = f.st()?;
     let mut out = HashMap::new();

@@ -2,6 +2,9 @@
 
 pub mod bench;
 pub mod compile;
+pub mod eval;
+pub mod export;
+pub mod inspect;
 pub mod run;
 pub mod verify;
 

@@ -1,0 +1,80 @@
+//! `pgc export`: the parameters stored as the model's quantization annotations
+//! say, zstd-22 compressed, written atomically to a `.pgz` artifact
+//! (`pgc_runtime::artifact`). `--random-weights SEED` exports the seeded
+//! training initialisation; `--weights` takes safetensors or a `.pgz`.
+
+use super::{CliResult, Failure};
+use pgc_ir::{Graph, Mode};
+use pgc_runtime::artifact;
+use pgc_runtime::weights;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The model source (.pgdsl).
+    pub model: PathBuf,
+    /// Override a model constant, e.g. `--set layers=9`. Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+    /// Parameters: safetensors (one tensor per parameter, PREFIX + NAME) or a .pgz artifact.
+    #[arg(long, value_name = "W", required_unless_present = "random_weights", conflicts_with = "random_weights")]
+    pub weights: Option<PathBuf>,
+    /// Prefix of the parameter tensors in the weights file.
+    #[arg(long, value_name = "P", default_value = "", requires = "weights")]
+    pub weights_prefix: String,
+    /// Use the model's training initialisation, seeded, instead of a weights file.
+    #[arg(long, value_name = "SEED")]
+    pub random_weights: Option<u64>,
+    /// Output artifact.
+    #[arg(short = 'o', long = "out", value_name = "MODEL.pgz")]
+    pub out: PathBuf,
+}
+
+pub(crate) fn bad(msg: impl std::fmt::Display) -> Failure {
+    Failure::BadInput(format!("error: {msg}"))
+}
+
+/// The model lowered in `mode` with `sets`, and its IR hash (FNV-1a 64 of the IR's JSON text).
+pub(crate) fn compile(model: &std::path::Path, sets: &[(String, String)], mode: Mode) -> Result<(Graph, u64), Failure> {
+    let path = model.display().to_string();
+    let bytes = std::fs::read(model).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
+    let source = String::from_utf8(bytes)
+        .map_err(|e| bad(format!("{path}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
+    let g = pgc_frontend::compile_model(&source, &path, sets, mode).map_err(|d| Failure::BadInput(d.render(&source)))?;
+    let json = serde_json::to_string(&g).map_err(|e| Failure::Other(e.into()))?;
+    let h = artifact::fnv1a64(json.as_bytes());
+    Ok((g, h))
+}
+
+/// Parameter values from `--weights` (safetensors or .pgz) or `--random-weights`.
+pub(crate) fn load_values(
+    g: &Graph,
+    weights_path: &Option<PathBuf>,
+    prefix: &str,
+    random: Option<u64>,
+) -> Result<HashMap<String, Vec<f64>>, Failure> {
+    match (weights_path, random) {
+        (Some(w), _) => weights::load_params(w, prefix, &g.params).map_err(bad),
+        (None, Some(seed)) => pgc_runtime::init::random_params(&g.params, seed).map_err(bad),
+        (None, None) => Err(bad("one of --weights or --random-weights is required")),
+    }
+}
+
+pub fn run(args: ExportArgs) -> CliResult {
+    let sets = super::parse_sets(&args.sets)?;
+    let (g, ir_hash) = compile(&args.model, &sets, Mode::Eval)?;
+    let values = load_values(&g, &args.weights, &args.weights_prefix, args.random_weights)?;
+    let (bytes, art) = artifact::export(&g.params, &values, ir_hash, &g.constants).map_err(bad)?;
+    weights::write_atomic(&args.out, &bytes).map_err(|e| Failure::Other(e.into()))?;
+    let raw: u64 = art.tensors.iter().map(|t| t.raw_bytes).sum();
+    println!(
+        "wrote {}: {} bytes ({} tensors, {} raw bytes before compression; budget {})",
+        args.out.display(),
+        art.total_bytes,
+        art.tensors.len(),
+        raw,
+        artifact::BUDGET_BYTES
+    );
+    Ok(())
+}
