@@ -39,8 +39,10 @@ pub enum ModeArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
-    /// The CPU reference backend.
+    /// The CPU backend on the kernel plan (cranelift-compiled element-wise kernels).
     Cpu,
+    /// The unfused CPU reference interpreter (the oracle).
+    Interp,
     /// The plan's PTX kernels on the PTX simulator (precision bf16 or f32).
     Sim,
     /// The plan's PTX kernels on the first CUDA GPU (precision bf16 or f32).
@@ -168,11 +170,11 @@ fn bad(msg: impl std::fmt::Display) -> Failure {
 pub fn run(args: RunArgs) -> CliResult {
     let t_start = Instant::now();
     let precision = args.precision.unwrap_or(match args.backend {
-        Backend::Cpu => Precision::F64,
+        Backend::Cpu | Backend::Interp => Precision::F64,
         Backend::Sim | Backend::Cuda => Precision::Bf16,
     });
     match (args.backend, precision) {
-        (Backend::Cpu, Precision::Bf16) => {
+        (Backend::Cpu | Backend::Interp, Precision::Bf16) => {
             return Err(bad("precision bf16 is for the GPU backends (sim, cuda); the cpu backend computes in f64 or f32"));
         }
         (Backend::Sim | Backend::Cuda, Precision::F64) => {
@@ -196,8 +198,8 @@ pub fn run(args: RunArgs) -> CliResult {
             let dev = cuda.as_ref().expect("opened above");
             execute_ptx(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
         }
-        (_, Precision::F64) => execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64)?,
-        _ => execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32)?,
+        (b, Precision::F64) => execute_on::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, b == Backend::Cpu)?,
+        (b, _) => execute_on::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32, b == Backend::Cpu)?,
     };
     weights::save(&args.out, &result.tensors, None).map_err(|e| Failure::Other(e.into()))?;
     println!(
@@ -490,6 +492,7 @@ fn host_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// Run on the CPU reference interpreter.
 pub(crate) fn execute<F: Real>(
     graph: &Graph,
     values: &HashMap<String, Vec<f64>>,
@@ -497,6 +500,20 @@ pub(crate) fn execute<F: Real>(
     with_grads: bool,
     profile: bool,
     store: impl Fn(Vec<F>) -> HostData,
+) -> Result<Outcome, Failure> {
+    execute_on(graph, values, tokens, with_grads, profile, store, false)
+}
+
+/// Run on the CPU plan executor (`on_plan`) or the reference interpreter.
+#[allow(clippy::too_many_arguments)]
+fn execute_on<F: Real>(
+    graph: &Graph,
+    values: &HashMap<String, Vec<f64>>,
+    tokens: &Tokens,
+    with_grads: bool,
+    profile: bool,
+    store: impl Fn(Vec<F>) -> HostData,
+    on_plan: bool,
 ) -> Result<Outcome, Failure> {
     let params: HashMap<String, Tensor<F>> = graph
         .params
@@ -510,7 +527,12 @@ pub(crate) fn execute<F: Real>(
     let names = output_names(graph, with_grads);
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let t0 = Instant::now();
-    let run = cpu::execute(graph, &params, &inputs, Some(&refs)).map_err(bad)?;
+    let run = if on_plan {
+        let rules = pgc_ir::plan::FusionRule::ALL.into_iter().collect();
+        cpu::plan_exec::execute(graph, &params, &inputs, Some(&refs), &rules).map_err(bad)?
+    } else {
+        cpu::execute(graph, &params, &inputs, Some(&refs)).map_err(bad)?
+    };
     let seconds = t0.elapsed().as_secs_f64();
     let profile = profile.then(|| run.profile.render());
     drop(params);
