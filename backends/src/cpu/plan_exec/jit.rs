@@ -82,8 +82,10 @@ pub struct Compiled {
     /// Graph values loaded (kernel inputs), in argument order, with their
     /// element strides over the iteration shape (0 on broadcast axes).
     pub loads: Vec<(usize, Vec<usize>)>,
-    /// Graph values stored, in argument order; all of shape `shape`.
-    pub stores: Vec<usize>,
+    /// Graph values stored, in argument order: (stored value, the value
+    /// computed in the loop, its element strides in the stored layout over
+    /// the iteration shape; a permuted layout for Permute(+Reshape) outputs).
+    pub stores: Vec<(usize, usize, Vec<usize>)>,
     pub shape: Vec<usize>,
     pub func: unsafe extern "C" fn(i64, *const *const u8, *const *mut u8),
 }
@@ -123,32 +125,82 @@ fn bcast_strides(from: &[usize], to: &[usize]) -> Option<Vec<usize>> {
 }
 
 /// Why a kernel cannot be compiled, or its iteration shape, loads and stores.
-fn analyse(g: &Graph, kr: &Kernel) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>)>, Vec<usize>), String> {
+fn analyse(g: &Graph, kr: &Kernel) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>)>, Vec<(usize, usize, Vec<usize>)>), String> {
     if kr.kind != KernelKind::Elementwise {
         return Err(format!("kind {}", kr.kind.name()));
     }
     if !kr.prologue.is_empty() {
         return Err("has a prologue".into());
     }
-    let first = kr.outputs.first().ok_or("no outputs")?;
-    let shape = g.nodes[first.index()].ty.shape.clone();
-    let shape = if shape.is_empty() { vec![1] } else { shape };
-    let same = |s: &[usize]| s == &shape[..] || (s.is_empty() && shape == [1]);
+    let is_layout = |m: usize| matches!(g.nodes[m].op, Op::Permute { .. } | Op::Reshape { .. });
+    let in_kernel = |m: usize| kr.ops.iter().any(|v| v.index() == m);
+    // Each output: the value computed in the loop (core) and the permutation
+    // of its layout (identity unless the output is Permute or Reshape(Permute)).
+    let mut chains: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    let mut layout_used = std::collections::HashSet::new();
     for o in &kr.outputs {
-        if !same(&g.nodes[o.index()].ty.shape) {
+        let o = o.index();
+        let mut core = o;
+        let mut perm: Option<Vec<usize>> = None;
+        if let Op::Reshape { .. } = g.nodes[core].op {
+            layout_used.insert(core);
+            core = g.nodes[core].args[0].index();
+            if g.nodes[core].ty.numel() != g.nodes[o].ty.numel() {
+                return Err("reshape changes size".into());
+            }
+        }
+        if let Op::Permute { perm: p } = &g.nodes[core].op {
+            if !in_kernel(core) {
+                return Err("reshape of a permute from another kernel".into());
+            }
+            layout_used.insert(core);
+            perm = Some(p.clone());
+            core = g.nodes[core].args[0].index();
+        }
+        if in_kernel(core) && is_layout(core) {
+            return Err("nested layout ops".into());
+        }
+        let cs = g.nodes[core].ty.shape.clone();
+        let r = cs.len();
+        let perm = perm.unwrap_or_else(|| (0..r).collect());
+        let pshape: Vec<usize> = perm.iter().map(|&d| cs[d]).collect();
+        let ps = ops::strides(&pshape);
+        let mut st = vec![0; r];
+        for (j, &d) in perm.iter().enumerate() {
+            st[d] = ps[j];
+        }
+        chains.push((o, core, st));
+    }
+    let first = chains.first().ok_or("no outputs")?;
+    let shape = g.nodes[first.1].ty.shape.clone();
+    for (_, c, _) in &chains {
+        if g.nodes[*c].ty.shape != shape {
             return Err("outputs of different shapes".into());
         }
     }
+    let shape = if shape.is_empty() { vec![1] } else { shape };
+    let chains: Vec<(usize, usize, Vec<usize>)> =
+        chains.into_iter().map(|(o, c, st)| (o, c, if st.is_empty() { vec![1] } else { st })).collect();
     for v in &kr.ops {
-        let node = &g.nodes[v.index()];
+        let m = v.index();
+        let node = &g.nodes[m];
         if node.ty.dtype != DType::F32 {
-            return Err(format!("non-float value %{}", v.index()));
+            return Err(format!("non-float value %{m}"));
+        }
+        if is_layout(m) {
+            if !layout_used.contains(&m) {
+                return Err(format!("op {} inside the kernel", node.op.name()));
+            }
+            continue;
         }
         match node.op {
             Op::Unary { .. } | Op::Binary { .. } | Op::Broadcast { .. } | Op::Scalar { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } => {}
             ref op => return Err(format!("op {}", op.name())),
         }
-        bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("%{} does not broadcast to the kernel shape", v.index()))?;
+        if node.args.iter().any(|a| layout_used.contains(&a.index())) {
+            return Err("a layout op feeds arithmetic".into());
+        }
+        bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("%{m} does not broadcast to the kernel shape"))?;
     }
     let mut loads = Vec::new();
     for v in &kr.inputs {
@@ -159,7 +211,7 @@ fn analyse(g: &Graph, kr: &Kernel) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>
         let st = bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("input %{} does not broadcast", v.index()))?;
         loads.push((v.index(), st));
     }
-    Ok((shape, loads, kr.outputs.iter().map(|v| v.index()).collect()))
+    Ok((shape, loads, chains))
 }
 
 struct Callbacks {
@@ -277,7 +329,14 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
             };
             let mut vals: HashMap<usize, Value> = HashMap::new();
             for (li, (m, st)) in loads.iter().enumerate() {
-                let addr = if st[inner] == 0 { in_bases[li] } else { b.ins().iadd(in_bases[li], byte_off) };
+                let addr = match st[inner] {
+                    0 => in_bases[li],
+                    1 => b.ins().iadd(in_bases[li], byte_off),
+                    s => {
+                        let off = b.ins().imul_imm_s(i, size * s as i64);
+                        b.ins().iadd(in_bases[li], off)
+                    }
+                };
                 let x = b.ins().load(fty, flags, addr, 0);
                 vals.insert(*m, x);
             }
@@ -298,6 +357,9 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
                         },
                     }
                 };
+                if matches!(node.op, Op::Permute { .. } | Op::Reshape { .. }) {
+                    continue;
+                }
                 let out = match node.op {
                     Op::Scalar { value } => fconst(&mut b, F::from_f64(value).to_f64()),
                     Op::Broadcast { .. } => arg(0, &vals, &mut b),
@@ -376,9 +438,10 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
                 };
                 vals.insert(m, out);
             }
-            for (si, m) in stores.iter().enumerate() {
-                let addr = b.ins().iadd(out_bases[si], byte_off);
-                b.ins().store(flags, vals[m], addr, 0);
+            for (si, (_, core, st)) in stores.iter().enumerate() {
+                let off = if st[inner] == 1 { byte_off } else { b.ins().imul_imm_s(i, size * st[inner] as i64) };
+                let addr = b.ins().iadd(out_bases[si], off);
+                b.ins().store(flags, vals[core], addr, 0);
             }
             let i1 = b.ins().iadd_imm_s(i, 1);
             b.def_var(iv, i1);
@@ -429,13 +492,14 @@ pub fn run<F: Real>(c: &Compiled, inputs: &[&[F]]) -> Vec<Vec<F>> {
             idx[d] = rem % c.shape[d];
             rem /= c.shape[d];
         }
-        for row in r0..r1 {
+        for _ in r0..r1 {
             for (i, (_, st)) in c.loads.iter().enumerate() {
                 let off: usize = (0..r - 1).map(|d| idx[d] * st[d]).sum();
                 ip[i] = in_ptrs[i] + off * size;
             }
-            for (i, p) in out_ptrs.iter().enumerate() {
-                op[i] = p + row * l * size;
+            for (i, (_, _, st)) in c.stores.iter().enumerate() {
+                let off: usize = (0..r - 1).map(|d| idx[d] * st[d]).sum();
+                op[i] = out_ptrs[i] + off * size;
             }
             // SAFETY: pointers in bounds (strides from the shapes); rows are disjoint.
             unsafe { (c.func)(l as i64, ip.as_ptr() as *const *const u8, op.as_ptr() as *const *mut u8) };

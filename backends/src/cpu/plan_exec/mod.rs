@@ -109,7 +109,7 @@ pub fn execute_plan_with<F: Real>(
             let args: Vec<Tensor<F>> = c.loads.iter().map(|(m, _)| fetch(g, params, inputs, &stored, &HashMap::new(), *m)).collect::<Result<_, _>>()?;
             let slices: Vec<&[F]> = args.iter().map(|t| t.as_float().expect("checked: float input")).collect();
             let outs = jit::run(c, &slices);
-            for (m, data) in c.stores.iter().zip(outs) {
+            for ((m, _, _), data) in c.stores.iter().zip(outs) {
                 stored[*m] = Some(Tensor::float(g.nodes[*m].ty.shape.clone(), data));
             }
             drop(args);
