@@ -7,3 +7,4 @@ pub mod sim;
 pub mod weights;
 pub mod init;
 pub mod artifact;
+pub mod data;

@@ -1,15 +1,172 @@
-//! `pgc eval`: bits per byte with sliding windows (not yet implemented).
+//! `pgc eval`: bits per byte on FineWeb token shards with sliding windows
+//! (spec/MODEL.md, "Evaluation"; windows as `pgc_runtime::data::windows`).
+//! The model runs in eval mode on the CPU backend (f64), `--batch` windows
+//! of `seq` tokens per forward; the per-target NLL comes from the logits
+//! (`logsumexp(z) - z[target]`) and only each window's scored targets count.
+//! `bpb = (mean nll / ln 2) * (tokens / bytes)`.
 
-use super::export::bad;
-use super::CliResult;
+use super::export::{bad, compile, load_values};
+use super::{CliResult, Failure};
+use pgc_backends::cpu::{self, Tensor};
+use pgc_ir::{Graph, Mode};
+use pgc_runtime::data::{self, ByteTable, Window};
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalBackend {
+    /// The CPU reference backend (f64).
+    Cpu,
+    /// The PTX simulator (not supported by eval yet).
+    Sim,
+    /// A CUDA GPU (not supported by eval yet).
+    Cuda,
+}
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// The model source (.pgdsl).
     pub model: PathBuf,
+    /// Override a model constant, e.g. `--set layers=9`. Repeatable. `seq` is the window length.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+    /// Parameters: safetensors (PREFIX + NAME) or a .pgz artifact.
+    #[arg(long, value_name = "W", required_unless_present = "random_weights", conflicts_with = "random_weights")]
+    pub weights: Option<PathBuf>,
+    #[arg(long, value_name = "P", default_value = "", requires = "weights")]
+    pub weights_prefix: String,
+    /// Use the model's training initialisation, seeded.
+    #[arg(long, value_name = "SEED")]
+    pub random_weights: Option<u64>,
+    /// Token shards (wildcards in the file name), concatenated in name order.
+    #[arg(long, value_name = "GLOB")]
+    pub data: String,
+    /// The SentencePiece model (.model) for the byte table.
+    #[arg(long, value_name = "SP.model")]
+    pub tokenizer: PathBuf,
+    /// Targets scored per window (after the first).
+    #[arg(long, value_name = "S", default_value_t = 64)]
+    pub stride: usize,
+    /// Windows per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: EvalBackend,
+    /// Print a JSON object (val_loss, val_bpb, tokens, bytes).
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn run(_args: EvalArgs) -> CliResult {
-    Err(bad("pgc eval is not implemented yet"))
+/// Sum of NLL over each window's scored targets (windows all of length `seq`
+/// except possibly when there are fewer tokens), run `batch` windows at a time.
+fn nll_sum(
+    model: &std::path::Path,
+    sets: &[(String, String)],
+    values: &HashMap<String, Vec<f64>>,
+    tokens: &[u16],
+    wins: &[Window],
+    batch: usize,
+) -> Result<f64, Failure> {
+    let mut graphs: HashMap<(usize, usize), Graph> = HashMap::new();
+    let mut params: Option<HashMap<String, Tensor<f64>>> = None;
+    let mut total = 0.0;
+    let progress = std::io::stderr().is_terminal() && wins.len() > 50;
+    let mut done = 0usize;
+    // group consecutive windows of the same length
+    let mut i = 0;
+    while i < wins.len() {
+        let len = wins[i].len;
+        let mut j = i;
+        while j < wins.len() && j - i < batch && wins[j].len == len {
+            j += 1;
+        }
+        let group = &wins[i..j];
+        let b = group.len();
+        if let std::collections::hash_map::Entry::Vacant(e) = graphs.entry((b, len)) {
+            let mut s: Vec<(String, String)> = sets.iter().filter(|(k, _)| k != "batch" && k != "seq").cloned().collect();
+            s.push(("batch".into(), b.to_string()));
+            s.push(("seq".into(), len.to_string()));
+            e.insert(compile(model, &s, Mode::Eval)?.0);
+        }
+        let g = &graphs[&(b, len)];
+        let params = params.get_or_insert_with(|| {
+            g.params.iter().map(|p| (p.name.clone(), Tensor::from_f64(p.shape.clone(), &values[&p.name]))).collect()
+        });
+        let mut inp = Vec::with_capacity(b * len);
+        let mut tgt = Vec::with_capacity(b * len);
+        for w in group {
+            inp.extend(tokens[w.start..w.start + w.len].iter().map(|&t| t as i32));
+            tgt.extend(tokens[w.start + 1..w.start + w.len + 1].iter().map(|&t| t as i32));
+        }
+        let mut inputs = HashMap::new();
+        inputs.insert("input_ids".to_string(), Tensor::<f64>::int(vec![b, len], inp));
+        inputs.insert("target_ids".to_string(), Tensor::<f64>::int(vec![b, len], tgt.clone()));
+        let run = cpu::execute(g, params, &inputs, Some(&["logits"])).map_err(bad)?;
+        let logits = run.get("logits").ok_or_else(|| bad("the model has no `logits` output"))?.to_f64_vec();
+        let vocab = logits.len() / (b * len);
+        for (wi, w) in group.iter().enumerate() {
+            for t in w.score_from..w.len {
+                let z = &logits[(wi * len + t) * vocab..(wi * len + t + 1) * vocab];
+                let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = m + z.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
+                total += lse - z[tgt[wi * len + t] as usize];
+            }
+        }
+        done += b;
+        if progress {
+            eprint!("\reval: {done}/{} windows", wins.len());
+        }
+        i = j;
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(total)
+}
+
+pub fn run(args: EvalArgs) -> CliResult {
+    if args.backend != EvalBackend::Cpu {
+        return Err(bad("pgc eval supports only --backend cpu for now"));
+    }
+    if args.stride == 0 || args.batch == 0 {
+        return Err(bad("--stride and --batch must be at least 1"));
+    }
+    let sets = super::parse_sets(&args.sets)?;
+    let (g, _) = compile(&args.model, &sets, Mode::Eval)?;
+    let vocab = g.constant("vocab").ok_or_else(|| bad("the model has no `vocab` constant"))? as usize;
+    let seq = g.constant("seq").ok_or_else(|| bad("the model has no `seq` constant"))? as usize;
+    if args.stride > seq {
+        return Err(bad(format!("--stride {} is longer than the window (seq {seq})", args.stride)));
+    }
+    let values = load_values(&g, &args.weights, &args.weights_prefix, args.random_weights)?;
+    let tokens = data::read_shards(&args.data).map_err(bad)?;
+    if let Some(p) = tokens.iter().position(|&t| t as usize >= vocab) {
+        return Err(bad(format!("{}: token {} at position {p} is outside the vocabulary 0..{vocab}", args.data, tokens[p])));
+    }
+    if tokens.len() < 2 {
+        return Err(bad(format!("{}: fewer than 2 tokens", args.data)));
+    }
+    let table = ByteTable::load(&args.tokenizer, vocab).map_err(bad)?;
+    let wins = data::windows(tokens.len(), seq, args.stride);
+    let mut n_tok = 0u64;
+    let mut n_bytes = 0u64;
+    for w in &wins {
+        for t in w.score_from..w.len {
+            let pos = w.start + t + 1;
+            n_tok += 1;
+            n_bytes += table.bytes(tokens[pos - 1], tokens[pos]);
+        }
+    }
+    let total = nll_sum(&args.model, &sets, &values, &tokens, &wins, args.batch)?;
+    let val_loss = total / n_tok as f64;
+    let val_bpb = val_loss / std::f64::consts::LN_2 * (n_tok as f64 / n_bytes.max(1) as f64);
+    if args.json {
+        let v = json!({"val_loss": val_loss, "val_bpb": val_bpb, "tokens": n_tok, "bytes": n_bytes, "windows": wins.len(), "stride": args.stride, "seq": seq});
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Failure::Other(e.into()))?);
+    } else {
+        println!("val_loss {val_loss:.6} val_bpb {val_bpb:.6} ({n_tok} tokens, {n_bytes} bytes, {} windows of {seq}, stride {})", wins.len(), args.stride);
+    }
+    Ok(())
 }
