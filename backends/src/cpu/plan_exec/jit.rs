@@ -1,8 +1,9 @@
 //! Cranelift-compiled element-wise kernels.
 //!
 //! An `Elementwise` kernel whose ops are all Unary, Binary, Broadcast,
-//! Scalar, LeakyRelu or LeakyStep, whose outputs all have one shape S and
-//! whose inputs broadcast to S, compiles to one native function that computes
+//! Scalar, LeakyRelu or LeakyStep, whose outputs all have one shape S (or
+//! are a Permute / Reshape(Permute) of such a value: stored with permuted
+//! strides) and whose inputs broadcast to S, compiles to one native function that computes
 //! a row (the last axis of S) of every output:
 //! `fn(n: i64, inputs: *const *const F, outputs: *const *mut F)`.
 //! Each input is loaded at its row base plus `j * stride`, with stride 0 for a
@@ -29,7 +30,8 @@ use pgc_ir::{BinaryFn, DType, Graph, Op, UnaryFn};
 use std::collections::HashMap;
 
 /// The ops a compiled kernel may contain.
-pub const JIT_OPS: &[&str] = &["unary (all)", "binary (all)", "broadcast", "scalar", "leaky_relu", "leaky_step"];
+pub const JIT_OPS: &[&str] =
+    &["unary (all)", "binary (all)", "broadcast", "scalar", "leaky_relu", "leaky_step", "permute / reshape(permute) as an output's layout"];
 
 const UNARY: [UnaryFn; 12] = [
     UnaryFn::Neg,

@@ -18,10 +18,14 @@
 //! changes which values are kept and when they are freed.
 //!
 //! Element-wise kernels made only of Unary, Binary, Broadcast, Scalar,
-//! LeakyRelu and LeakyStep ops (outputs of one shape) are compiled with
+//! LeakyRelu and LeakyStep ops (outputs of one shape, or a Permute /
+//! Reshape(Permute) of it, stored in the permuted layout) are compiled with
 //! cranelift into native row loops ([`jit`]), bitwise equal to the
 //! reference. Not done yet (issue 8): compiled row-wise, reduction, GEMM
-//! epilogue/prologue, cross-entropy and weight-prep kernels (interpreted).
+//! epilogue/prologue, cross-entropy and weight-prep kernels (interpreted op
+//! by op), and element-wise kernels with Unindex. The full model is bound
+//! by its matrix products, so the plan executor runs at about the
+//! interpreter's speed, not the 2x the issue asks for.
 
 pub mod jit;
 
