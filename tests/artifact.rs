@@ -339,3 +339,26 @@ fn export_inspect_and_run_with_a_pgz() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("shape"), "{}", text(&o));
 }
+
+#[test]
+fn artifact_is_no_larger_than_the_seed_format() {
+    let d = tmpdir("size");
+    let m = root().join("models/11l.pgdsl");
+    let pgz = d.join("m.pgz");
+    let sets = ["--set", "layers=2", "--set", "dim=128", "--set", "heads=4", "--set", "kv_heads=2", "--set", "bigram_buckets=256"];
+    let mut a = vec!["export", m.to_str().unwrap()];
+    a.extend(sets);
+    a.extend(["--random-weights", "3", "-o", pgz.to_str().unwrap()]);
+    let o = pgc(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = pgc(&["inspect", pgz.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (ab, sb) = (v["artifact_bytes"].as_u64().unwrap(), v["seed_format_bytes"].as_u64().unwrap());
+    assert!(ab <= sb, "artifact {ab} > seed format {sb}");
+    // every int4 tensor is stored packed or in bytes, and the table says which
+    for t in v["tensors"].as_array().unwrap() {
+        if t["class"] == "int4" || t["class"] == "int6" {
+            assert!(t["packing"] == "bitpacked" || t["packing"] == "bytes", "{t}");
+        }
+    }
+}
