@@ -362,3 +362,28 @@ fn artifact_is_no_larger_than_the_seed_format() {
         }
     }
 }
+
+#[test]
+fn re_export_of_an_artifact_is_identical_and_a_foreign_ir_hash_is_noted() {
+    let d = tmpdir("reexport");
+    let m = root().join("models/11l.pgdsl");
+    let m = m.to_str().unwrap();
+    let (p1, p2, p3) = (d.join("a.pgz"), d.join("b.pgz"), d.join("c.pgz"));
+    let mut a = vec!["export", m];
+    a.extend(TINY);
+    a.extend(["--random-weights", "8", "-o", p1.to_str().unwrap()]);
+    assert!(pgc(&a).status.success());
+    let mut a = vec!["export", m];
+    a.extend(TINY);
+    a.extend(["--weights", p1.to_str().unwrap(), "-o", p2.to_str().unwrap()]);
+    let o = pgc(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("note:"), "{}", text(&o));
+    assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap(), "quantization is idempotent");
+    let mut a = vec!["export", m];
+    a.extend(TINY);
+    a.extend(["--set", "softcap=20", "--weights", p1.to_str().unwrap(), "-o", p3.to_str().unwrap()]);
+    let o = pgc(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("IR hash"), "{}", text(&o));
+}

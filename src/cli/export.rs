@@ -55,9 +55,32 @@ pub(crate) fn load_values(
     random: Option<u64>,
 ) -> Result<HashMap<String, Vec<f64>>, Failure> {
     match (weights_path, random) {
-        (Some(w), _) => weights::load_params(w, prefix, &g.params).map_err(bad),
+        (Some(w), _) => {
+            let v = weights::load_params(w, prefix, &g.params).map_err(bad)?;
+            note_ir_hash(w, g);
+            Ok(v)
+        }
         (None, Some(seed)) => pgc_runtime::init::random_params(&g.params, seed).map_err(bad),
         (None, None) => Err(bad("one of --weights or --random-weights is required")),
+    }
+}
+
+/// For a `.pgz`, say on stderr when its IR hash is not this model's (the
+/// shapes matched, so it loads; the model text or constants differ).
+fn note_ir_hash(w: &std::path::Path, g: &Graph) {
+    let Ok(bytes) = std::fs::read(w) else { return };
+    if !artifact::is_artifact(&bytes) {
+        return;
+    }
+    let Ok(art) = artifact::load_bytes(&bytes) else { return };
+    let Ok(json) = serde_json::to_string(g) else { return };
+    let h = artifact::fnv1a64(json.as_bytes());
+    if h != art.ir_hash {
+        eprintln!(
+            "note: {} was exported from a model whose IR hash is {:016x}; this one's is {h:016x} (the parameter shapes match)",
+            w.display(),
+            art.ir_hash
+        );
     }
 }
 
