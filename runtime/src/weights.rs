@@ -338,8 +338,10 @@ mod tests {
     use super::*;
     use pgc_ir::{Init, QuantSpec};
 
+    /// A file in a folder of its own per test name: tests run in parallel and
+    /// one checks that its folder holds no leftover temporaries.
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("pgc-weights-test-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("pgc-weights-test-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d.join(name)
     }
