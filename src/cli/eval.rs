@@ -1,14 +1,18 @@
 //! `pgc eval`: bits per byte on FineWeb token shards with sliding windows
 //! (spec/MODEL.md, "Evaluation"; windows as `pgc_runtime::data::windows`).
-//! The model runs in eval mode on the CPU backend (f64), `--batch` windows
-//! of `seq` tokens per forward; the per-target NLL comes from the logits
+//! The model runs in eval mode on the CPU backend (f64) or as the PTX program
+//! on the simulator or a CUDA GPU (bf16 kernels), `--batch` windows of `seq`
+//! tokens per forward; the per-target NLL comes from the logits
 //! (`logsumexp(z) - z[target]`) and only each window's scored targets count.
 //! `bpb = (mean nll / ln 2) * (tokens / bytes)`.
 
 use super::export::{bad, compile, load_values};
 use super::{CliResult, Failure};
 use pgc_backends::cpu::{self, Tensor};
+use pgc_ir::plan::Precision;
 use pgc_ir::{Graph, Mode};
+use pgc_runtime::device::Device;
+use pgc_runtime::exec::Executor;
 use pgc_runtime::data::{self, ByteTable, Window};
 use serde_json::json;
 use std::collections::HashMap;
@@ -19,9 +23,9 @@ use std::path::PathBuf;
 pub enum EvalBackend {
     /// The CPU reference backend (f64).
     Cpu,
-    /// The PTX simulator (not supported by eval yet).
+    /// The generated PTX (bf16 kernels) on the simulator.
     Sim,
-    /// A CUDA GPU (not supported by eval yet).
+    /// The generated PTX (bf16 kernels) on a CUDA GPU.
     Cuda,
 }
 
@@ -68,6 +72,7 @@ fn nll_sum(
     tokens: &[u16],
     wins: &[Window],
     batch: usize,
+    device: Option<&dyn Device>,
 ) -> Result<f64, Failure> {
     let mut graphs: HashMap<(usize, usize), Graph> = HashMap::new();
     let mut params: Option<HashMap<String, Tensor<f64>>> = None;
@@ -101,10 +106,15 @@ fn nll_sum(
             tgt.extend(tokens[w.start + 1..w.start + w.len + 1].iter().map(|&t| t as i32));
         }
         let mut inputs = HashMap::new();
-        inputs.insert("input_ids".to_string(), Tensor::<f64>::int(vec![b, len], inp));
+        inputs.insert("input_ids".to_string(), Tensor::<f64>::int(vec![b, len], inp.clone()));
         inputs.insert("target_ids".to_string(), Tensor::<f64>::int(vec![b, len], tgt.clone()));
-        let run = cpu::execute(g, params, &inputs, Some(&["logits"])).map_err(bad)?;
-        let logits = run.get("logits").ok_or_else(|| bad("the model has no `logits` output"))?.to_f64_vec();
+        let logits = match device {
+            None => {
+                let run = cpu::execute(g, params, &inputs, Some(&["logits"])).map_err(bad)?;
+                run.get("logits").ok_or_else(|| bad("the model has no `logits` output"))?.to_f64_vec()
+            }
+            Some(dev) => ptx_logits(dev, g, values, &inp, &tgt)?,
+        };
         let vocab = logits.len() / (b * len);
         for (wi, w) in group.iter().enumerate() {
             for t in w.score_from..w.len {
@@ -126,10 +136,35 @@ fn nll_sum(
     Ok(total)
 }
 
+/// The logits of one batch of windows from the model's PTX program (bf16 kernels).
+fn ptx_logits(dev: &dyn Device, g: &Graph, values: &HashMap<String, Vec<f64>>, ids: &[i32], targets: &[i32]) -> Result<Vec<f64>, Failure> {
+    let names = ["loss".to_string(), "logits".to_string()];
+    let plan = super::run::ptx_plan(g, Precision::Bf16, &names, &[])?;
+    let program = super::run::compile_ptx(g, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
+    let internal = |e: pgc_runtime::exec::ExecError| Failure::Other(anyhow::anyhow!("{e}"));
+    let mut ex = Executor::new(dev, &program, g).map_err(internal)?;
+    let params: HashMap<String, Vec<f32>> = values.iter().map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect())).collect();
+    ex.set_params(&params).map_err(internal)?;
+    ex.set_input("input_ids", ids).map_err(internal)?;
+    ex.set_input("target_ids", targets).map_err(internal)?;
+    ex.run().map_err(internal)?;
+    Ok(ex.read_output("logits").map_err(internal)?.into_iter().map(f64::from).collect())
+}
+
 pub fn run(args: EvalArgs) -> CliResult {
-    if args.backend != EvalBackend::Cpu {
-        return Err(bad("pgc eval supports only --backend cpu for now"));
-    }
+    let sim;
+    let cuda;
+    let device: Option<&dyn Device> = match args.backend {
+        EvalBackend::Cpu => None,
+        EvalBackend::Sim => {
+            sim = pgc_runtime::sim::SimDevice::new();
+            Some(&sim)
+        }
+        EvalBackend::Cuda => {
+            cuda = super::run::open_cuda("pgc eval")?;
+            Some(&cuda)
+        }
+    };
     if args.stride == 0 || args.batch == 0 {
         return Err(bad("--stride and --batch must be at least 1"));
     }
@@ -159,7 +194,7 @@ pub fn run(args: EvalArgs) -> CliResult {
             n_bytes += table.bytes(tokens[pos - 1], tokens[pos]);
         }
     }
-    let total = nll_sum(&args.model, &sets, &values, &tokens, &wins, args.batch)?;
+    let total = nll_sum(&args.model, &sets, &values, &tokens, &wins, args.batch, device)?;
     let val_loss = total / n_tok as f64;
     let val_bpb = val_loss / std::f64::consts::LN_2 * (n_tok as f64 / n_bytes.max(1) as f64);
     if args.json {
