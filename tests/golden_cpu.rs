@@ -6,6 +6,8 @@
 //! Relative error per tensor: `max|a - b| / max|b|`.
 #![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(err <= tol)` also fails on NaN
 
+mod common;
+use common::{golden_sets as sets_of, model_11l_with_grads as compile};
 use pgc_backends::cpu::{self, rel_err, Real, Tensor};
 use pgc_ir::{Graph, Mode};
 use pgc_runtime::weights::{HostData, SafeFile};
@@ -19,20 +21,7 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The `--set` overrides of a golden file's config.
-fn sets_of(file: &SafeFile) -> Vec<(String, String)> {
-    let meta = file.metadata();
-    let cfg: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(meta.get("config").expect("golden file has a config")).expect("config is a JSON object");
-    cfg.into_iter().map(|(k, v)| (k, v.to_string())).collect()
-}
 
-fn compile(sets: &[(String, String)], mode: Mode) -> Graph {
-    let path = root().join("models/11l.pgdsl");
-    let src = std::fs::read_to_string(&path).unwrap();
-    let g = pgc_frontend::compile_model(&src, &path.display().to_string(), sets, mode).unwrap_or_else(|d| panic!("{}", d.render(&src)));
-    pgc_ir::passes::autodiff::backward(&g, "loss").unwrap()
-}
 
 struct Row {
     case: String,

@@ -11,6 +11,7 @@
 //! what is missing.
 #![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(err <= tol)` also fails on NaN
 
+mod common;
 use pgc_backends::cpu::rel_err;
 use pgc_backends::ptx::compile::{supported_rules, Ctx};
 use pgc_backends::ptx::kinds;
@@ -46,12 +47,6 @@ fn tmpdir(test: &str) -> PathBuf {
     d
 }
 
-/// `--set` flags for a golden file's config.
-fn sets(file: &SafeFile) -> Vec<String> {
-    let meta = file.metadata();
-    let cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&meta["config"]).unwrap();
-    cfg.into_iter().flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")]).collect()
-}
 
 /// Which kernel kinds the PTX backend emits for this config and mode: every
 /// plan kernel through its kind's emitter, carrying on past failures (the
@@ -104,7 +99,7 @@ fn check_golden(name: &str, precisions: &[(&str, f64)]) {
     let path = root().join(format!("tests/golden/{name}.safetensors"));
     let gs = path.to_str().unwrap();
     let file = SafeFile::open(&path).unwrap();
-    let s = sets(&file);
+    let s: Vec<String> = common::golden_sets(&file).into_iter().flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")]).collect();
     let d = tmpdir(&format!("{name}-{}", precisions.iter().map(|p| p.0).collect::<Vec<_>>().join("-")));
     let mut rows = Vec::new();
     let mut failures = Vec::new();

@@ -7,6 +7,8 @@
 //! the interpreter `cpu::execute` (printed; run with `--nocapture`).
 #![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(err <= tol)` also fails on NaN
 
+mod common;
+use common::{golden_sets as sets_of, model_11l_with_grads as compile};
 use pgc_backends::cpu::{self, plan_exec, rel_err, Real, Tensor};
 use pgc_ir::plan::FusionRule;
 use pgc_ir::{Graph, Mode};
@@ -22,19 +24,7 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn sets_of(file: &SafeFile) -> Vec<(String, String)> {
-    let meta = file.metadata();
-    let cfg: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(meta.get("config").expect("golden file has a config")).expect("config is a JSON object");
-    cfg.into_iter().map(|(k, v)| (k, v.to_string())).collect()
-}
 
-fn compile(sets: &[(String, String)], mode: Mode) -> Graph {
-    let path = root().join("models/11l.pgdsl");
-    let src = std::fs::read_to_string(&path).unwrap();
-    let g = pgc_frontend::compile_model(&src, &path.display().to_string(), sets, mode).unwrap_or_else(|d| panic!("{}", d.render(&src)));
-    pgc_ir::passes::autodiff::backward(&g, "loss").unwrap()
-}
 
 /// Worst relative error over the outputs of one case, and the tensors over `tol`.
 fn run_precision<F: Real>(file: &SafeFile, g: &Graph, mode: &str, tol: f64, rules: &BTreeSet<FusionRule>) -> (f64, String, Vec<String>) {

@@ -32,3 +32,20 @@ pub fn model_11l(sets: &[(&str, &str)], mode: Mode) -> Graph {
 pub fn output_text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
+
+/// A golden file's config (JSON in its `config` metadata) as `--set` pairs.
+pub fn golden_sets(file: &pgc_runtime::weights::SafeFile) -> Vec<(String, String)> {
+    let meta = file.metadata();
+    let cfg: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(meta.get("config").expect("golden file has a config")).expect("config is a JSON object");
+    cfg.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+}
+
+/// `models/11l.pgdsl` lowered with `sets` in `mode`, always with its backward
+/// pass (the golden files hold gradients for eval mode too).
+pub fn model_11l_with_grads(sets: &[(String, String)], mode: Mode) -> Graph {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/11l.pgdsl");
+    let src = std::fs::read_to_string(path).unwrap();
+    let g = pgc_frontend::compile_model(&src, path, sets, mode).unwrap_or_else(|d| panic!("{}", d.render(&src)));
+    pgc_ir::passes::autodiff::backward(&g, "loss").unwrap()
+}
