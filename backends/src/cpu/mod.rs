@@ -145,28 +145,8 @@ pub fn execute<F: Real>(
         let opname = node.op.name();
         let oerr = |msg: String| CpuError::Op { node: i as u32, op: opname, msg };
         let out: Tensor<F> = match &node.op {
-            Op::Input { name, ty } => {
-                let t = inputs.get(name).ok_or_else(|| CpuError::MissingInput(name.clone()))?;
-                if t.dtype() != ty.dtype || t.shape != ty.shape {
-                    return Err(CpuError::InputType {
-                        name: name.clone(),
-                        expected: ty.clone(),
-                        got: format!("{}{:?}", t.dtype(), t.shape),
-                    });
-                }
-                t.clone()
-            }
-            Op::Param { name } => {
-                let info = g.param(name).expect("verified");
-                let t = params.get(name).ok_or_else(|| CpuError::MissingParam(name.clone()))?;
-                if t.as_float().is_none() {
-                    return Err(CpuError::ParamDtype(name.clone()));
-                }
-                if t.shape != info.shape {
-                    return Err(CpuError::ParamShape { name: name.clone(), expected: info.shape.clone(), got: t.shape.clone() });
-                }
-                t.clone()
-            }
+            Op::Input { name, ty } => load_input(inputs, name, ty)?,
+            Op::Param { name } => load_param(g, params, name)?,
             Op::CausalAttentionGrad { scale, .. } => match stash.remove(&i) {
                 Some(t) => t,
                 None => {
@@ -468,4 +448,26 @@ mod tests {
             }
         }
     }
+}
+
+/// A run-time input, checked against the type the graph declares for it.
+pub(crate) fn load_input<F: Real>(inputs: &HashMap<String, Tensor<F>>, name: &str, ty: &TensorType) -> Result<Tensor<F>, CpuError> {
+    let t = inputs.get(name).ok_or_else(|| CpuError::MissingInput(name.to_string()))?;
+    if t.dtype() != ty.dtype || t.shape != ty.shape {
+        return Err(CpuError::InputType { name: name.to_string(), expected: ty.clone(), got: format!("{}{:?}", t.dtype(), t.shape) });
+    }
+    Ok(t.clone())
+}
+
+/// A parameter's values, checked against its declaration (float, declared shape).
+pub(crate) fn load_param<F: Real>(g: &Graph, params: &HashMap<String, Tensor<F>>, name: &str) -> Result<Tensor<F>, CpuError> {
+    let info = g.param(name).ok_or_else(|| CpuError::MissingParam(name.to_string()))?;
+    let t = params.get(name).ok_or_else(|| CpuError::MissingParam(name.to_string()))?;
+    if t.as_float().is_none() {
+        return Err(CpuError::ParamDtype(name.to_string()));
+    }
+    if t.shape != info.shape {
+        return Err(CpuError::ParamShape { name: name.to_string(), expected: info.shape.clone(), got: t.shape.clone() });
+    }
+    Ok(t.clone())
 }

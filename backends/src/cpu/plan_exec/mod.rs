@@ -29,7 +29,7 @@
 
 pub mod jit;
 
-use super::{attention, eval, CpuError, Profile, Real, Run, Tensor};
+use super::{attention, eval, load_input, load_param, CpuError, Profile, Real, Run, Tensor};
 use pgc_ir::plan::{self, FusionRule, Plan, PlanOptions, Precision};
 use pgc_ir::{AttnPart, Graph, Op, ValueId};
 use std::collections::{BTreeSet, HashMap};
@@ -140,17 +140,7 @@ pub fn execute_plan_with<F: Real>(
             let opname = node.op.name();
             let oerr = |msg: String| CpuError::Op { node: m as u32, op: opname, msg };
             let out: Tensor<F> = match &node.op {
-                Op::Input { name, ty } => {
-                    let t = inputs.get(name).ok_or_else(|| CpuError::MissingInput(name.clone()))?;
-                    if t.dtype() != ty.dtype || t.shape != ty.shape {
-                        return Err(CpuError::InputType {
-                            name: name.clone(),
-                            expected: ty.clone(),
-                            got: format!("{}{:?}", t.dtype(), t.shape),
-                        });
-                    }
-                    t.clone()
-                }
+                Op::Input { name, ty } => load_input(inputs, name, ty)?,
                 Op::Param { name } => load_param(g, params, name)?,
                 Op::CausalAttentionGrad { wrt, scale } => {
                     if !attn_done.contains_key(&node.args) {
@@ -199,18 +189,6 @@ pub fn execute_plan_with<F: Real>(
     let mut ops: Vec<_> = prof.into_iter().map(|(k, (c, t))| (k, c, t)).collect();
     ops.sort_by(|a, b| b.2.total_cmp(&a.2));
     Ok(Run { outputs, profile: Profile { ops } })
-}
-
-fn load_param<F: Real>(g: &Graph, params: &HashMap<String, Tensor<F>>, name: &str) -> Result<Tensor<F>, CpuError> {
-    let info = g.param(name).ok_or_else(|| CpuError::MissingParam(name.to_string()))?;
-    let t = params.get(name).ok_or_else(|| CpuError::MissingParam(name.to_string()))?;
-    if t.as_float().is_none() {
-        return Err(CpuError::ParamDtype(name.to_string()));
-    }
-    if t.shape != info.shape {
-        return Err(CpuError::ParamShape { name: name.to_string(), expected: info.shape.clone(), got: t.shape.clone() });
-    }
-    Ok(t.clone())
 }
 
 /// An operand of a kernel's op: computed in this kernel, stored by an
