@@ -92,9 +92,9 @@ fn with_nan_fills(p: &Program) -> Program {
     q
 }
 
-struct Case {
+struct Case<'a> {
     name: &'static str,
-    src: &'static str,
+    src: &'a str,
     sets: &'static [(&'static str, &'static str)],
     mode: Mode,
     /// Exclusive upper bound of the token ids.
@@ -508,15 +508,70 @@ output loss = sum(sum(sum(d, 2), 1), 0) * sum(a, 0);
     );
 }
 
+/// An LM head on awkward shapes: 3 x 11 rows, dim 36, vocab 70 (no tile
+/// multiple), RMS norm in the GEMM prologue, softcap `CAP` (`{cap}`).
+fn lm_head_src(head: &str) -> String {
+    format!(
+        "
+const norm_eps = 1.1920928955078125e-07;
+fn rms(x) {{ x * rsqrt(mean(x^2, -1, keepdim=true) + norm_eps) }}
+let ids = input input_ids[3, 11]: i32;
+let targets = input target_ids[3, 11]: i32;
+let tok = param tok[70, 36];
+let x = embedding(tok, ids) * param g[36];
+let raw = linear(rms(x), param head[70, 36]);
+let logits = {head};
+output logits = logits;
+output loss = cross_entropy(logits, targets);
+"
+    )
+}
+
+/// The entries launched for the LM head kernel of `src` in `mode` (bf16).
+fn lm_head_launches(src: &str, mode: Mode) -> Vec<String> {
+    let g = graph(src, mode, &[]);
+    let mut opts = PlanOptions::all(&g, Precision::Bf16);
+    opts.rules = supported_rules();
+    opts.outputs.retain(|n| n != "logits" || mode == Mode::Eval);
+    let p = plan::build(&g, &opts).unwrap();
+    let prog = compile_program(&g, &p).unwrap();
+    prog.launches.iter().filter(|l| p.kernels[l.plan_kernel].kind == KernelKind::LmHead).map(|l| l.entry.clone()).collect()
+}
+
 #[test]
-fn lm_head_with_its_fusion_rule() {
-    // The backend leaves `lm-head-cross-entropy` out of its rules (the head runs
-    // as a GEMM into scratch plus a row-wise launch); a plan made with the rule
-    // on still compiles and computes the same values.
-    let mut rules: Vec<FusionRule> = supported_rules().into_iter().collect();
-    rules.push(FusionRule::LmHeadCrossEntropy);
+fn lm_head_with_softcap_cross_entropy_in_gemm_epilogues() {
+    // The head's launches: GEMM + row pass (+ the gradient GEMM in training),
+    // no launch reading the logits back.
+    let src = lm_head_src("30.0 * tanh(raw / 30.0)");
+    let train = lm_head_launches(&src, Mode::Train);
+    assert_eq!(train.len(), 3, "{train:?}");
+    assert!(train[1].ends_with("_lse") && train[2].ends_with("_grad"), "{train:?}");
+    let eval = lm_head_launches(&src, Mode::Eval);
+    assert_eq!(eval.len(), 2, "{eval:?}");
+
+    // Train (loss and the logits gradient, logits not stored) and eval (loss
+    // and logits): the head's own kernels checked on their stored inputs.
+    let src = lm_head_src("30.0 * tanh(raw / 30.0)");
     for mode in [Mode::Train, Mode::Eval] {
-        check_with(&Case { name: "lm-head", src: MODEL_11L, sets: TINY, mode, ids: 64, scale: 0.2, isolate: true }, &[KernelKind::LmHead], &rules);
+        check(&Case { name: "lm-head", src: &src, sets: &[], mode, ids: 70, scale: 1.5, isolate: true }, KernelKind::LmHead);
+    }
+    // The full model's head (tiny config).
+    for mode in [Mode::Train, Mode::Eval] {
+        check(&Case { name: "lm-head-11l", src: MODEL_11L, sets: TINY, mode, ids: 64, scale: 0.2, isolate: true }, KernelKind::LmHead);
+    }
+}
+
+#[test]
+fn lm_head_without_a_bounding_softcap_falls_back() {
+    // No bound on the logits (no softcap, or one above 40): the product goes
+    // through scratch and the row-wise cross entropy, same values.
+    for head in ["raw * 2.0", "50.0 * tanh(raw / 50.0)"] {
+        let src = lm_head_src(head);
+        let train = lm_head_launches(&src, Mode::Train);
+        assert!(train.iter().any(|e| e.ends_with("_epilogue")) && !train.iter().any(|e| e.ends_with("_lse")), "{head}: {train:?}");
+        for mode in [Mode::Train, Mode::Eval] {
+            check(&Case { name: "lm-head-unbounded", src: &src, sets: &[], mode, ids: 70, scale: 1.5, isolate: true }, KernelKind::LmHead);
+        }
     }
 }
 

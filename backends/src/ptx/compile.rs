@@ -34,8 +34,11 @@
 //! * GEMM: the GEMM emitter's tiles ([`super::gemm`]), the plan's epilogue ops
 //!   as a pointwise program at each output element, the rms-norm prologue as a
 //!   row scale; bf16 GEMMs convert f32 operands while loading.
-//! * LM head: the logits GEMM into f32 scratch, then a row-wise launch
-//!   (cross entropy, its gradient, softcap) one warp per row.
+//! * LM head: with a softcap bounding the logits, the GEMM with the softcap,
+//!   per-row sums for the log-sum-exp and the cross entropy in its epilogue,
+//!   a row pass for the loss, and the GEMM again with the logits gradient in
+//!   its epilogue ([`kinds::lm_head`]); otherwise the logits GEMM into f32
+//!   scratch, then a row-wise launch one warp per row.
 //! * attention: the flash-attention emitters ([`super::attention`]).
 
 use super::builder::{Kernel, Module};
@@ -62,15 +65,22 @@ pub enum PtxError {
 /// The fusion rules the emitters implement; plans for this backend should be
 /// built with only these.
 ///
+/// `lm-head-cross-entropy` is emitted as GEMM epilogues (see
+/// [`super::kinds::lm_head`]): the logits are not stored unless asked.
+///
 /// Missing:
-/// * `lm-head-cross-entropy`: the LM head is emitted as the logits GEMM into
-///   a scratch buffer followed by a row-wise cross-entropy launch, not as one
-///   kernel; with the rule off the plan's separate kernels do the same work.
 /// * `qk-prologue-into-attention`: the q/k prologue would run as a row-wise
 ///   launch into scratch before the attention launch (no bytes saved); with the
 ///   rule off it is an ordinary row-wise kernel.
 pub fn supported_rules() -> BTreeSet<FusionRule> {
-    [FusionRule::Elementwise, FusionRule::Rowwise, FusionRule::GemmEpilogue, FusionRule::RmsnormIntoGemm, FusionRule::AttentionBackwardTogether]
+    [
+        FusionRule::Elementwise,
+        FusionRule::Rowwise,
+        FusionRule::GemmEpilogue,
+        FusionRule::RmsnormIntoGemm,
+        FusionRule::LmHeadCrossEntropy,
+        FusionRule::AttentionBackwardTogether,
+    ]
         .into_iter()
         .collect()
 }

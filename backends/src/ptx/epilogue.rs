@@ -418,6 +418,22 @@ pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &mut EpiRegs,
     }
 }
 
+/// After the last group of `row` in this thread: the pointwise step's row
+/// sums, combined over the lanes `lane ^ x` (`x` in `lanes`) and added by
+/// `leader` (see [`PwLower::finish_row`]). Every lane of the warp calls it.
+pub(crate) fn finish_row(b: &mut KernelBuilder, r: &mut EpiRegs, row: Reg, row_ok: Reg, lanes: &[u32], leader: Reg) {
+    if let Some(pw) = r.pw.as_mut().filter(|pw| pw.has_row_sums()) {
+        pw.finish_row(b, row, row_ok, lanes, leader);
+    }
+}
+
+impl EpiRegs<'_> {
+    /// Whether the epilogue sums values per row (see [`finish_row`]).
+    pub(crate) fn has_row_sums(&self) -> bool {
+        self.pw.as_ref().is_some_and(|pw| pw.has_row_sums())
+    }
+}
+
 /// `row * N + col` as a 64-bit element index.
 pub(crate) fn elem_index(b: &mut KernelBuilder, r: &EpiRegs<'_>, row: Reg, col: Reg) -> Reg {
     let c = b.cvt(Type::U64, Type::U32, None, col);

@@ -921,6 +921,10 @@ impl MmaState {
     fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &mut epilogue::EpiRegs) {
         let epi = &cfg.epilogue;
         let pair = cfg.vec_c == 2;
+        let leader = er.has_row_sums().then(|| {
+            let quad_lane = b.bin(BinOp::And, Type::U32, cm.tid, 3u32);
+            b.setp(Cmp::Eq, Type::U32, quad_lane, 0u32)
+        });
         // column values for every column this thread owns
         let mut cols = vec![];
         for j in 0..self.nt {
@@ -952,6 +956,10 @@ impl MmaState {
                         let g = epilogue::Group { idx, row, col: *col, preds: &[p0, p1], vector: false, row_vals: &rv, col_vals: &cv };
                         epilogue::emit_group(b, epi, er, &g, &vals);
                     }
+                }
+                // The 4 lanes of a quad hold this row's columns.
+                if let Some(leader) = leader {
+                    epilogue::finish_row(b, er, row, row_ok, &[1, 2], leader);
                 }
             }
         }
@@ -1037,6 +1045,10 @@ impl FfmaState {
 
     fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &mut epilogue::EpiRegs) {
         let epi = &cfg.epilogue;
+        let leader = er.has_row_sums().then(|| {
+            let tx = b.bin(BinOp::And, Type::U32, cm.tid, 15u32);
+            b.setp(Cmp::Eq, Type::U32, tx, 0u32)
+        });
         let mut cols = vec![];
         for j in 0..self.nj {
             let col = b.add(Type::U32, self.col0, j * 16);
@@ -1055,6 +1067,10 @@ impl FfmaState {
                 let cv: [&[Option<Reg>]; 1] = [v];
                 let g = epilogue::Group { idx, row, col: *col, preds: &[p], vector: false, row_vals: &rv, col_vals: &cv };
                 epilogue::emit_group(b, epi, er, &g, &[self.acc[i as usize * self.nj as usize + j]]);
+            }
+            // The 16 lanes with the same `ty` (a half warp) hold this row's columns.
+            if let Some(leader) = leader {
+                epilogue::finish_row(b, er, row, row_ok, &[1, 2, 4, 8], leader);
             }
         }
     }

@@ -557,6 +557,12 @@ impl<'g> GraphExprs<'g> {
         Ok(r)
     }
 
+    /// Use `e` as the log-sum-exp of row `row` of logits `z` (computed by an
+    /// earlier launch) instead of reducing the row.
+    pub fn preset_lse(&mut self, z: ValueId, row: &[E], e: E) {
+        self.rows.insert((1u8, z.index(), row.to_vec()), e);
+    }
+
     /// `lse(row) - z[row, target[row]]`: one row's cross-entropy term.
     pub fn ce_row_loss(&mut self, z: ValueId, t: ValueId, row: &[E]) -> Result<E, PtxError> {
         let v = *self.shape(z).last().unwrap() as u32;
@@ -584,6 +590,9 @@ impl<'g> GraphExprs<'g> {
         let so = node.ty.shape.clone();
         match &node.op {
             Op::Unary { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } | Op::Binary { .. } | Op::Broadcast { .. } if sa == so => Some(ia),
+            // The logits gradient at a logit's index (its value also needs the
+            // row's log-sum-exp: computable only where it is preset).
+            Op::CrossEntropyGrad if a == node.args[0] && sa == so => Some(ia),
             // A reshape maps indices both ways: the output index of operand index `ia`.
             Op::Reshape { .. } => Some(self.reshape_index(&so, &sa, &ia)),
             Op::Permute { perm } => Some(perm.iter().map(|&p| ia[p]).collect()),
