@@ -92,11 +92,20 @@ pub struct Compiled {
     pub func: unsafe extern "C" fn(i64, *const *const u8, *const *mut u8),
 }
 
-/// The compiled element-wise kernels of a plan, by kernel index. Holds the
-/// JIT module (the code lives as long as this value).
+/// A compiled segment of a kernel otherwise evaluated op by op.
+pub struct Segment {
+    /// Its ops (graph values), in topological order.
+    pub ops: Vec<usize>,
+    pub code: Compiled,
+}
+
+/// The compiled element-wise kernels of a plan, by kernel index, and the
+/// compiled segments of the other kernels (by kernel index, then first op).
+/// Holds the JIT module (the code lives as long as this value).
 pub struct JitKernels {
     _module: Option<JITModule>,
     pub kernels: HashMap<usize, Compiled>,
+    pub segments: HashMap<usize, HashMap<usize, Segment>>,
     /// Kernels left to the interpreter, with the reason.
     pub fallback: Vec<(usize, String)>,
 }
@@ -126,22 +135,111 @@ fn bcast_strides(from: &[usize], to: &[usize]) -> Option<Vec<usize>> {
     Some(out)
 }
 
-/// Why a kernel cannot be compiled, or its iteration shape, loads and stores.
-fn analyse(g: &Graph, kr: &Kernel) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>)>, Vec<(usize, usize, Vec<usize>)>), String> {
-    if kr.kind != KernelKind::Elementwise {
-        return Err(format!("kind {}", kr.kind.name()));
+/// A list of element-wise ops to compile into one row function: the ops in
+/// topological order, the values it loads and the values it stores.
+pub struct Program {
+    pub ops: Vec<usize>,
+    pub inputs: Vec<usize>,
+    pub outputs: Vec<usize>,
+}
+
+impl Program {
+    /// A whole element-wise kernel.
+    fn of_kernel(kr: &Kernel) -> Result<Program, String> {
+        if kr.kind != KernelKind::Elementwise {
+            return Err(format!("kind {}", kr.kind.name()));
+        }
+        if !kr.prologue.is_empty() {
+            return Err("has a prologue".into());
+        }
+        let ix = |v: &Vec<pgc_ir::ValueId>| v.iter().map(|v| v.index()).collect();
+        Ok(Program { ops: ix(&kr.ops), inputs: ix(&kr.inputs), outputs: ix(&kr.outputs) })
     }
-    if !kr.prologue.is_empty() {
-        return Err("has a prologue".into());
+}
+
+/// Ops a segment of a non-element-wise kernel may hold (Scalar constants are
+/// folded into the code wherever they are read).
+fn segment_op(op: &Op) -> bool {
+    matches!(op, Op::Unary { .. } | Op::Binary { .. } | Op::Broadcast { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } | Op::Permute { .. } | Op::Reshape { .. })
+}
+
+/// The element-wise segments of a kernel evaluated op by op: maximal runs of
+/// consecutive (in the kernel's topological order) element-wise float ops,
+/// and, where a run's stored values differ in shape, its sub-runs of one
+/// shape. Each reads what its ops use from outside it and stores what later
+/// ops of the kernel or the kernel's outputs use.
+pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
+    let mut order: Vec<usize> = kr.prologue.iter().chain(&kr.ops).map(|v| v.index()).collect();
+    order.sort_unstable();
+    order.dedup();
+    let ok = |m: usize| g.nodes[m].ty.dtype == DType::F32 && segment_op(&g.nodes[m].op);
+    let mut runs: Vec<Vec<usize>> = vec![];
+    let mut cur: Vec<usize> = vec![];
+    for &m in &order {
+        if matches!(g.nodes[m].op, Op::Scalar { .. }) {
+            continue;
+        }
+        if ok(m) {
+            cur.push(m);
+        } else if !cur.is_empty() {
+            runs.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        runs.push(cur);
+    }
+    let program = |ops: &[usize]| -> Program {
+        let inside = |m: usize| ops.contains(&m);
+        let mut inputs = vec![];
+        for &m in ops {
+            for a in &g.nodes[m].args {
+                let a = a.index();
+                if !inside(a) && !matches!(g.nodes[a].op, Op::Scalar { .. }) && !inputs.contains(&a) {
+                    inputs.push(a);
+                }
+            }
+        }
+        let used_after = |v: usize| {
+            kr.outputs.iter().any(|o| o.index() == v) || order.iter().any(|&o| !inside(o) && g.nodes[o].args.iter().any(|a| a.index() == v))
+        };
+        let outputs = ops.iter().copied().filter(|&v| used_after(v)).collect();
+        Program { ops: ops.to_vec(), inputs, outputs }
+    };
+    let mut out = vec![];
+    for run in runs {
+        let p = program(&run);
+        if analyse(g, &p).is_ok() {
+            out.push(p);
+            continue;
+        }
+        let mut i = 0;
+        while i < run.len() {
+            let mut j = i + 1;
+            while j < run.len() && g.nodes[run[j]].ty.shape == g.nodes[run[i]].ty.shape {
+                j += 1;
+            }
+            let p = program(&run[i..j]);
+            if analyse(g, &p).is_ok() {
+                out.push(p);
+            }
+            i = j;
+        }
+    }
+    out
+}
+
+/// Why a program cannot be compiled, or its iteration shape, loads and stores.
+fn analyse(g: &Graph, kr: &Program) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>)>, Vec<(usize, usize, Vec<usize>)>), String> {
+    if kr.outputs.is_empty() {
+        return Err("no outputs".into());
     }
     let is_layout = |m: usize| matches!(g.nodes[m].op, Op::Permute { .. } | Op::Reshape { .. });
-    let in_kernel = |m: usize| kr.ops.iter().any(|v| v.index() == m);
+    let in_kernel = |m: usize| kr.ops.contains(&m);
     // Each output: the value computed in the loop (core) and the permutation
     // of its layout (identity unless the output is Permute or Reshape(Permute)).
     let mut chains: Vec<(usize, usize, Vec<usize>)> = Vec::new();
     let mut layout_used = std::collections::HashSet::new();
-    for o in &kr.outputs {
-        let o = o.index();
+    for &o in &kr.outputs {
         let mut core = o;
         let mut perm: Option<Vec<usize>> = None;
         if let Op::Reshape { .. } = g.nodes[core].op {
@@ -183,8 +281,7 @@ fn analyse(g: &Graph, kr: &Kernel) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>
     let shape = if shape.is_empty() { vec![1] } else { shape };
     let chains: Vec<(usize, usize, Vec<usize>)> =
         chains.into_iter().map(|(o, c, st)| (o, c, if st.is_empty() { vec![1] } else { st })).collect();
-    for v in &kr.ops {
-        let m = v.index();
+    for &m in &kr.ops {
         let node = &g.nodes[m];
         if node.ty.dtype != DType::F32 {
             return Err(format!("non-float value %{m}"));
@@ -205,13 +302,13 @@ fn analyse(g: &Graph, kr: &Kernel) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>
         bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("%{m} does not broadcast to the kernel shape"))?;
     }
     let mut loads = Vec::new();
-    for v in &kr.inputs {
-        let node = &g.nodes[v.index()];
+    for &v in &kr.inputs {
+        let node = &g.nodes[v];
         if node.ty.dtype != DType::F32 {
-            return Err(format!("non-float input %{}", v.index()));
+            return Err(format!("non-float input %{v}"));
         }
-        let st = bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("input %{} does not broadcast", v.index()))?;
-        loads.push((v.index(), st));
+        let st = bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("input %{v} does not broadcast"))?;
+        loads.push((v, st));
     }
     Ok((shape, loads, chains))
 }
@@ -227,19 +324,26 @@ struct Callbacks {
 /// Compile every compilable element-wise kernel of `kernels` for float type `F`.
 pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, String> {
     let f64_mode = std::mem::size_of::<F>() == 8;
+    // (kernel, first op of the segment or None for the whole kernel, program, analysis)
     let mut plan = Vec::new();
     let mut fallback = Vec::new();
     for (k, kr) in kernels.iter().enumerate() {
-        if kr.kind != KernelKind::Elementwise {
-            continue;
-        }
-        match analyse(g, kr) {
-            Ok(a) => plan.push((k, a)),
-            Err(why) => fallback.push((k, why)),
+        let whole = Program::of_kernel(kr).and_then(|p| analyse(g, &p).map(|a| (p, a)));
+        match whole {
+            Ok((p, a)) => plan.push((k, None, p, a)),
+            Err(why) => {
+                if kr.kind == KernelKind::Elementwise {
+                    fallback.push((k, why));
+                }
+                for p in segments(g, kr) {
+                    let a = analyse(g, &p)?;
+                    plan.push((k, Some(p.ops[0]), p, a));
+                }
+            }
         }
     }
     if plan.is_empty() {
-        return Ok(JitKernels { _module: None, kernels: HashMap::new(), fallback });
+        return Ok(JitKernels { _module: None, kernels: HashMap::new(), segments: HashMap::new(), fallback });
     }
     let e = |x: &dyn std::fmt::Display| format!("cranelift: {x}");
     let mut fb = settings::builder();
@@ -281,8 +385,7 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     let mut ids = Vec::new();
-    for (k, (shape, loads, stores)) in plan {
-        let kr = &kernels[k];
+    for (fi, (k, first, kr, (shape, loads, stores))) in plan.into_iter().enumerate() {
         ctx.func.signature.params.clear();
         ctx.func.signature.returns.clear();
         ctx.func.signature.params.push(AbiParam::new(types::I64));
@@ -346,8 +449,7 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
                 let inst = b.ins().call(f, &[x]);
                 b.inst_results(inst)[0]
             };
-            for v in &kr.ops {
-                let m = v.index();
+            for &m in &kr.ops {
                 let node = &g.nodes[m];
                 let arg = |j: usize, vals: &HashMap<usize, Value>, b: &mut FunctionBuilder| -> Value {
                     let a = node.args[j].index();
@@ -453,28 +555,39 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
-        let id = module.declare_function(&format!("k{k}"), Linkage::Local, &ctx.func.signature).map_err(|x| e(&x))?;
+        let id = module.declare_function(&format!("f{fi}_k{k}"), Linkage::Local, &ctx.func.signature).map_err(|x| e(&x))?;
         module.define_function(id, &mut ctx).map_err(|x| e(&format!("{x:?}")))?;
         module.clear_context(&mut ctx);
-        ids.push((k, id, shape, loads, stores));
+        ids.push((k, first, kr.ops, id, shape, loads, stores));
     }
     module.finalize_definitions().map_err(|x| e(&x))?;
     let mut out = HashMap::new();
-    for (k, id, shape, loads, stores) in ids {
+    let mut segs: HashMap<usize, HashMap<usize, Segment>> = HashMap::new();
+    for (k, first, ops, id, shape, loads, stores) in ids {
         let p = module.get_finalized_function(id);
         // SAFETY: compiled above with exactly this signature.
         let func = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(i64, *const *const u8, *const *mut u8)>(p) };
-        out.insert(k, Compiled { loads, stores, shape, func });
+        let c = Compiled { loads, stores, shape, func };
+        match first {
+            None => {
+                out.insert(k, c);
+            }
+            Some(f) => {
+                segs.entry(k).or_default().insert(f, Segment { ops, code: c });
+            }
+        }
     }
     let _ = UNARY;
-    Ok(JitKernels { _module: Some(module), kernels: out, fallback })
+    Ok(JitKernels { _module: Some(module), kernels: out, segments: segs, fallback })
 }
 
-/// Run a compiled kernel on its input slices; returns the output buffers.
-pub fn run<F: Real>(c: &Compiled, inputs: &[&[F]]) -> Vec<Vec<F>> {
+/// Run a compiled kernel on its input slices, into `outs` (one buffer per
+/// store, of the iteration shape's size; every element is overwritten).
+pub fn run<F: Real>(c: &Compiled, inputs: &[&[F]], mut outs: Vec<Vec<F>>) -> Vec<Vec<F>> {
     use rayon::prelude::*;
     let numel: usize = c.shape.iter().product();
-    let mut outs: Vec<Vec<F>> = c.stores.iter().map(|_| vec![F::ZERO; numel]).collect();
+    assert!(outs.len() == c.stores.len() && outs.iter().all(|o| o.len() == numel), "jit::run: output buffers do not match the kernel");
+    assert!(inputs.len() == c.loads.len(), "jit::run: wrong number of inputs");
     if numel == 0 {
         return outs;
     }

@@ -3,31 +3,36 @@
 //!
 //! Every value a kernel stores (its `outputs`) lives in its own buffer until
 //! the last kernel reading it has run; values a kernel computes and does not
-//! store (`Place::Fused`) live only while that kernel runs. Each kernel
-//! evaluates its prologue and its ops in topological order:
+//! store (`Place::Fused`) live only while that kernel runs. Freed buffers go
+//! to a pool ([`pool`]) that later kernels (and later runs) draw from, so
+//! large outputs do not pay fresh pages' faults. Each kernel evaluates its
+//! prologue and its ops in topological order:
+//! - element-wise kernels (Unary, Binary, Broadcast, Scalar, LeakyRelu,
+//!   LeakyStep; outputs of one shape or a Permute / Reshape(Permute) of it)
+//!   are compiled with cranelift into native row loops ([`jit`]), and so are
+//!   the runs of such ops inside the other kernels (GEMM epilogues, the
+//!   element-wise work around reductions and norms): bitwise equal to the
+//!   reference ops;
 //! - matrix products (Linear, MatMul, OuterSum, leading axes flattened) go
-//!   through matrixmultiply (`cpu::linalg`);
+//!   through the `gemm` crate in f32 (AVX-512 when the CPU has it) and
+//!   matrixmultiply in f64 ([`gemm`]);
+//! - weight preparation (per-row fake quantization) runs a vectorised,
+//!   parallel version of the reference, bitwise equal to it;
 //! - attention forward and backward call the reference CPU attention; the q,
 //!   k and v gradients of one attention in one kernel are computed together;
-//! - every other op (element-wise, row-wise, reductions, gather, scatter,
-//!   cross entropy, weight preparation and fake quantization, GEMM prologues
-//!   and epilogues) is evaluated by the reference op implementations
-//!   (`cpu::ops`), one op at a time.
+//! - every other op (reductions, gather, scatter, rope, shift, cross entropy)
+//!   is evaluated by the reference op implementations (`cpu::ops`).
 //!
-//! Numerics therefore match [`super::execute`] op for op; the plan only
-//! changes which values are kept and when they are freed.
-//!
-//! Element-wise kernels made only of Unary, Binary, Broadcast, Scalar,
-//! LeakyRelu and LeakyStep ops (outputs of one shape, or a Permute /
-//! Reshape(Permute) of it, stored in the permuted layout) are compiled with
-//! cranelift into native row loops ([`jit`]), bitwise equal to the
-//! reference. Not done yet (issue 8): compiled row-wise, reduction, GEMM
-//! epilogue/prologue, cross-entropy and weight-prep kernels (interpreted op
-//! by op), and element-wise kernels with Unindex. The full model is bound
-//! by its matrix products, so the plan executor runs at about the
-//! interpreter's speed, not the 2x the issue asks for.
+//! In f64 the results are therefore bitwise the interpreter's
+//! ([`super::execute`]); in f32 they differ only by the GEMMs' summation
+//! order (about 1e-6 relative).
 
+pub mod gemm;
 pub mod jit;
+mod pool;
+mod quant;
+
+use pool::Pool;
 
 use super::{attention, eval, load_input, load_param, CpuError, Profile, Real, Run, Tensor};
 use pgc_ir::plan::{self, FusionRule, Plan, PlanOptions, Precision};
@@ -106,13 +111,16 @@ pub fn execute_plan_with<F: Real>(
     }
     let mut stored: Vec<Option<Tensor<F>>> = vec![None; n];
     let mut prof: HashMap<&'static str, (usize, f64)> = HashMap::new();
+    let mut pool = Pool::<F>::checkout();
 
     for (k, kr) in plan.kernels.iter().enumerate() {
         let start = Instant::now();
         if let Some(c) = jit.and_then(|j| j.kernels.get(&k)) {
             let args: Vec<Tensor<F>> = c.loads.iter().map(|(m, _)| fetch(g, params, inputs, &stored, &HashMap::new(), *m)).collect::<Result<_, _>>()?;
             let slices: Vec<&[F]> = args.iter().map(|t| t.as_float().expect("checked: float input")).collect();
-            let outs = jit::run(c, &slices);
+            let numel: usize = c.shape.iter().product();
+            let bufs = c.stores.iter().map(|_| pool.take(numel)).collect();
+            let outs = jit::run(c, &slices, bufs);
             for ((m, _, _), data) in c.stores.iter().zip(outs) {
                 stored[*m] = Some(Tensor::float(g.nodes[*m].ty.shape.clone(), data));
             }
@@ -120,7 +128,9 @@ pub fn execute_plan_with<F: Real>(
             for v in &kr.inputs {
                 let m = v.index();
                 if last_read[m] == k && !keep[m] {
-                    stored[m] = None;
+                    if let Some(t) = stored[m].take() {
+                        pool.give(t);
+                    }
                 }
             }
             let e = prof.entry("elementwise (jit)").or_default();
@@ -135,7 +145,26 @@ pub fn execute_plan_with<F: Real>(
         let mut local: HashMap<usize, Tensor<F>> = HashMap::new();
         // The attention gradients of one kernel with the same operands, computed together.
         let mut attn_done: HashMap<Vec<ValueId>, [Option<Tensor<F>>; 3]> = HashMap::new();
+        let segs = jit.and_then(|j| j.segments.get(&k));
+        let mut done: Vec<usize> = Vec::new();
         for &m in &order {
+            if done.contains(&m) {
+                continue;
+            }
+            if let Some(seg) = segs.and_then(|s| s.get(&m)) {
+                let c = &seg.code;
+                let args: Vec<Tensor<F>> = c.loads.iter().map(|(a, _)| fetch(g, params, inputs, &stored, &local, *a)).collect::<Result<_, _>>()?;
+                let slices: Vec<&[F]> = args.iter().map(|t| t.as_float().expect("checked: float input")).collect();
+                let numel: usize = c.shape.iter().product();
+                let bufs = c.stores.iter().map(|_| pool.take(numel)).collect();
+                let outs = jit::run(c, &slices, bufs);
+                drop(args);
+                for ((v, _, _), data) in c.stores.iter().zip(outs) {
+                    local.insert(*v, Tensor::float(g.nodes[*v].ty.shape.clone(), data));
+                }
+                done.extend_from_slice(&seg.ops);
+                continue;
+            }
             let node = &g.nodes[m];
             let opname = node.op.name();
             let oerr = |msg: String| CpuError::Op { node: m as u32, op: opname, msg };
@@ -155,7 +184,13 @@ pub fn execute_plan_with<F: Real>(
                 }
                 op => {
                     let a: Vec<Tensor<F>> = node.args.iter().map(|a| fetch(g, params, inputs, &stored, &local, a.index())).collect::<Result<_, _>>()?;
-                    eval(op, a, &node.ty).map_err(oerr)?
+                    match op {
+                        Op::Linear => gemm::linear(&a[0], &a[1], &mut pool),
+                        Op::MatMul => gemm::matmul(&a[0], &a[1], &mut pool),
+                        Op::OuterSum => gemm::outer_sum(&a[0], &a[1], &mut pool),
+                        Op::FakeQuant { bits } => quant::fake_quant(&a[0], *bits, &mut pool),
+                        _ => eval(op, a, &node.ty).map_err(oerr)?,
+                    }
                 }
             };
             if out.shape != node.ty.shape || out.dtype() != node.ty.dtype {
@@ -168,11 +203,15 @@ pub fn execute_plan_with<F: Real>(
             let t = local.remove(&m).ok_or_else(|| CpuError::Invalid(format!("kernel {}: output %{m} not computed", kr.name)))?;
             stored[m] = Some(t);
         }
-        drop(local);
+        for (_, t) in local.drain() {
+            pool.give(t);
+        }
         for v in &kr.inputs {
             let m = v.index();
             if last_read[m] == k && !keep[m] {
-                stored[m] = None;
+                if let Some(t) = stored[m].take() {
+                    pool.give(t);
+                }
             }
         }
         let e = prof.entry(kr.kind.name()).or_default();
@@ -186,6 +225,8 @@ pub fn execute_plan_with<F: Real>(
             Ok((name.clone(), t))
         })
         .collect::<Result<_, CpuError>>()?;
+    drop(stored);
+    pool.checkin();
     let mut ops: Vec<_> = prof.into_iter().map(|(k, (c, t))| (k, c, t)).collect();
     ops.sort_by(|a, b| b.2.total_cmp(&a.2));
     Ok(Run { outputs, profile: Profile { ops } })
