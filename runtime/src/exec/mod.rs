@@ -35,6 +35,8 @@
 //! module the executor loads beside the program (`pgc_exec_zero*`,
 //! `pgc_exec_copy*`: 16-byte vector accesses where aligned, bytes otherwise).
 
+mod helpers;
+
 use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle};
 use pgc_backends::ptx::program::{ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
 use pgc_ir::plan::{Place, Slot, Storage};
@@ -165,7 +167,7 @@ impl<'a> Executor<'a> {
         // Allocate step by step; on any error, what was allocated is freed.
         let mut owned = Owned { dev, bufs: Vec::new() };
         let module = dev.load_module(&program.ptx).map_err(ExecError::Load)?;
-        let helpers = dev.load_module(HELPERS_PTX).map_err(dev_err("loading the executor's helper kernels"))?;
+        let helpers = dev.load_module(&helpers::module()).map_err(dev_err("loading the executor's helper kernels"))?;
         let arena = owned.alloc(plan.arena_bytes, "the activation arena")?;
         let mut aux = Vec::with_capacity(program.aux.len());
         for (i, a) in program.aux.iter().enumerate() {
@@ -454,14 +456,13 @@ impl<'a> Executor<'a> {
 
     /// Set a region to zero with the helper kernels.
     fn zero(&self, r: &Region) -> std::result::Result<(), DeviceError> {
-        let addr = r.buf.addr + r.offset;
-        let (n16, tail) = if addr.is_multiple_of(16) { (r.bytes / 16, r.bytes % 16) } else { (0, r.bytes) };
+        let (n16, tail) = split16(r, r.buf.addr + r.offset, helpers::ZERO2)?;
         if n16 > 0 {
-            self.dev.launch(&self.helpers, "pgc_exec_zero16", helper_cfg(n16), &[KernelArg::Buf(r.buf, r.offset), KernelArg::U64(n16)])?;
+            self.dev.launch(&self.helpers, helpers::ZERO16, helper_cfg(n16), &[KernelArg::Buf(r.buf, r.offset), KernelArg::U64(n16)])?;
         }
         if tail > 0 {
             let at = r.offset + n16 * 16;
-            self.dev.launch(&self.helpers, "pgc_exec_zero1", helper_cfg(tail), &[KernelArg::Buf(r.buf, at), KernelArg::U64(tail)])?;
+            self.dev.launch(&self.helpers, helpers::ZERO2, helper_cfg(tail / 2), &[KernelArg::Buf(r.buf, at), KernelArg::U64(tail / 2)])?;
         }
         Ok(())
     }
@@ -478,15 +479,14 @@ impl<'a> Executor<'a> {
         }
         let staging = self.dev.alloc(r.bytes as usize).map_err(dev_err("allocating a staging buffer"))?;
         let copied = (|| -> std::result::Result<(), DeviceError> {
-            let src = r.buf.addr + r.offset;
-            let (n16, tail) = if src.is_multiple_of(16) { (r.bytes / 16, r.bytes % 16) } else { (0, r.bytes) };
+            let (n16, tail) = split16(&r, r.buf.addr + r.offset, helpers::COPY2)?;
             if n16 > 0 {
                 let args = [KernelArg::Buf(staging, 0), KernelArg::Buf(r.buf, r.offset), KernelArg::U64(n16)];
-                self.dev.launch(&self.helpers, "pgc_exec_copy16", helper_cfg(n16), &args)?;
+                self.dev.launch(&self.helpers, helpers::COPY16, helper_cfg(n16), &args)?;
             }
             if tail > 0 {
-                let args = [KernelArg::Buf(staging, n16 * 16), KernelArg::Buf(r.buf, r.offset + n16 * 16), KernelArg::U64(tail)];
-                self.dev.launch(&self.helpers, "pgc_exec_copy1", helper_cfg(tail), &args)?;
+                let args = [KernelArg::Buf(staging, n16 * 16), KernelArg::Buf(r.buf, r.offset + n16 * 16), KernelArg::U64(tail / 2)];
+                self.dev.launch(&self.helpers, helpers::COPY2, helper_cfg(tail / 2), &args)?;
             }
             self.dev.synchronize()?;
             self.dev.copy_from_device(&staging, &mut out)
@@ -618,132 +618,21 @@ pub fn ptx_entries(ptx: &str) -> Vec<String> {
     out
 }
 
+/// A region at device address `addr` as 16-byte items and a tail of 2-byte
+/// items (all 2-byte items when `addr` is not 16-byte aligned).
+fn split16(r: &Region, addr: u64, kernel: &str) -> std::result::Result<(u64, u64), DeviceError> {
+    if !r.bytes.is_multiple_of(2) || !addr.is_multiple_of(2) {
+        let msg = format!("region of {} bytes at {addr:#x} is not made of 2-byte elements", r.bytes);
+        return Err(DeviceError::BadArgs { kernel: kernel.into(), msg });
+    }
+    Ok(if addr.is_multiple_of(16) { (r.bytes / 16, r.bytes % 16) } else { (0, r.bytes) })
+}
+
 fn helper_cfg(items: u64) -> LaunchConfig {
     let blocks = items.div_ceil(256).clamp(1, 1024) as u32;
     LaunchConfig::linear(blocks, 256)
 }
 
-/// Zero-fill and copy kernels (grid-stride loops over `n` items).
-const HELPERS_PTX: &str = r#".version 8.0
-.target sm_90a
-.address_size 64
-
-.visible .entry pgc_exec_zero16(.param .u64 p, .param .u64 n)
-{
-    .reg .pred %p<2>;
-    .reg .b32 %r<8>;
-    .reg .b64 %rd<8>;
-    ld.param.u64 %rd0, [p];
-    ld.param.u64 %rd1, [n];
-    mov.u32 %r0, %ctaid.x;
-    mov.u32 %r1, %ntid.x;
-    mov.u32 %r2, %tid.x;
-    mov.u32 %r3, %nctaid.x;
-    mul.wide.u32 %rd2, %r0, %r1;
-    cvt.u64.u32 %rd3, %r2;
-    add.u64 %rd2, %rd2, %rd3;
-    mul.wide.u32 %rd5, %r3, %r1;
-    mov.u32 %r4, 0;
-LOOP:
-    setp.ge.u64 %p0, %rd2, %rd1;
-    @%p0 bra DONE;
-    shl.b64 %rd4, %rd2, 4;
-    add.u64 %rd4, %rd0, %rd4;
-    st.global.v4.u32 [%rd4], {%r4, %r4, %r4, %r4};
-    add.u64 %rd2, %rd2, %rd5;
-    bra LOOP;
-DONE:
-    ret;
-}
-
-.visible .entry pgc_exec_zero1(.param .u64 p, .param .u64 n)
-{
-    .reg .pred %p<2>;
-    .reg .b16 %h<2>;
-    .reg .b32 %r<8>;
-    .reg .b64 %rd<8>;
-    ld.param.u64 %rd0, [p];
-    ld.param.u64 %rd1, [n];
-    mov.u32 %r0, %ctaid.x;
-    mov.u32 %r1, %ntid.x;
-    mov.u32 %r2, %tid.x;
-    mov.u32 %r3, %nctaid.x;
-    mul.wide.u32 %rd2, %r0, %r1;
-    cvt.u64.u32 %rd3, %r2;
-    add.u64 %rd2, %rd2, %rd3;
-    mul.wide.u32 %rd5, %r3, %r1;
-    mov.b16 %h0, 0;
-LOOP:
-    setp.ge.u64 %p0, %rd2, %rd1;
-    @%p0 bra DONE;
-    add.u64 %rd4, %rd0, %rd2;
-    st.global.u8 [%rd4], %h0;
-    add.u64 %rd2, %rd2, %rd5;
-    bra LOOP;
-DONE:
-    ret;
-}
-
-.visible .entry pgc_exec_copy16(.param .u64 dst, .param .u64 src, .param .u64 n)
-{
-    .reg .pred %p<2>;
-    .reg .b32 %r<12>;
-    .reg .b64 %rd<10>;
-    ld.param.u64 %rd0, [dst];
-    ld.param.u64 %rd6, [src];
-    ld.param.u64 %rd1, [n];
-    mov.u32 %r0, %ctaid.x;
-    mov.u32 %r1, %ntid.x;
-    mov.u32 %r2, %tid.x;
-    mov.u32 %r3, %nctaid.x;
-    mul.wide.u32 %rd2, %r0, %r1;
-    cvt.u64.u32 %rd3, %r2;
-    add.u64 %rd2, %rd2, %rd3;
-    mul.wide.u32 %rd5, %r3, %r1;
-LOOP:
-    setp.ge.u64 %p0, %rd2, %rd1;
-    @%p0 bra DONE;
-    shl.b64 %rd4, %rd2, 4;
-    add.u64 %rd7, %rd6, %rd4;
-    add.u64 %rd4, %rd0, %rd4;
-    ld.global.v4.u32 {%r4, %r5, %r6, %r7}, [%rd7];
-    st.global.v4.u32 [%rd4], {%r4, %r5, %r6, %r7};
-    add.u64 %rd2, %rd2, %rd5;
-    bra LOOP;
-DONE:
-    ret;
-}
-
-.visible .entry pgc_exec_copy1(.param .u64 dst, .param .u64 src, .param .u64 n)
-{
-    .reg .pred %p<2>;
-    .reg .b16 %h<2>;
-    .reg .b32 %r<8>;
-    .reg .b64 %rd<10>;
-    ld.param.u64 %rd0, [dst];
-    ld.param.u64 %rd6, [src];
-    ld.param.u64 %rd1, [n];
-    mov.u32 %r0, %ctaid.x;
-    mov.u32 %r1, %ntid.x;
-    mov.u32 %r2, %tid.x;
-    mov.u32 %r3, %nctaid.x;
-    mul.wide.u32 %rd2, %r0, %r1;
-    cvt.u64.u32 %rd3, %r2;
-    add.u64 %rd2, %rd2, %rd3;
-    mul.wide.u32 %rd5, %r3, %r1;
-LOOP:
-    setp.ge.u64 %p0, %rd2, %rd1;
-    @%p0 bra DONE;
-    add.u64 %rd7, %rd6, %rd2;
-    add.u64 %rd4, %rd0, %rd2;
-    ld.global.u8 %h0, [%rd7];
-    st.global.u8 [%rd4], %h0;
-    add.u64 %rd2, %rd2, %rd5;
-    bra LOOP;
-DONE:
-    ret;
-}
-"#;
 
 #[cfg(test)]
 mod tests {
@@ -766,8 +655,8 @@ mod tests {
 
     #[test]
     fn entries_are_found() {
-        let e = ptx_entries(HELPERS_PTX);
-        assert_eq!(e, ["pgc_exec_zero16", "pgc_exec_zero1", "pgc_exec_copy16", "pgc_exec_copy1"]);
+        let e = ptx_entries(&helpers::module());
+        assert_eq!(e, [helpers::ZERO16, helpers::ZERO2, helpers::COPY16, helpers::COPY2]);
         assert_eq!(ptx_entries(".visible .entry k_1$a(\n.param .u64 x)"), ["k_1$a"]);
     }
 }
