@@ -151,6 +151,12 @@ fn full_model_plan_fuses_what_it_should() {
     assert!(p.kernels.iter().any(|k| k.kind == KernelKind::Gemm && k.rules.contains(&FusionRule::GemmEpilogue)));
     // Every RMS norm's mean of squares sits in a row-wise kernel with its consumers.
     assert!(p.kernels.iter().all(|k| k.kind != KernelKind::RowWise || k.ops.len() > 1));
+    // A reduction kernel holds a reduction: element-wise work on row statistics
+    // (e.g. the rms norm backward's coefficient) joins its live consumer, not a
+    // dead gradient of a constant that autodiff also emitted.
+    for k in p.kernels.iter().filter(|k| k.kind == KernelKind::Reduce) {
+        assert!(k.ops.iter().any(|v| matches!(g.node(*v).op, Op::SumTo { .. } | Op::Reduce { .. })), "{} has no reduction", k.name);
+    }
     // Nothing stored twice as large as the model needs: peak activations under 2 GB at 2048 tokens.
     assert!(p.arena_bytes < 2_000_000_000, "peak {}", p.arena_bytes);
 

@@ -116,11 +116,14 @@ impl<'g> Partition<'g> {
     }
 }
 
-/// Group the graph's nodes into kernels; `requested` are the outputs the plan must store.
-pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>, requested: &HashSet<usize>) -> Vec<Group> {
+/// Group the graph's live nodes into kernels; `requested` are the outputs the
+/// plan must store, `live[i]` whether a requested output needs node `i`.
+/// Dead nodes (e.g. gradients of constants that autodiff emits) belong to no
+/// kernel and count as no one's user, so they cannot attract fusions.
+pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>, requested: &HashSet<usize>, live: &[bool]) -> Vec<Group> {
     let n = g.nodes.len();
     let mut users = vec![Vec::new(); n];
-    for (i, node) in g.nodes.iter().enumerate() {
+    for (i, node) in g.nodes.iter().enumerate().filter(|&(i, _)| live[i]) {
         for a in &node.args {
             if !users[a.index()].contains(&i) {
                 users[a.index()].push(i);
@@ -137,6 +140,9 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
         requested: requested.clone(),
     };
     for i in 0..n {
+        if !live[i] {
+            continue;
+        }
         let kind = match initial_kind(g, i) {
             Some(k) => Some(k),
             // bf16 tensor cores read a bf16 copy of weights: one preparation kernel per weight use.

@@ -161,7 +161,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
             }
         }
     }
-    let groups: Vec<_> = fuse::partition(g, opts.precision, &opts.rules, &requested)
+    let groups: Vec<_> = fuse::partition(g, opts.precision, &opts.rules, &requested, &live)
         .into_iter()
         .filter_map(|mut gr| {
             gr.nodes.retain(|&m| live[m]);
