@@ -20,7 +20,7 @@
 use super::super::{ops, Real};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::immediates::{Ieee32, Ieee64};
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -321,6 +321,235 @@ struct Callbacks {
     min: FuncId,
 }
 
+/// Code generation of one step of a row loop: element `i` (scalar) or
+/// elements `i..i + lanes` (vector) of every store.
+struct Emitter<'a> {
+    g: &'a Graph,
+    fty: Type,
+    vty: Type,
+    lanes: usize,
+    size: i64,
+    inner: usize,
+    /// exp, ln, tanh, max, min
+    refs: [FuncRef; 5],
+    in_bases: Vec<Value>,
+    out_bases: Vec<Value>,
+}
+
+impl Emitter<'_> {
+    fn fconst(&self, b: &mut FunctionBuilder, v: f64, vector: bool) -> Value {
+        let x = if self.fty == types::F64 { b.ins().f64const(Ieee64::with_float(v)) } else { b.ins().f32const(Ieee32::with_float(v as f32)) };
+        if vector {
+            b.ins().splat(self.vty, x)
+        } else {
+            x
+        }
+    }
+
+    /// A call to a scalar callback, lane by lane for vectors.
+    fn call(&self, b: &mut FunctionBuilder, f: FuncRef, xs: &[Value], vector: bool) -> Value {
+        if !vector {
+            let inst = b.ins().call(f, xs);
+            return b.inst_results(inst)[0];
+        }
+        let mut out = None;
+        for l in 0..self.lanes as u8 {
+            let args: Vec<Value> = xs.iter().map(|&x| b.ins().extractlane(x, l)).collect();
+            let inst = b.ins().call(f, &args);
+            let r = b.inst_results(inst)[0];
+            out = Some(match out {
+                None => b.ins().splat(self.vty, r),
+                Some(v) => b.ins().insertlane(v, r, l),
+            });
+        }
+        out.expect("at least one lane")
+    }
+
+    /// `c ? x : y` for a comparison `c` of scalars or of vectors (lane masks).
+    fn select(&self, b: &mut FunctionBuilder, c: Value, x: Value, y: Value, vector: bool) -> Value {
+        if vector {
+            let mask = b.ins().bitcast(self.vty, MemFlagsData::new().with_endianness(Endianness::Little), c);
+            b.ins().bitselect(mask, x, y)
+        } else {
+            b.ins().select(c, x, y)
+        }
+    }
+
+    fn row_step(
+        &self,
+        b: &mut FunctionBuilder,
+        i: Value,
+        ops: &[usize],
+        loads: &[(usize, Vec<usize>)],
+        stores: &[(usize, usize, Vec<usize>)],
+        vector: bool,
+    ) {
+        let g = self.g;
+        let (size, inner) = (self.size, self.inner);
+        // Plain (not "aligned") flags: vector accesses need not be 16-byte aligned.
+        let vflags = MemFlagsData::new().with_notrap();
+        let flags = MemFlagsData::trusted();
+        let byte_off = b.ins().imul_imm_s(i, size);
+        let mut vals: HashMap<usize, Value> = HashMap::new();
+        for (li, (m, st)) in loads.iter().enumerate() {
+            let base = self.in_bases[li];
+            let x = match (st[inner], vector) {
+                (0, false) => b.ins().load(self.fty, flags, base, 0),
+                (0, true) => {
+                    let x = b.ins().load(self.fty, flags, base, 0);
+                    b.ins().splat(self.vty, x)
+                }
+                (1, false) => {
+                    let addr = b.ins().iadd(base, byte_off);
+                    b.ins().load(self.fty, flags, addr, 0)
+                }
+                (1, true) => {
+                    let addr = b.ins().iadd(base, byte_off);
+                    b.ins().load(self.vty, vflags, addr, 0)
+                }
+                (s, vector) => {
+                    let off = b.ins().imul_imm_s(i, size * s as i64);
+                    let addr = b.ins().iadd(base, off);
+                    let x = b.ins().load(self.fty, flags, addr, 0);
+                    if vector {
+                        let mut v = b.ins().splat(self.vty, x);
+                        for l in 1..self.lanes {
+                            let y = b.ins().load(self.fty, flags, addr, (size * s as i64 * l as i64) as i32);
+                            v = b.ins().insertlane(v, y, l as u8);
+                        }
+                        v
+                    } else {
+                        x
+                    }
+                }
+            };
+            vals.insert(*m, x);
+        }
+        let fc = |b: &mut FunctionBuilder, v: f64| self.fconst(b, v, vector);
+        for &m in ops {
+            let node = &g.nodes[m];
+            if matches!(node.op, Op::Permute { .. } | Op::Reshape { .. }) {
+                continue;
+            }
+            let arg = |j: usize, vals: &HashMap<usize, Value>, b: &mut FunctionBuilder| -> Value {
+                let a = node.args[j].index();
+                match vals.get(&a) {
+                    Some(&x) => x,
+                    None => match g.nodes[a].op {
+                        Op::Scalar { value } => fc(b, rounded(self.fty, value)),
+                        _ => unreachable!("checked: operand %{a} is loaded or computed"),
+                    },
+                }
+            };
+            let out = match node.op {
+                Op::Scalar { value } => fc(b, rounded(self.fty, value)),
+                Op::Broadcast { .. } => arg(0, &vals, b),
+                Op::LeakyRelu { slope } => {
+                    let x = arg(0, &vals, b);
+                    let z = fc(b, 0.0);
+                    let s = fc(b, rounded(self.fty, slope));
+                    let sx = b.ins().fmul(s, x);
+                    let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                    self.select(b, c, x, sx, vector)
+                }
+                Op::LeakyStep { slope } => {
+                    let x = arg(0, &vals, b);
+                    let z = fc(b, 0.0);
+                    let one = fc(b, 1.0);
+                    let s = fc(b, rounded(self.fty, slope));
+                    let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                    self.select(b, c, one, s, vector)
+                }
+                Op::Unary { f } => {
+                    let x = arg(0, &vals, b);
+                    match f {
+                        UnaryFn::Neg => b.ins().fneg(x),
+                        UnaryFn::Abs => b.ins().fabs(x),
+                        UnaryFn::Relu => {
+                            // x > 0 or NaN: x, else 0
+                            let z = fc(b, 0.0);
+                            let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, z);
+                            self.select(b, c, x, z, vector)
+                        }
+                        UnaryFn::Step => {
+                            let z = fc(b, 0.0);
+                            let one = fc(b, 1.0);
+                            let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                            self.select(b, c, one, z, vector)
+                        }
+                        UnaryFn::Square => b.ins().fmul(x, x),
+                        UnaryFn::Sqrt => b.ins().sqrt(x),
+                        UnaryFn::Rsqrt => {
+                            let one = fc(b, 1.0);
+                            let s = b.ins().sqrt(x);
+                            b.ins().fdiv(one, s)
+                        }
+                        UnaryFn::Recip => {
+                            let one = fc(b, 1.0);
+                            b.ins().fdiv(one, x)
+                        }
+                        UnaryFn::Sigmoid => {
+                            let one = fc(b, 1.0);
+                            let nx = b.ins().fneg(x);
+                            let ex = self.call(b, self.refs[0], &[nx], vector);
+                            let d = b.ins().fadd(one, ex);
+                            b.ins().fdiv(one, d)
+                        }
+                        UnaryFn::Tanh => self.call(b, self.refs[2], &[x], vector),
+                        UnaryFn::Exp => self.call(b, self.refs[0], &[x], vector),
+                        UnaryFn::Log => self.call(b, self.refs[1], &[x], vector),
+                    }
+                }
+                Op::Binary { f } => {
+                    let x = arg(0, &vals, b);
+                    let y = arg(1, &vals, b);
+                    match f {
+                        BinaryFn::Add => b.ins().fadd(x, y),
+                        BinaryFn::Sub => b.ins().fsub(x, y),
+                        BinaryFn::Mul => b.ins().fmul(x, y),
+                        BinaryFn::Div => b.ins().fdiv(x, y),
+                        BinaryFn::Eq => {
+                            let z = fc(b, 0.0);
+                            let one = fc(b, 1.0);
+                            let c = b.ins().fcmp(FloatCC::Equal, x, y);
+                            self.select(b, c, one, z, vector)
+                        }
+                        BinaryFn::Max => self.call(b, self.refs[3], &[x, y], vector),
+                        BinaryFn::Min => self.call(b, self.refs[4], &[x, y], vector),
+                    }
+                }
+                _ => unreachable!("checked by analyse"),
+            };
+            vals.insert(m, out);
+        }
+        for (si, (_, core, st)) in stores.iter().enumerate() {
+            let s = st[inner] as i64;
+            let off = if s == 1 { byte_off } else { b.ins().imul_imm_s(i, size * s) };
+            let addr = b.ins().iadd(self.out_bases[si], off);
+            let v = vals[core];
+            if !vector {
+                b.ins().store(flags, v, addr, 0);
+            } else if s == 1 {
+                b.ins().store(vflags, v, addr, 0);
+            } else {
+                for l in 0..self.lanes {
+                    let x = b.ins().extractlane(v, l as u8);
+                    b.ins().store(flags, x, addr, (size * s * l as i64) as i32);
+                }
+            }
+        }
+    }
+}
+
+/// `v` rounded to the working precision (an f64 that converts back exactly).
+fn rounded(fty: Type, v: f64) -> f64 {
+    if fty == types::F64 {
+        v
+    } else {
+        v as f32 as f64
+    }
+}
+
 /// Compile every compilable element-wise kernel of `kernels` for float type `F`.
 pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, String> {
     let f64_mode = std::mem::size_of::<F>() == 8;
@@ -367,6 +596,8 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
     }
     let mut module = JITModule::new(jb);
     let fty: Type = if f64_mode { types::F64 } else { types::F32 };
+    // 128-bit vectors (what cranelift's x64 backend offers): 4 f32 or 2 f64 lanes.
+    let (vty, lanes): (Type, usize) = if f64_mode { (types::F64X2, 2) } else { (types::F32X4, 4) };
     let ptr = module.target_config().pointer_type();
     let mut sig1 = module.make_signature();
     sig1.params.push(AbiParam::new(fty));
@@ -400,8 +631,9 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
                 module.declare_func_in_func(cbs.min, &mut ctx.func),
             ];
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let size = if f64_mode { 8i64 } else { 4 };
             let entry = b.create_block();
+            let vheader = b.create_block();
+            let vbody = b.create_block();
             let header = b.create_block();
             let body = b.create_block();
             let exit = b.create_block();
@@ -411,142 +643,32 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
             let ins = b.block_params(entry)[1];
             let outs = b.block_params(entry)[2];
             let flags = MemFlagsData::trusted();
-            let inner = shape.len() - 1;
             let in_bases: Vec<Value> = (0..loads.len()).map(|i| b.ins().load(ptr, flags, ins, (i * 8) as i32)).collect();
             let out_bases: Vec<Value> = (0..stores.len()).map(|i| b.ins().load(ptr, flags, outs, (i * 8) as i32)).collect();
+            let em = Emitter { g, fty, vty, lanes, size: if f64_mode { 8 } else { 4 }, inner: shape.len() - 1, refs, in_bases, out_bases };
             let iv = b.declare_var(types::I64);
             let zero_i = b.ins().iconst(types::I64, 0);
             b.def_var(iv, zero_i);
-            b.ins().jump(header, &[]);
+            // Whole vectors first, then the remaining elements one at a time.
+            let nv = b.ins().band_imm_s(n, -(lanes as i64));
+            b.ins().jump(vheader, &[]);
+            b.switch_to_block(vheader);
+            let i = b.use_var(iv);
+            let c = b.ins().icmp(IntCC::SignedLessThan, i, nv);
+            b.ins().brif(c, vbody, &[], header, &[]);
+            b.switch_to_block(vbody);
+            let i = b.use_var(iv);
+            em.row_step(&mut b, i, &kr.ops, &loads, &stores, true);
+            let i1 = b.ins().iadd_imm_s(i, lanes as i64);
+            b.def_var(iv, i1);
+            b.ins().jump(vheader, &[]);
             b.switch_to_block(header);
             let i = b.use_var(iv);
             let c = b.ins().icmp(IntCC::SignedLessThan, i, n);
             b.ins().brif(c, body, &[], exit, &[]);
             b.switch_to_block(body);
             let i = b.use_var(iv);
-            let byte_off = b.ins().imul_imm_s(i, size);
-            let fconst = |b: &mut FunctionBuilder, v: f64| -> Value {
-                if f64_mode {
-                    b.ins().f64const(Ieee64::with_float(v))
-                } else {
-                    b.ins().f32const(Ieee32::with_float(v as f32))
-                }
-            };
-            let mut vals: HashMap<usize, Value> = HashMap::new();
-            for (li, (m, st)) in loads.iter().enumerate() {
-                let addr = match st[inner] {
-                    0 => in_bases[li],
-                    1 => b.ins().iadd(in_bases[li], byte_off),
-                    s => {
-                        let off = b.ins().imul_imm_s(i, size * s as i64);
-                        b.ins().iadd(in_bases[li], off)
-                    }
-                };
-                let x = b.ins().load(fty, flags, addr, 0);
-                vals.insert(*m, x);
-            }
-            let call1 = |b: &mut FunctionBuilder, f, x: Value| -> Value {
-                let inst = b.ins().call(f, &[x]);
-                b.inst_results(inst)[0]
-            };
-            for &m in &kr.ops {
-                let node = &g.nodes[m];
-                let arg = |j: usize, vals: &HashMap<usize, Value>, b: &mut FunctionBuilder| -> Value {
-                    let a = node.args[j].index();
-                    match vals.get(&a) {
-                        Some(&x) => x,
-                        None => match g.nodes[a].op {
-                            Op::Scalar { value } => fconst(b, F::from_f64(value).to_f64()),
-                            _ => unreachable!("checked: operand %{a} is loaded or computed"),
-                        },
-                    }
-                };
-                if matches!(node.op, Op::Permute { .. } | Op::Reshape { .. }) {
-                    continue;
-                }
-                let out = match node.op {
-                    Op::Scalar { value } => fconst(&mut b, F::from_f64(value).to_f64()),
-                    Op::Broadcast { .. } => arg(0, &vals, &mut b),
-                    Op::LeakyRelu { slope } => {
-                        let x = arg(0, &vals, &mut b);
-                        let z = fconst(&mut b, 0.0);
-                        let s = fconst(&mut b, F::from_f64(slope).to_f64());
-                        let sx = b.ins().fmul(s, x);
-                        let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
-                        b.ins().select(c, x, sx)
-                    }
-                    Op::LeakyStep { slope } => {
-                        let x = arg(0, &vals, &mut b);
-                        let z = fconst(&mut b, 0.0);
-                        let one = fconst(&mut b, 1.0);
-                        let s = fconst(&mut b, F::from_f64(slope).to_f64());
-                        let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
-                        b.ins().select(c, one, s)
-                    }
-                    Op::Unary { f } => {
-                        let x = arg(0, &vals, &mut b);
-                        let z = fconst(&mut b, 0.0);
-                        let one = fconst(&mut b, 1.0);
-                        match f {
-                            UnaryFn::Neg => b.ins().fneg(x),
-                            UnaryFn::Abs => b.ins().fabs(x),
-                            UnaryFn::Relu => {
-                                // x > 0 or NaN: x, else 0
-                                let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, z);
-                                b.ins().select(c, x, z)
-                            }
-                            UnaryFn::Step => {
-                                let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
-                                b.ins().select(c, one, z)
-                            }
-                            UnaryFn::Square => b.ins().fmul(x, x),
-                            UnaryFn::Sqrt => b.ins().sqrt(x),
-                            UnaryFn::Rsqrt => {
-                                let s = b.ins().sqrt(x);
-                                b.ins().fdiv(one, s)
-                            }
-                            UnaryFn::Recip => b.ins().fdiv(one, x),
-                            UnaryFn::Sigmoid => {
-                                let nx = b.ins().fneg(x);
-                                let ex = call1(&mut b, refs[0], nx);
-                                let d = b.ins().fadd(one, ex);
-                                b.ins().fdiv(one, d)
-                            }
-                            UnaryFn::Tanh => call1(&mut b, refs[2], x),
-                            UnaryFn::Exp => call1(&mut b, refs[0], x),
-                            UnaryFn::Log => call1(&mut b, refs[1], x),
-                        }
-                    }
-                    Op::Binary { f } => {
-                        let x = arg(0, &vals, &mut b);
-                        let y = arg(1, &vals, &mut b);
-                        match f {
-                            BinaryFn::Add => b.ins().fadd(x, y),
-                            BinaryFn::Sub => b.ins().fsub(x, y),
-                            BinaryFn::Mul => b.ins().fmul(x, y),
-                            BinaryFn::Div => b.ins().fdiv(x, y),
-                            BinaryFn::Eq => {
-                                let z = fconst(&mut b, 0.0);
-                                let one = fconst(&mut b, 1.0);
-                                let c = b.ins().fcmp(FloatCC::Equal, x, y);
-                                b.ins().select(c, one, z)
-                            }
-                            BinaryFn::Max | BinaryFn::Min => {
-                                let r = if f == BinaryFn::Max { refs[3] } else { refs[4] };
-                                let inst = b.ins().call(r, &[x, y]);
-                                b.inst_results(inst)[0]
-                            }
-                        }
-                    }
-                    _ => unreachable!("checked by analyse"),
-                };
-                vals.insert(m, out);
-            }
-            for (si, (_, core, st)) in stores.iter().enumerate() {
-                let off = if st[inner] == 1 { byte_off } else { b.ins().imul_imm_s(i, size * st[inner] as i64) };
-                let addr = b.ins().iadd(out_bases[si], off);
-                b.ins().store(flags, vals[core], addr, 0);
-            }
+            em.row_step(&mut b, i, &kr.ops, &loads, &stores, false);
             let i1 = b.ins().iadd_imm_s(i, 1);
             b.def_var(iv, i1);
             b.ins().jump(header, &[]);

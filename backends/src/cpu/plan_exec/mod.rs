@@ -17,10 +17,11 @@
 //!   through the `gemm` crate in f32 (AVX-512 when the CPU has it) and
 //!   matrixmultiply in f64 ([`gemm`]);
 //! - weight preparation (per-row fake quantization) runs a vectorised,
-//!   parallel version of the reference, bitwise equal to it;
+//!   parallel version of the reference, and rope reuses its cos/sin tables
+//!   within a run ([`rope`]); both bitwise equal to the reference;
 //! - attention forward and backward call the reference CPU attention; the q,
 //!   k and v gradients of one attention in one kernel are computed together;
-//! - every other op (reductions, gather, scatter, rope, shift, cross entropy)
+//! - every other op (reductions, gather, scatter, shift, cross entropy)
 //!   is evaluated by the reference op implementations (`cpu::ops`).
 //!
 //! In f64 the results are therefore bitwise the interpreter's
@@ -31,6 +32,7 @@ pub mod gemm;
 pub mod jit;
 mod pool;
 mod quant;
+mod rope;
 
 use pool::Pool;
 
@@ -112,6 +114,7 @@ pub fn execute_plan_with<F: Real>(
     let mut stored: Vec<Option<Tensor<F>>> = vec![None; n];
     let mut prof: HashMap<&'static str, (usize, f64)> = HashMap::new();
     let mut pool = Pool::<F>::checkout();
+    let mut rope_tables = rope::Tables::default();
 
     for (k, kr) in plan.kernels.iter().enumerate() {
         let start = Instant::now();
@@ -189,6 +192,7 @@ pub fn execute_plan_with<F: Real>(
                         Op::MatMul => gemm::matmul(&a[0], &a[1], &mut pool),
                         Op::OuterSum => gemm::outer_sum(&a[0], &a[1], &mut pool),
                         Op::FakeQuant { bits } => quant::fake_quant(&a[0], *bits, &mut pool),
+                        Op::Rope { base, inverse } => rope::rope(&a[0], *base, *inverse, &mut rope_tables, &mut pool),
                         _ => eval(op, a, &node.ty).map_err(oerr)?,
                     }
                 }
