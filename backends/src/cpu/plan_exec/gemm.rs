@@ -20,15 +20,35 @@ const PAR_FLOPS: usize = 1 << 20;
 /// `threads`: whether the product may use the rayon pool.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F], threads: bool) {
-    assert_eq!(c.len(), m * n);
     if TypeId::of::<F>() != TypeId::of::<f32>() {
+        assert_eq!(c.len(), m * n);
         return linalg::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c);
     }
+    product(m, k, n, a, rsa, csa, b, rsb, csb, c, threads, false)
+}
+
+/// `c += a @ b` (see [`gemm`]).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_acc<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F], threads: bool) {
+    if TypeId::of::<F>() != TypeId::of::<f32>() {
+        assert_eq!(c.len(), m * n);
+        return linalg::gemm_acc(m, k, n, a, rsa, csa, b, rsb, csb, c);
+    }
+    product(m, k, n, a, rsa, csa, b, rsb, csb, c, threads, true)
+}
+
+/// The f32 product through the gemm crate: `c = a @ b`, or `c += a @ b` when `acc`.
+#[allow(clippy::too_many_arguments)]
+fn product<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F], threads: bool, acc: bool) {
+    assert!(TypeId::of::<F>() == TypeId::of::<f32>(), "gemm crate path is f32 only");
+    assert_eq!(c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c.fill(F::ZERO);
+        if !acc {
+            c.fill(F::ZERO);
+        }
         return;
     }
     // Bounds: the last element each operand reaches must be in its slice.
@@ -39,7 +59,7 @@ pub fn gemm<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usi
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: F is f32 (checked above); bounds checked; c is exclusively borrowed.
+    // SAFETY: F is f32 (asserted); bounds checked; c is exclusively borrowed.
     unsafe {
         gemm::gemm::<f32>(
             m,
@@ -48,14 +68,14 @@ pub fn gemm<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usi
             c.as_mut_ptr() as *mut f32,
             1,
             n as isize,
-            false,
+            acc,
             a.as_ptr() as *const f32,
             csa as isize,
             rsa as isize,
             b.as_ptr() as *const f32,
             csb as isize,
             rsb as isize,
-            0.0,
+            if acc { 1.0 } else { 0.0 },
             1.0,
             false,
             false,

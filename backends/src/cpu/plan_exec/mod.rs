@@ -19,8 +19,10 @@
 //! - weight preparation (per-row fake quantization) runs a vectorised,
 //!   parallel version of the reference, and rope reuses its cos/sin tables
 //!   within a run ([`rope`]); both bitwise equal to the reference;
-//! - attention forward and backward call the reference CPU attention; the q,
-//!   k and v gradients of one attention in one kernel are computed together;
+//! - attention forward and backward run the reference algorithm with the
+//!   `gemm` crate's products in f32, the reference itself in f64
+//!   ([`attention`]); the q, k and v gradients of one attention in one
+//!   kernel are computed together;
 //! - every other op (reductions, gather, scatter, shift, cross entropy)
 //!   is evaluated by the reference op implementations (`cpu::ops`).
 //!
@@ -28,6 +30,7 @@
 //! ([`super::execute`]); in f32 they differ only by the GEMMs' summation
 //! order (about 1e-6 relative).
 
+mod attention;
 pub mod gemm;
 pub mod jit;
 mod pool;
@@ -36,7 +39,7 @@ mod rope;
 
 use pool::Pool;
 
-use super::{attention, eval, load_input, load_param, CpuError, Profile, Real, Run, Tensor};
+use super::{eval, load_input, load_param, CpuError, Profile, Real, Run, Tensor};
 use pgc_ir::plan::{self, FusionRule, Plan, PlanOptions, Precision};
 use pgc_ir::{AttnPart, Graph, Op, ValueId};
 use std::collections::{BTreeSet, HashMap};
@@ -180,7 +183,7 @@ pub fn execute_plan_with<F: Real>(
                             order.iter().any(|&o| matches!(&g.nodes[o].op, Op::CausalAttentionGrad { wrt, .. } if *wrt == p) && g.nodes[o].args == node.args)
                         });
                         let a: Vec<Tensor<F>> = node.args.iter().map(|a| fetch(g, params, inputs, &stored, &local, a.index())).collect::<Result<_, _>>()?;
-                        let res = attention::backward(&a[0], &a[1], &a[2], &a[3], *scale, want);
+                        let res = attention::backward(&a[0], &a[1], &a[2], &a[3], *scale, want, &mut pool);
                         attn_done.insert(node.args.clone(), res);
                     }
                     attn_done.get_mut(&node.args).unwrap()[*wrt as usize].take().ok_or_else(|| oerr("internal: attention gradient computed twice".into()))?
@@ -192,6 +195,7 @@ pub fn execute_plan_with<F: Real>(
                         Op::MatMul => gemm::matmul(&a[0], &a[1], &mut pool),
                         Op::OuterSum => gemm::outer_sum(&a[0], &a[1], &mut pool),
                         Op::FakeQuant { bits } => quant::fake_quant(&a[0], *bits, &mut pool),
+                        Op::CausalAttention { scale } => attention::forward(&a[0], &a[1], &a[2], *scale, &mut pool),
                         Op::Rope { base, inverse } => rope::rope(&a[0], *base, *inverse, &mut rope_tables, &mut pool),
                         _ => eval(op, a, &node.ty).map_err(oerr)?,
                     }
