@@ -23,7 +23,8 @@
 //!   `gemm` crate's products in f32, the reference itself in f64
 //!   ([`attention`]); the q, k and v gradients of one attention in one
 //!   kernel are computed together;
-//! - every other op (reductions, gather, scatter, shift, cross entropy)
+//! - cross entropy and its gradient share their log-sum-exp rows ([`xent`]);
+//! - every other op (reductions, gather, scatter, shift)
 //!   is evaluated by the reference op implementations (`cpu::ops`).
 //!
 //! In f64 the results are therefore bitwise the interpreter's
@@ -36,6 +37,7 @@ pub mod jit;
 mod pool;
 mod quant;
 mod rope;
+mod xent;
 
 use pool::Pool;
 
@@ -152,6 +154,8 @@ pub fn execute_plan_with<F: Real>(
         // The attention gradients of one kernel with the same operands, computed together.
         let mut attn_done: HashMap<Vec<ValueId>, [Option<Tensor<F>>; 3]> = HashMap::new();
         let segs = jit.and_then(|j| j.segments.get(&k));
+        // Log-sum-exp rows by logits value, shared by cross entropy and its gradient.
+        let mut lse: HashMap<usize, Vec<F>> = HashMap::new();
         let mut done: Vec<usize> = Vec::new();
         for &m in &order {
             if done.contains(&m) {
@@ -195,6 +199,14 @@ pub fn execute_plan_with<F: Real>(
                         Op::MatMul => gemm::matmul(&a[0], &a[1], &mut pool),
                         Op::OuterSum => gemm::outer_sum(&a[0], &a[1], &mut pool),
                         Op::FakeQuant { bits } => quant::fake_quant(&a[0], *bits, &mut pool),
+                        Op::CrossEntropy | Op::CrossEntropyGrad => {
+                            let rows = lse.entry(node.args[0].index()).or_insert_with(|| xent::row_lse(&a[0]));
+                            match op {
+                                Op::CrossEntropy => xent::loss(&a[0], &a[1], rows),
+                                _ => xent::grad(&a[0], &a[1], &a[2], rows, &mut pool),
+                            }
+                            .map_err(oerr)?
+                        }
                         Op::CausalAttention { scale } => attention::forward(&a[0], &a[1], &a[2], *scale, &mut pool),
                         Op::Rope { base, inverse } => rope::rope(&a[0], *base, *inverse, &mut rope_tables, &mut pool),
                         _ => eval(op, a, &node.ty).map_err(oerr)?,

@@ -17,6 +17,8 @@ pub fn fake_quant<F: Real>(w: &Tensor<F>, bits: u32, pool: &mut Pool<F>) -> Tens
     let (qmaxf, qminf) = (F::from_f64(qmax), F::from_f64(-qmax - 1.0));
     let floor = F::from_f64(1e-12);
     let tiny = F::from_f64(half::f16::MIN_POSITIVE.to_f64());
+    // The NaN `Real::max` returns (it does not pass an operand's NaN through).
+    let nan = F::NEG_INFINITY.max(F::from_f64(f64::NAN));
     let wf = w.f();
     let mut out = pool.take(wf.len());
     if cols == 0 {
@@ -34,7 +36,17 @@ pub fn fake_quant<F: Real>(w: &Tensor<F>, bits: u32, pool: &mut Pool<F>) -> Tens
         let amax = chunks.remainder().iter().chain(&lanes).fold(F::ZERO, |m, &v| m.max(v.abs()));
         let s = (amax / qmaxf).max(floor).round_to_f16().max(tiny);
         for (d, &v) in o.iter_mut().zip(row) {
-            let x = (v / s).max(qminf).min(qmaxf);
+            // `(v / s).max(qminf).min(qmaxf)` as plain compares and selects
+            // (NaN-propagating like `Real::max`), which vectorise.
+            let x = v / s;
+            let c = if x < qminf {
+                qminf
+            } else if x > qmaxf {
+                qmaxf
+            } else {
+                x
+            };
+            let x = if x.is_nan() { nan } else { c };
             let q = (x + F::ROUND_MAGIC) - F::ROUND_MAGIC;
             *d = q * s;
         }
