@@ -388,6 +388,44 @@ output logits = z;
 output loss = cross_entropy(z, targets) + sum(sum(sum(x * x, -1), -1), -1) * 0.01 + sum(sum(sum(b, -1), -1), -1) + sum(sum(w * u, -1), -1);
 ";
 
+/// A per-channel mix before an RMS norm (the model's `resid_mix` pattern): in
+/// training the norm's backward row sum, the mix's gradient (a column sum over
+/// all rows of a value that needs the row sum) and the input gradient share
+/// one row-wise kernel. Row lengths 36 (one column per lane) and 132 (four per
+/// lane); a head-split norm with rotary beside it stores its gradient permuted.
+fn norm_scale_src(d: usize) -> String {
+    format!(
+        "
+const norm_eps = 1.1920928955078125e-07;
+fn rms(x) {{ x * rsqrt(mean(x^2, -1, keepdim=true) + norm_eps) }}
+let x = param x[3, 11, {d}] * param mix[{d}];
+let y = rms(x) * param s[{d}];
+let q = rope(rms(split_heads(param u[3, 11, {d}], 2)), 10000.0) * reshape(param g[2], [2, 1, 1]);
+output loss = sum(sum(sum(y * param w[3, 11, {d}], -1), -1), -1) + sum(reshape(q * param v[3, 2, 11, {h}], [{n}]), 0);
+",
+        h = d / 2,
+        n = 3 * 11 * d
+    )
+}
+
+#[test]
+fn rowwise_backward_with_column_sums_in_shared_memory() {
+    for d in [36, 132] {
+        let src = norm_scale_src(d);
+        let g = graph(&src, Mode::Train, &[]);
+        let mut opts = PlanOptions::all(&g, Precision::Bf16);
+        opts.rules = supported_rules();
+        let p = plan::build(&g, &opts).unwrap();
+        let prog = compile_program(&g, &p).unwrap();
+        // The column sums took the shared-memory path in some row-wise launch.
+        assert!(
+            prog.launches.iter().any(|l| p.kernels[l.plan_kernel].kind == KernelKind::RowWise && l.shared_bytes > 0),
+            "d = {d}: no row-wise launch with column sums"
+        );
+        check(&Case { name: "rowwise-colsum", src: &src, sets: &[], mode: Mode::Train, ids: 1, scale: 1.0, isolate: true }, KernelKind::RowWise);
+    }
+}
+
 #[test]
 fn gather_embedding_and_bigram_hash() {
     check(&Case { name: "gather", src: EMBED_SRC, sets: &[], mode: Mode::Eval, ids: 200, scale: 1.0, isolate: false }, KernelKind::Gather);

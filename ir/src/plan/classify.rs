@@ -67,6 +67,7 @@ pub fn initial_kind(g: &Graph, i: usize) -> Option<KernelKind> {
                 KernelKind::Reduce
             }
         }
+        Op::SumTo { .. } if is_row_reduction(g, i) => KernelKind::RowWise,
         Op::SumTo { .. } => KernelKind::Reduce,
         Op::Gather => KernelKind::Gather,
         Op::ScatterAdd { .. } => KernelKind::Scatter,
@@ -101,6 +102,11 @@ pub fn is_elementwise(op: &Op) -> bool {
 pub fn is_row_reduction(g: &Graph, i: usize) -> bool {
     match &g.nodes[i].op {
         Op::Reduce { axis, .. } => *axis + 1 == g.ty(g.nodes[i].args[0]).rank(),
+        // A sum over exactly the last axis, kept as size 1 (`sum_to [.., 1]`).
+        Op::SumTo { shape } => {
+            let s = &g.ty(g.nodes[i].args[0]).shape;
+            shape.len() == s.len() && shape.last() == Some(&1) && s.last() != Some(&1) && shape[..shape.len() - 1] == s[..s.len() - 1]
+        }
         _ => false,
     }
 }

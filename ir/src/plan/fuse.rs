@@ -72,23 +72,27 @@ impl<'g> Partition<'g> {
     }
 
     /// Would joining groups `a` and `b` create a cycle through a third group?
+    /// A group runs as one kernel, so reaching any node of a group reaches all
+    /// of them: the search walks users and jumps to every member of each
+    /// group it enters (a node-level path alone misses a third group holding
+    /// one node that reads the pair and another that the pair reads).
     fn creates_cycle(&mut self, a: usize, b: usize) -> bool {
         let inside: HashSet<usize> = self.members[a].iter().chain(&self.members[b]).copied().collect();
-        let limit = inside.iter().copied().max().unwrap_or(0);
         let mut stack: Vec<usize> = inside.iter().flat_map(|&n| self.users[n].iter().copied()).filter(|u| !inside.contains(u)).collect();
         let mut seen = HashSet::new();
+        let mut groups_seen = HashSet::new();
         while let Some(n) = stack.pop() {
-            if n > limit || !seen.insert(n) {
-                continue;
-            }
             if inside.contains(&n) {
                 return true;
             }
-            for &u in &self.users[n] {
-                if inside.contains(&u) {
-                    return true;
+            if !seen.insert(n) {
+                continue;
+            }
+            stack.extend(self.users[n].iter().copied());
+            if let Some(r) = self.root(n) {
+                if groups_seen.insert(r) {
+                    stack.extend(self.members[r].iter().copied().filter(|m| *m != n));
                 }
-                stack.push(u);
             }
         }
         false
@@ -139,10 +143,7 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
         rules: vec![BTreeSet::new(); n],
         requested: requested.clone(),
     };
-    for i in 0..n {
-        if !live[i] {
-            continue;
-        }
+    for i in (0..n).filter(|&i| live[i]) {
         let kind = match initial_kind(g, i) {
             Some(k) => Some(k),
             // bf16 tensor cores read a bf16 copy of weights: one preparation kernel per weight use.
@@ -208,12 +209,44 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
         } else if is_row_reduction(g, i) && on(FusionRule::Rowwise) && p.members[ri].len() == 1 {
             let Some(u) = p.single_user_group(i) else { continue };
             let input = g.ty(g.nodes[i].args[0]);
-            let rows = input.numel() / input.shape.last().copied().unwrap_or(1).max(1);
-            let fits = matches!(p.kind[u], KernelKind::Elementwise | KernelKind::RowWise)
-                && p.domain(u) == input.numel()
+            let len = input.shape.last().copied().unwrap_or(1).max(1);
+            let rows = input.numel() / len;
+            let fits = match p.kind[u] {
+                KernelKind::Elementwise | KernelKind::RowWise => true,
+                // Column sums over the same rows accumulate in the row loop;
+                // any other reduction would redo the row's sum per element.
+                KernelKind::Reduce => p.members[u].iter().all(|&m| !is_reduction(&g.nodes[m].op) || is_column_sum(g, m, rows, len)),
+                _ => false,
+            } && p.domain(u) == input.numel()
                 && rows == g.nodes[i].ty.numel();
             if fits {
                 p.merge(ri, u, KernelKind::RowWise, FusionRule::Rowwise);
+            }
+        }
+    }
+
+    // Column sums join the row-wise kernel that computes the rows they sum
+    // (a norm backward's input gradient and the per-channel scale gradient
+    // taken from it): the rows are summed while in registers, not re-read.
+    if on(FusionRule::Rowwise) {
+        for i in 0..n {
+            let Some(ru) = p.root(i) else { continue };
+            if p.kind[ru] != KernelKind::Reduce || !matches!(g.nodes[i].op, Op::SumTo { .. }) {
+                continue;
+            }
+            let x = g.ty(g.nodes[i].args[0]);
+            let len = x.shape.last().copied().unwrap_or(1).max(1);
+            let rows = x.numel() / len;
+            if !p.members[ru].iter().all(|&m| !is_reduction(&g.nodes[m].op) || is_column_sum(g, m, rows, len)) || p.domain(ru) != rows * len {
+                continue;
+            }
+            let args: BTreeSet<usize> = p.members[ru].iter().flat_map(|&m| g.nodes[m].args.iter().map(|a| a.index())).collect();
+            for a in args {
+                let Some(rr) = p.root(a) else { continue };
+                let same_rows = p.members[rr].iter().any(|&m| is_row_reduction(g, m) && g.ty(g.nodes[m].args[0]).numel() == rows * len && g.ty(g.nodes[m].args[0]).shape.last() == Some(&len));
+                if rr != ru && p.kind[rr] == KernelKind::RowWise && same_rows && p.domain(rr) == rows * len && p.merge(ru, rr, KernelKind::RowWise, FusionRule::Rowwise) {
+                    break;
+                }
             }
         }
     }
@@ -287,6 +320,18 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
         move_rms_into_gemms(g, &p.users, &mut groups, requested);
     }
     order(g, groups)
+}
+
+fn is_reduction(op: &Op) -> bool {
+    matches!(op, Op::SumTo { .. } | Op::Reduce { .. })
+}
+
+/// Is node `m` a sum over every leading axis of a `rows x len` value (a
+/// column sum of that row space)?
+fn is_column_sum(g: &Graph, m: usize, rows: usize, len: usize) -> bool {
+    let node = &g.nodes[m];
+    let x = g.ty(node.args[0]);
+    matches!(node.op, Op::SumTo { .. }) && x.shape.last() == Some(&len) && x.numel() == rows * len && node.ty.numel() == len && node.ty.shape.last() == Some(&len)
 }
 
 /// Is node `input` read by node `user` as a tensor-core operand (a matrix product

@@ -12,7 +12,12 @@
 //!   row-level values first (the row reductions, lanes splitting the row and
 //!   combining with `shfl.sync.bfly`, and everything else that depends only
 //!   on the row), stored once per row by lane 0; then a lane-strided loop over
-//!   the `len` columns storing the per-element outputs.
+//!   the `len` columns storing the per-element outputs. Column sums (a
+//!   `SumTo` over the leading axes of a value in the row space, e.g. the
+//!   gradient of a per-channel scale next to a norm's backward) accumulate in
+//!   shared memory, one `[len]` slice per warp (each lane always owns the same
+//!   columns, so no synchronisation inside the loop); after the rows the block
+//!   adds its warps' slices and one `red.global.add.f32` per column.
 //!
 //! Stores are plain (`st.global`, bf16 rounded to nearest) or atomic
 //! (`red.global.add.f32` into an output the launch zero-fills first).
@@ -36,6 +41,10 @@ const TARGET_ITEMS: u64 = 1 << 17;
 const SPLIT_ROWS: u32 = 1024;
 const SPLIT_LEN: u32 = 8192;
 const SPLIT_PART: u64 = 2048;
+/// Most blocks of a row section with column sums (each adds its partial sums once).
+const COL_SUM_BLOCKS: u64 = 512;
+/// Most dynamic shared memory for column sums (an H100 block may use 227 KiB).
+const COL_SUM_SMEM: u32 = 192 * 1024;
 
 /// One output store.
 #[derive(Clone, Debug)]
@@ -53,7 +62,9 @@ pub enum Section {
     /// elements per store target when `vec > 1`.
     Items { var: Var, n: u32, vec: u32, stores: Vec<Store> },
     /// `col` ranges over `len / vec`: each lane takes `vec` consecutive columns.
-    Rows { row: Var, col: Var, rows: u32, len: u32, vec: u32, row_stores: Vec<Store>, col_stores: Vec<Store> },
+    /// `col_sums`: atomic stores whose index depends on the column only,
+    /// accumulated over the rows in shared memory (see the module doc).
+    Rows { row: Var, col: Var, rows: u32, len: u32, vec: u32, row_stores: Vec<Store>, col_stores: Vec<Store>, col_sums: Vec<Store> },
 }
 
 impl Section {
@@ -61,9 +72,10 @@ impl Section {
         let st = |s: &[Store]| s.iter().flat_map(|s| [s.index, s.value]).collect::<Vec<_>>();
         match self {
             Section::Items { stores, .. } => st(stores),
-            Section::Rows { row_stores, col_stores, .. } => {
+            Section::Rows { row_stores, col_stores, col_sums, .. } => {
                 let mut v = st(row_stores);
                 v.extend(st(col_stores));
+                v.extend(st(col_sums));
                 v
             }
         }
@@ -71,7 +83,16 @@ impl Section {
     fn blocks(&self) -> u64 {
         match self {
             Section::Items { n, .. } => (*n as u64).div_ceil(THREADS as u64),
+            // Column sums: fewer blocks, more rows per warp, fewer atomics at the end.
+            Section::Rows { rows, col_sums, .. } if !col_sums.is_empty() => (*rows as u64).div_ceil((THREADS / 32) as u64).min(COL_SUM_BLOCKS),
             Section::Rows { rows, .. } => (*rows as u64).div_ceil((THREADS / 32) as u64),
+        }
+    }
+    /// Shared-memory floats of the column sums: one slice of the columns per warp and sum.
+    fn col_sum_floats(&self) -> u32 {
+        match self {
+            Section::Rows { len, vec, col_sums, .. } => (THREADS / 32) * col_sums.len() as u32 * (len / vec),
+            Section::Items { .. } => 0,
         }
     }
 }
@@ -139,6 +160,20 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
     let gwarp = b.bin(BinOp::Shr, Type::U32, gtid, 5u32);
     lw.lane = Some(lane);
     lw.converged = true;
+    // Column sums: zeroed shared accumulators, one region per section.
+    let smem_floats: u32 = sections.iter().map(|s| s.col_sum_floats()).sum();
+    let smem = (smem_floats > 0).then(|| {
+        let sym = b.extern_shared("pgc_colsum", 16);
+        let base = b.shared_addr(&sym);
+        b.for_range(tid, smem_floats, THREADS, false, |b, i| {
+            let a = b.mad_lo(Type::U32, i, 4u32, base);
+            b.st(Space::Shared, Type::F32, Addr::reg(a), 0.0f32);
+        });
+        b.bar_sync();
+        base
+    });
+    let warp_in_block = b.bin(BinOp::Shr, Type::U32, tid, 5u32);
+    let mut smem_at = 0u32;
     for s in &sections {
         let roots = s.roots();
         lw.hoist(&mut b, &roots);
@@ -162,9 +197,16 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
                     lw.pop_scope();
                 });
             }
-            Section::Rows { row, col, rows, len, vec, row_stores, col_stores } => {
+            Section::Rows { row, col, rows, len, vec, row_stores, col_stores, col_sums } => {
                 b.comment(format!("rows: {rows} x {len}, one warp per row, {vec} column(s) per lane"));
-                let col_roots: Vec<E> = col_stores.iter().flat_map(|s| [s.index, s.value]).collect();
+                let col_roots: Vec<E> = col_stores.iter().chain(col_sums).flat_map(|s| [s.index, s.value]).collect();
+                let groups = *len / *vec;
+                let nsum = col_sums.len() as u32;
+                // This warp's slice: [nsum][groups] floats.
+                let slice = smem.filter(|_| nsum > 0).map(|base| {
+                    let first = b.mad_lo(Type::U32, warp_in_block, nsum * groups * 4, base);
+                    b.add(Type::U32, first, smem_at * 4)
+                });
                 b.for_range(gwarp, *rows, nwarps, true, |b, r| {
                     lw.push_scope();
                     lw.bind(*row, r, true);
@@ -175,7 +217,7 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
                             emit_store(b, &mut lw, st, Some(first));
                         }
                     }
-                    if !col_stores.is_empty() {
+                    if !col_stores.is_empty() || !col_sums.is_empty() {
                         b.for_range(lane, *len / *vec, 32, false, |b, c| {
                             lw.push_scope();
                             lw.bind(*col, c, false);
@@ -188,6 +230,16 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
                                     emit_store(b, &mut lw, st, None);
                                 }
                             }
+                            if let Some(slice) = slice {
+                                for (k, st) in col_sums.iter().enumerate() {
+                                    let v = lw.emit_reg(b, st.value);
+                                    let at = b.mad_lo(Type::U32, c, 4u32, slice);
+                                    let a = Addr::reg_off(at, (k as u32 * groups * 4) as i64);
+                                    let old = b.ld(Space::Shared, Type::F32, a.clone());
+                                    let sum = b.bin(BinOp::Add, Type::F32, old, v);
+                                    b.st(Space::Shared, Type::F32, a, sum);
+                                }
+                            }
                             lw.converged = true;
                             lw.unbind(*col);
                             lw.pop_scope();
@@ -196,13 +248,36 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
                     lw.unbind(*row);
                     lw.pop_scope();
                 });
+                if let (Some(base), false) = (smem, col_sums.is_empty()) {
+                    // Every warp's rows are done: add the warps' slices, one atomic per column.
+                    b.bar_sync();
+                    let region = b.add(Type::U32, base, smem_at * 4);
+                    for (k, st) in col_sums.iter().enumerate() {
+                        b.for_range(tid, groups, THREADS, false, |b, c| {
+                            let mut acc = b.val(Type::F32, 0.0f32);
+                            let at = b.mad_lo(Type::U32, c, 4u32, region);
+                            for w in 0..THREADS / 32 {
+                                let off = ((w * nsum + k as u32) * groups * 4) as i64;
+                                let v = b.ld(Space::Shared, Type::F32, Addr::reg_off(at, off));
+                                acc = b.bin(BinOp::Add, Type::F32, acc, v);
+                            }
+                            lw.push_scope();
+                            lw.bind(*col, c, false);
+                            let addr = lw.address(b, st.buf, st.index);
+                            red_add(b, addr, acc.into(), None);
+                            lw.unbind(*col);
+                            lw.pop_scope();
+                        });
+                    }
+                    smem_at += s.col_sum_floats();
+                }
             }
         }
     }
     b.ret();
     let entry = cx.add_kernel(b.finish());
     let args: Vec<ArgRef> = gx.buf_args.iter().map(|a| cx.resolve(a)).collect();
-    let launch = Launch { grid: [blocks, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 };
+    let launch = Launch { grid: [blocks, 1, 1], block: [THREADS, 1, 1], shared_bytes: smem_floats * 4 };
     cx.launch(&entry, launch, args, zero_first);
     Ok(launch)
 }
@@ -316,6 +391,7 @@ struct RowsSpec {
     col: Var,
     row_stores: Vec<Store>,
     col_stores: Vec<Store>,
+    col_sums: Vec<Store>,
 }
 
 fn space<'a>(spaces: &'a mut Vec<RowsSpec>, gx: &mut GraphExprs, rows: u32, len: u32) -> &'a mut RowsSpec {
@@ -325,7 +401,7 @@ fn space<'a>(spaces: &'a mut Vec<RowsSpec>, gx: &mut GraphExprs, rows: u32, len:
     let vec = if len >= 128 && len.is_multiple_of(4) { 4 } else { 1 };
     let row = gx.x.var(Ty::U32, rows as u64, "row");
     let col = gx.x.var(Ty::U32, (len / vec) as u64, "col");
-    spaces.push(RowsSpec { rows, len, vec, row, col, row_stores: vec![], col_stores: vec![] });
+    spaces.push(RowsSpec { rows, len, vec, row, col, row_stores: vec![], col_stores: vec![], col_sums: vec![] });
     spaces.last_mut().unwrap()
 }
 
@@ -437,6 +513,26 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
             }
             continue;
         }
+        // A reshape/permute of a value in a row space (e.g. a norm's backward
+        // stored as [B, T, H*d] from rows of d): stored from the row loop at
+        // the permuted index, so row-level values are not recomputed per element.
+        if let Some((i, m)) = row_image(f, &spaces, ops, o) {
+            let (row, col, vec, len) = (spaces[i].row, spaces[i].col, spaces[i].vec, spaces[i].len as usize);
+            let mshape = g.ty(m).shape.clone();
+            let (re, ce) = (f.gx.x.var_e(row), f.gx.x.var_e(col));
+            let lead = f.gx.x.unravel(re, &mshape[..mshape.len() - 1]);
+            let c0 = f.gx.x.mul_c(ce, vec);
+            debug_assert_eq!(*mshape.last().unwrap(), len);
+            for j in 0..vec {
+                let mut idx = lead.clone();
+                idx.push(f.gx.x.add_c(c0, j));
+                let oi = f.gx.forward_index(m, o, &idx).expect("checked by row_image");
+                let value = f.gx.value(o, &oi)?;
+                let index = f.gx.x.linear(&shape, &oi);
+                spaces[i].col_stores.push(Store { buf, index, value, atomic: false });
+            }
+            continue;
+        }
         if let Some(i) = spaces.iter().position(|s| s.rows as usize == n) {
             let re = f.gx.x.var_e(spaces[i].row);
             let idx = f.gx.x.unravel(re, &shape);
@@ -455,12 +551,33 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
         f.sections.push(sec);
     }
     for s in spaces {
-        if !s.row_stores.is_empty() || !s.col_stores.is_empty() {
-            f.sections.push(Section::Rows { row: s.row, col: s.col, rows: s.rows, len: s.len, vec: s.vec, row_stores: s.row_stores, col_stores: s.col_stores });
+        if !s.row_stores.is_empty() || !s.col_stores.is_empty() || !s.col_sums.is_empty() {
+            let (row, col, rows, len, vec) = (s.row, s.col, s.rows, s.len, s.vec);
+            f.sections.push(Section::Rows { row, col, rows, len, vec, row_stores: s.row_stores, col_stores: s.col_stores, col_sums: s.col_sums });
         }
     }
     f.sections.extend(items);
     Ok(())
+}
+
+/// A value `m` of the kernel in row space `i` (its shape is the space's rows
+/// by `len`) of which output `o` is a reshape/permute/element-wise image.
+fn row_image(f: &mut Fused, spaces: &[RowsSpec], ops: &[ValueId], o: ValueId) -> Option<(usize, ValueId)> {
+    let g = f.gx.g;
+    let n = g.ty(o).numel();
+    for &m in ops.iter().rev() {
+        let ms = &g.ty(m).shape;
+        let Some(&last) = ms.last() else { continue };
+        if m == o || g.ty(m).numel() != n {
+            continue;
+        }
+        let Some(i) = spaces.iter().position(|s| s.rows as usize * s.len as usize == n && s.len as usize == last) else { continue };
+        let probe: Vec<E> = ms.iter().map(|_| f.gx.x.int_c(0)).collect();
+        if f.gx.forward_index(m, o, &probe).is_some() {
+            return Some((i, m));
+        }
+    }
+    None
 }
 
 /// A reduction output: per row (warp per row) when it reduces the last axes,
@@ -551,6 +668,33 @@ fn plan_reduction(f: &mut Fused, spaces: &mut Vec<RowsSpec>, items: &mut Vec<Sec
             f.zero_first.push(ZeroRef::Value(o));
         }
         return Ok(());
+    }
+    // A sum over every leading axis of a value in one of the kernel's row
+    // spaces (which may depend on the rows' reductions): column sums there.
+    if let Op::SumTo { .. } = node.op {
+        let len = *s.last().unwrap_or(&1);
+        let rows = s.iter().product::<usize>() / len.max(1);
+        let fits = |sp: &RowsSpec, extra: u32| {
+            let floats: u32 = spaces.iter().map(|o| (THREADS / 32) * o.col_sums.len() as u32 * (o.len / o.vec)).sum();
+            (floats + extra * (THREADS / 32) * sp.len / sp.vec) * 4 <= COL_SUM_SMEM
+        };
+        let i = spaces.iter().position(|sp| sp.rows as usize == rows && sp.len as usize == len && onum == len && len > 1);
+        if let Some(i) = i.filter(|&i| atomic_ok && fits(&spaces[i], spaces[i].vec)) {
+            let (row, col, vec) = (spaces[i].row, spaces[i].col, spaces[i].vec);
+            let (re, ce) = (f.gx.x.var_e(row), f.gx.x.var_e(col));
+            let lead = f.gx.x.unravel(re, &s[..s.len() - 1]);
+            let c0 = f.gx.x.mul_c(ce, vec);
+            for j in 0..vec {
+                let cj = f.gx.x.add_c(c0, j);
+                let mut xi = lead.clone();
+                xi.push(cj);
+                let value = f.gx.value(x, &xi)?;
+                let index = cj;
+                spaces[i].col_sums.push(Store { buf, index, value, atomic: true });
+            }
+            f.zero_first.push(ZeroRef::Value(o));
+            return Ok(());
+        }
     }
     // Reduction over leading / middle axes: chunks of the reduced range per work item.
     let (reduced_len, is_max, is_mean) = match &node.op {
