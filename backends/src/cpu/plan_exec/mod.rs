@@ -42,9 +42,11 @@ mod xent;
 use pool::Pool;
 
 use super::{eval, load_input, load_param, CpuError, Profile, Real, Run, Tensor};
-use pgc_ir::plan::{self, FusionRule, Plan, PlanOptions, Precision};
+use pgc_ir::plan::{self, FusionRule, Kernel, Plan, PlanOptions, Precision};
 use pgc_ir::{AttnPart, Graph, Op, ValueId};
+use std::any::TypeId;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Plan `g` for the CPU with the fusion `rules` (f32 storage, no bf16
@@ -73,7 +75,8 @@ pub fn execute<F: Real>(
 
 /// Run a plan built for `g`; return the outputs named in `wanted` (all graph
 /// outputs when `None`; each must be stored by the plan). Element-wise
-/// kernels are compiled with cranelift first (see [`jit`]).
+/// kernels are compiled with cranelift first (see [`jit`]), or taken from
+/// the compilations of recent runs of the same graph and plan.
 pub fn execute_plan<F: Real>(
     g: &Graph,
     plan: &Plan,
@@ -81,8 +84,34 @@ pub fn execute_plan<F: Real>(
     inputs: &HashMap<String, Tensor<F>>,
     wanted: Option<&[&str]>,
 ) -> Result<Run<F>, CpuError> {
-    let jit = jit::compile::<F>(g, &plan.kernels).map_err(CpuError::Invalid)?;
+    let jit = compiled::<F>(g, plan)?;
     execute_plan_with(g, plan, params, inputs, wanted, Some(&jit))
+}
+
+/// Compiled kernels of recent (graph, plan) pairs, per float type: a training
+/// loop runs the same plan every step and compiles it once.
+type JitCache = Vec<(TypeId, Graph, Vec<Kernel>, Arc<jit::JitKernels>)>;
+static JIT_CACHE: Mutex<JitCache> = Mutex::new(Vec::new());
+/// Entries kept in [`JIT_CACHE`].
+const JIT_CACHE_LEN: usize = 4;
+
+/// The plan's kernels compiled for `F`, from the cache when the same graph
+/// and kernels were compiled before (compared in full, not by hash).
+fn compiled<F: Real>(g: &Graph, plan: &Plan) -> Result<Arc<jit::JitKernels>, CpuError> {
+    let ty = TypeId::of::<F>();
+    {
+        let cache = JIT_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((.., j)) = cache.iter().find(|(t, cg, ck, _)| *t == ty && cg == g && *ck == plan.kernels) {
+            return Ok(j.clone());
+        }
+    }
+    let j = Arc::new(jit::compile::<F>(g, &plan.kernels).map_err(CpuError::Invalid)?);
+    let mut cache = JIT_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= JIT_CACHE_LEN {
+        cache.remove(0);
+    }
+    cache.push((ty, g.clone(), plan.kernels.clone(), j.clone()));
+    Ok(j)
 }
 
 /// [`execute_plan`] with already compiled kernels (`None`: interpret every kernel).
