@@ -4,7 +4,7 @@
 //! off (alone, or all together) without breaking any of that.
 
 use pgc_ir::plan::{self, FusionRule, KernelKind, Place, Plan, PlanOptions, Precision};
-use pgc_ir::{Graph, Mode, Op};
+use pgc_ir::{Graph, Mode, Op, UnaryFn};
 
 mod common;
 use common::{model_11l as compile, ODD, TINY};
@@ -154,6 +154,11 @@ fn full_model_plan_fuses_what_it_should() {
     // A reduction kernel holds a reduction: element-wise work on row statistics
     // (e.g. the rms norm backward's coefficient) joins its live consumer, not a
     // dead gradient of a constant that autodiff also emitted.
+    // relu(pre) is not stored: the backward GEMM's epilogue, which reads the
+    // pre-activation anyway, recomputes it (recompute-elementwise).
+    let stored_relu = p.kernels.iter().flat_map(|k| &k.outputs).filter(|v| matches!(g.node(**v).op, Op::Unary { f: UnaryFn::Relu })).count();
+    assert_eq!(stored_relu, 0, "relu values stored");
+    assert!(p.kernels.iter().filter(|k| k.rules.contains(&FusionRule::RecomputeElementwise)).count() >= 11);
     // Column sums (per-channel scale gradients) sit in the row-wise kernels of
     // the norm backwards they read; what is left are the q_gain gradients (one
     // per layer, sums over [B, T, d] per head) and one model-level sum.

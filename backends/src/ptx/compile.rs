@@ -80,6 +80,7 @@ pub fn supported_rules() -> BTreeSet<FusionRule> {
         FusionRule::RmsnormIntoGemm,
         FusionRule::LmHeadCrossEntropy,
         FusionRule::AttentionBackwardTogether,
+        FusionRule::RecomputeElementwise,
     ]
         .into_iter()
         .collect()

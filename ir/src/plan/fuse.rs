@@ -319,6 +319,9 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
     if on(FusionRule::RmsnormIntoGemm) {
         move_rms_into_gemms(g, &p.users, &mut groups, requested);
     }
+    if on(FusionRule::RecomputeElementwise) {
+        recompute_cheap_values(g, &mut groups, requested);
+    }
     order(g, groups)
 }
 
@@ -416,6 +419,45 @@ fn move_rms_into_gemms(g: &Graph, users: &[Vec<usize>], groups: &mut [Group], re
                     groups[t].prologue.push(m);
                     groups[t].rules.insert(FusionRule::RmsnormIntoGemm);
                 }
+            }
+        }
+    }
+}
+
+/// A value `f(u)` for one of the cheap one-input functions below.
+fn cheap_of(g: &Graph, v: usize) -> Option<usize> {
+    use crate::op::UnaryFn;
+    let node = &g.nodes[v];
+    let cheap = match &node.op {
+        Op::Unary { f } => matches!(f, UnaryFn::Relu | UnaryFn::Step | UnaryFn::Square | UnaryFn::Neg | UnaryFn::Abs),
+        Op::LeakyRelu { .. } | Op::LeakyStep { .. } => true,
+        _ => false,
+    };
+    (cheap && node.args.len() == 1 && g.ty(node.args[0]).shape == node.ty.shape).then(|| node.args[0].index())
+}
+
+/// recompute-elementwise: a kernel that reads both `u` and a cheap `f(u)`
+/// computed elsewhere recomputes `f(u)` (a prologue node) instead of reading
+/// it. Element-wise, row-wise and reduction kernels, and GEMM epilogues (not
+/// the product's operands, which the tensor cores read from memory).
+fn recompute_cheap_values(g: &Graph, groups: &mut [Group], requested: &HashSet<usize>) {
+    for gr in groups.iter_mut() {
+        if !matches!(gr.kind, KernelKind::Elementwise | KernelKind::RowWise | KernelKind::Reduce | KernelKind::Gemm) {
+            continue;
+        }
+        let inside: HashSet<usize> = gr.nodes.iter().chain(&gr.prologue).copied().collect();
+        let reads: BTreeSet<usize> = inside.iter().flat_map(|&m| g.nodes[m].args.iter().map(|a| a.index())).filter(|a| !inside.contains(a)).collect();
+        let operands: HashSet<usize> = gr
+            .nodes
+            .iter()
+            .filter(|&&m| matches!(g.nodes[m].op, Op::Linear | Op::MatMul | Op::OuterSum))
+            .flat_map(|&m| g.nodes[m].args.iter().map(|a| a.index()))
+            .collect();
+        for &v in &reads {
+            let Some(u) = cheap_of(g, v) else { continue };
+            if reads.contains(&u) && !requested.contains(&v) && !operands.contains(&v) && !gr.prologue.contains(&v) {
+                gr.prologue.push(v);
+                gr.rules.insert(FusionRule::RecomputeElementwise);
             }
         }
     }

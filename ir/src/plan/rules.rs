@@ -27,10 +27,14 @@ pub enum FusionRule {
     LmHeadCrossEntropy,
     /// The q, k and v gradients of one attention in one backward kernel.
     AttentionBackwardTogether,
+    /// A cheap one-input element-wise value (relu of a pre-activation) is
+    /// recomputed by a kernel that also reads its input, instead of read from
+    /// memory; it is stored only if another kernel still reads it.
+    RecomputeElementwise,
 }
 
 impl FusionRule {
-    pub const ALL: [FusionRule; 7] = [
+    pub const ALL: [FusionRule; 8] = [
         FusionRule::Elementwise,
         FusionRule::Rowwise,
         FusionRule::GemmEpilogue,
@@ -38,6 +42,7 @@ impl FusionRule {
         FusionRule::QkPrologueIntoAttention,
         FusionRule::LmHeadCrossEntropy,
         FusionRule::AttentionBackwardTogether,
+        FusionRule::RecomputeElementwise,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +54,7 @@ impl FusionRule {
             FusionRule::QkPrologueIntoAttention => "qk-prologue-into-attention",
             FusionRule::LmHeadCrossEntropy => "lm-head-cross-entropy",
             FusionRule::AttentionBackwardTogether => "attention-backward-together",
+            FusionRule::RecomputeElementwise => "recompute-elementwise",
         }
     }
 

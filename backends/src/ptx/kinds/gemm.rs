@@ -224,7 +224,8 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     cfg.name = name.clone();
     let launch = su.launch(cx, cfg, ArgRef::Aux(aux), vec![], vec![])?;
     let inside: Vec<ValueId> = kernel.ops.iter().copied().filter(|&v| v != p).collect();
-    let mut gx = GraphExprs::new(g, inside.iter().copied());
+    // Prologue nodes (recomputed values) are computed here too.
+    let mut gx = GraphExprs::new(g, inside.iter().chain(&kernel.prologue).copied());
     gx.source(p, Elem::F32, ArgRef::Aux(aux));
     for &v in &kernel.inputs {
         let (elem, arg) = plain_source(cx, v)?;
