@@ -26,11 +26,18 @@ fn probs<F: Real>(q: &[F], k: &[F], i0: usize, rb: usize, d: usize, scale: F, p:
     for r in 0..rb {
         let i = i0 + r;
         let row = &mut p[r * w..(r + 1) * w];
-        let mut m = F::NEG_INFINITY;
         for v in row[..=i].iter_mut() {
             *v *= scale;
-            m = m.max(*v);
         }
+        // The row maximum over independent lanes (max is order-free).
+        let mut lanes = [F::NEG_INFINITY; 16];
+        let mut ch = row[..=i].chunks_exact(16);
+        for c in &mut ch {
+            for l in 0..16 {
+                lanes[l] = lanes[l].max(c[l]);
+            }
+        }
+        let m = ch.remainder().iter().chain(&lanes).fold(F::NEG_INFINITY, |m, &v| m.max(v));
         let mut s = F::ZERO;
         for v in row[..=i].iter_mut() {
             *v = (*v - m).exp();

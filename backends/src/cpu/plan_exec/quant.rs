@@ -1,8 +1,8 @@
 //! Weight preparation: per-row fake quantization (`Op::FakeQuant`), bitwise
 //! equal to `cpu::ops::fake_quant`. The row maximum is taken over 16
 //! independent lanes (max is exact and order-free, NaN-propagating either
-//! way), so it vectorises instead of running one long dependency chain, and
-//! rows are split over the rayon threads.
+//! way), so it vectorises instead of running one long dependency chain; the
+//! clamp is branch-free; rows are split over the rayon threads.
 
 use super::super::{Real, Tensor};
 use super::pool::Pool;
@@ -36,17 +36,13 @@ pub fn fake_quant<F: Real>(w: &Tensor<F>, bits: u32, pool: &mut Pool<F>) -> Tens
         let amax = chunks.remainder().iter().chain(&lanes).fold(F::ZERO, |m, &v| m.max(v.abs()));
         let s = (amax / qmaxf).max(floor).round_to_f16().max(tiny);
         for (d, &v) in o.iter_mut().zip(row) {
-            // `(v / s).max(qminf).min(qmaxf)` as plain compares and selects
-            // (NaN-propagating like `Real::max`), which vectorise.
+            // `(v / s).max(qminf).min(qmaxf)` as branch-free selects
+            // (NaN-propagating like `Real::max`).
             let x = v / s;
-            let c = if x < qminf {
-                qminf
-            } else if x > qmaxf {
-                qmaxf
-            } else {
-                x
-            };
-            let x = if x.is_nan() { nan } else { c };
+            let lo = if x < qminf { qminf } else { x };
+            let c = if lo > qmaxf { qmaxf } else { lo };
+            #[allow(clippy::eq_op)] // x != x: NaN
+            let x = if x != x { nan } else { c };
             let q = (x + F::ROUND_MAGIC) - F::ROUND_MAGIC;
             *d = q * s;
         }
