@@ -183,6 +183,32 @@ fn full_model_time_vs_interpreter() {
     assert!(worst < 1e-5, "plan executor vs interpreter: {worst:.3e}");
 }
 
+/// The plan executor's fake quantization (vectorised, SSE2 lanes in f32)
+/// gives bitwise the reference's values: rows with NaN, infinities, zeros,
+/// values at the clamp bounds and lengths that are not a multiple of the lanes.
+#[test]
+fn fake_quant_matches_the_reference_bitwise() {
+    let _serial = serial();
+    fn check<F: Real>() {
+        let cols = 37;
+        let mut w: Vec<f64> = (0..6 * cols).map(|i| (((i * 2654435761usize) % 2000) as f64 - 1000.0) / 137.0).collect();
+        w[3] = f64::NAN;
+        w[cols + 5] = f64::INFINITY;
+        w[2 * cols..3 * cols].fill(0.0);
+        w[3 * cols + 1] = -1e30;
+        w[4 * cols + 7] = 7.0 * 1000.0 / 137.0;
+        for bits in [2, 4, 6, 8] {
+            let t = Tensor::<F>::from_f64(vec![6, cols], &w);
+            let want = cpu::ops::fake_quant(t.clone(), bits);
+            let got = plan_exec::quant::fake_quant(&t, bits, &mut plan_exec::pool::Pool::default());
+            let (a, b) = (got.to_f64_vec(), want.to_f64_vec());
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{} bits {bits}: {a:?} vs {b:?}", F::NAME);
+        }
+    }
+    check::<f32>();
+    check::<f64>();
+}
+
 /// The compiled element-wise kernels give bitwise the interpreter's values
 /// (f32 and f64, tiny config, train mode), and some kernels are compiled.
 #[test]

@@ -34,8 +34,8 @@
 mod attention;
 pub mod gemm;
 pub mod jit;
-mod pool;
-mod quant;
+pub mod pool;
+pub mod quant;
 mod rope;
 mod xent;
 
