@@ -14,6 +14,9 @@ use std::any::TypeId;
 /// the masked part they compute and discard outweighs the larger products).
 const ROWS: usize = 64;
 
+/// One (batch, kv head) group's dq (its query heads), dk and dv.
+type GroupGrads<'a, F> = (&'a mut [F], &'a mut [F], &'a mut [F]);
+
 fn is_f32<F: Real>() -> bool {
     TypeId::of::<F>() == TypeId::of::<f32>()
 }
@@ -117,7 +120,7 @@ pub fn backward<F: Real>(
                 v.chunks_mut(len).collect()
             }
         }
-        let work: Vec<(usize, (&mut [F], &mut [F], &mut [F]))> = chunks(&mut dq, rep * blk, groups)
+        let work: Vec<(usize, GroupGrads<F>)> = chunks(&mut dq, rep * blk, groups)
             .into_iter()
             .zip(chunks(&mut dk, blk, groups))
             .zip(chunks(&mut dv, blk, groups))

@@ -122,9 +122,7 @@ fn bcast_strides(from: &[usize], to: &[usize]) -> Option<Vec<usize>> {
     let off = to.len() - from.len();
     let mut out = Vec::with_capacity(to.len());
     for i in 0..to.len() {
-        if i < off {
-            out.push(0);
-        } else if from[i - off] == 1 {
+        if i < off || from[i - off] == 1 {
             out.push(0);
         } else if from[i - off] == to[i] {
             out.push(st[i - off]);
@@ -229,7 +227,11 @@ pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
 }
 
 /// Why a program cannot be compiled, or its iteration shape, loads and stores.
-fn analyse(g: &Graph, kr: &Program) -> Result<(Vec<usize>, Vec<(usize, Vec<usize>)>, Vec<(usize, usize, Vec<usize>)>), String> {
+/// A program's iteration shape, loads (value, strides) and stores (stored
+/// value, computed value, strides).
+type Analysis = (Vec<usize>, Vec<(usize, Vec<usize>)>, Vec<(usize, usize, Vec<usize>)>);
+
+fn analyse(g: &Graph, kr: &Program) -> Result<Analysis, String> {
     if kr.outputs.is_empty() {
         return Err("no outputs".into());
     }

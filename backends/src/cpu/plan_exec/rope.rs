@@ -9,10 +9,12 @@ use super::pool::Pool;
 use rayon::prelude::*;
 use std::collections::HashMap;
 
+type CosSin<F> = (Vec<F>, Vec<F>);
+
 /// cos and sin tables by (T, hd, base bits).
 #[derive(Default)]
 pub struct Tables<F> {
-    by_shape: HashMap<(usize, usize, u64), (Vec<F>, Vec<F>)>,
+    by_shape: HashMap<(usize, usize, u64), CosSin<F>>,
 }
 
 /// `ops::rope` of `x[..., T, hd]`.
