@@ -6,7 +6,9 @@
 //! backend's fusion rules, and runs it on the simulator (sanitizer on):
 //! - f32 plans: loss and every gradient within 1e-4 of the CPU backend in f64
 //!   (`max|a-b| / max|b|` per tensor);
-//! - bf16 plans: every output finite.
+//! - bf16 plans: every output finite;
+//! - the CPU plan executor on the same plan in f64: within 1e-9 of the
+//!   interpreter.
 //!
 //! The fusion rules decide which ops share a kernel and what is stored; this
 //! checks that any combination of them yields the same values.
@@ -146,6 +148,14 @@ fn random_models_match_the_cpu_under_random_fusion_rules() {
         inputs64.insert("target_ids".to_string(), Tensor::int(tshape.clone(), ids.clone()));
         let want = cpu::execute::<f64>(&g, &params64, &inputs64, None).unwrap_or_else(|e| panic!("seed {seed}: cpu: {e}"));
 
+        let planned = cpu::plan_exec::execute::<f64>(&g, &params64, &inputs64, None, &rules).unwrap_or_else(|e| panic!("seed {seed}: plan executor: {e}"));
+        let mut worst_cpu = 0.0f64;
+        for (name, _) in &g.outputs {
+            let w = want.get(name).unwrap().as_float().unwrap();
+            let e = cpu::rel_err(planned.get(name).unwrap().as_float().unwrap(), w);
+            worst_cpu = if e <= worst_cpu { worst_cpu } else { e };
+        }
+
         let got = run_sim(&g, &rules, Precision::F32, &params32, &ids);
         let mut worst = (0.0f64, String::new());
         for (name, _) in &g.outputs {
@@ -159,9 +169,9 @@ fn random_models_match_the_cpu_under_random_fusion_rules() {
         let bf16 = run_sim(&g, &rules, Precision::Bf16, &params32, &ids);
         let finite = bf16.values().all(|v| v.iter().all(|x| x.is_finite()));
         let off: Vec<&str> = supported.iter().filter(|x| !rules.contains(x)).map(|x| x.name()).collect();
-        println!("seed {seed:2}: {what}; rules off {off:?}: f32 worst {:.2e} ({}), bf16 finite {finite}", worst.0, worst.1);
-        if !(worst.0 <= 1e-4) || !finite {
-            fails.push(format!("seed {seed}: f32 {:.3e} on {}, bf16 finite {finite}\n{src}", worst.0, worst.1));
+        println!("seed {seed:2}: {what}; rules off {off:?}: f32 worst {:.2e} ({}), bf16 finite {finite}, plan executor f64 {worst_cpu:.1e}", worst.0, worst.1);
+        if !(worst.0 <= 1e-4) || !finite || !(worst_cpu <= 1e-9) {
+            fails.push(format!("seed {seed}: f32 {:.3e} on {}, bf16 finite {finite}, plan executor {worst_cpu:.3e}\n{src}", worst.0, worst.1));
         }
     }
     assert!(fails.is_empty(), "{}", fails.join("\n"));

@@ -262,6 +262,11 @@ fn analyse(g: &Graph, kr: &Program) -> Result<Analysis, String> {
         if in_kernel(core) && is_layout(core) {
             return Err("nested layout ops".into());
         }
+        // A reshape/permute of a value another kernel stored: nothing is
+        // computed here to store (the interpreter copies it).
+        if !in_kernel(core) {
+            return Err("a layout view of a value from another kernel".into());
+        }
         let cs = g.nodes[core].ty.shape.clone();
         let r = cs.len();
         let perm = perm.unwrap_or_else(|| (0..r).collect());
