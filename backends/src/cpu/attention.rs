@@ -5,8 +5,12 @@
 //! is never computed. Work is split over (batch, head) for the forward and
 //! over (batch, kv head) groups for the backward (the group's query heads
 //! accumulate into the same key/value gradients).
+//!
+//! The per-block matrix products go through a [`Products`] implementation:
+//! [`Linalg`] (matrixmultiply) for the reference; the plan executor passes
+//! its own (the `gemm` crate in f32) and its pooled output buffers.
 
-use super::linalg::{gemm, gemm_acc};
+use super::linalg;
 use super::real::Real;
 use super::tensor::Tensor;
 use rayon::prelude::*;
@@ -14,31 +18,52 @@ use rayon::prelude::*;
 /// Query rows per block.
 pub const ROWS: usize = 64;
 
-struct Dims {
-    b: usize,
-    h: usize,
-    hk: usize,
-    t: usize,
-    d: usize,
+/// The matrix products of the attention, `c = a @ b` and `c += a @ b` with
+/// `a` (`m x k`) and `b` (`k x n`) given by slices and element strides and `c`
+/// a contiguous `m x n` buffer (as [`linalg::gemm`]).
+#[allow(clippy::too_many_arguments)]
+pub trait Products<F>: Sync {
+    fn gemm(&self, m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]);
+    fn gemm_acc(&self, m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]);
 }
 
-fn dims<F: Real>(q: &Tensor<F>, k: &Tensor<F>) -> Dims {
-    Dims { b: q.shape[0], h: q.shape[1], hk: k.shape[1], t: q.shape[2], d: q.shape[3] }
+/// The reference's products: [`linalg`] (matrixmultiply).
+pub struct Linalg;
+
+#[allow(clippy::too_many_arguments)]
+impl<F: Real> Products<F> for Linalg {
+    fn gemm(&self, m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]) {
+        linalg::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c)
+    }
+    fn gemm_acc(&self, m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]) {
+        linalg::gemm_acc(m, k, n, a, rsa, csa, b, rsb, csb, c)
+    }
 }
+
+/// One (batch, kv head) group's dq (its query heads), dk and dv.
+type GroupGrads<'a, F> = (&'a mut [F], &'a mut [F], &'a mut [F]);
 
 /// Probabilities of query rows `i0..i0 + rb` against keys `0..w` (`w = i0 + rb`):
 /// `P = softmax(scale * q k^T)` with the causal mask, in `p` (`rb x w`, row-major).
-fn probs<F: Real>(q: &[F], k: &[F], i0: usize, rb: usize, d: usize, scale: F, p: &mut [F]) {
+#[allow(clippy::too_many_arguments)]
+fn probs<F: Real, P: Products<F>>(prods: &P, q: &[F], k: &[F], i0: usize, rb: usize, d: usize, scale: F, p: &mut [F]) {
     let w = i0 + rb;
-    gemm(rb, d, w, &q[i0 * d..w * d], d, 1, &k[..w * d], 1, d, p);
+    prods.gemm(rb, d, w, &q[i0 * d..w * d], d, 1, &k[..w * d], 1, d, p);
     for r in 0..rb {
         let i = i0 + r;
         let row = &mut p[r * w..(r + 1) * w];
-        let mut m = F::NEG_INFINITY;
         for v in row[..=i].iter_mut() {
             *v *= scale;
-            m = m.max(*v);
         }
+        // The row maximum over independent lanes (max is exact and order-free).
+        let mut lanes = [F::NEG_INFINITY; 16];
+        let mut ch = row[..=i].chunks_exact(16);
+        for c in &mut ch {
+            for l in 0..16 {
+                lanes[l] = lanes[l].max(c[l]);
+            }
+        }
+        let m = ch.remainder().iter().chain(&lanes).fold(F::NEG_INFINITY, |m, &v| m.max(v));
         let mut s = F::ZERO;
         for v in row[..=i].iter_mut() {
             *v = (*v - m).exp();
@@ -53,21 +78,24 @@ fn probs<F: Real>(q: &[F], k: &[F], i0: usize, rb: usize, d: usize, scale: F, p:
 
 /// `[B, H, T, d]` output of causal attention.
 pub fn forward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64) -> Tensor<F> {
-    forward_rows(q, k, v, scale, ROWS)
+    forward_with(q, k, v, scale, ROWS, vec![F::ZERO; q.numel()], &Linalg)
 }
 
-fn forward_rows<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64, rows: usize) -> Tensor<F> {
-    let Dims { b, h, hk, t, d } = dims(q, k);
+/// [`forward`] with `rows` query rows per block, into `out` (`q`'s size, any
+/// contents), with the products of `prods`.
+pub fn forward_with<F: Real, P: Products<F>>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64, rows: usize, mut out: Vec<F>, prods: &P) -> Tensor<F> {
+    let (h, hk, t, d) = (q.shape[1], k.shape[1], q.shape[2], q.shape[3]);
     let rep = h / hk;
     let (qf, kf, vf) = (q.f(), k.f(), v.f());
     let scale = F::from_f64(scale);
-    let mut out = vec![F::ZERO; b * h * t * d];
+    assert_eq!(out.len(), qf.len());
     let blk = t * d;
     if blk == 0 {
         return Tensor::float(q.shape.clone(), out);
     }
+    let rows = rows.min(t);
     out.par_chunks_mut(blk).enumerate().for_each_init(
-        || vec![F::ZERO; rows.min(t) * t],
+        || vec![F::ZERO; rows * t],
         |p, (bh, o)| {
             let (bi, hi) = (bh / h, bh % h);
             let kv = (bi * hk + hi / rep) * blk;
@@ -76,8 +104,8 @@ fn forward_rows<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64
                 let rb = rows.min(t - i0);
                 let w = i0 + rb;
                 let p = &mut p[..rb * w];
-                probs(qb, kb, i0, rb, d, scale, p);
-                gemm(rb, w, d, p, w, 1, &vb[..w * d], d, 1, &mut o[i0 * d..w * d]);
+                probs(prods, qb, kb, i0, rb, d, scale, p);
+                prods.gemm(rb, w, d, p, w, 1, &vb[..w * d], d, 1, &mut o[i0 * d..w * d]);
             }
         },
     );
@@ -85,18 +113,16 @@ fn forward_rows<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64
 }
 
 /// Gradients of causal attention w.r.t. q, k and v (those asked for in `want`).
-pub fn backward<F: Real>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
-    dy: &Tensor<F>,
-    scale: f64,
-    want: [bool; 3],
-) -> [Option<Tensor<F>>; 3] {
-    backward_rows(q, k, v, dy, scale, want, ROWS)
+pub fn backward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, dy: &Tensor<F>, scale: f64, want: [bool; 3]) -> [Option<Tensor<F>>; 3] {
+    let bufs = [(want[0], q.numel()), (want[1], k.numel()), (want[2], v.numel())].map(|(w, n)| if w { vec![F::ZERO; n] } else { Vec::new() });
+    backward_with(q, k, v, dy, scale, want, ROWS, bufs, &Linalg)
 }
 
-fn backward_rows<F: Real>(
+/// [`backward`] with `rows` query rows per block, into `bufs` (dq, dk, dv:
+/// the tensor's size when wanted, else empty; any contents), with the
+/// products of `prods`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with<F: Real, P: Products<F>>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
@@ -104,37 +130,45 @@ fn backward_rows<F: Real>(
     scale: f64,
     want: [bool; 3],
     rows: usize,
+    bufs: [Vec<F>; 3],
+    prods: &P,
 ) -> [Option<Tensor<F>>; 3] {
-    let Dims { b, h, hk, t, d } = dims(q, k);
+    let (b, h, hk, t, d) = (q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3]);
     let rep = h / hk;
     let (qf, kf, vf, gf) = (q.f(), k.f(), v.f(), dy.f());
     let sc = F::from_f64(scale);
     let blk = t * d;
-    let mut dq = vec![F::ZERO; if want[0] { b * h * blk } else { 0 }];
-    let mut dk = vec![F::ZERO; if want[1] { b * hk * blk } else { 0 }];
-    let mut dv = vec![F::ZERO; if want[2] { b * hk * blk } else { 0 }];
+    let [mut dq, mut dk, mut dv] = bufs;
+    for (w, buf, n) in [(want[0], &dq, qf.len()), (want[1], &dk, kf.len()), (want[2], &dv, vf.len())] {
+        assert_eq!(buf.len(), if w { n } else { 0 });
+    }
+    // dk and dv accumulate over query blocks and heads; dq is written.
+    dk.fill(F::ZERO);
+    dv.fill(F::ZERO);
     if blk > 0 {
         let groups = b * hk;
-        // Per group: (dq for its rep query heads, dk, dv) chunks, possibly empty.
-        let split = |v: &mut Vec<F>, len: usize| -> Vec<SendSlice<F>> {
+        fn chunks<F>(v: &mut [F], len: usize, groups: usize) -> Vec<&mut [F]> {
             if v.is_empty() {
-                (0..groups).map(|_| SendSlice(std::ptr::null_mut(), 0)).collect()
+                (0..groups).map(|_| &mut [][..]).collect()
             } else {
-                v.chunks_mut(len).map(|c| SendSlice(c.as_mut_ptr(), c.len())).collect()
+                v.chunks_mut(len).collect()
             }
-        };
-        let dqs = split(&mut dq, rep * blk);
-        let dks = split(&mut dk, blk);
-        let dvs = split(&mut dv, blk);
-        let cap = rows.min(t) * t;
-        (0..groups).into_par_iter().for_each_init(
+        }
+        let work: Vec<(usize, GroupGrads<F>)> = chunks(&mut dq, rep * blk, groups)
+            .into_iter()
+            .zip(chunks(&mut dk, blk, groups))
+            .zip(chunks(&mut dv, blk, groups))
+            .map(|((a, b), c)| (a, b, c))
+            .enumerate()
+            .collect();
+        let rows = rows.min(t);
+        let cap = rows * t;
+        work.into_par_iter().for_each_init(
             || (vec![F::ZERO; cap], vec![F::ZERO; cap]),
-            |(p, dp), g| {
+            |(p, dp), (g, (dqg, dkg, dvg))| {
                 let (bi, kh) = (g / hk, g % hk);
                 let kv = g * blk;
                 let (kb, vb) = (&kf[kv..kv + blk], &vf[kv..kv + blk]);
-                // SAFETY: each group owns disjoint chunks of dq, dk and dv.
-                let (dqg, dkg, dvg) = unsafe { (dqs[g].get(), dks[g].get(), dvs[g].get()) };
                 for r in 0..rep {
                     let hi = kh * rep + r;
                     let qo = (bi * h + hi) * blk;
@@ -143,17 +177,17 @@ fn backward_rows<F: Real>(
                         let rb = rows.min(t - i0);
                         let w = i0 + rb;
                         let (p, dp) = (&mut p[..rb * w], &mut dp[..rb * w]);
-                        probs(qb, kb, i0, rb, d, sc, p);
+                        probs(prods, qb, kb, i0, rb, d, sc, p);
                         let gblk = &gb[i0 * d..w * d];
                         if want[2] {
                             // dv[0..w] += P^T dy[block]
-                            gemm_acc(w, rb, d, p, 1, w, gblk, d, 1, &mut dvg[..w * d]);
+                            prods.gemm_acc(w, rb, d, p, 1, w, gblk, d, 1, &mut dvg[..w * d]);
                         }
                         if !(want[0] || want[1]) {
                             continue;
                         }
                         // dP = dy[block] v[0..w]^T; dS = P (dP - rowsum(P dP)) * scale
-                        gemm(rb, d, w, gblk, d, 1, &vb[..w * d], 1, d, dp);
+                        prods.gemm(rb, d, w, gblk, d, 1, &vb[..w * d], 1, d, dp);
                         for rr in 0..rb {
                             let i = i0 + rr;
                             let (pr, dr) = (&p[rr * w..rr * w + i + 1], &mut dp[rr * w..(rr + 1) * w]);
@@ -165,11 +199,11 @@ fn backward_rows<F: Real>(
                         }
                         if want[0] {
                             // dq[block] = dS k[0..w]
-                            gemm(rb, w, d, dp, w, 1, &kb[..w * d], d, 1, &mut dqg[r * blk + i0 * d..r * blk + w * d]);
+                            prods.gemm(rb, w, d, dp, w, 1, &kb[..w * d], d, 1, &mut dqg[r * blk + i0 * d..r * blk + w * d]);
                         }
                         if want[1] {
                             // dk[0..w] += dS^T q[block]
-                            gemm_acc(w, rb, d, dp, 1, w, &qb[i0 * d..w * d], d, 1, &mut dkg[..w * d]);
+                            prods.gemm_acc(w, rb, d, dp, 1, w, &qb[i0 * d..w * d], d, 1, &mut dkg[..w * d]);
                         }
                     }
                 }
@@ -201,9 +235,10 @@ mod tests {
             assert!(e < 1e-13, "{e}");
         };
         for rows in [1, 16, 64] {
-            close(&forward_rows(&q, &k, &v, 0.3, rows), &forward_rows(&q, &k, &v, 0.3, t));
-            let a = backward_rows(&q, &k, &v, &dy, 0.3, [true; 3], rows);
-            let c = backward_rows(&q, &k, &v, &dy, 0.3, [true; 3], t);
+            let fwd = |rows: usize| forward_with(&q, &k, &v, 0.3, rows, vec![0.0; q.numel()], &Linalg);
+            close(&fwd(rows), &fwd(t));
+            let bwd = |rows: usize| backward_with(&q, &k, &v, &dy, 0.3, [true; 3], rows, [q.numel(), k.numel(), v.numel()].map(|n| vec![0.0; n]), &Linalg);
+            let (a, c) = (bwd(rows), bwd(t));
             for i in 0..3 {
                 close(a[i].as_ref().unwrap(), c[i].as_ref().unwrap());
             }
@@ -211,19 +246,3 @@ mod tests {
     }
 }
 
-/// A mutable chunk handed to one parallel task.
-struct SendSlice<F>(*mut F, usize);
-unsafe impl<F> Send for SendSlice<F> {}
-unsafe impl<F> Sync for SendSlice<F> {}
-impl<F> SendSlice<F> {
-    /// # Safety
-    /// Only one task may hold the slice at a time.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self) -> &mut [F] {
-        if self.0.is_null() {
-            &mut []
-        } else {
-            std::slice::from_raw_parts_mut(self.0, self.1)
-        }
-    }
-}

@@ -467,13 +467,19 @@ pub fn rope_tables<F: Real>(t: usize, hd: usize, base: f64) -> (Vec<F>, Vec<F>) 
 pub fn rope<F: Real>(x: Tensor<F>, base: f64, inverse: bool) -> Tensor<F> {
     let r = x.shape.len();
     let (t, hd) = (x.shape[r - 2], x.shape[r - 1]);
-    let half = hd / 2;
     let (cos, sin) = rope_tables::<F>(t, hd, base);
-    let xf = x.f();
-    let mut out = vec![F::ZERO; xf.len()];
+    let mut out = vec![F::ZERO; x.numel()];
+    rope_into(x.f(), t, hd, &cos, &sin, inverse, &mut out);
+    Tensor::float(x.shape.clone(), out)
+}
+
+/// [`rope`] of `xf` (blocks of `t x hd`) into `out` with the tables of
+/// [`rope_tables`]; an odd `hd` leaves each row's last element zero.
+pub(crate) fn rope_into<F: Real>(xf: &[F], t: usize, hd: usize, cos: &[F], sin: &[F], inverse: bool, out: &mut [F]) {
+    let half = hd / 2;
     let block = t * hd;
     if block == 0 {
-        return Tensor::float(x.shape.clone(), out);
+        return;
     }
     let body = |bi: usize, ob: &mut [F]| {
         let xb = &xf[bi * block..(bi + 1) * block];
@@ -491,6 +497,9 @@ pub fn rope<F: Real>(x: Tensor<F>, base: f64, inverse: bool) -> Tensor<F> {
                     orow[j + half] = -a * s[j] + b * c[j];
                 }
             }
+            if hd % 2 == 1 {
+                orow[hd - 1] = F::ZERO;
+            }
         }
     };
     if xf.len() < PAR_MIN {
@@ -498,7 +507,6 @@ pub fn rope<F: Real>(x: Tensor<F>, base: f64, inverse: bool) -> Tensor<F> {
     } else {
         out.par_chunks_mut(block).enumerate().for_each(|(i, ob)| body(i, ob));
     }
-    Tensor::float(x.shape.clone(), out)
 }
 
 /// Per-row fake quantization (spec/MODEL.md): scale rounded to f16 and at
@@ -590,7 +598,7 @@ pub fn scatter_add<F: Real>(ids: &Tensor<F>, dy: &Tensor<F>, rows: usize) -> Res
 }
 
 /// Per-row log-sum-exp of a `[N, V]` matrix.
-fn row_lse<F: Real>(z: &[F], v: usize) -> Vec<F> {
+pub(crate) fn row_lse<F: Real>(z: &[F], v: usize) -> Vec<F> {
     let n = z.len() / v.max(1);
     let lse = |i: usize| {
         let row = &z[i * v..(i + 1) * v];
@@ -618,12 +626,17 @@ pub fn cross_entropy<F: Real>(z: &Tensor<F>, t: &Tensor<F>) -> Result<Tensor<F>,
     let (zf, tg) = (z.f(), t.i());
     check_targets(tg, v)?;
     let lse = row_lse(zf, v);
+    Ok(Tensor::float(vec![], vec![cross_entropy_mean(zf, v, tg, &lse)]))
+}
+
+/// The mean over rows of `lse[i] - z[i, t[i]]` (targets checked).
+pub(crate) fn cross_entropy_mean<F: Real>(zf: &[F], v: usize, tg: &[i32], lse: &[F]) -> F {
     let n = tg.len();
     let mut total = F::ZERO;
     for i in 0..n {
         total += lse[i] - zf[i * v + tg[i] as usize];
     }
-    Ok(Tensor::float(vec![], vec![total / F::from_f64(n as f64)]))
+    total / F::from_f64(n as f64)
 }
 
 /// `dz = (softmax(z) - onehot(t)) * dloss / N`.
@@ -632,22 +645,27 @@ pub fn cross_entropy_grad<F: Real>(z: &Tensor<F>, t: &Tensor<F>, dloss: &Tensor<
     let (zf, tg) = (z.f(), t.i());
     check_targets(tg, v)?;
     let lse = row_lse(zf, v);
-    let n = tg.len();
-    let scale = dloss.f()[0] / F::from_f64(n as f64);
     let mut out = vec![F::ZERO; zf.len()];
-    if v > 0 {
-        let body = |i: usize, o: &mut [F]| {
-            let row = &zf[i * v..(i + 1) * v];
-            for j in 0..v {
-                o[j] = (row[j] - lse[i]).exp() * scale;
-            }
-            o[tg[i] as usize] -= scale;
-        };
-        if zf.len() < PAR_MIN {
-            out.chunks_mut(v).enumerate().for_each(|(i, o)| body(i, o));
-        } else {
-            out.par_chunks_mut(v).enumerate().for_each(|(i, o)| body(i, o));
-        }
-    }
+    cross_entropy_grad_into(zf, v, tg, &lse, dloss.f()[0], &mut out);
     Ok(Tensor::float(z.shape.clone(), out))
+}
+
+/// [`cross_entropy_grad`] into `out` (every element written), given `lse = row_lse(z)`.
+pub(crate) fn cross_entropy_grad_into<F: Real>(zf: &[F], v: usize, tg: &[i32], lse: &[F], dloss: F, out: &mut [F]) {
+    if v == 0 {
+        return;
+    }
+    let scale = dloss / F::from_f64(tg.len() as f64);
+    let body = |i: usize, o: &mut [F]| {
+        let row = &zf[i * v..(i + 1) * v];
+        for j in 0..v {
+            o[j] = (row[j] - lse[i]).exp() * scale;
+        }
+        o[tg[i] as usize] -= scale;
+    };
+    if zf.len() < PAR_MIN {
+        out.chunks_mut(v).enumerate().for_each(|(i, o)| body(i, o));
+    } else {
+        out.par_chunks_mut(v).enumerate().for_each(|(i, o)| body(i, o));
+    }
 }

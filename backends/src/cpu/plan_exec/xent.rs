@@ -2,27 +2,13 @@
 //! (the reference computes it for each op). Same per-row arithmetic as
 //! `cpu::ops::cross_entropy` / `cross_entropy_grad`, so bitwise equal.
 
-use super::super::ops::PAR_MIN;
+use super::super::ops;
 use super::super::{Real, Tensor};
 use super::pool::Pool;
-use rayon::prelude::*;
 
-/// Per-row log-sum-exp of `z[..., V]` (as `cpu::ops::row_lse`).
+/// Per-row log-sum-exp of `z[..., V]`.
 pub fn row_lse<F: Real>(z: &Tensor<F>) -> Vec<F> {
-    let v = *z.shape.last().unwrap();
-    let zf = z.f();
-    let n = zf.len() / v.max(1);
-    let lse = |i: usize| {
-        let row = &zf[i * v..(i + 1) * v];
-        let m = row.iter().fold(F::NEG_INFINITY, |m, &x| m.max(x));
-        let s: F = row.iter().map(|&x| (x - m).exp()).sum();
-        m + s.ln()
-    };
-    if zf.len() < PAR_MIN {
-        (0..n).map(lse).collect()
-    } else {
-        (0..n).into_par_iter().map(lse).collect()
-    }
+    ops::row_lse(z.f(), *z.shape.last().unwrap())
 }
 
 /// The targets, or an error naming the first one outside `0..v`.
@@ -38,36 +24,14 @@ fn targets<F: Real>(t: &Tensor<F>, v: usize) -> Result<&[i32], String> {
 pub fn loss<F: Real>(z: &Tensor<F>, t: &Tensor<F>, lse: &[F]) -> Result<Tensor<F>, String> {
     let v = *z.shape.last().unwrap();
     let tg = targets(t, v)?;
-    let zf = z.f();
-    let n = tg.len();
-    let mut total = F::ZERO;
-    for i in 0..n {
-        total += lse[i] - zf[i * v + tg[i] as usize];
-    }
-    Ok(Tensor::float(vec![], vec![total / F::from_f64(n as f64)]))
+    Ok(Tensor::float(vec![], vec![ops::cross_entropy_mean(z.f(), v, tg, lse)]))
 }
 
 /// `dz = (softmax(z) - onehot(t)) * dloss / N`, given `lse = row_lse(z)`.
 pub fn grad<F: Real>(z: &Tensor<F>, t: &Tensor<F>, dloss: &Tensor<F>, lse: &[F], pool: &mut Pool<F>) -> Result<Tensor<F>, String> {
     let v = *z.shape.last().unwrap();
     let tg = targets(t, v)?;
-    let zf = z.f();
-    let n = tg.len();
-    let scale = dloss.f()[0] / F::from_f64(n as f64);
-    let mut out = pool.take(zf.len());
-    if v > 0 {
-        let body = |i: usize, o: &mut [F]| {
-            let row = &zf[i * v..(i + 1) * v];
-            for j in 0..v {
-                o[j] = (row[j] - lse[i]).exp() * scale;
-            }
-            o[tg[i] as usize] -= scale;
-        };
-        if zf.len() < PAR_MIN {
-            out.chunks_mut(v).enumerate().for_each(|(i, o)| body(i, o));
-        } else {
-            out.par_chunks_mut(v).enumerate().for_each(|(i, o)| body(i, o));
-        }
-    }
+    let mut out = pool.take(z.numel());
+    ops::cross_entropy_grad_into(z.f(), v, tg, lse, dloss.f()[0], &mut out);
     Ok(Tensor::float(z.shape.clone(), out))
 }
