@@ -154,6 +154,13 @@ fn full_model_plan_fuses_what_it_should() {
     // A reduction kernel holds a reduction: element-wise work on row statistics
     // (e.g. the rms norm backward's coefficient) joins its live consumer, not a
     // dead gradient of a constant that autodiff also emitted.
+    // The attention output is read by the tensor cores only (through the head
+    // merge) and by the attention backward: stored bf16.
+    for k in p.kernels.iter().filter(|k| k.kind == KernelKind::Attention) {
+        for o in &k.outputs {
+            assert!(matches!(&p.values[o.index()], Place::Arena(s) if s.storage == plan::Storage::Bf16), "{}: attention output not bf16", k.name);
+        }
+    }
     // relu(pre) is not stored: the backward GEMM's epilogue, which reads the
     // pre-activation anyway, recomputes it (recompute-elementwise).
     let stored_relu = p.kernels.iter().flat_map(|k| &k.outputs).filter(|v| matches!(g.node(**v).op, Op::Unary { f: UnaryFn::Relu })).count();

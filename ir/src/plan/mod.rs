@@ -228,21 +228,27 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
         kernels[k].outputs = outs;
     }
 
-    // Storage: bf16 for values only tensor cores read (precision policy), else
-    // f32; i32 for ids. Graph outputs are always f32.
+    // Storage: bf16 for values only tensor cores read, directly or through
+    // reshapes and permutes (precision policy: the attention output before
+    // its head merge), else f32; i32 for ids. Graph outputs are always f32.
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, node) in g.nodes.iter().enumerate() {
+    for (i, node) in g.nodes.iter().enumerate().filter(|&(i, _)| live[i]) {
         for a in &node.args {
             users[a.index()].push(i);
         }
+    }
+    fn feeds_tensor_cores_only(g: &Graph, users: &[Vec<usize>], requested: &HashSet<usize>, m: usize) -> bool {
+        !requested.contains(&m)
+            && users[m].iter().all(|&u| {
+                fuse::is_tensor_core_operand(g, u, m)
+                    || (matches!(g.nodes[u].op, Op::Reshape { .. } | Op::Permute { .. }) && feeds_tensor_cores_only(g, users, requested, u))
+            })
     }
     let storage = |m: usize| -> Storage {
         if g.nodes[m].ty.dtype == DType::I32 {
             return Storage::I32;
         }
-        let tensor_core_only = opts.precision == Precision::Bf16
-            && !requested.contains(&m)
-            && users[m].iter().all(|&u| fuse::is_tensor_core_operand(g, u, m));
+        let tensor_core_only = opts.precision == Precision::Bf16 && feeds_tensor_cores_only(g, &users, &requested, m);
         if tensor_core_only {
             Storage::Bf16
         } else {
