@@ -438,9 +438,19 @@ fn cheap_of(g: &Graph, v: usize) -> Option<usize> {
 
 /// recompute-elementwise: a kernel that reads both `u` and a cheap `f(u)`
 /// computed elsewhere recomputes `f(u)` (a prologue node) instead of reading
-/// it. Element-wise, row-wise and reduction kernels, and GEMM epilogues (not
-/// the product's operands, which the tensor cores read from memory).
+/// it. Also a reshape/permute view of a value another kernel stores anyway
+/// (the q/k projections in the head layout, kept for the norm's backward):
+/// the reader indexes the stored value instead of a stored copy. Element-wise,
+/// row-wise and reduction kernels, and GEMM epilogues (not the product's
+/// operands, which the tensor cores read from memory).
 fn recompute_cheap_values(g: &Graph, groups: &mut [Group], requested: &HashSet<usize>) {
+    let mut owner = vec![usize::MAX; g.nodes.len()];
+    for (gi, gr) in groups.iter().enumerate() {
+        for &m in &gr.nodes {
+            owner[m] = gi;
+        }
+    }
+    let is_layout = |m: usize| matches!(g.nodes[m].op, Op::Reshape { .. } | Op::Permute { .. });
     for gr in groups.iter_mut() {
         if !matches!(gr.kind, KernelKind::Elementwise | KernelKind::RowWise | KernelKind::Reduce | KernelKind::Gemm) {
             continue;
@@ -453,12 +463,39 @@ fn recompute_cheap_values(g: &Graph, groups: &mut [Group], requested: &HashSet<u
             .filter(|&&m| matches!(g.nodes[m].op, Op::Linear | Op::MatMul | Op::OuterSum))
             .flat_map(|&m| g.nodes[m].args.iter().map(|a| a.index()))
             .collect();
+        let mut add: Vec<usize> = Vec::new();
         for &v in &reads {
-            let Some(u) = cheap_of(g, v) else { continue };
-            if reads.contains(&u) && !requested.contains(&v) && !operands.contains(&v) && !gr.prologue.contains(&v) {
-                gr.prologue.push(v);
-                gr.rules.insert(FusionRule::RecomputeElementwise);
+            if requested.contains(&v) || operands.contains(&v) || gr.prologue.contains(&v) {
+                continue;
             }
+            if let Some(u) = cheap_of(g, v) {
+                if reads.contains(&u) {
+                    add.push(v);
+                }
+                continue;
+            }
+            // A chain of views down to a value stored by another kernel than the views'.
+            let mut chain = vec![v];
+            let mut u = v;
+            while is_layout(u) {
+                let a = g.nodes[u].args[0].index();
+                if owner[a] != owner[v] || owner[a] == usize::MAX {
+                    chain.push(usize::MAX);
+                    break;
+                }
+                chain.push(a);
+                u = a;
+            }
+            if chain.last() == Some(&usize::MAX) && is_layout(v) {
+                chain.pop();
+                add.extend(chain);
+            }
+        }
+        for v in add {
+            if !gr.prologue.contains(&v) {
+                gr.prologue.push(v);
+            }
+            gr.rules.insert(FusionRule::RecomputeElementwise);
         }
     }
 }
