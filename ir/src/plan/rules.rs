@@ -28,7 +28,8 @@ pub enum FusionRule {
     /// The q, k and v gradients of one attention in one backward kernel.
     AttentionBackwardTogether,
     /// A cheap one-input element-wise value (relu of a pre-activation) is
-    /// recomputed by a kernel that also reads its input, instead of read from
+    /// recomputed by a kernel that also reads its input, and a reshape/permute
+    /// view of a value stored anyway is indexed through, instead of read from
     /// memory; it is stored only if another kernel still reads it.
     RecomputeElementwise,
 }
