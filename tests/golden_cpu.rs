@@ -8,10 +8,9 @@
 
 mod common;
 use common::{golden_sets as sets_of, model_11l_with_grads as compile};
-use pgc_backends::cpu::{self, rel_err, Real, Tensor};
+use pgc_backends::cpu::{self, rel_err, Real};
 use pgc_ir::{Graph, Mode};
-use pgc_runtime::weights::{HostData, SafeFile};
-use std::collections::HashMap;
+use pgc_runtime::weights::SafeFile;
 use std::path::Path;
 
 const TOL_F64: f64 = 1e-9;
@@ -31,21 +30,7 @@ struct Row {
 }
 
 fn run_precision<F: Real>(file: &SafeFile, g: &Graph, mode: &str, tol: f64, rows: &mut Vec<Row>) {
-    let params: HashMap<String, Tensor<F>> = g
-        .params
-        .iter()
-        .map(|p| {
-            let t = file.get(&format!("param.{}", p.name), "a golden parameter").unwrap();
-            assert_eq!(t.shape, p.shape, "param.{}", p.name);
-            (p.name.clone(), Tensor::from_f64(t.shape.clone(), &t.data.to_f64()))
-        })
-        .collect();
-    let mut inputs = HashMap::new();
-    for name in ["input_ids", "target_ids"] {
-        let t = file.get(name, "token ids").unwrap();
-        let HostData::I32(ids) = t.data else { panic!("{name} is not int32") };
-        inputs.insert(name.to_string(), Tensor::<F>::int(t.shape, ids));
-    }
+    let (params, inputs) = common::golden_params_and_inputs::<F>(file, g);
     let run = cpu::execute(g, &params, &inputs, None).unwrap();
     let case = format!("{} {mode} {}", file.path.file_stem().unwrap().to_string_lossy(), F::NAME);
     let mut compared = 0;

@@ -36,20 +36,7 @@ fn root() -> &'static Path {
 
 /// Worst relative error over the outputs of one case, and the tensors over `tol`.
 fn run_precision<F: Real>(file: &SafeFile, g: &Graph, mode: &str, tol: f64, rules: &BTreeSet<FusionRule>) -> (f64, String, Vec<String>) {
-    let params: HashMap<String, Tensor<F>> = g
-        .params
-        .iter()
-        .map(|p| {
-            let t = file.get(&format!("param.{}", p.name), "a golden parameter").unwrap();
-            (p.name.clone(), Tensor::from_f64(t.shape.clone(), &t.data.to_f64()))
-        })
-        .collect();
-    let mut inputs = HashMap::new();
-    for name in ["input_ids", "target_ids"] {
-        let t = file.get(name, "token ids").unwrap();
-        let HostData::I32(ids) = t.data else { panic!("{name} is not int32") };
-        inputs.insert(name.to_string(), Tensor::<F>::int(t.shape, ids));
-    }
+    let (params, inputs) = common::golden_params_and_inputs::<F>(file, g);
     let run = plan_exec::execute(g, &params, &inputs, None, rules).unwrap();
     let golden = file.names().iter().filter(|n| n.starts_with(&format!("{mode}."))).count();
     assert_eq!(run.outputs.len(), golden, "{mode} {}: outputs vs golden tensors", F::NAME);

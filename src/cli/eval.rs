@@ -6,7 +6,7 @@
 //! (`logsumexp(z) - z[target]`) and only each window's scored targets count.
 //! `bpb = (mean nll / ln 2) * (tokens / bytes)`.
 
-use super::export::{bad, compile, load_values};
+use super::export::{bad, compile};
 use super::{CliResult, Failure};
 use pgc_backends::cpu::{self, Tensor};
 use pgc_ir::plan::Precision;
@@ -36,14 +36,8 @@ pub struct EvalArgs {
     /// Override a model constant, e.g. `--set layers=9`. Repeatable. `seq` is the window length.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub sets: Vec<String>,
-    /// Parameters: safetensors (PREFIX + NAME) or a .pgz artifact.
-    #[arg(long, value_name = "W", required_unless_present = "random_weights", conflicts_with = "random_weights")]
-    pub weights: Option<PathBuf>,
-    #[arg(long, value_name = "P", default_value = "", requires = "weights")]
-    pub weights_prefix: String,
-    /// Use the model's training initialisation, seeded.
-    #[arg(long, value_name = "SEED")]
-    pub random_weights: Option<u64>,
+    #[command(flatten)]
+    pub params: super::export::ParamSource,
     /// Token shards (wildcards in the file name), concatenated in name order.
     #[arg(long, value_name = "GLOB")]
     pub data: String,
@@ -175,7 +169,7 @@ pub fn run(args: EvalArgs) -> CliResult {
     if args.stride > seq {
         return Err(bad(format!("--stride {} is longer than the window (seq {seq})", args.stride)));
     }
-    let values = load_values(&g, &args.weights, &args.weights_prefix, args.random_weights)?;
+    let values = args.params.load(&g)?;
     let tokens = data::read_shards(&args.data).map_err(bad)?;
     if let Some(p) = tokens.iter().position(|&t| t as usize >= vocab) {
         return Err(bad(format!("{}: token {} at position {p} is outside the vocabulary 0..{vocab}", args.data, tokens[p])));

@@ -17,15 +17,8 @@ pub struct ExportArgs {
     /// Override a model constant, e.g. `--set layers=9`. Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub sets: Vec<String>,
-    /// Parameters: safetensors (one tensor per parameter, PREFIX + NAME) or a .pgz artifact.
-    #[arg(long, value_name = "W", required_unless_present = "random_weights", conflicts_with = "random_weights")]
-    pub weights: Option<PathBuf>,
-    /// Prefix of the parameter tensors in the weights file.
-    #[arg(long, value_name = "P", default_value = "", requires = "weights")]
-    pub weights_prefix: String,
-    /// Use the model's training initialisation, seeded, instead of a weights file.
-    #[arg(long, value_name = "SEED")]
-    pub random_weights: Option<u64>,
+    #[command(flatten)]
+    pub params: ParamSource,
     /// Output artifact.
     #[arg(short = 'o', long = "out", value_name = "MODEL.pgz")]
     pub out: PathBuf,
@@ -47,21 +40,32 @@ pub(crate) fn compile(model: &std::path::Path, sets: &[(String, String)], mode: 
     Ok((g, h))
 }
 
-/// Parameter values from `--weights` (safetensors or .pgz) or `--random-weights`.
-pub(crate) fn load_values(
-    g: &Graph,
-    weights_path: &Option<PathBuf>,
-    prefix: &str,
-    random: Option<u64>,
-) -> Result<HashMap<String, Vec<f64>>, Failure> {
-    match (weights_path, random) {
-        (Some(w), _) => {
-            let v = weights::load_params(w, prefix, &g.params).map_err(bad)?;
-            note_ir_hash(w, g);
-            Ok(v)
+/// Where a command takes the model's parameters from (shared by `export` and `eval`).
+#[derive(clap::Args)]
+pub struct ParamSource {
+    /// Parameters: safetensors (one tensor per parameter, PREFIX + NAME) or a .pgz artifact.
+    #[arg(long, value_name = "W", required_unless_present = "random_weights", conflicts_with = "random_weights")]
+    pub weights: Option<PathBuf>,
+    /// Prefix of the parameter tensors in the weights file.
+    #[arg(long, value_name = "P", default_value = "", requires = "weights")]
+    pub weights_prefix: String,
+    /// Use the model's training initialisation, seeded, instead of a weights file.
+    #[arg(long, value_name = "SEED")]
+    pub random_weights: Option<u64>,
+}
+
+impl ParamSource {
+    /// Parameter values for `g` from `--weights` (safetensors or .pgz) or `--random-weights`.
+    pub(crate) fn load(&self, g: &Graph) -> Result<HashMap<String, Vec<f64>>, Failure> {
+        match (&self.weights, self.random_weights) {
+            (Some(w), _) => {
+                let v = weights::load_params(w, &self.weights_prefix, &g.params).map_err(bad)?;
+                note_ir_hash(w, g);
+                Ok(v)
+            }
+            (None, Some(seed)) => pgc_runtime::init::random_params(&g.params, seed).map_err(bad),
+            (None, None) => Err(bad("one of --weights or --random-weights is required")),
         }
-        (None, Some(seed)) => pgc_runtime::init::random_params(&g.params, seed).map_err(bad),
-        (None, None) => Err(bad("one of --weights or --random-weights is required")),
     }
 }
 
@@ -87,7 +91,7 @@ fn note_ir_hash(w: &std::path::Path, g: &Graph) {
 pub fn run(args: ExportArgs) -> CliResult {
     let sets = super::parse_sets(&args.sets)?;
     let (g, ir_hash) = compile(&args.model, &sets, Mode::Eval)?;
-    let values = load_values(&g, &args.weights, &args.weights_prefix, args.random_weights)?;
+    let values = args.params.load(&g)?;
     let (bytes, art) = artifact::export(&g.params, &values, ir_hash, &g.constants).map_err(bad)?;
     weights::write_atomic(&args.out, &bytes).map_err(|e| Failure::Other(e.into()))?;
     let raw: u64 = art.tensors.iter().map(|t| t.raw_bytes).sum();

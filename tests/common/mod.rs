@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use pgc_ir::{Graph, Mode};
+use std::collections::HashMap;
 use std::process::Output;
 
 /// The golden config `tiny` as `--set` pairs (tests/golden/tiny.safetensors).
@@ -48,4 +49,29 @@ pub fn model_11l_with_grads(sets: &[(String, String)], mode: Mode) -> Graph {
     let src = std::fs::read_to_string(path).unwrap();
     let g = pgc_frontend::compile_model(&src, path, sets, mode).unwrap_or_else(|d| panic!("{}", d.render(&src)));
     pgc_ir::passes::autodiff::backward(&g, "loss").unwrap()
+}
+
+/// A golden file's parameters (`param.NAME`, checked against the graph's
+/// shapes) and token ids, in the CPU backend's working precision.
+pub fn golden_params_and_inputs<F: pgc_backends::cpu::Real>(
+    file: &pgc_runtime::weights::SafeFile,
+    g: &Graph,
+) -> (HashMap<String, pgc_backends::cpu::Tensor<F>>, HashMap<String, pgc_backends::cpu::Tensor<F>>) {
+    use pgc_backends::cpu::Tensor;
+    let params = g
+        .params
+        .iter()
+        .map(|p| {
+            let t = file.get(&format!("param.{}", p.name), "a golden parameter").unwrap();
+            assert_eq!(t.shape, p.shape, "param.{}", p.name);
+            (p.name.clone(), Tensor::from_f64(t.shape.clone(), &t.data.to_f64()))
+        })
+        .collect();
+    let mut inputs = HashMap::new();
+    for name in ["input_ids", "target_ids"] {
+        let t = file.get(name, "token ids").unwrap();
+        let pgc_runtime::weights::HostData::I32(ids) = t.data else { panic!("{name} is not int32") };
+        inputs.insert(name.to_string(), Tensor::<F>::int(t.shape, ids));
+    }
+    (params, inputs)
 }

@@ -88,13 +88,7 @@ pub fn execute<F: Real>(
     wanted: Option<&[&str]>,
 ) -> Result<Run<F>, CpuError> {
     pgc_ir::verify(g).map_err(|es| CpuError::Invalid(es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
-    let outs: Vec<(String, ValueId)> = match wanted {
-        None => g.outputs.clone(),
-        Some(names) => names
-            .iter()
-            .map(|n| g.output(n).map(|v| (n.to_string(), v)).ok_or_else(|| CpuError::NoOutput(n.to_string())))
-            .collect::<Result<_, _>>()?,
-    };
+    let outs = wanted_outputs(g, wanted)?;
     let n = g.nodes.len();
     let mut needed = vec![false; n];
     for (_, v) in &outs {
@@ -460,6 +454,14 @@ pub(crate) fn load_input<F: Real>(inputs: &HashMap<String, Tensor<F>>, name: &st
 }
 
 /// A parameter's values, checked against its declaration (float, declared shape).
+/// The graph outputs named in `wanted` (all of them when `None`), each with its value.
+pub(crate) fn wanted_outputs(g: &Graph, wanted: Option<&[&str]>) -> Result<Vec<(String, ValueId)>, CpuError> {
+    match wanted {
+        None => Ok(g.outputs.clone()),
+        Some(names) => names.iter().map(|n| g.output(n).map(|v| (n.to_string(), v)).ok_or_else(|| CpuError::NoOutput(n.to_string()))).collect(),
+    }
+}
+
 pub(crate) fn load_param<F: Real>(g: &Graph, params: &HashMap<String, Tensor<F>>, name: &str) -> Result<Tensor<F>, CpuError> {
     let info = g.param(name).ok_or_else(|| CpuError::MissingParam(name.to_string()))?;
     let t = params.get(name).ok_or_else(|| CpuError::MissingParam(name.to_string()))?;

@@ -50,10 +50,11 @@ mod xent;
 
 use pool::Pool;
 
-use super::{eval, load_input, load_param, CpuError, Profile, Real, Run, Tensor};
+use super::{eval, load_input, load_param, wanted_outputs, CpuError, Profile, Real, Run, Tensor};
 use pgc_ir::plan::{self, FusionRule, Kernel, Plan, PlanOptions, Precision};
 use pgc_ir::{AttnPart, Graph, Op, ValueId};
 use std::any::TypeId;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -132,13 +133,7 @@ pub fn execute_plan_with<F: Real>(
     wanted: Option<&[&str]>,
     jit: Option<&jit::JitKernels>,
 ) -> Result<Run<F>, CpuError> {
-    let outs: Vec<(String, ValueId)> = match wanted {
-        None => g.outputs.clone(),
-        Some(names) => names
-            .iter()
-            .map(|n| g.output(n).map(|v| (n.to_string(), v)).ok_or_else(|| CpuError::NoOutput(n.to_string())))
-            .collect::<Result<_, _>>()?,
-    };
+    let outs = wanted_outputs(g, wanted)?;
     let n = g.nodes.len();
     if plan.values.len() != n {
         return Err(CpuError::Invalid(format!("the plan has {} values, the graph {n} nodes", plan.values.len())));
@@ -238,7 +233,10 @@ pub fn execute_plan_with<F: Real>(
                         Op::OuterSum => gemm::outer_sum(&a[0], &a[1], &mut pool),
                         Op::FakeQuant { bits } => quant::fake_quant(&a[0], *bits, &mut pool),
                         Op::CrossEntropy | Op::CrossEntropyGrad => {
-                            let rows = lse.entry(node.args[0].index()).or_insert_with(|| xent::row_lse(&a[0]));
+                            let rows = match lse.entry(node.args[0].index()) {
+                                Entry::Occupied(e) => e.into_mut(),
+                                Entry::Vacant(e) => e.insert(xent::row_lse(&a[0]).map_err(oerr)?),
+                            };
                             match op {
                                 Op::CrossEntropy => xent::loss(&a[0], &a[1], rows),
                                 _ => xent::grad(&a[0], &a[1], &a[2], rows, &mut pool),

@@ -7,8 +7,13 @@ use super::super::{Real, Tensor};
 use super::pool::Pool;
 
 /// Per-row log-sum-exp of `z[..., V]`.
-pub fn row_lse<F: Real>(z: &Tensor<F>) -> Vec<F> {
-    ops::row_lse(z.f(), *z.shape.last().unwrap())
+pub fn row_lse<F: Real>(z: &Tensor<F>) -> Result<Vec<F>, String> {
+    Ok(ops::row_lse(z.f(), row_len(z)?))
+}
+
+/// `V` of logits `z[..., V]`.
+fn row_len<F: Real>(z: &Tensor<F>) -> Result<usize, String> {
+    z.shape.last().copied().ok_or_else(|| "logits of rank 0".to_string())
 }
 
 /// The targets, or an error naming the first one outside `0..v`.
@@ -22,14 +27,14 @@ fn targets<F: Real>(t: &Tensor<F>, v: usize) -> Result<&[i32], String> {
 
 /// Mean cross entropy of `z[..., V]` against targets `t`, given `lse = row_lse(z)`.
 pub fn loss<F: Real>(z: &Tensor<F>, t: &Tensor<F>, lse: &[F]) -> Result<Tensor<F>, String> {
-    let v = *z.shape.last().unwrap();
+    let v = row_len(z)?;
     let tg = targets(t, v)?;
     Ok(Tensor::float(vec![], vec![ops::cross_entropy_mean(z.f(), v, tg, lse)]))
 }
 
 /// `dz = (softmax(z) - onehot(t)) * dloss / N`, given `lse = row_lse(z)`.
 pub fn grad<F: Real>(z: &Tensor<F>, t: &Tensor<F>, dloss: &Tensor<F>, lse: &[F], pool: &mut Pool<F>) -> Result<Tensor<F>, String> {
-    let v = *z.shape.last().unwrap();
+    let v = row_len(z)?;
     let tg = targets(t, v)?;
     let mut out = pool.take(z.numel());
     ops::cross_entropy_grad_into(z.f(), v, tg, lse, dloss.f()[0], &mut out);

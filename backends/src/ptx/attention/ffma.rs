@@ -106,6 +106,41 @@ fn key_tiles(b: &mut KernelBuilder, q0: Reg, rows: u32, t: Reg) -> Reg {
     b.bin(BinOp::Div, Type::U32, k1, TILE)
 }
 
+/// Stream key/value tiles `0..n_kt` through shared memory (the k tile at
+/// `smem`, the v tile `tile_bytes` after it) and run `body(key, k_addr)` for
+/// every key of each tile: `k_addr` is this thread's dims of the key in shared
+/// memory, its value's at `k_addr + tile_bytes`.
+#[allow(clippy::too_many_arguments)]
+fn for_each_key(
+    b: &mut KernelBuilder,
+    th: &Thread,
+    smem: Reg,
+    tile_bytes: u32,
+    (kr, vr): (&HeadRows, &HeadRows),
+    n_kt: Reg,
+    t: Reg,
+    d: u32,
+    mut body: impl FnMut(&mut KernelBuilder, Reg, Reg),
+) {
+    let loader = TileLoader::new(b, th.tid, THREADS, TILE, d * 4, d * 4, d * 4);
+    let vs = b.add(Type::U32, smem, tile_bytes);
+    let kt0 = b.add(Type::U32, smem, th.gi4);
+    b.for_range(0u32, n_kt, 1, true, |b, kt| {
+        b.bar_sync();
+        let r0 = b.mul_lo(Type::U32, kt, TILE);
+        loader.load(b, smem, kr, r0, t);
+        loader.load(b, vs, vr, r0, t);
+        b.cp_async_commit();
+        b.cp_async_wait_all();
+        b.bar_sync();
+        b.for_range(0u32, TILE, 1, true, |b, j| {
+            let key = b.add(Type::U32, r0, j);
+            let ka = b.mad_lo(Type::U32, j, d * 4, kt0);
+            body(b, key, ka);
+        });
+    });
+}
+
 pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
     let ge = geo(cfg);
     let d = ge.d;
@@ -134,40 +169,25 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
     let m = b.val(Type::F32, f32::NEG_INFINITY);
     let l = b.val(Type::F32, 0.0f32);
     let n_kt = key_tiles(&mut b, q0, ge.rows, p.t);
-    let loader = TileLoader::new(&mut b, th.tid, THREADS, TILE, d * 4, d * 4, d * 4);
-    let ks = smem;
-    let vs = b.add(Type::U32, smem, tile_bytes);
-    let kt0 = b.add(Type::U32, ks, th.gi4);
-    b.for_range(0u32, n_kt, 1, true, |b, kt| {
-        b.bar_sync();
-        let r0 = b.mul_lo(Type::U32, kt, TILE);
-        loader.load(b, ks, &kr, r0, p.t);
-        loader.load(b, vs, &vr, r0, p.t);
-        b.cp_async_commit();
-        b.cp_async_wait_all();
-        b.bar_sync();
-        b.for_range(0u32, TILE, 1, true, |b, j| {
-            let key = b.add(Type::U32, r0, j);
-            let ka = b.mad_lo(Type::U32, j, d * 4, kt0);
-            let kv = smem_dims(b, &ge, ka);
-            let s = dot(b, &ge, &qv, &kv);
-            let s2 = fmul(b, s, c);
-            let masked = b.setp(Cmp::Gt, Type::U32, key, row);
-            b.push_guarded(Guard { pred: masked, negate: false }, Inst::Mov { ty: Type::F32, dst: s2, src: f32::NEG_INFINITY.into() });
-            let mnew = fmax(b, m, s2);
-            let dm = fsub(b, m, mnew);
-            let alpha = ex2(b, dm);
-            let x = fsub(b, s2, mnew);
-            let pp = ex2(b, x);
-            b.fma_f32_to(l, l, alpha, pp);
-            b.mov(Type::F32, m, mnew);
-            let va = b.add(Type::U32, ka, tile_bytes);
-            let vv = smem_dims(b, &ge, va);
-            for (oi, vi) in ov.iter().zip(&vv) {
-                let pv = fmul(b, pp, *vi);
-                b.fma_f32_to(*oi, *oi, alpha, pv);
-            }
-        });
+    for_each_key(&mut b, &th, smem, tile_bytes, (&kr, &vr), n_kt, p.t, d, |b, key, ka| {
+        let kv = smem_dims(b, &ge, ka);
+        let s = dot(b, &ge, &qv, &kv);
+        let s2 = fmul(b, s, c);
+        let masked = b.setp(Cmp::Gt, Type::U32, key, row);
+        b.push_guarded(Guard { pred: masked, negate: false }, Inst::Mov { ty: Type::F32, dst: s2, src: f32::NEG_INFINITY.into() });
+        let mnew = fmax(b, m, s2);
+        let dm = fsub(b, m, mnew);
+        let alpha = ex2(b, dm);
+        let x = fsub(b, s2, mnew);
+        let pp = ex2(b, x);
+        b.fma_f32_to(l, l, alpha, pp);
+        b.mov(Type::F32, m, mnew);
+        let va = b.add(Type::U32, ka, tile_bytes);
+        let vv = smem_dims(b, &ge, va);
+        for (oi, vi) in ov.iter().zip(&vv) {
+            let pv = fmul(b, pp, *vi);
+            b.fma_f32_to(*oi, *oi, alpha, pv);
+        }
     });
     let inv = b.unary(UnOp::Rcp, Type::F32, l);
     let outs: Vec<Reg> = ov.iter().map(|&x| fmul(&mut b, x, inv)).collect();
@@ -322,36 +342,21 @@ pub(super) fn backward_dq(cfg: &AttnConfig) -> AttnKernel {
     let ds_r = stat(&mut b, dsum);
     let dqv: Vec<Reg> = (0..ge.dpt).map(|_| b.val(Type::F32, 0.0f32)).collect();
     let n_kt = key_tiles(&mut b, q0, ge.rows, p.t);
-    let loader = TileLoader::new(&mut b, th.tid, THREADS, TILE, d * 4, d * 4, d * 4);
-    let ks = smem;
-    let vs = b.add(Type::U32, smem, tile_bytes);
-    let kt0 = b.add(Type::U32, ks, th.gi4);
-    b.for_range(0u32, n_kt, 1, true, |b, kt| {
-        b.bar_sync();
-        let r0 = b.mul_lo(Type::U32, kt, TILE);
-        loader.load(b, ks, &kr, r0, p.t);
-        loader.load(b, vs, &vr, r0, p.t);
-        b.cp_async_commit();
-        b.cp_async_wait_all();
-        b.bar_sync();
-        b.for_range(0u32, TILE, 1, true, |b, j| {
-            let key = b.add(Type::U32, r0, j);
-            let ka = b.mad_lo(Type::U32, j, d * 4, kt0);
-            let kj = smem_dims(b, &ge, ka);
-            let va = b.add(Type::U32, ka, tile_bytes);
-            let vj = smem_dims(b, &ge, va);
-            let s = dot(b, &ge, &qv, &kj);
-            let dp = dot(b, &ge, &dov, &vj);
-            let x = b.fma_f32(s, c, nl);
-            let pp = ex2(b, x);
-            let masked = b.setp(Cmp::Gt, Type::U32, key, row);
-            b.push_guarded(Guard { pred: masked, negate: false }, Inst::Mov { ty: Type::F32, dst: pp, src: 0.0f32.into() });
-            let dd = fsub(b, dp, ds_r);
-            let dsc = fmul(b, pp, dd);
-            for (acc, kx) in dqv.iter().zip(&kj) {
-                b.fma_f32_to(*acc, dsc, *kx, *acc);
-            }
-        });
+    for_each_key(&mut b, &th, smem, tile_bytes, (&kr, &vr), n_kt, p.t, d, |b, key, ka| {
+        let kj = smem_dims(b, &ge, ka);
+        let va = b.add(Type::U32, ka, tile_bytes);
+        let vj = smem_dims(b, &ge, va);
+        let s = dot(b, &ge, &qv, &kj);
+        let dp = dot(b, &ge, &dov, &vj);
+        let x = b.fma_f32(s, c, nl);
+        let pp = ex2(b, x);
+        let masked = b.setp(Cmp::Gt, Type::U32, key, row);
+        b.push_guarded(Guard { pred: masked, negate: false }, Inst::Mov { ty: Type::F32, dst: pp, src: 0.0f32.into() });
+        let dd = fsub(b, dp, ds_r);
+        let dsc = fmul(b, pp, dd);
+        for (acc, kx) in dqv.iter().zip(&kj) {
+            b.fma_f32_to(*acc, dsc, *kx, *acc);
+        }
     });
     let outs: Vec<Reg> = dqv.iter().map(|&x| fmul(&mut b, x, p.scale)).collect();
     let dqr = head_rows(&mut b, cfg.layout, dq, bb, hh, p.h, p.t, d, 4);
