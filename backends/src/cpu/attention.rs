@@ -20,11 +20,28 @@ pub const ROWS: usize = 64;
 
 /// The matrix products of the attention, `c = a @ b` and `c += a @ b` with
 /// `a` (`m x k`) and `b` (`k x n`) given by slices and element strides and `c`
-/// a contiguous `m x n` buffer (as [`linalg::gemm`]).
+/// a contiguous `m x n` buffer (as [`linalg::gemm`]), and its row
+/// arithmetic (provided: the reference's serial loops).
 #[allow(clippy::too_many_arguments)]
-pub trait Products<F>: Sync {
+pub trait Products<F: Real>: Sync {
     fn gemm(&self, m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]);
     fn gemm_acc(&self, m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]);
+
+    /// `row[j] = exp(row[j] - max)`, returning the new row's sum (the
+    /// softmax numerators and denominator). The reference: in order, serially.
+    fn exp_shifted_sum(&self, row: &mut [F], max: F) -> F {
+        let mut s = F::ZERO;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            s += *v;
+        }
+        s
+    }
+
+    /// `sum(a[j] * b[j])`. The reference: in order, serially.
+    fn dot(&self, a: &[F], b: &[F]) -> F {
+        a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+    }
 }
 
 /// The reference's products: [`linalg`] (matrixmultiply).
@@ -64,11 +81,7 @@ fn probs<F: Real, P: Products<F>>(prods: &P, q: &[F], k: &[F], i0: usize, rb: us
             }
         }
         let m = ch.remainder().iter().chain(&lanes).fold(F::NEG_INFINITY, |m, &v| m.max(v));
-        let mut s = F::ZERO;
-        for v in row[..=i].iter_mut() {
-            *v = (*v - m).exp();
-            s += *v;
-        }
+        let s = prods.exp_shifted_sum(&mut row[..=i], m);
         for v in row[..=i].iter_mut() {
             *v = *v / s;
         }
@@ -191,7 +204,7 @@ pub fn backward_with<F: Real, P: Products<F>>(
                         for rr in 0..rb {
                             let i = i0 + rr;
                             let (pr, dr) = (&p[rr * w..rr * w + i + 1], &mut dp[rr * w..(rr + 1) * w]);
-                            let dsum: F = pr.iter().zip(dr.iter()).map(|(&a, &b)| a * b).sum();
+                            let dsum = prods.dot(pr, dr);
                             for j in 0..=i {
                                 dr[j] = pr[j] * (dr[j] - dsum) * sc;
                             }

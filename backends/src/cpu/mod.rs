@@ -182,43 +182,51 @@ pub fn execute<F: Real>(
 }
 
 /// Evaluate one op on its operands (all except the ones with external state).
-fn eval<F: Real>(op: &Op, mut args: Vec<Tensor<F>>, ty: &TensorType) -> Result<Tensor<F>, String> {
+fn eval<F: Real>(op: &Op, args: Vec<Tensor<F>>, ty: &TensorType) -> Result<Tensor<F>, String> {
+    eval_with(op, args, ty, &mut ops::Fresh)
+}
+
+/// [`eval`] with the outputs of the element-wise, layout and reduction ops
+/// taken from `alloc`.
+pub(crate) fn eval_with<F: Real>(op: &Op, mut args: Vec<Tensor<F>>, ty: &TensorType, alloc: &mut dyn ops::Alloc<F>) -> Result<Tensor<F>, String> {
     let bad_id = |what: &str, (pos, id): (usize, i32), limit: usize| format!("{what} {id} at position {pos} is outside 0..{limit}");
     Ok(match op {
-        Op::Input { .. } | Op::Param { .. } | Op::CausalAttentionGrad { .. } => unreachable!("handled by execute"),
+        Op::Input { .. } | Op::Param { .. } | Op::CausalAttentionGrad { .. } => {
+            unreachable!("handled by execute")
+        }
         Op::Scalar { value } => Tensor::float(vec![], vec![F::from_f64(*value)]),
         Op::Unary { f } => {
             let f = *f;
-            ops::map(args.pop().unwrap(), move |x| ops::unary_fn(f, x))
+            ops::map(args.pop().unwrap(), move |x| ops::unary_fn(f, x), alloc)
         }
         Op::LeakyRelu { slope } => {
             let s = F::from_f64(*slope);
-            ops::map(args.pop().unwrap(), move |x| if x > F::ZERO { x } else { s * x })
+            ops::map(args.pop().unwrap(), move |x| if x > F::ZERO { x } else { s * x }, alloc)
         }
         Op::LeakyStep { slope } => {
             let s = F::from_f64(*slope);
-            ops::map(args.pop().unwrap(), move |x| if x > F::ZERO { F::ONE } else { s })
+            ops::map(args.pop().unwrap(), move |x| if x > F::ZERO { F::ONE } else { s }, alloc)
         }
         Op::Binary { f } => {
             let f = *f;
             let b = args.pop().unwrap();
             let a = args.pop().unwrap();
-            ops::binary(a, b, &ty.shape, move |x, y| ops::binary_fn(f, x, y))
+            ops::binary(a, b, &ty.shape, move |x, y| ops::binary_fn(f, x, y), alloc)
         }
-        Op::Reduce { f, axis, keepdim } => ops::reduce(args.pop().unwrap(), *f, *axis, *keepdim),
+        Op::Reduce { f, axis, keepdim } => ops::reduce(args.pop().unwrap(), *f, *axis, *keepdim, alloc),
         Op::Reshape { shape } => args.pop().unwrap().with_shape(shape.clone()),
-        Op::Permute { perm } => ops::permute(args.pop().unwrap(), perm),
-        Op::Broadcast { shape } => ops::broadcast(args.pop().unwrap(), shape),
-        Op::SumTo { shape } => ops::sum_to(args.pop().unwrap(), shape),
-        Op::Index { axis, index } => ops::index(args.pop().unwrap(), *axis, *index),
-        Op::Unindex { axis, index, size } => ops::unindex(args.pop().unwrap(), *axis, *index, *size),
+        Op::Permute { perm } => ops::permute(args.pop().unwrap(), perm, alloc),
+        Op::Broadcast { shape } => ops::broadcast(args.pop().unwrap(), shape, alloc),
+        Op::SumTo { shape } => ops::sum_to(args.pop().unwrap(), shape, alloc),
+        Op::Index { axis, index } => ops::index(args.pop().unwrap(), *axis, *index, alloc),
+        Op::Unindex { axis, index, size } => ops::unindex(args.pop().unwrap(), *axis, *index, *size, alloc),
         Op::Linear => linalg::linear(&args[0], &args[1]),
         Op::MatMul => linalg::matmul(&args[0], &args[1]),
         Op::OuterSum => linalg::outer_sum(&args[0], &args[1]),
-        Op::Gather => ops::gather(&args[0], &args[1]).map_err(|e| bad_id("token id", e, args[0].shape[0]))?,
-        Op::ScatterAdd { rows } => ops::scatter_add(&args[0], &args[1], *rows).map_err(|e| bad_id("row id", e, *rows))?,
+        Op::Gather => ops::gather(&args[0], &args[1], alloc).map_err(|e| bad_id("token id", e, args[0].shape[0]))?,
+        Op::ScatterAdd { rows } => ops::scatter_add(&args[0], &args[1], *rows, alloc).map_err(|e| bad_id("row id", e, *rows))?,
         Op::BigramHash { buckets } => ops::bigram_hash(&args[0], *buckets),
-        Op::Shift { axis, offset } => ops::shift(args.pop().unwrap(), *axis, *offset),
+        Op::Shift { axis, offset } => ops::shift(args.pop().unwrap(), *axis, *offset, alloc),
         Op::Rope { base, inverse } => ops::rope(args.pop().unwrap(), *base, *inverse),
         Op::CausalAttention { scale } => attention::forward(&args[0], &args[1], &args[2], *scale),
         Op::FakeQuant { bits } => ops::fake_quant(args.pop().unwrap(), *bits),
@@ -341,24 +349,70 @@ mod tests {
     }
 
     /// The parallel paths (large tensors) agree with a naive definition.
+    /// Buffers full of NaN, as a recycled buffer may be.
+    struct Dirty;
+    impl ops::Alloc<f64> for Dirty {
+        fn buf(&mut self, len: usize) -> Vec<f64> {
+            vec![f64::NAN; len]
+        }
+    }
+
+    /// Every op that takes an output buffer gives the same result from
+    /// NaN-filled buffers as from fresh zeroed ones.
+    #[test]
+    fn ops_overwrite_recycled_buffers() {
+        const SHAPE: [usize; 3] = [3, 7, 5];
+        let x = || Tensor::<f64>::float(SHAPE.to_vec(), seq(105, 3));
+        let ids = Tensor::<f64>::int(vec![2, 3], vec![4, 0, 4, 1, 3, 3]);
+        let table = Tensor::<f64>::float(vec![5, 6], seq(30, 4));
+        let dy = Tensor::<f64>::float(vec![2, 3, 6], seq(36, 5));
+        let shared = x();
+        let keep = shared.clone(); // shared storage: map/binary cannot reuse it
+        let _hold = (shared.clone(), keep.clone());
+        type Case = Box<dyn Fn(&mut dyn ops::Alloc<f64>) -> Tensor<f64>>;
+        let cases: Vec<(&str, Case)> = vec![
+            ("map", Box::new(move |a| ops::map(shared.clone(), |v| v * 2.0, a))),
+            ("binary", Box::new(move |a| ops::binary(keep.clone(), x(), &SHAPE, |p, q| p - q, a))),
+            ("index", Box::new(move |a| ops::index(x(), 1, 4, a))),
+            ("unindex", Box::new(move |a| ops::unindex(x(), 1, 2, 4, a))),
+            ("shift", Box::new(move |a| ops::shift(x(), 1, 2, a))),
+            (
+                "gather",
+                Box::new({
+                    let (t, i) = (table.clone(), ids.clone());
+                    move |a| ops::gather(&t, &i, a).unwrap()
+                }),
+            ),
+            ("scatter_add", Box::new(move |a| ops::scatter_add(&ids, &dy, 5, a).unwrap())),
+        ];
+        for (name, f) in &cases {
+            let (fresh, dirty) = (f(&mut ops::Fresh), f(&mut Dirty));
+            assert_eq!(fresh.shape, dirty.shape, "{name}");
+            assert_eq!(fresh.to_f64_vec(), dirty.to_f64_vec(), "{name}");
+        }
+    }
+
     #[test]
     fn large_layout_ops_match_naive() {
+        // Output buffers come from an allocator whose buffers are all NaN
+        // (the plan executor's pool hands out used ones): every op must
+        // overwrite every element it returns.
         let shape = [6, 33, 40, 5];
         let n: usize = shape.iter().product();
         let x = seq(n, 1);
         let xt = || Tensor::<f64>::float(shape.to_vec(), x.clone());
         for bshape in [vec![33, 1, 5], vec![40, 5], vec![6, 1, 1, 1]] {
             let b = seq(bshape.iter().product(), 2);
-            let out = ops::binary(xt(), Tensor::float(bshape.clone(), b.clone()), &shape, |p, q| p * q - q);
+            let out = ops::binary(xt(), Tensor::float(bshape.clone(), b.clone()), &shape, |p, q| p * q - q, &mut Dirty);
             for (k, idx) in indices(&shape).iter().enumerate().step_by(7) {
                 let (p, q) = (at(&x, &shape, idx), at(&b, &bshape, idx));
                 assert_eq!(out.f()[k], p * q - q, "{bshape:?} {idx:?}");
             }
-            let bc = ops::broadcast(Tensor::<f64>::float(bshape.clone(), b.clone()), &shape);
+            let bc = ops::broadcast(Tensor::<f64>::float(bshape.clone(), b.clone()), &shape, &mut Dirty);
             for (k, idx) in indices(&shape).iter().enumerate().step_by(5) {
                 assert_eq!(bc.f()[k], at(&b, &bshape, idx));
             }
-            let st = ops::sum_to(xt(), &bshape);
+            let st = ops::sum_to(xt(), &bshape, &mut Dirty);
             let mut want = vec![0.0; b.len()];
             for (k, idx) in indices(&shape).iter().enumerate() {
                 let off = idx.len() - bshape.len();
@@ -370,14 +424,14 @@ mod tests {
             }
             assert!(rel_err(&st.to_f64_vec(), &want) < 1e-13, "sum_to {bshape:?}");
         }
-        let p = ops::permute(xt(), &[2, 0, 3, 1]);
+        let p = ops::permute(xt(), &[2, 0, 3, 1], &mut Dirty);
         assert_eq!(p.shape, vec![40, 6, 5, 33]);
         for (k, idx) in indices(&p.shape).iter().enumerate().step_by(3) {
             assert_eq!(p.f()[k], at(&x, &shape, &[idx[1], idx[3], idx[0], idx[2]]));
         }
         for axis in 0..4 {
-            let r = ops::reduce(xt(), ReduceFn::Max, axis, false);
-            let s = ops::reduce(xt(), ReduceFn::Mean, axis, true);
+            let r = ops::reduce(xt(), ReduceFn::Max, axis, false, &mut Dirty);
+            let s = ops::reduce(xt(), ReduceFn::Mean, axis, true, &mut Dirty);
             let mut oshape = shape.to_vec();
             oshape.remove(axis);
             for (k, idx) in indices(&oshape).iter().enumerate().step_by(3) {

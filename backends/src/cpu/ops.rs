@@ -146,8 +146,32 @@ pub fn binary_fn<F: Real>(f: BinaryFn, a: F, b: F) -> F {
     }
 }
 
+/// Where an op's output buffer comes from: fresh memory for the
+/// interpreter ([`Fresh`]), recycled buffers for the plan executor (whose
+/// pool implements this). The contents are unspecified: an op overwrites
+/// every element, or zero-fills first where it accumulates.
+pub trait Alloc<F> {
+    fn buf(&mut self, len: usize) -> Vec<F>;
+}
+
+/// Fresh zeroed memory for every output.
+pub struct Fresh;
+
+impl<F: Real> Alloc<F> for Fresh {
+    fn buf(&mut self, len: usize) -> Vec<F> {
+        vec![F::ZERO; len]
+    }
+}
+
+/// A zero-filled buffer from `alloc`.
+fn zeroed<F: Real>(alloc: &mut dyn Alloc<F>, len: usize) -> Vec<F> {
+    let mut v = alloc.buf(len);
+    v.fill(F::ZERO);
+    v
+}
+
 /// Element-wise map, in place when the storage is not shared.
-pub fn map<F: Real>(x: Tensor<F>, f: impl Fn(F) -> F + Sync + Send) -> Tensor<F> {
+pub fn map<F: Real>(x: Tensor<F>, f: impl Fn(F) -> F + Sync + Send, alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     let shape = x.shape.clone();
     match x.try_take() {
         Ok(mut v) => {
@@ -156,7 +180,7 @@ pub fn map<F: Real>(x: Tensor<F>, f: impl Fn(F) -> F + Sync + Send) -> Tensor<F>
         }
         Err(x) => {
             let src = x.f();
-            let mut out = vec![F::ZERO; src.len()];
+            let mut out = alloc.buf(src.len());
             par_fill(&mut out, |s, ch| {
                 let n = ch.len();
                 for (o, &e) in ch.iter_mut().zip(&src[s..s + n]) {
@@ -180,7 +204,7 @@ fn zip_into<F: Real>(out: &mut [F], a: &[F], b: &[F], f: &(impl Fn(F, F) -> F + 
 }
 
 /// Numpy-broadcasting binary op into a tensor of shape `out_shape`.
-pub fn binary<F: Real>(a: Tensor<F>, b: Tensor<F>, out_shape: &[usize], f: impl Fn(F, F) -> F + Sync + Send) -> Tensor<F> {
+pub fn binary<F: Real>(a: Tensor<F>, b: Tensor<F>, out_shape: &[usize], f: impl Fn(F, F) -> F + Sync + Send, alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     let n: usize = out_shape.iter().product();
     if a.shape == out_shape && b.shape == out_shape {
         return match a.try_take() {
@@ -196,7 +220,7 @@ pub fn binary<F: Real>(a: Tensor<F>, b: Tensor<F>, out_shape: &[usize], f: impl 
                 Tensor::float(out_shape.to_vec(), av)
             }
             Err(a) => {
-                let mut out = vec![F::ZERO; n];
+                let mut out = alloc.buf(n);
                 zip_into(&mut out, a.f(), b.f(), &f);
                 Tensor::float(out_shape.to_vec(), out)
             }
@@ -205,19 +229,19 @@ pub fn binary<F: Real>(a: Tensor<F>, b: Tensor<F>, out_shape: &[usize], f: impl 
     if b.numel() == 1 {
         let s = b.f()[0];
         if a.shape == out_shape {
-            return map(a, |x| f(x, s));
+            return map(a, |x| f(x, s), alloc);
         }
     }
     if a.numel() == 1 {
         let s = a.f()[0];
         if b.shape == out_shape {
-            return map(b, |x| f(s, x));
+            return map(b, |x| f(s, x), alloc);
         }
     }
     let sa = bcast_strides(&a.shape, out_shape);
     let sb = bcast_strides(&b.shape, out_shape);
     let (af, bf) = (a.f(), b.f());
-    let mut out = vec![F::ZERO; n];
+    let mut out = alloc.buf(n);
     if n == 0 {
         return Tensor::float(out_shape.to_vec(), out);
     }
@@ -243,17 +267,19 @@ pub fn binary<F: Real>(a: Tensor<F>, b: Tensor<F>, out_shape: &[usize], f: impl 
 }
 
 /// Materialised numpy broadcast.
-pub fn broadcast<F: Real>(x: Tensor<F>, shape: &[usize]) -> Tensor<F> {
+pub fn broadcast<F: Real>(x: Tensor<F>, shape: &[usize], alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     if x.shape == shape {
         return x;
     }
     let n: usize = shape.iter().product();
     if x.numel() == 1 {
-        return Tensor::float(shape.to_vec(), vec![x.f()[0]; n]);
+        let mut out = alloc.buf(n);
+        out.fill(x.f()[0]);
+        return Tensor::float(shape.to_vec(), out);
     }
     let sx = bcast_strides(&x.shape, shape);
     let xf = x.f();
-    let mut out = vec![F::ZERO; n];
+    let mut out = alloc.buf(n);
     let l = *shape.last().unwrap();
     let lx = *sx.last().unwrap();
     let rows = n / l.max(1);
@@ -277,7 +303,7 @@ pub fn broadcast<F: Real>(x: Tensor<F>, shape: &[usize]) -> Tensor<F> {
 }
 
 /// Sum over broadcast axes down to `shape`.
-pub fn sum_to<F: Real>(x: Tensor<F>, shape: &[usize]) -> Tensor<F> {
+pub fn sum_to<F: Real>(x: Tensor<F>, shape: &[usize], alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     if x.shape == shape {
         return x;
     }
@@ -290,17 +316,35 @@ pub fn sum_to<F: Real>(x: Tensor<F>, shape: &[usize]) -> Tensor<F> {
     let mut cur = x;
     for axis in 0..r {
         if padded[axis] == 1 && xs[axis] != 1 {
-            cur = reduce(cur, ReduceFn::Sum, axis, true);
+            cur = reduce(cur, ReduceFn::Sum, axis, true, alloc);
         }
     }
     cur.with_shape(shape.to_vec())
 }
 
+/// Sum of a slice in 8 interleaved partial sums (combined pairwise at the
+/// end): the additions are independent, so they pipeline and vectorise,
+/// where one running sum waits on every previous addition.
+pub fn sum_lanes<F: Real>(x: &[F]) -> F {
+    const L: usize = 8;
+    let mut acc = [F::ZERO; L];
+    let mut ch = x.chunks_exact(L);
+    for c in &mut ch {
+        for i in 0..L {
+            acc[i] += c[i];
+        }
+    }
+    for (i, &v) in ch.remainder().iter().enumerate() {
+        acc[i] += v;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
 /// Reduction over one axis.
-pub fn reduce<F: Real>(x: Tensor<F>, f: ReduceFn, axis: usize, keepdim: bool) -> Tensor<F> {
+pub fn reduce<F: Real>(x: Tensor<F>, f: ReduceFn, axis: usize, keepdim: bool, alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     let (outer, n, inner) = split3(&x.shape, axis);
     let xf = x.f();
-    let mut out = vec![F::ZERO; outer * inner];
+    let mut out = zeroed(alloc, outer * inner);
     let nf = F::from_f64(n as f64);
     let finish = |v: F| if f == ReduceFn::Mean { v / nf } else { v };
     if inner == 1 {
@@ -308,7 +352,7 @@ pub fn reduce<F: Real>(x: Tensor<F>, f: ReduceFn, axis: usize, keepdim: bool) ->
             for (i, o) in ch.iter_mut().enumerate() {
                 let row = &xf[(s + i) * n..(s + i + 1) * n];
                 *o = finish(match f {
-                    ReduceFn::Sum | ReduceFn::Mean => row.iter().copied().sum(),
+                    ReduceFn::Sum | ReduceFn::Mean => sum_lanes(row),
                     ReduceFn::Max => row.iter().copied().fold(F::NEG_INFINITY, |m, v| m.max(v)),
                 });
             }
@@ -351,7 +395,7 @@ pub fn reduce<F: Real>(x: Tensor<F>, f: ReduceFn, axis: usize, keepdim: bool) ->
 }
 
 /// General permutation of axes (copy).
-pub fn permute<F: Real>(x: Tensor<F>, perm: &[usize]) -> Tensor<F> {
+pub fn permute<F: Real>(x: Tensor<F>, perm: &[usize], alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     if perm.iter().enumerate().all(|(i, &p)| i == p) {
         return x;
     }
@@ -361,9 +405,9 @@ pub fn permute<F: Real>(x: Tensor<F>, perm: &[usize]) -> Tensor<F> {
     let ost: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
     let n = x.numel();
     macro_rules! go {
-        ($src:expr, $zero:expr) => {{
+        ($src:expr, $out:expr) => {{
             let src = $src;
-            let mut out = vec![$zero; n];
+            let mut out = $out;
             if n > 0 {
                 let l = *oshape.last().unwrap();
                 let ls = *ost.last().unwrap();
@@ -374,8 +418,12 @@ pub fn permute<F: Real>(x: Tensor<F>, perm: &[usize]) -> Tensor<F> {
                     let r1 = (r0 + rows_per).min(rows);
                     for_rows(&oshape, [&ost[..]], r0, r1, |row, [ox]| {
                         let o = &mut ch[(row - r0) * l..(row - r0 + 1) * l];
-                        for j in 0..l {
-                            o[j] = src[ox + j * ls];
+                        if ls == 1 {
+                            o.copy_from_slice(&src[ox..ox + l]);
+                        } else {
+                            for j in 0..l {
+                                o[j] = src[ox + j * ls];
+                            }
                         }
                     });
                 });
@@ -384,21 +432,21 @@ pub fn permute<F: Real>(x: Tensor<F>, perm: &[usize]) -> Tensor<F> {
         }};
     }
     match x.as_float() {
-        Some(src) => Tensor::float(oshape.clone(), go!(src, F::ZERO)),
-        None => Tensor::int(oshape.clone(), go!(x.i(), 0i32)),
+        Some(src) => Tensor::float(oshape.clone(), go!(src, alloc.buf(n))),
+        None => Tensor::int(oshape.clone(), go!(x.i(), vec![0i32; n])),
     }
 }
 
 /// Select `index` along `axis`.
-pub fn index<F: Real>(x: Tensor<F>, axis: usize, index: usize) -> Tensor<F> {
+pub fn index<F: Real>(x: Tensor<F>, axis: usize, index: usize, alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     let (outer, n, inner) = split3(&x.shape, axis);
     let mut s = x.shape.clone();
     s.remove(axis);
     match x.as_float() {
         Some(xf) => {
-            let mut out = Vec::with_capacity(outer * inner);
+            let mut out = alloc.buf(outer * inner);
             for o in 0..outer {
-                out.extend_from_slice(&xf[(o * n + index) * inner..(o * n + index + 1) * inner]);
+                out[o * inner..(o + 1) * inner].copy_from_slice(&xf[(o * n + index) * inner..(o * n + index + 1) * inner]);
             }
             Tensor::float(s, out)
         }
@@ -414,12 +462,12 @@ pub fn index<F: Real>(x: Tensor<F>, axis: usize, index: usize) -> Tensor<F> {
 }
 
 /// Adjoint of index: zeros with `x` placed at `index` of a new axis of length `size`.
-pub fn unindex<F: Real>(x: Tensor<F>, axis: usize, index: usize, size: usize) -> Tensor<F> {
+pub fn unindex<F: Real>(x: Tensor<F>, axis: usize, index: usize, size: usize, alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     let mut s = x.shape.clone();
     s.insert(axis, size);
     let (outer, _, inner) = split3(&s, axis);
     let xf = x.f();
-    let mut out = vec![F::ZERO; outer * size * inner];
+    let mut out = zeroed(alloc, outer * size * inner);
     for o in 0..outer {
         out[(o * size + index) * inner..(o * size + index + 1) * inner].copy_from_slice(&xf[o * inner..(o + 1) * inner]);
     }
@@ -427,10 +475,10 @@ pub fn unindex<F: Real>(x: Tensor<F>, axis: usize, index: usize, size: usize) ->
 }
 
 /// `out[.., t, ..] = x[.., t - offset, ..]`, zero outside.
-pub fn shift<F: Real>(x: Tensor<F>, axis: usize, offset: i64) -> Tensor<F> {
+pub fn shift<F: Real>(x: Tensor<F>, axis: usize, offset: i64, alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     let (outer, n, inner) = split3(&x.shape, axis);
     let xf = x.f();
-    let mut out = vec![F::ZERO; xf.len()];
+    let mut out = zeroed(alloc, xf.len());
     for o in 0..outer {
         for t in 0..n {
             let src = t as i64 - offset;
@@ -565,16 +613,16 @@ pub fn bigram_hash<F: Real>(ids: &Tensor<F>, buckets: usize) -> Tensor<F> {
 }
 
 /// Embedding gather; `Err((position, id))` for an id outside the table.
-pub fn gather<F: Real>(table: &Tensor<F>, ids: &Tensor<F>) -> Result<Tensor<F>, (usize, i32)> {
+pub fn gather<F: Real>(table: &Tensor<F>, ids: &Tensor<F>, alloc: &mut dyn Alloc<F>) -> Result<Tensor<F>, (usize, i32)> {
     let (rows, c) = (table.shape[0], table.shape[1]);
     let tf = table.f();
     let idx = ids.i();
-    let mut out = Vec::with_capacity(idx.len() * c);
+    if let Some((p, &id)) = idx.iter().enumerate().find(|(_, &id)| id < 0 || id as usize >= rows) {
+        return Err((p, id));
+    }
+    let mut out = alloc.buf(idx.len() * c);
     for (p, &id) in idx.iter().enumerate() {
-        if id < 0 || id as usize >= rows {
-            return Err((p, id));
-        }
-        out.extend_from_slice(&tf[id as usize * c..(id as usize + 1) * c]);
+        out[p * c..(p + 1) * c].copy_from_slice(&tf[id as usize * c..(id as usize + 1) * c]);
     }
     let mut s = ids.shape.clone();
     s.push(c);
@@ -582,11 +630,11 @@ pub fn gather<F: Real>(table: &Tensor<F>, ids: &Tensor<F>) -> Result<Tensor<F>, 
 }
 
 /// Scatter-add of rows of `dy[..., C]` into a `[rows, C]` table at `ids`.
-pub fn scatter_add<F: Real>(ids: &Tensor<F>, dy: &Tensor<F>, rows: usize) -> Result<Tensor<F>, (usize, i32)> {
+pub fn scatter_add<F: Real>(ids: &Tensor<F>, dy: &Tensor<F>, rows: usize, alloc: &mut dyn Alloc<F>) -> Result<Tensor<F>, (usize, i32)> {
     let c = *dy.shape.last().unwrap();
     let idx = ids.i();
     let d = dy.f();
-    let mut out = vec![F::ZERO; rows * c];
+    let mut out = zeroed(alloc, rows * c);
     for (p, &id) in idx.iter().enumerate() {
         if id < 0 || id as usize >= rows {
             return Err((p, id));

@@ -178,3 +178,19 @@ macro_rules! impl_real {
 
 impl_real!(f64, matrixmultiply::dgemm, "f64", 6755399441055744.0);
 impl_real!(f32, matrixmultiply::sgemm, "f32", 12582912.0);
+
+/// `s` as f32 when `F` is f32 (for f32-only fast paths), else `None`.
+pub fn f32_slice<F: Real>(s: &[F]) -> Option<&[f32]> {
+    // SAFETY: F is f32 (same type, layout and lifetime).
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+}
+
+/// `s` as mutable f32 when `F` is f32, else `None`.
+pub fn f32_slice_mut<F: Real>(s: &mut [F]) -> Option<&mut [f32]> {
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: F is f32 (same type, layout and lifetime); the borrow moves.
+        Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+    } else {
+        None
+    }
+}

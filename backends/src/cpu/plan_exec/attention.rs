@@ -5,10 +5,12 @@
 //! from the buffer pool. In f64 the products stay on matrixmultiply, so f64
 //! stays bitwise equal to the interpreter.
 
-use super::super::attention::{self as reference, Products, ROWS};
+use super::super::attention::{self as reference, Linalg, Products, ROWS};
+use super::super::real::{f32_slice, f32_slice_mut};
 use super::super::{Real, Tensor};
-use super::gemm::{gemm, gemm_acc};
+use super::gemm::{gemm, gemm_acc, Threads};
 use super::pool::Pool;
+use super::vmath;
 
 /// The plan executor's products, one thread each (the attention already
 /// runs its blocks in parallel).
@@ -17,11 +19,28 @@ struct Single;
 #[allow(clippy::too_many_arguments)]
 impl<F: Real> Products<F> for Single {
     fn gemm(&self, m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]) {
-        gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, false)
+        gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, Threads::One)
     }
     fn gemm_acc(&self, m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F]) {
-        gemm_acc(m, k, n, a, rsa, csa, b, rsb, csb, c, false)
+        gemm_acc(m, k, n, a, rsa, csa, b, rsb, csb, c, Threads::One)
     }
+    fn exp_shifted_sum(&self, row: &mut [F], max: F) -> F {
+        match f32_slice_mut(row) {
+            Some(r) => F::from_f64(vmath::exp_shifted_sum(r, max.to_f64() as f32) as f64),
+            None => reference_exp_shifted_sum(row, max),
+        }
+    }
+    fn dot(&self, a: &[F], b: &[F]) -> F {
+        match (f32_slice(a), f32_slice(b)) {
+            (Some(x), Some(y)) => F::from_f64(vmath::dot(x, y) as f64),
+            _ => Linalg.dot(a, b),
+        }
+    }
+}
+
+/// The reference's row exponentials (f64 stays bitwise the interpreter's).
+fn reference_exp_shifted_sum<F: Real>(row: &mut [F], max: F) -> F {
+    Products::<F>::exp_shifted_sum(&Linalg, row, max)
 }
 
 /// `[B, H, T, d]` output of causal attention.

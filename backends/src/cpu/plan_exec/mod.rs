@@ -20,25 +20,25 @@
 //!   parallel version of the reference, and rope reuses its cos/sin tables
 //!   within a run ([`rope`]); both bitwise equal to the reference;
 //! - attention forward and backward run the reference algorithm with the
-//!   `gemm` crate's products in f32, the reference itself in f64
+//!   `gemm` crate's products in f32 and vectorised softmax rows
+//!   (`exp` and sums, `vmath`), the reference itself in f64
 //!   ([`attention`]); the q, k and v gradients of one attention in one
 //!   kernel are computed together;
 //! - cross entropy and its gradient share their log-sum-exp rows ([`xent`]);
-//! - every other op (reductions, gather, scatter, shift)
-//!   is evaluated by the reference op implementations (`cpu::ops`).
+//! - every other op (reductions, gather, scatter, shift, layout copies)
+//!   is evaluated by the reference op implementations (`cpu::ops`), their
+//!   output buffers taken from the pool.
 //!
 //! In f64 the results are therefore bitwise the interpreter's
-//! ([`super::execute`]); in f32 they differ only by the GEMMs' summation
-//! order (about 1e-6 relative).
+//! ([`super::execute`]); in f32 they differ by the GEMMs' summation order
+//! and the softmax rows' `exp` and sums (about 1e-6 relative).
 //!
 //! Speed (issue 8): the full 11-layer model, batch 1, seq 256, f32,
 //! forward+backward, on the 2-core AVX-512 development machine runs in
-//! about 0.17-0.19 s against the interpreter's 0.32-0.34 s (1.8-1.9x, best
-//! of 5 interleaved runs, tests/plan_exec.rs), short of the 2x the issue
-//! asks for. About two thirds of the time is the matrix products: Linear
-//! runs at about 300 GF/s against MatMul's 480 (the gemm crate packs the
-//! weight on every call), and every gradient output is fresh memory whose
-//! first write page-faults.
+//! about 0.16 s against the interpreter's 0.32-0.34 s (2.0-2.1x, best of 5
+//! interleaved runs, tests/plan_exec.rs). About two thirds of the time is
+//! the matrix products (300-400 GF/s); the rest is the fused element-wise
+//! code, attention and fake quantization.
 
 mod attention;
 pub mod gemm;
@@ -46,11 +46,12 @@ pub mod jit;
 pub mod pool;
 pub mod quant;
 mod rope;
+mod vmath;
 mod xent;
 
 use pool::Pool;
 
-use super::{eval, load_input, load_param, wanted_outputs, CpuError, Profile, Real, Run, Tensor};
+use super::{eval_with, load_input, load_param, wanted_outputs, CpuError, Profile, Real, Run, Tensor};
 use pgc_ir::plan::{self, FusionRule, Kernel, Plan, PlanOptions, Precision};
 use pgc_ir::{AttnPart, Graph, Op, ValueId};
 use std::any::TypeId;
@@ -245,7 +246,7 @@ pub fn execute_plan_with<F: Real>(
                         }
                         Op::CausalAttention { scale } => attention::forward(&a[0], &a[1], &a[2], *scale, &mut pool),
                         Op::Rope { base, inverse } => rope::rope(&a[0], *base, *inverse, &mut rope_tables, &mut pool),
-                        _ => eval(op, a, &node.ty).map_err(oerr)?,
+                        _ => eval_with(op, a, &node.ty, &mut pool).map_err(oerr)?,
                     }
                 }
             };

@@ -51,6 +51,12 @@ impl<F: Real> Pool<F> {
     }
 }
 
+impl<F: Real> crate::cpu::ops::Alloc<F> for Pool<F> {
+    fn buf(&mut self, len: usize) -> Vec<F> {
+        self.take(len)
+    }
+}
+
 impl<F: Real> Pool<F> {
     /// The pool a previous run kept, or an empty one.
     pub fn checkout() -> Pool<F> {

@@ -5,10 +5,10 @@
 //! f32 the per-element division and clamp run four lanes at a time (SSE2);
 //! rows are split over the rayon threads.
 
+use super::super::real::{f32_slice, f32_slice_mut};
 use super::super::{Real, Tensor};
 use super::pool::Pool;
 use rayon::prelude::*;
-use std::any::TypeId;
 
 const LANES: usize = 16;
 
@@ -37,15 +37,12 @@ pub fn fake_quant<F: Real>(w: &Tensor<F>, bits: u32, pool: &mut Pool<F>) -> Tens
         }
         let amax = chunks.remainder().iter().chain(&lanes).fold(F::ZERO, |m, &v| m.max(v.abs()));
         let s = (amax / qmaxf).max(floor).round_to_f16().max(tiny);
-        let done = if TypeId::of::<F>() == TypeId::of::<f32>() {
-            // SAFETY: F is f32.
-            let (row32, o32) = unsafe {
-                (std::slice::from_raw_parts(row.as_ptr() as *const f32, row.len()), std::slice::from_raw_parts_mut(o.as_mut_ptr() as *mut f32, o.len()))
-            };
-            let f = |x: F| x.to_f64() as f32;
-            quant_f32x4(row32, o32, f(s), f(qminf), f(qmaxf), f(nan))
-        } else {
-            0
+        let done = match (f32_slice(row), f32_slice_mut(o)) {
+            (Some(row32), Some(o32)) => {
+                let f = |x: F| x.to_f64() as f32;
+                quant_f32x4(row32, o32, f(s), f(qminf), f(qmaxf), f(nan))
+            }
+            _ => 0,
         };
         for (d, &v) in o[done..].iter_mut().zip(&row[done..]) {
             // `(v / s).max(qminf).min(qmaxf)` as branch-free selects
