@@ -91,12 +91,31 @@ fn probs<F: Real, P: Products<F>>(prods: &P, q: &[F], k: &[F], i0: usize, rb: us
 
 /// `[B, H, T, d]` output of causal attention.
 pub fn forward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64) -> Tensor<F> {
-    forward_with(q, k, v, scale, ROWS, vec![F::ZERO; q.numel()], &Linalg)
+    forward_with(q, k, v, scale, ROWS, vec![F::ZERO; q.numel()], &Linalg, None)
+}
+
+/// Elements of one head's probability blocks with `rows` query rows per
+/// block: block `i0` holds `rb x (i0 + rb)` values, the blocks in order.
+pub fn probs_len(t: usize, rows: usize) -> usize {
+    let rows = rows.clamp(1, t.max(1));
+    (0..t).step_by(rows).map(|i0| rows.min(t - i0) * (i0 + rows.min(t - i0))).sum()
 }
 
 /// [`forward`] with `rows` query rows per block, into `out` (`q`'s size, any
-/// contents), with the products of `prods`.
-pub fn forward_with<F: Real, P: Products<F>>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64, rows: usize, mut out: Vec<F>, prods: &P) -> Tensor<F> {
+/// contents), with the products of `prods`. With `keep` (`B * H *
+/// probs_len(T, rows)` elements) the probabilities are left there, each
+/// head's blocks in turn, for [`backward_with`] to reuse.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with<F: Real, P: Products<F>>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    scale: f64,
+    rows: usize,
+    mut out: Vec<F>,
+    prods: &P,
+    keep: Option<&mut [F]>,
+) -> Tensor<F> {
     let (h, hk, t, d) = (q.shape[1], k.shape[1], q.shape[2], q.shape[3]);
     let rep = h / hk;
     let (qf, kf, vf) = (q.f(), k.f(), v.f());
@@ -107,16 +126,27 @@ pub fn forward_with<F: Real, P: Products<F>>(q: &Tensor<F>, k: &Tensor<F>, v: &T
         return Tensor::float(q.shape.clone(), out);
     }
     let rows = rows.min(t);
-    out.par_chunks_mut(blk).enumerate().for_each_init(
+    let plen = probs_len(t, rows);
+    // Each head's probabilities go to its part of `keep`, or to scratch.
+    let mut keep: Vec<&mut [F]> = match keep {
+        Some(kp) => {
+            assert_eq!(kp.len(), out.len() / blk * plen, "attention: kept probabilities' size");
+            kp.chunks_mut(plen).collect()
+        }
+        None => (0..out.len() / blk).map(|_| &mut [][..]).collect(),
+    };
+    out.par_chunks_mut(blk).zip(keep.par_iter_mut()).enumerate().for_each_init(
         || vec![F::ZERO; rows * t],
-        |p, (bh, o)| {
+        |scratch, (bh, (o, kept))| {
             let (bi, hi) = (bh / h, bh % h);
             let kv = (bi * hk + hi / rep) * blk;
             let (qb, kb, vb) = (&qf[bh * blk..(bh + 1) * blk], &kf[kv..kv + blk], &vf[kv..kv + blk]);
+            let mut off = 0;
             for i0 in (0..t).step_by(rows) {
                 let rb = rows.min(t - i0);
                 let w = i0 + rb;
-                let p = &mut p[..rb * w];
+                let p = if kept.is_empty() { &mut scratch[..rb * w] } else { &mut kept[off..off + rb * w] };
+                off += rb * w;
                 probs(prods, qb, kb, i0, rb, d, scale, p);
                 prods.gemm(rb, w, d, p, w, 1, &vb[..w * d], d, 1, &mut o[i0 * d..w * d]);
             }
@@ -128,12 +158,13 @@ pub fn forward_with<F: Real, P: Products<F>>(q: &Tensor<F>, k: &Tensor<F>, v: &T
 /// Gradients of causal attention w.r.t. q, k and v (those asked for in `want`).
 pub fn backward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, dy: &Tensor<F>, scale: f64, want: [bool; 3]) -> [Option<Tensor<F>>; 3] {
     let bufs = [(want[0], q.numel()), (want[1], k.numel()), (want[2], v.numel())].map(|(w, n)| if w { vec![F::ZERO; n] } else { Vec::new() });
-    backward_with(q, k, v, dy, scale, want, ROWS, bufs, &Linalg)
+    backward_with(q, k, v, dy, scale, want, ROWS, bufs, &Linalg, None)
 }
 
 /// [`backward`] with `rows` query rows per block, into `bufs` (dq, dk, dv:
 /// the tensor's size when wanted, else empty; any contents), with the
-/// products of `prods`.
+/// products of `prods`; with `kept`, the probabilities [`forward_with`]
+/// left for the same q, k and `rows` instead of computing them again.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with<F: Real, P: Products<F>>(
     q: &Tensor<F>,
@@ -145,6 +176,7 @@ pub fn backward_with<F: Real, P: Products<F>>(
     rows: usize,
     bufs: [Vec<F>; 3],
     prods: &P,
+    kept: Option<&[F]>,
 ) -> [Option<Tensor<F>>; 3] {
     let (b, h, hk, t, d) = (q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3]);
     let rep = h / hk;
@@ -176,6 +208,10 @@ pub fn backward_with<F: Real, P: Products<F>>(
             .collect();
         let rows = rows.min(t);
         let cap = rows * t;
+        let plen = probs_len(t, rows);
+        if let Some(kp) = kept {
+            assert_eq!(kp.len(), b * h * plen, "attention: kept probabilities' size");
+        }
         work.into_par_iter().for_each_init(
             || (vec![F::ZERO; cap], vec![F::ZERO; cap]),
             |(p, dp), (g, (dqg, dkg, dvg))| {
@@ -186,11 +222,20 @@ pub fn backward_with<F: Real, P: Products<F>>(
                     let hi = kh * rep + r;
                     let qo = (bi * h + hi) * blk;
                     let (qb, gb) = (&qf[qo..qo + blk], &gf[qo..qo + blk]);
+                    let mut off = (bi * h + hi) * plen;
                     for i0 in (0..t).step_by(rows) {
                         let rb = rows.min(t - i0);
                         let w = i0 + rb;
-                        let (p, dp) = (&mut p[..rb * w], &mut dp[..rb * w]);
-                        probs(prods, qb, kb, i0, rb, d, sc, p);
+                        let dp = &mut dp[..rb * w];
+                        let p: &[F] = match kept {
+                            Some(kp) => &kp[off..off + rb * w],
+                            None => {
+                                let p = &mut p[..rb * w];
+                                probs(prods, qb, kb, i0, rb, d, sc, p);
+                                p
+                            }
+                        };
+                        off += rb * w;
                         let gblk = &gb[i0 * d..w * d];
                         if want[2] {
                             // dv[0..w] += P^T dy[block]
@@ -235,6 +280,28 @@ mod tests {
         (0..n).map(|i| (((i * 2654435761 + k * 97) % 1000) as f64) / 500.0 - 1.0).collect()
     }
 
+    /// Probabilities kept by the forward give the backward bitwise the
+    /// gradients it computes on its own, for any block size.
+    #[test]
+    fn kept_probabilities_give_the_same_gradients() {
+        let (b, h, hk, t, d) = (2, 4, 2, 70, 8);
+        let q = Tensor::<f64>::float(vec![b, h, t, d], data(b * h * t * d, 5));
+        let k = Tensor::<f64>::float(vec![b, hk, t, d], data(b * hk * t * d, 6));
+        let v = Tensor::<f64>::float(vec![b, hk, t, d], data(b * hk * t * d, 7));
+        let dy = Tensor::<f64>::float(vec![b, h, t, d], data(b * h * t * d, 8));
+        for rows in [1, 16, 64, 200] {
+            let mut kept = vec![f64::NAN; b * h * probs_len(t, rows)];
+            let fwd = forward_with(&q, &k, &v, 0.3, rows, vec![0.0; q.numel()], &Linalg, Some(&mut kept));
+            assert_eq!(fwd.f(), forward_with(&q, &k, &v, 0.3, rows, vec![0.0; q.numel()], &Linalg, None).f());
+            let bufs = || [q.numel(), k.numel(), v.numel()].map(|n| vec![0.0; n]);
+            let own = backward_with(&q, &k, &v, &dy, 0.3, [true; 3], rows, bufs(), &Linalg, None);
+            let reused = backward_with(&q, &k, &v, &dy, 0.3, [true; 3], rows, bufs(), &Linalg, Some(&kept));
+            for i in 0..3 {
+                assert_eq!(own[i].as_ref().unwrap().f(), reused[i].as_ref().unwrap().f(), "rows {rows}, gradient {i}");
+            }
+        }
+    }
+
     /// Blocked rows give the same results as one block of all rows.
     #[test]
     fn row_blocks_agree_with_a_single_block() {
@@ -248,9 +315,9 @@ mod tests {
             assert!(e < 1e-13, "{e}");
         };
         for rows in [1, 16, 64] {
-            let fwd = |rows: usize| forward_with(&q, &k, &v, 0.3, rows, vec![0.0; q.numel()], &Linalg);
+            let fwd = |rows: usize| forward_with(&q, &k, &v, 0.3, rows, vec![0.0; q.numel()], &Linalg, None);
             close(&fwd(rows), &fwd(t));
-            let bwd = |rows: usize| backward_with(&q, &k, &v, &dy, 0.3, [true; 3], rows, [q.numel(), k.numel(), v.numel()].map(|n| vec![0.0; n]), &Linalg);
+            let bwd = |rows: usize| backward_with(&q, &k, &v, &dy, 0.3, [true; 3], rows, [q.numel(), k.numel(), v.numel()].map(|n| vec![0.0; n]), &Linalg, None);
             let (a, c) = (bwd(rows), bwd(t));
             for i in 0..3 {
                 close(a[i].as_ref().unwrap(), c[i].as_ref().unwrap());

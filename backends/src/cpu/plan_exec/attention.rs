@@ -10,6 +10,8 @@ use super::super::real::{f32_slice, f32_slice_mut};
 use super::super::{Real, Tensor};
 use super::gemm::{gemm, gemm_acc, Threads};
 use super::pool::Pool;
+use pgc_ir::{Graph, Op, ValueId};
+use std::collections::{HashMap, HashSet};
 use super::vmath;
 
 /// The plan executor's products, one thread each (the attention already
@@ -43,12 +45,58 @@ fn reference_exp_shifted_sum<F: Real>(row: &mut [F], max: F) -> F {
     Products::<F>::exp_shifted_sum(&Linalg, row, max)
 }
 
-/// `[B, H, T, d]` output of causal attention.
-pub fn forward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64, pool: &mut Pool<F>) -> Tensor<F> {
-    reference::forward_with(q, k, v, scale, ROWS, pool.take(q.numel()), &Single)
+/// The probabilities of forward attentions whose backward runs later in
+/// the same run, by (q, k, v) value: the backward reuses them instead of
+/// computing `softmax(q k^T)` again. Kept up to [`Kept::BUDGET`] bytes at a
+/// time; beyond it the backward recomputes (the results are bitwise the
+/// same either way).
+pub struct Kept<F> {
+    /// (q, k, v) of the attentions that have a backward in this graph.
+    wanted: HashSet<[ValueId; 3]>,
+    probs: HashMap<[ValueId; 3], Vec<F>>,
+    bytes: usize,
 }
 
-/// Gradients of causal attention w.r.t. q, k and v (those asked for in `want`).
+impl<F: Real> Kept<F> {
+    /// Bytes of probabilities kept at once.
+    pub const BUDGET: usize = 512 << 20;
+
+    pub fn new(g: &Graph) -> Self {
+        let wanted = g.nodes.iter().filter(|n| matches!(n.op, Op::CausalAttentionGrad { .. })).map(|n| [n.args[0], n.args[1], n.args[2]]).collect();
+        Kept { wanted, probs: HashMap::new(), bytes: 0 }
+    }
+
+    /// Return every kept buffer to `pool` (the run is over).
+    pub fn release(self, pool: &mut Pool<F>) {
+        for (_, v) in self.probs {
+            pool.give_vec(v);
+        }
+    }
+}
+
+/// The (q, k, v) key of an attention node's first three operands.
+fn key(args: &[ValueId]) -> [ValueId; 3] {
+    [args[0], args[1], args[2]]
+}
+
+/// `[B, H, T, d]` output of causal attention `args` = (q, k, v).
+pub fn forward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64, args: &[ValueId], kept: &mut Kept<F>, pool: &mut Pool<F>) -> Tensor<F> {
+    let len = q.shape[0] * q.shape[1] * reference::probs_len(q.shape[2], ROWS);
+    let bytes = len * std::mem::size_of::<F>();
+    let key = key(args);
+    if kept.wanted.contains(&key) && !kept.probs.contains_key(&key) && kept.bytes + bytes <= Kept::<F>::BUDGET {
+        let mut buf = pool.take(len);
+        let out = reference::forward_with(q, k, v, scale, ROWS, pool.take(q.numel()), &Single, Some(&mut buf));
+        kept.bytes += bytes;
+        kept.probs.insert(key, buf);
+        return out;
+    }
+    reference::forward_with(q, k, v, scale, ROWS, pool.take(q.numel()), &Single, None)
+}
+
+/// Gradients of causal attention `args` = (q, k, v, dy) w.r.t. q, k and v
+/// (those asked for in `want`), with the forward's probabilities when kept.
+#[allow(clippy::too_many_arguments)]
 pub fn backward<F: Real>(
     q: &Tensor<F>,
     k: &Tensor<F>,
@@ -56,9 +104,17 @@ pub fn backward<F: Real>(
     dy: &Tensor<F>,
     scale: f64,
     want: [bool; 3],
+    args: &[ValueId],
+    kept: &mut Kept<F>,
     pool: &mut Pool<F>,
 ) -> [Option<Tensor<F>>; 3] {
     let mut take = |w: bool, len: usize| if w { pool.take(len) } else { Vec::new() };
     let bufs = [take(want[0], q.numel()), take(want[1], k.numel()), take(want[2], v.numel())];
-    reference::backward_with(q, k, v, dy, scale, want, ROWS, bufs, &Single)
+    let probs = kept.probs.remove(&key(args));
+    let out = reference::backward_with(q, k, v, dy, scale, want, ROWS, bufs, &Single, probs.as_deref());
+    if let Some(p) = probs {
+        kept.bytes -= p.len() * std::mem::size_of::<F>();
+        pool.give_vec(p);
+    }
+    out
 }

@@ -23,7 +23,8 @@
 //!   `gemm` crate's products in f32 and vectorised softmax rows
 //!   (`exp` and sums, `vmath`), the reference itself in f64
 //!   ([`attention`]); the q, k and v gradients of one attention in one
-//!   kernel are computed together;
+//!   kernel are computed together, from the probabilities the forward
+//!   kept (up to a memory budget);
 //! - cross entropy and its gradient share their log-sum-exp rows ([`xent`]);
 //! - every other op (reductions, gather, scatter, shift, layout copies)
 //!   is evaluated by the reference op implementations (`cpu::ops`), their
@@ -35,8 +36,8 @@
 //!
 //! Speed (issue 8): the full 11-layer model, batch 1, seq 256, f32,
 //! forward+backward, on the 2-core AVX-512 development machine runs in
-//! about 0.16 s against the interpreter's 0.32-0.34 s (2.0-2.1x, best of 5
-//! interleaved runs, tests/plan_exec.rs). About two thirds of the time is
+//! about 0.16 s against the interpreter's 0.33-0.34 s (2.1-2.15x, best of
+//! 5 interleaved runs, tests/plan_exec.rs). About two thirds of the time is
 //! the matrix products (300-400 GF/s); the rest is the fused element-wise
 //! code, attention and fake quantization.
 
@@ -154,6 +155,7 @@ pub fn execute_plan_with<F: Real>(
     let mut prof: HashMap<&'static str, (usize, f64)> = HashMap::new();
     let mut pool = Pool::<F>::checkout();
     let mut rope_tables = rope::Tables::default();
+    let mut kept_probs = attention::Kept::<F>::new(g);
 
     for (k, kr) in plan.kernels.iter().enumerate() {
         let start = Instant::now();
@@ -221,7 +223,7 @@ pub fn execute_plan_with<F: Real>(
                             order.iter().any(|&o| matches!(&g.nodes[o].op, Op::CausalAttentionGrad { wrt, .. } if *wrt == p) && g.nodes[o].args == node.args)
                         });
                         let a: Vec<Tensor<F>> = node.args.iter().map(|a| fetch(g, params, inputs, &stored, &local, a.index())).collect::<Result<_, _>>()?;
-                        let res = attention::backward(&a[0], &a[1], &a[2], &a[3], *scale, want, &mut pool);
+                        let res = attention::backward(&a[0], &a[1], &a[2], &a[3], *scale, want, &node.args, &mut kept_probs, &mut pool);
                         attn_done.insert(node.args.clone(), res);
                     }
                     attn_done.get_mut(&node.args).unwrap()[*wrt as usize].take().ok_or_else(|| oerr("internal: attention gradient computed twice".into()))?
@@ -244,7 +246,7 @@ pub fn execute_plan_with<F: Real>(
                             }
                             .map_err(oerr)?
                         }
-                        Op::CausalAttention { scale } => attention::forward(&a[0], &a[1], &a[2], *scale, &mut pool),
+                        Op::CausalAttention { scale } => attention::forward(&a[0], &a[1], &a[2], *scale, &node.args, &mut kept_probs, &mut pool),
                         Op::Rope { base, inverse } => rope::rope(&a[0], *base, *inverse, &mut rope_tables, &mut pool),
                         _ => eval_with(op, a, &node.ty, &mut pool).map_err(oerr)?,
                     }
@@ -283,6 +285,7 @@ pub fn execute_plan_with<F: Real>(
         })
         .collect::<Result<_, CpuError>>()?;
     drop(stored);
+    kept_probs.release(&mut pool);
     pool.checkin();
     let mut ops: Vec<_> = prof.into_iter().map(|(k, (c, t))| (k, c, t)).collect();
     ops.sort_by(|a, b| b.2.total_cmp(&a.2));
