@@ -195,3 +195,33 @@ fn unavailable_backend_and_inconsistent_sets_exit_2() {
     assert!(text(&o).contains("seq"), "{}", text(&o));
     assert!(!out.exists());
 }
+
+/// `--repeat N` runs the pass N times on the CPU backends, reports the
+/// first, median and fastest run, and writes the last run's outputs (the
+/// same as a single run's); the GPU backends refuse it.
+#[test]
+fn repeat_reports_every_run_and_writes_the_same_outputs() {
+    let d = tmpdir("repeat");
+    let g = golden("tiny");
+    let gs = g.to_str().unwrap();
+    let s = sets(&g);
+    for backend in ["cpu", "interp"] {
+        let (once, thrice) = (d.join(format!("{backend}-1.safetensors")), d.join(format!("{backend}-3.safetensors")));
+        let base = ["--weights", gs, "--weights-prefix", "param.", "--tokens", gs, "--mode", "train", "--backend", backend];
+        let o = pgc(&[&base[..], &["--out", once.to_str().unwrap()]].concat(), &s);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(!text(&o).contains(" runs: "), "{}", text(&o));
+        let o = pgc(&[&base[..], &["--repeat", "3", "--out", thrice.to_str().unwrap()]].concat(), &s);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("3 runs: first "), "{}", text(&o));
+        let (a, b) = (SafeFile::open(&once).unwrap(), SafeFile::open(&thrice).unwrap());
+        assert_eq!(a.names(), b.names());
+        for n in a.names() {
+            assert_eq!(a.get(&n, "test").unwrap().data.to_f64(), b.get(&n, "test").unwrap().data.to_f64(), "{backend} {n}");
+        }
+    }
+    let o = pgc(&["--weights", gs, "--weights-prefix", "param.", "--tokens", gs, "--mode", "train", "--backend", "sim", "--repeat", "2", "--out", d.join("sim.safetensors").to_str().unwrap()], &s);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--repeat is for the cpu and interp backends"), "{}", text(&o));
+    assert!(!d.join("sim.safetensors").exists());
+}

@@ -102,6 +102,12 @@ pub struct RunArgs {
     /// Print the time spent per op kind.
     #[arg(long)]
     pub profile: bool,
+    /// Run the pass N times (cpu and interp backends) and report the first
+    /// and the fastest run: the first pays for fresh memory and cold caches,
+    /// later ones run as a training loop's steps do. The outputs written are
+    /// the last run's.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
     /// With --random-weights: give every parameter the initialisation leaves all zero (the
     /// zero-initialised projections) seeded normal values / sqrt(fan-in), so every gradient is non-trivial.
     #[arg(long, requires = "random_weights")]
@@ -142,6 +148,7 @@ impl RunArgs {
             out: PathBuf::new(),
             grads: false,
             profile: false,
+            repeat: 1,
             dense_weights,
             dump_inputs: None,
         }
@@ -182,6 +189,9 @@ pub fn run(args: RunArgs) -> CliResult {
         }
         _ => {}
     }
+    if args.repeat > 1 && matches!(args.backend, Backend::Sim | Backend::Cuda) {
+        return Err(bad("--repeat is for the cpu and interp backends; time the GPU kernels with `pgc bench`"));
+    }
     // Open the GPU first: without one, fail before any work and write nothing.
     let cuda = if args.backend == Backend::Cuda { Some(open_cuda("pgc run")?) } else { None };
     let Prepared { graph, values, tokens, with_grads, mode } = prepare(&args)?;
@@ -198,8 +208,8 @@ pub fn run(args: RunArgs) -> CliResult {
             let dev = cuda.as_ref().expect("opened above");
             execute_ptx(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
         }
-        (b, Precision::F64) => execute_on::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, b == Backend::Cpu)?,
-        (b, _) => execute_on::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32, b == Backend::Cpu)?,
+        (b, Precision::F64) => execute_on::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, b == Backend::Cpu, args.repeat)?,
+        (b, _) => execute_on::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32, b == Backend::Cpu, args.repeat)?,
     };
     weights::save(&args.out, &result.tensors, None).map_err(|e| Failure::Other(e.into()))?;
     println!(
@@ -501,10 +511,11 @@ pub(crate) fn execute<F: Real>(
     profile: bool,
     store: impl Fn(Vec<F>) -> HostData,
 ) -> Result<Outcome, Failure> {
-    execute_on(graph, values, tokens, with_grads, profile, store, false)
+    execute_on(graph, values, tokens, with_grads, profile, store, false, 1)
 }
 
-/// Run on the CPU plan executor (`on_plan`) or the reference interpreter.
+/// Run on the CPU plan executor (`on_plan`) or the reference interpreter,
+/// `repeat` times (the time reported: the fastest run; the outputs: the last).
 #[allow(clippy::too_many_arguments)]
 fn execute_on<F: Real>(
     graph: &Graph,
@@ -514,6 +525,7 @@ fn execute_on<F: Real>(
     profile: bool,
     store: impl Fn(Vec<F>) -> HostData,
     on_plan: bool,
+    repeat: u32,
 ) -> Result<Outcome, Failure> {
     let params: HashMap<String, Tensor<F>> = graph
         .params
@@ -528,26 +540,44 @@ fn execute_on<F: Real>(
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     // The plan executor: plan and cranelift compile first, reported apart from
     // the run (like the simulator's PTX compile).
-    let mut device_note = None;
-    let t0 = Instant::now();
-    let run = if on_plan {
+    let mut notes = Vec::new();
+    let compiled = if on_plan {
+        let t0 = Instant::now();
         let rules = pgc_ir::plan::FusionRule::ALL.into_iter().collect();
         let plan = cpu::plan_exec::plan_for(graph, &rules, Some(&refs)).map_err(bad)?;
         let jit = cpu::plan_exec::jit::compile::<F>(graph, &plan.kernels).map_err(|e| bad(format!("compiling the plan's kernels: {e}")))?;
-        device_note = Some(format!(
+        notes.push(format!(
             "cpu: {} kernels ({} compiled with cranelift), plan + compile {:.3} s",
             plan.kernels.len(),
             jit.kernels.len(),
             t0.elapsed().as_secs_f64()
         ));
-        let t_run = Instant::now();
-        let run = cpu::plan_exec::execute_plan_with(graph, &plan, &params, &inputs, Some(&refs), Some(&jit)).map_err(bad)?;
-        (run, t_run.elapsed().as_secs_f64())
+        Some((plan, jit))
     } else {
-        let run = cpu::execute(graph, &params, &inputs, Some(&refs)).map_err(bad)?;
-        (run, t0.elapsed().as_secs_f64())
+        None
     };
-    let (run, seconds) = run;
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..repeat {
+        // The previous run's outputs are freed first, as in a training loop.
+        drop(last.take());
+        let t = Instant::now();
+        let run = match &compiled {
+            Some((plan, jit)) => cpu::plan_exec::execute_plan_with(graph, plan, &params, &inputs, Some(&refs), Some(jit)),
+            None => cpu::execute(graph, &params, &inputs, Some(&refs)),
+        }
+        .map_err(bad)?;
+        times.push(t.elapsed().as_secs_f64());
+        last = Some(run);
+    }
+    let run = last.expect("repeat is at least 1");
+    let seconds = times.iter().copied().fold(f64::INFINITY, f64::min);
+    if times.len() > 1 {
+        let mut sorted = times.clone();
+        sorted.sort_by(f64::total_cmp);
+        notes.push(format!("{} runs: first {:.3} s, median {:.3} s, fastest {:.3} s (reported)", times.len(), times[0], sorted[sorted.len() / 2], seconds));
+    }
+    let device_note = (!notes.is_empty()).then(|| notes.join("\n"));
     let profile = profile.then(|| run.profile.render());
     drop(params);
     let loss = run.get("loss").map(|t| t.to_f64_vec()[0]).unwrap_or(f64::NAN);
