@@ -184,6 +184,8 @@ fn fake_quant_matches_the_reference_bitwise() {
         w[2 * cols..3 * cols].fill(0.0);
         w[3 * cols + 1] = -1e30;
         w[4 * cols + 7] = 7.0 * 1000.0 / 137.0;
+        // A NaN past the last full 8- and 16-lane block (the vector paths' scalar tail).
+        w[5 * cols + 35] = f64::NAN;
         for bits in [2, 4, 6, 8] {
             let t = Tensor::<F>::from_f64(vec![6, cols], &w);
             let want = cpu::ops::fake_quant(t.clone(), bits);

@@ -26,21 +26,33 @@ pub fn fake_quant<F: Real>(w: &Tensor<F>, bits: u32, pool: &mut Pool<F>) -> Tens
     if cols == 0 {
         return Tensor::float(w.shape.clone(), out);
     }
+    let avx2 = has_avx2();
     let body = |r: usize, o: &mut [F]| {
         let row = &wf[r * cols..(r + 1) * cols];
-        let mut lanes = [F::ZERO; LANES];
-        let mut chunks = row.chunks_exact(LANES);
-        for ch in &mut chunks {
-            for i in 0..LANES {
-                lanes[i] = lanes[i].max(ch[i].abs());
+        let amax = match f32_slice(row) {
+            // SAFETY: the CPU has AVX2 (checked).
+            Some(row32) if avx2 => F::from_f64(unsafe { amax_abs_f32x8(row32) } as f64),
+            _ => {
+                let mut lanes = [F::ZERO; LANES];
+                let mut chunks = row.chunks_exact(LANES);
+                for ch in &mut chunks {
+                    for i in 0..LANES {
+                        lanes[i] = lanes[i].max(ch[i].abs());
+                    }
+                }
+                chunks.remainder().iter().chain(&lanes).fold(F::ZERO, |m, &v| m.max(v.abs()))
             }
-        }
-        let amax = chunks.remainder().iter().chain(&lanes).fold(F::ZERO, |m, &v| m.max(v.abs()));
+        };
         let s = (amax / qmaxf).max(floor).round_to_f16().max(tiny);
         let done = match (f32_slice(row), f32_slice_mut(o)) {
             (Some(row32), Some(o32)) => {
                 let f = |x: F| x.to_f64() as f32;
-                quant_f32x4(row32, o32, f(s), f(qminf), f(qmaxf), f(nan))
+                if avx2 {
+                    // SAFETY: the CPU has AVX2 (checked).
+                    unsafe { quant_f32x8(row32, o32, f(s), f(qminf), f(qmaxf), f(nan)) }
+                } else {
+                    quant_f32x4(row32, o32, f(s), f(qminf), f(qmaxf), f(nan))
+                }
             }
             _ => 0,
         };
@@ -91,4 +103,82 @@ fn quant_f32x4(row: &[f32], o: &mut [f32], s: f32, qmin: f32, qmax: f32, nan: f3
 #[cfg(not(target_arch = "x86_64"))]
 fn quant_f32x4(_: &[f32], _: &mut [f32], _: f32, _: f32, _: f32, _: f32) -> usize {
     0
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`quant_f32x4`] eight lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quant_f32x8(row: &[f32], o: &mut [f32], s: f32, qmin: f32, qmax: f32, nan: f32) -> usize {
+    use std::arch::x86_64::*;
+    let n = row.len().min(o.len()) / 8 * 8;
+    let (vs, vmin, vmax, vnan) = (_mm256_set1_ps(s), _mm256_set1_ps(qmin), _mm256_set1_ps(qmax), _mm256_set1_ps(nan));
+    let magic = _mm256_set1_ps(<f32 as Real>::ROUND_MAGIC);
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n, within both slices.
+        let x = _mm256_div_ps(unsafe { _mm256_loadu_ps(row.as_ptr().add(i)) }, vs);
+        let lo = _mm256_blendv_ps(x, vmin, _mm256_cmp_ps::<_CMP_LT_OQ>(x, vmin));
+        let c = _mm256_blendv_ps(lo, vmax, _mm256_cmp_ps::<_CMP_GT_OQ>(lo, vmax));
+        let x = _mm256_blendv_ps(c, vnan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+        let q = _mm256_sub_ps(_mm256_add_ps(x, magic), magic);
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(i), _mm256_mul_ps(q, vs)) };
+    }
+    n
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn quant_f32x8(_: &[f32], _: &mut [f32], _: f32, _: f32, _: f32, _: f32) -> usize {
+    0
+}
+
+/// `max |x|` over the row, NaN when any element is NaN (as the reference's
+/// NaN-propagating `Real::max` fold gives), eight lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn amax_abs_f32x8(row: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len() / 8 * 8;
+    let sign = _mm256_set1_ps(-0.0);
+    let (mut m, mut nans) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n <= row.len().
+        let x = _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(row.as_ptr().add(i)) });
+        nans = _mm256_or_ps(nans, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+        m = _mm256_max_ps(m, x);
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: 8 lanes into an 8-element array.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+    let mut amax = lanes.iter().fold(0.0f32, |a, &v| a.max(v));
+    let mut any_nan = _mm256_movemask_ps(nans) != 0;
+    for &v in &row[n..] {
+        any_nan |= v.is_nan();
+        amax = amax.max(v.abs());
+    }
+    if any_nan {
+        f32::NAN
+    } else {
+        amax
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn amax_abs_f32x8(_: &[f32]) -> f32 {
+    unreachable!("has_avx2() is false off x86-64")
 }
