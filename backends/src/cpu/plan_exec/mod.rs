@@ -16,8 +16,8 @@
 //! - matrix products (Linear, MatMul, OuterSum, leading axes flattened) go
 //!   through the `gemm` crate in f32 (AVX-512 when the CPU has it) and
 //!   matrixmultiply in f64 ([`gemm`]);
-//! - weight preparation (per-row fake quantization) runs a vectorised,
-//!   parallel version of the reference, and rope reuses its cos/sin tables
+//! - weight preparation (per-row fake quantization) runs a vectorised
+//!   (AVX2 where the CPU has it), parallel version of the reference, and rope reuses its cos/sin tables
 //!   within a run ([`rope`]); both bitwise equal to the reference;
 //! - attention forward and backward run the reference algorithm with the
 //!   `gemm` crate's products in f32 and vectorised softmax rows
@@ -36,10 +36,10 @@
 //!
 //! Speed (issue 8): the full 11-layer model, batch 1, seq 256, f32,
 //! forward+backward, on the 2-core AVX-512 development machine runs in
-//! about 0.16 s against the interpreter's 0.33-0.34 s (2.1-2.15x, best of
-//! 5 interleaved runs, tests/plan_exec.rs). About two thirds of the time is
-//! the matrix products (300-400 GF/s); the rest is the fused element-wise
-//! code, attention and fake quantization.
+//! about 0.155 s against the interpreter's 0.34-0.35 s (2.2x, best of 5
+//! interleaved runs, tests/plan_exec.rs). About two thirds of the time is
+//! the matrix products (370-390 GF/s); the rest is the fused element-wise
+//! code, attention and fake quantization (docs/PERF.md).
 
 mod attention;
 pub mod gemm;
