@@ -198,13 +198,19 @@ fn fake_quant_matches_the_reference_bitwise() {
     check::<f64>();
 }
 
-/// The compiled element-wise kernels give bitwise the interpreter's values
-/// (f32 and f64, tiny config, train mode), and some kernels are compiled.
+/// The compiled element-wise kernels and segments give bitwise the
+/// interpreter's values (f32 and f64, tiny and odd configs, train mode), and
+/// some kernels and row sums are compiled.
 #[test]
 fn jit_matches_interpreted_kernels_bitwise() {
     let _serial = serial();
-    let file = SafeFile::open(&root().join("tests/golden/tiny.safetensors")).unwrap();
-    let g = compile(&sets_of(&file), Mode::Train);
+    // odd: row lengths that are not multiples of 8 (the row sums' unrolled tail).
+    for name in ["tiny", "odd"] {
+        let file = SafeFile::open(&root().join(format!("tests/golden/{name}.safetensors"))).unwrap();
+        let g = compile(&sets_of(&file), Mode::Train);
+        both::<f64>(&file, &g);
+        both::<f32>(&file, &g);
+    }
     fn both<F: Real>(file: &SafeFile, g: &Graph) {
         let params: HashMap<String, Tensor<F>> = g
             .params
@@ -223,15 +229,64 @@ fn jit_matches_interpreted_kernels_bitwise() {
         let plan = plan_exec::plan_for(g, &all_rules(), None).unwrap();
         let jit = plan_exec::jit::compile::<F>(g, &plan.kernels).unwrap();
         assert!(!jit.kernels.is_empty(), "no kernel compiled");
+        let row_sums = jit.segments.values().flat_map(|s| s.values()).filter(|s| s.ops.last().is_some_and(|&m| plan_exec::jit::row_reduction(g, m).is_some())).count();
+        assert!(row_sums > 0, "no row reduction compiled");
         let a = plan_exec::execute_plan_with(g, &plan, &params, &inputs, None, Some(&jit)).unwrap();
         let b = plan_exec::execute_plan_with(g, &plan, &params, &inputs, None, None).unwrap();
         for ((n, x), (_, y)) in a.outputs.iter().zip(&b.outputs) {
             let (x, y) = (x.to_f64_vec(), y.to_f64_vec());
             assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{} {n}: jit differs", F::NAME);
         }
-        println!("{}: {} kernels compiled, {} element-wise kernels interpreted", F::NAME, jit.kernels.len(), jit.fallback.len());
+        println!(
+            "{}: {} kernels compiled, {} element-wise kernels interpreted, {row_sums} segments ending in a row sum or mean",
+            F::NAME,
+            jit.kernels.len(),
+            jit.fallback.len()
+        );
     }
-    both::<f64>(&file, &g);
-    both::<f32>(&file, &g);
 }
 
+
+/// Compiled row sums and means (a segment ending in the reduction) give
+/// bitwise the interpreter's values for every row length up to 19: whole
+/// groups of 8 partial sums, the unrolled tail, and rows shorter than 8.
+#[test]
+fn compiled_row_sums_match_the_interpreter_bitwise_for_every_row_length() {
+    use pgc_ir::{graph::ParamInfo, BinaryFn, Init, Op, QuantSpec, ReduceFn, UnaryFn};
+    let _serial = serial();
+    fn check<F: Real>(len: usize) {
+        let mut g = Graph::new(Mode::Eval);
+        let param = |g: &mut Graph, name: &str, shape: Vec<usize>| {
+            g.add_param(ParamInfo { name: name.into(), shape, quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
+            g.push(Op::Param { name: name.into() }, &[], None).unwrap()
+        };
+        let a = param(&mut g, "a", vec![5, len]);
+        let b = param(&mut g, "b", vec![len]);
+        let ab = g.push(Op::Binary { f: BinaryFn::Mul }, &[a, b], None).unwrap();
+        let mean = g.push(Op::Reduce { f: ReduceFn::Mean, axis: 1, keepdim: true }, &[ab], None).unwrap();
+        let sq = g.push(Op::Unary { f: UnaryFn::Square }, &[a], None).unwrap();
+        let sum = g.push(Op::SumTo { shape: vec![5, 1] }, &[sq], None).unwrap();
+        let both = g.push(Op::Binary { f: BinaryFn::Sub }, &[mean, sum], None).unwrap();
+        let out = g.push(Op::Binary { f: BinaryFn::Mul }, &[a, both], None).unwrap();
+        g.outputs.push(("out".into(), out));
+        g.outputs.push(("mean".into(), mean));
+        let val = |i: usize, s: usize| F::from_f64(((i * 2654435761 + s * 97) % 1000) as f64 / 300.0 - 1.7);
+        let mut params = HashMap::new();
+        params.insert("a".to_string(), Tensor::<F>::float(vec![5, len], (0..5 * len).map(|i| val(i, 1)).collect()));
+        params.insert("b".to_string(), Tensor::<F>::float(vec![len], (0..len).map(|i| val(i, 2)).collect()));
+        let plan = plan_exec::plan_for(&g, &all_rules(), None).unwrap();
+        let jit = plan_exec::jit::compile::<F>(&g, &plan.kernels).unwrap();
+        let row_sums = jit.segments.values().flat_map(|s| s.values()).filter(|s| s.ops.last().is_some_and(|&m| plan_exec::jit::row_reduction(&g, m).is_some())).count();
+        assert!(row_sums >= 1, "{} len {len}: no compiled row sum", F::NAME);
+        let with = plan_exec::execute_plan_with(&g, &plan, &params, &HashMap::new(), None, Some(&jit)).unwrap();
+        let without = plan_exec::execute_plan_with(&g, &plan, &params, &HashMap::new(), None, None).unwrap();
+        for ((n, x), (_, y)) in with.outputs.iter().zip(&without.outputs) {
+            let (x, y) = (x.to_f64_vec(), y.to_f64_vec());
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{} len {len} {n}: {x:?} vs {y:?}", F::NAME);
+        }
+    }
+    for len in 1..=19 {
+        check::<f32>(len);
+        check::<f64>(len);
+    }
+}

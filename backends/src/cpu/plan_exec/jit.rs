@@ -15,6 +15,13 @@
 //! Rust reference; exp, ln, tanh, max and min call back into the reference's
 //! Rust functions (`Real::exp` etc.), so results are bitwise equal to
 //! `cpu::ops`. Sigmoid is `1 / (1 + exp(-x))` with exp called back.
+//!
+//! In the other kernels (row-wise, GEMM epilogues, ...) the runs of such ops
+//! compile the same way as segments, and a run may end in a row sum or mean
+//! (over the last axis, [`row_reduction`]): the row function then adds the
+//! reduced values into 8 partial sums in the reference's order
+//! (`ops::sum_lanes`) and stores one value per row, so the norms' and
+//! softmax-style row statistics are compiled too, bitwise as the reference.
 //! Any other op, or a kernel of another kind, is left to the interpreter.
 
 use super::super::{ops, Real};
@@ -26,12 +33,20 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use pgc_ir::plan::{Kernel, KernelKind};
-use pgc_ir::{BinaryFn, DType, Graph, Op, UnaryFn};
+use pgc_ir::{BinaryFn, DType, Graph, Op, ReduceFn, UnaryFn};
 use std::collections::HashMap;
 
 /// The ops a compiled kernel may contain.
-pub const JIT_OPS: &[&str] =
-    &["unary (all)", "binary (all)", "broadcast", "scalar", "leaky_relu", "leaky_step", "permute / reshape(permute) as an output's layout"];
+pub const JIT_OPS: &[&str] = &[
+    "unary (all)",
+    "binary (all)",
+    "broadcast",
+    "scalar",
+    "leaky_relu",
+    "leaky_step",
+    "permute / reshape(permute) as an output's layout",
+    "sum / mean over the last axis, ending a segment",
+];
 
 const UNARY: [UnaryFn; 12] = [
     UnaryFn::Neg,
@@ -88,6 +103,9 @@ pub struct Compiled {
     /// computed in the loop, its element strides in the stored layout over
     /// the iteration shape; a permuted layout for Permute(+Reshape) outputs).
     pub stores: Vec<(usize, usize, Vec<usize>)>,
+    /// Elements of each store's buffer: the iteration shape's, or one per
+    /// row for a row reduction.
+    pub store_lens: Vec<usize>,
     pub shape: Vec<usize>,
     pub func: unsafe extern "C" fn(i64, *const *const u8, *const *mut u8),
 }
@@ -156,9 +174,32 @@ impl Program {
 }
 
 /// Ops a segment of a non-element-wise kernel may hold (Scalar constants are
-/// folded into the code wherever they are read).
-fn segment_op(op: &Op) -> bool {
+/// folded into the code wherever they are read); a row reduction
+/// ([`row_reduction`]) ends its segment.
+fn segment_op(g: &Graph, m: usize) -> bool {
+    let op = &g.nodes[m].op;
     matches!(op, Op::Unary { .. } | Op::Binary { .. } | Op::Broadcast { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } | Op::Permute { .. } | Op::Reshape { .. })
+        || row_reduction(g, m).is_some()
+}
+
+/// A sum or mean of float value `m`'s operand over its last axis (`Reduce`
+/// over the last axis, or `SumTo` a shape that differs only in a last axis
+/// of 1), over a non-empty axis: `Some(true)` for a mean. Such a reduction
+/// compiles into the end of a segment, summed in the reference's order
+/// ([`ops::sum_lanes`]).
+pub fn row_reduction(g: &Graph, m: usize) -> Option<bool> {
+    let node = &g.nodes[m];
+    let x = &g.nodes[node.args.first()?.index()].ty;
+    let r = x.shape.len();
+    if r == 0 || x.dtype != DType::F32 || node.ty.dtype != DType::F32 || x.shape[r - 1] == 0 {
+        return None;
+    }
+    match node.op {
+        Op::Reduce { f: ReduceFn::Sum, axis, .. } if axis == r - 1 => Some(false),
+        Op::Reduce { f: ReduceFn::Mean, axis, .. } if axis == r - 1 => Some(true),
+        Op::SumTo { ref shape } if shape.len() == r && shape[r - 1] == 1 && shape[..r - 1] == x.shape[..r - 1] => Some(false),
+        _ => None,
+    }
 }
 
 /// The element-wise segments of a kernel evaluated op by op: maximal runs of
@@ -170,7 +211,7 @@ pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
     let mut order: Vec<usize> = kr.prologue.iter().chain(&kr.ops).map(|v| v.index()).collect();
     order.sort_unstable();
     order.dedup();
-    let ok = |m: usize| g.nodes[m].ty.dtype == DType::F32 && segment_op(&g.nodes[m].op);
+    let ok = |m: usize| g.nodes[m].ty.dtype == DType::F32 && segment_op(g, m);
     let mut runs: Vec<Vec<usize>> = vec![];
     let mut cur: Vec<usize> = vec![];
     for &m in &order {
@@ -179,6 +220,10 @@ pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
         }
         if ok(m) {
             cur.push(m);
+            // What reads a row's sum needs the whole row summed first.
+            if row_reduction(g, m).is_some() {
+                runs.push(std::mem::take(&mut cur));
+            }
         } else if !cur.is_empty() {
             runs.push(std::mem::take(&mut cur));
         }
@@ -235,13 +280,20 @@ fn analyse(g: &Graph, kr: &Program) -> Result<Analysis, String> {
     if kr.outputs.is_empty() {
         return Err("no outputs".into());
     }
+    // A row reduction: the program's last op, stored once per row.
+    let reds: Vec<usize> = kr.ops.iter().copied().filter(|&m| row_reduction(g, m).is_some()).collect();
+    let red = match reds[..] {
+        [] => None,
+        [r] if kr.ops.last() == Some(&r) && kr.outputs.contains(&r) => Some(r),
+        _ => return Err("a row reduction not last, not stored, or not alone".into()),
+    };
     let is_layout = |m: usize| matches!(g.nodes[m].op, Op::Permute { .. } | Op::Reshape { .. });
     let in_kernel = |m: usize| kr.ops.contains(&m);
     // Each output: the value computed in the loop (core) and the permutation
     // of its layout (identity unless the output is Permute or Reshape(Permute)).
     let mut chains: Vec<(usize, usize, Vec<usize>)> = Vec::new();
     let mut layout_used = std::collections::HashSet::new();
-    for &o in &kr.outputs {
+    for &o in kr.outputs.iter().filter(|&&o| Some(o) != red) {
         let mut core = o;
         let mut perm: Option<Vec<usize>> = None;
         if let Op::Reshape { .. } = g.nodes[core].op {
@@ -278,16 +330,28 @@ fn analyse(g: &Graph, kr: &Program) -> Result<Analysis, String> {
         }
         chains.push((o, core, st));
     }
-    let first = chains.first().ok_or("no outputs")?;
-    let shape = g.nodes[first.1].ty.shape.clone();
+    // The iteration shape: the reduced operand's, else the outputs'.
+    let shape = match (red, chains.first()) {
+        (Some(r), _) => g.nodes[g.nodes[r].args[0].index()].ty.shape.clone(),
+        (None, Some(first)) => g.nodes[first.1].ty.shape.clone(),
+        (None, None) => return Err("no outputs".into()),
+    };
     for (_, c, _) in &chains {
         if g.nodes[*c].ty.shape != shape {
             return Err("outputs of different shapes".into());
         }
     }
     let shape = if shape.is_empty() { vec![1] } else { shape };
-    let chains: Vec<(usize, usize, Vec<usize>)> =
+    let mut chains: Vec<(usize, usize, Vec<usize>)> =
         chains.into_iter().map(|(o, c, st)| (o, c, if st.is_empty() { vec![1] } else { st })).collect();
+    if let Some(r) = red {
+        // One value per row: the reduced shape's strides over the outer axes.
+        let out = &g.nodes[r].ty.shape;
+        let mut st = ops::strides(out);
+        st.truncate(shape.len() - 1);
+        st.push(0);
+        chains.push((r, r, st));
+    }
     for &m in &kr.ops {
         let node = &g.nodes[m];
         if node.ty.dtype != DType::F32 {
@@ -296,6 +360,13 @@ fn analyse(g: &Graph, kr: &Program) -> Result<Analysis, String> {
         if is_layout(m) {
             if !layout_used.contains(&m) {
                 return Err(format!("op {} inside the kernel", node.op.name()));
+            }
+            continue;
+        }
+        if Some(m) == red {
+            let x = node.args[0].index();
+            if layout_used.contains(&x) || matches!(g.nodes[x].op, Op::Scalar { .. }) {
+                return Err("a row reduction of a layout op or a constant".into());
             }
             continue;
         }
@@ -390,7 +461,7 @@ impl Emitter<'_> {
         loads: &[(usize, Vec<usize>)],
         stores: &[(usize, usize, Vec<usize>)],
         vector: bool,
-    ) {
+    ) -> HashMap<usize, Value> {
         let g = self.g;
         let (size, inner) = (self.size, self.inner);
         // Plain (not "aligned") flags: vector accesses need not be 16-byte aligned.
@@ -545,6 +616,130 @@ impl Emitter<'_> {
                 }
             }
         }
+        vals
+    }
+
+    /// The body of an element-wise row function: whole vectors first, then
+    /// the remaining elements one at a time.
+    fn row_map(&self, b: &mut FunctionBuilder, n: Value, ops: &[usize], loads: &[(usize, Vec<usize>)], stores: &[(usize, usize, Vec<usize>)]) {
+        let (vheader, vbody, header, body, exit) = (b.create_block(), b.create_block(), b.create_block(), b.create_block(), b.create_block());
+        let iv = b.declare_var(types::I64);
+        let zero_i = b.ins().iconst(types::I64, 0);
+        b.def_var(iv, zero_i);
+        let nv = b.ins().band_imm_s(n, -(self.lanes as i64));
+        b.ins().jump(vheader, &[]);
+        b.switch_to_block(vheader);
+        let i = b.use_var(iv);
+        let c = b.ins().icmp(IntCC::SignedLessThan, i, nv);
+        b.ins().brif(c, vbody, &[], header, &[]);
+        b.switch_to_block(vbody);
+        let i = b.use_var(iv);
+        self.row_step(b, i, ops, loads, stores, true);
+        let i1 = b.ins().iadd_imm_s(i, self.lanes as i64);
+        b.def_var(iv, i1);
+        b.ins().jump(vheader, &[]);
+        b.switch_to_block(header);
+        let i = b.use_var(iv);
+        let c = b.ins().icmp(IntCC::SignedLessThan, i, n);
+        b.ins().brif(c, body, &[], exit, &[]);
+        b.switch_to_block(body);
+        let i = b.use_var(iv);
+        self.row_step(b, i, ops, loads, stores, false);
+        let i1 = b.ins().iadd_imm_s(i, 1);
+        b.def_var(iv, i1);
+        b.ins().jump(header, &[]);
+        b.switch_to_block(exit);
+    }
+
+    /// The body of a row function whose program ends in the row reduction
+    /// `red` (of `x`, into store `red_store`): the other ops and stores
+    /// element by element, with the reduced values added into 8 partial
+    /// sums in [`ops::sum_lanes`]'s order (element `j` of each group of 8
+    /// into sum `j`, the tail likewise), combined as it does, divided by the
+    /// row length for a mean, and stored once.
+    #[allow(clippy::too_many_arguments)]
+    fn row_reduce(
+        &self,
+        b: &mut FunctionBuilder,
+        n: Value,
+        ops: &[usize],
+        loads: &[(usize, Vec<usize>)],
+        stores: &[(usize, usize, Vec<usize>)],
+        red: usize,
+        mean: bool,
+    ) {
+        const SUMS: usize = 8;
+        let x = self.g.nodes[red].args[0].index();
+        let ops: Vec<usize> = ops.iter().copied().filter(|&m| m != red).collect();
+        let red_store = stores.iter().position(|s| s.0 == red).expect("analyse stores the reduction");
+        let others: Vec<(usize, usize, Vec<usize>)> = stores.iter().filter(|s| s.0 != red).cloned().collect();
+        let per = SUMS / self.lanes;
+        let zero_v = self.fconst(b, 0.0, true);
+        let accs: Vec<_> = (0..per)
+            .map(|_| {
+                let v = b.declare_var(self.vty);
+                b.def_var(v, zero_v);
+                v
+            })
+            .collect();
+        let iv = b.declare_var(types::I64);
+        let zero_i = b.ins().iconst(types::I64, 0);
+        b.def_var(iv, zero_i);
+        let n8 = b.ins().band_imm_s(n, -(SUMS as i64));
+        let (vheader, vbody, tail) = (b.create_block(), b.create_block(), b.create_block());
+        b.ins().jump(vheader, &[]);
+        b.switch_to_block(vheader);
+        let i = b.use_var(iv);
+        let c = b.ins().icmp(IntCC::SignedLessThan, i, n8);
+        b.ins().brif(c, vbody, &[], tail, &[]);
+        b.switch_to_block(vbody);
+        let i = b.use_var(iv);
+        for (k, acc) in accs.iter().enumerate() {
+            let ik = b.ins().iadd_imm_s(i, (k * self.lanes) as i64);
+            let vals = self.row_step(b, ik, &ops, loads, &others, true);
+            let a = b.use_var(*acc);
+            let a = b.ins().fadd(a, vals[&x]);
+            b.def_var(*acc, a);
+        }
+        let i1 = b.ins().iadd_imm_s(i, SUMS as i64);
+        b.def_var(iv, i1);
+        b.ins().jump(vheader, &[]);
+        // The partial sums as scalars, then the tail (fewer than 8 elements), unrolled.
+        b.switch_to_block(tail);
+        let sums: Vec<_> = (0..SUMS)
+            .map(|j| {
+                let v = b.use_var(accs[j / self.lanes]);
+                let s = b.ins().extractlane(v, (j % self.lanes) as u8);
+                let var = b.declare_var(self.fty);
+                b.def_var(var, s);
+                var
+            })
+            .collect();
+        let done = b.create_block();
+        for (j, sum) in sums.iter().enumerate().take(SUMS - 1) {
+            let (step, next) = (b.create_block(), b.create_block());
+            let ij = b.ins().iadd_imm_s(n8, j as i64);
+            let c = b.ins().icmp(IntCC::SignedLessThan, ij, n);
+            b.ins().brif(c, step, &[], done, &[]);
+            b.switch_to_block(step);
+            let vals = self.row_step(b, ij, &ops, loads, &others, false);
+            let a = b.use_var(*sum);
+            let a = b.ins().fadd(a, vals[&x]);
+            b.def_var(*sum, a);
+            b.ins().jump(next, &[]);
+            b.switch_to_block(next);
+        }
+        b.ins().jump(done, &[]);
+        b.switch_to_block(done);
+        let s: Vec<Value> = sums.iter().map(|&v| b.use_var(v)).collect();
+        let (p04, p26, p15, p37) = (b.ins().fadd(s[0], s[4]), b.ins().fadd(s[2], s[6]), b.ins().fadd(s[1], s[5]), b.ins().fadd(s[3], s[7]));
+        let (l, r) = (b.ins().fadd(p04, p26), b.ins().fadd(p15, p37));
+        let mut total = b.ins().fadd(l, r);
+        if mean {
+            let nf = b.ins().fcvt_from_sint(self.fty, n);
+            total = b.ins().fdiv(total, nf);
+        }
+        b.ins().store(MemFlagsData::trusted(), total, self.out_bases[red_store], 0);
     }
 }
 
@@ -639,11 +834,6 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
             ];
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let entry = b.create_block();
-            let vheader = b.create_block();
-            let vbody = b.create_block();
-            let header = b.create_block();
-            let body = b.create_block();
-            let exit = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let n = b.block_params(entry)[0];
@@ -653,33 +843,10 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
             let in_bases: Vec<Value> = (0..loads.len()).map(|i| b.ins().load(ptr, flags, ins, (i * 8) as i32)).collect();
             let out_bases: Vec<Value> = (0..stores.len()).map(|i| b.ins().load(ptr, flags, outs, (i * 8) as i32)).collect();
             let em = Emitter { g, fty, vty, lanes, size: if f64_mode { 8 } else { 4 }, inner: shape.len() - 1, refs, in_bases, out_bases };
-            let iv = b.declare_var(types::I64);
-            let zero_i = b.ins().iconst(types::I64, 0);
-            b.def_var(iv, zero_i);
-            // Whole vectors first, then the remaining elements one at a time.
-            let nv = b.ins().band_imm_s(n, -(lanes as i64));
-            b.ins().jump(vheader, &[]);
-            b.switch_to_block(vheader);
-            let i = b.use_var(iv);
-            let c = b.ins().icmp(IntCC::SignedLessThan, i, nv);
-            b.ins().brif(c, vbody, &[], header, &[]);
-            b.switch_to_block(vbody);
-            let i = b.use_var(iv);
-            em.row_step(&mut b, i, &kr.ops, &loads, &stores, true);
-            let i1 = b.ins().iadd_imm_s(i, lanes as i64);
-            b.def_var(iv, i1);
-            b.ins().jump(vheader, &[]);
-            b.switch_to_block(header);
-            let i = b.use_var(iv);
-            let c = b.ins().icmp(IntCC::SignedLessThan, i, n);
-            b.ins().brif(c, body, &[], exit, &[]);
-            b.switch_to_block(body);
-            let i = b.use_var(iv);
-            em.row_step(&mut b, i, &kr.ops, &loads, &stores, false);
-            let i1 = b.ins().iadd_imm_s(i, 1);
-            b.def_var(iv, i1);
-            b.ins().jump(header, &[]);
-            b.switch_to_block(exit);
+            match kr.ops.iter().find_map(|&m| row_reduction(g, m).map(|mean| (m, mean))) {
+                Some((red, mean)) => em.row_reduce(&mut b, n, &kr.ops, &loads, &stores, red, mean),
+                None => em.row_map(&mut b, n, &kr.ops, &loads, &stores),
+            }
             b.ins().return_(&[]);
             b.seal_all_blocks();
             b.finalize(module.target_config());
@@ -696,7 +863,8 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
         let p = module.get_finalized_function(id);
         // SAFETY: compiled above with exactly this signature.
         let func = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(i64, *const *const u8, *const *mut u8)>(p) };
-        let c = Compiled { loads, stores, shape, func };
+        let store_lens = stores.iter().map(|(v, ..)| g.nodes[*v].ty.numel()).collect();
+        let c = Compiled { loads, stores, store_lens, shape, func };
         match first {
             None => {
                 out.insert(k, c);
@@ -715,7 +883,7 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
 pub fn run<F: Real>(c: &Compiled, inputs: &[&[F]], mut outs: Vec<Vec<F>>) -> Vec<Vec<F>> {
     use rayon::prelude::*;
     let numel: usize = c.shape.iter().product();
-    assert!(outs.len() == c.stores.len() && outs.iter().all(|o| o.len() == numel), "jit::run: output buffers do not match the kernel");
+    assert!(outs.len() == c.stores.len() && outs.iter().zip(&c.store_lens).all(|(o, &l)| o.len() == l), "jit::run: output buffers do not match the kernel");
     assert!(inputs.len() == c.loads.len(), "jit::run: wrong number of inputs");
     if numel == 0 {
         return outs;

@@ -11,8 +11,8 @@
 //!   LeakyStep; outputs of one shape or a Permute / Reshape(Permute) of it)
 //!   are compiled with cranelift into native row loops ([`jit`]), and so are
 //!   the runs of such ops inside the other kernels (GEMM epilogues, the
-//!   element-wise work around reductions and norms): bitwise equal to the
-//!   reference ops;
+//!   element-wise work around reductions and norms, ending in a row sum or
+//!   mean where one follows): bitwise equal to the reference ops;
 //! - matrix products (Linear, MatMul, OuterSum, leading axes flattened) go
 //!   through the `gemm` crate in f32 (AVX-512 when the CPU has it) and
 //!   matrixmultiply in f64 ([`gemm`]);
@@ -26,7 +26,7 @@
 //!   kernel are computed together, from the probabilities the forward
 //!   kept (up to a memory budget);
 //! - cross entropy and its gradient share their log-sum-exp rows ([`xent`]);
-//! - every other op (reductions, gather, scatter, shift, layout copies)
+//! - every other op (other reductions, gather, scatter, shift, layout copies)
 //!   is evaluated by the reference op implementations (`cpu::ops`), their
 //!   output buffers taken from the pool.
 //!
@@ -162,8 +162,7 @@ pub fn execute_plan_with<F: Real>(
         if let Some(c) = jit.and_then(|j| j.kernels.get(&k)) {
             let args: Vec<Tensor<F>> = c.loads.iter().map(|(m, _)| fetch(g, params, inputs, &stored, &HashMap::new(), *m)).collect::<Result<_, _>>()?;
             let slices: Vec<&[F]> = args.iter().map(|t| t.as_float().expect("checked: float input")).collect();
-            let numel: usize = c.shape.iter().product();
-            let bufs = c.stores.iter().map(|_| pool.take(numel)).collect();
+            let bufs = c.store_lens.iter().map(|&len| pool.take(len)).collect();
             let outs = jit::run(c, &slices, bufs);
             for ((m, _, _), data) in c.stores.iter().zip(outs) {
                 stored[*m] = Some(Tensor::float(g.nodes[*m].ty.shape.clone(), data));
@@ -201,8 +200,7 @@ pub fn execute_plan_with<F: Real>(
                 let c = &seg.code;
                 let args: Vec<Tensor<F>> = c.loads.iter().map(|(a, _)| fetch(g, params, inputs, &stored, &local, *a)).collect::<Result<_, _>>()?;
                 let slices: Vec<&[F]> = args.iter().map(|t| t.as_float().expect("checked: float input")).collect();
-                let numel: usize = c.shape.iter().product();
-                let bufs = c.stores.iter().map(|_| pool.take(numel)).collect();
+                let bufs = c.store_lens.iter().map(|&len| pool.take(len)).collect();
                 let outs = jit::run(c, &slices, bufs);
                 drop(args);
                 for ((v, _, _), data) in c.stores.iter().zip(outs) {
