@@ -200,7 +200,7 @@ fn fake_quant_matches_the_reference_bitwise() {
 
 /// The compiled element-wise kernels and segments give bitwise the
 /// interpreter's values (f32 and f64, tiny and odd configs, train mode), and
-/// some kernels and row sums are compiled.
+/// some kernels, row sums and in-place layout views are compiled.
 #[test]
 fn jit_matches_interpreted_kernels_bitwise() {
     let _serial = serial();
@@ -231,6 +231,8 @@ fn jit_matches_interpreted_kernels_bitwise() {
         assert!(!jit.kernels.is_empty(), "no kernel compiled");
         let row_sums = jit.segments.values().flat_map(|s| s.values()).filter(|s| s.ops.last().is_some_and(|&m| plan_exec::jit::row_reduction(g, m).is_some())).count();
         assert!(row_sums > 0, "no row reduction compiled");
+        let views: usize = jit.skip.values().map(|v| v.len()).sum();
+        assert!(views > 0, "no layout view read through its strides");
         let a = plan_exec::execute_plan_with(g, &plan, &params, &inputs, None, Some(&jit)).unwrap();
         let b = plan_exec::execute_plan_with(g, &plan, &params, &inputs, None, None).unwrap();
         for ((n, x), (_, y)) in a.outputs.iter().zip(&b.outputs) {
@@ -238,7 +240,7 @@ fn jit_matches_interpreted_kernels_bitwise() {
             assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{} {n}: jit differs", F::NAME);
         }
         println!(
-            "{}: {} kernels compiled, {} element-wise kernels interpreted, {row_sums} segments ending in a row sum or mean",
+            "{}: {} kernels compiled, {} element-wise kernels interpreted, {row_sums} segments ending in a row sum or mean, {views} layout views read in place",
             F::NAME,
             jit.kernels.len(),
             jit.fallback.len()

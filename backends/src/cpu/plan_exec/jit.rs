@@ -22,6 +22,9 @@
 //! reduced values into 8 partial sums in the reference's order
 //! (`ops::sum_lanes`) and stores one value per row, so the norms' and
 //! softmax-style row statistics are compiled too, bitwise as the reference.
+//! A segment reads a permute/reshape chain of another kernel's value (the
+//! q/k head layouts) in place, through the view's strides
+//! ([`view_chain`]); a view only such segments read is not copied at all.
 //! Any other op, or a kernel of another kind, is left to the interpreter.
 
 use super::super::{ops, Real};
@@ -46,6 +49,7 @@ pub const JIT_OPS: &[&str] = &[
     "leaky_step",
     "permute / reshape(permute) as an output's layout",
     "sum / mean over the last axis, ending a segment",
+    "permute / reshape chains of another kernel's value, read in place",
 ];
 
 const UNARY: [UnaryFn; 12] = [
@@ -99,6 +103,10 @@ pub struct Compiled {
     /// Graph values loaded (kernel inputs), in argument order, with their
     /// element strides over the iteration shape (0 on broadcast axes).
     pub loads: Vec<(usize, Vec<usize>)>,
+    /// The value whose buffer each load reads: the loaded value itself, or
+    /// for a layout view (a permute/reshape chain of another kernel's value,
+    /// not materialised) the chain's root, read through the view's strides.
+    pub sources: Vec<usize>,
     /// Graph values stored, in argument order: (stored value, the value
     /// computed in the loop, its element strides in the stored layout over
     /// the iteration shape; a permuted layout for Permute(+Reshape) outputs).
@@ -124,6 +132,9 @@ pub struct JitKernels {
     _module: Option<JITModule>,
     pub kernels: HashMap<usize, Compiled>,
     pub segments: HashMap<usize, HashMap<usize, Segment>>,
+    /// Per kernel, the layout views that only compiled segments read
+    /// (through their strides): not evaluated at all.
+    pub skip: HashMap<usize, Vec<usize>>,
     /// Kernels left to the interpreter, with the reason.
     pub fallback: Vec<(usize, String)>,
 }
@@ -157,6 +168,9 @@ pub struct Program {
     pub ops: Vec<usize>,
     pub inputs: Vec<usize>,
     pub outputs: Vec<usize>,
+    /// Inputs that are layout views read through their chain
+    /// ([`view_chain`]), with the chain's root.
+    pub views: Vec<(usize, usize)>,
 }
 
 impl Program {
@@ -169,8 +183,45 @@ impl Program {
             return Err("has a prologue".into());
         }
         let ix = |v: &Vec<pgc_ir::ValueId>| v.iter().map(|v| v.index()).collect();
-        Ok(Program { ops: ix(&kr.ops), inputs: ix(&kr.inputs), outputs: ix(&kr.outputs) })
+        Ok(Program { ops: ix(&kr.ops), inputs: ix(&kr.inputs), outputs: ix(&kr.outputs), views: vec![] })
     }
+}
+
+/// A layout view: `m`, a chain of permutes and reshapes computed in the
+/// kernel (`in_kernel`) of a value that is not (another kernel's output, a
+/// parameter or an input), as (that root, the view's shape, its element
+/// strides into the root's buffer). `None` when `m` is not such a chain or a
+/// reshape in it would need a copy (a reshape of a permuted view).
+pub fn view_chain(g: &Graph, m: usize, in_kernel: impl Fn(usize) -> bool) -> Option<(usize, Vec<usize>, Vec<usize>)> {
+    let is_layout = |v: usize| matches!(g.nodes[v].op, Op::Permute { .. } | Op::Reshape { .. });
+    let mut chain = vec![];
+    let mut v = m;
+    while is_layout(v) && in_kernel(v) {
+        chain.push(v);
+        v = g.nodes[v].args[0].index();
+    }
+    if chain.is_empty() || in_kernel(v) || g.nodes[v].ty.dtype != DType::F32 {
+        return None;
+    }
+    let mut shape = g.nodes[v].ty.shape.clone();
+    let mut strides = ops::strides(&shape);
+    for &c in chain.iter().rev() {
+        match &g.nodes[c].op {
+            Op::Permute { perm } => {
+                shape = perm.iter().map(|&d| shape[d]).collect();
+                strides = perm.iter().map(|&d| strides[d]).collect();
+            }
+            Op::Reshape { shape: to } => {
+                if strides != ops::strides(&shape) {
+                    return None;
+                }
+                shape = to.clone();
+                strides = ops::strides(&shape);
+            }
+            _ => unreachable!("a layout op"),
+        }
+    }
+    Some((v, shape, strides))
 }
 
 /// Ops a segment of a non-element-wise kernel may hold (Scalar constants are
@@ -212,10 +263,14 @@ pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
     order.sort_unstable();
     order.dedup();
     let ok = |m: usize| g.nodes[m].ty.dtype == DType::F32 && segment_op(g, m);
+    let in_kernel = |v: usize| order.binary_search(&v).is_ok();
+    // Views of other kernels' values are read through their strides, not
+    // computed: they neither join nor end a run.
+    let views: Vec<(usize, usize)> = order.iter().filter_map(|&m| view_chain(g, m, in_kernel).map(|(root, ..)| (m, root))).collect();
     let mut runs: Vec<Vec<usize>> = vec![];
     let mut cur: Vec<usize> = vec![];
     for &m in &order {
-        if matches!(g.nodes[m].op, Op::Scalar { .. }) {
+        if matches!(g.nodes[m].op, Op::Scalar { .. }) || views.iter().any(|&(v, _)| v == m) {
             continue;
         }
         if ok(m) {
@@ -246,7 +301,8 @@ pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
             kr.outputs.iter().any(|o| o.index() == v) || order.iter().any(|&o| !inside(o) && g.nodes[o].args.iter().any(|a| a.index() == v))
         };
         let outputs = ops.iter().copied().filter(|&v| used_after(v)).collect();
-        Program { ops: ops.to_vec(), inputs, outputs }
+        let views = views.iter().copied().filter(|(v, _)| inputs.contains(v)).collect();
+        Program { ops: ops.to_vec(), inputs, outputs, views }
     };
     let mut out = vec![];
     for run in runs {
@@ -269,6 +325,28 @@ pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
         }
     }
     out
+}
+
+/// The layout views of kernel `kr` that nothing but the segments `progs`
+/// reads (each reads them through their strides) and the kernel does not
+/// store: a chain's inner views count as read only by the outer ones.
+fn views_only_segments_read(g: &Graph, kr: &Kernel, progs: &[Program]) -> Vec<usize> {
+    let mut order: Vec<usize> = kr.prologue.iter().chain(&kr.ops).map(|v| v.index()).collect();
+    order.sort_unstable();
+    order.dedup();
+    let in_segment = |m: usize| progs.iter().any(|p| p.ops.contains(&m));
+    let read_through = |m: usize| progs.iter().any(|p| p.views.iter().any(|&(v, root)| v == m || chain_to(g, v, root).contains(&m)));
+    let mut unread: Vec<usize> = vec![];
+    for &m in order.iter().rev() {
+        if !read_through(m) || kr.outputs.iter().any(|o| o.index() == m) {
+            continue;
+        }
+        let readers_ok = order.iter().filter(|&&u| g.nodes[u].args.iter().any(|a| a.index() == m)).all(|&u| in_segment(u) || unread.contains(&u));
+        if readers_ok {
+            unread.push(m);
+        }
+    }
+    unread
 }
 
 /// Why a program cannot be compiled, or its iteration shape, loads and stores.
@@ -385,10 +463,42 @@ fn analyse(g: &Graph, kr: &Program) -> Result<Analysis, String> {
         if node.ty.dtype != DType::F32 {
             return Err(format!("non-float input %{v}"));
         }
-        let st = bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("input %{v} does not broadcast"))?;
+        let st = if let Some(&(_, root)) = kr.views.iter().find(|(x, _)| *x == v) {
+            let path = chain_to(g, v, root);
+            let (_, vshape, vstrides) = view_chain(g, v, |m| path.contains(&m)).ok_or("a view needing a copy")?;
+            view_strides(&vshape, &vstrides, &shape).ok_or_else(|| format!("view %{v} does not broadcast"))?
+        } else {
+            bcast_strides(&node.ty.shape, &shape).ok_or_else(|| format!("input %{v} does not broadcast"))?
+        };
         loads.push((v, st));
     }
     Ok((shape, loads, chains))
+}
+
+/// The layout ops from `v` down to (not including) `root`, following first
+/// operands.
+fn chain_to(g: &Graph, v: usize, root: usize) -> Vec<usize> {
+    let mut path = vec![];
+    let mut x = v;
+    while x != root && matches!(g.nodes[x].op, Op::Permute { .. } | Op::Reshape { .. }) {
+        path.push(x);
+        x = g.nodes[x].args[0].index();
+    }
+    path
+}
+
+/// Strides over the iteration shape `to` of a view (`shape`, `strides`)
+/// broadcast to it (numpy rules, 0 on broadcast axes).
+fn view_strides(shape: &[usize], strides: &[usize], to: &[usize]) -> Option<Vec<usize>> {
+    let off = to.len().checked_sub(shape.len())?;
+    (0..to.len())
+        .map(|i| match i.checked_sub(off) {
+            None => Some(0),
+            Some(j) if shape[j] == to[i] => Some(strides[j]),
+            Some(j) if shape[j] == 1 => Some(0),
+            Some(_) => None,
+        })
+        .collect()
 }
 
 struct Callbacks {
@@ -758,6 +868,7 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
     // (kernel, first op of the segment or None for the whole kernel, program, analysis)
     let mut plan = Vec::new();
     let mut fallback = Vec::new();
+    let mut skip = HashMap::new();
     for (k, kr) in kernels.iter().enumerate() {
         let whole = Program::of_kernel(kr).and_then(|p| analyse(g, &p).map(|a| (p, a)));
         match whole {
@@ -766,7 +877,12 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
                 if kr.kind == KernelKind::Elementwise {
                     fallback.push((k, why));
                 }
-                for p in segments(g, kr) {
+                let progs = segments(g, kr);
+                let unread = views_only_segments_read(g, kr, &progs);
+                if !unread.is_empty() {
+                    skip.insert(k, unread);
+                }
+                for p in progs {
                     let a = analyse(g, &p)?;
                     plan.push((k, Some(p.ops[0]), p, a));
                 }
@@ -774,7 +890,7 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
         }
     }
     if plan.is_empty() {
-        return Ok(JitKernels { _module: None, kernels: HashMap::new(), segments: HashMap::new(), fallback });
+        return Ok(JitKernels { _module: None, kernels: HashMap::new(), segments: HashMap::new(), skip, fallback });
     }
     let e = |x: &dyn std::fmt::Display| format!("cranelift: {x}");
     let mut fb = settings::builder();
@@ -854,17 +970,18 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
         let id = module.declare_function(&format!("f{fi}_k{k}"), Linkage::Local, &ctx.func.signature).map_err(|x| e(&x))?;
         module.define_function(id, &mut ctx).map_err(|x| e(&format!("{x:?}")))?;
         module.clear_context(&mut ctx);
-        ids.push((k, first, kr.ops, id, shape, loads, stores));
+        let sources: Vec<usize> = loads.iter().map(|(v, _)| kr.views.iter().find(|(x, _)| x == v).map_or(*v, |&(_, root)| root)).collect();
+        ids.push((k, first, kr.ops, id, shape, loads, sources, stores));
     }
     module.finalize_definitions().map_err(|x| e(&x))?;
     let mut out = HashMap::new();
     let mut segs: HashMap<usize, HashMap<usize, Segment>> = HashMap::new();
-    for (k, first, ops, id, shape, loads, stores) in ids {
+    for (k, first, ops, id, shape, loads, sources, stores) in ids {
         let p = module.get_finalized_function(id);
         // SAFETY: compiled above with exactly this signature.
         let func = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(i64, *const *const u8, *const *mut u8)>(p) };
         let store_lens = stores.iter().map(|(v, ..)| g.nodes[*v].ty.numel()).collect();
-        let c = Compiled { loads, stores, store_lens, shape, func };
+        let c = Compiled { loads, sources, stores, store_lens, shape, func };
         match first {
             None => {
                 out.insert(k, c);
@@ -875,7 +992,7 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
         }
     }
     let _ = UNARY;
-    Ok(JitKernels { _module: Some(module), kernels: out, segments: segs, fallback })
+    Ok(JitKernels { _module: Some(module), kernels: out, segments: segs, skip, fallback })
 }
 
 /// Run a compiled kernel on its input slices, into `outs` (one buffer per

@@ -160,7 +160,7 @@ pub fn execute_plan_with<F: Real>(
     for (k, kr) in plan.kernels.iter().enumerate() {
         let start = Instant::now();
         if let Some(c) = jit.and_then(|j| j.kernels.get(&k)) {
-            let args: Vec<Tensor<F>> = c.loads.iter().map(|(m, _)| fetch(g, params, inputs, &stored, &HashMap::new(), *m)).collect::<Result<_, _>>()?;
+            let args: Vec<Tensor<F>> = c.sources.iter().map(|&m| fetch(g, params, inputs, &stored, &HashMap::new(), m)).collect::<Result<_, _>>()?;
             let slices: Vec<&[F]> = args.iter().map(|t| t.as_float().expect("checked: float input")).collect();
             let bufs = c.store_lens.iter().map(|&len| pool.take(len)).collect();
             let outs = jit::run(c, &slices, bufs);
@@ -191,14 +191,14 @@ pub fn execute_plan_with<F: Real>(
         let segs = jit.and_then(|j| j.segments.get(&k));
         // Log-sum-exp rows by logits value, shared by cross entropy and its gradient.
         let mut lse: HashMap<usize, Vec<F>> = HashMap::new();
-        let mut done: Vec<usize> = Vec::new();
+        let mut done: Vec<usize> = jit.and_then(|j| j.skip.get(&k)).cloned().unwrap_or_default();
         for &m in &order {
             if done.contains(&m) {
                 continue;
             }
             if let Some(seg) = segs.and_then(|s| s.get(&m)) {
                 let c = &seg.code;
-                let args: Vec<Tensor<F>> = c.loads.iter().map(|(a, _)| fetch(g, params, inputs, &stored, &local, *a)).collect::<Result<_, _>>()?;
+                let args: Vec<Tensor<F>> = c.sources.iter().map(|&a| fetch(g, params, inputs, &stored, &local, a)).collect::<Result<_, _>>()?;
                 let slices: Vec<&[F]> = args.iter().map(|t| t.as_float().expect("checked: float input")).collect();
                 let bufs = c.store_lens.iter().map(|&len| pool.take(len)).collect();
                 let outs = jit::run(c, &slices, bufs);
