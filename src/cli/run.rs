@@ -546,8 +546,9 @@ fn execute_on<F: Real>(
         let rules = pgc_ir::plan::FusionRule::ALL.into_iter().collect();
         let plan = cpu::plan_exec::plan_for(graph, &rules, Some(&refs)).map_err(bad)?;
         let jit = cpu::plan_exec::jit::compile::<F>(graph, &plan.kernels).map_err(|e| bad(format!("compiling the plan's kernels: {e}")))?;
+        let segments: usize = jit.segments.values().map(|s| s.len()).sum();
         notes.push(format!(
-            "cpu: {} kernels ({} compiled with cranelift), plan + compile {:.3} s",
+            "cpu: {} kernels; compiled with cranelift: {} whole kernels and {segments} element-wise/row-sum segments of others; plan + compile {:.3} s",
             plan.kernels.len(),
             jit.kernels.len(),
             t0.elapsed().as_secs_f64()
