@@ -32,7 +32,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::immediates::{Ieee32, Ieee64};
 use cranelift_codegen::ir::{types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_codegen::settings::{self, Configurable};
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use pgc_ir::plan::{Kernel, KernelKind};
@@ -732,30 +732,31 @@ impl Emitter<'_> {
     /// The body of an element-wise row function: whole vectors first, then
     /// the remaining elements one at a time.
     fn row_map(&self, b: &mut FunctionBuilder, n: Value, ops: &[usize], loads: &[(usize, Vec<usize>)], stores: &[(usize, usize, Vec<usize>)]) {
-        let (vheader, vbody, header, body, exit) = (b.create_block(), b.create_block(), b.create_block(), b.create_block(), b.create_block());
         let iv = b.declare_var(types::I64);
         let zero_i = b.ins().iconst(types::I64, 0);
         b.def_var(iv, zero_i);
         let nv = b.ins().band_imm_s(n, -(self.lanes as i64));
-        b.ins().jump(vheader, &[]);
-        b.switch_to_block(vheader);
-        let i = b.use_var(iv);
-        let c = b.ins().icmp(IntCC::SignedLessThan, i, nv);
-        b.ins().brif(c, vbody, &[], header, &[]);
-        b.switch_to_block(vbody);
-        let i = b.use_var(iv);
-        self.row_step(b, i, ops, loads, stores, true);
-        let i1 = b.ins().iadd_imm_s(i, self.lanes as i64);
-        b.def_var(iv, i1);
-        b.ins().jump(vheader, &[]);
+        Self::counted_loop(b, iv, nv, self.lanes, |b, i| {
+            self.row_step(b, i, ops, loads, stores, true);
+        });
+        Self::counted_loop(b, iv, n, 1, |b, i| {
+            self.row_step(b, i, ops, loads, stores, false);
+        });
+    }
+
+    /// `while i < end { body(i); i += step }` on the variable `iv`; leaves
+    /// the builder in the block after the loop.
+    fn counted_loop(b: &mut FunctionBuilder, iv: Variable, end: Value, step: usize, mut body: impl FnMut(&mut FunctionBuilder, Value)) {
+        let (header, block, exit) = (b.create_block(), b.create_block(), b.create_block());
+        b.ins().jump(header, &[]);
         b.switch_to_block(header);
         let i = b.use_var(iv);
-        let c = b.ins().icmp(IntCC::SignedLessThan, i, n);
-        b.ins().brif(c, body, &[], exit, &[]);
-        b.switch_to_block(body);
+        let c = b.ins().icmp(IntCC::SignedLessThan, i, end);
+        b.ins().brif(c, block, &[], exit, &[]);
+        b.switch_to_block(block);
         let i = b.use_var(iv);
-        self.row_step(b, i, ops, loads, stores, false);
-        let i1 = b.ins().iadd_imm_s(i, 1);
+        body(b, i);
+        let i1 = b.ins().iadd_imm_s(i, step as i64);
         b.def_var(iv, i1);
         b.ins().jump(header, &[]);
         b.switch_to_block(exit);
@@ -796,26 +797,16 @@ impl Emitter<'_> {
         let zero_i = b.ins().iconst(types::I64, 0);
         b.def_var(iv, zero_i);
         let n8 = b.ins().band_imm_s(n, -(SUMS as i64));
-        let (vheader, vbody, tail) = (b.create_block(), b.create_block(), b.create_block());
-        b.ins().jump(vheader, &[]);
-        b.switch_to_block(vheader);
-        let i = b.use_var(iv);
-        let c = b.ins().icmp(IntCC::SignedLessThan, i, n8);
-        b.ins().brif(c, vbody, &[], tail, &[]);
-        b.switch_to_block(vbody);
-        let i = b.use_var(iv);
-        for (k, acc) in accs.iter().enumerate() {
-            let ik = b.ins().iadd_imm_s(i, (k * self.lanes) as i64);
-            let vals = self.row_step(b, ik, &ops, loads, &others, true);
-            let a = b.use_var(*acc);
-            let a = b.ins().fadd(a, vals[&x]);
-            b.def_var(*acc, a);
-        }
-        let i1 = b.ins().iadd_imm_s(i, SUMS as i64);
-        b.def_var(iv, i1);
-        b.ins().jump(vheader, &[]);
+        Self::counted_loop(b, iv, n8, SUMS, |b, i| {
+            for (k, acc) in accs.iter().enumerate() {
+                let ik = b.ins().iadd_imm_s(i, (k * self.lanes) as i64);
+                let vals = self.row_step(b, ik, &ops, loads, &others, true);
+                let a = b.use_var(*acc);
+                let a = b.ins().fadd(a, vals[&x]);
+                b.def_var(*acc, a);
+            }
+        });
         // The partial sums as scalars, then the tail (fewer than 8 elements), unrolled.
-        b.switch_to_block(tail);
         let sums: Vec<_> = (0..SUMS)
             .map(|j| {
                 let v = b.use_var(accs[j / self.lanes]);
