@@ -150,8 +150,14 @@ pub fn binary_fn<F: Real>(f: BinaryFn, a: F, b: F) -> F {
 /// interpreter ([`Fresh`]), recycled buffers for the plan executor (whose
 /// pool implements this). The contents are unspecified: an op overwrites
 /// every element, or zero-fills first where it accumulates.
-pub trait Alloc<F> {
+pub trait Alloc<F: Real> {
     fn buf(&mut self, len: usize) -> Vec<F>;
+    /// A zero-filled buffer (for ops that accumulate or leave gaps).
+    fn zeroed(&mut self, len: usize) -> Vec<F> {
+        let mut v = self.buf(len);
+        v.fill(F::ZERO);
+        v
+    }
 }
 
 /// Fresh zeroed memory for every output.
@@ -161,13 +167,10 @@ impl<F: Real> Alloc<F> for Fresh {
     fn buf(&mut self, len: usize) -> Vec<F> {
         vec![F::ZERO; len]
     }
-}
-
-/// A zero-filled buffer from `alloc`.
-fn zeroed<F: Real>(alloc: &mut dyn Alloc<F>, len: usize) -> Vec<F> {
-    let mut v = alloc.buf(len);
-    v.fill(F::ZERO);
-    v
+    fn zeroed(&mut self, len: usize) -> Vec<F> {
+        // Fresh memory is zero already.
+        self.buf(len)
+    }
 }
 
 /// Element-wise map, in place when the storage is not shared.
@@ -344,7 +347,7 @@ pub fn sum_lanes<F: Real>(x: &[F]) -> F {
 pub fn reduce<F: Real>(x: Tensor<F>, f: ReduceFn, axis: usize, keepdim: bool, alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     let (outer, n, inner) = split3(&x.shape, axis);
     let xf = x.f();
-    let mut out = zeroed(alloc, outer * inner);
+    let mut out = alloc.zeroed(outer * inner);
     let nf = F::from_f64(n as f64);
     let finish = |v: F| if f == ReduceFn::Mean { v / nf } else { v };
     if inner == 1 {
@@ -467,7 +470,7 @@ pub fn unindex<F: Real>(x: Tensor<F>, axis: usize, index: usize, size: usize, al
     s.insert(axis, size);
     let (outer, _, inner) = split3(&s, axis);
     let xf = x.f();
-    let mut out = zeroed(alloc, outer * size * inner);
+    let mut out = alloc.zeroed(outer * size * inner);
     for o in 0..outer {
         out[(o * size + index) * inner..(o * size + index + 1) * inner].copy_from_slice(&xf[o * inner..(o + 1) * inner]);
     }
@@ -478,7 +481,7 @@ pub fn unindex<F: Real>(x: Tensor<F>, axis: usize, index: usize, size: usize, al
 pub fn shift<F: Real>(x: Tensor<F>, axis: usize, offset: i64, alloc: &mut dyn Alloc<F>) -> Tensor<F> {
     let (outer, n, inner) = split3(&x.shape, axis);
     let xf = x.f();
-    let mut out = zeroed(alloc, xf.len());
+    let mut out = alloc.zeroed(xf.len());
     for o in 0..outer {
         for t in 0..n {
             let src = t as i64 - offset;
@@ -634,7 +637,7 @@ pub fn scatter_add<F: Real>(ids: &Tensor<F>, dy: &Tensor<F>, rows: usize, alloc:
     let c = *dy.shape.last().unwrap();
     let idx = ids.i();
     let d = dy.f();
-    let mut out = zeroed(alloc, rows * c);
+    let mut out = alloc.zeroed(rows * c);
     for (p, &id) in idx.iter().enumerate() {
         if id < 0 || id as usize >= rows {
             return Err((p, id));

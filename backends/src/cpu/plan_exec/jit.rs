@@ -248,7 +248,8 @@ pub fn row_reduction(g: &Graph, m: usize) -> Option<bool> {
     match node.op {
         Op::Reduce { f: ReduceFn::Sum, axis, .. } if axis == r - 1 => Some(false),
         Op::Reduce { f: ReduceFn::Mean, axis, .. } if axis == r - 1 => Some(true),
-        Op::SumTo { ref shape } if shape.len() == r && shape[r - 1] == 1 && shape[..r - 1] == x.shape[..r - 1] => Some(false),
+        // (A `SumTo` onto its own shape is the identity, not a sum: -0 stays -0.)
+        Op::SumTo { ref shape } if shape.len() == r && shape[r - 1] == 1 && x.shape[r - 1] > 1 && shape[..r - 1] == x.shape[..r - 1] => Some(false),
         _ => None,
     }
 }

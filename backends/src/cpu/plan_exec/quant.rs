@@ -26,7 +26,7 @@ pub fn fake_quant<F: Real>(w: &Tensor<F>, bits: u32, pool: &mut Pool<F>) -> Tens
     if cols == 0 {
         return Tensor::float(w.shape.clone(), out);
     }
-    let avx2 = has_avx2();
+    let avx2 = super::vmath::has_avx2();
     let body = |r: usize, o: &mut [F]| {
         let row = &wf[r * cols..(r + 1) * cols];
         let amax = match f32_slice(row) {
@@ -103,17 +103,6 @@ fn quant_f32x4(row: &[f32], o: &mut [f32], s: f32, qmin: f32, qmax: f32, nan: f3
 #[cfg(not(target_arch = "x86_64"))]
 fn quant_f32x4(_: &[f32], _: &mut [f32], _: f32, _: f32, _: f32, _: f32) -> usize {
     0
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// [`quant_f32x4`] eight lanes at a time.

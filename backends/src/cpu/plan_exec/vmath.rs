@@ -82,7 +82,9 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_body(a, b)
 }
 
-fn has_avx2() -> bool {
+/// Whether the CPU has AVX2 and FMA (the vectorised paths of this module
+/// and of fake quantization).
+pub(super) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
