@@ -52,22 +52,29 @@ pub fn print(g: &Graph) -> String {
         write_origin(&mut s, &p.origin);
         s.push('\n');
     }
-    for (i, n) in g.nodes.iter().enumerate() {
-        let _ = write!(s, "  %{i} = {}", n.op.name());
-        for (k, v) in attributes(&n.op) {
-            let _ = write!(s, " {k}={v}");
-        }
-        for (j, a) in n.args.iter().enumerate() {
-            let _ = write!(s, "{}{a}", if j == 0 { " " } else { ", " });
-        }
-        let _ = write!(s, " : {}", n.ty);
-        write_origin(&mut s, &n.origin);
-        s.push('\n');
+    for i in 0..g.nodes.len() {
+        let _ = writeln!(s, "  {}", print_node(g, i));
     }
     for (name, v) in &g.outputs {
         let _ = writeln!(s, "  output {name} = {v}");
     }
     s.push_str("}\n");
+    s
+}
+
+/// One node line, `%ID = MNEMONIC [key=value]... [%arg, ...] : TYPE [@LINE:COL[/SCOPE]]`
+/// (no indent, no newline); the plan's text form lists kernel ops with it.
+pub fn print_node(g: &Graph, i: usize) -> String {
+    let n = &g.nodes[i];
+    let mut s = format!("%{i} = {}", n.op.name());
+    for (k, v) in attributes(&n.op) {
+        let _ = write!(s, " {k}={v}");
+    }
+    for (j, a) in n.args.iter().enumerate() {
+        let _ = write!(s, "{}{a}", if j == 0 { " " } else { ", " });
+    }
+    let _ = write!(s, " : {}", n.ty);
+    write_origin(&mut s, &n.origin);
     s
 }
 
@@ -96,9 +103,9 @@ fn decode_mnemonic(m: &str) -> Option<(&'static str, Option<&'static str>)> {
     const BINARY: [(&str, &str); 7] =
         [("add", "add"), ("sub", "sub"), ("mul", "mul"), ("div", "div"), ("maximum", "max"), ("minimum", "min"), ("eq", "eq")];
     const REDUCE: [&str; 3] = ["sum", "mean", "max"];
-    const PLAIN: [&str; 24] = [
+    const PLAIN: [&str; 23] = [
         "input", "param", "scalar", "leaky_relu", "leaky_step", "reshape", "permute", "broadcast", "sum_to", "index",
-        "unindex", "linear", "matmul", "outer_sum", "gather", "scatter_add", "bigram_hash", "shift", "rope",
+        "unindex", "linear", "outer_sum", "gather", "scatter_add", "bigram_hash", "shift", "rope",
         "causal_attention", "causal_attention_grad", "fake_quant", "cross_entropy", "cross_entropy_grad",
     ];
     if let Some(u) = UNARY.iter().find(|u| **u == m) {
@@ -109,6 +116,10 @@ fn decode_mnemonic(m: &str) -> Option<(&'static str, Option<&'static str>)> {
     }
     if let Some(r) = REDUCE.iter().find(|r| **r == m) {
         return Some(("reduce", Some(r)));
+    }
+    // The serde tag of MatMul is `mat_mul`; its mnemonic is `matmul`.
+    if m == "matmul" {
+        return Some(("mat_mul", None));
     }
     PLAIN.iter().find(|p| **p == m).map(|p| (*p, None))
 }
