@@ -376,6 +376,50 @@ mod tests {
         assert_eq!(print(&back), text);
     }
 
+    /// Every op's mnemonic decodes to its own serde tag and function (the
+    /// text form of a backward graph once failed to parse on `matmul`).
+    #[test]
+    fn mnemonics_decode_to_their_ops() {
+        use crate::op::AttnPart;
+        let mut ops = vec![
+            Op::Input { name: "x".into(), ty: TensorType::f32(vec![1]) },
+            Op::Param { name: "p".into() },
+            Op::Scalar { value: 1.0 },
+            Op::LeakyRelu { slope: 0.5 },
+            Op::LeakyStep { slope: 0.5 },
+            Op::Reshape { shape: vec![1] },
+            Op::Permute { perm: vec![0] },
+            Op::Broadcast { shape: vec![1] },
+            Op::SumTo { shape: vec![1] },
+            Op::Index { axis: 0, index: 0 },
+            Op::Unindex { axis: 0, index: 0, size: 1 },
+            Op::Linear,
+            Op::MatMul,
+            Op::OuterSum,
+            Op::Gather,
+            Op::ScatterAdd { rows: 1 },
+            Op::BigramHash { buckets: 2 },
+            Op::Shift { axis: 0, offset: 1 },
+            Op::Rope { base: 1e4, inverse: false },
+            Op::CausalAttention { scale: 1.0 },
+            Op::CausalAttentionGrad { scale: 1.0, wrt: AttnPart::K },
+            Op::FakeQuant { bits: 4 },
+            Op::CrossEntropy,
+            Op::CrossEntropyGrad,
+        ];
+        use UnaryFn::*;
+        ops.extend([Neg, Abs, Relu, Step, Square, Sqrt, Rsqrt, Recip, Sigmoid, Tanh, Exp, Log].map(|f| Op::Unary { f }));
+        use BinaryFn::*;
+        ops.extend([Add, Sub, Mul, Div, Max, Min, Eq].map(|f| Op::Binary { f }));
+        ops.extend([ReduceFn::Sum, ReduceFn::Mean, ReduceFn::Max].map(|f| Op::Reduce { f, axis: 0, keepdim: false }));
+        for op in ops {
+            let Value::Object(fields) = serde_json::to_value(&op).unwrap() else { panic!("{op:?}") };
+            let (tag, f) = decode_mnemonic(op.name()).unwrap_or_else(|| panic!("`{}` does not decode", op.name()));
+            assert_eq!(Some(&Value::String(tag.into())), fields.get("op"), "{op:?}");
+            assert_eq!(f.map(|f| Value::String(f.into())).as_ref(), fields.get("f"), "{op:?}");
+        }
+    }
+
     #[test]
     fn reports_bad_lines() {
         let text = print(&sample());
