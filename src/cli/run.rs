@@ -53,7 +53,10 @@ pub enum Backend {
 pub enum Precision {
     F64,
     F32,
-    /// bf16 tensor-core kernels with fp32 accumulation (sim and cuda backends only).
+    /// sim and cuda: bf16 tensor-core kernels with fp32 accumulation. cpu and
+    /// interp: the bf16 yardstick, the reference interpreter in f32 rounding to
+    /// bf16 exactly where PyTorch's bf16 autocast does (what `pgc verify` judges
+    /// bf16 kernels against; docs/PRECISION.md).
     Bf16,
 }
 
@@ -90,7 +93,8 @@ pub struct RunArgs {
     pub mode: ModeArg,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: Backend,
-    /// Working precision [default: f64 on the cpu backend, bf16 on sim and cuda].
+    /// Working precision [default: f64 on the cpu backend, bf16 on sim and cuda;
+    /// bf16 on cpu/interp is PyTorch's bf16 autocast emulated].
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
     /// Output file (safetensors).
@@ -181,9 +185,6 @@ pub fn run(args: RunArgs) -> CliResult {
         Backend::Sim | Backend::Cuda => Precision::Bf16,
     });
     match (args.backend, precision) {
-        (Backend::Cpu | Backend::Interp, Precision::Bf16) => {
-            return Err(bad("precision bf16 is for the GPU backends (sim, cuda); the cpu backend computes in f64 or f32"));
-        }
         (Backend::Sim | Backend::Cuda, Precision::F64) => {
             return Err(bad("precision f64 is for the cpu backend; the sim and cuda backends run the PTX kernels in bf16 or f32"));
         }
@@ -208,6 +209,7 @@ pub fn run(args: RunArgs) -> CliResult {
             let dev = cuda.as_ref().expect("opened above");
             execute_ptx(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
         }
+        (_, Precision::Bf16) => execute_yardstick(&graph, &values, &tokens, with_grads, args.profile, args.repeat)?,
         (b, Precision::F64) => execute_on::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, b == Backend::Cpu, args.repeat)?,
         (b, _) => execute_on::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32, b == Backend::Cpu, args.repeat)?,
     };
@@ -512,6 +514,52 @@ pub(crate) fn execute<F: Real>(
     store: impl Fn(Vec<F>) -> HostData,
 ) -> Result<Outcome, Failure> {
     execute_on(graph, values, tokens, with_grads, profile, store, false, 1)
+}
+
+/// The CPU inputs of a run: parameters (by name) and the token tensors.
+fn cpu_inputs<F: Real>(graph: &Graph, values: &HashMap<String, Vec<f64>>, tokens: &Tokens) -> (HashMap<String, Tensor<F>>, HashMap<String, Tensor<F>>) {
+    let params = graph.params.iter().map(|p| (p.name.clone(), Tensor::from_f64(p.shape.clone(), &values[&p.name]))).collect();
+    let shape = vec![tokens.batch, tokens.seq];
+    let mut inputs = HashMap::new();
+    inputs.insert("input_ids".to_string(), Tensor::<F>::int(shape.clone(), tokens.input_ids.clone()));
+    inputs.insert("target_ids".to_string(), Tensor::<F>::int(shape, tokens.target_ids.clone()));
+    (params, inputs)
+}
+
+/// Run the bf16 yardstick (`cpu::autocast`: the reference interpreter
+/// rounding where PyTorch's bf16 autocast rounds), `repeat` times.
+pub(crate) fn execute_yardstick(
+    graph: &Graph,
+    values: &HashMap<String, Vec<f64>>,
+    tokens: &Tokens,
+    with_grads: bool,
+    profile: bool,
+    repeat: u32,
+) -> Result<Outcome, Failure> {
+    let (params, inputs) = cpu_inputs::<f32>(graph, values, tokens);
+    let names = output_names(graph, with_grads);
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let mut seconds = f64::INFINITY;
+    let mut last = None;
+    for _ in 0..repeat {
+        drop(last.take());
+        let t = Instant::now();
+        last = Some(cpu::autocast::execute(graph, &params, &inputs, Some(&refs)).map_err(bad)?);
+        seconds = seconds.min(t.elapsed().as_secs_f64());
+    }
+    let run = last.expect("repeat is at least 1");
+    let profile = profile.then(|| run.profile.render());
+    let loss = run.get("loss").map(|t| t.to_f64_vec()[0]).unwrap_or(f64::NAN);
+    let tensors = run
+        .outputs
+        .into_iter()
+        .map(|(name, t)| {
+            let shape = if name == "loss" { vec![1] } else { t.shape.clone() };
+            (name, HostTensor::new(shape, HostData::F32(t.into_float_vec())))
+        })
+        .collect();
+    let note = "cpu bf16: the yardstick (PyTorch's bf16 autocast emulated on the reference interpreter)".to_string();
+    Ok(Outcome { loss, seconds, tensors, profile, device_note: Some(note) })
 }
 
 /// Run on the CPU plan executor (`on_plan`) or the reference interpreter,
