@@ -2,89 +2,88 @@
 //! copied from ../shared/golden, produced by ../shared/reference/pgref.py):
 //! `models/11l.pgdsl` lowered with each file's config (its `config`
 //! metadata) as `--set` overrides, run forward and backward in train and eval
-//! mode, in f64 (relative error at most 1e-9 per tensor) and in f32 (1e-4).
-//! Relative error per tensor: `max|a - b| / max|b|`.
-#![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(err <= tol)` also fails on NaN
+//! mode, in f64 (relative error at most 1e-9 per tensor) and in f32 (1e-4);
+//! the test body is `tests/common/golden.rs`, shared with the other backends.
+//!
+//! Also the bf16 yardstick (`pgc_backends::cpu::autocast`, the interpreter
+//! rounding where PyTorch's bf16 autocast rounds) against PyTorch's own
+//! bf16 errors on the same files (tests/golden/torch_bf16_cpu_errors.json):
+//! within a factor 2 per tensor, except the few-element results that sum
+//! over the whole batch (see FEW).
 
 mod common;
-use common::{golden_sets as sets_of, model_11l_with_grads as compile};
-use pgc_backends::cpu::{self, rel_err, Real};
-use pgc_ir::{Graph, Mode};
-use pgc_runtime::weights::SafeFile;
-use std::path::Path;
-
-const TOL_F64: f64 = 1e-9;
-const TOL_F32: f64 = 1e-4;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-
-
-struct Row {
-    case: String,
-    tensor: String,
-    err: f64,
-    tol: f64,
-}
-
-fn run_precision<F: Real>(file: &SafeFile, g: &Graph, mode: &str, tol: f64, rows: &mut Vec<Row>) {
-    let (params, inputs) = common::golden_params_and_inputs::<F>(file, g);
-    let run = cpu::execute(g, &params, &inputs, None).unwrap();
-    let case = format!("{} {mode} {}", file.path.file_stem().unwrap().to_string_lossy(), F::NAME);
-    let mut compared = 0;
-    for (name, t) in &run.outputs {
-        let want = file.get(&format!("{mode}.{name}"), "a golden result").unwrap_or_else(|e| panic!("{case}: {e}"));
-        let got = t.to_f64_vec();
-        assert_eq!(got.len(), want.data.len(), "{case}: {name}: size");
-        rows.push(Row { case: case.clone(), tensor: name.clone(), err: rel_err(&got, &want.data.to_f64()), tol });
-        compared += 1;
-    }
-    // Every golden result of this mode was compared.
-    let golden = file.names().iter().filter(|n| n.starts_with(&format!("{mode}."))).count();
-    assert_eq!(compared, golden, "{case}: outputs {compared} vs golden tensors {golden}");
-}
-
-fn check_golden(name: &str) {
-    let file = SafeFile::open(&root().join(format!("tests/golden/{name}.safetensors"))).unwrap();
-    let sets = sets_of(&file);
-    let mut rows = Vec::new();
-    for (mode, m) in [("train", Mode::Train), ("eval", Mode::Eval)] {
-        let g = compile(&sets, m);
-        run_precision::<f64>(&file, &g, mode, TOL_F64, &mut rows);
-        run_precision::<f32>(&file, &g, mode, TOL_F32, &mut rows);
-    }
-    // Table: the worst tensors of each case.
-    let mut out = format!("golden {name}: worst relative errors (max|a-b| / max|b|)\n{:<22} {:<40} {:>10} {:>8}\n", "case", "tensor", "rel err", "limit");
-    let mut cases: Vec<String> = rows.iter().map(|r| r.case.clone()).collect();
-    cases.dedup();
-    for c in &cases {
-        let mut rs: Vec<&Row> = rows.iter().filter(|r| &r.case == c).collect();
-        rs.sort_by(|a, b| b.err.total_cmp(&a.err));
-        for r in rs.iter().take(3) {
-            out += &format!("{:<22} {:<40} {:>10.3e} {:>8.0e}\n", r.case, r.tensor, r.err, r.tol);
-        }
-        let loss = rows.iter().find(|r| &r.case == c && r.tensor == "loss").unwrap();
-        out += &format!("{:<22} {:<40} {:>10.3e} {:>8.0e}\n", loss.case, "loss", loss.err, loss.tol);
-    }
-    println!("{out}");
-    let bad: Vec<String> =
-        rows.iter().filter(|r| !(r.err <= r.tol)).map(|r| format!("{} {}: {:.3e} > {:.0e}", r.case, r.tensor, r.err, r.tol)).collect();
-    assert!(bad.is_empty(), "golden {name}: {} tensors off:\n{}", bad.len(), bad.join("\n"));
-}
+use common::golden::{self, Backend, Prec};
 
 #[test]
 fn golden_tiny() {
-    check_golden("tiny");
+    golden::check("tiny", Backend::Cpu, &[Prec::F64, Prec::F32], &|_, _| String::new());
 }
 
 #[test]
 fn golden_small() {
-    check_golden("small");
+    golden::check("small", Backend::Cpu, &[Prec::F64, Prec::F32], &|_, _| String::new());
 }
 
 #[test]
 fn golden_odd() {
-    check_golden("odd");
+    golden::check("odd", Backend::Cpu, &[Prec::F64, Prec::F32], &|_, _| String::new());
+}
+
+/// Results of at most this many elements (the loss, bigram.scale, q_gain)
+/// are one sum over the whole batch with strong cancellation: their bf16
+/// error is a single draw of a random sum of roundings, and two programs
+/// rounding at the same places (the yardstick and PyTorch, which differ in
+/// summation order) draw differently: factors 0.12 to 6.0 measured, with no
+/// bias (geometric mean 1.0 for q_gain, 1.2 for the loss). They are held to
+/// a factor 10; every larger tensor to a factor 2.
+const FEW: usize = 8;
+
+/// The built-in yardstick's error divided by PyTorch's stored one, per
+/// tensor of every golden case, train and eval: within [1/2, 2] (few-element
+/// results within [1/10, 10]); the geometric mean of all factors within
+/// [0.8, 1.25] (no bias).
+#[test]
+fn yardstick_within_a_factor_2_of_pytorch_bf16() {
+    let torch = golden::torch_bf16_errors();
+    let mut out = format!("{:<12} {:<40} {:>10} {:>10} {:>7}\n", "case", "tensor", "torch bf16", "yardstick", "factor");
+    let mut bad = Vec::new();
+    let mut factors = Vec::new();
+    for name in ["tiny", "small", "odd"] {
+        let file = golden::golden_file(name);
+        let sizes: std::collections::HashMap<String, usize> = file
+            .names()
+            .into_iter()
+            .filter_map(|n| n.strip_prefix("train.").map(|s| (s.to_string(), file.get(&n, "").unwrap().data.to_f64().len())))
+            .collect();
+        for mode in ["train", "eval"] {
+            let ours = golden::builtin_yardstick(&file, mode);
+            let theirs = &torch[name][mode];
+            assert_eq!(ours.len(), theirs.len(), "{name} {mode}: tensors");
+            let mut names: Vec<&String> = theirs.keys().collect();
+            names.sort();
+            for n in names {
+                let (t, b) = (theirs[n], ours[n.as_str()]);
+                let f = b / t;
+                factors.push(f);
+                let k = if sizes[n.as_str()] <= FEW { 10.0 } else { 2.0 };
+                let ok = (1.0 / k..=k).contains(&f);
+                out += &format!("{:<12} {n:<40} {t:>10.3e} {b:>10.3e} {f:>7.2}{}\n", format!("{name} {mode}"), if ok { "" } else { "  OUT" });
+                if !ok {
+                    bad.push(format!("{name} {mode} {n}: yardstick {b:.3e}, PyTorch {t:.3e} (factor {f:.2}, allowed {k})"));
+                }
+            }
+        }
+    }
+    let med = pgc_backends::cpu::autocast::median(&factors);
+    let geo = (factors.iter().map(|f| f.ln()).sum::<f64>() / factors.len() as f64).exp();
+    let within2 = factors.iter().filter(|f| (0.5..=2.0).contains(*f)).count();
+    out += &format!(
+        "{} tensors: median factor {med:.3}, geometric mean {geo:.3}, min {:.2}, max {:.2}; {within2} within a factor 2\n",
+        factors.len(),
+        factors.iter().copied().fold(f64::INFINITY, f64::min),
+        factors.iter().copied().fold(0.0, f64::max)
+    );
+    println!("{out}");
+    assert!(bad.is_empty(), "{} tensors outside their factor:\n{}", bad.len(), bad.join("\n"));
+    assert!((0.8..=1.25).contains(&geo), "the yardstick is biased: geometric mean factor {geo:.3}");
 }

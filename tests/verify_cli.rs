@@ -42,8 +42,27 @@ fn bf16_eval_on_the_simulator_passes() {
     let o = verify(&["--backend", "sim", "--mode", "eval", "--seed", "3"]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
-    assert!(t.contains("2.0e-2"), "the bf16 tolerance is printed: {t}");
+    assert!(t.contains("3 x yardstick + 4e-3"), "the bf16 contract is printed: {t}");
+    assert!(t.contains("median ratio"), "the median ratio is printed: {t}");
     assert!(!t.contains("grad."), "eval mode has no gradients: {t}");
+}
+
+/// bf16 train through the contract: every row has pgc's error, the
+/// yardstick's, their ratio and the limit `3 * yardstick + 4e-3`.
+#[test]
+fn bf16_train_on_the_simulator_meets_the_contract() {
+    let o = verify(&["--backend", "sim", "--seed", "1"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("grad.") || l.starts_with("loss ") || l.starts_with("logits ")).collect();
+    assert!(rows.len() > 30, "{t}");
+    for r in rows {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        let (err, yard, limit): (f64, f64, f64) = (f[3].parse().unwrap(), f[4].parse().unwrap(), f[6].parse().unwrap());
+        assert!((limit - (3.0 * yard + 4e-3)).abs() <= 1e-3 * limit, "{r}");
+        assert!(err <= limit && f[7] == "ok", "{r}");
+        assert!(yard > 0.0, "the yardstick has a bf16-sized error: {r}");
+    }
 }
 
 #[test]

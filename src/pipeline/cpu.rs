@@ -1,5 +1,6 @@
 //! Graph -> outputs on the CPU: the reference interpreter, or the plan
-//! executor (the kernel plan with cranelift-compiled element-wise kernels).
+//! executor (the kernel plan with cranelift-compiled element-wise kernels),
+//! or the bf16 yardstick ([`execute_yardstick`]).
 
 use super::inputs::{output_names, Outcome};
 use super::{input, Result};
@@ -96,4 +97,40 @@ pub fn execute<F: Real>(
         })
         .collect();
     Ok(Outcome { loss, seconds, tensors, profile, device_note })
+}
+
+/// Run the bf16 yardstick (`pgc_backends::cpu::autocast`: the reference
+/// interpreter in f32, rounding to bf16 where PyTorch's bf16 autocast
+/// rounds) `repeat` times (at least once): the time is the fastest run's,
+/// the outputs (f32) the last run's.
+pub fn execute_yardstick(graph: &Graph, values: &HashMap<String, Vec<f64>>, tokens: &Tokens, with_grads: bool, profile: bool, repeat: u32) -> Result<Outcome> {
+    let params: HashMap<String, Tensor<f32>> =
+        graph.params.iter().map(|p| (p.name.clone(), Tensor::from_f64(p.shape.clone(), &values[&p.name]))).collect();
+    let shape = vec![tokens.batch, tokens.seq];
+    let mut inputs = HashMap::new();
+    inputs.insert("input_ids".to_string(), Tensor::<f32>::int(shape.clone(), tokens.input_ids.clone()));
+    inputs.insert("target_ids".to_string(), Tensor::<f32>::int(shape, tokens.target_ids.clone()));
+    let names = output_names(graph, with_grads);
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let mut seconds = f64::INFINITY;
+    let mut last = None;
+    for _ in 0..repeat.max(1) {
+        drop(last.take());
+        let t = Instant::now();
+        last = Some(cpu::autocast::execute(graph, &params, &inputs, Some(&refs)).map_err(input)?);
+        seconds = seconds.min(t.elapsed().as_secs_f64());
+    }
+    let Some(run) = last else { unreachable!("the loop runs at least once") };
+    let profile = profile.then(|| run.profile.render());
+    let loss = run.get("loss").map(|t| t.to_f64_vec()[0]).unwrap_or(f64::NAN);
+    let tensors = run
+        .outputs
+        .into_iter()
+        .map(|(name, t)| {
+            let shape = if name == "loss" { vec![1] } else { t.shape.clone() };
+            (name, HostTensor::new(shape, HostData::F32(t.into_float_vec())))
+        })
+        .collect();
+    let note = "cpu bf16: the yardstick (PyTorch's bf16 autocast emulated on the reference interpreter)".to_string();
+    Ok(Outcome { loss, seconds, tensors, profile, device_note: Some(note) })
 }

@@ -8,7 +8,7 @@
 //! | graph -> kernel plan | [`ptx::plan`] (PTX backend), `pgc_backends::cpu::plan_exec::plan_for` (CPU) |
 //! | plan -> PTX program | [`ptx::compile`] |
 //! | program -> outputs on a device | [`ptx::execute`] |
-//! | graph -> outputs on the CPU | [`cpu::execute`] |
+//! | graph -> outputs on the CPU | [`cpu::execute`]; the bf16 yardstick [`cpu::execute_yardstick`] |
 //! | plan -> floors at the card's peaks | [`roofline`] |
 //!
 //! The `pgc` subcommands parse flags and call these; the training loop

@@ -15,6 +15,7 @@
 //! until their turn.
 
 mod attention;
+pub mod autocast;
 pub mod linalg;
 pub mod plan_exec;
 pub mod ops;
@@ -87,6 +88,17 @@ pub fn execute<F: Real>(
     inputs: &HashMap<String, Tensor<F>>,
     wanted: Option<&[&str]>,
 ) -> Result<Run<F>, CpuError> {
+    execute_impl(g, params, inputs, wanted, None)
+}
+
+/// [`execute`], rounding to bf16 where `cast` says (the autocast yardstick).
+pub(crate) fn execute_impl<F: Real>(
+    g: &Graph,
+    params: &HashMap<String, Tensor<F>>,
+    inputs: &HashMap<String, Tensor<F>>,
+    wanted: Option<&[&str]>,
+    cast: Option<&autocast::Autocast>,
+) -> Result<Run<F>, CpuError> {
     pgc_ir::verify(g).map_err(|es| CpuError::Invalid(es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
     let outs = wanted_outputs(g, wanted)?;
     let n = g.nodes.len();
@@ -135,6 +147,12 @@ pub fn execute<F: Real>(
             let t = if remaining[ai] == 0 { vals[ai].take() } else { vals[ai].clone() };
             args.push(t.expect("internal: operand computed before use"));
         }
+        if let Some(c) = cast {
+            for &k in &c.round_args[i] {
+                let t = std::mem::replace(&mut args[k], Tensor::float(vec![0], vec![]));
+                args[k] = autocast::round_tensor(t);
+            }
+        }
         let start = Instant::now();
         let opname = node.op.name();
         let oerr = |msg: String| CpuError::Op { node: i as u32, op: opname, msg };
@@ -160,7 +178,14 @@ pub fn execute<F: Real>(
                     mine.expect("node is in its group")
                 }
             },
+            Op::Rope { base, inverse } if cast.is_some_and(|c| c.compute[i] == autocast::Dt::Bf16) => {
+                autocast::rope_bf16(&args[0], *base, *inverse)
+            }
             op => eval(op, args, &node.ty).map_err(oerr)?,
+        };
+        let out = match cast {
+            Some(c) if c.round_out[i] => autocast::round_tensor(out),
+            _ => out,
         };
         if out.shape != node.ty.shape || out.dtype() != node.ty.dtype {
             return Err(oerr(format!("internal: computed {}{:?}, expected {}", out.dtype(), out.shape, node.ty)));

@@ -30,6 +30,12 @@
 //! Outputs `grad.NAME` are added for every declared parameter, a zero tensor
 //! (`Broadcast` of `Scalar 0`) where the loss does not depend on it. Backward
 //! nodes carry the origin of the forward node they differentiate.
+//!
+//! [`backward_traced`] also returns which forward node's rule made each
+//! backward node and which forward value's gradient it is ([`Adjoints`]), so
+//! that a precision model can give a gradient the dtype of its value (as
+//! PyTorch's autograd does); [`recover_adjoints`] finds the same record for a
+//! graph [`backward`] built.
 
 use crate::graph::{Graph, GraphError, Origin, ValueId};
 use crate::op::{AttnPart, BinaryFn, Op, ReduceFn, UnaryFn};
@@ -58,6 +64,59 @@ pub const NAME: &str = "autodiff";
 /// The forward graph `fwd` with the backward nodes of `loss` appended and an
 /// output `grad.NAME` for every parameter. The result passes [`crate::verify`].
 pub fn backward(fwd: &Graph, loss: &str) -> Result<Graph, AutodiffError> {
+    backward_traced(fwd, loss).map(|(g, _)| g)
+}
+
+/// Where the backward nodes of a graph came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adjoints {
+    /// Nodes `0..forward_nodes` are the forward graph; the rest were appended.
+    pub forward_nodes: usize,
+    /// Per appended node (index `i - forward_nodes`): the forward node whose
+    /// gradient rule made it (`None`: the loss seed and zero gradients).
+    pub rule_of: Vec<Option<ValueId>>,
+    /// Per appended node: the forward value whose gradient (one contribution,
+    /// or the sum of several) this node is, if it is one; `None` for the
+    /// intermediate values of a rule.
+    pub grad_of: Vec<Option<ValueId>>,
+}
+
+impl Adjoints {
+    /// The record of node `v`, `None` for a forward node.
+    pub fn of(&self, v: ValueId) -> Option<(Option<ValueId>, Option<ValueId>)> {
+        let i = v.index().checked_sub(self.forward_nodes)?;
+        Some((*self.rule_of.get(i)?, *self.grad_of.get(i)?))
+    }
+}
+
+/// The [`Adjoints`] of a graph that [`backward`] built from some forward graph
+/// with this `loss`, found by rebuilding: the forward part is the shortest
+/// prefix that holds every output except the `grad.*` ones and from which
+/// `backward` gives back exactly `g`. `None` when `g` has no `grad.*` outputs
+/// or was not built that way.
+pub fn recover_adjoints(g: &Graph, loss: &str) -> Option<Adjoints> {
+    let fwd_outputs: Vec<(String, ValueId)> = g.outputs.iter().filter(|(n, _)| !n.starts_with("grad.")).cloned().collect();
+    if fwd_outputs.len() == g.outputs.len() {
+        return None;
+    }
+    let min = fwd_outputs.iter().map(|(_, v)| v.index() + 1).max().unwrap_or(0);
+    // The loss seed (`Scalar 1`) is the first appended node.
+    for n in min..g.nodes.len() {
+        if !matches!(g.nodes[n].op, Op::Scalar { value } if value == 1.0) {
+            continue;
+        }
+        let fwd = Graph { mode: g.mode, constants: g.constants.clone(), params: g.params.clone(), nodes: g.nodes[..n].to_vec(), outputs: fwd_outputs.clone() };
+        if let Ok((b, adj)) = backward_traced(&fwd, loss) {
+            if b.nodes == g.nodes && b.outputs == g.outputs {
+                return Some(adj);
+            }
+        }
+    }
+    None
+}
+
+/// [`backward`], with the record of where each appended node came from.
+pub fn backward_traced(fwd: &Graph, loss: &str) -> Result<(Graph, Adjoints), AutodiffError> {
     let loss_id = fwd.output(loss).ok_or_else(|| AutodiffError::NoLoss(loss.to_string()))?;
     let lty = fwd.ty(loss_id);
     if lty.dtype != DType::F32 || lty.numel() != 1 {
@@ -91,11 +150,27 @@ pub fn backward(fwd: &Graph, loss: &str) -> Result<Graph, AutodiffError> {
     let mut g = fwd.clone();
     let mut grads: Vec<Option<ValueId>> = vec![None; n];
     let mut param_grads: HashMap<String, ValueId> = HashMap::new();
+    let mut adj = Adjoints { forward_nodes: n, rule_of: Vec::new(), grad_of: Vec::new() };
+    // Nodes appended since the last call get `rule` as their rule.
+    let mark = |g: &Graph, adj: &mut Adjoints, rule: Option<ValueId>| {
+        let have = adj.forward_nodes + adj.rule_of.len();
+        adj.rule_of.extend(std::iter::repeat(rule).take(g.nodes.len() - have));
+        adj.grad_of.resize(adj.rule_of.len(), None);
+    };
+    // A gradient passed on unchanged (add, fake quantization) stays the
+    // gradient of the value it was made for.
+    let set_grad = |adj: &mut Adjoints, v: ValueId, of: ValueId| {
+        if let Some(i) = v.index().checked_sub(adj.forward_nodes) {
+            adj.grad_of[i].get_or_insert(of);
+        }
+    };
     {
         let mut b = Builder { g: &mut g, origin: fwd.node(loss_id).origin.clone() };
         let one = b.push(Op::Scalar { value: 1.0 }, &[])?;
         let seed = b.reshape(one, &lty.shape)?;
         grads[loss_id.index()] = Some(seed);
+        mark(&g, &mut adj, None);
+        set_grad(&mut adj, seed, loss_id);
     }
     for i in (0..n).rev() {
         if !need[i] {
@@ -103,6 +178,7 @@ pub fn backward(fwd: &Graph, loss: &str) -> Result<Graph, AutodiffError> {
         }
         let Some(gy) = grads[i] else { continue };
         let node = &fwd.nodes[i];
+        let yid = ValueId(i as u32);
         let mut b = Builder { g: &mut g, origin: node.origin.clone() };
         if let Op::Param { name } = &node.op {
             let acc = match param_grads.get(name) {
@@ -110,19 +186,27 @@ pub fn backward(fwd: &Graph, loss: &str) -> Result<Graph, AutodiffError> {
                 None => gy,
             };
             param_grads.insert(name.clone(), acc);
+            mark(&g, &mut adj, Some(yid));
+            set_grad(&mut adj, acc, yid);
             continue;
         }
         let wants: Vec<bool> = node.args.iter().map(|a| need[a.index()]).collect();
-        let contribs = rule(&mut b, fwd, ValueId(i as u32), gy, &wants)?;
+        let contribs = rule(&mut b, fwd, yid, gy, &wants)?;
+        mark(b.g, &mut adj, Some(yid));
         for (k, gx) in contribs {
             if !wants[k] {
                 continue;
             }
-            let a = node.args[k].index();
-            grads[a] = Some(match grads[a] {
+            let a = node.args[k];
+            set_grad(&mut adj, gx, a);
+            let mut b = Builder { g: &mut g, origin: node.origin.clone() };
+            let sum = match grads[a.index()] {
                 Some(prev) => b.bin(BinaryFn::Add, prev, gx)?,
                 None => gx,
-            });
+            };
+            grads[a.index()] = Some(sum);
+            mark(&g, &mut adj, Some(yid));
+            set_grad(&mut adj, sum, a);
         }
     }
     let mut outs = Vec::new();
@@ -132,14 +216,16 @@ pub fn backward(fwd: &Graph, loss: &str) -> Result<Graph, AutodiffError> {
             None => {
                 let mut b = Builder { g: &mut g, origin: p.origin.clone() };
                 let z = b.push(Op::Scalar { value: 0.0 }, &[])?;
-                b.push(Op::Broadcast { shape: p.shape.clone() }, &[z])?
+                let v = b.push(Op::Broadcast { shape: p.shape.clone() }, &[z])?;
+                mark(&g, &mut adj, None);
+                v
             }
         };
         outs.push((format!("grad.{}", p.name), gid));
     }
     g.outputs.extend(outs);
     crate::verify(&g).map_err(AutodiffError::Verify)?;
-    Ok(g)
+    Ok((g, adj))
 }
 
 /// Appends nodes with one origin.
@@ -436,6 +522,36 @@ mod tests {
             assert_eq!(bg.ty(v).shape, bg.param(&n[5..]).unwrap().shape);
         }
         assert!(matches!(backward(&g, "nope"), Err(AutodiffError::NoLoss(_))));
+    }
+
+    #[test]
+    fn adjoints_name_each_gradient_and_are_recovered_from_the_graph() {
+        let mut g = Graph::new(Mode::Train);
+        let w = param(&mut g, "w", &[5, 3]);
+        let x = param(&mut g, "x", &[2, 4, 3]);
+        let t = g.push(Op::Input { name: "t".into(), ty: TensorType::i32(vec![2, 4]) }, &[], None).unwrap();
+        let z = g.push(Op::Linear, &[x, w], None).unwrap();
+        let s = g.push(Op::Unary { f: UnaryFn::Tanh }, &[z], None).unwrap();
+        let l = g.push(Op::CrossEntropy, &[s, t], None).unwrap();
+        g.outputs.push(("loss".into(), l));
+        let (bg, adj) = backward_traced(&g, "loss").unwrap();
+        assert_eq!(adj.forward_nodes, g.nodes.len());
+        assert_eq!(adj.rule_of.len(), bg.nodes.len() - g.nodes.len());
+        // grad.w is the OuterSum the Linear rule made, the gradient of the w node.
+        let gw = bg.output("grad.w").unwrap();
+        assert!(matches!(bg.node(gw).op, Op::OuterSum));
+        assert_eq!(adj.of(gw), Some((Some(w), Some(w))));
+        // The tanh rule's product is the gradient of z; its (1 - y^2) is not a gradient.
+        let gz = bg.nodes.iter().position(|n| matches!(n.op, Op::MatMul)).map(|i| bg.nodes[i].args[0]).unwrap();
+        assert_eq!(adj.of(gz), Some((Some(s), Some(z))));
+        let sub = bg.nodes.iter().position(|n| matches!(n.op, Op::Binary { f: BinaryFn::Sub })).unwrap();
+        assert_eq!(adj.of(ValueId(sub as u32)), Some((Some(s), None)));
+        assert_eq!(adj.of(z), None);
+        assert_eq!(recover_adjoints(&bg, "loss"), Some(adj));
+        assert_eq!(recover_adjoints(&g, "loss"), None);
+        let mut other = bg.clone();
+        other.nodes.last_mut().unwrap().origin = Some(Default::default());
+        assert_eq!(recover_adjoints(&other, "loss"), None, "a graph autodiff did not build");
     }
 
     #[test]
