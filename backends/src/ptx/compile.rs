@@ -8,9 +8,9 @@
 //! to their name share one entry ([`Ctx::add_kernel`]), so the layers of a
 //! model reuse their kernels.
 //!
-//! ## Scalar code generation (`pointwise/`)
+//! ## Scalar code generation (`crate::scalar`, lowered by `pointwise/`)
 //! Every kind computes the kernel plan's element-wise work through one
-//! demand-driven generator: the value of an IR node at a multi-index is an
+//! demand-driven generator (the scalar IR the CPU JIT lowers too): the value of an IR node at a multi-index is an
 //! expression built recursively through the kernel's ops down to loads of its
 //! inputs (index algebra per op: broadcast, reshape, permute, index/unindex,
 //! shift, rope, bigram hash, gather), hash-consed and simplified on
@@ -43,7 +43,7 @@
 
 use super::builder::{Kernel, Module};
 use super::kinds;
-use super::pointwise::graph::BufArg;
+use super::pointwise::BufArg;
 use super::program::{ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
 use pgc_ir::plan::{FusionRule, KernelKind, Launch, Plan};
 use pgc_ir::Graph;
@@ -60,6 +60,14 @@ pub enum PtxError {
     Gemm(#[from] super::gemm::GemmError),
     #[error(transparent)]
     Attention(#[from] super::attention::AttnError),
+}
+
+impl From<crate::scalar::ScalarError> for PtxError {
+    fn from(e: crate::scalar::ScalarError) -> Self {
+        match e {
+            crate::scalar::ScalarError::Unsupported(m) => PtxError::Unsupported(m),
+        }
+    }
 }
 
 /// The fusion rules the emitters implement; plans for this backend should be

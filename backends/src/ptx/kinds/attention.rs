@@ -19,8 +19,8 @@ use crate::ptx::attention::{emit_attention, AttnConfig, AttnKernel, AttnKernels,
 use crate::ptx::compile::{Ctx, PtxError};
 use crate::ptx::epilogue::ElemType;
 use crate::ptx::gemm::Precision as GPrec;
-use crate::ptx::pointwise::expr::Elem;
-use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
+use crate::scalar::expr::Elem;
+use crate::ptx::pointwise::{BufArg, GraphExprs};
 use crate::ptx::program::{ArgRef, ZeroRef};
 use pgc_ir::plan::{Launch, Place, Precision};
 use pgc_ir::{AttnPart, Op, ValueId};
