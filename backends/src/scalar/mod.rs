@@ -37,10 +37,12 @@
 //! Docs: the builtin table of `frontend/LANGUAGE.md`.
 //!
 //! Tests: add the op with its domain to `tests/gradcheck.rs::unary_ops`
-//! (autodiff against finite differences); `tests/unary_ops.rs` runs every
-//! `UnaryFn::ALL` on the interpreter (against `UnaryFn::eval`), the CPU plan
-//! executor (bitwise the interpreter, through the JIT) and the PTX simulator
-//! (against the CPU backend), so a new op is covered there without edits.
+//! (autodiff against finite differences) and to the DSL of
+//! `tests/ptx_kinds.rs::math_functions_one_by_one` (the PTX simulator
+//! against the CPU backend); `tests/unary_ops.rs` runs every
+//! `UnaryFn::ALL` on the interpreter (against `UnaryFn::eval`) and on the
+//! CPU plan executor (cranelift, bitwise the interpreter in f32 and f64) on
+//! NaN, infinities, signed zeros and a sweep, with no edit.
 
 pub mod expr;
 pub mod graph;
