@@ -175,6 +175,7 @@ fn unary_ops() {
         (Tanh, Dom::Any),
         (Exp, Dom::Any),
         (Log, Dom::Positive),
+        (Softplus, Dom::Any),
     ]
     .into_iter()
     .enumerate()

@@ -340,8 +340,32 @@ output q = sqrt(abs(a));
 output r = rsqrt(abs(a));
 output c = recip(a);
 output x = relu(a) + square(a);
+output p = softplus(a);
 ",
             mode: Mode::Eval,
+            ids: 1,
+            scale: 3.0,
+            isolate: false,
+        },
+        KernelKind::Elementwise,
+    );
+}
+
+/// Softplus and its derivative (the sigmoid) in an element-wise kernel and in
+/// the loss's reductions, against the CPU backend.
+#[test]
+fn softplus_in_training() {
+    check(
+        &Case {
+            name: "softplus",
+            sets: &[],
+            src: "
+let a = param a[5, 37];
+let b = param b[37];
+output y = softplus(a * b) - softplus(-a);
+output loss = sum(sum(softplus(a) * b, -1), 0);
+",
+            mode: Mode::Train,
             ids: 1,
             scale: 3.0,
             isolate: false,

@@ -1,4 +1,5 @@
 //! pgc code generators.
 
 pub mod cpu;
+pub mod scalar;
 pub mod ptx;

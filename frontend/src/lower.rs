@@ -72,14 +72,28 @@ type R<T> = Result<T, Diagnostic>;
 /// Names that stand for values without being declared.
 const BUILTIN_VALUES: &[&str] = &["f16", "f32", "int2", "int3", "int4", "int5", "int6", "int7", "int8", "none", "zeros", "training", "pi"];
 
-/// Builtin functions (for "did you mean" and for the docs test).
-pub const BUILTIN_FUNCTIONS: &[&str] = &[
-    "abs", "bigram_hash", "broadcast", "causal_attention", "ceil", "const", "cross_entropy", "embedding", "exp",
-    "fake_quant", "floor", "index", "int", "leaky_relu", "len", "linear", "log", "max", "maximum", "mean",
-    "merge_heads", "min", "minimum", "neg", "normal", "numel", "orthogonal", "permute", "rank", "recip", "relu",
-    "reshape", "rope", "rows", "rsqrt", "shape", "shift", "sigmoid", "split_heads", "sqrt", "square", "ste", "sum",
-    "tanh", "to_float", "to_int",
+/// Builtin functions other than the unary element-wise ones (those are
+/// `UnaryFn::ALL` by name, see [`builtin_functions`]).
+const OTHER_BUILTINS: &[&str] = &[
+    "bigram_hash", "broadcast", "causal_attention", "ceil", "const", "cross_entropy", "embedding", "fake_quant",
+    "floor", "index", "int", "leaky_relu", "len", "linear", "max", "maximum", "mean", "merge_heads", "min", "minimum",
+    "normal", "numel", "orthogonal", "permute", "rank", "reshape", "rope", "rows", "shape", "shift", "split_heads",
+    "ste", "sum", "to_float", "to_int",
 ];
+
+/// The DSL's unary builtin `name` (every `UnaryFn` by its mnemonic; `step` is
+/// the autodiff's own, relu's derivative).
+fn unary_builtin(name: &str) -> Option<UnaryFn> {
+    UnaryFn::from_name(name).filter(|u| *u != UnaryFn::Step)
+}
+
+/// Every builtin function, sorted (for "did you mean").
+pub fn builtin_functions() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = OTHER_BUILTINS.to_vec();
+    v.extend(UnaryFn::ALL.iter().filter(|u| unary_builtin(u.name()).is_some()).map(|u| u.name()));
+    v.sort_unstable();
+    v
+}
 
 pub struct Lower<'a> {
     src: &'a str,
@@ -727,7 +741,7 @@ impl<'a> Lower<'a> {
                 Value::Storage(StorageClass::Int { bits, clip_percentile: None })
             }
             _ => {
-                if self.fns.contains_key(n) || BUILTIN_FUNCTIONS.contains(&n) {
+                if self.fns.contains_key(n) || OTHER_BUILTINS.contains(&n) || unary_builtin(n).is_some() {
                     return Err(Diagnostic::error(format!("`{n}` is a function; call it: `{n}(...)`"), id.span)
                         .label("a function, not a value"));
                 }
@@ -1167,38 +1181,10 @@ impl<'a> Lower<'a> {
 
     fn builtin(&mut self, callee: &Ident, args: Vec<Arg2>, span: Span) -> R<Value> {
         let f = callee.name.as_str();
-        let unary = |u: UnaryFn| Some(u);
-        let un = match f {
-            "relu" => unary(UnaryFn::Relu),
-            "square" => unary(UnaryFn::Square),
-            "sqrt" => unary(UnaryFn::Sqrt),
-            "rsqrt" => unary(UnaryFn::Rsqrt),
-            "recip" => unary(UnaryFn::Recip),
-            "sigmoid" => unary(UnaryFn::Sigmoid),
-            "tanh" => unary(UnaryFn::Tanh),
-            "exp" => unary(UnaryFn::Exp),
-            "log" => unary(UnaryFn::Log),
-            "abs" => unary(UnaryFn::Abs),
-            "neg" => unary(UnaryFn::Neg),
-            _ => None,
-        };
-        if let Some(u) = un {
+        if let Some(u) = unary_builtin(f) {
             let a = self.sig(f, &["x"], &[], args, span)?;
             if let Some(x) = num(&a[0].0) {
-                let y = match u {
-                    UnaryFn::Relu => x.max(0.0),
-                    UnaryFn::Square => x * x,
-                    UnaryFn::Sqrt => x.sqrt(),
-                    UnaryFn::Rsqrt => 1.0 / x.sqrt(),
-                    UnaryFn::Recip => 1.0 / x,
-                    UnaryFn::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-                    UnaryFn::Tanh => x.tanh(),
-                    UnaryFn::Exp => x.exp(),
-                    UnaryFn::Log => x.ln(),
-                    UnaryFn::Abs => x.abs(),
-                    UnaryFn::Neg => -x,
-                    UnaryFn::Step => (x > 0.0) as u8 as f64,
-                };
+                let y = u.eval(x);
                 return self.finite(y, span, &format!("{f}({x})"));
             }
             let t = self.tensor_arg(f, &a[0])?;
@@ -1488,7 +1474,7 @@ impl<'a> Lower<'a> {
                 Ok(Value::Tensor(self.push(Op::FakeQuant { bits: b as u32 }, &[t], span)?))
             }
             _ => {
-                let mut cands: Vec<&str> = BUILTIN_FUNCTIONS.to_vec();
+                let mut cands: Vec<&str> = builtin_functions();
                 cands.extend(self.fns.keys().copied());
                 let mut d = Diagnostic::error(format!("unknown function `{f}`"), callee.span).label("not a builtin or a `fn` of this file");
                 if let Some(s) = suggest(f, cands.into_iter()) {

@@ -24,6 +24,77 @@ pub enum UnaryFn {
     Tanh,
     Exp,
     Log,
+    /// `log(1 + exp(x))`.
+    Softplus,
+}
+
+impl UnaryFn {
+    /// Every unary function (the text form, the DSL and the tests iterate it).
+    pub const ALL: [UnaryFn; 13] = [
+        UnaryFn::Neg,
+        UnaryFn::Abs,
+        UnaryFn::Relu,
+        UnaryFn::Step,
+        UnaryFn::Square,
+        UnaryFn::Sqrt,
+        UnaryFn::Rsqrt,
+        UnaryFn::Recip,
+        UnaryFn::Sigmoid,
+        UnaryFn::Tanh,
+        UnaryFn::Exp,
+        UnaryFn::Log,
+        UnaryFn::Softplus,
+    ];
+
+    /// The mnemonic: the op's name in the text form and (but `step`) the DSL
+    /// builtin; also its serde name.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryFn::Neg => "neg",
+            UnaryFn::Abs => "abs",
+            UnaryFn::Relu => "relu",
+            UnaryFn::Step => "step",
+            UnaryFn::Square => "square",
+            UnaryFn::Sqrt => "sqrt",
+            UnaryFn::Rsqrt => "rsqrt",
+            UnaryFn::Recip => "recip",
+            UnaryFn::Sigmoid => "sigmoid",
+            UnaryFn::Tanh => "tanh",
+            UnaryFn::Exp => "exp",
+            UnaryFn::Log => "log",
+            UnaryFn::Softplus => "softplus",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<UnaryFn> {
+        UnaryFn::ALL.into_iter().find(|u| u.name() == name)
+    }
+
+    /// The value at `x` in f64, as the tensor op computes it (NaN propagates
+    /// through relu); the frontend folds constant arguments with it.
+    pub fn eval(self, x: f64) -> f64 {
+        match self {
+            UnaryFn::Neg => -x,
+            UnaryFn::Abs => x.abs(),
+            UnaryFn::Relu => {
+                if x > 0.0 || x.is_nan() {
+                    x
+                } else {
+                    0.0
+                }
+            }
+            UnaryFn::Step => (x > 0.0) as u8 as f64,
+            UnaryFn::Square => x * x,
+            UnaryFn::Sqrt => x.sqrt(),
+            UnaryFn::Rsqrt => 1.0 / x.sqrt(),
+            UnaryFn::Recip => 1.0 / x,
+            UnaryFn::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryFn::Tanh => x.tanh(),
+            UnaryFn::Exp => x.exp(),
+            UnaryFn::Log => x.ln(),
+            UnaryFn::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,20 +208,7 @@ impl Op {
             Op::Input { .. } => "input",
             Op::Param { .. } => "param",
             Op::Scalar { .. } => "scalar",
-            Op::Unary { f } => match f {
-                UnaryFn::Neg => "neg",
-                UnaryFn::Abs => "abs",
-                UnaryFn::Relu => "relu",
-                UnaryFn::Step => "step",
-                UnaryFn::Square => "square",
-                UnaryFn::Sqrt => "sqrt",
-                UnaryFn::Rsqrt => "rsqrt",
-                UnaryFn::Recip => "recip",
-                UnaryFn::Sigmoid => "sigmoid",
-                UnaryFn::Tanh => "tanh",
-                UnaryFn::Exp => "exp",
-                UnaryFn::Log => "log",
-            },
+            Op::Unary { f } => f.name(),
             Op::LeakyRelu { .. } => "leaky_relu",
             Op::LeakyStep { .. } => "leaky_step",
             Op::Binary { f } => match f {
@@ -189,10 +247,24 @@ impl Op {
         }
     }
 
-    /// Number of operands the op takes.
+    /// Number of operands the op takes (listed per op: a new op must say).
     pub fn arity(&self) -> usize {
         match self {
             Op::Input { .. } | Op::Param { .. } | Op::Scalar { .. } => 0,
+            Op::Unary { .. }
+            | Op::LeakyRelu { .. }
+            | Op::LeakyStep { .. }
+            | Op::Reduce { .. }
+            | Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Broadcast { .. }
+            | Op::SumTo { .. }
+            | Op::Index { .. }
+            | Op::Unindex { .. }
+            | Op::BigramHash { .. }
+            | Op::Shift { .. }
+            | Op::Rope { .. }
+            | Op::FakeQuant { .. } => 1,
             Op::Binary { .. }
             | Op::Linear
             | Op::MatMul
@@ -202,7 +274,6 @@ impl Op {
             | Op::CrossEntropy => 2,
             Op::CausalAttention { .. } | Op::CrossEntropyGrad => 3,
             Op::CausalAttentionGrad { .. } => 4,
-            _ => 1,
         }
     }
 

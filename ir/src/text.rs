@@ -18,7 +18,7 @@
 //! except the mnemonics of unary, binary and reduce functions).
 
 use crate::graph::{Graph, Mode, Node, Origin, ParamInfo, ValueId};
-use crate::op::Op;
+use crate::op::{Op, UnaryFn};
 use crate::quant::{Init, Qat, QuantSpec, StorageClass};
 use crate::types::{DType, TensorType};
 use serde_json::{Map, Value};
@@ -99,7 +99,6 @@ fn attributes(op: &Op) -> Vec<(String, String)> {
 
 /// Serde tag and function field for a mnemonic.
 fn decode_mnemonic(m: &str) -> Option<(&'static str, Option<&'static str>)> {
-    const UNARY: [&str; 12] = ["neg", "abs", "relu", "step", "square", "sqrt", "rsqrt", "recip", "sigmoid", "tanh", "exp", "log"];
     const BINARY: [(&str, &str); 7] =
         [("add", "add"), ("sub", "sub"), ("mul", "mul"), ("div", "div"), ("maximum", "max"), ("minimum", "min"), ("eq", "eq")];
     const REDUCE: [&str; 3] = ["sum", "mean", "max"];
@@ -108,8 +107,9 @@ fn decode_mnemonic(m: &str) -> Option<(&'static str, Option<&'static str>)> {
         "unindex", "linear", "outer_sum", "gather", "scatter_add", "bigram_hash", "shift", "rope",
         "causal_attention", "causal_attention_grad", "fake_quant", "cross_entropy", "cross_entropy_grad",
     ];
-    if let Some(u) = UNARY.iter().find(|u| **u == m) {
-        return Some(("unary", Some(u)));
+    // A unary function's serde name is its mnemonic.
+    if let Some(u) = UnaryFn::from_name(m) {
+        return Some(("unary", Some(u.name())));
     }
     if let Some((_, f)) = BINARY.iter().find(|(b, _)| *b == m) {
         return Some(("binary", Some(f)));

@@ -124,6 +124,15 @@ pub fn unary_fn<F: Real>(f: UnaryFn, x: F) -> F {
         UnaryFn::Tanh => x.tanh(),
         UnaryFn::Exp => x.exp(),
         UnaryFn::Log => x.ln(),
+        UnaryFn::Softplus => {
+            // max(x, 0) + log1p(exp(-|x|)), log1p(t) = log(u) * (t / (u - 1))
+            // with u = 1 + t (t where u rounds to 1): `scalar::ops` computes
+            // the same steps.
+            let t = (-x.abs()).exp();
+            let u = F::ONE + t;
+            let l = if u == F::ONE { t } else { u.ln() * (t / (u - F::ONE)) };
+            x.max(F::ZERO) + l
+        }
     }
 }
 

@@ -8,9 +8,9 @@
 //! to their name share one entry ([`Ctx::add_kernel`]), so the layers of a
 //! model reuse their kernels.
 //!
-//! ## Scalar code generation (`pointwise/`)
+//! ## Scalar code generation (`crate::scalar`, lowered by `pointwise/`)
 //! Every kind computes the kernel plan's element-wise work through one
-//! demand-driven generator: the value of an IR node at a multi-index is an
+//! demand-driven generator (the scalar IR the CPU JIT lowers too): the value of an IR node at a multi-index is an
 //! expression built recursively through the kernel's ops down to loads of its
 //! inputs (index algebra per op: broadcast, reshape, permute, index/unindex,
 //! shift, rope, bigram hash, gather), hash-consed and simplified on

@@ -4,7 +4,7 @@
 //! with it; the adapters (`adapters/`) call the templates (`templates/`).
 
 use super::builder::{Kernel, Module};
-use super::pointwise::graph::BufArg;
+use super::pointwise::BufArg;
 use super::program::{ArgRef, AuxBuffer, Launch, LaunchStep, ZeroRef};
 use super::templates::epilogue::ElemType;
 use pgc_ir::plan::Plan;
@@ -22,6 +22,14 @@ pub enum PtxError {
     Gemm(#[from] super::templates::gemm::GemmError),
     #[error(transparent)]
     Attention(#[from] super::templates::attention::AttnError),
+}
+
+impl From<crate::scalar::ScalarError> for PtxError {
+    fn from(e: crate::scalar::ScalarError) -> Self {
+        match e {
+            crate::scalar::ScalarError::Unsupported(m) => PtxError::Unsupported(m),
+        }
+    }
 }
 
 /// State shared by the emitters while compiling one plan.

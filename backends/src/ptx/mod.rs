@@ -1,8 +1,8 @@
 //! PTX emission for sm_90a. Data flows one way through these modules:
 //! [`compile`] walks a kernel plan and hands each kernel to its plan adapter
 //! ([`adapters`], sharing [`ctx`]); adapters call the plan-independent
-//! templates ([`templates`]: GEMM, attention, epilogue) and the scalar code
-//! generator ([`pointwise`]); everything emits through the typed [`builder`];
+//! templates ([`templates`]: GEMM, attention, epilogue) and the scalar kernel
+//! IR ([`crate::scalar`], lowered by [`pointwise`]); everything emits through the typed [`builder`];
 //! the result is a [`program::Program`].
 //!
 //! * [`builder`]: typed registers (`.pred/.b16/.b32/.b64/.f32`), instructions
@@ -15,8 +15,9 @@
 //! * [`ctx`]: the state and error type the adapters share.
 //! * [`adapters`]: one per plan kernel kind, and their shared toolkit.
 //! * [`templates`]: GEMM, attention and epilogue emitters, configured by data.
-//! * [`pointwise`]: the scalar code generator (expressions of graph values at
-//!   a multi-index, lowered to PTX).
+//! * [`pointwise`]: the scalar kernel IR ([`crate::scalar`]: expressions of
+//!   graph values at a multi-index) lowered to PTX, and the GEMM's pointwise
+//!   epilogue step.
 //! * [`program`]: the compiled program handed to the runtime: its entries
 //!   (name, parameter signature, text) and its ordered launches with
 //!   symbolic arguments.

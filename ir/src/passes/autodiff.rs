@@ -6,7 +6,7 @@
 //!
 //! | op | adjoint of each operand, for an incoming gradient `g` |
 //! |---|---|
-//! | `Unary` | `g * f'(x)`: neg `-g`, abs `g (step(x) - step(-x))`, relu `g step(x)`, square `2 x g`, sqrt `0.5 g / y`, rsqrt `-0.5 g y^3`, recip `-g y^2`, sigmoid `g y (1 - y)`, tanh `g (1 - y^2)`, exp `g y`, log `g / x`; step: none |
+//! | `Unary` | `g * f'(x)`: neg `-g`, abs `g (step(x) - step(-x))`, relu `g step(x)`, square `2 x g`, sqrt `0.5 g / y`, rsqrt `-0.5 g y^3`, recip `-g y^2`, sigmoid `g y (1 - y)`, tanh `g (1 - y^2)`, exp `g y`, log `g / x`, softplus `g sigmoid(x)`; step: none |
 //! | `LeakyRelu` | `g leaky_step(x)`; `LeakyStep`: none |
 //! | `Binary` | add `g, g`; sub `g, -g`; mul `g b, g a`; div `g / b, -(g a) / (b b)`; max/min `g m_a / (m_a + m_b)` with `m = eq(out, operand)` (ties split evenly, as PyTorch does); eq: none. Every operand adjoint is `SumTo` its shape when it was broadcast |
 //! | `Reduce` | sum: `Broadcast(g)`; mean: `Broadcast(g) / n`; max: `Broadcast(g) * m / sum(m)` with `m = eq(x, Broadcast(out))` |
@@ -331,6 +331,10 @@ fn rule(b: &mut Builder, fwd: &Graph, y: ValueId, gy: ValueId, wants: &[bool]) -
                 }
                 UnaryFn::Exp => Some(b.bin(BinaryFn::Mul, gy, y)?),
                 UnaryFn::Log => Some(b.bin(BinaryFn::Div, gy, x0)?),
+                UnaryFn::Softplus => {
+                    let s = b.un(UnaryFn::Sigmoid, x0)?;
+                    Some(b.bin(BinaryFn::Mul, gy, s)?)
+                }
             };
             out.extend(gx.map(|v| (0, v)));
         }

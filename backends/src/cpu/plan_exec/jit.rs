@@ -10,11 +10,15 @@
 //! broadcast axis; intermediate values stay in registers. The host loop hands
 //! out rows (in parallel for large kernels).
 //!
+//! What an op computes is the shared scalar IR ([`crate::scalar::ops`], the
+//! one the PTX kinds lower): each program's element is built as expressions
+//! over its loads ([`ElementCode`]) and lowered here, scalar and 4-lane.
 //! Exact numerics: +, -, *, /, sqrt, neg, abs, comparisons and selects are
 //! native instructions (IEEE, no contraction), which round exactly as the
 //! Rust reference; exp, ln, tanh, max and min call back into the reference's
 //! Rust functions (`Real::exp` etc.), so results are bitwise equal to
-//! `cpu::ops`. Sigmoid is `1 / (1 + exp(-x))` with exp called back.
+//! `cpu::ops` (the scalar IR takes the same steps as `cpu::ops::unary_fn`).
+//! Sigmoid is `1 / (1 + exp(-x))` with exp called back.
 //!
 //! In the other kernels (row-wise, GEMM epilogues, ...) the runs of such ops
 //! compile the same way as segments, and a run may end in a row sum or mean
@@ -28,6 +32,7 @@
 //! Any other op, or a kernel of another kind, is left to the interpreter.
 
 use super::super::{ops, Real};
+use crate::scalar::expr::{Expr, Exprs, FCmp, Float, Ty, Var, E, F1, F2};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::immediates::{Ieee32, Ieee64};
 use cranelift_codegen::ir::{types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value};
@@ -36,7 +41,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use pgc_ir::plan::{Kernel, KernelKind};
-use pgc_ir::{BinaryFn, DType, Graph, Op, ReduceFn, UnaryFn};
+use pgc_ir::{BinaryFn, DType, Graph, Op, ReduceFn};
 use std::collections::HashMap;
 
 /// The ops a compiled kernel may contain.
@@ -50,21 +55,6 @@ pub const JIT_OPS: &[&str] = &[
     "permute / reshape(permute) as an output's layout",
     "sum / mean over the last axis, ending a segment",
     "permute / reshape chains of another kernel's value, read in place",
-];
-
-const UNARY: [UnaryFn; 12] = [
-    UnaryFn::Neg,
-    UnaryFn::Abs,
-    UnaryFn::Relu,
-    UnaryFn::Step,
-    UnaryFn::Square,
-    UnaryFn::Sqrt,
-    UnaryFn::Rsqrt,
-    UnaryFn::Recip,
-    UnaryFn::Sigmoid,
-    UnaryFn::Tanh,
-    UnaryFn::Exp,
-    UnaryFn::Log,
 ];
 
 extern "C" fn cb_exp_f32(x: f32) -> f32 {
@@ -259,7 +249,7 @@ pub fn row_reduction(g: &Graph, m: usize) -> Option<bool> {
 /// and, where a run's stored values differ in shape, its sub-runs of one
 /// shape. Each reads what its ops use from outside it and stores what later
 /// ops of the kernel or the kernel's outputs use.
-pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
+pub fn segments(g: &Graph, kr: &Kernel, float: Float) -> Vec<Program> {
     let mut order: Vec<usize> = kr.prologue.iter().chain(&kr.ops).map(|v| v.index()).collect();
     order.sort_unstable();
     order.dedup();
@@ -308,7 +298,7 @@ pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
     let mut out = vec![];
     for run in runs {
         let p = program(&run);
-        if analyse(g, &p).is_ok() {
+        if analyse(g, &p, float).is_ok() {
             out.push(p);
             continue;
         }
@@ -319,7 +309,7 @@ pub fn segments(g: &Graph, kr: &Kernel) -> Vec<Program> {
                 j += 1;
             }
             let p = program(&run[i..j]);
-            if analyse(g, &p).is_ok() {
+            if analyse(g, &p, float).is_ok() {
                 out.push(p);
             }
             i = j;
@@ -350,12 +340,91 @@ fn views_only_segments_read(g: &Graph, kr: &Kernel, progs: &[Program]) -> Vec<us
     unread
 }
 
-/// Why a program cannot be compiled, or its iteration shape, loads and stores.
-/// A program's iteration shape, loads (value, strides) and stores (stored
-/// value, computed value, strides).
-type Analysis = (Vec<usize>, Vec<(usize, Vec<usize>)>, Vec<(usize, usize, Vec<usize>)>);
+/// A program's iteration shape, loads (value, strides), stores (stored
+/// value, computed value, strides) and the code of one element.
+struct Analysis {
+    shape: Vec<usize>,
+    loads: Vec<(usize, Vec<usize>)>,
+    stores: Vec<(usize, usize, Vec<usize>)>,
+    code: ElementCode,
+}
 
-fn analyse(g: &Graph, kr: &Program) -> Result<Analysis, String> {
+/// One element of a program as scalar expressions: each load a float
+/// variable, each computed value an expression over them.
+struct ElementCode {
+    x: Exprs,
+    /// The variable of each load, in load order.
+    loads: Vec<Var>,
+    /// The expression of each loaded or computed graph value.
+    values: HashMap<usize, E>,
+}
+
+impl ElementCode {
+    /// The element code of `ops` (the row reduction `red`, if any, excluded:
+    /// the row function sums its operand), loading `loads`.
+    fn build(g: &Graph, ops: &[usize], loads: &[(usize, Vec<usize>)], red: Option<usize>, float: Float) -> Result<ElementCode, String> {
+        let mut x = Exprs::with_float(float);
+        let mut values = HashMap::new();
+        let mut vars = Vec::with_capacity(loads.len());
+        for (m, _) in loads {
+            let v = x.var(Ty::Float, 0, "load");
+            vars.push(v);
+            values.insert(*m, x.var_e(v));
+        }
+        for &m in ops {
+            let node = &g.nodes[m];
+            if Some(m) == red || matches!(node.op, Op::Permute { .. } | Op::Reshape { .. }) {
+                continue;
+            }
+            let mut args = Vec::with_capacity(node.args.len());
+            for a in &node.args {
+                let a = a.index();
+                args.push(match (values.get(&a), &g.nodes[a].op) {
+                    (Some(&e), _) => e,
+                    (None, Op::Scalar { value }) => x.float_c(*value),
+                    (None, _) => return Err(format!("operand %{a} of %{m} is neither loaded nor computed")),
+                });
+            }
+            let e = match &node.op {
+                // The loads' strides broadcast; the value is the operand's.
+                Op::Broadcast { .. } => args[0],
+                op => crate::scalar::ops::pointwise(&mut x, op, &args).ok_or_else(|| format!("op {}", op.name()))?,
+            };
+            values.insert(m, e);
+        }
+        Ok(ElementCode { x, loads: vars, values })
+    }
+
+    /// The nodes `roots` depend on, in dependency order (a node's operands
+    /// have smaller ids), or why one has no cranelift lowering.
+    fn reachable(&self, roots: &[E]) -> Result<Vec<E>, String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<E> = roots.to_vec();
+        while let Some(e) = stack.pop() {
+            if !seen.insert(e) {
+                continue;
+            }
+            match *self.x.get(e) {
+                Expr::F(_) | Expr::Var(_) => {}
+                Expr::F1(f, a) => {
+                    if matches!(f, F1::RoundEven | F1::F16Scale) {
+                        return Err(format!("scalar function {f:?}"));
+                    }
+                    stack.push(a);
+                }
+                Expr::F2(_, a, c) | Expr::FCmp(_, a, c) | Expr::And(a, c) => stack.extend([a, c]),
+                Expr::Not(a) => stack.push(a),
+                Expr::Sel(p, a, c) if self.x.ty(a) == Ty::Float => stack.extend([p, a, c]),
+                ref other => return Err(format!("scalar node {other:?}")),
+            }
+        }
+        let mut order: Vec<E> = seen.into_iter().collect();
+        order.sort_unstable();
+        Ok(order)
+    }
+}
+
+fn analyse(g: &Graph, kr: &Program, float: Float) -> Result<Analysis, String> {
     if kr.outputs.is_empty() {
         return Err("no outputs".into());
     }
@@ -473,7 +542,15 @@ fn analyse(g: &Graph, kr: &Program) -> Result<Analysis, String> {
         };
         loads.push((v, st));
     }
-    Ok((shape, loads, chains))
+    let code = ElementCode::build(g, &kr.ops, &loads, red, float)?;
+    // Every value the row function stores or sums has a lowering.
+    let mut roots = Vec::new();
+    for &(_, core, _) in &chains {
+        let m = if Some(core) == red { g.nodes[core].args[0].index() } else { core };
+        roots.push(*code.values.get(&m).ok_or_else(|| format!("%{m} is neither loaded nor computed"))?);
+    }
+    code.reachable(&roots)?;
+    Ok(Analysis { shape, loads, stores: chains, code })
 }
 
 /// The layout ops from `v` down to (not including) `root`, following first
@@ -514,6 +591,7 @@ struct Callbacks {
 /// elements `i..i + lanes` (vector) of every store.
 struct Emitter<'a> {
     g: &'a Graph,
+    code: &'a ElementCode,
     fty: Type,
     vty: Type,
     lanes: usize,
@@ -564,23 +642,25 @@ impl Emitter<'_> {
         }
     }
 
+    /// Element `i` (or elements `i..i + lanes`) of every store in `stores`,
+    /// and the value of graph value `extra` there (a row reduction's operand).
+    #[allow(clippy::too_many_arguments)]
     fn row_step(
         &self,
         b: &mut FunctionBuilder,
         i: Value,
-        ops: &[usize],
         loads: &[(usize, Vec<usize>)],
         stores: &[(usize, usize, Vec<usize>)],
+        extra: Option<usize>,
         vector: bool,
-    ) -> HashMap<usize, Value> {
-        let g = self.g;
+    ) -> Option<Value> {
         let (size, inner) = (self.size, self.inner);
         // Plain (not "aligned") flags: vector accesses need not be 16-byte aligned.
         let vflags = MemFlagsData::new().with_notrap();
         let flags = MemFlagsData::trusted();
         let byte_off = b.ins().imul_imm_s(i, size);
-        let mut vals: HashMap<usize, Value> = HashMap::new();
-        for (li, (m, st)) in loads.iter().enumerate() {
+        let mut vars: HashMap<Var, Value> = HashMap::new();
+        for (li, (_, st)) in loads.iter().enumerate() {
             let base = self.in_bases[li];
             let x = match (st[inner], vector) {
                 (0, false) => b.ins().load(self.fty, flags, base, 0),
@@ -612,110 +692,17 @@ impl Emitter<'_> {
                     }
                 }
             };
-            vals.insert(*m, x);
+            vars.insert(self.code.loads[li], x);
         }
-        let fc = |b: &mut FunctionBuilder, v: f64| self.fconst(b, v, vector);
-        for &m in ops {
-            let node = &g.nodes[m];
-            if matches!(node.op, Op::Permute { .. } | Op::Reshape { .. }) {
-                continue;
-            }
-            let arg = |j: usize, vals: &HashMap<usize, Value>, b: &mut FunctionBuilder| -> Value {
-                let a = node.args[j].index();
-                match vals.get(&a) {
-                    Some(&x) => x,
-                    None => match g.nodes[a].op {
-                        Op::Scalar { value } => fc(b, rounded(self.fty, value)),
-                        _ => unreachable!("checked: operand %{a} is loaded or computed"),
-                    },
-                }
-            };
-            let out = match node.op {
-                Op::Scalar { value } => fc(b, rounded(self.fty, value)),
-                Op::Broadcast { .. } => arg(0, &vals, b),
-                Op::LeakyRelu { slope } => {
-                    let x = arg(0, &vals, b);
-                    let z = fc(b, 0.0);
-                    let s = fc(b, rounded(self.fty, slope));
-                    let sx = b.ins().fmul(s, x);
-                    let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
-                    self.select(b, c, x, sx, vector)
-                }
-                Op::LeakyStep { slope } => {
-                    let x = arg(0, &vals, b);
-                    let z = fc(b, 0.0);
-                    let one = fc(b, 1.0);
-                    let s = fc(b, rounded(self.fty, slope));
-                    let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
-                    self.select(b, c, one, s, vector)
-                }
-                Op::Unary { f } => {
-                    let x = arg(0, &vals, b);
-                    match f {
-                        UnaryFn::Neg => b.ins().fneg(x),
-                        UnaryFn::Abs => b.ins().fabs(x),
-                        UnaryFn::Relu => {
-                            // x > 0 or NaN: x, else 0
-                            let z = fc(b, 0.0);
-                            let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, z);
-                            self.select(b, c, x, z, vector)
-                        }
-                        UnaryFn::Step => {
-                            let z = fc(b, 0.0);
-                            let one = fc(b, 1.0);
-                            let c = b.ins().fcmp(FloatCC::GreaterThan, x, z);
-                            self.select(b, c, one, z, vector)
-                        }
-                        UnaryFn::Square => b.ins().fmul(x, x),
-                        UnaryFn::Sqrt => b.ins().sqrt(x),
-                        UnaryFn::Rsqrt => {
-                            let one = fc(b, 1.0);
-                            let s = b.ins().sqrt(x);
-                            b.ins().fdiv(one, s)
-                        }
-                        UnaryFn::Recip => {
-                            let one = fc(b, 1.0);
-                            b.ins().fdiv(one, x)
-                        }
-                        UnaryFn::Sigmoid => {
-                            let one = fc(b, 1.0);
-                            let nx = b.ins().fneg(x);
-                            let ex = self.call(b, self.refs[0], &[nx], vector);
-                            let d = b.ins().fadd(one, ex);
-                            b.ins().fdiv(one, d)
-                        }
-                        UnaryFn::Tanh => self.call(b, self.refs[2], &[x], vector),
-                        UnaryFn::Exp => self.call(b, self.refs[0], &[x], vector),
-                        UnaryFn::Log => self.call(b, self.refs[1], &[x], vector),
-                    }
-                }
-                Op::Binary { f } => {
-                    let x = arg(0, &vals, b);
-                    let y = arg(1, &vals, b);
-                    match f {
-                        BinaryFn::Add => b.ins().fadd(x, y),
-                        BinaryFn::Sub => b.ins().fsub(x, y),
-                        BinaryFn::Mul => b.ins().fmul(x, y),
-                        BinaryFn::Div => b.ins().fdiv(x, y),
-                        BinaryFn::Eq => {
-                            let z = fc(b, 0.0);
-                            let one = fc(b, 1.0);
-                            let c = b.ins().fcmp(FloatCC::Equal, x, y);
-                            self.select(b, c, one, z, vector)
-                        }
-                        BinaryFn::Max => self.call(b, self.refs[3], &[x, y], vector),
-                        BinaryFn::Min => self.call(b, self.refs[4], &[x, y], vector),
-                    }
-                }
-                _ => unreachable!("checked by analyse"),
-            };
-            vals.insert(m, out);
-        }
+        let value_of = |m: usize| self.code.values[&m];
+        let mut roots: Vec<E> = stores.iter().map(|(_, core, _)| value_of(*core)).collect();
+        roots.extend(extra.map(value_of));
+        let vals = self.lower(b, &roots, &vars, vector);
         for (si, (_, core, st)) in stores.iter().enumerate() {
             let s = st[inner] as i64;
             let off = if s == 1 { byte_off } else { b.ins().imul_imm_s(i, size * s) };
             let addr = b.ins().iadd(self.out_bases[si], off);
-            let v = vals[core];
+            let v = vals[&value_of(*core)];
             if !vector {
                 b.ins().store(flags, v, addr, 0);
             } else if s == 1 {
@@ -727,21 +714,92 @@ impl Emitter<'_> {
                 }
             }
         }
-        vals
+        extra.map(|m| vals[&value_of(m)])
+    }
+
+    /// The scalar expressions `roots` (and what they depend on) as cranelift
+    /// values, the loads' variables bound to `vars`; predicates are `i8`
+    /// (scalar) or lane masks (vector).
+    fn lower(&self, b: &mut FunctionBuilder, roots: &[E], vars: &HashMap<Var, Value>, vector: bool) -> HashMap<E, Value> {
+        let order = self.code.reachable(roots).expect("checked by analyse");
+        let mut v: HashMap<E, Value> = HashMap::new();
+        for e in order {
+            let out = match *self.code.x.get(e) {
+                Expr::F(bits) => self.fconst(b, f64::from_bits(bits), vector),
+                Expr::Var(x) => vars[&x],
+                Expr::F1(f, a) => self.f1(b, f, v[&a], vector),
+                Expr::F2(f, a, c) => {
+                    let (x, y) = (v[&a], v[&c]);
+                    match f {
+                        F2::Add => b.ins().fadd(x, y),
+                        F2::Sub => b.ins().fsub(x, y),
+                        F2::Mul => b.ins().fmul(x, y),
+                        F2::Div => b.ins().fdiv(x, y),
+                        F2::Max => self.call(b, self.refs[3], &[x, y], vector),
+                        F2::Min => self.call(b, self.refs[4], &[x, y], vector),
+                    }
+                }
+                Expr::FCmp(op, a, c) => {
+                    let cc = match op {
+                        FCmp::Gt => FloatCC::GreaterThan,
+                        FCmp::Le => FloatCC::LessThanOrEqual,
+                        FCmp::Eq => FloatCC::Equal,
+                    };
+                    b.ins().fcmp(cc, v[&a], v[&c])
+                }
+                Expr::And(p, q) => b.ins().band(v[&p], v[&q]),
+                // A scalar predicate is 0 or 1; a vector one a lane mask.
+                Expr::Not(p) if vector => b.ins().bnot(v[&p]),
+                Expr::Not(p) => b.ins().bxor_imm_s(v[&p], 1),
+                Expr::Sel(p, x, y) => self.select(b, v[&p], v[&x], v[&y], vector),
+                ref other => unreachable!("checked by analyse: {other:?}"),
+            };
+            v.insert(e, out);
+        }
+        v
+    }
+
+    fn f1(&self, b: &mut FunctionBuilder, f: F1, x: Value, vector: bool) -> Value {
+        let fc = |b: &mut FunctionBuilder, v: f64| self.fconst(b, v, vector);
+        match f {
+            F1::Neg => b.ins().fneg(x),
+            F1::Abs => b.ins().fabs(x),
+            F1::Sqrt => b.ins().sqrt(x),
+            F1::Rsqrt => {
+                let one = fc(b, 1.0);
+                let s = b.ins().sqrt(x);
+                b.ins().fdiv(one, s)
+            }
+            F1::Recip => {
+                let one = fc(b, 1.0);
+                b.ins().fdiv(one, x)
+            }
+            F1::Sigmoid => {
+                let one = fc(b, 1.0);
+                let nx = b.ins().fneg(x);
+                let ex = self.call(b, self.refs[0], &[nx], vector);
+                let d = b.ins().fadd(one, ex);
+                b.ins().fdiv(one, d)
+            }
+            F1::Tanh => self.call(b, self.refs[2], &[x], vector),
+            F1::Exp => self.call(b, self.refs[0], &[x], vector),
+            F1::Log => self.call(b, self.refs[1], &[x], vector),
+            F1::RoundEven | F1::F16Scale => unreachable!("checked by analyse: {f:?}"),
+        }
     }
 
     /// The body of an element-wise row function: whole vectors first, then
     /// the remaining elements one at a time.
-    fn row_map(&self, b: &mut FunctionBuilder, n: Value, ops: &[usize], loads: &[(usize, Vec<usize>)], stores: &[(usize, usize, Vec<usize>)]) {
+    fn row_map(&self, b: &mut FunctionBuilder, n: Value, loads: &[(usize, Vec<usize>)], stores: &[(usize, usize, Vec<usize>)]) {
         let iv = b.declare_var(types::I64);
         let zero_i = b.ins().iconst(types::I64, 0);
         b.def_var(iv, zero_i);
         let nv = b.ins().band_imm_s(n, -(self.lanes as i64));
         Self::counted_loop(b, iv, nv, self.lanes, |b, i| {
-            self.row_step(b, i, ops, loads, stores, true);
+            self.row_step(b, i, loads, stores, None, true);
         });
         Self::counted_loop(b, iv, n, 1, |b, i| {
-            self.row_step(b, i, ops, loads, stores, false);
+            self.row_step(b, i, loads, stores, None, false);
         });
     }
 
@@ -769,12 +827,10 @@ impl Emitter<'_> {
     /// sums in [`ops::sum_lanes`]'s order (element `j` of each group of 8
     /// into sum `j`, the tail likewise), combined as it does, divided by the
     /// row length for a mean, and stored once.
-    #[allow(clippy::too_many_arguments)]
     fn row_reduce(
         &self,
         b: &mut FunctionBuilder,
         n: Value,
-        ops: &[usize],
         loads: &[(usize, Vec<usize>)],
         stores: &[(usize, usize, Vec<usize>)],
         red: usize,
@@ -782,7 +838,6 @@ impl Emitter<'_> {
     ) {
         const SUMS: usize = 8;
         let x = self.g.nodes[red].args[0].index();
-        let ops: Vec<usize> = ops.iter().copied().filter(|&m| m != red).collect();
         let red_store = stores.iter().position(|s| s.0 == red).expect("analyse stores the reduction");
         let others: Vec<(usize, usize, Vec<usize>)> = stores.iter().filter(|s| s.0 != red).cloned().collect();
         let per = SUMS / self.lanes;
@@ -801,9 +856,9 @@ impl Emitter<'_> {
         Self::counted_loop(b, iv, n8, SUMS, |b, i| {
             for (k, acc) in accs.iter().enumerate() {
                 let ik = b.ins().iadd_imm_s(i, (k * self.lanes) as i64);
-                let vals = self.row_step(b, ik, &ops, loads, &others, true);
+                let xv = self.row_step(b, ik, loads, &others, Some(x), true).expect("the reduced value");
                 let a = b.use_var(*acc);
-                let a = b.ins().fadd(a, vals[&x]);
+                let a = b.ins().fadd(a, xv);
                 b.def_var(*acc, a);
             }
         });
@@ -824,9 +879,9 @@ impl Emitter<'_> {
             let c = b.ins().icmp(IntCC::SignedLessThan, ij, n);
             b.ins().brif(c, step, &[], done, &[]);
             b.switch_to_block(step);
-            let vals = self.row_step(b, ij, &ops, loads, &others, false);
+            let xv = self.row_step(b, ij, loads, &others, Some(x), false).expect("the reduced value");
             let a = b.use_var(*sum);
-            let a = b.ins().fadd(a, vals[&x]);
+            let a = b.ins().fadd(a, xv);
             b.def_var(*sum, a);
             b.ins().jump(next, &[]);
             b.switch_to_block(next);
@@ -845,37 +900,29 @@ impl Emitter<'_> {
     }
 }
 
-/// `v` rounded to the working precision (an f64 that converts back exactly).
-fn rounded(fty: Type, v: f64) -> f64 {
-    if fty == types::F64 {
-        v
-    } else {
-        v as f32 as f64
-    }
-}
-
 /// Compile every compilable element-wise kernel of `kernels` for float type `F`.
 pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, String> {
     let f64_mode = std::mem::size_of::<F>() == 8;
+    let float = if f64_mode { Float::F64 } else { Float::F32 };
     // (kernel, first op of the segment or None for the whole kernel, program, analysis)
     let mut plan = Vec::new();
     let mut fallback = Vec::new();
     let mut skip = HashMap::new();
     for (k, kr) in kernels.iter().enumerate() {
-        let whole = Program::of_kernel(kr).and_then(|p| analyse(g, &p).map(|a| (p, a)));
+        let whole = Program::of_kernel(kr).and_then(|p| analyse(g, &p, float).map(|a| (p, a)));
         match whole {
             Ok((p, a)) => plan.push((k, None, p, a)),
             Err(why) => {
                 if kr.kind == KernelKind::Elementwise {
                     fallback.push((k, why));
                 }
-                let progs = segments(g, kr);
+                let progs = segments(g, kr, float);
                 let unread = views_only_segments_read(g, kr, &progs);
                 if !unread.is_empty() {
                     skip.insert(k, unread);
                 }
                 for p in progs {
-                    let a = analyse(g, &p)?;
+                    let a = analyse(g, &p, float)?;
                     plan.push((k, Some(p.ops[0]), p, a));
                 }
             }
@@ -926,7 +973,7 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     let mut ids = Vec::new();
-    for (fi, (k, first, kr, (shape, loads, stores))) in plan.into_iter().enumerate() {
+    for (fi, (k, first, kr, Analysis { shape, loads, stores, code })) in plan.into_iter().enumerate() {
         ctx.func.signature.params.clear();
         ctx.func.signature.returns.clear();
         ctx.func.signature.params.push(AbiParam::new(types::I64));
@@ -950,10 +997,10 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
             let flags = MemFlagsData::trusted();
             let in_bases: Vec<Value> = (0..loads.len()).map(|i| b.ins().load(ptr, flags, ins, (i * 8) as i32)).collect();
             let out_bases: Vec<Value> = (0..stores.len()).map(|i| b.ins().load(ptr, flags, outs, (i * 8) as i32)).collect();
-            let em = Emitter { g, fty, vty, lanes, size: if f64_mode { 8 } else { 4 }, inner: shape.len() - 1, refs, in_bases, out_bases };
+            let em = Emitter { g, code: &code, fty, vty, lanes, size: if f64_mode { 8 } else { 4 }, inner: shape.len() - 1, refs, in_bases, out_bases };
             match kr.ops.iter().find_map(|&m| row_reduction(g, m).map(|mean| (m, mean))) {
-                Some((red, mean)) => em.row_reduce(&mut b, n, &kr.ops, &loads, &stores, red, mean),
-                None => em.row_map(&mut b, n, &kr.ops, &loads, &stores),
+                Some((red, mean)) => em.row_reduce(&mut b, n, &loads, &stores, red, mean),
+                None => em.row_map(&mut b, n, &loads, &stores),
             }
             b.ins().return_(&[]);
             b.seal_all_blocks();
@@ -983,7 +1030,6 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
             }
         }
     }
-    let _ = UNARY;
     Ok(JitKernels { _module: Some(module), kernels: out, segments: segs, skip, fallback })
 }
 

@@ -4,8 +4,8 @@
 
 use super::toolkit::{emit, output_target, plain_source, plan_outputs, Fused};
 use crate::ptx::ctx::{Ctx, PtxError};
-use crate::ptx::pointwise::expr::Elem;
-use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
+use crate::scalar::expr::Elem;
+use crate::ptx::pointwise::{BufArg, GraphExprs};
 use crate::ptx::program::{ArgRef, Launch};
 use pgc_ir::Op;
 

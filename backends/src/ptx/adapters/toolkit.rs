@@ -25,8 +25,8 @@
 
 use crate::ptx::builder::*;
 use crate::ptx::ctx::{Ctx, PtxError};
-use crate::ptx::pointwise::expr::*;
-use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
+use crate::scalar::expr::*;
+use crate::ptx::pointwise::{BufArg, GraphExprs};
 use crate::ptx::pointwise::lower::{red_add, store, Lower};
 use crate::ptx::program::{ArgRef, Launch, ZeroRef};
 use pgc_ir::plan::{Place, Storage};

@@ -16,7 +16,7 @@
 //! with butterfly shuffles, and one lane adds the result with
 //! `red.global.add.f32`, so the `[M, N]` values never reach memory.
 
-use super::expr::*;
+use crate::scalar::expr::*;
 use super::lower::{store, Lower};
 use crate::ptx::builder::*;
 use serde::{Deserialize, Serialize};

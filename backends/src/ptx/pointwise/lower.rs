@@ -18,7 +18,7 @@
 //! and polynomial (< 1 ulp); `tanh` by its Taylor series below 0.55 and
 //! `1 - 2 / (exp(2|x|) + 1)` above; `sigmoid` as `1 / (1 + exp(-x))`.
 
-use super::expr::*;
+use crate::scalar::expr::*;
 use crate::ptx::builder::*;
 use std::collections::{HashMap, HashSet};
 
@@ -53,6 +53,7 @@ fn f32_op(v: f32) -> Operand {
 
 impl<'x> Lower<'x> {
     pub fn new(x: &'x Exprs) -> Self {
+        debug_assert_eq!(x.float, Float::F32, "PTX computes in f32");
         Lower { x, bufs: vec![None; x.bufs.len()], vars: vec![None; x.vars.len()], scopes: vec![HashMap::new()], converged: false, lane: None }
     }
 
@@ -247,7 +248,7 @@ impl<'x> Lower<'x> {
             other => b.val(
                 match ty {
                     Ty::U32 => Type::U32,
-                    Ty::F32 => Type::F32,
+                    Ty::Float => Type::F32,
                     Ty::Pred => unreachable!(),
                 },
                 other,
@@ -259,7 +260,8 @@ impl<'x> Lower<'x> {
         let x = self.x;
         match *x.get(e) {
             Expr::Int(v) => Operand::Imm(v as i64),
-            Expr::F(bits) => f32_op(f32::from_bits(bits)),
+            // Exact: the PTX kinds build f32 arenas.
+            Expr::F(bits) => f32_op(f64::from_bits(bits) as f32),
             Expr::Bool(v) => b.setp(Cmp::Ne, Type::U32, Operand::Imm(v as i64), 0u32).into(),
             Expr::Var(v) => self.vars[v.0 as usize].expect("bound").reg.into(),
             Expr::I2(op, a1, a2) => {
@@ -327,7 +329,7 @@ impl<'x> Lower<'x> {
                 let p = self.emit_reg(b, p1);
                 let a = self.emit(b, a1);
                 let c = self.emit(b, a2);
-                let ty = if x.ty(a1) == Ty::F32 { Type::F32 } else { Type::U32 };
+                let ty = if x.ty(a1) == Ty::Float { Type::F32 } else { Type::U32 };
                 b.selp(ty, a, c, p).into()
             }
             Expr::F1(f, a1) => {

@@ -1,14 +1,19 @@
-//! The scalar code generator shared by every kernel kind.
+//! The PTX side of the scalar kernel IR ([`crate::scalar`]).
 //!
-//! * [`expr`]: a hash-consed DAG of scalar expressions (u32 index arithmetic,
-//!   f32 math, predicates, loads, reductions), simplified as it is built;
-//! * [`graph`]: the value of any IR node at a multi-index as such an
-//!   expression, recursively through the kernel's ops (the demand-driven part);
 //! * [`lower`]: the expressions as PTX, each emitted once per binding of its
 //!   free variables, loop invariants hoisted, reductions warp-cooperative
-//!   where the warp agrees on the row.
+//!   where the warp agrees on the row;
+//! * [`epi`]: the generic GEMM epilogue step (a scalar program per output
+//!   element of a GEMM);
+//! * [`GraphExprs`] / [`BufArg`]: the scalar IR's graph builder with buffers
+//!   bound to launch arguments.
 
 pub mod epi;
-pub mod expr;
-pub mod graph;
 pub mod lower;
+
+use super::program::ArgRef;
+
+/// The values of a kernel's nodes as scalar expressions, buffers bound to launch arguments.
+pub type GraphExprs<'g> = crate::scalar::graph::GraphExprs<'g, ArgRef>;
+/// What a buffer of a PTX kernel's expressions is bound to.
+pub type BufArg = crate::scalar::graph::BufArg<ArgRef>;

@@ -1,7 +1,9 @@
 //! The scalar expression DAG: hash-consed, simplified on construction.
 //!
 //! Every node is an [`Expr`] over earlier nodes ([`E`] ids). Integer nodes are
-//! `u32` index arithmetic; float nodes are f32 math; predicates are booleans.
+//! `u32` index arithmetic; float nodes are math in the arena's [`Float`]
+//! precision (f32 for PTX; f32 or f64 for the CPU JIT, as the CPU backend's
+//! working precision); predicates are booleans.
 //! Construction goes through [`Exprs`]'s helper methods, which fold constants,
 //! apply the index identities that make reshapes and broadcasts collapse
 //! (`(a*c + b) / c = a` when `b < c`, `x % c = x` when `x < c`, ...) using a
@@ -29,7 +31,18 @@ pub struct Buf(pub u32);
 pub enum Ty {
     U32,
     Pred,
+    /// A float of the arena's [`Float`] precision.
+    Float,
+}
+
+/// The precision of an arena's float nodes: constants are rounded to it and
+/// constant folding computes in it, so a folded node equals what the code
+/// generator would have computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Float {
+    #[default]
     F32,
+    F64,
 }
 
 /// Element type of a buffer in memory (f32 and bf16 load as f32, i32 as u32).
@@ -50,7 +63,7 @@ impl Elem {
     pub fn value_ty(self) -> Ty {
         match self {
             Elem::I32 => Ty::U32,
-            _ => Ty::F32,
+            _ => Ty::Float,
         }
     }
 }
@@ -64,7 +77,7 @@ pub enum IOp {
     Max,
 }
 
-/// One-operand f32 functions.
+/// One-operand float functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum F1 {
     Neg,
@@ -87,7 +100,7 @@ pub enum F1 {
     F16Scale,
 }
 
-/// Two-operand f32 operations (`Div` is `div.rn`).
+/// Two-operand float operations (`Div` is `div.rn`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum F2 {
     Add,
@@ -99,7 +112,7 @@ pub enum F2 {
     Min,
 }
 
-/// f32 comparisons (ordered: false when either side is NaN).
+/// Float comparisons (ordered: false when either side is NaN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FCmp {
     Gt,
@@ -118,8 +131,9 @@ pub enum RedOp {
 pub enum Expr {
     Int(u32),
     Bool(bool),
-    /// An f32 constant, by its bits.
-    F(u32),
+    /// A float constant, by the bits of its f64 value (exactly an f32 in an
+    /// f32 arena).
+    F(u64),
     Var(Var),
     I2(IOp, E, E),
     /// `a / c` (unsigned).
@@ -139,7 +153,7 @@ pub enum Expr {
     Sel(E, E, E),
     F1(F1, E),
     F2(F2, E, E),
-    /// Element `index` of a buffer, converted to f32 (f32, bf16) or u32 (i32).
+    /// Element `index` of a buffer, converted to a float (f32, bf16) or u32 (i32).
     Load(Buf, E),
     /// The hashed bigram bucket `((36313 cur) xor (27191 prev)) mod m`, in 64-bit arithmetic.
     Bigram(E, E, u32),
@@ -169,6 +183,7 @@ pub struct VarInfo {
 /// The expression arena.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Exprs {
+    pub float: Float,
     pub nodes: Vec<Expr>,
     pub meta: Vec<Meta>,
     pub vars: Vec<VarInfo>,
@@ -197,8 +212,22 @@ fn merge_free(a: &[Var], b: &[Var]) -> Vec<Var> {
 }
 
 impl Exprs {
+    /// An arena of f32 floats.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An arena whose float nodes are of precision `float`.
+    pub fn with_float(float: Float) -> Self {
+        Exprs { float, ..Self::default() }
+    }
+
+    /// `v` rounded to the arena's precision.
+    pub fn round(&self, v: f64) -> f64 {
+        match self.float {
+            Float::F32 => v as f32 as f64,
+            Float::F64 => v,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -248,9 +277,10 @@ impl Exprs {
         }
     }
 
-    pub fn as_f32(&self, e: E) -> Option<f32> {
+    /// The value of a float constant node, if it is one.
+    pub fn as_float(&self, e: E) -> Option<f64> {
         match self.get(e) {
-            Expr::F(b) => Some(f32::from_bits(*b)),
+            Expr::F(b) => Some(f64::from_bits(*b)),
             _ => None,
         }
     }
@@ -291,7 +321,7 @@ impl Exprs {
         match x {
             Expr::Int(v) => u32m(*v as u64 + 1, if *v == 0 { DIV_ZERO } else { *v as u64 }, vec![]),
             Expr::Bool(_) => Meta { ty: Ty::Pred, free: vec![], bound: UNKNOWN, div: 1 },
-            Expr::F(_) => Meta { ty: Ty::F32, free: vec![], bound: UNKNOWN, div: 1 },
+            Expr::F(_) => Meta { ty: Ty::Float, free: vec![], bound: UNKNOWN, div: 1 },
             Expr::Var(v) => {
                 let info = &self.vars[v.0 as usize];
                 Meta { ty: info.ty, free: vec![*v], bound: if info.ty == Ty::U32 { info.extent } else { UNKNOWN }, div: 1 }
@@ -343,8 +373,8 @@ impl Exprs {
                 let bound = if ma.bound == UNKNOWN || mb.bound == UNKNOWN { UNKNOWN } else { ma.bound.max(mb.bound) };
                 Meta { ty: ma.ty, free, bound, div: gcd(ma.div, mb.div).max(1) }
             }
-            Expr::F1(_, a) => Meta { ty: Ty::F32, free: m(a).free.clone(), bound: UNKNOWN, div: 1 },
-            Expr::F2(_, a, b) => Meta { ty: Ty::F32, free: merge_free(&m(a).free, &m(b).free), bound: UNKNOWN, div: 1 },
+            Expr::F1(_, a) => Meta { ty: Ty::Float, free: m(a).free.clone(), bound: UNKNOWN, div: 1 },
+            Expr::F2(_, a, b) => Meta { ty: Ty::Float, free: merge_free(&m(a).free, &m(b).free), bound: UNKNOWN, div: 1 },
             Expr::Load(buf, i) => {
                 let ty = self.bufs[buf.0 as usize].value_ty();
                 Meta { ty, free: m(i).free.clone(), bound: UNKNOWN, div: 1 }
@@ -352,7 +382,7 @@ impl Exprs {
             Expr::Bigram(a, b, md) => u32m(*md as u64, 1, merge_free(&m(a).free, &m(b).free)),
             Expr::Reduce(_, v, _, body) => {
                 let free = m(body).free.iter().copied().filter(|x| x != v).collect();
-                Meta { ty: Ty::F32, free, bound: UNKNOWN, div: 1 }
+                Meta { ty: Ty::Float, free, bound: UNKNOWN, div: 1 }
             }
         }
     }
@@ -368,6 +398,12 @@ impl Exprs {
     }
 
     pub fn f32_c(&mut self, v: f32) -> E {
+        self.float_c(v as f64)
+    }
+
+    /// The float constant `v`, rounded to the arena's precision.
+    pub fn float_c(&mut self, v: f64) -> E {
+        let v = self.round(v);
         self.mk(Expr::F(v.to_bits()))
     }
 
@@ -654,7 +690,8 @@ impl Exprs {
     }
 
     pub fn fcmp(&mut self, op: FCmp, a: E, b: E) -> E {
-        if let (Some(x), Some(y)) = (self.as_f32(a), self.as_f32(b)) {
+        // Constants are exact in the arena's precision: comparing them as f64 is exact.
+        if let (Some(x), Some(y)) = (self.as_float(a), self.as_float(b)) {
             return self.bool_c(match op {
                 FCmp::Gt => x > y,
                 FCmp::Le => x <= y,
@@ -703,33 +740,50 @@ impl Exprs {
     }
 
     pub fn f1(&mut self, f: F1, a: E) -> E {
-        if let Some(x) = self.as_f32(a) {
-            let folded = match f {
-                F1::Neg => Some(-x),
-                F1::Abs => Some(x.abs()),
-                F1::Sqrt => Some(x.sqrt()),
-                F1::Rsqrt => Some(1.0 / x.sqrt()),
-                F1::Recip => Some(1.0 / x),
-                _ => None,
+        if let Some(x) = self.as_float(a) {
+            // Only what every code generator rounds exactly (no libm calls).
+            macro_rules! fold {
+                ($x:expr) => {
+                    match f {
+                        F1::Neg => Some(-$x),
+                        F1::Abs => Some($x.abs()),
+                        F1::Sqrt => Some($x.sqrt()),
+                        F1::Rsqrt => Some(1.0 / $x.sqrt()),
+                        F1::Recip => Some(1.0 / $x),
+                        _ => None,
+                    }
+                };
+            }
+            let folded = match self.float {
+                Float::F32 => fold!(x as f32).map(|v| v as f64),
+                Float::F64 => fold!(x),
             };
             if let Some(v) = folded {
-                return self.f32_c(v);
+                return self.float_c(v);
             }
         }
         self.mk(Expr::F1(f, a))
     }
 
     pub fn f2(&mut self, f: F2, a: E, b: E) -> E {
-        if let (Some(x), Some(y)) = (self.as_f32(a), self.as_f32(b)) {
-            let v = match f {
-                F2::Add => x + y,
-                F2::Sub => x - y,
-                F2::Mul => x * y,
-                F2::Div => x / y,
-                F2::Max => x.max(y),
-                F2::Min => x.min(y),
+        if let (Some(x), Some(y)) = (self.as_float(a), self.as_float(b)) {
+            macro_rules! fold {
+                ($x:expr, $y:expr) => {
+                    match f {
+                        F2::Add => $x + $y,
+                        F2::Sub => $x - $y,
+                        F2::Mul => $x * $y,
+                        F2::Div => $x / $y,
+                        F2::Max => $x.max($y),
+                        F2::Min => $x.min($y),
+                    }
+                };
+            }
+            let v = match self.float {
+                Float::F32 => fold!(x as f32, y as f32) as f64,
+                Float::F64 => fold!(x, y),
             };
-            return self.f32_c(v);
+            return self.float_c(v);
         }
         self.mk(Expr::F2(f, a, b))
     }

@@ -20,31 +20,32 @@
 //!   log-sum-exp of cross entropy) become `Reduce` nodes over a fresh variable.
 
 use super::expr::*;
-use crate::ptx::ctx::PtxError;
-use crate::ptx::program::ArgRef;
-use pgc_ir::{BinaryFn, Graph, Op, ReduceFn, UnaryFn, ValueId};
+use super::{ops, ScalarError};
+use pgc_ir::{Graph, Op, ReduceFn, ValueId};
 use std::collections::{HashMap, HashSet};
 
-/// What a buffer of the expressions is bound to at launch time.
+/// What a buffer of the expressions is bound to at launch time: `R`, the code
+/// generator's reference to a buffer (PTX: a launch argument), or a table
+/// the caller makes.
 #[derive(Clone, Debug, PartialEq)]
-pub enum BufArg {
-    Ref(ArgRef),
+pub enum BufArg<R> {
+    Ref(R),
     /// The rotary table `AuxBuffer::RopeTable { positions, half, base }` (allocated by the caller).
     Rope { positions: usize, half: usize, base: f64 },
 }
 
-/// Builds expressions for the nodes of one kernel.
-pub struct GraphExprs<'g> {
+/// Builds expressions for the nodes of one kernel; `R` names buffers.
+pub struct GraphExprs<'g, R> {
     pub g: &'g Graph,
     pub x: Exprs,
     /// One entry per buffer of `x`.
-    pub buf_args: Vec<BufArg>,
+    pub buf_args: Vec<BufArg<R>>,
     /// Nodes computed by this kernel (others are read from memory).
     inside: HashSet<usize>,
     /// Stored values this kernel may read, by node.
     sources: HashMap<usize, Buf>,
     /// Readable values whose buffer is made at the first read.
-    lazy: HashMap<usize, (Elem, ArgRef)>,
+    lazy: HashMap<usize, (Elem, R)>,
     overrides: HashMap<(usize, Vec<E>), E>,
     /// Values overridden at some index: any other index is an error.
     overridden: HashSet<usize>,
@@ -54,11 +55,11 @@ pub struct GraphExprs<'g> {
     ropes: HashMap<(usize, usize, u64), Buf>,
 }
 
-fn err<T>(msg: impl Into<String>) -> Result<T, PtxError> {
-    Err(PtxError::Unsupported(msg.into()))
+fn err<T>(msg: impl Into<String>) -> Result<T, ScalarError> {
+    Err(ScalarError::Unsupported(msg.into()))
 }
 
-impl<'g> GraphExprs<'g> {
+impl<'g, R> GraphExprs<'g, R> {
     pub fn new(g: &'g Graph, inside: impl IntoIterator<Item = ValueId>) -> Self {
         GraphExprs {
             g,
@@ -76,21 +77,21 @@ impl<'g> GraphExprs<'g> {
     }
 
     /// A new buffer bound to `arg`.
-    pub fn buffer(&mut self, elem: Elem, arg: BufArg) -> Buf {
+    pub fn buffer(&mut self, elem: Elem, arg: BufArg<R>) -> Buf {
         let b = self.x.buf(elem);
         self.buf_args.push(arg);
         b
     }
 
     /// Read node `v` from memory through `buf` (a kernel input, a scratch copy, ...).
-    pub fn source(&mut self, v: ValueId, elem: Elem, arg: ArgRef) -> Buf {
+    pub fn source(&mut self, v: ValueId, elem: Elem, arg: R) -> Buf {
         let b = self.buffer(elem, BufArg::Ref(arg));
         self.sources.insert(v.index(), b);
         b
     }
 
     /// Read node `v` from `arg`, making the buffer (a kernel parameter) only if it is read.
-    pub fn source_lazy(&mut self, v: ValueId, elem: Elem, arg: ArgRef) {
+    pub fn source_lazy(&mut self, v: ValueId, elem: Elem, arg: R) {
         self.lazy.insert(v.index(), (elem, arg));
     }
 
@@ -125,7 +126,7 @@ impl<'g> GraphExprs<'g> {
     }
 
     /// The value of node `v` at multi-index `idx`.
-    pub fn value(&mut self, v: ValueId, idx: &[E]) -> Result<E, PtxError> {
+    pub fn value(&mut self, v: ValueId, idx: &[E]) -> Result<E, ScalarError> {
         let i = v.index();
         let node = &self.g.nodes[i];
         if idx.len() != node.ty.rank() {
@@ -142,7 +143,7 @@ impl<'g> GraphExprs<'g> {
             return Ok(e);
         }
         let e = match &node.op {
-            Op::Scalar { value } => self.f(*value as f32),
+            Op::Scalar { value } => self.x.float_c(*value),
             Op::Input { .. } | Op::Param { .. } => self.load(v, idx)?,
             _ if !self.inside.contains(&i) => self.load(v, idx)?,
             _ => self.op_value(v, idx)?,
@@ -151,7 +152,7 @@ impl<'g> GraphExprs<'g> {
         Ok(e)
     }
 
-    fn load(&mut self, v: ValueId, idx: &[E]) -> Result<E, PtxError> {
+    fn load(&mut self, v: ValueId, idx: &[E]) -> Result<E, ScalarError> {
         if let Some((elem, arg)) = self.lazy.remove(&v.index()) {
             self.source(v, elem, arg);
         }
@@ -172,51 +173,23 @@ impl<'g> GraphExprs<'g> {
         b
     }
 
-    fn op_value(&mut self, v: ValueId, idx: &[E]) -> Result<E, PtxError> {
+    fn op_value(&mut self, v: ValueId, idx: &[E]) -> Result<E, ScalarError> {
         let g = self.g;
         let node = g.node(v);
         let out_shape = node.ty.shape.clone();
         let arg = |k: usize| node.args[k];
         let shape_of = |k: usize| g.ty(node.args[k]).shape.clone();
         Ok(match &node.op {
-            Op::Unary { f } => {
+            Op::Unary { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } => {
                 let a = self.value(arg(0), idx)?;
-                self.unary(*f, a)
+                return ops::pointwise(&mut self.x, &node.op, &[a]).ok_or_else(|| ScalarError::Unsupported(format!("internal: {} is not element-wise", node.op.name())));
             }
-            Op::LeakyRelu { slope } => {
-                let a = self.value(arg(0), idx)?;
-                let z = self.f(0.0);
-                let pos = self.x.fcmp(FCmp::Gt, a, z);
-                let s = self.f(*slope as f32);
-                let sa = self.x.fmul(s, a);
-                self.x.sel(pos, a, sa)
-            }
-            Op::LeakyStep { slope } => {
-                let a = self.value(arg(0), idx)?;
-                let z = self.f(0.0);
-                let pos = self.x.fcmp(FCmp::Gt, a, z);
-                let one = self.f(1.0);
-                let s = self.f(*slope as f32);
-                self.x.sel(pos, one, s)
-            }
-            Op::Binary { f } => {
+            Op::Binary { .. } => {
                 let ia = self.bidx(&shape_of(0), &out_shape, idx);
                 let ib = self.bidx(&shape_of(1), &out_shape, idx);
                 let a = self.value(arg(0), &ia)?;
                 let b = self.value(arg(1), &ib)?;
-                match f {
-                    BinaryFn::Add => self.x.fadd(a, b),
-                    BinaryFn::Sub => self.x.fsub(a, b),
-                    BinaryFn::Mul => self.x.fmul(a, b),
-                    BinaryFn::Div => self.x.fdiv(a, b),
-                    BinaryFn::Max => self.x.f2(F2::Max, a, b),
-                    BinaryFn::Min => self.x.f2(F2::Min, a, b),
-                    BinaryFn::Eq => {
-                        let p = self.x.fcmp(FCmp::Eq, a, b);
-                        let (one, zero) = (self.f(1.0), self.f(0.0));
-                        self.x.sel(p, one, zero)
-                    }
-                }
+                return ops::pointwise(&mut self.x, &node.op, &[a, b]).ok_or_else(|| ScalarError::Unsupported(format!("internal: {} is not element-wise", node.op.name())));
             }
             Op::Broadcast { .. } => {
                 let ia = self.bidx(&shape_of(0), &out_shape, idx);
@@ -400,34 +373,6 @@ impl<'g> GraphExprs<'g> {
         })
     }
 
-    fn unary(&mut self, f: UnaryFn, a: E) -> E {
-        let x = &mut self.x;
-        match f {
-            UnaryFn::Neg => x.f1(F1::Neg, a),
-            UnaryFn::Abs => x.f1(F1::Abs, a),
-            UnaryFn::Relu => {
-                // NaN propagates (x <= 0 is false for NaN), as in the CPU backend.
-                let z = x.f32_c(0.0);
-                let le = x.fcmp(FCmp::Le, a, z);
-                x.sel(le, z, a)
-            }
-            UnaryFn::Step => {
-                let z = x.f32_c(0.0);
-                let one = x.f32_c(1.0);
-                let gt = x.fcmp(FCmp::Gt, a, z);
-                x.sel(gt, one, z)
-            }
-            UnaryFn::Square => x.fmul(a, a),
-            UnaryFn::Sqrt => x.f1(F1::Sqrt, a),
-            UnaryFn::Rsqrt => x.f1(F1::Rsqrt, a),
-            UnaryFn::Recip => x.f1(F1::Recip, a),
-            UnaryFn::Sigmoid => x.f1(F1::Sigmoid, a),
-            UnaryFn::Tanh => x.f1(F1::Tanh, a),
-            UnaryFn::Exp => x.f1(F1::Exp, a),
-            UnaryFn::Log => x.f1(F1::Log, a),
-        }
-    }
-
     /// `op` over `k` in `0..len` of `body(k)`. `contiguous` (the reduced
     /// elements are consecutive in memory) and `len` a multiple of 4 from 128
     /// on: four consecutive `k` per step (`op` over `q` of the four values at
@@ -437,8 +382,8 @@ impl<'g> GraphExprs<'g> {
         op: RedOp,
         len: u32,
         contiguous: bool,
-        mut body: impl FnMut(&mut Self, E) -> Result<E, PtxError>,
-    ) -> Result<E, PtxError> {
+        mut body: impl FnMut(&mut Self, E) -> Result<E, ScalarError>,
+    ) -> Result<E, ScalarError> {
         if contiguous && len >= 128 && len.is_multiple_of(4) {
             let q = self.x.var(Ty::U32, len as u64 / 4, "q");
             let qe = self.x.var_e(q);
@@ -510,7 +455,7 @@ impl<'g> GraphExprs<'g> {
     }
 
     /// The fake-quantization row scale of row `r` (from `max_j |w[r, j]|`).
-    fn quant_scale(&mut self, w: ValueId, r: E, bits: u32) -> Result<E, PtxError> {
+    fn quant_scale(&mut self, w: ValueId, r: E, bits: u32) -> Result<E, ScalarError> {
         let key = (0u8, w.index(), vec![r, self.x.int_c(bits)]);
         if let Some(&e) = self.rows.get(&key) {
             return Ok(e);
@@ -534,13 +479,13 @@ impl<'g> GraphExprs<'g> {
     }
 
     /// Log-sum-exp of row `row` of logits `z[..., V]`: `m + ln(sum exp(z - m))`.
-    pub fn lse(&mut self, z: ValueId, row: &[E]) -> Result<E, PtxError> {
+    pub fn lse(&mut self, z: ValueId, row: &[E]) -> Result<E, ScalarError> {
         let key = (1u8, z.index(), row.to_vec());
         if let Some(&e) = self.rows.get(&key) {
             return Ok(e);
         }
         let v = *self.shape(z).last().unwrap() as u32;
-        let at = |gx: &mut Self, k: E| -> Result<E, PtxError> {
+        let at = |gx: &mut Self, k: E| -> Result<E, ScalarError> {
             let mut ii = row.to_vec();
             ii.push(k);
             gx.value(z, &ii)
@@ -564,7 +509,7 @@ impl<'g> GraphExprs<'g> {
     }
 
     /// `lse(row) - z[row, target[row]]`: one row's cross-entropy term.
-    pub fn ce_row_loss(&mut self, z: ValueId, t: ValueId, row: &[E]) -> Result<E, PtxError> {
+    pub fn ce_row_loss(&mut self, z: ValueId, t: ValueId, row: &[E]) -> Result<E, ScalarError> {
         let v = *self.shape(z).last().unwrap() as u32;
         let lse = self.lse(z, row)?;
         let tg = self.value(t, row)?;
