@@ -101,6 +101,27 @@ impl Card {
     }
 }
 
+/// Counters of one PTX line of a kernel, scaled to the grid.
+#[derive(Default, Clone, Copy)]
+pub struct LineTotals {
+    pub warp_insts: f64,
+    pub global_requests: f64,
+    pub global_sectors: f64,
+    pub distinct_bytes: f64,
+    pub shared_wavefronts: f64,
+    pub shared_ideal: f64,
+}
+
+impl LineTotals {
+    fn json(&self, line: u32, ptx: &[&str]) -> Value {
+        json!({
+            "ptx_line": line, "ptx": ptx.get(line as usize - 1).map(|t| t.trim()).unwrap_or(""), "warp_instructions": self.warp_insts, "global_requests": self.global_requests,
+            "global_sectors": self.global_sectors, "sector_efficiency": if self.global_sectors > 0.0 { self.distinct_bytes / (32.0 * self.global_sectors) } else { 1.0 },
+            "shared_wavefronts": self.shared_wavefronts, "bank_conflict_ways": if self.shared_ideal > 0.0 { self.shared_wavefronts / self.shared_ideal } else { 1.0 },
+        })
+    }
+}
+
 /// Counters of one plan kernel, summed over its launches and scaled to the grid.
 #[derive(Default, Clone)]
 pub struct KernelTotals {
@@ -122,8 +143,8 @@ pub struct KernelTotals {
     pub atomic_addresses: f64,
     pub read_bytes: f64,
     pub written_bytes: f64,
-    /// PTX line -> (issued warp instructions, global sectors, shared wavefronts), scaled
-    pub lines: BTreeMap<u32, (f64, f64, f64)>,
+    /// PTX line -> counters of its instructions, scaled
+    pub lines: BTreeMap<u32, LineTotals>,
     /// per pointer argument of the first launch: (what it names, bytes, unique read, unique written)
     pub buffers: Vec<(String, u64, f64, f64)>,
     /// unique bytes outside every argument's buffer (read, written)
@@ -171,9 +192,12 @@ impl KernelTotals {
         self.written_bytes += c.written_bytes_est;
         for (line, p) in c.by_line() {
             let e = self.lines.entry(line).or_default();
-            e.0 += p.warp_insts as f64 * s;
-            e.1 += p.global_sectors as f64 * s;
-            e.2 += p.shared_wavefronts as f64 * s;
+            e.warp_insts += p.warp_insts as f64 * s;
+            e.global_requests += p.global_requests as f64 * s;
+            e.global_sectors += p.global_sectors as f64 * s;
+            e.distinct_bytes += p.global_distinct_bytes as f64 * s;
+            e.shared_wavefronts += p.shared_wavefronts as f64 * s;
+            e.shared_ideal += p.shared_ideal as f64 * s;
         }
     }
 
@@ -359,7 +383,11 @@ pub fn run(args: ProfileArgs) -> CliResult {
     let mut totals: Vec<KernelTotals> = vec![KernelTotals::default(); nk];
     let mut helpers = KernelTotals::default();
     let mut launches_json = Vec::with_capacity(ex.launch_count());
-    for i in 0..ex.launch_count() {
+    let n_launches = ex.launch_count();
+    for i in 0..n_launches {
+        if i % 50 == 0 {
+            eprintln!("profile: launch {i} of {n_launches} ({:.0} s)", t_sim.elapsed().as_secs_f64());
+        }
         dev.set_regions(ex.launch_regions(i));
         ex.launch_step(i).map_err(internal)?;
         let l = &program.launches[i];
@@ -491,11 +519,17 @@ pub fn run(args: ProfileArgs) -> CliResult {
     print!("{out}");
 
     if let Some(path) = &args.json {
+        let ptx_lines: Vec<&str> = program.ptx.lines().collect();
         let kernels: Vec<Value> = rows
             .iter()
             .map(|r| {
-                let mut hot: Vec<(&u32, &(f64, f64, f64))> = r.t.lines.iter().collect();
-                hot.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+                let mut hot: Vec<(&u32, &LineTotals)> = r.t.lines.iter().collect();
+                hot.sort_by(|a, b| b.1.warp_insts.total_cmp(&a.1.warp_insts));
+                // lines by sector bytes fetched but not used, and by extra shared wavefronts
+                let mut wasteful: Vec<(&u32, &LineTotals)> = r.t.lines.iter().filter(|(_, l)| 32.0 * l.global_sectors > l.distinct_bytes).collect();
+                wasteful.sort_by(|a, b| (32.0 * b.1.global_sectors - b.1.distinct_bytes).total_cmp(&(32.0 * a.1.global_sectors - a.1.distinct_bytes)));
+                let mut conflicted: Vec<(&u32, &LineTotals)> = r.t.lines.iter().filter(|(_, l)| l.shared_wavefronts > l.shared_ideal).collect();
+                conflicted.sort_by(|a, b| (b.1.shared_wavefronts - b.1.shared_ideal).total_cmp(&(a.1.shared_wavefronts - a.1.shared_ideal)));
                 json!({
                     "name": r.name, "kind": r.kind, "flops": r.flops, "plan_bytes": r.plan_bytes,
                     "unique_bytes": r.t.unique_bytes().round() as u64, "requested_bytes": r.t.requested_bytes.round() as u64,
@@ -514,7 +548,9 @@ pub fn run(args: ProfileArgs) -> CliResult {
                     "launches": r.t.launches, "blocks_total": r.t.blocks_total, "blocks_run": r.t.blocks_run,
                     "buffers": r.t.buffers.iter().map(|b| json!({ "buffer": b.0, "bytes": b.1, "unique_read": b.2.round() as u64, "unique_written": b.3.round() as u64 })).collect::<Vec<_>>(),
                     "outside_buffers": { "unique_read": r.t.outside.0.round() as u64, "unique_written": r.t.outside.1.round() as u64 },
-                    "hot_lines": hot.iter().take(8).map(|(l, v)| json!({ "ptx_line": l, "warp_instructions": v.0, "global_sectors": v.1, "shared_wavefronts": v.2 })).collect::<Vec<_>>(),
+                    "hot_lines": hot.iter().take(8).map(|(l, v)| v.json(**l, &ptx_lines)).collect::<Vec<_>>(),
+                    "uncoalesced_lines": wasteful.iter().take(8).map(|(l, v)| v.json(**l, &ptx_lines)).collect::<Vec<_>>(),
+                    "bank_conflict_lines": conflicted.iter().take(8).map(|(l, v)| v.json(**l, &ptx_lines)).collect::<Vec<_>>(),
                 })
             })
             .collect();
