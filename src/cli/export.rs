@@ -5,6 +5,7 @@
 
 use super::{CliResult, Failure};
 use pgc_ir::{Graph, Mode};
+use pgc::pipeline::source;
 use pgc_runtime::artifact;
 use pgc_runtime::weights;
 use std::collections::HashMap;
@@ -30,13 +31,8 @@ pub(crate) fn bad(msg: impl std::fmt::Display) -> Failure {
 
 /// The model lowered in `mode` with `sets`, and its IR hash (FNV-1a 64 of the IR's JSON text).
 pub(crate) fn compile(model: &std::path::Path, sets: &[(String, String)], mode: Mode) -> Result<(Graph, u64), Failure> {
-    let path = model.display().to_string();
-    let bytes = std::fs::read(model).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
-    let source = String::from_utf8(bytes)
-        .map_err(|e| bad(format!("{path}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
-    let g = pgc_frontend::compile_model(&source, &path, sets, mode).map_err(|d| Failure::BadInput(d.render(&source)))?;
-    let json = serde_json::to_string(&g).map_err(|e| Failure::Other(e.into()))?;
-    let h = artifact::fnv1a64(json.as_bytes());
+    let g = source::read_model(model)?.lower(sets, mode)?;
+    let h = source::ir_hash(&g)?;
     Ok((g, h))
 }
 
@@ -77,8 +73,7 @@ fn note_ir_hash(w: &std::path::Path, g: &Graph) {
         return;
     }
     let Ok(art) = artifact::load_bytes(&bytes) else { return };
-    let Ok(json) = serde_json::to_string(g) else { return };
-    let h = artifact::fnv1a64(json.as_bytes());
+    let Ok(h) = source::ir_hash(g) else { return };
     if h != art.ir_hash {
         eprintln!(
             "note: {} was exported from a model whose IR hash is {:016x}; this one's is {h:016x} (the parameter shapes match)",

@@ -29,6 +29,17 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<pgc::pipeline::PipelineError> for Failure {
+    fn from(e: pgc::pipeline::PipelineError) -> Self {
+        use pgc::pipeline::PipelineError as E;
+        match e {
+            E::Input(m) => Failure::BadInput(format!("error: {m}")),
+            E::Diagnostics(m) => Failure::BadInput(m),
+            E::Internal(m) => Failure::Other(anyhow::anyhow!(m)),
+        }
+    }
+}
+
 pub type CliResult = Result<(), Failure>;
 
 pub fn finish(result: CliResult) -> ExitCode {

@@ -26,9 +26,11 @@
 //! of measured / estimate) and applied; the factors and their fit error (RMS
 //! of the log residuals, as a percentage) are printed.
 
-use super::compile::{PEAK_BF16_FLOPS, PEAK_BYTES_PER_S, PEAK_F32_FLOPS};
-use super::run::{self, Backend, ModeArg, Precision, Prepared, RunArgs};
+use super::run::ModeArg;
 use super::{CliResult, Failure};
+use pgc::pipeline::inputs::{self, RunInputs, RunSpec};
+use pgc::pipeline::ptx;
+use pgc::pipeline::roofline::{PEAK_BF16_FLOPS, PEAK_BYTES_PER_S, PEAK_F32_FLOPS};
 use pgc_ir::plan::{Place, Plan};
 use pgc_ir::Graph;
 use pgc_runtime::exec::Executor;
@@ -339,17 +341,17 @@ pub fn run(args: ProfileArgs) -> CliResult {
     if args.batch == 0 || args.seq == 0 {
         return Err(bad("--batch and --seq must be at least 1"));
     }
-    let run_args = RunArgs::random(args.model.clone(), args.sets.clone(), args.seed, args.batch, Some(args.seq), args.mode, Backend::Sim, Precision::Bf16, false);
-    let Prepared { graph, values, tokens, with_grads, mode } = run::prepare(&run_args)?;
-    let names = run::output_names(&graph, with_grads);
-    let plan = run::ptx_plan(&graph, run::ptx_precision(Precision::Bf16), &names, &[])?;
-    let program = run::compile_ptx(&graph, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
+    let spec = RunSpec::random(args.model.clone(), super::parse_sets(&args.sets)?, args.seed, args.batch, Some(args.seq), args.mode.into(), false);
+    let RunInputs { graph, values, tokens, with_grads, mode } = inputs::prepare(&spec)?;
+    let names = inputs::output_names(&graph, with_grads);
+    let plan = ptx::plan(&graph, pgc_ir::plan::Precision::Bf16, &names, &[])?;
+    let program = ptx::compile(&graph, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
     let t_compiled = t_start.elapsed().as_secs_f64();
 
     // Registers and static shared memory per entry, for the occupancy.
     let t_ptxas = Instant::now();
     let resources: BTreeMap<String, (u32, u32)> = match pgc_backends::ptx::ptxas::find_ptxas() {
-        Some(exe) => match super::compile::run_ptxas(&exe, [Some(program.ptx.as_str()), None]) {
+        Some(exe) => match super::compile::run_ptxas(&exe, [Some(&program), None]) {
             [Some(Ok(r)), _] => r.report.kernels.iter().map(|k| (k.name.clone(), (k.registers, k.shared_bytes))).collect(),
             [Some(Err(e)), _] => {
                 eprintln!("warning: ptxas rejected the module ({e}): occupancy from shared memory and threads only");
@@ -377,7 +379,7 @@ pub fn run(args: ProfileArgs) -> CliResult {
         ..SimOptions::default()
     });
     let mut ex = Executor::new(&dev, &program, &graph).map_err(internal)?;
-    run::set_executor_inputs(&mut ex, &values, &tokens)?;
+    ptx::set_inputs(&mut ex, &values, &tokens)?;
     let t_sim = Instant::now();
     let nk = program.plan.kernels.len();
     let mut totals: Vec<KernelTotals> = vec![KernelTotals::default(); nk];
@@ -519,7 +521,8 @@ pub fn run(args: ProfileArgs) -> CliResult {
     print!("{out}");
 
     if let Some(path) = &args.json {
-        let ptx_lines: Vec<&str> = program.ptx.lines().collect();
+        let ptx_text = program.ptx();
+        let ptx_lines: Vec<&str> = ptx_text.lines().collect();
         let kernels: Vec<Value> = rows
             .iter()
             .map(|r| {

@@ -1,7 +1,8 @@
 //! The kernel plan: the graph partitioned into fused kernels (the fusion
 //! rules in [`rules`]), each with its kind, the IR ops it covers, what it
 //! reads and writes, its FLOPs and fewest bytes; and the memory plan that
-//! places every stored value in one activation arena with reuse.
+//! places every stored value in one activation arena with reuse. [`text`]
+//! prints a plan for people and the `tests/ir` file tests.
 //!
 //! The plan is a value beside the graph (the algorithm/schedule split): the
 //! graph says what is computed, the plan how it is grouped and stored.
@@ -11,6 +12,7 @@ pub mod classify;
 mod fuse;
 pub mod memory;
 pub mod rules;
+pub mod text;
 
 pub use classify::KernelKind;
 pub use rules::FusionRule;
@@ -24,13 +26,7 @@ use std::collections::{BTreeSet, HashSet};
 /// Name of the pass, for dumps.
 pub const NAME: &str = "fusion";
 
-/// How the kernels compute: bf16 tensor cores with fp32 accumulation, or all fp32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Bf16,
-    F32,
-}
+pub use crate::types::Precision;
 
 #[derive(Clone, Debug)]
 pub struct PlanOptions {
@@ -92,14 +88,6 @@ pub struct Slot {
     pub storage: Storage,
 }
 
-/// Launch geometry, filled in by the backend that emits the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Launch {
-    pub grid: [u32; 3],
-    pub block: [u32; 3],
-    pub shared_bytes: u32,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Kernel {
     pub name: String,
@@ -118,8 +106,6 @@ pub struct Kernel {
     pub flops: u64,
     /// Each input read once and each output written once, at its storage width.
     pub min_bytes: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub launch: Option<Launch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -212,7 +198,6 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
             rules: gr.rules.iter().copied().collect(),
             flops: 0,
             min_bytes: 0,
-            launch: None,
         });
     }
     // A kernel's outputs: its values read by other kernels or requested.

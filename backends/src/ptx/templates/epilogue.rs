@@ -1,0 +1,442 @@
+//! GEMM epilogues as data.
+//!
+//! An [`Epilogue`] is a list of [`EpiStep`]s applied in order to each f32
+//! accumulator value `v` at output position `(row, col)` of the `[M, N]`
+//! result, followed by the store of `v` to the output in `out` precision. The
+//! steps are plain serializable values, so the fusion planner can describe an
+//! epilogue in the kernel plan; the GEMM emitters turn them into PTX.
+//!
+//! Every extra input or output a step names becomes one `.u64` kernel
+//! parameter (in step order, after the GEMM's own parameters); per-row vectors
+//! have `M` elements, per-column vectors `N`, and per-element tensors are
+//! row-major `[M, N]` (leading dimension `N`, like the output).
+//!
+//! Examples:
+//! * RMS-norm row scale: `[RowScale { param: "rstd" }]` (`out = acc * rstd[row]`)
+//! * relu²: `[StoreAux { param: "pre", dtype }, Relu2]`
+//! * residual add with a per-channel scale: `[ColScale { param: "s" }, AddTensor { param: "res", dtype }]`
+//!   (`out = res[row, col] + s[col] * acc`; `res` may be the output buffer itself)
+//! * anything element-wise: `[Pointwise(program)]` ([`PwEpilogue`]: a scalar
+//!   program over `row`, `col` and the accumulator that stores every output
+//!   itself; the kernel plan's fused epilogue ops compile to one)
+
+use crate::ptx::builder::*;
+use crate::ptx::pointwise::epi::{PwEpilogue, PwLower};
+use serde::{Deserialize, Serialize};
+
+/// Element type of a tensor in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElemType {
+    F32,
+    Bf16,
+}
+
+impl ElemType {
+    pub fn bytes(self) -> u32 {
+        match self {
+            ElemType::F32 => 4,
+            ElemType::Bf16 => 2,
+        }
+    }
+    fn log2_bytes(self) -> u32 {
+        match self {
+            ElemType::F32 => 2,
+            ElemType::Bf16 => 1,
+        }
+    }
+}
+
+/// One step of an epilogue, applied to the value `v` of one output element.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum EpiStep {
+    /// `v *= param[row]` (f32 vector of length M), e.g. the RMS-norm `1/rms` of the input row.
+    RowScale { param: String },
+    /// `v *= param[col]` (f32 vector of length N).
+    ColScale { param: String },
+    /// `v += param[col]` (f32 vector of length N).
+    ColBias { param: String },
+    /// `v *= value`.
+    Scale { value: f32 },
+    /// `v = max(v, 0)^2`.
+    Relu2,
+    /// `v *= 2 * max(param[row, col], 0)`: the gradient of relu² given the pre-activation.
+    Relu2Grad { param: String, dtype: ElemType },
+    /// `v += param[row, col]` (residual add; may alias the output).
+    AddTensor { param: String, dtype: ElemType },
+    /// Store the current `v` to an extra `[M, N]` output (e.g. the pre-activation).
+    StoreAux { param: String, dtype: ElemType },
+    /// Run a scalar program at `(row, col)` with the accumulator `v` (see
+    /// [`PwEpilogue`]); it stores every output itself, so it must be the last
+    /// step and the main output `c` is not written.
+    Pointwise(Box<PwEpilogue>),
+}
+
+impl EpiStep {
+    /// The kernel parameter this step adds, if it adds exactly one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            EpiStep::RowScale { param }
+            | EpiStep::ColScale { param }
+            | EpiStep::ColBias { param }
+            | EpiStep::Relu2Grad { param, .. }
+            | EpiStep::AddTensor { param, .. }
+            | EpiStep::StoreAux { param, .. } => Some(param),
+            EpiStep::Scale { .. } | EpiStep::Relu2 | EpiStep::Pointwise(_) => None,
+        }
+    }
+    /// Every kernel parameter this step adds, in order.
+    pub fn params(&self) -> Vec<&str> {
+        match self {
+            EpiStep::Pointwise(p) => p.params.iter().map(|s| s.as_str()).collect(),
+            s => s.param().into_iter().collect(),
+        }
+    }
+    fn is_row(&self) -> bool {
+        matches!(self, EpiStep::RowScale { .. })
+    }
+    /// Whether the step is linear in `v` with no side effects (allowed under split-K,
+    /// where each split applies the epilogue to its partial sum).
+    pub fn is_linear(&self) -> bool {
+        matches!(self, EpiStep::RowScale { .. } | EpiStep::ColScale { .. } | EpiStep::Scale { .. })
+    }
+    fn is_col(&self) -> bool {
+        matches!(self, EpiStep::ColScale { .. } | EpiStep::ColBias { .. })
+    }
+}
+
+/// A GEMM epilogue: steps, then the store of the result in `out` precision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Epilogue {
+    pub steps: Vec<EpiStep>,
+    pub out: ElemType,
+}
+
+impl Epilogue {
+    /// Store the accumulator as is.
+    pub fn store(out: ElemType) -> Self {
+        Epilogue { steps: vec![], out }
+    }
+    /// `out = acc * r[row]` (RMS-norm row scale).
+    pub fn row_scale(param: &str, out: ElemType) -> Self {
+        Epilogue { steps: vec![EpiStep::RowScale { param: param.into() }], out }
+    }
+    /// `out = max(acc, 0)^2`, optionally storing the pre-activation `acc` to `pre`.
+    pub fn relu2(pre: Option<(&str, ElemType)>, out: ElemType) -> Self {
+        let mut steps = vec![];
+        if let Some((p, dt)) = pre {
+            steps.push(EpiStep::StoreAux { param: p.into(), dtype: dt });
+        }
+        steps.push(EpiStep::Relu2);
+        Epilogue { steps, out }
+    }
+    /// `out = res[row, col] + s[col] * acc`.
+    pub fn residual(res: &str, res_dtype: ElemType, scale: Option<&str>, out: ElemType) -> Self {
+        let mut steps = vec![];
+        if let Some(s) = scale {
+            steps.push(EpiStep::ColScale { param: s.into() });
+        }
+        steps.push(EpiStep::AddTensor { param: res.into(), dtype: res_dtype });
+        Epilogue { steps, out }
+    }
+
+    /// The extra kernel parameters, in order.
+    pub fn params(&self) -> Vec<String> {
+        self.steps.iter().flat_map(|s| s.params()).map(|p| p.to_string()).collect()
+    }
+
+    /// A short tag for kernel names.
+    pub fn tag(&self) -> String {
+        let mut t = String::new();
+        let dt = |d: &ElemType| match d {
+            ElemType::F32 => "f",
+            ElemType::Bf16 => "h",
+        };
+        for s in &self.steps {
+            t.push_str(match s {
+                EpiStep::RowScale { .. } => "r",
+                EpiStep::ColScale { .. } => "c",
+                EpiStep::ColBias { .. } => "b",
+                EpiStep::Scale { .. } => "k",
+                EpiStep::Relu2 => "q",
+                EpiStep::Relu2Grad { .. } => "g",
+                EpiStep::AddTensor { .. } => "a",
+                EpiStep::StoreAux { .. } => "s",
+                EpiStep::Pointwise(_) => "p",
+            });
+            if let EpiStep::Relu2Grad { dtype, .. } | EpiStep::AddTensor { dtype, .. } | EpiStep::StoreAux { dtype, .. } = s {
+                t.push_str(dt(dtype));
+            }
+        }
+        t.push('_');
+        t.push_str(dt(&self.out));
+        t
+    }
+
+    pub fn validate(&self, reserved: &[&str]) -> Result<(), String> {
+        let mut seen: Vec<&str> = reserved.to_vec();
+        if let Some(i) = self.steps.iter().position(|s| matches!(s, EpiStep::Pointwise(_))) {
+            if i + 1 != self.steps.len() {
+                return Err("a pointwise step must be the last step of an epilogue".into());
+            }
+        }
+        for s in &self.steps {
+            for p in s.params() {
+                if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("epilogue parameter name `{p}` is not an identifier"));
+                }
+                if seen.contains(&p) {
+                    return Err(format!("epilogue parameter `{p}` appears twice"));
+                }
+                seen.push(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Registers the epilogue code needs: pointers per step, the output, M and N.
+pub(crate) struct EpiRegs<'a> {
+    ptrs: Vec<Vec<Reg>>,
+    out: Reg,
+    n: Reg,
+    /// Accumulate into the output with `red.global.add.f32` (split-K).
+    atomic_out: bool,
+    /// The lowering state of a final pointwise step.
+    pw: Option<PwLower<'a>>,
+}
+
+/// Declare the epilogue's parameters (after the GEMM's) and return their handles.
+pub(crate) fn declare_params(b: &mut KernelBuilder, epi: &Epilogue) -> Vec<Vec<Param>> {
+    epi.steps.iter().map(|s| s.params().into_iter().map(|p| b.param(p, ParamType::U64)).collect()).collect()
+}
+
+/// Load the epilogue's pointers.
+pub(crate) fn setup<'a>(b: &mut KernelBuilder, epi: &'a Epilogue, params: &[Vec<Param>], out: Reg, m: Reg, n: Reg, atomic_out: bool) -> EpiRegs<'a> {
+    let ptrs: Vec<Vec<Reg>> = params.iter().map(|ps| ps.iter().map(|p| b.ld_param_global_ptr(p)).collect()).collect();
+    let pw = match epi.steps.last() {
+        Some(EpiStep::Pointwise(p)) => Some(PwLower::new(b, p, ptrs.last().unwrap(), m, n)),
+        _ => None,
+    };
+    EpiRegs { ptrs, out, n, atomic_out, pw }
+}
+
+fn guarded_load_f32(b: &mut KernelBuilder, ok: Reg, addr: Addr) -> Reg {
+    let v = b.val(Type::F32, 0.0f32);
+    b.guarded(ok, false, |b| b.ld_vec(Space::Global, true, Type::F32, &[v], addr));
+    v
+}
+
+/// Per-row values (one register per row-indexed step, `None` for others).
+pub(crate) fn load_row_vals(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, row: Reg, ok: Reg) -> Vec<Option<Reg>> {
+    epi.steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if !s.is_row() {
+                return None;
+            }
+            let off = b.mul_wide_u32(row, 4u32);
+            let a = b.add_u64(r.ptrs[i][0], off);
+            Some(guarded_load_f32(b, ok, Addr::reg(a)))
+        })
+        .collect()
+}
+
+/// Per-column values (one register per column-indexed step).
+pub(crate) fn load_col_vals(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, col: Reg, ok: Reg) -> Vec<Option<Reg>> {
+    epi.steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if !s.is_col() {
+                return None;
+            }
+            let off = b.mul_wide_u32(col, 4u32);
+            let a = b.add_u64(r.ptrs[i][0], off);
+            Some(guarded_load_f32(b, ok, Addr::reg(a)))
+        })
+        .collect()
+}
+
+/// A group of 1 or 2 output elements in one row at adjacent columns.
+/// `vector`: the group is accessed with one vector access under `preds[0]`
+/// (the caller guarantees both columns are in bounds together and the
+/// address is aligned); otherwise element `j` is accessed under `preds[j]`.
+pub(crate) struct Group<'a> {
+    /// Element index `row * N + col` of the first element (`.b64`).
+    pub idx: Reg,
+    /// Row and column of the first element.
+    pub row: Reg,
+    pub col: Reg,
+    pub preds: &'a [Reg],
+    pub vector: bool,
+    /// Row values (from [`load_row_vals`]).
+    pub row_vals: &'a [Option<Reg>],
+    /// Column values per element.
+    pub col_vals: &'a [&'a [Option<Reg>]],
+}
+
+fn elem_addr(b: &mut KernelBuilder, ptr: Reg, idx: Reg, dt: ElemType) -> Addr {
+    let off = b.bin(BinOp::Shl, Type::U64, idx, dt.log2_bytes());
+    Addr::reg(b.add_u64(ptr, off))
+}
+
+fn load_tensor(b: &mut KernelBuilder, ptr: Reg, dt: ElemType, g: &Group, n: usize) -> Vec<Reg> {
+    let addr = elem_addr(b, ptr, g.idx, dt);
+    match dt {
+        ElemType::F32 => {
+            let v: Vec<Reg> = (0..n).map(|_| b.val(Type::F32, 0.0f32)).collect();
+            if g.vector {
+                b.guarded(g.preds[0], false, |b| b.ld_vec(Space::Global, true, Type::F32, &v, addr));
+            } else {
+                for j in 0..n {
+                    b.guarded(g.preds[j], false, |b| {
+                        b.ld_vec(Space::Global, true, Type::F32, &v[j..j + 1], addr.plus(4 * j as i64))
+                    });
+                }
+            }
+            v
+        }
+        ElemType::Bf16 => {
+            let h: Vec<Reg> = (0..n).map(|_| b.val(Type::B16, 0u32)).collect();
+            if g.vector {
+                b.guarded(g.preds[0], false, |b| b.ld_vec(Space::Global, true, Type::B16, &h, addr));
+            } else {
+                for j in 0..n {
+                    b.guarded(g.preds[j], false, |b| {
+                        b.ld_vec(Space::Global, true, Type::B16, &h[j..j + 1], addr.plus(2 * j as i64))
+                    });
+                }
+            }
+            h.iter().map(|&h| b.cvt(Type::F32, Type::Bf16, None, h)).collect()
+        }
+    }
+}
+
+fn store_tensor(b: &mut KernelBuilder, ptr: Reg, dt: ElemType, g: &Group, vals: &[Reg]) {
+    let addr = elem_addr(b, ptr, g.idx, dt);
+    let n = vals.len();
+    match dt {
+        ElemType::F32 => {
+            if g.vector {
+                let src: Vec<Operand> = vals.iter().map(|&v| v.into()).collect();
+                b.guarded(g.preds[0], false, |b| b.st_vec(Space::Global, Type::F32, addr, src));
+            } else {
+                for j in 0..n {
+                    let a = addr.plus(4 * j as i64);
+                    b.guarded(g.preds[j], false, |b| b.st(Space::Global, Type::F32, a, vals[j]));
+                }
+            }
+        }
+        ElemType::Bf16 => {
+            if g.vector && n == 2 {
+                let packed = b.pack_bf16x2(vals[1], vals[0]);
+                b.guarded(g.preds[0], false, |b| b.st(Space::Global, Type::B32, addr, packed));
+            } else {
+                for j in 0..n {
+                    let h = b.cvt(Type::Bf16, Type::F32, Some(Rnd::Rn), vals[j]);
+                    let a = addr.plus(2 * j as i64);
+                    let p = if g.vector { g.preds[0] } else { g.preds[j] };
+                    b.guarded(p, false, |b| b.st(Space::Global, Type::B16, a, h));
+                }
+            }
+        }
+    }
+}
+
+/// Apply the epilogue to the group's values and store them.
+pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &mut EpiRegs, g: &Group, acc: &[Reg]) {
+    let n = acc.len();
+    assert!(n == 1 || n == 2);
+    assert_eq!(g.col_vals.len(), n);
+    let mut v: Vec<Reg> = acc.to_vec();
+    for (i, s) in epi.steps.iter().enumerate() {
+        match s {
+            EpiStep::RowScale { .. } => {
+                let rv = g.row_vals[i].unwrap();
+                for x in v.iter_mut() {
+                    *x = b.bin(BinOp::Mul, Type::F32, *x, rv);
+                }
+            }
+            EpiStep::ColScale { .. } => {
+                for (j, x) in v.iter_mut().enumerate() {
+                    *x = b.bin(BinOp::Mul, Type::F32, *x, g.col_vals[j][i].unwrap());
+                }
+            }
+            EpiStep::ColBias { .. } => {
+                for (j, x) in v.iter_mut().enumerate() {
+                    *x = b.bin(BinOp::Add, Type::F32, *x, g.col_vals[j][i].unwrap());
+                }
+            }
+            EpiStep::Scale { value } => {
+                for x in v.iter_mut() {
+                    *x = b.bin(BinOp::Mul, Type::F32, *x, *value);
+                }
+            }
+            EpiStep::Relu2 => {
+                for x in v.iter_mut() {
+                    let t = b.bin(BinOp::Max, Type::F32, *x, 0.0f32);
+                    *x = b.bin(BinOp::Mul, Type::F32, t, t);
+                }
+            }
+            EpiStep::Relu2Grad { dtype, .. } => {
+                let pre = load_tensor(b, r.ptrs[i][0], *dtype, g, n);
+                for (x, p) in v.iter_mut().zip(pre) {
+                    let t = b.bin(BinOp::Max, Type::F32, p, 0.0f32);
+                    let t2 = b.bin(BinOp::Add, Type::F32, t, t);
+                    *x = b.bin(BinOp::Mul, Type::F32, *x, t2);
+                }
+            }
+            EpiStep::AddTensor { dtype, .. } => {
+                let res = load_tensor(b, r.ptrs[i][0], *dtype, g, n);
+                for (x, t) in v.iter_mut().zip(res) {
+                    *x = b.bin(BinOp::Add, Type::F32, *x, t);
+                }
+            }
+            EpiStep::StoreAux { dtype, .. } => store_tensor(b, r.ptrs[i][0], *dtype, g, &v),
+            EpiStep::Pointwise(_) => {
+                let pw = r.pw.as_mut().expect("pointwise state");
+                for (j, x) in v.iter().enumerate() {
+                    let p = if g.vector { g.preds[0] } else { g.preds[j] };
+                    pw.element(b, g.row, g.col, j as u32, *x, p);
+                }
+                return;
+            }
+        }
+    }
+    if r.atomic_out {
+        assert_eq!(epi.out, ElemType::F32);
+        let addr = elem_addr(b, r.out, g.idx, ElemType::F32);
+        for (j, x) in v.iter().enumerate() {
+            let p = if g.vector { g.preds[0] } else { g.preds[j] };
+            b.guarded(p, false, |b| b.red_add(Space::Global, Type::F32, addr.plus(4 * j as i64), *x));
+        }
+    } else {
+        store_tensor(b, r.out, epi.out, g, &v);
+    }
+}
+
+/// After the last group of `row` in this thread: the pointwise step's row
+/// sums, combined over the lanes `lane ^ x` (`x` in `lanes`) and added by
+/// `leader` (see [`PwLower::finish_row`]). Every lane of the warp calls it.
+pub(crate) fn finish_row(b: &mut KernelBuilder, r: &mut EpiRegs, row: Reg, row_ok: Reg, lanes: &[u32], leader: Reg) {
+    if let Some(pw) = r.pw.as_mut().filter(|pw| pw.has_row_sums()) {
+        pw.finish_row(b, row, row_ok, lanes, leader);
+    }
+}
+
+impl EpiRegs<'_> {
+    /// Whether the epilogue sums values per row (see [`finish_row`]).
+    pub(crate) fn has_row_sums(&self) -> bool {
+        self.pw.as_ref().is_some_and(|pw| pw.has_row_sums())
+    }
+}
+
+/// `row * N + col` as a 64-bit element index.
+pub(crate) fn elem_index(b: &mut KernelBuilder, r: &EpiRegs<'_>, row: Reg, col: Reg) -> Reg {
+    let c = b.cvt(Type::U64, Type::U32, None, col);
+    let rn = b.mul_wide_u32(row, r.n);
+    b.add_u64(rn, c)
+}
