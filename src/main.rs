@@ -32,6 +32,8 @@ enum Command {
     Verify(cli::verify::VerifyArgs),
     /// Time the PTX program on a CUDA GPU: per kernel against its floor, and the whole step.
     Bench(cli::bench::BenchArgs),
+    /// Kernel performance without a GPU: simulator counters on sampled blocks of every launch, a per-kernel estimate, a roofline.
+    Profile(cli::profile::ProfileArgs),
     /// Export the parameters as a quantized, zstd-22 compressed artifact (.pgz).
     Export(cli::export::ExportArgs),
     /// Show an artifact: per tensor class, shape, raw and compressed bytes; the total against the budget.
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::Verify(a) => cli::verify::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Profile(a) => cli::profile::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Eval(a) => cli::eval::run(a),

@@ -36,13 +36,16 @@ fn gemm_thread_instructions_per_second() {
     let (rate, insts) = measure(SimOptions::default(), batch);
     let (rate_nochk, _) = measure(SimOptions { racecheck: false, initcheck: false, ..SimOptions::default() }, batch);
     let (rate_1t, _) = measure(SimOptions { threads: 1, ..SimOptions::default() }, batch);
+    // performance counters on (off in the three runs above): printed, not asserted
+    let (rate_cnt, _) = measure(SimOptions { counters: true, ..SimOptions::default() }, batch);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
         "sim_speed: GEMM 64x64x64 bf16 mma.sync x {batch} blocks, {insts} thread-instructions per launch: \
-         {:.1} M thread-inst/s ({cores} host threads, all checks), {:.1} M/s (checks off), {:.1} M/s (1 host thread){}",
+         {:.1} M thread-inst/s ({cores} host threads, all checks), {:.1} M/s (checks off), {:.1} M/s (1 host thread), {:.1} M/s (counters on){}",
         rate / 1e6,
         rate_nochk / 1e6,
         rate_1t / 1e6,
+        rate_cnt / 1e6,
         if cfg!(debug_assertions) { " [debug build: not representative]" } else { "" }
     );
     if !cfg!(debug_assertions) {

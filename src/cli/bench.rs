@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// Seed of the weights (the tokens use SEED + 1).
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
+    /// Also write the per-kernel medians as JSON (kept as docs/bench_kernels.json,
+    /// `pgc profile` calibrates its estimate against it).
+    #[arg(long, value_name = "F")]
+    pub json: Option<PathBuf>,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Failure {
@@ -283,6 +287,21 @@ pub fn run(args: BenchArgs) -> CliResult {
             capture_s,
             tokens_n / (g.median_ms / 1e3)
         );
+    }
+    if let Some(path) = &args.json {
+        let kernels: Vec<serde_json::Value> = order
+            .iter()
+            .map(|&k| {
+                let kr = &program.plan.kernels[k];
+                serde_json::json!({ "name": kr.name, "kind": kr.kind.name(), "launches": per_kernel[k].1, "median_ms": per_kernel[k].0 })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "model": args.model.display().to_string(), "mode": mode.name(), "batch": tokens.batch, "seq": tokens.seq,
+            "card": info.name, "repeats": args.repeats, "step_median_ms": step.median_ms, "kernels": kernels,
+        });
+        let text = serde_json::to_string_pretty(&v).map_err(internal)? + "\n";
+        std::fs::write(path, text).map_err(|e| Failure::Other(anyhow::anyhow!("writing {}: {e}", path.display())))?;
     }
     let best = graph_ms.as_ref().map(|(g, _)| g.median_ms.min(step.median_ms)).unwrap_or(step.median_ms);
     println!(

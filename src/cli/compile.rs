@@ -44,6 +44,9 @@ pub enum Emit {
     PlanJson,
     /// model.ptx: the train program's PTX module.
     Ptx,
+    /// The train kernel plan as a Graphviz graph: kernels, the buffers they
+    /// read and write, bytes on the edges (`dot -Tsvg` draws it).
+    Dot,
 }
 
 #[derive(clap::Args)]
@@ -222,6 +225,7 @@ pub fn run(args: CompileArgs) -> CliResult {
             Emit::Report => stdout.push_str(&report_json),
             Emit::Plan => stdout.push_str(&plan_text),
             Emit::PlanJson => stdout.push_str(&plan_json),
+            Emit::Dot => stdout.push_str(&super::profile::plan_dot(&train, &plans[0].1)),
             Emit::Ptx => match &programs[0] {
                 Some(p) => stdout.push_str(&p.ptx()),
                 None => return Err(Failure::Other(anyhow::anyhow!("--emit ptx: {}", warnings.trim_end()))),
@@ -262,10 +266,10 @@ fn plan_for(g: &Graph, precision: Precision, disabled: &[FusionRule], train: boo
 
 /// What ptxas said about one module: per-entry figures, how many entries
 /// were assembled now (the rest came from the cache), and the seconds spent.
-struct PtxasRun {
-    report: PtxasReport,
-    assembled: usize,
-    seconds: f64,
+pub(crate) struct PtxasRun {
+    pub(crate) report: PtxasReport,
+    pub(crate) assembled: usize,
+    pub(crate) seconds: f64,
 }
 
 /// A module's entries with their cache keys, and the module of the entries
@@ -277,7 +281,7 @@ type ModulePlan = (Vec<(String, u128)>, Option<String>);
 /// again; the rest of each module is assembled in one ptxas run, the modules
 /// in parallel. The eval module's entries that equal a train entry are
 /// taken from the train run.
-fn run_ptxas(exe: &Path, programs: [Option<&Program>; 2]) -> [Option<Result<PtxasRun, ptxas::PtxasError>>; 2] {
+pub(crate) fn run_ptxas(exe: &Path, programs: [Option<&Program>; 2]) -> [Option<Result<PtxasRun, ptxas::PtxasError>>; 2] {
     let cache = ptxas_cache::Cache::open(exe);
     let t0 = Instant::now();
     // Per module: (entry name, key) for every entry, and the module to assemble (None: all cached).

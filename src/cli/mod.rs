@@ -5,6 +5,7 @@ pub mod compile;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod profile;
 pub mod run;
 pub mod verify;
 

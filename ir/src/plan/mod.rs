@@ -285,6 +285,23 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
             }
         };
         kr.min_bytes = kr.inputs.iter().chain(&kr.outputs).map(width).sum();
+        if kr.kind == KernelKind::WeightPrep {
+            // A weight preparation reads the fp32 master of the parameter it
+            // holds (not an input: the param node is its own op) and writes
+            // the prepared copy at the copy's width; counting the output as
+            // the master (4 bytes per element) left the write out.
+            let numel = |v: &ValueId| g.nodes[v.index()].ty.numel() as u64;
+            let masters: u64 = kr.ops.iter().filter(|v| matches!(g.nodes[v.index()].op, Op::Param { .. })).map(|v| numel(v) * 4).sum();
+            let written: u64 = kr
+                .outputs
+                .iter()
+                .map(|v| match &values[v.index()] {
+                    Place::Arena(s) | Place::Param { prepared: Some(s), .. } => s.bytes,
+                    _ => numel(v) * 4,
+                })
+                .sum();
+            kr.min_bytes = kr.inputs.iter().map(width).sum::<u64>() + masters + written;
+        }
     }
     let flops = kernels.iter().map(|k| k.flops).fold(0u64, u64::saturating_add);
     let min_bytes = kernels.iter().map(|k| k.min_bytes).sum();

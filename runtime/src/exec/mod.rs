@@ -100,6 +100,8 @@ struct Resolved {
     cfg: LaunchConfig,
     args: Vec<KernelArg>,
     zero: Vec<Region>,
+    /// (device address, bytes) of the buffer each pointer argument names
+    regions: Vec<(u64, u64)>,
 }
 
 /// Counters of one [`Executor::run`].
@@ -333,6 +335,12 @@ impl<'a> Executor<'a> {
         self.dev.launch(&self.module, &l.entry, step.cfg, &step.args).map_err(wrap)
     }
 
+    /// The buffers (device address, bytes) launch `i`'s pointer arguments
+    /// name: each value's slot, a parameter master or an aux buffer whole.
+    pub fn launch_regions(&self, i: usize) -> Vec<(u64, u64)> {
+        self.steps.get(i).map(|s| s.regions.clone()).unwrap_or_default()
+    }
+
     /// The value as the graph defines it, in f32: an arena value (bf16
     /// storage widened, i32 converted), a parameter's fp32 master, an input,
     /// or a scalar constant.
@@ -400,18 +408,22 @@ impl<'a> Executor<'a> {
         let kernel = &self.program.plan.kernels[l.plan_kernel].name;
         let bad = |msg: String| ExecError::BadProgram(format!("launch {i} (plan kernel `{kernel}`, entry `{}`): {msg}", l.entry));
         let mut args = Vec::with_capacity(l.args.len());
+        let mut regions = Vec::new();
         for (j, a) in l.args.iter().enumerate() {
             args.push(match a {
                 ArgRef::Value(v) => {
                     let r = self.value_region(*v).map_err(|m| bad(format!("argument {j}: {m}")))?;
+                    regions.push((r.buf.addr + r.offset, r.bytes));
                     KernelArg::Buf(r.buf, r.offset)
                 }
                 ArgRef::ParamMaster(name) => {
                     let (buf, _) = self.masters.get(name).ok_or_else(|| bad(format!("argument {j}: no parameter `{name}`")))?;
+                    regions.push((buf.addr, buf.bytes as u64));
                     KernelArg::Buf(*buf, 0)
                 }
                 ArgRef::Aux(k) => {
                     let buf = self.aux.get(*k).ok_or_else(|| bad(format!("argument {j}: aux buffer {k} of {}", self.aux.len())))?;
+                    regions.push((buf.addr, buf.bytes as u64));
                     KernelArg::Buf(*buf, 0)
                 }
                 ArgRef::U32(x) => KernelArg::U32(*x),
@@ -433,7 +445,7 @@ impl<'a> Executor<'a> {
         if l.grid.contains(&0) || l.block.contains(&0) {
             return Err(bad(format!("empty launch: grid {:?}, block {:?}", l.grid, l.block)));
         }
-        Ok(Resolved { cfg: LaunchConfig { grid: l.grid, block: l.block, shared_bytes: l.shared_bytes }, args, zero })
+        Ok(Resolved { cfg: LaunchConfig { grid: l.grid, block: l.block, shared_bytes: l.shared_bytes }, args, zero, regions })
     }
 
     /// Where a value lives in device memory.

@@ -5,6 +5,7 @@
 use super::decode::*;
 use super::mem::{atomic_apply, Allocation, GlobalMem, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
 use super::num::{self, Rnd};
+use super::counters::BlockCounters;
 use super::{SimError, SimErrorKind, SimOptions};
 use std::collections::VecDeque;
 
@@ -22,6 +23,13 @@ pub struct Launch<'a> {
     /// total shared bytes per block (static + dynamic)
     pub shared_size: u32,
     pub opts: &'a SimOptions,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acc {
+    Read,
+    Write,
+    Atomic,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +101,11 @@ pub struct BlockRunner<'a> {
     pub thread_insts: u64,
     pub warp_insts: u64,
     steps: u64,
+    /// performance counters, when the options ask for them
+    pub counters: Option<Box<BlockCounters>>,
+    /// scratch for the counters' per-request lane lists
+    acc_g: Vec<(u64, u32)>,
+    acc_s: Vec<(u8, u64)>,
 }
 
 macro_rules! each {
@@ -179,6 +192,9 @@ impl<'a> BlockRunner<'a> {
             thread_insts: 0,
             warp_insts: 0,
             steps: 0,
+            counters: l.opts.counters.then(|| Box::new(BlockCounters::new(k.insts.len()))),
+            acc_g: Vec::new(),
+            acc_s: Vec::new(),
         }
     }
 
@@ -622,6 +638,11 @@ impl<'a> BlockRunner<'a> {
             self.thread_insts += mask.count_ones() as u64;
             self.warp_insts += 1;
             self.steps += 1;
+            if let Some(c) = self.counters.as_deref_mut() {
+                let p = &mut c.pcs[pc as usize];
+                p.warp_insts += 1;
+                p.lanes += em.count_ones() as u64;
+            }
             if self.steps > max_steps {
                 let wid = w.id;
                 return Err(self.error(SimErrorKind::StepLimit, wid, mask.trailing_zeros() as usize, di.line, format!("the block exceeded the step limit of {max_steps} warp instructions (an infinite loop?)")));
@@ -1033,6 +1054,9 @@ impl<'a> BlockRunner<'a> {
                     let size = ty.bytes();
                     let n = d.len() as u32;
                     let total = size * n;
+                    if self.counters.is_some() {
+                        self.count_access(wi, pc, *space, addr, em, total, Acc::Read);
+                    }
                     let signed = ty.signed();
                     let mut m = em;
                     while m != 0 {
@@ -1083,6 +1107,9 @@ impl<'a> BlockRunner<'a> {
                     let size = ty.bytes();
                     let n = s.len() as u32;
                     let total = size * n;
+                    if self.counters.is_some() {
+                        self.count_access(wi, pc, *space, addr, em, total, Acc::Write);
+                    }
                     let mut m = em;
                     while m != 0 {
                         let l = m.trailing_zeros() as usize;
@@ -1127,6 +1154,9 @@ impl<'a> BlockRunner<'a> {
                     }
                 }
                 Inst::Atom { space, op, ty, d, addr, b, c } => {
+                    if self.counters.is_some() {
+                        self.count_access(wi, pc, *space, addr, em, 4, Acc::Atomic);
+                    }
                     let mut m = em;
                     while m != 0 {
                         let l = m.trailing_zeros() as usize;
@@ -1312,6 +1342,21 @@ impl<'a> BlockRunner<'a> {
                     }
                 }
                 Inst::CpAsync { bytes, dst, src, src_size } => {
+                    if self.counters.is_some() {
+                        let w = &self.warps[wi];
+                        self.acc_g.clear();
+                        each!(em, |l| {
+                            let ss = src_size.map(|r| w.r32[r as usize][l]).unwrap_or(*bytes).min(*bytes);
+                            if ss > 0 {
+                                self.acc_g.push((Self::addr_of(w, src, l), ss));
+                            }
+                        });
+                        let acc = std::mem::take(&mut self.acc_g);
+                        if let Some(c) = self.counters.as_deref_mut() {
+                            c.global(pc as usize, &acc, false, false);
+                        }
+                        self.acc_g = acc;
+                    }
                     let mut m = em;
                     while m != 0 {
                         let l = m.trailing_zeros() as usize;
@@ -1375,6 +1420,10 @@ impl<'a> BlockRunner<'a> {
                 }
                 Inst::Ldmatrix { num, trans, d, addr } => {
                     self.check_aligned_collective(wi, em, line, "ldmatrix")?;
+                    if self.counters.is_some() {
+                        let rows = FULL >> (32 - 8 * *num);
+                        self.count_access(wi, pc, Space::Shared, addr, rows, 16, Acc::Read);
+                    }
                     let mut mats = [[[0u16; 8]; 8]; 4];
                     for (i, mat) in mats.iter_mut().enumerate().take(*num as usize) {
                         for (r, row) in mat.iter_mut().enumerate() {
@@ -1408,6 +1457,31 @@ impl<'a> BlockRunner<'a> {
             }
             self.warps[wi].stack.last_mut().unwrap_or_else(|| unreachable!()).pc = next;
         }
+    }
+
+    /// Record one memory instruction's request in the counters: the lanes'
+    /// addresses split by the space they resolve to.
+    #[cold]
+    #[inline(never)]
+    fn count_access(&mut self, wi: usize, pc: u32, space: Space, addr: &Addr, em: u32, lane_bytes: u32, acc: Acc) {
+        self.acc_g.clear();
+        self.acc_s.clear();
+        let w = &self.warps[wi];
+        each!(em, |l| {
+            let ad = Self::addr_of(w, addr, l);
+            let (sp, sa) = if space == Space::Generic { Self::generic(ad) } else { (space, ad) };
+            match sp {
+                Space::Global | Space::Generic => self.acc_g.push((sa, lane_bytes)),
+                Space::Shared => self.acc_s.push((l as u8, sa)),
+                _ => {}
+            }
+        });
+        let (g, sh) = (std::mem::take(&mut self.acc_g), std::mem::take(&mut self.acc_s));
+        if let Some(c) = self.counters.as_deref_mut() {
+            c.global(pc as usize, &g, acc == Acc::Write || acc == Acc::Atomic, acc == Acc::Atomic);
+            c.shared(pc as usize, &sh, lane_bytes, acc == Acc::Atomic);
+        }
+        (self.acc_g, self.acc_s) = (g, sh);
     }
 
     /// shfl/vote/bar.warp: executing lanes must be in the member mask, and

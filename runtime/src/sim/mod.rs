@@ -15,6 +15,7 @@
 //! assert_eq!(dev.download_u32(&buf).unwrap()[31], 31);
 //! ```
 
+pub mod counters;
 pub mod decode;
 pub mod exec;
 pub mod mem;
@@ -46,12 +47,58 @@ pub struct SimOptions {
     pub max_warp_steps: u64,
     /// total bytes of device memory
     pub memory_bytes: u64,
+    /// collect [`counters`] per launch ([`SimDevice::take_launch_counters`])
+    pub counters: bool,
+    /// run only this many blocks of each launch (all when the grid has no
+    /// more): the first, the last and seeded random others, see [`sample_blocks`]
+    pub sample_blocks: Option<u64>,
+    pub sample_seed: u64,
+    /// allocate device memory lazily: pages exist once written, and never
+    /// written words read as values seeded by this (see [`mem`]); for
+    /// sampled runs of plans larger than the host's memory
+    pub lazy_memory: Option<u64>,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { threads: 0, racecheck: true, initcheck: true, max_warp_steps: 1 << 32, memory_bytes: 16 << 30 }
+        SimOptions {
+            threads: 0,
+            racecheck: true,
+            initcheck: true,
+            max_warp_steps: 1 << 32,
+            memory_bytes: 16 << 30,
+            counters: false,
+            sample_blocks: None,
+            sample_seed: 0,
+            lazy_memory: None,
+        }
     }
+}
+
+/// The blocks a sampled launch runs (linear ids, `x + gx * (y + gy * z)`):
+/// all of them when `n >= total`, else block 0, the last block and `n - 2`
+/// distinct others drawn with a generator seeded by `seed` and `launch`.
+pub fn sample_blocks(total: u64, n: u64, seed: u64, launch: u64) -> Vec<u64> {
+    if n >= total {
+        return (0..total).collect();
+    }
+    let n = n.max(1);
+    let mut out = vec![0u64];
+    if n >= 2 {
+        out.push(total - 1);
+    }
+    let mut x = seed ^ launch.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
+    let mut seen: std::collections::HashSet<u64> = out.iter().copied().collect();
+    while (out.len() as u64) < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x % total;
+        if seen.insert(b) {
+            out.push(b);
+        }
+    }
+    out
 }
 
 /// Counters of the last launch.
@@ -86,6 +133,12 @@ pub struct SimDevice {
     opts: SimOptions,
     stats: Mutex<LaunchStats>,
     total_thread_insts: AtomicU64,
+    /// with counters: one record per launch since the last take
+    records: Mutex<Vec<counters::LaunchCounters>>,
+    /// buffers the next launches' arguments point at (address, bytes), for
+    /// extrapolating unique bytes ([`counters::extrapolate`])
+    regions: Mutex<Vec<(u64, u64)>>,
+    launches: AtomicU64,
 }
 
 impl Default for SimDevice {
@@ -105,7 +158,27 @@ impl SimDevice {
             opts,
             stats: Mutex::new(LaunchStats::default()),
             total_thread_insts: AtomicU64::new(0),
+            records: Mutex::new(Vec::new()),
+            regions: Mutex::new(Vec::new()),
+            launches: AtomicU64::new(0),
         }
+    }
+
+    /// The counters of every launch since the last call (empty unless
+    /// [`SimOptions::counters`]).
+    pub fn take_launch_counters(&self) -> Vec<counters::LaunchCounters> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Name the buffers (device address, bytes) the next launches read and
+    /// write, for the unique-byte extrapolation of sampled launches.
+    pub fn set_regions(&self, regions: Vec<(u64, u64)>) {
+        *self.regions.lock().unwrap_or_else(|e| e.into_inner()) = regions;
+    }
+
+    /// Host bytes the device memory occupies (lazy allocations: pages written so far).
+    pub fn resident_bytes(&self) -> u64 {
+        self.lock().allocs.values().map(|a| a.resident_bytes()).sum()
     }
 
     pub fn options(&self) -> &SimOptions {
@@ -142,7 +215,11 @@ impl SimDevice {
         }
         let base = st.next_addr.div_ceil(align.max(256)) * align.max(256);
         let id = st.next_id;
-        let a = Allocation::new(id, base, len).ok_or(DeviceError::OutOfMemory { requested: bytes })?;
+        let a = match self.opts.lazy_memory {
+            Some(seed) => Allocation::new_lazy(id, base, len, seed),
+            None => Allocation::new(id, base, len),
+        }
+        .ok_or(DeviceError::OutOfMemory { requested: bytes })?;
         st.next_id += 1;
         st.next_addr = base + len.max(1) + GUARD;
         st.used += len;
@@ -278,8 +355,12 @@ impl Device for SimDevice {
         let mem = GlobalMem { allocs: snapshot };
         let launch = exec::Launch { k, grid: cfg.grid, block: cfg.block, params, mem: &mem, shared_size: shared_size as u32, opts: &self.opts };
         let nblocks = gx as u64 * gy as u64 * gz as u64;
+        let launch_no = self.launches.fetch_add(1, Ordering::Relaxed);
+        let order: Option<Vec<u64>> = self.opts.sample_blocks.filter(|&n| n < nblocks).map(|n| sample_blocks(nblocks, n, self.opts.sample_seed, launch_no));
+        let nrun = order.as_ref().map_or(nblocks, |o| o.len() as u64);
         let avail = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let workers = (if self.opts.threads == 0 { avail } else { self.opts.threads }).clamp(1, 256).min(nblocks as usize);
+        let workers = (if self.opts.threads == 0 { avail } else { self.opts.threads }).clamp(1, 256).min(nrun as usize);
+        let merged: Mutex<Option<Box<counters::BlockCounters>>> = Mutex::new(None);
         let next = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
         let first_err: Mutex<Option<(u64, Box<SimError>)>> = Mutex::new(None);
@@ -292,15 +373,16 @@ impl Device for SimDevice {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                if b >= nblocks {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= nrun {
                     break;
                 }
+                let b = order.as_ref().map_or(i, |o| o[i as usize]);
                 let ctaid = [(b % gx as u64) as u32, ((b / gx as u64) % gy as u64) as u32, (b / (gx as u64 * gy as u64)) as u32];
                 if let Err(e) = r.run_block(ctaid) {
                     let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
-                    if fe.as_ref().is_none_or(|(fb, _)| b < *fb) {
-                        *fe = Some((b, e));
+                    if fe.as_ref().is_none_or(|(fb, _)| i < *fb) {
+                        *fe = Some((i, e));
                     }
                     stop.store(true, Ordering::Relaxed);
                     break;
@@ -308,6 +390,13 @@ impl Device for SimDevice {
             }
             tinsts.fetch_add(r.thread_insts, Ordering::Relaxed);
             winsts.fetch_add(r.warp_insts, Ordering::Relaxed);
+            if let Some(c) = r.counters.take() {
+                let mut m = merged.lock().unwrap_or_else(|e| e.into_inner());
+                match m.as_mut() {
+                    Some(acc) => acc.merge(*c),
+                    None => *m = Some(c),
+                }
+            }
         };
         if workers <= 1 {
             work();
@@ -321,9 +410,36 @@ impl Device for SimDevice {
         let ti = tinsts.load(Ordering::Relaxed);
         self.total_thread_insts.fetch_add(ti, Ordering::Relaxed);
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) =
-            LaunchStats { thread_instructions: ti, warp_instructions: winsts.load(Ordering::Relaxed), blocks: nblocks, wall: t0.elapsed(), host_threads: workers };
+            LaunchStats { thread_instructions: ti, warp_instructions: winsts.load(Ordering::Relaxed), blocks: nrun, wall: t0.elapsed(), host_threads: workers };
         if let Some((_, e)) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(DeviceError::Sim(e));
+        }
+        if let Some(c) = merged.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            let blocks_run = order.unwrap_or_else(|| (0..nblocks).collect());
+            let scale = nblocks as f64 / blocks_run.len().max(1) as f64;
+            let regions = self.regions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let r = counters::extrapolate(&c.read, &regions, scale);
+            let w = counters::extrapolate(&c.written, &regions, scale);
+            let rec = counters::LaunchCounters {
+                kernel: kernel.to_string(),
+                grid: cfg.grid,
+                block: cfg.block,
+                blocks_total: nblocks,
+                blocks_run,
+                pcs: c.pcs,
+                lines: k.insts.iter().map(|i| i.line).collect(),
+                classes: k.insts.iter().map(|i| counters::InstClass::of(&i.inst)).collect(),
+                read_bytes: r.raw,
+                written_bytes: w.raw,
+                read_bytes_est: r.est,
+                written_bytes_est: w.est,
+                regions,
+                region_read: r.per_region,
+                region_written: w.per_region,
+                outside_read: r.outside,
+                outside_written: w.outside,
+            };
+            self.records.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
         }
         Ok(())
     }
