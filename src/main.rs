@@ -20,6 +20,9 @@ Exit status: 0 success, 1 a check failed, 2 bad input."
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// No progress bars (they are only drawn when stderr is a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +45,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli::progress::set_quiet(cli.quiet);
     let result = match cli.command {
         Command::Compile(a) => cli::compile::run(a),
         Command::Run(a) => cli::run::run(a),

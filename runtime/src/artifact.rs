@@ -503,7 +503,7 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         return Err(fmt_err(format!("{} bytes, shorter than the 16-byte header", bytes.len())));
     }
     if !is_artifact(bytes) {
-        return Err(fmt_err("wrong magic (expected \"PGZ\\0\")"));
+        return Err(fmt_err("not a pgc artifact: wrong magic (expected \"PGZ\\0\")"));
     }
     let mut h = R { b: bytes, pos: 4, what: "header" };
     let version = h.u32()?;

@@ -87,17 +87,19 @@ pub fn run(args: CompileArgs) -> CliResult {
     let source = String::from_utf8(bytes).map_err(|e| {
         Failure::BadInput(format!("error: {path}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
     })?;
-    let graph = pgc_frontend::compile_model(&source, &path, &sets, Mode::Train)
-        .map_err(|d| Failure::BadInput(d.render(&source)))?;
+    let graph = super::lower_model(&source, &path, &sets, Mode::Train)?;
 
     let report = Report::from_graph(&graph);
     // A model with a scalar `loss` output trains: plan its backward pass too.
     // Other programs (library snippets, tests) are planned forward only.
     let train = match graph.output("loss") {
         Some(_) => pgc_ir::passes::autodiff::backward(&graph, "loss").context("deriving the backward pass")?,
-        None => graph.clone(),
+        None => {
+            eprintln!("warning: {path}: the model has no `output loss`: no backward pass, both plans are forward only (and `pgc run` needs a loss)");
+            graph.clone()
+        }
     };
-    let eval = pgc_frontend::compile_model(&source, &path, &sets, Mode::Eval).map_err(|d| Failure::BadInput(d.render(&source)))?;
+    let eval = super::lower_model(&source, &path, &sets, Mode::Eval)?;
     let precision = match args.precision {
         PlanPrecision::Bf16 => Precision::Bf16,
         PlanPrecision::F32 => Precision::F32,
@@ -122,6 +124,13 @@ pub fn run(args: CompileArgs) -> CliResult {
                 }
                 Err(e) => warnings.push_str(&format!("warning: no PTX for the {} program: {e}\n", plans[i].0)),
             }
+        }
+        // -o writes model.ptx and model.eval.ptx, --emit ptx prints one: without them the command failed.
+        if (args.out.is_some() || args.emit.contains(&Emit::Ptx)) && programs.iter().any(Option::is_none) {
+            return Err(Failure::BadInput(format!(
+                "{}error: {path}: the PTX asked for (-o DIR or --emit ptx) cannot be made; nothing written",
+                warnings.replace("warning: no PTX", "error: no PTX")
+            )));
         }
         let ptx_s = t0.elapsed().as_secs_f64();
         ptx_json = json!({ "precision": format!("{precision:?}").to_lowercase(), "compile_seconds": ptx_s });
@@ -192,7 +201,13 @@ pub fn run(args: CompileArgs) -> CliResult {
         });
     }
 
-    let plan_json = serde_json::to_string_pretty(&serde_json::json!({ plans[0].0: plans[0].1, plans[1].0: plans[1].1 }))
+    // Serialized directly (not through a serde_json::Value, which holds no u128 counts).
+    #[derive(serde::Serialize)]
+    struct Plans<'a> {
+        train: &'a Plan,
+        eval: &'a Plan,
+    }
+    let plan_json = serde_json::to_string_pretty(&Plans { train: &plans[0].1, eval: &plans[1].1 })
         .context("serializing the plan")?
         + "\n";
     let report_json = serde_json::to_string_pretty(&report_value).context("serializing the report")? + "\n";
@@ -514,7 +529,7 @@ pub fn kernel_rows(plan: &Plan, program: Option<&Program>, ptxas: Option<&PtxasR
             let mut row = json!({
                 "name": kr.name,
                 "kind": kr.kind, // as in plan.json
-                "flops": kr.flops,
+                "flops": pgc_ir::report::count_json(kr.flops),
                 "min_bytes": kr.min_bytes,
                 "floor_s": compute_s.max(memory_s),
                 "bound": if compute_s >= memory_s { "compute" } else { "memory" },
@@ -558,34 +573,17 @@ fn dump(g: &Graph) -> String {
     pgc_ir::text::print(g)
 }
 
-/// Write every file under `dir` through temporary files, then rename them all:
-/// on failure no output file is left half-written (and temporaries are removed).
+/// Replace the outputs in `dir` at once (see `pgc_runtime::outfile::replace_dir`):
+/// a kill or a failure leaves the old set or the new one, never a mix. A
+/// folder that also holds other files gets each output replaced on its own.
 fn write_all_atomic(dir: &Path, files: &[(String, String)]) -> Result<(), Failure> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let pid = std::process::id();
-    let mut temps = Vec::new();
-    let cleanup = |temps: &[PathBuf]| {
-        for t in temps {
-            let _ = std::fs::remove_file(t);
-        }
+    let files: Vec<(String, Vec<u8>)> = files.iter().map(|(n, c)| (n.clone(), c.clone().into_bytes())).collect();
+    // Files an earlier compile may have written (model.eval.ptx, dumps): part of the set.
+    let ours = |n: &str| {
+        matches!(n, "model.ir.json" | "report.json" | "plan.json" | "model.ptx" | "model.eval.ptx")
+            || (n.starts_with("after-") && n.ends_with(".ir"))
     };
-    for (name, content) in files {
-        let tmp = dir.join(format!(".{name}.tmp.{pid}"));
-        if let Err(e) = std::fs::write(&tmp, content) {
-            temps.push(tmp.clone());
-            cleanup(&temps);
-            return Err(Failure::Other(anyhow::anyhow!("writing {}: {e}", tmp.display())));
-        }
-        temps.push(tmp);
-    }
-    for ((name, _), tmp) in files.iter().zip(&temps) {
-        let dst = dir.join(name);
-        if let Err(e) = std::fs::rename(tmp, &dst) {
-            cleanup(&temps);
-            return Err(Failure::Other(anyhow::anyhow!("writing {}: {e}", dst.display())));
-        }
-    }
-    Ok(())
+    pgc_runtime::outfile::replace_dir(dir, &files, ours).map_err(|e| Failure::Other(anyhow::anyhow!("writing {}: {e}", dir.display())))
 }
 
 #[cfg(test)]
@@ -637,7 +635,7 @@ mod tests {
         assert_eq!(rows.len(), plan.kernels.len());
         for (r, kr) in rows.iter().zip(&plan.kernels) {
             assert_eq!(r["name"], kr.name.as_str());
-            assert_eq!(r["flops"], kr.flops);
+            assert_eq!(r["flops"].as_u64().map(u128::from), Some(kr.flops));
             assert_eq!(r["min_bytes"], kr.min_bytes);
             let tc = on_tensor_cores(&plan, kr.kind);
             let want = (kr.flops as f64 / if tc { PEAK_BF16_FLOPS } else { PEAK_F32_FLOPS }).max(kr.min_bytes as f64 / PEAK_BYTES_PER_S);

@@ -34,7 +34,7 @@ pub(crate) fn compile(model: &std::path::Path, sets: &[(String, String)], mode: 
     let bytes = std::fs::read(model).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
     let source = String::from_utf8(bytes)
         .map_err(|e| bad(format!("{path}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
-    let g = pgc_frontend::compile_model(&source, &path, sets, mode).map_err(|d| Failure::BadInput(d.render(&source)))?;
+    let g = super::lower_model(&source, &path, sets, mode)?;
     let json = serde_json::to_string(&g).map_err(|e| Failure::Other(e.into()))?;
     let h = artifact::fnv1a64(json.as_bytes());
     Ok((g, h))
@@ -60,10 +60,14 @@ impl ParamSource {
         match (&self.weights, self.random_weights) {
             (Some(w), _) => {
                 let v = weights::load_params(w, &self.weights_prefix, &g.params).map_err(bad)?;
+                super::warn_unused_tensors(w, &self.weights_prefix, &g.params);
                 note_ir_hash(w, g);
                 Ok(v)
             }
-            (None, Some(seed)) => pgc_runtime::init::random_params(&g.params, seed).map_err(bad),
+            (None, Some(seed)) => {
+                super::check_memory("the parameters", g.params.iter().map(|p| p.numel() as u128 * 8).sum())?;
+                pgc_runtime::init::random_params(&g.params, seed).map_err(bad)
+            }
             (None, None) => Err(bad("one of --weights or --random-weights is required")),
         }
     }

@@ -115,6 +115,9 @@ pub struct RunArgs {
     /// Also write the parameters (f32, spec names) and tokens used to this safetensors file.
     #[arg(long, value_name = "FILE.safetensors")]
     pub dump_inputs: Option<PathBuf>,
+    /// Run even when a weight is NaN or infinite (refused by default: the loss would be NaN).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 impl RunArgs {
@@ -151,6 +154,7 @@ impl RunArgs {
             repeat: 1,
             dense_weights,
             dump_inputs: None,
+            allow_nonfinite: false,
         }
     }
 }
@@ -195,6 +199,8 @@ pub fn run(args: RunArgs) -> CliResult {
     // Open the GPU first: without one, fail before any work and write nothing.
     let cuda = if args.backend == Backend::Cuda { Some(open_cuda("pgc run")?) } else { None };
     let Prepared { graph, values, tokens, with_grads, mode } = prepare(&args)?;
+    let elem = if precision == Precision::F64 { 8 } else { 4 };
+    super::check_memory("this run (parameters and its largest activation)", super::run_memory(&graph, elem))?;
     let t_prep = t_start.elapsed().as_secs_f64();
     if let Some(path) = &args.dump_inputs {
         dump_inputs(path, &graph, &values, &tokens)?;
@@ -292,7 +298,7 @@ pub(crate) fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
         ModeArg::Eval => Mode::Eval,
     };
     let compile = |sets: &[(String, String)]| {
-        pgc_frontend::compile_model(&source, &path, sets, mode).map_err(|d| Failure::BadInput(d.render(&source)))
+        super::lower_model(&source, &path, sets, mode)
     };
 
     // Tokens fix batch and seq.
@@ -309,6 +315,7 @@ pub(crate) fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
             if batch == 0 || seq == 0 {
                 return Err(bad("--batch and --seq must be at least 1"));
             }
+            super::check_memory(&format!("--batch {batch} --seq {seq} (the token ids alone)"), batch as u128 * seq as u128 * 8)?;
             let (input_ids, target_ids) = pgc_runtime::init::random_tokens(seed, batch, seq, vocab as u32);
             Tokens { batch, seq, input_ids, target_ids, source: PathBuf::from(format!("--random-tokens {seed}")) }
         }
@@ -330,8 +337,16 @@ pub(crate) fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
 
     // Parameters.
     let values: HashMap<String, Vec<f64>> = match (&args.weights, args.random_weights) {
-        (Some(w), _) => weights::load_params(w, &args.weights_prefix, &fwd.params).map_err(bad)?,
+        (Some(w), _) => {
+            let v = weights::load_params(w, &args.weights_prefix, &fwd.params).map_err(bad)?;
+            super::warn_unused_tensors(w, &args.weights_prefix, &fwd.params);
+            if !args.allow_nonfinite {
+                super::check_finite(w, &fwd.params, &v)?;
+            }
+            v
+        }
         (None, Some(seed)) => {
+            super::check_memory("the parameters", fwd.params.iter().map(|p| p.numel() as u128 * 8).sum())?;
             let mut v = pgc_runtime::init::random_params(&fwd.params, seed).map_err(bad)?;
             if args.dense_weights {
                 densify(&fwd.params, &mut v, seed);
@@ -414,8 +429,10 @@ pub(crate) fn execute_ptx(
     let insts0 = insts();
     let t0 = Instant::now();
     let mut per_kernel: Vec<(f64, u64)> = vec![(0.0, 0); program.plan.kernels.len()];
+    let bar = super::progress::Progress::new(ex.launch_count() as u64, "kernel launches");
     if profile {
         for i in 0..ex.launch_count() {
+            bar.set(i as u64);
             let t = Instant::now();
             let before = insts();
             ex.launch_step(i).map_err(internal)?;
@@ -425,8 +442,9 @@ pub(crate) fn execute_ptx(
             per_kernel[k].1 += insts() - before;
         }
     } else {
-        ex.run().map_err(internal)?;
+        ex.run_with(&mut |done, _| bar.set(done as u64)).map_err(internal)?;
     }
+    drop(bar);
     let seconds = t0.elapsed().as_secs_f64();
     let insts = insts() - insts0;
 
