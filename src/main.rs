@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compile a model: IR, report (parameters, storage, FLOPs), and later plan and PTX.
+    /// Compile a model: IR, report (parameters, storage, FLOPs, per-kernel floors), kernel plans, PTX (train and eval) and ptxas figures.
     Compile(cli::compile::CompileArgs),
     /// Run a forward (and backward) pass: loss, logits and gradients to a safetensors file.
     Run(cli::run::RunArgs),

@@ -9,7 +9,7 @@ use pgc_backends::cpu::{ops::fake_quant, Tensor};
 use pgc_ir::{Graph, Init, Mode, ParamInfo, Qat, QuantSpec, StorageClass};
 use pgc_runtime::artifact::{self, load_bytes};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn root() -> &'static Path {

@@ -7,7 +7,7 @@
 mod common;
 use common::output_text as text;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
@@ -62,6 +62,16 @@ fn report_has_per_kernel_figures_and_ptx_when_the_backend_compiles() {
         let plan = json(&dir.join("plan.json"));
         check_rows(&report, &plan, "train");
         check_rows(&report, &plan, "eval");
+        for which in ["train", "eval"] {
+            let t = &report["totals"][which];
+            let rows = report["kernels"][which].as_array().unwrap();
+            assert_eq!(t["kernels"].as_u64().unwrap() as usize, rows.len());
+            assert_eq!(t["flops"], plan[which]["flops"]);
+            assert_eq!(t["min_bytes"], plan[which]["min_bytes"]);
+            assert_eq!(t["peak_activation_bytes"], plan[which]["arena_bytes"]);
+            let sum: f64 = rows.iter().map(|r| r["floor_s"].as_f64().unwrap()).sum();
+            assert!((t["floor_s"].as_f64().unwrap() - sum).abs() <= 1e-12 * sum, "{which}: {t}");
+        }
         assert_eq!(report["kernels"]["peaks"]["bf16_flops"], 989e12);
         let gemm_peak = report["kernels"]["train"].as_array().unwrap().iter().find(|r| r["kind"] == "gemm").unwrap()["peak"].clone();
         assert_eq!(gemm_peak, prec, "GEMMs are floored against the {prec} peak");

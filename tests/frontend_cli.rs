@@ -19,7 +19,7 @@ fn tmpdir(name: &str) -> common::TempDir {
     common::TempDir::absent(&format!("cli-{name}"))
 }
 
-fn compile_to(model: &str, sets: &[&str], name: &str) -> (Output, PathBuf) {
+fn compile_to(model: &str, sets: &[&str], name: &str) -> (Output, common::TempDir) {
     let dir = tmpdir(name);
     let mut args = vec!["compile", model, "-o", dir.to_str().unwrap()];
     for s in sets {

@@ -19,7 +19,7 @@ use pgc_ir::plan::{self, KernelKind, PlanOptions, Precision};
 use pgc_ir::Mode;
 use pgc_runtime::weights::SafeFile;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 

@@ -372,13 +372,27 @@ pub fn export(
     ir_hash: u64,
     constants: &[(String, f64)],
 ) -> Result<(Vec<u8>, Artifact), ArtifactError> {
+    export_with_progress(params, values, ir_hash, constants, &|| {})
+}
+
+/// [`export`], calling `on_tensor` after each tensor is encoded (from the
+/// encoding threads; for a progress display).
+pub fn export_with_progress(
+    params: &[ParamInfo],
+    values: &HashMap<String, Vec<f64>>,
+    ir_hash: u64,
+    constants: &[(String, f64)],
+    on_tensor: &(dyn Fn() + Sync),
+) -> Result<(Vec<u8>, Artifact), ArtifactError> {
     let encoded: Vec<Encoded> = params
         .par_iter()
         .map(|p| {
             let v = values
                 .get(&p.name)
                 .ok_or_else(|| ArtifactError::Tensor { tensor: p.name.clone(), msg: "no value given".into() })?;
-            encode_tensor(p, v)
+            let e = encode_tensor(p, v);
+            on_tensor();
+            e
         })
         .collect::<Result<_, _>>()?;
     let mut table = W(Vec::new());

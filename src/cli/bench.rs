@@ -41,8 +41,10 @@ pub struct BenchArgs {
     pub sets: Vec<String>,
     #[arg(long, value_enum, default_value = "cuda")]
     pub backend: BenchBackend,
+    /// Batch size of the timed step (random tokens).
     #[arg(long, value_name = "B")]
     pub batch: usize,
+    /// Sequence length of the timed step (overrides the model's `seq`).
     #[arg(long, value_name = "T")]
     pub seq: usize,
     #[arg(long, value_enum, default_value = "bf16")]

@@ -52,11 +52,12 @@ pub struct CompileArgs {
     /// Override a model constant, e.g. `--set layers=9`. Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub sets: Vec<String>,
-    /// Output directory for model.ir.json, report.json (and later plan.json, model.ptx).
+    /// Output directory: model.ir.json, report.json, plan.json, model.ptx (train program) and
+    /// model.eval.ptx (eval program), replaced together. Fails (exit 2) when the PTX cannot be made.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
-    /// Print to stdout (comma-separated): ir (text IR), json (IR JSON), report (report JSON).
-    /// The human summary then goes to stderr.
+    /// Print to stdout (comma-separated): ir (text IR), json (IR JSON), report (report.json),
+    /// plan (plan.json), ptx (model.ptx, the train module). The human summary then goes to stderr.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub emit: Vec<Emit>,
     /// Print the IR (text form) after the named pass; with -o also write DIR/after-PASS.ir.
@@ -194,10 +195,16 @@ pub fn run(args: CompileArgs) -> CliResult {
     let mut report_value = report.to_json();
     if want_ptx {
         report_value["ptx"] = ptx_json;
+        let rows = [
+            kernel_rows(&plans[0].1, programs[0].as_ref(), ptxas_reports[0].as_ref()),
+            kernel_rows(&plans[1].1, programs[1].as_ref(), ptxas_reports[1].as_ref()),
+        ];
+        report_value["totals"] = json!({ "train": plan_totals(&plans[0].1, &rows[0]), "eval": plan_totals(&plans[1].1, &rows[1]) });
+        let [train_rows, eval_rows] = rows;
         report_value["kernels"] = json!({
             "peaks": { "bf16_flops": PEAK_BF16_FLOPS, "f32_flops": PEAK_F32_FLOPS, "bytes_per_s": PEAK_BYTES_PER_S, "card": "H100 SXM5 datasheet" },
-            "train": kernel_rows(&plans[0].1, programs[0].as_ref(), ptxas_reports[0].as_ref()),
-            "eval": kernel_rows(&plans[1].1, programs[1].as_ref(), ptxas_reports[1].as_ref()),
+            "train": train_rows,
+            "eval": eval_rows,
         });
     }
 
@@ -567,6 +574,20 @@ pub fn kernel_rows(plan: &Plan, program: Option<&Program>, ptxas: Option<&PtxasR
         })
         .collect();
     Value::Array(rows)
+}
+
+/// A plan's totals: FLOPs, the fewest bytes its kernels move, the sum of the
+/// kernels' floors (the step's floor when kernels run one after another), the
+/// peak activation memory (the arena) and the kernel count.
+fn plan_totals(plan: &Plan, rows: &Value) -> Value {
+    let floor: f64 = rows.as_array().map(|r| r.iter().filter_map(|k| k["floor_s"].as_f64()).sum()).unwrap_or(0.0);
+    json!({
+        "kernels": plan.kernels.len(),
+        "flops": pgc_ir::report::count_json(plan.flops),
+        "min_bytes": plan.min_bytes,
+        "floor_s": floor,
+        "peak_activation_bytes": plan.arena_bytes,
+    })
 }
 
 fn dump(g: &Graph) -> String {

@@ -96,7 +96,9 @@ pub fn run(args: ExportArgs) -> CliResult {
     let sets = super::parse_sets(&args.sets)?;
     let (g, ir_hash) = compile(&args.model, &sets, Mode::Eval)?;
     let values = args.params.load(&g)?;
-    let (bytes, art) = artifact::export(&g.params, &values, ir_hash, &g.constants).map_err(bad)?;
+    let bar = super::progress::Progress::new(g.params.len() as u64, "tensors quantized and compressed");
+    let (bytes, art) = artifact::export_with_progress(&g.params, &values, ir_hash, &g.constants, &|| bar.inc(1)).map_err(bad)?;
+    drop(bar);
     weights::write_atomic(&args.out, &bytes).map_err(|e| Failure::Other(e.into()))?;
     let raw: u64 = art.tensors.iter().map(|t| t.raw_bytes).sum();
     println!(

@@ -185,8 +185,9 @@ pub fn run(args: RunArgs) -> CliResult {
         Backend::Sim | Backend::Cuda => Precision::Bf16,
     });
     match (args.backend, precision) {
-        (Backend::Cpu | Backend::Interp, Precision::Bf16) => {
-            return Err(bad("precision bf16 is for the GPU backends (sim, cuda); the cpu backend computes in f64 or f32"));
+        (b @ (Backend::Cpu | Backend::Interp), Precision::Bf16) => {
+            let name = format!("{b:?}").to_lowercase();
+            return Err(bad(format!("precision bf16 is for the GPU backends (sim, cuda); the {name} backend computes in f64 or f32")));
         }
         (Backend::Sim | Backend::Cuda, Precision::F64) => {
             return Err(bad("precision f64 is for the cpu backend; the sim and cuda backends run the PTX kernels in bf16 or f32"));
