@@ -13,8 +13,8 @@
 //! in the order `--test-threads=1` runs them (device, correctness, timing).
 
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::epilogue::{ElemType, Epilogue};
-use pgc_backends::ptx::gemm::{emit_gemm, GemmConfig, GemmKernel, GemmLayout, Precision};
+use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmKernel, GemmLayout, Precision};
 use pgc_backends::ptx::testing::{cases, decode, encode, perf_cases, rel_err, round_to, GemmCase, Lcg};
 use pgc_runtime::cuda::{CudaDevice, TimingOptions};
 use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, LaunchConfig, ModuleHandle};
@@ -332,12 +332,12 @@ fn time_gemm(dev: &CudaDevice, case: &GemmCase, seed: u64, samples: usize) -> Re
         let mut acc = 0.0f64;
         for p in 0..kk {
             let av = match case.config.layout.a {
-                pgc_backends::ptx::gemm::AStore::MK => a[i * kk + p],
-                pgc_backends::ptx::gemm::AStore::KM => a[p * m + i],
+                pgc_backends::ptx::templates::gemm::AStore::MK => a[i * kk + p],
+                pgc_backends::ptx::templates::gemm::AStore::KM => a[p * m + i],
             };
             let bv = match case.config.layout.b {
-                pgc_backends::ptx::gemm::BStore::NK => b[j * kk + p],
-                pgc_backends::ptx::gemm::BStore::KN => b[p * n + j],
+                pgc_backends::ptx::templates::gemm::BStore::NK => b[j * kk + p],
+                pgc_backends::ptx::templates::gemm::BStore::KN => b[p * n + j],
             };
             acc += av * bv;
         }

@@ -6,10 +6,10 @@
 //! scratch), with zero-fills before atomically accumulated outputs. Bad
 //! programs and bad calls give errors, never panics.
 
-use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::epilogue::{ElemType, Epilogue};
-use pgc_backends::ptx::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GemmPrecision};
-use pgc_backends::ptx::program::{ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
+use pgc_backends::ptx::builder::{Module, Param, ParamType};
+use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GemmPrecision};
+use pgc_backends::ptx::program::{ArgRef, AuxBuffer, Entry, LaunchStep, Program, ZeroRef};
 use pgc_ir::plan::{Kernel, KernelKind, Place, Plan, Precision, Slot, Storage};
 use pgc_ir::{BinaryFn, DType, Graph, Init, Mode, Op, ParamInfo, QuantSpec, ReduceFn, TensorType, UnaryFn, ValueId};
 use pgc_runtime::exec::{rope_table, ExecError, Executor};
@@ -67,7 +67,6 @@ fn kernel(name: &str, kind: KernelKind) -> Kernel {
         rules: vec![],
         flops: 0,
         min_bytes: 0,
-        launch: None,
     }
 }
 
@@ -112,8 +111,9 @@ fn plan() -> Plan {
     }
 }
 
-const HAND_PTX: &str = r#"
-.visible .entry cast_bf16(.param .u64 src, .param .u64 dst, .param .u32 n)
+/// Hand-written entries (their code: the text after the name), described as
+/// the builder describes generated ones.
+const CAST_BF16_CODE: &str = r#"(.param .u64 src, .param .u64 dst, .param .u32 n)
 {
     .reg .pred %p<2>;
     .reg .b16 %h<2>;
@@ -142,7 +142,9 @@ DONE:
 
 // out[i] = c[i] * scale + ids[row] + rope[i % ropelen] + bias[col];
 // acc[col] += out[i]; cnt[col] += 1 (atomics: both must start at zero).
-.visible .entry ew(.param .u64 c, .param .u64 ids, .param .u64 rope, .param .u64 bias,
+"#;
+
+const EW_CODE: &str = r#"(.param .u64 c, .param .u64 ids, .param .u64 rope, .param .u64 bias,
     .param .u64 out, .param .u64 acc, .param .u64 cnt,
     .param .u32 m, .param .u32 n, .param .f32 scale, .param .u32 ropelen)
 {
@@ -200,6 +202,10 @@ DONE:
 }
 "#;
 
+fn hand_entry(name: &str, params: &[(&str, ParamType)], code: &str) -> Entry {
+    Entry { name: name.into(), params: params.iter().map(|(n, ty)| Param { name: n.to_string(), ty: *ty }).collect(), max_threads: None, code: code.into() }
+}
+
 fn blocks(n: usize) -> [u32; 3] {
     [n.div_ceil(128) as u32, 1, 1]
 }
@@ -209,7 +215,6 @@ fn program() -> Program {
     let gemm = emit_gemm(&cfg).unwrap();
     let mut module = Module::new();
     module.push(gemm.kernel.clone());
-    let ptx = module.render() + HAND_PTX;
     let t = [128, 1, 1];
     let launches = vec![
         LaunchStep {
@@ -261,12 +266,17 @@ fn program() -> Program {
             zero_first: vec![ZeroRef::Value(ACC), ZeroRef::Aux(1)],
         },
     ];
-    Program {
-        plan: plan(),
-        ptx,
+    let mut p = Program::new(
+        plan(),
+        &module,
         launches,
-        aux: vec![AuxBuffer::RopeTable { positions: ROPE_T, half: ROPE_HALF, base: 100.0 }, AuxBuffer::Scratch { bytes: (N * 4) as u64 }],
-    }
+        vec![AuxBuffer::RopeTable { positions: ROPE_T, half: ROPE_HALF, base: 100.0 }, AuxBuffer::Scratch { bytes: (N * 4) as u64 }],
+    );
+    use ParamType::{F32, U32, U64};
+    p.entries.push(hand_entry("cast_bf16", &[("src", U64), ("dst", U64), ("n", U32)], CAST_BF16_CODE));
+    let ew = [("c", U64), ("ids", U64), ("rope", U64), ("bias", U64), ("out", U64), ("acc", U64), ("cnt", U64), ("m", U32), ("n", U32), ("scale", F32), ("ropelen", U32)];
+    p.entries.push(hand_entry("ew", &ew, EW_CODE));
+    p
 }
 
 fn det(n: usize, seed: u64) -> Vec<f32> {
@@ -448,7 +458,7 @@ fn bad_programs_are_errors_naming_the_launch() {
 
     // PTX the device rejects: a load error, not a panic.
     let mut p = base.clone();
-    p.ptx.push_str("\n.visible .entry broken( { frob; }\n");
+    p.entries.push(hand_entry("broken", &[], "( { frob; }"));
     let dev = SimDevice::new();
     let e = Executor::new(&dev, &p, &g).err().expect("bad PTX accepted");
     assert!(matches!(e, ExecError::Load(_)), "{e}");

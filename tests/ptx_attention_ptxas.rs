@@ -4,10 +4,10 @@
 //! `ptxas -arch=sm_90a -O3` with zero spill bytes and no stack frame, for
 //! head dims 8, 16, 32 and 64. Prints the registers and shared memory of each.
 
-use pgc_backends::ptx::attention::{emit_attention, emit_qk_prep, emit_qk_prep_bwd, AttnConfig, AttnKernel, AttnLayout, QkPrepConfig};
+use pgc_backends::ptx::templates::attention::{emit_attention, emit_qk_prep, emit_qk_prep_bwd, AttnConfig, AttnKernel, AttnLayout, QkPrepConfig};
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::epilogue::ElemType;
-use pgc_backends::ptx::gemm::Precision;
+use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::gemm::Precision;
 use pgc_backends::ptx::ptxas;
 use std::collections::BTreeMap;
 

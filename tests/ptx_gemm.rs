@@ -7,8 +7,8 @@
 //! shows up.
 
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::epilogue::ElemType;
-use pgc_backends::ptx::gemm::{emit_gemm, GemmLayout, Precision};
+use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmLayout, Precision};
 use pgc_backends::ptx::testing::{cases, decode, encode, rel_err, GemmCase, AWKWARD_SHAPES};
 use pgc_runtime::device::{Device, KernelArg, LaunchConfig};
 use pgc_runtime::sim::SimDevice;
@@ -134,8 +134,8 @@ fn sim_split_k() {
 /// (independent of the layout interpretation in `GemmCase::reference`).
 #[test]
 fn sim_linear_layer_training_step() {
-    use pgc_backends::ptx::epilogue::Epilogue;
-    use pgc_backends::ptx::gemm::GemmConfig;
+    use pgc_backends::ptx::templates::epilogue::Epilogue;
+    use pgc_backends::ptx::templates::gemm::GemmConfig;
     use pgc_backends::ptx::testing::{round_to, Lcg};
     let (t, n, k) = (40usize, 24usize, 56usize);
     let mut rng = Lcg(7);

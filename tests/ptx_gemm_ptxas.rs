@@ -6,12 +6,12 @@
 //! With `PGC_GEMM_DUMP=DIR` the test also writes, for device checks on a real
 //! GPU, `DIR/kernels/NAME.ptx` (one module per kernel) and `DIR/cases.json` /
 //! `DIR/perf.json` (the cases with their configurations and launch geometry);
-//! `backends/src/ptx/gpu_check/device.sh DIR` then checks every case against a
+//! `tests/ptx/gpu/gemm_check/device.sh DIR` then checks every case against a
 //! numpy reference on the GPU, times the model-sized cases against torch, and
 //! runs compute-sanitizer (memcheck, racecheck, initcheck, synccheck).
 
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::gemm::{emit_gemm, GemmConfig};
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig};
 use pgc_backends::ptx::ptxas;
 use pgc_backends::ptx::testing::{cases, perf_cases, GemmCase};
 use std::collections::BTreeMap;

@@ -45,8 +45,8 @@ fn graph(src: &str, mode: Mode, sets: &[(&str, &str)]) -> Graph {
     }
 }
 
-const NANFILL: &str = "
-.visible .entry pgc_test_nanfill(.param .u64 p, .param .u32 n)
+/// The code (text after the name) of a hand-written entry `pgc_test_nanfill(p, n)`.
+const NANFILL_CODE: &str = "(.param .u64 p, .param .u32 n)
 {
 \t.reg .pred %p<2>;
 \t.reg .b16 %h<2>;
@@ -71,7 +71,9 @@ $DONE:
 /// The program with NaN fills of every stored value and scratch buffer first.
 fn with_nan_fills(p: &Program) -> Program {
     let mut q = p.clone();
-    q.ptx.push_str(NANFILL);
+    use pgc_backends::ptx::builder::{Param, ParamType};
+    let params = vec![Param { name: "p".into(), ty: ParamType::U64 }, Param { name: "n".into(), ty: ParamType::U32 }];
+    q.entries.push(pgc_backends::ptx::program::Entry { name: "pgc_test_nanfill".into(), params, max_threads: None, code: NANFILL_CODE.into() });
     let mut pre = Vec::new();
     let fill = |arg: ArgRef, bytes: u64| {
         let n = (bytes / 2) as u32;

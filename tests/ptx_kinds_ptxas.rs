@@ -27,8 +27,8 @@ fn the_11l_model_assembles_without_spills() {
             let prog = compile_program(&g, &p).unwrap_or_else(|e| panic!("{mode:?} {precision:?}: {e}"));
             let compile_s = t.elapsed().as_secs_f64();
             let what = format!("11l {mode:?} {precision:?}");
-            let Some(r) = ptxas::assemble_or_skip(&prog.ptx, &what) else { return };
-            let entries = pgc_runtime::exec::ptx_entries(&prog.ptx);
+            let Some(r) = ptxas::assemble_or_skip(&prog.ptx(), &what) else { return };
+            let entries = &prog.entries;
             assert_eq!(r.kernels.len(), entries.len(), "{what}: ptxas reported {} of {} kernels\n{}", r.kernels.len(), entries.len(), r.log);
             let max_regs = r.kernels.iter().map(|k| k.registers).max().unwrap_or(0);
             for k in &r.kernels {

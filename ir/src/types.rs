@@ -106,3 +106,22 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Shape> {
 pub fn broadcasts_to(from: &[usize], to: &[usize]) -> bool {
     from.len() <= to.len() && broadcast_shapes(from, to).as_deref() == Some(to)
 }
+
+/// How kernels compute: bf16 operands on tensor cores with fp32
+/// accumulation, or all fp32 (the plan's precision, and a GEMM's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Bf16,
+    F32,
+}
+
+impl Precision {
+    /// Bytes of one operand element (bf16: 2, f32: 4).
+    pub fn elem_bytes(self) -> u32 {
+        match self {
+            Precision::Bf16 => 2,
+            Precision::F32 => 4,
+        }
+    }
+}

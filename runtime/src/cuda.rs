@@ -205,6 +205,46 @@ fn probe_driver(opts: &CudaOptions) -> Result<()> {
 }
 
 impl CudaDevice {
+    /// JIT-compile `ptx` and keep the entries' parameter lists for checking launches.
+    fn load(&self, ptx: &str, params: HashMap<String, Option<Vec<params::Param>>>) -> Result<ModuleHandle> {
+        let image = CString::new(ptx).map_err(|e| DeviceError::Ptx { line: 0, col: 0, msg: format!("PTX text holds a NUL byte at offset {}", e.nul_position()) })?;
+        self.bind()?;
+        // The JIT runs without the lock: several threads may compile at once.
+        const LOG: usize = 1 << 16;
+        let mut err_log = vec![0u8; LOG];
+        let mut info_log = vec![0u8; LOG];
+        let mut opts = [
+            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
+            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+            sys::CUjit_option::CU_JIT_INFO_LOG_BUFFER,
+            sys::CUjit_option::CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES,
+        ];
+        let mut vals: [*mut c_void; 4] = [err_log.as_mut_ptr() as *mut c_void, LOG as *mut c_void, info_log.as_mut_ptr() as *mut c_void, LOG as *mut c_void];
+        let mut module: sys::CUmodule = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated image; the option values are buffers that
+        // outlive the call and their sizes.
+        let r = unsafe { sys::cuModuleLoadDataEx(&mut module, image.as_ptr() as *const c_void, opts.len() as u32, opts.as_mut_ptr(), vals.as_mut_ptr()) };
+        if let Err(e) = r.result() {
+            let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]).trim().to_string();
+            let log = text(&err_log);
+            if let Some(pe) = jit_ptx_error(&log) {
+                return Err(pe);
+            }
+            let st = self.lock();
+            let msg = if log.is_empty() { describe(e) } else { format!("{}; JIT log:\n{log}", describe(e)) };
+            let context = match &st.pending {
+                Some(p) => format!("load_module (driver PTX JIT, after {p})"),
+                None => "load_module (driver PTX JIT)".to_string(),
+            };
+            return Err(DeviceError::Driver { context, msg });
+        }
+        let mut st = self.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.modules.insert(id, LoadedModule { module, params, funcs: HashMap::new() });
+        Ok(ModuleHandle { id })
+    }
+
     /// Open device `ordinal` (0 = the first GPU). With no driver library, no
     /// GPU, or a driver that fails to initialise: `Err(DeviceError::Driver)`
     /// whose text starts "CUDA driver not available" (or names the device),
@@ -649,45 +689,12 @@ impl Device for CudaDevice {
     }
 
     fn load_module(&self, ptx: &str) -> Result<ModuleHandle> {
-        let image = CString::new(ptx).map_err(|e| DeviceError::Ptx { line: 0, col: 0, msg: format!("PTX text holds a NUL byte at offset {}", e.nul_position()) })?;
-        let params = params::scan(ptx);
-        self.bind()?;
-        // The JIT runs without the lock: several threads may compile at once.
-        const LOG: usize = 1 << 16;
-        let mut err_log = vec![0u8; LOG];
-        let mut info_log = vec![0u8; LOG];
-        let mut opts = [
-            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
-            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
-            sys::CUjit_option::CU_JIT_INFO_LOG_BUFFER,
-            sys::CUjit_option::CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES,
-        ];
-        let mut vals: [*mut c_void; 4] = [err_log.as_mut_ptr() as *mut c_void, LOG as *mut c_void, info_log.as_mut_ptr() as *mut c_void, LOG as *mut c_void];
-        let mut module: sys::CUmodule = std::ptr::null_mut();
-        // SAFETY: a NUL-terminated image; the option values are buffers that
-        // outlive the call and their sizes.
-        let r = unsafe { sys::cuModuleLoadDataEx(&mut module, image.as_ptr() as *const c_void, opts.len() as u32, opts.as_mut_ptr(), vals.as_mut_ptr()) };
-        if let Err(e) = r.result() {
-            let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]).trim().to_string();
-            let log = text(&err_log);
-            if let Some(pe) = jit_ptx_error(&log) {
-                return Err(pe);
-            }
-            let st = self.lock();
-            let msg = if log.is_empty() { describe(e) } else { format!("{}; JIT log:\n{log}", describe(e)) };
-            let context = match &st.pending {
-                Some(p) => format!("load_module (driver PTX JIT, after {p})"),
-                None => "load_module (driver PTX JIT)".to_string(),
-            };
-            return Err(DeviceError::Driver { context, msg });
-        }
-        let mut st = self.lock();
-        let id = st.next_id;
-        st.next_id += 1;
-        st.modules.insert(id, LoadedModule { module, params, funcs: HashMap::new() });
-        Ok(ModuleHandle { id })
+        self.load(ptx, params::from_text(ptx))
     }
 
+    fn load_module_with(&self, ptx: &str, entries: &[pgc_backends::ptx::program::Entry]) -> Result<ModuleHandle> {
+        self.load(ptx, params::from_entries(entries))
+    }
     fn launch(&self, module: &ModuleHandle, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
         let mut st = self.lock();
         self.bind()?;

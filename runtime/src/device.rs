@@ -1,12 +1,14 @@
 //! The device abstraction shared by the PTX simulator and the CUDA runtime.
 //!
 //! [`Device`] is object-safe (`&dyn Device`, `Box<dyn Device>`); the simulator
-//! ([`crate::sim::SimDevice`]) implements it, and the CUDA runtime (cudarc) will
-//! implement it with the same signatures. Buffers and modules are plain handles
+//! ([`crate::sim::SimDevice`]) and the CUDA runtime ([`crate::cuda::CudaDevice`])
+//! implement it. Buffers and modules are plain handles
 //! (`Copy`), owned by the device that made them: using a handle after `free`, or
 //! with another device, is an error (the simulator also reports kernel accesses
 //! into freed memory as out-of-bounds).
 
+use pgc_backends::ptx::program::Entry;
+use std::fmt;
 use thiserror::Error;
 
 /// A device memory allocation: an opaque id, the device address of its first
@@ -71,11 +73,58 @@ pub enum DeviceError {
     BadLaunch { kernel: String, msg: String },
     /// An error found while executing a kernel in the simulator (sanitizer checks).
     #[error(transparent)]
-    Sim(#[from] Box<crate::sim::SimError>),
+    Sim(#[from] Box<SimError>),
     /// An error from a GPU driver (the CUDA implementation).
     #[error("{context}: {msg}")]
     Driver { context: String, msg: String },
 }
+
+/// What a sanitizer check (or the executor) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimErrorKind {
+    /// global, shared, local or param access outside its memory
+    OutOfBounds,
+    /// an access whose address is not a multiple of its size
+    Misaligned,
+    /// a read of shared memory that no thread has written in this block
+    UninitializedRead,
+    /// two threads touch the same shared byte between two barriers, one writes
+    Race,
+    /// a barrier not reached by all the threads it waits for
+    BarrierDivergence,
+    /// a warp-collective instruction (shfl/vote/ldmatrix/mma/bra.uni) executed
+    /// by a subset of the lanes it needs
+    WarpDivergence,
+    /// shared memory touched while a cp.async into it is in flight
+    AsyncCopyHazard,
+    /// the step limit of `SimOptions::max_warp_steps` (the simulator) was exceeded
+    StepLimit,
+    Other,
+}
+
+/// An error found while executing a kernel: names kernel, block, thread and PTX line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimError {
+    pub kind: SimErrorKind,
+    pub kernel: String,
+    pub block: [u32; 3],
+    pub thread: [u32; 3],
+    /// 1-based PTX source line of the instruction
+    pub line: u32,
+    pub msg: String,
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} in kernel `{}`, block ({},{},{}), thread ({},{},{}), PTX line {}: {}",
+            self.kind, self.kernel, self.block[0], self.block[1], self.block[2], self.thread[0], self.thread[1], self.thread[2], self.line, self.msg
+        )
+    }
+}
+
+impl std::error::Error for SimError {}
 
 pub type Result<T, E = DeviceError> = std::result::Result<T, E>;
 
@@ -97,6 +146,14 @@ pub trait Device: Send + Sync {
     /// Load a PTX module (text). Parse and unsupported-instruction errors
     /// name the PTX line and column.
     fn load_module(&self, ptx: &str) -> Result<ModuleHandle>;
+    /// Load a generated module whose entries the PTX builder describes (name,
+    /// parameter signature): a device that checks launch arguments (CUDA)
+    /// takes the signatures from here instead of reading the text. The
+    /// simulator parses the text anyway and checks against what it parsed.
+    fn load_module_with(&self, ptx: &str, entries: &[Entry]) -> Result<ModuleHandle> {
+        let _ = entries;
+        self.load_module(ptx)
+    }
     fn launch(&self, module: &ModuleHandle, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
 }

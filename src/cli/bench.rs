@@ -15,11 +15,13 @@
 //!
 //! Without a GPU or driver: exit 2 with the driver's message.
 
-use super::compile::{PEAK_BF16_FLOPS, PEAK_BYTES_PER_S, PEAK_F32_FLOPS};
-use super::run::{self, ModeArg, Prepared, RunArgs};
+use super::run::{self, ModeArg};
+use pgc::pipeline::inputs::{self, RunInputs, RunSpec};
+use pgc::pipeline::ptx;
+use pgc::pipeline::roofline::Floor;
 use super::verify::PtxPrecision;
 use super::{CliResult, Failure};
-use pgc_ir::plan::{KernelKind, Plan, Precision};
+use pgc_ir::plan::Plan;
 use pgc_runtime::cuda::{CudaDevice, TimingOptions};
 use pgc_runtime::device::DeviceError;
 use pgc_runtime::exec::{ExecError, Executor};
@@ -77,22 +79,10 @@ fn internal(e: impl std::fmt::Display) -> Failure {
     Failure::Other(anyhow::anyhow!("{e}"))
 }
 
-/// As `pgc compile`'s report: bf16 plans run the matrix-product kinds on tensor cores.
-fn on_tensor_cores(plan: &Plan, kind: KernelKind) -> bool {
-    plan.precision == Precision::Bf16
-        && matches!(kind, KernelKind::Gemm | KernelKind::Attention | KernelKind::AttentionBackward | KernelKind::LmHead)
-}
-
 /// A kernel's floor in seconds and which bound sets it.
 fn floor_s(plan: &Plan, k: usize) -> (f64, &'static str) {
-    let kr = &plan.kernels[k];
-    let compute = kr.flops as f64 / if on_tensor_cores(plan, kr.kind) { PEAK_BF16_FLOPS } else { PEAK_F32_FLOPS };
-    let memory = kr.min_bytes as f64 / PEAK_BYTES_PER_S;
-    if compute >= memory {
-        (compute, "compute")
-    } else {
-        (memory, "memory")
-    }
+    let f = Floor::of(plan, &plan.kernels[k]);
+    (f.seconds(), f.bound())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -127,16 +117,16 @@ pub fn run(args: BenchArgs) -> CliResult {
         PtxPrecision::Bf16 => run::Precision::Bf16,
         PtxPrecision::F32 => run::Precision::F32,
     };
-    let ra = RunArgs::random(args.model.clone(), args.sets.clone(), args.seed, args.batch, Some(args.seq), args.mode, run::Backend::Cuda, prec, true);
-    let Prepared { graph, values, tokens, with_grads, mode } = run::prepare(&ra)?;
-    let names = run::output_names(&graph, with_grads);
-    let plan = run::ptx_plan(&graph, run::ptx_precision(prec), &names, &[])?;
+    let spec = RunSpec::random(args.model.clone(), super::parse_sets(&args.sets)?, args.seed, args.batch, Some(args.seq), args.mode.into(), true);
+    let RunInputs { graph, values, tokens, with_grads, mode } = inputs::prepare(&spec)?;
+    let names = inputs::output_names(&graph, with_grads);
+    let plan = ptx::plan(&graph, run::ptx_precision(prec), &names, &[])?;
     let t_c = Instant::now();
-    let program = run::compile_ptx(&graph, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
+    let program = ptx::compile(&graph, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
     let compile_s = t_c.elapsed().as_secs_f64();
     let t_l = Instant::now();
     let mut ex = Executor::new(&dev, &program, &graph).map_err(internal)?;
-    run::set_executor_inputs(&mut ex, &values, &tokens)?;
+    ptx::set_inputs(&mut ex, &values, &tokens)?;
     let load_s = t_l.elapsed().as_secs_f64();
     let info = dev.info();
     let (free, total) = dev.mem_info().unwrap_or((0, 0));
@@ -158,7 +148,7 @@ pub fn run(args: BenchArgs) -> CliResult {
         program.plan.kernels.len(),
         program.launches.len(),
         program.plan.arena_bytes as f64 / (1 << 20) as f64,
-        program.ptx.len() / 1024,
+        program.ptx().len() / 1024,
         compile_s,
         load_s,
         free as f64 / (1u64 << 30) as f64,

@@ -14,19 +14,18 @@ use super::{CliResult, Failure};
 use anyhow::Context;
 use pgc_backends::ptx::program::Program;
 use pgc_backends::ptx::ptxas::{self, PtxasReport};
-use pgc_ir::plan::{FusionRule, KernelKind, Plan, Precision};
+use pgc::pipeline::ptx as pipeline_ptx;
+use pgc::pipeline::source;
+use pgc::pipeline::roofline::{Floor, PEAK_BF16_FLOPS, PEAK_BYTES_PER_S, PEAK_F32_FLOPS};
+use pgc_ir::plan::{FusionRule, Plan, Precision};
+#[cfg(test)]
+use pgc_ir::plan::KernelKind;
 use pgc_ir::report::Report;
 use pgc_ir::{Graph, Mode};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// H100 SXM5 datasheet peaks used for each kernel's floor: dense bf16 tensor-core
-/// FLOP/s (989.4 TFLOPS without sparsity), fp32 non-tensor FLOP/s (66.9 TFLOPS),
-/// HBM3 bandwidth (3.35 TB/s).
-pub const PEAK_BF16_FLOPS: f64 = 989e12;
-pub const PEAK_F32_FLOPS: f64 = 67e12;
-pub const PEAK_BYTES_PER_S: f64 = 3.35e12;
 
 /// Passes whose result `--dump-after` can print, in pipeline order.
 pub const PASSES: &[&str] = &["lower", "autodiff"];
@@ -83,30 +82,27 @@ pub enum PlanPrecision {
 pub fn run(args: CompileArgs) -> CliResult {
     let t_start = Instant::now();
     let sets = super::parse_sets(&args.sets)?;
-    let path = args.model.display().to_string();
-    let bytes = std::fs::read(&args.model).map_err(|e| Failure::BadInput(format!("error: cannot read {path}: {e}")))?;
-    let source = String::from_utf8(bytes).map_err(|e| {
-        Failure::BadInput(format!("error: {path}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
-    })?;
-    let graph = super::lower_model(&source, &path, &sets, Mode::Train)?;
+    let model = source::read_model(&args.model)?;
+    let path = model.path.clone();
+    let graph = model.lower(&sets, Mode::Train)?;
 
     let report = Report::from_graph(&graph);
     // A model with a scalar `loss` output trains: plan its backward pass too.
     // Other programs (library snippets, tests) are planned forward only.
     let train = match graph.output("loss") {
-        Some(_) => pgc_ir::passes::autodiff::backward(&graph, "loss").context("deriving the backward pass")?,
+        Some(_) => source::with_backward(&graph, "loss")?,
         None => {
             eprintln!("warning: {path}: the model has no `output loss`: no backward pass, both plans are forward only (and `pgc run` needs a loss)");
             graph.clone()
         }
     };
-    let eval = super::lower_model(&source, &path, &sets, Mode::Eval)?;
+    let eval = model.lower(&sets, Mode::Eval)?;
     let precision = match args.precision {
         PlanPrecision::Bf16 => Precision::Bf16,
         PlanPrecision::F32 => Precision::F32,
     };
     let disabled: Vec<FusionRule> = args.no_fuse.iter().filter_map(|n| FusionRule::parse(n)).collect();
-    let mut plans = [("train", plan_for(&train, precision, &disabled, true)?), ("eval", plan_for(&eval, precision, &disabled, false)?)];
+    let plans = [("train", plan_for(&train, precision, &disabled, true)?), ("eval", plan_for(&eval, precision, &disabled, false)?)];
 
     // The PTX programs (and ptxas), when something that needs them is asked for.
     let want_ptx = args.out.is_some() || args.emit.iter().any(|e| matches!(e, Emit::Ptx | Emit::Plan | Emit::Report));
@@ -118,11 +114,8 @@ pub fn run(args: CompileArgs) -> CliResult {
     if want_ptx {
         let t0 = Instant::now();
         for (i, g) in [&train, &eval].into_iter().enumerate() {
-            match super::run::compile_ptx(g, &plans[i].1) {
-                Ok(p) => {
-                    plans[i].1 = p.plan.clone();
-                    programs[i] = Some(p);
-                }
+            match pipeline_ptx::compile(g, &plans[i].1) {
+                Ok(p) => programs[i] = Some(p),
                 Err(e) => warnings.push_str(&format!("warning: no PTX for the {} program: {e}\n", plans[i].0)),
             }
         }
@@ -137,7 +130,7 @@ pub fn run(args: CompileArgs) -> CliResult {
         ptx_json = json!({ "precision": format!("{precision:?}").to_lowercase(), "compile_seconds": ptx_s });
         let unsupported: Vec<&str> = FusionRule::ALL
             .into_iter()
-            .filter(|r| !disabled.contains(r) && !super::run::ptx_supported_rules().contains(r))
+            .filter(|r| !disabled.contains(r) && !pipeline_ptx::supported_rules().contains(r))
             .map(FusionRule::name)
             .collect();
         if !unsupported.is_empty() {
@@ -150,7 +143,7 @@ pub fn run(args: CompileArgs) -> CliResult {
         let files = ["model.ptx", "model.eval.ptx"];
         for (i, p) in programs.iter().enumerate() {
             if let Some(p) = p {
-                ptx_json[plans[i].0] = json!({ "file": files[i], "bytes": p.ptx.len(), "entries": entry_count(p), "launches": p.launches.len() });
+                ptx_json[plans[i].0] = json!({ "file": files[i], "bytes": p.ptx().len(), "entries": p.entries.len(), "launches": p.launches.len() });
             }
         }
         if programs.iter().any(Option::is_some) {
@@ -158,7 +151,7 @@ pub fn run(args: CompileArgs) -> CliResult {
                 ptx_json["ptxas"] = json!({ "skipped": "--no-ptxas" });
             } else if let Some(exe) = ptxas::find_ptxas() {
                 ptx_json["ptxas"] = json!({ "path": exe.display().to_string() });
-                let results = run_ptxas(&exe, [programs[0].as_ref().map(|p| p.ptx.as_str()), programs[1].as_ref().map(|p| p.ptx.as_str())]);
+                let results = run_ptxas(&exe, [programs[0].as_ref(), programs[1].as_ref()]);
                 for (i, r) in results.into_iter().enumerate() {
                     let which = plans[i].0;
                     match r {
@@ -227,10 +220,10 @@ pub fn run(args: CompileArgs) -> CliResult {
         ("plan.json".into(), plan_json.clone()),
     ];
     if let Some(p) = &programs[0] {
-        files.push(("model.ptx".into(), p.ptx.clone()));
+        files.push(("model.ptx".into(), p.ptx()));
     }
     if let Some(p) = &programs[1] {
-        files.push(("model.eval.ptx".into(), p.ptx.clone()));
+        files.push(("model.eval.ptx".into(), p.ptx()));
     }
     for pass in &args.dump_after {
         let text = dump(if pass == "autodiff" { &train } else { &graph });
@@ -244,7 +237,7 @@ pub fn run(args: CompileArgs) -> CliResult {
             Emit::Report => stdout.push_str(&report_json),
             Emit::Plan => stdout.push_str(&plan_json),
             Emit::Ptx => match &programs[0] {
-                Some(p) => stdout.push_str(&p.ptx),
+                Some(p) => stdout.push_str(&p.ptx()),
                 None => return Err(Failure::Other(anyhow::anyhow!("--emit ptx: {}", warnings.trim_end()))),
             },
         }
@@ -252,7 +245,7 @@ pub fn run(args: CompileArgs) -> CliResult {
     if let Some(dir) = &args.out {
         write_all_atomic(dir, &files)?;
     }
-    let mut summary = format!("{path}\n{}", report.summary());
+    let mut summary = format!("{}\n{}", model.path, report.summary());
     for (name, plan) in &plans {
         summary.push_str(&format!("plan {name}: {}", plan.summary()));
     }
@@ -278,7 +271,7 @@ fn plan_for(g: &Graph, precision: Precision, disabled: &[FusionRule], train: boo
     if g.output("loss").is_some() {
         outputs.retain(|o| if train { o != "logits" } else { o == "loss" || o == "logits" });
     }
-    super::run::ptx_plan(g, precision, &outputs, disabled)
+    Ok(pipeline_ptx::plan(g, precision, &outputs, disabled)?)
 }
 
 /// What ptxas said about one module: per-entry figures, how many entries
@@ -293,34 +286,23 @@ struct PtxasRun {
 /// to assemble (None: all known).
 type ModulePlan = (Vec<(String, u128)>, Option<String>);
 
-/// ptxas over each given module: entries whose figures are cached (same
-/// ptxas, same module prelude, same entry text up to its name) are not
-/// assembled again; the rest of each module is assembled in one ptxas run,
-/// the modules in parallel. The eval module's entries that equal a train
-/// entry are taken from the train run.
-fn run_ptxas(exe: &Path, modules: [Option<&str>; 2]) -> [Option<Result<PtxasRun, ptxas::PtxasError>>; 2] {
+/// ptxas over each given program's module: entries whose figures are cached
+/// (same ptxas, same module header, same entry code) are not assembled
+/// again; the rest of each module is assembled in one ptxas run, the modules
+/// in parallel. The eval module's entries that equal a train entry are
+/// taken from the train run.
+fn run_ptxas(exe: &Path, programs: [Option<&Program>; 2]) -> [Option<Result<PtxasRun, ptxas::PtxasError>>; 2] {
     let cache = ptxas_cache::Cache::open(exe);
     let t0 = Instant::now();
     // Per module: (entry name, key) for every entry, and the module to assemble (None: all cached).
     let mut plans: [Option<ModulePlan>; 2] = [None, None];
     let mut scheduled = std::collections::HashSet::new();
-    for (i, m) in modules.iter().enumerate() {
-        let Some(ptx) = m else { continue };
-        match ptxas_cache::split(ptx) {
-            Some((prelude, entries)) => {
-                let keys: Vec<(String, u128)> = entries.iter().map(|(n, body)| (n.clone(), cache.key(prelude, n, body))).collect();
-                let todo: Vec<&str> = entries
-                    .iter()
-                    .zip(&keys)
-                    .filter(|(_, (_, k))| cache.get(*k).is_none() && scheduled.insert(*k))
-                    .map(|((_, body), _)| body.as_str())
-                    .collect();
-                let sub = (!todo.is_empty()).then(|| format!("{prelude}{}", todo.concat()));
-                plans[i] = Some((keys, sub));
-            }
-            // Not splittable (e.g. device functions): the whole module, uncached.
-            None => plans[i] = Some((Vec::new(), Some(ptx.to_string()))),
-        }
+    for (i, p) in programs.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let keys: Vec<(String, u128)> = p.entries.iter().map(|e| (e.name.clone(), cache.key(&p.header, &e.code))).collect();
+        let todo: Vec<usize> = (0..keys.len()).filter(|&j| cache.get(keys[j].1).is_none() && scheduled.insert(keys[j].1)).collect();
+        let sub = (!todo.is_empty()).then(|| p.module_of(todo));
+        plans[i] = Some((keys, sub));
     }
     let runs: [Option<Result<(PtxasReport, f64), ptxas::PtxasError>>; 2] = std::thread::scope(|sc| {
         let handles = plans.each_ref().map(|p| {
@@ -338,7 +320,6 @@ fn run_ptxas(exe: &Path, modules: [Option<&str>; 2]) -> [Option<Result<PtxasRun,
     let mut out: [Option<Result<PtxasRun, ptxas::PtxasError>>; 2] = [None, None];
     let mut errors: [Option<ptxas::PtxasError>; 2] = [None, None];
     let mut assembled = [0usize; 2];
-    let mut direct: [Option<PtxasReport>; 2] = [None, None];
     for (i, r) in runs.into_iter().enumerate() {
         match r {
             None => {}
@@ -346,10 +327,6 @@ fn run_ptxas(exe: &Path, modules: [Option<&str>; 2]) -> [Option<Result<PtxasRun,
             Some(Ok((report, _))) => {
                 let (keys, _) = plans[i].as_ref().expect("a run has a plan");
                 assembled[i] = report.kernels.len();
-                if keys.is_empty() {
-                    direct[i] = Some(report);
-                    continue;
-                }
                 for k in &report.kernels {
                     if let Some((_, key)) = keys.iter().find(|(n, _)| *n == k.name) {
                         cache.put(*key, k);
@@ -364,10 +341,6 @@ fn run_ptxas(exe: &Path, modules: [Option<&str>; 2]) -> [Option<Result<PtxasRun,
         let Some((keys, _)) = &plans[i] else { continue };
         if let Some(e) = errors[i].take() {
             out[i] = Some(Err(e));
-            continue;
-        }
-        if let Some(report) = direct[i].take() {
-            out[i] = Some(Ok(PtxasRun { report, assembled: assembled[i], seconds }));
             continue;
         }
         let mut kernels = Vec::with_capacity(keys.len());
@@ -393,7 +366,8 @@ fn run_ptxas(exe: &Path, modules: [Option<&str>; 2]) -> [Option<Result<PtxasRun,
 /// A cache of ptxas figures per entry, on disk (`PGC_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/pgc`, else `~/.cache/pgc`; `PGC_PTXAS_CACHE=0` turns it
 /// off), keyed by the ptxas binary (path, size, modification time), the
-/// module prelude and the entry's text with its name taken out.
+/// module header and the entry's code (its text less its name, as the
+/// program carries it).
 mod ptxas_cache {
     use pgc_backends::ptx::ptxas::KernelResources;
     use std::hash::{Hash, Hasher};
@@ -423,17 +397,14 @@ mod ptxas_cache {
             Cache { dir, tool, mem: Default::default() }
         }
 
-        /// 128 bits from two differently seeded 64-bit hashes (comment and blank lines
-        /// left out: they do not change what ptxas makes of the entry).
-        pub fn key(&self, prelude: &str, name: &str, body: &str) -> u128 {
-            let code: String = body.lines().filter(|l| !l.trim_start().starts_with("//") && !l.trim().is_empty()).flat_map(|l| [l, "\n"]).collect();
-            let norm = replace_ident_prefix(&code, name);
+        /// 128 bits from two differently seeded 64-bit hashes.
+        pub fn key(&self, header: &str, code: &str) -> u128 {
             let h = |seed: u64| {
                 let mut s = std::collections::hash_map::DefaultHasher::new();
                 seed.hash(&mut s);
                 self.tool.hash(&mut s);
-                prelude.hash(&mut s);
-                norm.hash(&mut s);
+                header.hash(&mut s);
+                code.hash(&mut s);
                 s.finish()
             };
             ((h(0x9e37_79b9) as u128) << 64) | h(0x85eb_ca6b) as u128
@@ -461,61 +432,6 @@ mod ptxas_cache {
         }
     }
 
-    /// `text` with each occurrence of `name` that starts an identifier
-    /// (the entry name, its parameters `NAME_param_...`) replaced by a marker.
-    fn replace_ident_prefix(text: &str, name: &str) -> String {
-        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
-        let mut out = String::with_capacity(text.len());
-        let mut last = 0;
-        for (i, _) in text.match_indices(name) {
-            if i < last || text[..i].chars().next_back().is_some_and(ident) {
-                continue;
-            }
-            out.push_str(&text[last..i]);
-            out.push('\u{1}');
-            last = i + name.len();
-        }
-        out.push_str(&text[last..]);
-        out
-    }
-
-    /// The module's prelude (everything before the first entry) and each
-    /// `.visible .entry` with its text; None when the prelude declares
-    /// functions (entries may call them) or no entry is found.
-    pub fn split(ptx: &str) -> Option<(&str, Vec<(String, String)>)> {
-        let marker = "\n.visible .entry ";
-        let first = ptx.find(marker)? + 1;
-        let prelude = &ptx[..first];
-        if prelude.contains(".func") {
-            return None;
-        }
-        let mut entries = Vec::new();
-        let mut rest = &ptx[first..];
-        while !rest.is_empty() {
-            let end = rest[1..].find(marker).map(|i| i + 2).unwrap_or(rest.len());
-            let body = &rest[..end];
-            if body.contains(".func") {
-                return None;
-            }
-            let name: String = body[".visible .entry ".len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '$').collect();
-            if name.is_empty() {
-                return None;
-            }
-            entries.push((name, body.to_string()));
-            rest = &rest[end..];
-        }
-        Some((prelude, entries))
-    }
-}
-
-fn entry_count(p: &Program) -> usize {
-    pgc_runtime::exec::ptx_entries(&p.ptx).len()
-}
-
-/// Whether a kernel's FLOPs run on tensor cores (bf16 plans: matrix products and attention).
-fn on_tensor_cores(plan: &Plan, kind: KernelKind) -> bool {
-    plan.precision == Precision::Bf16
-        && matches!(kind, KernelKind::Gemm | KernelKind::Attention | KernelKind::AttentionBackward | KernelKind::LmHead)
 }
 
 /// One report row per plan kernel: name, kind, FLOPs, minimum bytes and the
@@ -530,17 +446,15 @@ pub fn kernel_rows(plan: &Plan, program: Option<&Program>, ptxas: Option<&PtxasR
         .iter()
         .enumerate()
         .map(|(k, kr)| {
-            let tc = on_tensor_cores(plan, kr.kind);
-            let compute_s = kr.flops as f64 / if tc { PEAK_BF16_FLOPS } else { PEAK_F32_FLOPS };
-            let memory_s = kr.min_bytes as f64 / PEAK_BYTES_PER_S;
+            let floor = Floor::of(plan, kr);
             let mut row = json!({
                 "name": kr.name,
                 "kind": kr.kind, // as in plan.json
                 "flops": pgc_ir::report::count_json(kr.flops),
                 "min_bytes": kr.min_bytes,
-                "floor_s": compute_s.max(memory_s),
-                "bound": if compute_s >= memory_s { "compute" } else { "memory" },
-                "peak": if tc { "bf16" } else { "f32" },
+                "floor_s": floor.seconds(),
+                "bound": floor.bound(),
+                "peak": if floor.tensor_cores { "bf16" } else { "f32" },
             });
             if let Some(p) = program {
                 let mut entries: Vec<Value> = Vec::new();
@@ -611,8 +525,8 @@ fn write_all_atomic(dir: &Path, files: &[(String, String)]) -> Result<(), Failur
 mod tests {
     use super::*;
     use pgc_backends::ptx::builder::Module;
-    use pgc_backends::ptx::epilogue::{ElemType, Epilogue};
-    use pgc_backends::ptx::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GemmPrecision};
+    use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+    use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GemmPrecision};
     use pgc_backends::ptx::program::{ArgRef, LaunchStep};
 
     fn tiny_train() -> Graph {
@@ -643,7 +557,7 @@ mod tests {
             args: vec![ArgRef::U32(0)],
             zero_first: vec![],
         };
-        (Program { plan: plan.clone(), ptx: m.render(), launches: vec![step.clone(), step], aux: vec![] }, k)
+        (Program::new(plan.clone(), &m, vec![step.clone(), step], vec![]), k)
     }
 
     #[test]
@@ -658,7 +572,7 @@ mod tests {
             assert_eq!(r["name"], kr.name.as_str());
             assert_eq!(r["flops"].as_u64().map(u128::from), Some(kr.flops));
             assert_eq!(r["min_bytes"], kr.min_bytes);
-            let tc = on_tensor_cores(&plan, kr.kind);
+            let tc = pgc::pipeline::roofline::on_tensor_cores(&plan, kr.kind);
             let want = (kr.flops as f64 / if tc { PEAK_BF16_FLOPS } else { PEAK_F32_FLOPS }).max(kr.min_bytes as f64 / PEAK_BYTES_PER_S);
             assert_eq!(r["floor_s"].as_f64().unwrap(), want, "{}", kr.name);
         }
@@ -669,7 +583,7 @@ mod tests {
         assert_eq!(rows[k]["entries"].as_array().unwrap().len(), 1, "one row per distinct entry");
         assert!(rows[k].get("registers").is_none(), "no ptxas figures without ptxas");
 
-        let Some(report) = ptxas::assemble_or_skip(&prog.ptx, "the compile report's GEMM") else { return };
+        let Some(report) = ptxas::assemble_or_skip(&prog.ptx(), "the compile report's GEMM") else { return };
         let rows = kernel_rows(&plan, Some(&prog), Some(&report));
         let row = &rows.as_array().unwrap()[k];
         let regs = row["registers"].as_u64().unwrap();
@@ -680,19 +594,22 @@ mod tests {
     }
 
     #[test]
-    fn ptxas_cache_keys_ignore_names_and_comments() {
-        let ptx = ".version 8.0\n.target sm_90a\n\n.visible .entry a(\n.param .u64 a_p0\n)\n{\n// x\nret;\n}\n\n.visible .entry b(\n.param .u64 b_p0\n)\n{\n// y\nret;\n}\n";
-        let (prelude, entries) = ptxas_cache::split(ptx).unwrap();
-        assert_eq!(prelude, ".version 8.0\n.target sm_90a\n\n");
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].0, "a");
-        assert!(entries[0].1.starts_with(".visible .entry a(") && entries[0].1.ends_with("}\n\n"));
-        assert_eq!(format!("{prelude}{}{}", entries[0].1, entries[1].1), ptx, "the pieces make the module");
+    fn ptxas_cache_keys_ignore_entry_names() {
+        // Two kernels identical up to their names have the same code, so one key.
+        let g = tiny_train();
+        let plan = plan_for(&g, Precision::Bf16, &[], true).unwrap();
+        let (prog, _) = program(&plan);
+        let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(ElemType::F32));
+        let mut k = emit_gemm(&cfg).unwrap().kernel;
         let c = ptxas_cache::Cache::open(Path::new("/nonexistent/ptxas"));
-        let ka = c.key(prelude, "a", &entries[0].1);
-        assert_eq!(ka, c.key(prelude, "b", &entries[1].1), "same code up to name and comments");
-        assert_ne!(ka, c.key(prelude, "a", &entries[0].1.replace("ret;", "exit;")));
-        assert!(ptxas_cache::split(".version 8.0\n.func f()\n{\nret;\n}\n.visible .entry a()\n{\nret;\n}\n").is_none());
+        let key = |code: &str| c.key(&prog.header, code);
+        let original = key(&prog.entries[0].code);
+        k.name = "renamed".into();
+        assert_eq!(key(&k.code()), original, "same code up to the name");
+        assert!(!prog.entries[0].code.contains(&prog.entries[0].name), "the code does not mention the entry's name");
+        let cfg2 = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 48, Epilogue::store(ElemType::F32));
+        assert_ne!(key(&emit_gemm(&cfg2).unwrap().kernel.code()), original, "another K is other code");
+        assert_ne!(c.key("another header", &prog.entries[0].code), original);
     }
 
     #[test]

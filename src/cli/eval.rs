@@ -125,8 +125,8 @@ fn nll_sum(
 /// The logits of one batch of windows from the model's PTX program (bf16 kernels).
 fn ptx_logits(dev: &dyn Device, g: &Graph, values: &HashMap<String, Vec<f64>>, ids: &[i32], targets: &[i32]) -> Result<Vec<f64>, Failure> {
     let names = ["loss".to_string(), "logits".to_string()];
-    let plan = super::run::ptx_plan(g, Precision::Bf16, &names, &[])?;
-    let program = super::run::compile_ptx(g, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
+    let plan = pgc::pipeline::ptx::plan(g, Precision::Bf16, &names, &[])?;
+    let program = pgc::pipeline::ptx::compile(g, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
     let internal = |e: pgc_runtime::exec::ExecError| Failure::Other(anyhow::anyhow!("{e}"));
     let mut ex = Executor::new(dev, &program, g).map_err(internal)?;
     let params: HashMap<String, Vec<f32>> = values.iter().map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect())).collect();

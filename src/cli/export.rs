@@ -5,6 +5,7 @@
 
 use super::{CliResult, Failure};
 use pgc_ir::{Graph, Mode};
+use pgc::pipeline::source;
 use pgc_runtime::artifact;
 use pgc_runtime::weights;
 use std::collections::HashMap;
@@ -30,13 +31,8 @@ pub(crate) fn bad(msg: impl std::fmt::Display) -> Failure {
 
 /// The model lowered in `mode` with `sets`, and its IR hash (FNV-1a 64 of the IR's JSON text).
 pub(crate) fn compile(model: &std::path::Path, sets: &[(String, String)], mode: Mode) -> Result<(Graph, u64), Failure> {
-    let path = model.display().to_string();
-    let bytes = std::fs::read(model).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
-    let source = String::from_utf8(bytes)
-        .map_err(|e| bad(format!("{path}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
-    let g = super::lower_model(&source, &path, sets, mode)?;
-    let json = serde_json::to_string(&g).map_err(|e| Failure::Other(e.into()))?;
-    let h = artifact::fnv1a64(json.as_bytes());
+    let g = source::read_model(model)?.lower(sets, mode)?;
+    let h = source::ir_hash(&g)?;
     Ok((g, h))
 }
 
@@ -60,12 +56,12 @@ impl ParamSource {
         match (&self.weights, self.random_weights) {
             (Some(w), _) => {
                 let v = weights::load_params(w, &self.weights_prefix, &g.params).map_err(bad)?;
-                super::warn_unused_tensors(w, &self.weights_prefix, &g.params);
+                pgc::pipeline::checks::warn_unused_tensors(w, &self.weights_prefix, &g.params);
                 note_ir_hash(w, g);
                 Ok(v)
             }
             (None, Some(seed)) => {
-                super::check_memory("the parameters", g.params.iter().map(|p| p.numel() as u128 * 8).sum())?;
+                pgc::pipeline::checks::check_memory("the parameters", g.params.iter().map(|p| p.numel() as u128 * 8).sum())?;
                 pgc_runtime::init::random_params(&g.params, seed).map_err(bad)
             }
             (None, None) => Err(bad("one of --weights or --random-weights is required")),
@@ -81,8 +77,7 @@ fn note_ir_hash(w: &std::path::Path, g: &Graph) {
         return;
     }
     let Ok(art) = artifact::load_bytes(&bytes) else { return };
-    let Ok(json) = serde_json::to_string(g) else { return };
-    let h = artifact::fnv1a64(json.as_bytes());
+    let Ok(h) = source::ir_hash(g) else { return };
     if h != art.ir_hash {
         eprintln!(
             "note: {} was exported from a model whose IR hash is {:016x}; this one's is {h:016x} (the parameter shapes match)",

@@ -18,16 +18,12 @@
 //! `input_ids`/`target_ids` the run used, e.g. for PyTorch to recompute.
 
 use super::{CliResult, Failure};
-use pgc_backends::cpu::{self, Real, Tensor};
-use pgc_backends::ptx::program::Program;
-use pgc_ir::plan::{self, FusionRule, Plan, PlanOptions};
-use pgc_ir::{Graph, Mode};
-use pgc_runtime::device::Device;
-use pgc_runtime::exec::Executor;
+use pgc::pipeline::cpu::CpuExecutor;
+use pgc::pipeline::inputs::{self, RunInputs, RunSpec, TokenSource, WeightSource};
+use pgc::pipeline::{cpu, ptx};
+use pgc_ir::{plan, Mode};
 use pgc_runtime::sim::SimDevice;
-use std::collections::BTreeSet;
-use pgc_runtime::weights::{self, HostData, HostTensor, Tokens};
-use std::collections::HashMap;
+use pgc_runtime::weights::{self, HostData};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -121,52 +117,29 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// A run on seeded random weights and tokens (tokens seeded `seed + 1`), as
-    /// `pgc verify` and `pgc bench` make them; nothing is written.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn random(
-        model: PathBuf,
-        sets: Vec<String>,
-        seed: u64,
-        batch: usize,
-        seq: Option<usize>,
-        mode: ModeArg,
-        backend: Backend,
-        precision: Precision,
-        dense_weights: bool,
-    ) -> Self {
-        RunArgs {
-            model,
-            sets,
-            weights: None,
-            weights_prefix: String::new(),
-            random_weights: Some(seed),
-            tokens: None,
-            random_tokens: Some(seed.wrapping_add(1)),
-            batch: Some(batch),
-            seq,
-            mode,
-            backend,
-            precision: Some(precision),
-            out: PathBuf::new(),
-            grads: false,
-            profile: false,
-            repeat: 1,
-            dense_weights,
-            dump_inputs: None,
-            allow_nonfinite: false,
-        }
+    /// The run these flags describe.
+    pub(crate) fn spec(&self) -> Result<RunSpec, Failure> {
+        let tokens = match (&self.tokens, self.random_tokens) {
+            (Some(t), _) => TokenSource::File(t.clone()),
+            (None, Some(seed)) => TokenSource::Random { seed, batch: self.batch.unwrap_or(1), seq: self.seq },
+            (None, None) => return Err(bad("one of --tokens or --random-tokens is required")),
+        };
+        let weights = match (&self.weights, self.random_weights) {
+            (Some(w), _) => WeightSource::File { path: w.clone(), prefix: self.weights_prefix.clone() },
+            (None, Some(seed)) => WeightSource::Random { seed, dense: self.dense_weights },
+            (None, None) => return Err(bad("one of --weights or --random-weights is required")),
+        };
+        Ok(RunSpec { model: self.model.clone(), sets: super::parse_sets(&self.sets)?, tokens, weights, mode: self.mode.into(), grads: self.grads, allow_nonfinite: self.allow_nonfinite })
     }
 }
 
-/// What a run starts from: the graph (with the backward pass when gradients
-/// are wanted), parameter values and tokens.
-pub(crate) struct Prepared {
-    pub graph: Graph,
-    pub values: HashMap<String, Vec<f64>>,
-    pub tokens: Tokens,
-    pub with_grads: bool,
-    pub mode: Mode,
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Train => Mode::Train,
+            ModeArg::Eval => Mode::Eval,
+        }
+    }
 }
 
 /// Open the CUDA device, or a bad-input failure naming why not (no GPU, no driver).
@@ -176,6 +149,15 @@ pub(crate) fn open_cuda(command: &str) -> Result<pgc_runtime::cuda::CudaDevice, 
 
 fn bad(msg: impl std::fmt::Display) -> Failure {
     Failure::BadInput(format!("error: {msg}"))
+}
+
+/// The plan precision of a PTX backend run.
+pub(crate) fn ptx_precision(p: Precision) -> plan::Precision {
+    if p == Precision::Bf16 {
+        plan::Precision::Bf16
+    } else {
+        plan::Precision::F32
+    }
 }
 
 pub fn run(args: RunArgs) -> CliResult {
@@ -199,25 +181,27 @@ pub fn run(args: RunArgs) -> CliResult {
     }
     // Open the GPU first: without one, fail before any work and write nothing.
     let cuda = if args.backend == Backend::Cuda { Some(open_cuda("pgc run")?) } else { None };
-    let Prepared { graph, values, tokens, with_grads, mode } = prepare(&args)?;
+    let RunInputs { graph, values, tokens, with_grads, mode } = inputs::prepare(&args.spec()?)?;
     let elem = if precision == Precision::F64 { 8 } else { 4 };
-    super::check_memory("this run (parameters and its largest activation)", super::run_memory(&graph, elem))?;
+    pgc::pipeline::checks::check_memory("this run (parameters and its largest activation)", pgc::pipeline::checks::run_memory(&graph, elem))?;
     let t_prep = t_start.elapsed().as_secs_f64();
     if let Some(path) = &args.dump_inputs {
-        dump_inputs(path, &graph, &values, &tokens)?;
+        inputs::dump_inputs(path, &graph, &values, &tokens)?;
     }
+    let bar = super::progress::Progress::lazy("kernel launches");
     let result = match (args.backend, precision) {
         (Backend::Sim, p) => {
             let dev = SimDevice::new();
-            execute_ptx(&dev, Some(&dev), &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
+            ptx::execute_with_progress(&dev, Some(&dev), &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
         }
         (Backend::Cuda, p) => {
             let dev = cuda.as_ref().expect("opened above");
-            execute_ptx(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
+            ptx::execute_with_progress(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
         }
-        (b, Precision::F64) => execute_on::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, b == Backend::Cpu, args.repeat)?,
-        (b, _) => execute_on::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32, b == Backend::Cpu, args.repeat)?,
+        (b, Precision::F64) => cpu::execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, cpu_executor(b), args.repeat)?,
+        (b, _) => cpu::execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32, cpu_executor(b), args.repeat)?,
     };
+    drop(bar);
     weights::save(&args.out, &result.tensors, None).map_err(|e| Failure::Other(e.into()))?;
     println!(
         "loss {:.10} ({} mode, {} backend, {} precision, batch {} seq {}, {} parameters)",
@@ -246,368 +230,10 @@ pub fn run(args: RunArgs) -> CliResult {
     Ok(())
 }
 
-/// Replace every all-zero parameter by seeded normal values / sqrt(fan-in)
-/// (fan-in: the last dimension), rounded to f32: the training initialisation
-/// zero-initialises output projections, which would leave the gradients of
-/// everything before them zero and so unchecked.
-pub(crate) fn densify(params: &[pgc_ir::graph::ParamInfo], values: &mut HashMap<String, Vec<f64>>, seed: u64) {
-    for p in params {
-        let Some(v) = values.get_mut(&p.name) else { continue };
-        if v.is_empty() || v.iter().any(|&x| x != 0.0) {
-            continue;
-        }
-        let fan_in = if p.shape.len() >= 2 { *p.shape.last().unwrap() as f64 } else { 100.0 };
-        let mut rng = pgc_runtime::init::Rng::new(seed ^ 0x5eed_de05, &format!("dense:{}", p.name));
-        for x in v.iter_mut() {
-            *x = (rng.normal() / fan_in.sqrt()) as f32 as f64;
-        }
-    }
-}
-
-pub(crate) fn ptx_precision(p: Precision) -> plan::Precision {
-    if p == Precision::Bf16 {
-        plan::Precision::Bf16
+fn cpu_executor(b: Backend) -> CpuExecutor {
+    if b == Backend::Cpu {
+        CpuExecutor::Plan
     } else {
-        plan::Precision::F32
+        CpuExecutor::Interpreter
     }
-}
-
-/// Write the parameters (f32) and tokens a run uses (names as in the spec;
-/// tokens `input_ids`, `target_ids` int32 [B, T]).
-pub(crate) fn dump_inputs(path: &std::path::Path, graph: &Graph, values: &HashMap<String, Vec<f64>>, tokens: &Tokens) -> Result<(), Failure> {
-    let mut tensors: Vec<(String, HostTensor)> = graph
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), HostTensor::new(p.shape.clone(), HostData::F32(values[&p.name].iter().map(|&x| x as f32).collect()))))
-        .collect();
-    let shape = vec![tokens.batch, tokens.seq];
-    tensors.push(("input_ids".into(), HostTensor::new(shape.clone(), HostData::I32(tokens.input_ids.clone()))));
-    tensors.push(("target_ids".into(), HostTensor::new(shape, HostData::I32(tokens.target_ids.clone()))));
-    weights::save(path, &tensors, None).map_err(|e| Failure::Other(anyhow::anyhow!("writing {}: {e}", path.display())))
-}
-
-/// Read the model, tokens and parameters a run's flags name; lower the model
-/// (with the backward pass in train mode or with `--grads`).
-pub(crate) fn prepare(args: &RunArgs) -> Result<Prepared, Failure> {
-    let mut sets = super::parse_sets(&args.sets)?;
-    let path = args.model.display().to_string();
-    let bytes = std::fs::read(&args.model).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
-    let source = String::from_utf8(bytes)
-        .map_err(|e| bad(format!("{path}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
-    let mode = match args.mode {
-        ModeArg::Train => Mode::Train,
-        ModeArg::Eval => Mode::Eval,
-    };
-    let compile = |sets: &[(String, String)]| {
-        super::lower_model(&source, &path, sets, mode)
-    };
-
-    // Tokens fix batch and seq.
-    let tokens: Tokens = match (&args.tokens, args.random_tokens) {
-        (Some(t), _) => weights::load_tokens(t).map_err(bad)?,
-        (None, Some(seed)) => {
-            let g = compile(&sets)?;
-            let vocab = g.constant("vocab").ok_or_else(|| bad(format!("{path}: the model has no `vocab` constant for --random-tokens")))?;
-            let batch = args.batch.unwrap_or(1);
-            let seq = match args.seq {
-                Some(s) => s,
-                None => g.constant("seq").ok_or_else(|| bad(format!("{path}: the model has no `seq` constant; pass --seq")))? as usize,
-            };
-            if batch == 0 || seq == 0 {
-                return Err(bad("--batch and --seq must be at least 1"));
-            }
-            super::check_memory(&format!("--batch {batch} --seq {seq} (the token ids alone)"), batch as u128 * seq as u128 * 8)?;
-            let (input_ids, target_ids) = pgc_runtime::init::random_tokens(seed, batch, seq, vocab as u32);
-            Tokens { batch, seq, input_ids, target_ids, source: PathBuf::from(format!("--random-tokens {seed}")) }
-        }
-        (None, None) => return Err(bad("one of --tokens or --random-tokens is required")),
-    };
-    for (name, val) in [("batch", tokens.batch), ("seq", tokens.seq)] {
-        for (_, v) in sets.iter().filter(|(k, _)| k == name) {
-            if v.parse::<usize>().ok() != Some(val) {
-                return Err(bad(format!("--set {name}={v} disagrees with the tokens ({} has {name} {val})", tokens.source.display())));
-            }
-        }
-        sets.retain(|(k, _)| k != name);
-        sets.push((name.into(), val.to_string()));
-    }
-    let fwd = compile(&sets)?;
-    if let Some(vocab) = fwd.constant("vocab") {
-        tokens.check_vocab(vocab as usize).map_err(bad)?;
-    }
-
-    // Parameters.
-    let values: HashMap<String, Vec<f64>> = match (&args.weights, args.random_weights) {
-        (Some(w), _) => {
-            let v = weights::load_params(w, &args.weights_prefix, &fwd.params).map_err(bad)?;
-            super::warn_unused_tensors(w, &args.weights_prefix, &fwd.params);
-            if !args.allow_nonfinite {
-                super::check_finite(w, &fwd.params, &v)?;
-            }
-            v
-        }
-        (None, Some(seed)) => {
-            super::check_memory("the parameters", fwd.params.iter().map(|p| p.numel() as u128 * 8).sum())?;
-            let mut v = pgc_runtime::init::random_params(&fwd.params, seed).map_err(bad)?;
-            if args.dense_weights {
-                densify(&fwd.params, &mut v, seed);
-            }
-            v
-        }
-        (None, None) => return Err(bad("one of --weights or --random-weights is required")),
-    };
-
-    let with_grads = mode == Mode::Train || args.grads;
-    let graph = if with_grads {
-        pgc_ir::passes::autodiff::backward(&fwd, "loss").map_err(|e| Failure::Other(e.into()))?
-    } else {
-        fwd
-    };
-    Ok(Prepared { graph, values, tokens, with_grads, mode })
-}
-
-pub(crate) struct Outcome {
-    pub loss: f64,
-    pub seconds: f64,
-    pub tensors: Vec<(String, HostTensor)>,
-    pub profile: Option<String>,
-    /// What the device did (simulator: launches, thread-instructions).
-    pub device_note: Option<String>,
-}
-
-/// The names `pgc run` writes: loss, logits and (with gradients) grad.NAME per parameter.
-pub(crate) fn output_names(graph: &Graph, with_grads: bool) -> Vec<String> {
-    let mut names: Vec<String> = vec!["loss".into(), "logits".into()];
-    if with_grads {
-        names.extend(graph.params.iter().map(|p| format!("grad.{}", p.name)));
-    }
-    names
-}
-
-/// The fusion rules the PTX backend implements: plans for it use only these.
-pub(crate) fn ptx_supported_rules() -> BTreeSet<FusionRule> {
-    pgc_backends::ptx::compile::supported_rules()
-}
-
-/// Compile a plan to a PTX program (errors as text: e.g. a kernel kind with no emitter yet).
-pub(crate) fn compile_ptx(g: &Graph, plan: &Plan) -> Result<Program, String> {
-    pgc_backends::ptx::compile::compile_program(g, plan).map_err(|e| e.to_string())
-}
-
-/// The kernel plan for the PTX backend storing `outputs` (only the supported fusion rules).
-pub(crate) fn ptx_plan(g: &Graph, precision: plan::Precision, outputs: &[String], disabled: &[FusionRule]) -> Result<Plan, Failure> {
-    let mut opts = PlanOptions::all(g, precision);
-    opts.rules = ptx_supported_rules().into_iter().filter(|r| !disabled.contains(r)).collect();
-    opts.outputs = outputs.to_vec();
-    plan::build(g, &opts).map_err(|e| Failure::Other(e.into()))
-}
-
-/// Plan, compile and run the graph's PTX program on `dev` (the simulator, or
-/// a GPU); `sim` is the same device when it is the simulator, for its
-/// thread-instruction counts.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn execute_ptx(
-    dev: &dyn Device,
-    sim: Option<&SimDevice>,
-    graph: &Graph,
-    values: &HashMap<String, Vec<f64>>,
-    tokens: &Tokens,
-    with_grads: bool,
-    precision: plan::Precision,
-    profile: bool,
-) -> Result<Outcome, Failure> {
-    let names = output_names(graph, with_grads);
-    let plan = ptx_plan(graph, precision, &names, &[])?;
-    let t_compile = Instant::now();
-    let program = compile_ptx(graph, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
-    let compile_s = t_compile.elapsed().as_secs_f64();
-    let internal = |e: pgc_runtime::exec::ExecError| Failure::Other(anyhow::anyhow!("{e}"));
-    let t_load = Instant::now();
-    let mut ex = Executor::new(dev, &program, graph).map_err(internal)?;
-    set_executor_inputs(&mut ex, values, tokens)?;
-    let load_s = t_load.elapsed().as_secs_f64();
-    let insts = || sim.map(|d| d.total_thread_instructions()).unwrap_or(0);
-    let insts0 = insts();
-    let t0 = Instant::now();
-    let mut per_kernel: Vec<(f64, u64)> = vec![(0.0, 0); program.plan.kernels.len()];
-    let bar = super::progress::Progress::new(ex.launch_count() as u64, "kernel launches");
-    if profile {
-        for i in 0..ex.launch_count() {
-            bar.set(i as u64);
-            let t = Instant::now();
-            let before = insts();
-            ex.launch_step(i).map_err(internal)?;
-            dev.synchronize().map_err(|e| internal(pgc_runtime::exec::ExecError::Device { what: "synchronize".into(), source: e }))?;
-            let k = program.launches[i].plan_kernel;
-            per_kernel[k].0 += t.elapsed().as_secs_f64();
-            per_kernel[k].1 += insts() - before;
-        }
-    } else {
-        ex.run_with(&mut |done, _| bar.set(done as u64)).map_err(internal)?;
-    }
-    drop(bar);
-    let seconds = t0.elapsed().as_secs_f64();
-    let insts = insts() - insts0;
-
-    let mut tensors = Vec::with_capacity(names.len());
-    let mut loss = f64::NAN;
-    for name in &names {
-        let data = ex.read_output(name).map_err(internal)?;
-        let v = graph.output(name).ok_or_else(|| bad(format!("the model has no output `{name}`")))?;
-        let shape = if name == "loss" { vec![1] } else { graph.ty(v).shape.clone() };
-        if name == "loss" {
-            loss = data.first().copied().unwrap_or(f32::NAN) as f64;
-        }
-        tensors.push((name.clone(), HostTensor::new(shape, HostData::F32(data))));
-    }
-    let device_note = Some(match sim {
-        Some(_) => format!(
-            "sim: {} kernels, {} launches, {:.3e} thread-instructions, {:.3} s on the simulator ({} host threads); PTX compile {:.3} s, {} KiB of PTX",
-            program.plan.kernels.len(),
-            program.launches.len(),
-            insts as f64,
-            seconds,
-            host_threads(),
-            compile_s,
-            program.ptx.len() / 1024
-        ),
-        None => format!(
-            "{}: {} kernels, {} launches, {:.3} s on the device (first run: includes lazy work); PTX compile {:.3} s, {} KiB of PTX; module load (driver JIT) + upload {:.3} s",
-            dev.name(),
-            program.plan.kernels.len(),
-            program.launches.len(),
-            seconds,
-            compile_s,
-            program.ptx.len() / 1024,
-            load_s
-        ),
-    });
-    let profile = profile.then(|| {
-        let mut order: Vec<usize> = (0..per_kernel.len()).collect();
-        order.sort_by(|&a, &b| per_kernel[b].1.cmp(&per_kernel[a].1).then(per_kernel[b].0.total_cmp(&per_kernel[a].0)));
-        let mut s = match sim {
-            Some(_) => format!("{:<48} {:<18} {:>14} {:>10}\n", "kernel", "kind", "thread-insts", "wall s"),
-            None => format!("{:<48} {:<18} {:>10}   (host wall time per kernel, synchronized)\n", "kernel", "kind", "wall s"),
-        };
-        for k in order {
-            let kr = &program.plan.kernels[k];
-            s += &match sim {
-                Some(_) => format!("{:<48} {:<18} {:>14} {:>10.4}\n", kr.name, kr.kind.name(), per_kernel[k].1, per_kernel[k].0),
-                None => format!("{:<48} {:<18} {:>10.6}\n", kr.name, kr.kind.name(), per_kernel[k].0),
-            };
-        }
-        s
-    });
-    Ok(Outcome { loss, seconds, tensors, profile, device_note })
-}
-
-/// Upload the parameters (as f32 masters) and the token inputs.
-pub(crate) fn set_executor_inputs(ex: &mut Executor<'_>, values: &HashMap<String, Vec<f64>>, tokens: &Tokens) -> Result<(), Failure> {
-    let internal = |e: pgc_runtime::exec::ExecError| Failure::Other(anyhow::anyhow!("{e}"));
-    let params: HashMap<String, Vec<f32>> = values.iter().map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect())).collect();
-    ex.set_params(&params).map_err(internal)?;
-    for name in ex.input_names() {
-        let ids = match name.as_str() {
-            "input_ids" => &tokens.input_ids,
-            "target_ids" => &tokens.target_ids,
-            other => return Err(bad(format!("the model has an input `{other}`; pgc supplies only input_ids and target_ids"))),
-        };
-        ex.set_input(&name, ids).map_err(internal)?;
-    }
-    Ok(())
-}
-
-fn host_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-/// Run on the CPU reference interpreter.
-pub(crate) fn execute<F: Real>(
-    graph: &Graph,
-    values: &HashMap<String, Vec<f64>>,
-    tokens: &Tokens,
-    with_grads: bool,
-    profile: bool,
-    store: impl Fn(Vec<F>) -> HostData,
-) -> Result<Outcome, Failure> {
-    execute_on(graph, values, tokens, with_grads, profile, store, false, 1)
-}
-
-/// Run on the CPU plan executor (`on_plan`) or the reference interpreter,
-/// `repeat` times (the time reported: the fastest run; the outputs: the last).
-#[allow(clippy::too_many_arguments)]
-fn execute_on<F: Real>(
-    graph: &Graph,
-    values: &HashMap<String, Vec<f64>>,
-    tokens: &Tokens,
-    with_grads: bool,
-    profile: bool,
-    store: impl Fn(Vec<F>) -> HostData,
-    on_plan: bool,
-    repeat: u32,
-) -> Result<Outcome, Failure> {
-    let params: HashMap<String, Tensor<F>> = graph
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), Tensor::from_f64(p.shape.clone(), &values[&p.name])))
-        .collect();
-    let shape = vec![tokens.batch, tokens.seq];
-    let mut inputs = HashMap::new();
-    inputs.insert("input_ids".to_string(), Tensor::<F>::int(shape.clone(), tokens.input_ids.clone()));
-    inputs.insert("target_ids".to_string(), Tensor::<F>::int(shape, tokens.target_ids.clone()));
-    let names = output_names(graph, with_grads);
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    // The plan executor: plan and cranelift compile first, reported apart from
-    // the run (like the simulator's PTX compile).
-    let mut notes = Vec::new();
-    let compiled = if on_plan {
-        let t0 = Instant::now();
-        let rules = pgc_ir::plan::FusionRule::ALL.into_iter().collect();
-        let plan = cpu::plan_exec::plan_for(graph, &rules, Some(&refs)).map_err(bad)?;
-        let jit = cpu::plan_exec::jit::compile::<F>(graph, &plan.kernels).map_err(|e| bad(format!("compiling the plan's kernels: {e}")))?;
-        let segments: usize = jit.segments.values().map(|s| s.len()).sum();
-        notes.push(format!(
-            "cpu: {} kernels; compiled with cranelift: {} whole kernels and {segments} element-wise/row-sum segments of others; plan + compile {:.3} s",
-            plan.kernels.len(),
-            jit.kernels.len(),
-            t0.elapsed().as_secs_f64()
-        ));
-        Some((plan, jit))
-    } else {
-        None
-    };
-    let mut times = Vec::new();
-    let mut last = None;
-    for _ in 0..repeat {
-        // The previous run's outputs are freed first, as in a training loop.
-        drop(last.take());
-        let t = Instant::now();
-        let run = match &compiled {
-            Some((plan, jit)) => cpu::plan_exec::execute_plan_with(graph, plan, &params, &inputs, Some(&refs), Some(jit)),
-            None => cpu::execute(graph, &params, &inputs, Some(&refs)),
-        }
-        .map_err(bad)?;
-        times.push(t.elapsed().as_secs_f64());
-        last = Some(run);
-    }
-    let run = last.expect("repeat is at least 1");
-    let seconds = times.iter().copied().fold(f64::INFINITY, f64::min);
-    if times.len() > 1 {
-        let mut sorted = times.clone();
-        sorted.sort_by(f64::total_cmp);
-        notes.push(format!("{} runs: first {:.3} s, median {:.3} s, fastest {:.3} s (reported)", times.len(), times[0], sorted[sorted.len() / 2], seconds));
-    }
-    let device_note = (!notes.is_empty()).then(|| notes.join("\n"));
-    let profile = profile.then(|| run.profile.render());
-    drop(params);
-    let loss = run.get("loss").map(|t| t.to_f64_vec()[0]).unwrap_or(f64::NAN);
-    let tensors = run
-        .outputs
-        .into_iter()
-        .map(|(name, t)| {
-            let shape = if name == "loss" { vec![1] } else { t.shape.clone() };
-            (name, HostTensor::new(shape, store(t.into_float_vec())))
-        })
-        .collect();
-    Ok(Outcome { loss, seconds, tensors, profile, device_note })
 }

@@ -9,7 +9,10 @@
 //! `--tol`). Exit 1 when any relative error exceeds the tolerance (or is not
 //! finite), 0 when all pass, 2 on bad input or when the device is missing.
 
-use super::run::{self, ModeArg, Prepared, RunArgs};
+use super::run::{self, ModeArg};
+use pgc::pipeline::cpu::CpuExecutor;
+use pgc::pipeline::inputs::{self, RunInputs, RunSpec};
+use pgc::pipeline::{cpu, ptx};
 use super::{CliResult, Failure};
 use pgc_runtime::sim::SimDevice;
 use pgc_runtime::weights::HostData;
@@ -103,8 +106,8 @@ pub fn run(args: VerifyArgs) -> CliResult {
         PtxPrecision::Bf16 => run::Precision::Bf16,
         PtxPrecision::F32 => run::Precision::F32,
     };
-    let ra = RunArgs::random(args.model.clone(), args.sets.clone(), args.seed, args.batch, args.seq, args.mode, run::Backend::Cpu, prec, !args.training_init);
-    let Prepared { graph, mut values, tokens, with_grads, mode } = run::prepare(&ra)?;
+    let spec = RunSpec::random(args.model.clone(), super::parse_sets(&args.sets)?, args.seed, args.batch, args.seq, args.mode.into(), !args.training_init);
+    let RunInputs { graph, mut values, tokens, with_grads, mode } = inputs::prepare(&spec)?;
     // Both sides start from the same f32 numbers.
     for v in values.values_mut() {
         for x in v.iter_mut() {
@@ -125,13 +128,15 @@ pub fn run(args: VerifyArgs) -> CliResult {
     );
 
     let t_dev = Instant::now();
+    let bar = super::progress::Progress::lazy("kernel launches");
     let dev_out = match &cuda {
-        Some(dev) => run::execute_ptx(dev, None, &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false)?,
+        Some(dev) => ptx::execute_with_progress(dev, None, &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false, &mut |d, t| bar.set_total(d, t))?,
         None => {
             let dev = SimDevice::new();
-            run::execute_ptx(&dev, Some(&dev), &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false)?
+            ptx::execute_with_progress(&dev, Some(&dev), &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false, &mut |d, t| bar.set_total(d, t))?
         }
     };
+    drop(bar);
     let dev_s = t_dev.elapsed().as_secs_f64();
     if let Some(n) = &dev_out.device_note {
         println!("{n}");
@@ -139,7 +144,7 @@ pub fn run(args: VerifyArgs) -> CliResult {
     println!("device run: {dev_s:.2} s (plan + PTX compile + load + run + read back)");
 
     let t_cpu = Instant::now();
-    let cpu_out = run::execute::<f64>(&graph, &values, &tokens, with_grads, false, HostData::F64)?;
+    let cpu_out = cpu::execute::<f64>(&graph, &values, &tokens, with_grads, false, HostData::F64, CpuExecutor::Interpreter, 1)?;
     println!(
         "cpu reference (f64, {} threads): {:.2} s",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -770,20 +770,46 @@ impl fmt::Display for Inst {
 
 /// Kernel parameter types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ParamType {
     U64,
     U32,
     S32,
     F32,
+    /// `.param .align A .b8 name[S]`: an opaque byte array passed by value
+    /// (a TMA tensor map is 128 bytes, 64-byte aligned); addressed, not loaded.
+    Bytes { align: u32, size: u32 },
 }
 
 impl ParamType {
-    fn ty(self) -> Type {
+    /// The register type a scalar parameter loads as.
+    fn ty(self) -> Option<Type> {
         match self {
-            ParamType::U64 => Type::U64,
-            ParamType::U32 => Type::U32,
-            ParamType::S32 => Type::S32,
-            ParamType::F32 => Type::F32,
+            ParamType::U64 => Some(Type::U64),
+            ParamType::U32 => Some(Type::U32),
+            ParamType::S32 => Some(Type::S32),
+            ParamType::F32 => Some(Type::F32),
+            ParamType::Bytes { .. } => None,
+        }
+    }
+
+    /// Bytes the parameter occupies in the parameter buffer.
+    pub fn size(self) -> u32 {
+        match self {
+            ParamType::U64 => 8,
+            ParamType::U32 | ParamType::S32 | ParamType::F32 => 4,
+            ParamType::Bytes { size, .. } => size,
+        }
+    }
+
+    /// The declaration of parameter `sym` as PTX text.
+    fn decl(self, sym: &str) -> String {
+        match self {
+            ParamType::U64 => format!(".param .u64 {sym}"),
+            ParamType::U32 => format!(".param .u32 {sym}"),
+            ParamType::S32 => format!(".param .s32 {sym}"),
+            ParamType::F32 => format!(".param .f32 {sym}"),
+            ParamType::Bytes { align, size } => format!(".param .align {align} .b8 {sym}[{size}]"),
         }
     }
 }
@@ -871,18 +897,24 @@ impl KernelBuilder {
     /// Declare a parameter (in order).
     pub fn param(&mut self, name: &str, ty: ParamType) -> Param {
         assert!(!self.params.iter().any(|p| p.name == name), "duplicate parameter {name}");
+        if let ParamType::Bytes { align, size } = ty {
+            assert!(align.is_power_of_two() && size > 0 && size % align == 0, "byte parameter {name}: align {align}, size {size}");
+        }
         let p = Param { name: name.to_string(), ty };
         self.params.push(p.clone());
         p
     }
 
+    /// Parameter names are scoped to their entry, so the symbol does not
+    /// repeat the kernel's name: an entry's text (less its name) is the same
+    /// whatever it is called, which deduplication and the ptxas cache key on.
     fn param_sym(&self, p: &Param) -> String {
-        format!("{}_param_{}", self.name, p.name)
+        param_sym(&p.name)
     }
 
-    /// Load a parameter into a fresh register.
+    /// Load a scalar parameter into a fresh register.
     pub fn ld_param(&mut self, p: &Param) -> Reg {
-        let ty = p.ty.ty();
+        let ty = p.ty.ty().unwrap_or_else(|| panic!("parameter {} is a byte array: address it, do not load it", p.name));
         let dst = self.reg(ty.class());
         let sym = self.param_sym(p);
         self.push(Inst::Ld { space: Space::Param, nc: false, ty, dst: vec![dst], addr: Addr::sym(&sym) });
@@ -1230,23 +1262,29 @@ impl KernelBuilder {
     }
 }
 
+fn param_sym(name: &str) -> String {
+    format!("param_{name}")
+}
+
 impl Kernel {
     /// Number of instructions (not labels or comments).
     pub fn instruction_count(&self) -> usize {
         self.body.iter().filter(|s| matches!(s, Stmt::Inst { .. })).count()
     }
 
-    fn render_into(&self, out: &mut String) {
-        let pty = |t: ParamType| match t {
-            ParamType::U64 => ".u64",
-            ParamType::U32 => ".u32",
-            ParamType::S32 => ".s32",
-            ParamType::F32 => ".f32",
-        };
-        let _ = writeln!(out, ".visible .entry {}(", self.name);
+    /// The entry's text: `.visible .entry NAME` followed by [`Kernel::code`].
+    pub fn render(&self) -> String {
+        format!(".visible .entry {}{}", self.name, self.code())
+    }
+
+    /// Everything of the entry's text after its name: the parameter list,
+    /// the directives and the body. It does not mention the name.
+    pub fn code(&self) -> String {
+        let mut out = String::new();
+        out.push_str("(\n");
         for (i, p) in self.params.iter().enumerate() {
             let sep = if i + 1 < self.params.len() { "," } else { "" };
-            let _ = writeln!(out, "\t.param {} {}_param_{}{}", pty(p.ty), self.name, p.name, sep);
+            let _ = writeln!(out, "\t{}{}", p.ty.decl(&param_sym(&p.name)), sep);
         }
         out.push(')');
         if let Some(t) = self.max_threads {
@@ -1284,6 +1322,7 @@ impl Kernel {
             }
         }
         out.push_str("}\n");
+        out
     }
 }
 
@@ -1311,8 +1350,19 @@ impl Module {
         self.kernels.push(k);
     }
 
-    /// The module's text.
+    /// The module's text: [`Module::header`] and each kernel's text.
     pub fn render(&self) -> String {
+        let mut out = self.header();
+        for k in &self.kernels {
+            out.push_str(&k.render());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Everything before the first entry: version, target, address size and
+    /// the module-scope `extern .shared` arrays of the kernels.
+    pub fn header(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "//\n// Generated by pgc (parameter-golf compiler)\n//\n");
         let _ = writeln!(out, ".version {}.{}", self.version.0, self.version.1);
@@ -1330,10 +1380,6 @@ impl Module {
             let _ = writeln!(out, ".extern .shared .align {a} .b8 {n}[];");
         }
         if !ext.is_empty() {
-            out.push('\n');
-        }
-        for k in &self.kernels {
-            k.render_into(&mut out);
             out.push('\n');
         }
         out

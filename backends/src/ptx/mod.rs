@@ -1,4 +1,9 @@
-//! PTX emission for sm_90a: a typed PTX builder and one emitter per kernel kind.
+//! PTX emission for sm_90a. Data flows one way through these modules:
+//! [`compile`] walks a kernel plan and hands each kernel to its plan adapter
+//! ([`adapters`], sharing [`ctx`]); adapters call the plan-independent
+//! templates ([`templates`]: GEMM, attention, epilogue) and the scalar code
+//! generator ([`pointwise`]); everything emits through the typed [`builder`];
+//! the result is a [`program::Program`].
 //!
 //! * [`builder`]: typed registers (`.pred/.b16/.b32/.b64/.f32`), instructions
 //!   as values checked against their types when pushed, guards, labels,
@@ -6,31 +11,30 @@
 //!   (`extern`) shared and `.local` arrays, vector loads and stores,
 //!   `cp.async`, `ldmatrix`, `mma.sync`, `red`; the text is rendered in one
 //!   place ([`builder::Module::render`]: `.version 8.0`, `.target sm_90a`).
-//! * [`gemm`]: GEMMs `C = op(A) @ op(B)` in the model's three training
-//!   layouts (and the fourth), bf16 on tensor cores (`mma.sync` m16n8k16,
-//!   `ldmatrix`, a `cp.async` multi-stage pipeline) or f32 FFMA, any M, N, K,
-//!   optional split-K; tile shapes are a [`gemm::TileConfig`].
-//! * [`epilogue`]: the fused epilogue as serializable data
-//!   ([`epilogue::EpiStep`]: row/column scale, bias, relu², relu² gradient,
-//!   residual add, auxiliary stores; output f32 or bf16).
-//! * [`program`]: the compiled program handed to the runtime: the PTX module
-//!   of a plan and its ordered launches with symbolic arguments.
+//! * [`compile`]: the entry point, plan -> program.
+//! * [`ctx`]: the state and error type the adapters share.
+//! * [`adapters`]: one per plan kernel kind, and their shared toolkit.
+//! * [`templates`]: GEMM, attention and epilogue emitters, configured by data.
+//! * [`pointwise`]: the scalar code generator (expressions of graph values at
+//!   a multi-index, lowered to PTX).
+//! * [`program`]: the compiled program handed to the runtime: its entries
+//!   (name, parameter signature, text) and its ordered launches with
+//!   symbolic arguments.
 //! * [`ptxas`]: finding and running ptxas, parsing registers / spills /
 //!   shared memory per kernel.
 //! * [`testing`]: the GEMM test matrix, deterministic inputs and an f64
 //!   reference (used by the tests under `tests/ptx_gemm*.rs`).
 
-pub mod attention;
+pub mod adapters;
 pub mod builder;
 pub mod compile;
-pub mod epilogue;
-pub mod gemm;
-pub mod kinds;
+pub mod ctx;
 pub mod pointwise;
 pub mod program;
 pub mod ptxas;
+pub mod templates;
 pub mod testing;
 
 pub use builder::{Kernel, KernelBuilder, Module};
-pub use epilogue::{ElemType, EpiStep, Epilogue};
-pub use gemm::{emit_gemm, AStore, BStore, GemmConfig, GemmKernel, GemmLayout, Precision, TileConfig};
+pub use templates::epilogue::{ElemType, EpiStep, Epilogue};
+pub use templates::gemm::{emit_gemm, AStore, BStore, GemmConfig, GemmKernel, GemmLayout, Precision, TileConfig};

@@ -1,14 +1,25 @@
-//! A compiled program: the PTX module of a kernel plan and the launches that
-//! run it, in order. This is what the PTX backend hands to the runtime: the
-//! executor (runtime) resolves every [`ArgRef`] to a device pointer or scalar
-//! and launches each [`LaunchStep`] on a `Device` (the simulator or CUDA).
+//! A compiled program: the PTX module of a kernel plan as structured data
+//! (each entry's name, parameter signature and text, from the builder) and
+//! the launches that run it, in order, each with its geometry. This is what
+//! the PTX backend hands to the runtime: the executor resolves every
+//! [`ArgRef`] to a device pointer or scalar and launches each [`LaunchStep`]
+//! on a `Device` (the simulator or CUDA); nothing reads the PTX text back.
 //!
 //! One plan kernel becomes one or more launches (e.g. a zero-fill before an
 //! atomically accumulated output, or a split-K GEMM's partial passes).
 
+use super::builder::{Module, Param};
 use pgc_ir::plan::Plan;
 use pgc_ir::ValueId;
 use serde::{Deserialize, Serialize};
+
+/// Launch geometry of one entry's launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
 
 /// What a kernel argument refers to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,12 +75,65 @@ pub struct LaunchStep {
     pub zero_first: Vec<ZeroRef>,
 }
 
+/// One `.entry` of the module.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub name: String,
+    /// The parameters in order (what a launch's arguments must match).
+    pub params: Vec<Param>,
+    /// `.maxntid`, when the kernel declares it: launches use at most this many threads per block.
+    pub max_threads: Option<u32>,
+    /// The entry's text after its name (parameter list, directives, body):
+    /// the same for kernels identical up to their names.
+    pub code: String,
+}
+
+/// The entries of a builder module, as data.
+pub fn entries_of(module: &Module) -> Vec<Entry> {
+    module.kernels.iter().map(|k| Entry { name: k.name.clone(), params: k.params.clone(), max_threads: k.max_threads, code: k.code() }).collect()
+}
+
+impl Entry {
+    /// The entry's PTX text.
+    pub fn text(&self) -> String {
+        format!(".visible .entry {}{}", self.name, self.code)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Program {
-    /// The plan, with each kernel's launch geometry filled in.
+    /// The plan as the planner made it (launch geometry lives in `launches`).
     pub plan: Plan,
-    /// The whole PTX module (every entry of every launch).
-    pub ptx: String,
+    /// The module's text before its entries (version, target, module-scope declarations).
+    pub header: String,
+    /// Every entry any launch uses, in module order.
+    pub entries: Vec<Entry>,
     pub launches: Vec<LaunchStep>,
     pub aux: Vec<AuxBuffer>,
+}
+
+impl Program {
+    /// A program of `module`'s kernels.
+    pub fn new(plan: Plan, module: &Module, launches: Vec<LaunchStep>, aux: Vec<AuxBuffer>) -> Program {
+        Program { plan, header: module.header(), entries: entries_of(module), launches, aux }
+    }
+
+    /// The whole PTX module.
+    pub fn ptx(&self) -> String {
+        self.module_of(0..self.entries.len())
+    }
+
+    /// A module of the header and the entries at `indices` (in that order).
+    pub fn module_of(&self, indices: impl IntoIterator<Item = usize>) -> String {
+        let mut out = self.header.clone();
+        for i in indices {
+            out.push_str(&self.entries[i].text());
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
 }

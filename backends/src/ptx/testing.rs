@@ -2,8 +2,8 @@
 //! assemble and run, deterministic inputs, and an f64 reference of
 //! `op(A) @ op(B)` followed by the epilogue.
 
-use super::epilogue::{ElemType, EpiStep, Epilogue};
-use super::gemm::{AStore, BStore, GemmConfig, GemmLayout, Precision, TileConfig};
+use super::templates::epilogue::{ElemType, EpiStep, Epilogue};
+use super::templates::gemm::{AStore, BStore, GemmConfig, GemmLayout, Precision, TileConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -7,9 +7,8 @@
 
 use super::classify::{initial_kind, is_elementwise, is_row_reduction, KernelKind};
 use super::rules::FusionRule;
-use super::Precision;
 use crate::op::Op;
-use crate::types::DType;
+use crate::types::{DType, Precision};
 use crate::Graph;
 use std::collections::{BTreeSet, HashSet};
 

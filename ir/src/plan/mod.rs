@@ -24,13 +24,7 @@ use std::collections::{BTreeSet, HashSet};
 /// Name of the pass, for dumps.
 pub const NAME: &str = "fusion";
 
-/// How the kernels compute: bf16 tensor cores with fp32 accumulation, or all fp32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Bf16,
-    F32,
-}
+pub use crate::types::Precision;
 
 #[derive(Clone, Debug)]
 pub struct PlanOptions {
@@ -92,14 +86,6 @@ pub struct Slot {
     pub storage: Storage,
 }
 
-/// Launch geometry, filled in by the backend that emits the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Launch {
-    pub grid: [u32; 3],
-    pub block: [u32; 3],
-    pub shared_bytes: u32,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Kernel {
     pub name: String,
@@ -119,8 +105,6 @@ pub struct Kernel {
     pub flops: u128,
     /// Each input read once and each output written once, at its storage width.
     pub min_bytes: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub launch: Option<Launch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -213,7 +197,6 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
             rules: gr.rules.iter().copied().collect(),
             flops: 0,
             min_bytes: 0,
-            launch: None,
         });
     }
     // A kernel's outputs: its values read by other kernels or requested.

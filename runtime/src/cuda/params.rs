@@ -1,13 +1,18 @@
-//! The parameter lists of a PTX module's `.entry` kernels, read off the text.
+//! The parameter lists of a module's `.entry` kernels.
 //!
 //! The driver does not check a launch's arguments against the kernel (too few
 //! arguments make it read garbage), so [`super::CudaDevice`] checks them here
 //! with the same rules as the simulator: a pointer or `u64` goes to an 8-byte
 //! integer parameter, `u32`/`i32` to a 4-byte integer, `f32` to `.f32`/`.b32`.
-//! Kernels whose parameter list this scanner does not understand are launched
-//! unchecked (`None`).
+//! Generated programs carry their entries' signatures as data from the PTX
+//! builder ([`from_entries`]); for hand-written PTX text the lists come from
+//! the simulator's parser ([`from_text`]), the one PTX parser outside ptxas.
+//! Kernels whose list cannot be had are launched unchecked (`None`).
 
 use crate::device::KernelArg;
+use crate::sim::parse;
+use pgc_backends::ptx::builder::ParamType;
+use pgc_backends::ptx::program::Entry;
 use std::collections::HashMap;
 
 /// The kind of one `.param`.
@@ -50,42 +55,31 @@ impl Param {
     }
 }
 
-/// Remove `//` and `/* */` comments (string literals do not occur in PTX).
-fn strip_comments(src: &str) -> String {
-    let mut out = String::with_capacity(src.len());
-    let b = src.as_bytes();
-    let mut i = 0;
-    let mut start = 0;
-    while i + 1 < b.len() {
-        if b[i] == b'/' && b[i + 1] == b'/' {
-            out.push_str(&src[start..i]);
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-            start = i;
-        } else if b[i] == b'/' && b[i + 1] == b'*' {
-            out.push_str(&src[start..i]);
-            out.push(' ');
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                i += 1;
-            }
-            i = (i + 2).min(b.len());
-            start = i;
-        } else {
-            i += 1;
-        }
-    }
-    out.push_str(&src[start.min(src.len())..]);
-    out
-}
-
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '%')
+/// The parameter lists of generated entries.
+pub fn from_entries(entries: &[Entry]) -> HashMap<String, Option<Vec<Param>>> {
+    entries
+        .iter()
+        .map(|e| {
+            let params = e
+                .params
+                .iter()
+                .map(|p| Param {
+                    name: p.name.clone(),
+                    kind: match p.ty {
+                        ParamType::U64 => ParamKind::Int64,
+                        ParamType::U32 | ParamType::S32 => ParamKind::Int32,
+                        ParamType::F32 => ParamKind::F32,
+                        ParamType::Bytes { size, .. } => ParamKind::Other(size),
+                    },
+                })
+                .collect();
+            (e.name.clone(), Some(params))
+        })
+        .collect()
 }
 
 fn scalar(ty: &str) -> Option<ParamKind> {
-    Some(match ty {
+    Some(match ty.trim_start_matches('.') {
         "u64" | "s64" | "b64" => ParamKind::Int64,
         "u32" | "s32" => ParamKind::Int32,
         "b32" => ParamKind::Bits32,
@@ -97,96 +91,43 @@ fn scalar(ty: &str) -> Option<ParamKind> {
     })
 }
 
-/// One declaration `.param [.ptr .global] [.align N] .TYPE name[[N]]`.
-fn parse_param(decl: &str) -> Option<Param> {
-    let mut toks = decl.split_whitespace().peekable();
-    if toks.next()? != ".param" {
-        return None;
-    }
-    let mut kind = None;
-    let mut rest = vec![];
-    while let Some(t) = toks.next() {
-        match t {
-            ".align" => {
-                toks.next()?;
+/// One parsed `.param` declaration (arrays as `Other(bytes)`).
+fn from_decl(d: &parse::VarDecl) -> Option<Param> {
+    let kind = scalar(&d.ty)?;
+    let kind = match d.dims.as_slice() {
+        [] => kind,
+        dims => {
+            let mut n = Param { name: String::new(), kind }.size();
+            for dim in dims {
+                n = n.checked_mul(u32::try_from((*dim)?).ok()?)?;
             }
-            ".ptr" | ".global" | ".shared" | ".const" | ".local" => {}
-            _ if t.starts_with('.') && kind.is_none() => kind = Some(scalar(&t[1..])?),
-            _ => rest.push(t),
-        }
-    }
-    let kind = kind?;
-    let name_part: String = rest.concat();
-    let (name, dims) = match name_part.find('[') {
-        Some(i) => (&name_part[..i], Some(&name_part[i..])),
-        None => (name_part.as_str(), None),
-    };
-    if name.is_empty() || !name.chars().all(is_ident) {
-        return None;
-    }
-    let kind = match dims {
-        None => kind,
-        Some(d) => {
-            let n: u32 = d.strip_prefix('[')?.strip_suffix(']')?.trim().parse().ok()?;
-            let elem = Param { name: String::new(), kind }.size();
-            ParamKind::Other(elem.checked_mul(n)?)
+            ParamKind::Other(n)
         }
     };
-    Some(Param { name: name.to_string(), kind })
+    Some(Param { name: d.name.clone(), kind })
 }
 
-/// The parameters of every `.entry` in `ptx`, by kernel name; `None` for a
-/// kernel whose list could not be read.
-pub fn scan(ptx: &str) -> HashMap<String, Option<Vec<Param>>> {
-    let text = strip_comments(ptx);
-    let mut out = HashMap::new();
-    let mut rest = text.as_str();
-    while let Some(pos) = rest.find(".entry") {
-        let after = &rest[pos + ".entry".len()..];
-        // `.entry` must be a whole token
-        let prev_ok = pos == 0 || !is_ident(rest[..pos].chars().last().unwrap_or(' '));
-        rest = after;
-        if !prev_ok || !after.starts_with(|c: char| c.is_whitespace()) {
-            continue;
-        }
-        let after = after.trim_start();
-        let name_len = after.find(|c: char| !is_ident(c)).unwrap_or(after.len());
-        let name = &after[..name_len];
-        if name.is_empty() {
-            continue;
-        }
-        let tail = after[name_len..].trim_start();
-        let params = if let Some(body) = tail.strip_prefix('(') {
-            match body.find(')') {
-                Some(end) => {
-                    let list = &body[..end];
-                    let decls: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-                    let parsed: Option<Vec<Param>> = decls.iter().map(|d| parse_param(d)).collect();
-                    parsed
-                }
-                None => None,
-            }
-        } else if tail.starts_with('{') || tail.starts_with('.') {
-            Some(vec![]) // no parameter list: `.entry k {` or `.entry k .maxntid ...`
-        } else {
-            None
-        };
-        out.insert(name.to_string(), params);
-    }
-    out
+/// The parameter lists of every `.entry` of PTX text, by kernel name, from
+/// the simulator's parser; empty when the text does not parse (the driver's
+/// JIT then says what is wrong), `None` for a list with a type it does not know.
+pub fn from_text(ptx: &str) -> HashMap<String, Option<Vec<Param>>> {
+    let Ok(m) = parse::parse_module(ptx) else { return HashMap::new() };
+    m.entries.iter().map(|e| (e.name.clone(), e.params.iter().map(from_decl).collect::<Option<Vec<Param>>>())).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::device::DevBuf;
+    use pgc_backends::ptx::builder::{KernelBuilder, Module};
 
     #[test]
-    fn reads_generated_and_nvcc_style_lists() {
+    fn reads_hand_written_and_nvcc_style_lists() {
         let ptx = r#"
 // .entry commented_out(.param .u64 x)
 .version 8.0
 .target sm_90a
+.address_size 64
 /* block comment .entry nope( */
 .visible .entry gemm(
 	.param .u64 gemm_param_a,
@@ -201,26 +142,36 @@ mod tests {
     .param .align 8 .b8 nvcc_param_1[16],
     .param .b32 nvcc_param_2
 ) { ret; }
-.entry noparams { ret; }
 .entry empty() { ret; }
 "#;
-        let m = scan(ptx);
-        assert_eq!(m.len(), 4, "{m:?}");
+        let m = from_text(ptx);
+        assert_eq!(m.len(), 3, "{m:?}");
         let g = m["gemm"].as_ref().unwrap();
         let kinds: Vec<ParamKind> = g.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, vec![ParamKind::Int64, ParamKind::Int32, ParamKind::F32, ParamKind::Int32]);
         assert_eq!(g[1].name, "gemm_param_m");
         let n = m["nvcc"].as_ref().unwrap();
         assert_eq!(n.iter().map(|p| p.kind).collect::<Vec<_>>(), vec![ParamKind::Int64, ParamKind::Other(16), ParamKind::Bits32]);
-        assert_eq!(m["noparams"], Some(vec![]));
         assert_eq!(m["empty"], Some(vec![]));
+        assert!(from_text(".entry j(.param .u64 a").is_empty(), "text that does not parse gives no lists");
     }
 
     #[test]
-    fn unreadable_list_is_none() {
-        let m = scan(".entry k(.param .weird x) { ret; }\n.entry j(.param .u64 a");
-        assert_eq!(m["k"], None);
-        assert_eq!(m["j"], None);
+    fn generated_entries_carry_their_lists() {
+        let mut b = KernelBuilder::new("k");
+        b.param("a", ParamType::U64);
+        b.param("n", ParamType::U32);
+        b.param("s", ParamType::F32);
+        b.param("tmap", ParamType::Bytes { align: 64, size: 128 });
+        b.ret();
+        let mut m = Module::new();
+        m.push(b.finish());
+        let entries = pgc_backends::ptx::program::entries_of(&m);
+        let lists = from_entries(&entries);
+        let k = lists["k"].as_ref().unwrap();
+        assert_eq!(k.iter().map(|p| p.kind).collect::<Vec<_>>(), vec![ParamKind::Int64, ParamKind::Int32, ParamKind::F32, ParamKind::Other(128)]);
+        // The same list as the text says, read back by the simulator's parser.
+        assert_eq!(from_text(&m.render())["k"].as_ref().unwrap().iter().map(|p| p.kind).collect::<Vec<_>>(), k.iter().map(|p| p.kind).collect::<Vec<_>>());
     }
 
     #[test]

@@ -12,13 +12,13 @@ pub const ZERO2: &str = "pgc_exec_zero2";
 pub const COPY16: &str = "pgc_exec_copy16";
 pub const COPY2: &str = "pgc_exec_copy2";
 
-/// The helper module's PTX text.
-pub fn module() -> String {
+/// The helper module.
+pub fn module() -> Module {
     let mut m = Module::new();
     for (name, copy, width) in [(ZERO16, false, 16), (ZERO2, false, 2), (COPY16, true, 16), (COPY2, true, 2)] {
         m.push(grid_stride(name, copy, width));
     }
-    m.render()
+    m
 }
 
 /// `dst[i] = 0` (or `dst[i] = src[i]`) for items `i < n` of `width` bytes.
@@ -74,7 +74,7 @@ mod tests {
     #[test]
     fn helpers_assemble_for_sm_90a() {
         // Skipped (with a note) where ptxas is not installed; scripts/test installs it.
-        if let Some(r) = pgc_backends::ptx::ptxas::assemble_or_skip(&super::module(), "executor helpers") {
+        if let Some(r) = pgc_backends::ptx::ptxas::assemble_or_skip(&super::module().render(), "executor helpers") {
             assert_eq!(r.kernels.len(), 4, "{r:?}");
         }
     }

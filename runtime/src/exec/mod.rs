@@ -1,6 +1,6 @@
 //! The program executor: runs a compiled [`Program`] (the PTX module of a
-//! kernel plan and its ordered launches) on any [`Device`]: the simulator
-//! today, CUDA later, with the same code.
+//! kernel plan and its ordered launches) on any [`Device`], the simulator or
+//! CUDA, with the same code.
 //!
 //! ```text
 //! let mut ex = Executor::new(&device, &program, &graph)?;  // module, arena, aux, masters
@@ -38,7 +38,7 @@
 mod helpers;
 
 use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle};
-use pgc_backends::ptx::program::{ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
+use pgc_backends::ptx::program::{entries_of, ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
 use pgc_ir::plan::{Place, Slot, Storage};
 use pgc_ir::types::DType;
 use pgc_ir::{Graph, Op, ValueId};
@@ -146,7 +146,6 @@ impl<'a> Executor<'a> {
             )));
         }
         check_slots(program, graph)?;
-        let entries = ptx_entries(&program.ptx);
         for (i, l) in program.launches.iter().enumerate() {
             if l.plan_kernel >= plan.kernels.len() {
                 return Err(ExecError::BadProgram(format!(
@@ -156,7 +155,7 @@ impl<'a> Executor<'a> {
                     plan.kernels.len()
                 )));
             }
-            if !entries.iter().any(|e| e == &l.entry) {
+            if program.entry(&l.entry).is_none() {
                 return Err(ExecError::BadProgram(format!(
                     "launch {i} (plan kernel `{}`): no entry `{}` in the module",
                     plan.kernels[l.plan_kernel].name, l.entry
@@ -166,8 +165,9 @@ impl<'a> Executor<'a> {
 
         // Allocate step by step; on any error, what was allocated is freed.
         let mut owned = Owned { dev, bufs: Vec::new() };
-        let module = dev.load_module(&program.ptx).map_err(ExecError::Load)?;
-        let helpers = dev.load_module(&helpers::module()).map_err(dev_err("loading the executor's helper kernels"))?;
+        let module = dev.load_module_with(&program.ptx(), &program.entries).map_err(ExecError::Load)?;
+        let hm = helpers::module();
+        let helpers = dev.load_module_with(&hm.render(), &entries_of(&hm)).map_err(dev_err("loading the executor's helper kernels"))?;
         let arena = owned.alloc(plan.arena_bytes, "the activation arena")?;
         let mut aux = Vec::with_capacity(program.aux.len());
         for (i, a) in program.aux.iter().enumerate() {
@@ -607,25 +607,6 @@ pub fn rope_table(positions: usize, half: usize, base: f64) -> Vec<f32> {
     out
 }
 
-/// `.entry` names in a PTX module (a light scan: `.entry NAME(`).
-pub fn ptx_entries(ptx: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = ptx;
-    while let Some(i) = rest.find(".entry") {
-        let after = &rest[i + ".entry".len()..];
-        let name: String = after
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '$' || *c == '.')
-            .collect();
-        if !name.is_empty() && after.starts_with(|c: char| c.is_whitespace()) {
-            out.push(name);
-        }
-        rest = after;
-    }
-    out
-}
-
 /// A region at device address `addr` as 16-byte items and a tail of 2-byte
 /// items (all 2-byte items when `addr` is not 16-byte aligned).
 fn split16(r: &Region, addr: u64, kernel: &str) -> std::result::Result<(u64, u64), DeviceError> {
@@ -662,9 +643,8 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_found() {
-        let e = ptx_entries(&helpers::module());
+    fn helper_entries_are_described() {
+        let e: Vec<String> = entries_of(&helpers::module()).into_iter().map(|e| e.name).collect();
         assert_eq!(e, [helpers::ZERO16, helpers::ZERO2, helpers::COPY16, helpers::COPY2]);
-        assert_eq!(ptx_entries(".visible .entry k_1$a(\n.param .u64 x)"), ["k_1$a"]);
     }
 }

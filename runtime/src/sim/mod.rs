@@ -25,57 +25,13 @@ use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, Module
 use decode::{Kernel, Ty};
 use mem::{Allocation, GlobalMem, GLOBAL_BASE, GUARD};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What a sanitizer check (or the executor) found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimErrorKind {
-    /// global, shared, local or param access outside its memory
-    OutOfBounds,
-    /// an access whose address is not a multiple of its size
-    Misaligned,
-    /// a read of shared memory that no thread has written in this block
-    UninitializedRead,
-    /// two threads touch the same shared byte between two barriers, one writes
-    Race,
-    /// a barrier not reached by all the threads it waits for
-    BarrierDivergence,
-    /// a warp-collective instruction (shfl/vote/ldmatrix/mma/bra.uni) executed
-    /// by a subset of the lanes it needs
-    WarpDivergence,
-    /// shared memory touched while a cp.async into it is in flight
-    AsyncCopyHazard,
-    /// the step limit of [`SimOptions::max_warp_steps`] was exceeded
-    StepLimit,
-    Other,
-}
-
-/// An error found while executing a kernel: names kernel, block, thread and PTX line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimError {
-    pub kind: SimErrorKind,
-    pub kernel: String,
-    pub block: [u32; 3],
-    pub thread: [u32; 3],
-    /// 1-based PTX source line of the instruction
-    pub line: u32,
-    pub msg: String,
-}
-
-impl fmt::Display for SimError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:?} in kernel `{}`, block ({},{},{}), thread ({},{},{}), PTX line {}: {}",
-            self.kind, self.kernel, self.block[0], self.block[1], self.block[2], self.thread[0], self.thread[1], self.thread[2], self.line, self.msg
-        )
-    }
-}
-
-impl std::error::Error for SimError {}
+// The sanitizer's error types live with the device abstraction (the
+// device error carries them); the simulator re-exports them.
+pub use crate::device::{SimError, SimErrorKind};
 
 /// Simulator settings.
 #[derive(Debug, Clone)]

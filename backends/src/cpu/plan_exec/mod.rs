@@ -34,12 +34,8 @@
 //! ([`super::execute`]); in f32 they differ by the GEMMs' summation order
 //! and the softmax rows' `exp` and sums (about 1e-6 relative).
 //!
-//! Speed (issue 8): the full 11-layer model, batch 1, seq 256, f32,
-//! forward+backward, on the 2-core AVX-512 development machine runs in
-//! about 0.155 s against the interpreter's 0.34-0.35 s (2.2x, best of 5
-//! interleaved runs, tests/plan_exec.rs). About two thirds of the time is
-//! the matrix products (370-390 GF/s); the rest is the fused element-wise
-//! code, attention and fake quantization (docs/PERF.md).
+//! Its speed against the interpreter, and where the time goes, are measured
+//! by `tests/plan_exec.rs` (`full_model`, printed) and recorded in docs/PERF.md.
 
 mod attention;
 pub mod gemm;

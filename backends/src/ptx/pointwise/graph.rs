@@ -20,7 +20,7 @@
 //!   log-sum-exp of cross entropy) become `Reduce` nodes over a fresh variable.
 
 use super::expr::*;
-use crate::ptx::compile::PtxError;
+use crate::ptx::ctx::PtxError;
 use crate::ptx::program::ArgRef;
 use pgc_ir::{BinaryFn, Graph, Op, ReduceFn, UnaryFn, ValueId};
 use std::collections::{HashMap, HashSet};

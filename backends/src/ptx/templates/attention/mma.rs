@@ -15,7 +15,8 @@
 //! * `Y = (hi * 8 + r) * rs + lo * 16`: B from `[n][k]` (non-trans), two
 //!   n-tiles, or A from `[k][m]` (`.trans`).
 
-use super::*;
+use super::common::*;
+use crate::ptx::builder::*;
 
 const WARPS: u32 = 4;
 const THREADS: u32 = WARPS * 32;

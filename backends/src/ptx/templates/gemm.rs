@@ -41,27 +41,13 @@
 //!   dynamic shared memory [`GemmKernel::smem_bytes`] (above 48 KiB the CUDA
 //!   runtime must raise the kernel's dynamic shared-memory limit first).
 
-use super::builder::*;
+use crate::ptx::builder::*;
 use super::epilogue::{self, Epilogue};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// bf16 operands, tensor cores, f32 accumulation.
-    Bf16,
-    /// f32 operands, FFMA.
-    F32,
-}
-
-impl Precision {
-    pub fn elem_bytes(self) -> u32 {
-        match self {
-            Precision::Bf16 => 2,
-            Precision::F32 => 4,
-        }
-    }
-}
+/// bf16 operands on tensor cores with f32 accumulation, or f32 operands on FFMA:
+/// the compiler's one precision type.
+pub use pgc_ir::types::Precision;
 
 /// How A (logically `[M, K]`) is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -1079,7 +1065,7 @@ impl FfmaState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ptx::epilogue::ElemType;
+    use crate::ptx::templates::epilogue::ElemType;
     use crate::ptx::ptxas;
     use crate::ptx::testing::{AWKWARD_SHAPES, LAYOUTS};
 

@@ -9,7 +9,8 @@
 //! through shared memory in tiles of 32 rows (`cp.async`, one stage), one
 //! row at a time, with a per-element online softmax in the forward.
 
-use super::*;
+use super::common::*;
+use crate::ptx::builder::*;
 
 const THREADS: u32 = 128;
 /// Rows per shared-memory tile of the streamed operand.

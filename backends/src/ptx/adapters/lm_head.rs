@@ -20,14 +20,14 @@
 //! softcap, or `c > 40`) [`emit_kernel`] returns `None` and the kernel takes
 //! the product-in-scratch path of [`super::gemm`].
 
-use super::fused::{self, output_target, Fused, Section, Store};
+use super::toolkit::{self, output_target, Fused, Section, Store};
 use super::gemm::{PwBuild, Setup};
-use crate::ptx::compile::{Ctx, PtxError};
-use crate::ptx::epilogue::{ElemType, EpiStep};
+use crate::ptx::ctx::{Ctx, PtxError};
+use crate::ptx::templates::epilogue::{ElemType, EpiStep};
 use crate::ptx::pointwise::expr::{Elem, Ty, F1};
 use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
-use crate::ptx::program::{ArgRef, ZeroRef};
-use pgc_ir::plan::{Kernel as PlanKernel, Launch};
+use crate::ptx::program::{ArgRef, Launch, ZeroRef};
+use pgc_ir::plan::Kernel as PlanKernel;
 use pgc_ir::{BinaryFn, Graph, Op, UnaryFn, ValueId};
 
 /// Largest softcap for which `exp(z - c)` stays a normal f32 down to `z = -c`.
@@ -203,7 +203,7 @@ fn build(
     let c_arg = su.a.clone();
     let mut launch = su.launch(cx, cfg, c_arg, fwd_args, vec![ZeroRef::Aux(sum_exp), ZeroRef::Aux(z_target)])?;
     let rows_name = cx.unique_name(&format!("{}_lse", kernel.name));
-    fused::emit(cx, &rows_name, rows_pass)?;
+    toolkit::emit(cx, &rows_name, rows_pass)?;
     if let Some((epi, args)) = bwd {
         let mut cfg = su.config(vec![EpiStep::Pointwise(Box::new(epi))], ElemType::F32);
         cfg.name = cx.unique_name(&format!("{}_grad", kernel.name));

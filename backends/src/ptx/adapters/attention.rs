@@ -1,5 +1,5 @@
 //! Plan attention kernels onto the flash-attention emitters
-//! ([`crate::ptx::attention`]), tensors in the IR's `[B, heads, T, d]` layout.
+//! ([`crate::ptx::templates::attention`]), tensors in the IR's `[B, heads, T, d]` layout.
 //!
 //! * `Attention`: `fwd(q, k, v, o, lse)`; `lse` (f32 `[B, H, T]`) goes to a
 //!   scratch buffer that the backward of the same attention reads. Ops of the
@@ -14,15 +14,14 @@
 //! q, k, v and do are read in the precision's type (bf16 or f32), staged
 //! into scratch when stored otherwise. Head dims 8, 16, 32 and 64.
 
-use super::fused::{self, elem_of, output_target, plan_outputs, Fused};
-use crate::ptx::attention::{emit_attention, AttnConfig, AttnKernel, AttnKernels, AttnLayout};
-use crate::ptx::compile::{Ctx, PtxError};
-use crate::ptx::epilogue::ElemType;
-use crate::ptx::gemm::Precision as GPrec;
+use super::toolkit::{self, elem_of, output_target, plan_outputs, Fused};
+use crate::ptx::templates::attention::{emit_attention, AttnConfig, AttnKernel, AttnKernels, AttnLayout};
+use crate::ptx::ctx::{Ctx, PtxError};
+use crate::ptx::templates::epilogue::ElemType;
 use crate::ptx::pointwise::expr::Elem;
 use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
-use crate::ptx::program::{ArgRef, ZeroRef};
-use pgc_ir::plan::{Launch, Place, Precision};
+use crate::ptx::program::{ArgRef, Launch, ZeroRef};
+use pgc_ir::plan::{Place, Precision};
 use pgc_ir::{AttnPart, Op, ValueId};
 
 fn to_elem_type(e: Elem) -> ElemType {
@@ -46,10 +45,10 @@ fn dims(cx: &Ctx, q: ValueId, k: ValueId) -> Dims {
     Dims { b: sq[0] as u32, h: sq[1] as u32, hk: sk[1] as u32, t: sq[2] as u32, d: sq[3] as u32 }
 }
 
-fn precision(cx: &Ctx) -> (GPrec, Elem) {
+fn precision(cx: &Ctx) -> (Precision, Elem) {
     match cx.plan.precision {
-        Precision::Bf16 => (GPrec::Bf16, Elem::Bf16),
-        Precision::F32 => (GPrec::F32, Elem::F32),
+        Precision::Bf16 => (Precision::Bf16, Elem::Bf16),
+        Precision::F32 => (Precision::F32, Elem::F32),
     }
 }
 
@@ -80,21 +79,21 @@ fn sizes(d: &Dims, scale: f64) -> [ArgRef; 4] {
 fn input(cx: &mut Ctx, ki: usize, v: ValueId, want: Elem, what: &str) -> Result<ArgRef, PtxError> {
     let kernel = cx.plan.kernels[ki].clone();
     if !kernel.ops.contains(&v) {
-        return fused::operand(cx, v, want, what);
+        return toolkit::operand(cx, v, want, what);
     }
     let g = cx.g;
     let aux = cx.scratch(g.ty(v).numel() as u64 * want.bytes() as u64);
     let inside: Vec<ValueId> = kernel.ops.iter().copied().filter(|&o| !matches!(g.node(o).op, Op::CausalAttention { .. })).collect();
     let mut gx = GraphExprs::new(g, inside.iter().copied());
     for &i in &kernel.inputs {
-        let (elem, arg) = fused::plain_source(cx, i)?;
+        let (elem, arg) = toolkit::plain_source(cx, i)?;
         gx.source_lazy(i, elem, arg);
     }
     let buf = gx.buffer(want, BufArg::Ref(ArgRef::Aux(aux)));
     let mut f = Fused::new(gx);
     plan_outputs(&mut f, &[(v, buf, want)], &inside)?;
     let name = cx.unique_name(&format!("{}_{what}", kernel.name));
-    fused::emit(cx, &name, f)?;
+    toolkit::emit(cx, &name, f)?;
     Ok(ArgRef::Aux(aux))
 }
 
@@ -131,7 +130,7 @@ fn forward(cx: &mut Ctx, ki: usize, fwd: ValueId) -> Result<Launch, PtxError> {
         Place::Arena(s) => elem_of(s.storage),
         _ => want,
     };
-    if precision(cx).0 == GPrec::Bf16 {
+    if precision(cx).0 == Precision::Bf16 {
         cfg.out = to_elem_type(o_elem);
     }
     let o = match &cx.plan.values[fwd.index()] {
@@ -163,7 +162,7 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
             let mut fcfg = cfg.clone();
             fcfg.out = to_elem_type(want);
             let ks = kernels(cx, &fcfg)?;
-            let (qa, ka, va) = (fused::operand(cx, q, want, "q")?, fused::operand(cx, k, want, "k")?, fused::operand(cx, v, want, "v")?);
+            let (qa, ka, va) = (toolkit::operand(cx, q, want, "q")?, toolkit::operand(cx, k, want, "k")?, toolkit::operand(cx, v, want, "v")?);
             let o = ArgRef::Aux(cx.scratch(g.ty(q).numel() as u64 * fcfg.out.bytes() as u64));
             let lse = cx.scratch(d.b as u64 * d.h as u64 * d.t as u64 * 4);
             let mut args = vec![qa, ka, va, o.clone(), ArgRef::Aux(lse)];
@@ -182,17 +181,17 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
     let (gq, gk, gv) = (stored(cx, AttnPart::Q), stored(cx, AttnPart::K), stored(cx, AttnPart::V));
     // dk, dv in one type: bf16 only when both are stored bf16 (bf16 precision).
     let kv_type = match (gk, gv) {
-        (Some((_, Elem::Bf16)), Some((_, Elem::Bf16))) if prec == GPrec::Bf16 => Elem::Bf16,
-        (Some((_, Elem::Bf16)), None) | (None, Some((_, Elem::Bf16))) if prec == GPrec::Bf16 => Elem::Bf16,
+        (Some((_, Elem::Bf16)), Some((_, Elem::Bf16))) if prec == Precision::Bf16 => Elem::Bf16,
+        (Some((_, Elem::Bf16)), None) | (None, Some((_, Elem::Bf16))) if prec == Precision::Bf16 => Elem::Bf16,
         _ => Elem::F32,
     };
     cfg.grad_out = to_elem_type(kv_type);
     let ks = kernels(cx, &cfg)?;
     let (qa, ka, va, da) = (
-        fused::operand(cx, q, want, "q")?,
-        fused::operand(cx, k, want, "k")?,
-        fused::operand(cx, v, want, "v")?,
-        fused::operand(cx, dy, want, "do")?,
+        toolkit::operand(cx, q, want, "q")?,
+        toolkit::operand(cx, k, want, "k")?,
+        toolkit::operand(cx, v, want, "v")?,
+        toolkit::operand(cx, dy, want, "do")?,
     );
     // Destinations: the output slot when its type matches, else scratch (+ a copy after).
     let mut copies: Vec<(ValueId, usize, Elem)> = Vec::new();
@@ -221,7 +220,7 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
     }
     for (x, a, ty) in copies {
         let dst = output_target(cx, x)?;
-        fused::copy(cx, x, (ty, ArgRef::Aux(a)), dst, "convert")?;
+        toolkit::copy(cx, x, (ty, ArgRef::Aux(a)), dst, "convert")?;
     }
     Ok(last.expect("a backward kernel"))
 }

@@ -3,7 +3,11 @@
 //! (RMS norm over the head dimension, rotary embedding, `q_gain`) with its
 //! backward.
 
-use super::*;
+use super::common::*;
+use crate::ptx::builder::*;
+use crate::ptx::templates::epilogue::ElemType;
+use crate::ptx::templates::gemm::Precision;
+use serde::{Deserialize, Serialize};
 
 const THREADS: u32 = 128;
 

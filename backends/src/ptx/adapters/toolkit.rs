@@ -1,6 +1,7 @@
-//! Fused launches: the emitter shared by the element-wise, row-wise,
-//! reduction, gather, scatter, cross-entropy and weight-preparation kernels
-//! (and by the staging launches of GEMMs and attention).
+//! The adapters' shared toolkit: fused launches, the emitter behind the
+//! element-wise, row-wise, reduction, gather, scatter, cross-entropy and
+//! weight-preparation kernels ([`super::fused`]) and the staging launches of
+//! GEMMs and attention; and the operand/output helpers every adapter uses.
 //!
 //! A [`Fused`] launch is a list of independent [`Section`]s over one grid of
 //! `256`-thread blocks; each section stores some outputs:
@@ -23,12 +24,12 @@
 //! (`red.global.add.f32` into an output the launch zero-fills first).
 
 use crate::ptx::builder::*;
-use crate::ptx::compile::{Ctx, PtxError};
+use crate::ptx::ctx::{Ctx, PtxError};
 use crate::ptx::pointwise::expr::*;
 use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
 use crate::ptx::pointwise::lower::{red_add, store, Lower};
-use crate::ptx::program::{ArgRef, ZeroRef};
-use pgc_ir::plan::{Launch, Place, Storage};
+use crate::ptx::program::{ArgRef, Launch, ZeroRef};
+use pgc_ir::plan::{Place, Storage};
 use pgc_ir::{DType, Op, ReduceFn, ValueId};
 
 pub const THREADS: u32 = 256;
@@ -403,34 +404,6 @@ fn space<'a>(spaces: &'a mut Vec<RowsSpec>, gx: &mut GraphExprs, rows: u32, len:
     let col = gx.x.var(Ty::U32, (len / vec) as u64, "col");
     spaces.push(RowsSpec { rows, len, vec, row, col, row_stores: vec![], col_stores: vec![], col_sums: vec![] });
     spaces.last_mut().unwrap()
-}
-
-/// Emit a plan kernel of one of the fused kinds as one launch.
-pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
-    let kernel = cx.plan.kernels[ki].clone();
-    let g = cx.g;
-    let mut gx = GraphExprs::new(g, kernel.ops.iter().chain(&kernel.prologue).copied());
-    for &v in &kernel.inputs {
-        let (elem, arg) = plain_source(cx, v)?;
-        gx.source_lazy(v, elem, arg);
-    }
-    for &v in &kernel.ops {
-        if let Op::Param { name } = &g.node(v).op {
-            if !gx.has_source(v) {
-                gx.source_lazy(v, Elem::F32, ArgRef::ParamMaster(name.clone()));
-            }
-        }
-    }
-    let mut outs = Vec::new();
-    for &o in &kernel.outputs {
-        let (elem, arg) = output_target(cx, o)?;
-        let buf = gx.buffer(elem, BufArg::Ref(arg));
-        outs.push((o, buf, elem));
-    }
-    let mut f = Fused::new(gx);
-    plan_outputs(&mut f, &outs, &kernel.ops)?;
-    let name = cx.unique_name(&kernel.name);
-    emit(cx, &name, f)
 }
 
 /// Sections storing `outs` (node, buffer, element type); `ops` are the kernel's nodes.

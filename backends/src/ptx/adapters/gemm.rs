@@ -21,15 +21,15 @@
 //! product goes to an f32 scratch buffer and a fused launch computes the
 //! outputs from it.
 
-use super::fused::{self, elem_of, output_target, plain_source, Fused};
-use crate::ptx::compile::{Ctx, PtxError};
-use crate::ptx::epilogue::{ElemType, EpiStep, Epilogue};
-use crate::ptx::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GPrec};
+use super::toolkit::{self, elem_of, output_target, plain_source, Fused};
+use crate::ptx::ctx::{Ctx, PtxError};
+use crate::ptx::templates::epilogue::{ElemType, EpiStep, Epilogue};
+use crate::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout};
 use crate::ptx::pointwise::epi::{PwEpilogue, PwRowSum, PwStore};
 use crate::ptx::pointwise::expr::{Elem, Ty, Var, E};
 use crate::ptx::pointwise::graph::{BufArg, GraphExprs};
-use crate::ptx::program::{ArgRef, ZeroRef};
-use pgc_ir::plan::{Kernel as PlanKernel, KernelKind, Launch, Place, Precision};
+use crate::ptx::program::{ArgRef, Launch, ZeroRef};
+use pgc_ir::plan::{Kernel as PlanKernel, KernelKind, Place, Precision};
 use pgc_ir::{BinaryFn, Op, ValueId};
 
 /// Streaming multiprocessors of an H100 SXM (split-K sizing).
@@ -72,7 +72,7 @@ fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<(ArgRef, 
             _ => {}
         }
     }
-    Ok((fused::operand(cx, v, want, what)?, false))
+    Ok((toolkit::operand(cx, v, want, what)?, false))
 }
 
 fn elem_type(e: Elem) -> Result<ElemType, PtxError> {
@@ -86,7 +86,7 @@ fn elem_type(e: Elem) -> Result<ElemType, PtxError> {
 /// A plan GEMM's product, operands and prologue, ready for an epilogue.
 pub(super) struct Setup {
     pub p: ValueId,
-    prec: GPrec,
+    prec: Precision,
     geo: Geometry,
     pub a: ArgRef,
     pub b: ArgRef,
@@ -105,13 +105,10 @@ impl Setup {
         let [p] = prods[..] else {
             return Err(PtxError::Unsupported(format!("a GEMM kernel with {} matrix products", prods.len())));
         };
-        let prec = match cx.plan.precision {
-            Precision::Bf16 => GPrec::Bf16,
-            Precision::F32 => GPrec::F32,
-        };
+        let prec = cx.plan.precision;
         let want = match prec {
-            GPrec::Bf16 => Elem::Bf16,
-            GPrec::F32 => Elem::F32,
+            Precision::Bf16 => Elem::Bf16,
+            Precision::F32 => Elem::F32,
         };
         let mut geo = geometry(cx, p)?;
         // rmsnorm-into-gemm: A = x, output rows scaled by r.
@@ -167,15 +164,11 @@ impl Setup {
     }
 }
 
-/// Emit a plan GEMM (or LM head) kernel.
+/// Emit a plan GEMM kernel (or an LM head that [`super::lm_head`] does not
+/// take: its product with the head's row work in the epilogue).
 pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     let kernel = cx.plan.kernels[ki].clone();
     let g = cx.g;
-    if kernel.kind == KernelKind::LmHead {
-        if let Some(l) = super::lm_head::emit_kernel(cx, ki)? {
-            return Ok(l);
-        }
-    }
     let su = Setup::new(cx, &kernel)?;
     let (p, geo) = (su.p, &su.geo);
     let a = su.a.clone();
@@ -238,9 +231,9 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
         bufs.push((o, buf, elem));
     }
     let mut f = Fused::new(gx);
-    fused::plan_outputs(&mut f, &bufs, &kernel.ops)?;
+    toolkit::plan_outputs(&mut f, &bufs, &kernel.ops)?;
     let rest = cx.unique_name(&format!("{}_epilogue", kernel.name));
-    fused::emit(cx, &rest, f)?;
+    toolkit::emit(cx, &rest, f)?;
     Ok(launch)
 }
 

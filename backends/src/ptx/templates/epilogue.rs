@@ -20,8 +20,8 @@
 //!   program over `row`, `col` and the accumulator that stores every output
 //!   itself; the kernel plan's fused epilogue ops compile to one)
 
-use super::builder::*;
-use super::pointwise::epi::{PwEpilogue, PwLower};
+use crate::ptx::builder::*;
+use crate::ptx::pointwise::epi::{PwEpilogue, PwLower};
 use serde::{Deserialize, Serialize};
 
 /// Element type of a tensor in memory.

@@ -1,110 +1,10 @@
-//! Causal flash attention (forward and backward) with grouped key/value heads,
-//! and the q/k prologue (per-head RMS norm, rotary embedding, `q_gain`) with
-//! its backward.
-//!
-//! ## Tensors and layouts
-//!
-//! `B` batch, `H` query heads, `Hk` key/value heads (`H % Hk == 0`; query
-//! head `h` reads kv head `h / (H / Hk)`), `T` sequence length, `d` the head
-//! dimension (baked into the kernel: 8, 16, 32 or 64). Every per-head tensor
-//! (`q, o, do, dq` with `H` heads; `k, v, dk, dv` with `Hk` heads) is
-//! contiguous, row-major, in one of two layouts ([`AttnLayout`], baked in):
-//! * [`AttnLayout::Bhtd`]: `[B, heads, T, d]` (the IR's `CausalAttention`
-//!   operand layout): element `(b, h, t, j)` at `((b * heads + h) * T + t) * d + j`;
-//! * [`AttnLayout::Bthd`]: `[B, T, heads, d]`, i.e. the `[B*T, heads*d]` output
-//!   of the projection GEMM and the input of the output projection, with no
-//!   transposes: element at `((b * T + t) * heads + h) * d + j`.
-//!
-//! Row statistics (`lse`, `dsum`) are f32 `[B, H, T]` in both layouts.
-//! `lse` is the natural-log log-sum-exp of the scaled scores of each query
-//! row: `lse = ln sum_{j <= t} exp(scale * q_t . k_j)`.
-//!
-//! ## Kernels ([`emit_attention`])
-//!
-//! | kernel | bf16 ([`Precision::Bf16`]) | f32 ([`Precision::F32`]) |
-//! |---|---|---|
-//! | `fwd` | flash forward on tensor cores | FFMA, a group of threads per query row |
-//! | `dot` | `dsum = rowsum(do * o)`, zeroes `dq` | `dsum = rowsum(do * o)` |
-//! | `bwd` | one kernel: dk, dv per key block, dq by `red.global.add.f32` | two kernels: dk/dv per key row, dq per query row |
-//!
-//! Parameters (all pointers `.u64`, sizes `.u32`, `scale` `.f32`):
-//! * `fwd(q, k, v, o, lse, h, hk, t, scale)`: q, k, v in the precision's
-//!   element type (bf16 or f32), `o` in [`AttnConfig::out`], `lse` f32.
-//! * `dot(o, do, dsum, dq, h, t, rows)`, `rows = B * H * T`: `o` as the
-//!   forward wrote it, `do` in the precision's type, `dsum` f32 `[B, H, T]`;
-//!   bf16: also sets the f32 `dq` to zero (the backward accumulates into it);
-//!   f32: `dq` is not touched (may be 0).
-//! * every `bwd` kernel: `(q, k, v, do, lse, dsum, dq, dk, dv, h, hk, t, scale)`;
-//!   `dq` is f32 (bf16: accumulated atomically into the zeroed buffer; f32:
-//!   written), `dk, dv` in [`AttnConfig::grad_out`] (bf16 precision) or f32.
-//!   `dk, dv` are summed over the `H / Hk` query heads of their kv head.
-//!
-//! Launch: `block = [threads, 1, 1]`, dynamic shared memory `smem_bytes`,
-//! grid from [`AttnKernel::grid`]:
-//! * bf16 `fwd`: `[ceil(T / 64), H, B]`, 128 threads (4 warps x 16 query rows).
-//!   Block `x` takes query block `ceil(T/64) - 1 - x` (longest first). Key/value
-//!   tiles of 64 rows stream through a 2-stage `cp.async` ring; only the
-//!   `q0 / 64 + 1` tiles at or below the diagonal are loaded, and only tiles
-//!   crossing the diagonal are masked. `S = Q K^T` and `O += P V` use
-//!   `mma.sync.m16n8k16` bf16 with f32 accumulation (`ldmatrix` fragments,
-//!   `P` converted to bf16 in registers); the online softmax runs in f32 in the
-//!   log2 domain (`ex2.approx`). `d = 8` is padded to the mma k of 16 with
-//!   zero-filled columns.
-//! * bf16 `bwd`: `[ceil(T / 64), Hk, B]`, 128 threads (4 warps x 16 keys).
-//!   FlashAttention-2: each block owns 64 keys of one kv head and walks the
-//!   query blocks at or below the diagonal of every query head of its group
-//!   (Q, dO, lse, dsum tiles double-buffered with `cp.async`), accumulating dk
-//!   and dv in registers; `dS` goes through shared memory and each warp adds
-//!   its 16 query rows of `dS K` into `dq` with `red.global.add.f32`.
-//! * f32 kernels: `[ceil(T / R), heads, B]` with `R = 128 / G` rows per block,
-//!   `G = max(d / 16, 1)` threads per row (each holds `d / G` interleaved
-//!   dimensions and reduces dot products with `shfl.sync.bfly`).
-//! * `dot`: `[ceil(rows / (128 / (d / 8))), 1, 1]`.
-//!
-//! Any `T >= 1` works: loads past `T` are zero-filled `cp.async`s (never
-//! issued), stores and atomics are predicated. `scale` is a run-time
-//! parameter (the model uses `1 / sqrt(d)`).
-//!
-//! Resources (ptxas 12.9, `-arch=sm_90a -O3`, `[B, H, T, d]` layout; zero
-//! spills everywhere, `tests/ptx_attention_ptxas.rs`); registers / dynamic
-//! shared memory per block:
-//!
-//! | kernel | d = 8 | d = 16 | d = 32 | d = 64 |
-//! |---|---|---|---|---|
-//! | bf16 `fwd` (128 threads) | 65 / 15 KiB | 72 / 15 KiB | 86 / 25 KiB | 126 / 45 KiB |
-//! | bf16 `bwd` (128 threads) | 112 / 25 KiB | 101 / 25 KiB | 128 / 35 KiB | 229 / 55 KiB |
-//! | f32 `fwd` | 38 / 2 KiB | 62 / 4 KiB | 55 / 8 KiB | 56 / 16 KiB |
-//! | f32 `bwd` dk/dv, dq | 64, 48 | 110, 90 | 94, 79 | 96, 80 |
-//! | `dot`, prep, prep backward | 21-26, 24-26, 27-32 (no shared memory) | | | |
-//!
-//! The bf16 backward at d = 64 takes 55 KiB of dynamic shared memory: above
-//! 48 KiB the CUDA runtime must raise the kernel's dynamic shared-memory limit
-//! (`cuFuncSetAttribute`) before the launch, as for the large GEMM tiles.
-//!
-//! ## The q/k prologue ([`AttnConfig::prologue`], [`emit_qk_prep`], [`emit_qk_prep_bwd`])
-//!
-//! The model applies RMS norm over the head dimension, rotary embedding and
-//! (for q) `q_gain[h]` between the projections and the attention. This is a
-//! separate, memory-bound row kernel rather than part of the attention
-//! kernels: fused into the forward, the key side would be renormalized and
-//! rotated once per (query block, query head) that reads each key tile, and
-//! the backward needs the normalized q and k again anyway; the prep kernel
-//! costs one pass over q and k (about a tenth of the attention's time at
-//! T = 2048) and stores exactly what both attention kernels read. With
-//! [`AttnConfig::prologue`] set, [`emit_attention`] returns the four prep
-//! kernels with the attention kernels ([`PrologueKernels`]); see
-//! [`QkPrepConfig`] for their parameters.
+//! What the attention kernels share: configurations, kernel descriptions,
+//! errors, and the emission helpers of the forward, backward and row kernels.
 
-mod ffma;
-mod mma;
-mod rows;
-
-use super::builder::*;
-use super::epilogue::ElemType;
-use super::gemm::Precision;
+use crate::ptx::builder::*;
+use crate::ptx::templates::epilogue::ElemType;
+use crate::ptx::templates::gemm::Precision;
 use serde::{Deserialize, Serialize};
-
-pub use rows::{emit_qk_prep, emit_qk_prep_bwd, rope_table, QkPrepConfig};
 
 /// Memory layout of the per-head tensors (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,7 +17,7 @@ pub enum AttnLayout {
 }
 
 impl AttnLayout {
-    fn tag(self) -> &'static str {
+    pub(super) fn tag(self) -> &'static str {
         match self {
             AttnLayout::Bhtd => "bhtd",
             AttnLayout::Bthd => "bthd",
@@ -285,66 +185,35 @@ impl AttnKernels {
     }
 }
 
-/// The prep configurations of an attention's prologue: (q, k).
-pub fn prologue_configs(cfg: &AttnConfig, p: Prologue) -> (QkPrepConfig, QkPrepConfig) {
-    let mut q = QkPrepConfig::new(cfg.precision, cfg.head_dim, cfg.layout, true);
-    q.dx = p.dx;
-    let mut k = QkPrepConfig::new(cfg.precision, cfg.head_dim, cfg.layout, false);
-    k.dx = p.dx;
-    k.dy = cfg.grad_out;
-    (q, k)
-}
-
-/// Emit the forward, the `dsum` kernel and the backward kernel(s).
-pub fn emit_attention(cfg: &AttnConfig) -> Result<AttnKernels, AttnError> {
-    cfg.validate()?;
-    let prologue = match cfg.prologue {
-        Some(p) => {
-            let (q, k) = prologue_configs(cfg, p);
-            Some(PrologueKernels { q: emit_qk_prep(&q)?, k: emit_qk_prep(&k)?, q_bwd: emit_qk_prep_bwd(&q)?, k_bwd: emit_qk_prep_bwd(&k)? })
-        }
-        None => None,
-    };
-    Ok(match cfg.precision {
-        Precision::Bf16 => AttnKernels { fwd: mma::forward(cfg), dot: rows::dot(cfg), bwd: vec![mma::backward(cfg)], prologue },
-        Precision::F32 => AttnKernels {
-            fwd: ffma::forward(cfg),
-            dot: rows::dot(cfg),
-            bwd: vec![ffma::backward_dkdv(cfg), ffma::backward_dq(cfg)],
-            prologue,
-        },
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Shared emission helpers.
 
-pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
-pub(crate) const LN2: f32 = std::f32::consts::LN_2;
+pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(super) const LN2: f32 = std::f32::consts::LN_2;
 
-fn fmul(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
+pub(super) fn fmul(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
     b.bin(BinOp::Mul, Type::F32, x, y)
 }
-fn fadd(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
+pub(super) fn fadd(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
     b.bin(BinOp::Add, Type::F32, x, y)
 }
-fn fsub(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
+pub(super) fn fsub(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
     b.bin(BinOp::Sub, Type::F32, x, y)
 }
-fn fmax(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
+pub(super) fn fmax(b: &mut KernelBuilder, x: impl Into<Operand>, y: impl Into<Operand>) -> Reg {
     b.bin(BinOp::Max, Type::F32, x, y)
 }
-fn ex2(b: &mut KernelBuilder, x: impl Into<Operand>) -> Reg {
+pub(super) fn ex2(b: &mut KernelBuilder, x: impl Into<Operand>) -> Reg {
     b.unary(UnOp::Ex2Approx, Type::F32, x)
 }
 /// `x *= y` in place.
-fn fmul_to(b: &mut KernelBuilder, x: Reg, y: impl Into<Operand>) {
+pub(super) fn fmul_to(b: &mut KernelBuilder, x: Reg, y: impl Into<Operand>) {
     b.bin_to(BinOp::Mul, Type::F32, x, x, y);
 }
 
 /// Sum (or max) of `x` over aligned groups of `n` lanes (a power of two up
 /// to 32); every lane of the warp must execute it.
-fn group_reduce(b: &mut KernelBuilder, x: Reg, n: u32, op: BinOp) -> Reg {
+pub(super) fn group_reduce(b: &mut KernelBuilder, x: Reg, n: u32, op: BinOp) -> Reg {
     let mut acc = x;
     let mut m = 1;
     while m < n {
@@ -356,7 +225,7 @@ fn group_reduce(b: &mut KernelBuilder, x: Reg, n: u32, op: BinOp) -> Reg {
 }
 
 /// The (low, high) bf16 halves of a packed `.b32` as f32 bit patterns.
-fn unpack_bf16x2(b: &mut KernelBuilder, w: Reg) -> (Reg, Reg) {
+pub(super) fn unpack_bf16x2(b: &mut KernelBuilder, w: Reg) -> (Reg, Reg) {
     let lo = b.bin(BinOp::Shl, Type::B32, w, 16u32);
     let hi = b.bin(BinOp::And, Type::B32, w, 0xffff_0000u32);
     (lo, hi)
@@ -364,13 +233,13 @@ fn unpack_bf16x2(b: &mut KernelBuilder, w: Reg) -> (Reg, Reg) {
 
 /// Base address of row 0 of head `h` of batch `bb` in a per-head tensor with
 /// `nh` heads, and the row stride in bytes (a `.u32` register).
-struct HeadRows {
-    base: Reg,
-    stride: Reg,
+pub(super) struct HeadRows {
+    pub(super) base: Reg,
+    pub(super) stride: Reg,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn head_rows(
+pub(super) fn head_rows(
     b: &mut KernelBuilder,
     layout: AttnLayout,
     ptr: Reg,
@@ -403,7 +272,7 @@ fn head_rows(
 }
 
 /// Base address of the f32 row statistics (`lse`, `dsum`: `[B, H, T]`) of head `h`.
-fn stat_base(b: &mut KernelBuilder, ptr: Reg, bb: Reg, h: Reg, nh: Reg, t: Reg) -> Reg {
+pub(super) fn stat_base(b: &mut KernelBuilder, ptr: Reg, bb: Reg, h: Reg, nh: Reg, t: Reg) -> Reg {
     let bh = b.mad_lo(Type::U32, bb, nh, h);
     let r0 = b.mul_lo(Type::U32, bh, t);
     b.mad_wide_u32(r0, 4u32, ptr)
@@ -412,23 +281,23 @@ fn stat_base(b: &mut KernelBuilder, ptr: Reg, bb: Reg, h: Reg, nh: Reg, t: Reg) 
 /// Copies a `rows x cols` tile of a head (rows `row0..row0 + rows`, columns
 /// `0..cols` of `valid` meaningful ones) into shared memory with 16-byte
 /// `cp.async`s; rows at or past `t` and columns past `valid` are zero-filled.
-struct TileLoader {
-    rows: u32,
+pub(super) struct TileLoader {
+    pub(super) rows: u32,
     /// shared row stride (bytes)
-    srs: u32,
+    pub(super) srs: u32,
     /// rows covered by one pass of all threads
-    rpp: u32,
-    passes: u32,
-    rt: Reg,
-    col_ok: Reg,
-    cbytes: Reg,
-    soff: Reg,
+    pub(super) rpp: u32,
+    pub(super) passes: u32,
+    pub(super) rt: Reg,
+    pub(super) col_ok: Reg,
+    pub(super) cbytes: Reg,
+    pub(super) soff: Reg,
 }
 
 impl TileLoader {
     /// `row_bytes`: bytes per shared row holding data (a multiple of 16);
     /// `valid_bytes`: bytes per row present in memory (a multiple of 16).
-    fn new(b: &mut KernelBuilder, tid: Reg, threads: u32, rows: u32, row_bytes: u32, valid_bytes: u32, srs: u32) -> TileLoader {
+    pub(super) fn new(b: &mut KernelBuilder, tid: Reg, threads: u32, rows: u32, row_bytes: u32, valid_bytes: u32, srs: u32) -> TileLoader {
         assert!(row_bytes.is_multiple_of(16) && valid_bytes.is_multiple_of(16) && valid_bytes <= row_bytes);
         let cpr = row_bytes / 16;
         assert!(cpr.is_power_of_two() && threads.is_multiple_of(cpr));
@@ -443,7 +312,7 @@ impl TileLoader {
         TileLoader { rows, srs, rpp, passes, rt, col_ok, cbytes, soff }
     }
 
-    fn load(&self, b: &mut KernelBuilder, dst: Reg, src: &HeadRows, row0: Reg, t: Reg) {
+    pub(super) fn load(&self, b: &mut KernelBuilder, dst: Reg, src: &HeadRows, row0: Reg, t: Reg) {
         let sdst = b.add(Type::U32, dst, self.soff);
         let row_t = b.add(Type::U32, row0, self.rt);
         let gcol = b.add_u64(src.base, self.cbytes);
@@ -471,7 +340,7 @@ impl TileLoader {
 /// into shared memory at `dst` with 4-byte `cp.async`s; threads
 /// `first .. first + n` take one element each.
 #[allow(clippy::too_many_arguments)]
-fn load_stats(b: &mut KernelBuilder, tid: Reg, first: u32, n: u32, dst: Reg, base: Reg, row0: Reg, t: Reg) {
+pub(super) fn load_stats(b: &mut KernelBuilder, tid: Reg, first: u32, n: u32, dst: Reg, base: Reg, row0: Reg, t: Reg) {
     let e = b.bin(BinOp::Sub, Type::U32, tid, first);
     let mine = b.setp(Cmp::Lt, Type::U32, e, n); // wraps for tid < first
     b.if_then(mine, false, |b| {
@@ -486,15 +355,15 @@ fn load_stats(b: &mut KernelBuilder, tid: Reg, first: u32, n: u32, dst: Reg, bas
 }
 
 /// Common kernel parameters of the attention kernels.
-struct AttnParams {
-    ptrs: Vec<Reg>,
-    h: Reg,
-    hk: Reg,
-    t: Reg,
-    scale: Reg,
+pub(super) struct AttnParams {
+    pub(super) ptrs: Vec<Reg>,
+    pub(super) h: Reg,
+    pub(super) hk: Reg,
+    pub(super) t: Reg,
+    pub(super) scale: Reg,
 }
 
-fn declare(b: &mut KernelBuilder, names: &[&str]) -> AttnParams {
+pub(super) fn declare(b: &mut KernelBuilder, names: &[&str]) -> AttnParams {
     let ps: Vec<Param> = names.iter().map(|n| b.param(n, ParamType::U64)).collect();
     let ph = b.param("h", ParamType::U32);
     let phk = b.param("hk", ParamType::U32);
@@ -508,12 +377,12 @@ fn declare(b: &mut KernelBuilder, names: &[&str]) -> AttnParams {
     AttnParams { ptrs, h, hk, t, scale }
 }
 
-const FWD_PARAMS: [&str; 5] = ["q", "k", "v", "o", "lse"];
-const BWD_PARAMS: [&str; 9] = ["q", "k", "v", "do", "lse", "dsum", "dq", "dk", "dv"];
+pub(super) const FWD_PARAMS: [&str; 5] = ["q", "k", "v", "o", "lse"];
+pub(super) const BWD_PARAMS: [&str; 9] = ["q", "k", "v", "do", "lse", "dsum", "dq", "dk", "dv"];
 
 /// Store `vals` (consecutive columns of one row) as f32 or bf16 at `addr`
 /// under `pred`: f32 as `.v2`/`.v4` (or scalars), bf16 as packed pairs.
-fn store_row_vals(b: &mut KernelBuilder, ty: ElemType, addr: Addr, vals: &[Reg], pred: Reg) {
+pub(super) fn store_row_vals(b: &mut KernelBuilder, ty: ElemType, addr: Addr, vals: &[Reg], pred: Reg) {
     match ty {
         ElemType::F32 => {
             let ops: Vec<Operand> = vals.iter().map(|&r| r.into()).collect();
@@ -527,16 +396,3 @@ fn store_row_vals(b: &mut KernelBuilder, ty: ElemType, addr: Addr, vals: &[Reg],
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rejects_bad_configs() {
-        assert!(AttnConfig::new(Precision::Bf16, 48, AttnLayout::Bhtd).validate().is_err());
-        let mut c = AttnConfig::new(Precision::F32, 16, AttnLayout::Bhtd);
-        c.out = ElemType::Bf16;
-        assert!(c.validate().is_err());
-        assert!(AttnConfig::new(Precision::Bf16, 8, AttnLayout::Bthd).validate().is_ok());
-    }
-}
