@@ -2,6 +2,8 @@
 //! module with `mod common;` and uses what it needs).
 #![allow(dead_code)]
 
+pub mod gemm;
+
 use pgc_ir::{Graph, Mode};
 use std::collections::HashMap;
 use std::process::Output;
