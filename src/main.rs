@@ -20,11 +20,14 @@ Exit status: 0 success, 1 a check failed, 2 bad input."
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// No progress bars (they are only drawn when stderr is a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compile a model: IR, report (parameters, storage, FLOPs), and later plan and PTX.
+    /// Compile a model: IR, report (parameters, storage, FLOPs, per-kernel floors), kernel plans, PTX (train and eval) and ptxas figures.
     Compile(cli::compile::CompileArgs),
     /// Run a forward (and backward) pass: loss, logits and gradients to a safetensors file.
     Run(cli::run::RunArgs),
@@ -44,6 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli::progress::set_quiet(cli.quiet);
     let result = match cli.command {
         Command::Compile(a) => cli::compile::run(a),
         Command::Run(a) => cli::run::run(a),

@@ -3,22 +3,21 @@
 //! backend's fake quantization, corrupt and truncated input rejected without a
 //! panic, and `pgc export` / `inspect` / `run --weights X.pgz` end to end.
 
+mod common;
+
 use pgc_backends::cpu::{ops::fake_quant, Tensor};
 use pgc_ir::{Graph, Init, Mode, ParamInfo, Qat, QuantSpec, StorageClass};
 use pgc_runtime::artifact::{self, load_bytes};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tmpdir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgc-artifact-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(test: &str) -> common::TempDir {
+    common::TempDir::new(&format!("artifact-{test}"))
 }
 
 /// A small deterministic generator (independent of the runtime's).

@@ -40,12 +40,11 @@ fn bad_flags_exit_2() {
 /// The mock CUDA driver of tests/cuda_mock_driver.rs (host memory, kernels
 /// other than `vector_add` are no-ops taking 0.25 ms of its clock), built
 /// with `cc`; None (the test passes with a note) without a C compiler.
-fn mock_driver() -> Option<std::path::PathBuf> {
+fn mock_driver() -> Option<(common::TempDir, std::path::PathBuf)> {
     let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_mock_driver.rs")).ok()?;
     let start = src.find("const MOCK: &str = r#\"")? + "const MOCK: &str = r#\"".len();
     let end = start + src[start..].find("\"#;")?;
-    let dir = std::env::temp_dir().join(format!("pgc-bench-mock-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
+    let dir = common::TempDir::new("bench-mock");
     let c = dir.join("mock.c");
     std::fs::write(&c, &src[start..end]).ok()?;
     let lib = dir.join("libcuda.so.1");
@@ -54,13 +53,13 @@ fn mock_driver() -> Option<std::path::PathBuf> {
         println!("cc could not build the mock driver:\n{}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
-    Some(lib)
+    Some((dir, lib))
 }
 
 /// The whole bench/run/verify path on the mock driver (the numbers mean nothing there).
 #[test]
 fn bench_run_and_verify_go_through_on_a_mock_driver() {
-    let Some(lib) = mock_driver() else {
+    let Some((_mock_dir, lib)) = mock_driver() else {
         println!("note: no C compiler; the mock-driver run is skipped");
         return;
     };
@@ -77,8 +76,7 @@ fn bench_run_and_verify_go_through_on_a_mock_driver() {
         assert!(t.contains(want), "wanted `{want}` in: {t}");
     }
 
-    let dir = std::env::temp_dir().join(format!("pgc-bench-mock-out-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("bench-mock-out");
     let out = dir.join("o.safetensors");
     let inputs = dir.join("in.safetensors");
     let o = pgc(&[

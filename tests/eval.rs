@@ -3,6 +3,8 @@
 //! that score every target once, and the loss against an independent
 //! per-window computation on the CPU backend.
 
+mod common;
+
 use pgc_backends::cpu::{self, Tensor};
 use pgc_ir::Mode;
 use pgc_runtime::data::{self, parse_pieces, parse_shard, ByteTable, PieceType};
@@ -20,11 +22,8 @@ fn shard() -> PathBuf {
 fn sp() -> PathBuf {
     root().join("tests/data/fineweb_1024_bpe.model")
 }
-fn tmpdir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgc-eval-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(test: &str) -> common::TempDir {
+    common::TempDir::new(&format!("eval-{test}"))
 }
 
 #[test]

@@ -12,11 +12,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tmpdir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgc-exec-cli-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(test: &str) -> common::TempDir {
+    common::TempDir::new(&format!("exec-cli-{test}"))
 }
 
 fn golden() -> PathBuf {

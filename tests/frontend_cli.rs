@@ -1,6 +1,8 @@
 //! `pgc compile` end to end: parameter counts, report.json, model.ir.json
 //! round trip, `--emit`, `--dump-after`, exit statuses, no partial outputs.
 
+mod common;
+
 use pgc_ir::Graph;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,13 +15,11 @@ fn pgc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pgc")).current_dir(root()).env("NO_COLOR", "1").args(args).output().expect("running pgc")
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgc-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmpdir(name: &str) -> common::TempDir {
+    common::TempDir::absent(&format!("cli-{name}"))
 }
 
-fn compile_to(model: &str, sets: &[&str], name: &str) -> (Output, PathBuf) {
+fn compile_to(model: &str, sets: &[&str], name: &str) -> (Output, common::TempDir) {
     let dir = tmpdir(name);
     let mut args = vec!["compile", model, "-o", dir.to_str().unwrap()];
     for s in sets {

@@ -19,7 +19,7 @@ use pgc_ir::plan::{self, PlanOptions, Precision};
 use pgc_ir::Mode;
 use pgc_runtime::weights::SafeFile;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -40,11 +40,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tmpdir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgc-golden-sim-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(test: &str) -> common::TempDir {
+    common::TempDir::new(&format!("golden-sim-{test}"))
 }
 
 

@@ -17,11 +17,8 @@ fn golden(name: &str) -> PathBuf {
     root().join(format!("tests/golden/{name}.safetensors"))
 }
 
-fn tmpdir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgc-run-cli-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(test: &str) -> common::TempDir {
+    common::TempDir::new(&format!("run-cli-{test}"))
 }
 
 /// `--set` flags for a golden file's config.

@@ -109,6 +109,60 @@ pub fn use_color() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }
 
+/// Diagnostics rendered in full; the rest are counted.
+pub const MAX_RENDERED: usize = 20;
+/// Rendered text after which the remaining diagnostics are only counted.
+pub const MAX_RENDER_BYTES: usize = 64 << 10;
+/// Source lines longer than this are shown as a window around the marker.
+const MAX_LINE: usize = 240;
+/// Bytes shown either side of a marker in a long line.
+const WINDOW: usize = 80;
+
+/// The text handed to ariadne for one diagnostic: the whole source when its
+/// line is short; otherwise the line's window around the span (line breaks
+/// kept before it, so the line numbers stay right; `...` marks the cuts).
+struct Window<'s> {
+    text: std::borrow::Cow<'s, str>,
+    /// Source bytes `lo..hi` appear in `text` from byte `at`.
+    lo: usize,
+    hi: usize,
+    at: usize,
+}
+
+impl<'s> Window<'s> {
+    fn around(src: &'s str, r: std::ops::Range<usize>) -> Window<'s> {
+        let line_start = src[..r.start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line_end = src[r.start..].find('\n').map(|i| r.start + i).unwrap_or(src.len());
+        if line_end - line_start <= MAX_LINE {
+            return Window { text: src.into(), lo: 0, hi: src.len(), at: 0 };
+        }
+        let lo = floor_char_boundary(src, r.start.saturating_sub(WINDOW).max(line_start));
+        let end = r.end.min(r.start + WINDOW).max(r.start);
+        let hi = floor_char_boundary(src, (end + WINDOW).min(line_end)).max(r.start);
+        let lines = src[..line_start].matches('\n').count();
+        let mut text = "\n".repeat(lines);
+        if lo > line_start {
+            text.push_str("...");
+        }
+        let at = text.len();
+        text.push_str(&src[lo..hi]);
+        if hi < line_end {
+            text.push_str("...");
+        }
+        Window { text: text.into(), lo, hi, at }
+    }
+
+    fn contains(&self, r: &std::ops::Range<usize>) -> bool {
+        r.start >= self.lo && r.end <= self.hi
+    }
+
+    /// `r` (source bytes) in the window's text, clamped into the window.
+    fn map(&self, r: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let f = |x: usize| x.clamp(self.lo, self.hi) - self.lo + self.at;
+        f(r.start)..f(r.end)
+    }
+}
+
 impl Diagnostics {
     pub fn new(path: &str, items: Vec<Diagnostic>) -> Diagnostics {
         Diagnostics { path: path.to_string(), items }
@@ -127,12 +181,29 @@ impl Diagnostics {
 
     /// [`Diagnostics::render`] with colors chosen by the caller.
     pub fn render_with(&self, source: &str, color: bool) -> String {
+        self.render_kind(source, color, false)
+    }
+
+    /// Render as warnings (`warning: PATH:LINE:COL: MESSAGE`), colors when [`use_color`] says so.
+    pub fn render_warnings(&self, source: &str) -> String {
+        self.render_kind(source, use_color(), true)
+    }
+
+    /// At most [`MAX_RENDERED`] diagnostics and about [`MAX_RENDER_BYTES`] of
+    /// text; a long source line is shown as a window around the marked column.
+    fn render_kind(&self, source: &str, color: bool, warning: bool) -> String {
         use ariadne::{CharSet, Config, IndexType, Label, Report, ReportKind, Source};
         let mut out = String::new();
         let path = self.path.as_str();
-        for d in &self.items {
+        let word = if warning { "warning" } else { "error" };
+        for (k, d) in self.items.iter().enumerate() {
+            if k == MAX_RENDERED || out.len() > MAX_RENDER_BYTES {
+                let rest = self.items.len() - k;
+                out.push_str(&format!("... and {rest} more {word}{} not shown\n", if rest == 1 { "" } else { "s" }));
+                break;
+            }
             let Some(span) = d.span else {
-                out.push_str(&format!("error: {path}: {}\n", d.message));
+                out.push_str(&format!("{word}: {path}: {}\n", d.message));
                 for n in &d.notes {
                     out.push_str(&format!("  = note: {n}\n"));
                 }
@@ -140,24 +211,34 @@ impl Diagnostics {
             };
             let r = clamp(source, span);
             let (line, col) = line_col(source, r.start);
-            out.push_str(&format!("error: {path}:{line}:{col}: {}\n", d.message));
+            out.push_str(&format!("{word}: {path}:{line}:{col}: {}\n", d.message));
+            let win = Window::around(source, r.clone());
             let cfg = Config::default()
                 .with_color(color)
                 .with_index_type(IndexType::Byte)
                 .with_char_set(CharSet::Ascii)
                 .with_compact(false);
-            let mut rep = Report::build(ReportKind::Error, (path, r.clone()))
+            let kind = if warning { ReportKind::Warning } else { ReportKind::Error };
+            let pr = win.map(r);
+            let mut rep = Report::build(kind, (path, pr.clone()))
                 .with_config(cfg)
                 .with_message(&d.message)
-                .with_label(Label::new((path, r.clone())).with_message(d.label.as_deref().unwrap_or("here")).with_order(0));
+                .with_label(Label::new((path, pr)).with_message(d.label.as_deref().unwrap_or("here")).with_order(0));
+            let mut notes: Vec<String> = Vec::new();
             for (i, (s, l)) in d.secondary.iter().enumerate() {
-                rep = rep.with_label(Label::new((path, clamp(source, *s))).with_message(l).with_order(1 + i as i32));
+                let sr = clamp(source, *s);
+                if win.contains(&sr) {
+                    rep = rep.with_label(Label::new((path, win.map(sr))).with_message(l).with_order(1 + i as i32));
+                } else {
+                    let (sl, sc) = line_col(source, sr.start);
+                    notes.push(format!("{l} at {path}:{sl}:{sc}"));
+                }
             }
-            for n in &d.notes {
+            for n in notes.iter().chain(&d.notes) {
                 rep = rep.with_note(n);
             }
             let mut buf = Vec::new();
-            if rep.finish().write((path, Source::from(source)), &mut buf).is_ok() {
+            if rep.finish().write((path, Source::from(win.text.as_ref())), &mut buf).is_ok() {
                 // ariadne repeats the message on its own first line; we already printed it.
                 let text = String::from_utf8_lossy(&buf);
                 let mut lines = text.lines();
@@ -212,6 +293,20 @@ mod tests {
         assert!(r.contains("let b = foo;"), "{r}");
         assert!(r.contains("not defined"), "{r}");
         assert!(!r.contains('\x1b'));
+    }
+
+    #[test]
+    fn long_lines_show_a_window_and_output_is_capped() {
+        let mut src = "x".repeat(1 << 20);
+        src.push_str(" foo ");
+        src.push_str(&"y".repeat(1 << 20));
+        let at = 1 << 20;
+        let items = (0..50).map(|_| Diagnostic::error("unknown name `foo`", Span::new(at + 1, at + 4)).label("here")).collect();
+        let r = Diagnostics::new("m.pgdsl", items).render_with(&src, false);
+        assert!(r.starts_with(&format!("error: m.pgdsl:1:{}: unknown name `foo`\n", at + 2)), "{}", &r[..200]);
+        assert!(r.contains("... foo ") || r.contains("x foo y"), "{}", &r[..400]);
+        assert!(r.len() < 20 * 1000, "{} bytes", r.len());
+        assert!(r.contains("... and 30 more errors not shown"), "{}", &r[r.len() - 200..]);
     }
 
     #[test]

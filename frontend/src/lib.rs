@@ -24,6 +24,13 @@ pub fn compile_model(source: &str, path: &str, sets: &[(String, String)], mode: 
     compile_model_with(source, path, sets, mode, &Limits::default())
 }
 
+/// [`compile_model`], also returning the warnings: things that compile but
+/// are probably not what was meant (no outputs, a loop over a constant that
+/// is 0). Render them with [`Diagnostics::render_warnings`].
+pub fn compile_model_warn(source: &str, path: &str, sets: &[(String, String)], mode: Mode) -> Result<(Graph, Diagnostics), Diagnostics> {
+    compile_model_full(source, path, sets, mode, &Limits::default())
+}
+
 /// [`compile_model`] with explicit resource limits.
 pub fn compile_model_with(
     source: &str,
@@ -32,6 +39,16 @@ pub fn compile_model_with(
     mode: Mode,
     limits: &Limits,
 ) -> Result<Graph, Diagnostics> {
+    compile_model_full(source, path, sets, mode, limits).map(|(g, _)| g)
+}
+
+fn compile_model_full(
+    source: &str,
+    path: &str,
+    sets: &[(String, String)],
+    mode: Mode,
+    limits: &Limits,
+) -> Result<(Graph, Diagnostics), Diagnostics> {
     let run = || compile_inner(source, path, sets, mode, limits);
     std::thread::scope(|s| match std::thread::Builder::new().stack_size(STACK_BYTES).spawn_scoped(s, run) {
         Ok(h) => h.join().unwrap_or_else(|_| {
@@ -47,7 +64,7 @@ pub fn parse(source: &str, path: &str) -> Result<ast::Program, Diagnostics> {
     parser::parse(source).map_err(|e| Diagnostics::new(path, e))
 }
 
-fn compile_inner(source: &str, path: &str, sets: &[(String, String)], mode: Mode, limits: &Limits) -> Result<Graph, Diagnostics> {
+fn compile_inner(source: &str, path: &str, sets: &[(String, String)], mode: Mode, limits: &Limits) -> Result<(Graph, Diagnostics), Diagnostics> {
     let prog = parser::parse(source).map_err(|e| Diagnostics::new(path, e))?;
     let mut lw = lower::Lower::new(source, &prog, sets, mode, limits.clone());
     lw.program().map_err(|d| Diagnostics::single(path, d))?;
@@ -69,5 +86,9 @@ fn compile_inner(source: &str, path: &str, sets: &[(String, String)], mode: Mode
             .collect();
         return Err(Diagnostics::new(path, items));
     }
-    Ok(lw.g)
+    let mut warnings = std::mem::take(&mut lw.warnings);
+    if lw.g.outputs.is_empty() {
+        warnings.push(Diagnostic::global("the model declares no `output`: there is nothing to compute"));
+    }
+    Ok((lw.g, Diagnostics::new(path, warnings)))
 }

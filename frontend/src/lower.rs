@@ -117,6 +117,9 @@ pub struct Lower<'a> {
     steps: u64,
     depth: usize,
     calls: usize,
+    /// Things that compile but are probably not what was meant (e.g. a loop
+    /// over a constant that is 0).
+    pub warnings: Vec<Diagnostic>,
 }
 
 fn kind_name(v: &Value) -> &'static str {
@@ -201,6 +204,7 @@ impl<'a> Lower<'a> {
             steps: 0,
             depth: 0,
             calls: 0,
+            warnings: Vec::new(),
         }
     }
 
@@ -237,7 +241,32 @@ impl<'a> Lower<'a> {
         };
         let ty = self.g.ty(id);
         self.check_size(&ty.shape, span)?;
+        if ty.shape.contains(&0) {
+            let shape = ty.shape.clone();
+            return Err(self.zero_sized(format!("this gives a zero-sized tensor (shape {shape:?})"), span));
+        }
         Ok(id)
+    }
+
+    /// A zero-sized tensor is refused where it is computed (or declared as an
+    /// input): the kernels index modulo and divide by its sizes. The note names
+    /// the constants that are 0, the usual cause (`--set seq=0`).
+    fn zero_sized(&self, message: String, span: Span) -> Diagnostic {
+        let zeros: Vec<&str> = self.g.constants.iter().filter(|(_, v)| *v == 0.0).map(|(n, _)| n.as_str()).collect();
+        let mut d = Diagnostic::error(message, span).label("zero-sized");
+        if zeros.is_empty() {
+            d = d.note("every dimension must be at least 1");
+        } else {
+            let set: Vec<&str> = zeros.iter().copied().filter(|z| self.sets.iter().any(|(k, _)| k == z)).collect();
+            d = d.note(format!(
+                "constant{} {} {} 0{}; every dimension must be at least 1",
+                if zeros.len() == 1 { "" } else { "s" },
+                zeros.iter().map(|z| format!("`{z}`")).collect::<Vec<_>>().join(", "),
+                if zeros.len() == 1 { "is" } else { "are" },
+                if set.is_empty() { String::new() } else { format!(" (set by {})", set.iter().map(|z| format!("--set {z}=0")).collect::<Vec<_>>().join(", ")) }
+            ));
+        }
+        d
     }
 
     fn check_size(&self, shape: &[usize], span: Span) -> R<()> {
@@ -497,6 +526,16 @@ impl<'a> Lower<'a> {
                             )
                             .label("too many iterations"));
                         }
+                        if b <= a {
+                            let at = lo.span.to(hi.span);
+                            if let ExprKind::Name(n) = &hi.kind {
+                                if self.consts.contains_key(n) && !self.warnings.iter().any(|w| w.span == Some(at)) {
+                                    self.warnings.push(
+                                        Diagnostic::error(format!("this loop runs 0 times: constant `{n}` is {b}"), at).label("empty range"),
+                                    );
+                                }
+                            }
+                        }
                         let mut i = a;
                         while i < b {
                             self.loop_body(var, Value::Int(i), body)?;
@@ -704,6 +743,9 @@ impl<'a> Lower<'a> {
             ExprKind::Param { path, shape, storage, attrs } => self.param(path, shape, storage.as_deref(), attrs, span),
             ExprKind::Input { name, shape, dtype } => {
                 let dims = self.shape(shape, span)?;
+                if let Some(k) = dims.iter().position(|&d| d == 0) {
+                    return Err(self.zero_sized(format!("input `{}` has shape {dims:?}: a zero-sized dimension", name.name), shape[k].span));
+                }
                 let dt = match dtype.name.as_str() {
                     "i32" => DType::I32,
                     "f32" => DType::F32,

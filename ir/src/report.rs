@@ -33,39 +33,41 @@ pub struct Report {
     /// Keyed by [`crate::StorageClass::label`] (`int4`, `int6`, `int8`, `f16`, `f32`).
     pub storage: BTreeMap<String, ClassStats>,
     pub raw_artifact_bytes: u64,
-    pub forward_flops: u64,
+    /// u128: a large `--set` can exceed 2^64 and a count must stay exact.
+    pub forward_flops: u128,
     pub tokens: u64,
-    pub forward_flops_per_token: u64,
+    pub forward_flops_per_token: u128,
     pub constants: Vec<(String, f64)>,
 }
 
-/// FLOPs of one node under the convention above (0 for uncounted ops; saturating).
-pub fn node_flops(g: &Graph, i: usize) -> u64 {
+/// FLOPs of one node under the convention above (0 for uncounted ops), in u128:
+/// exact for every shape the frontend accepts (at most 2^40 elements a tensor).
+pub fn node_flops(g: &Graph, i: usize) -> u128 {
     let n = &g.nodes[i];
     let arg = |k: usize| &g.nodes[n.args[k].index()].ty;
     match &n.op {
         Op::Linear | Op::MatMul => {
             let x = arg(0);
             let w = arg(1);
-            let k = *x.shape.last().unwrap_or(&1) as u64;
-            let m = (x.numel() as u64).checked_div(k).unwrap_or(0);
-            let nn = if matches!(n.op, Op::Linear) { w.shape[0] } else { w.shape[1] } as u64;
-            2u64.saturating_mul(m).saturating_mul(nn).saturating_mul(k)
+            let k = *x.shape.last().unwrap_or(&1) as u128;
+            let m = (x.numel() as u128).checked_div(k).unwrap_or(0);
+            let nn = if matches!(n.op, Op::Linear) { w.shape[0] } else { w.shape[1] } as u128;
+            2 * m * nn * k
         }
         Op::OuterSum => {
             let dy = arg(0);
             let x = arg(1);
-            let nn = *dy.shape.last().unwrap_or(&1) as u64;
-            let m = (dy.numel() as u64).checked_div(nn).unwrap_or(0);
-            2u64.saturating_mul(m).saturating_mul(nn).saturating_mul(*x.shape.last().unwrap_or(&1) as u64)
+            let nn = *dy.shape.last().unwrap_or(&1) as u128;
+            let m = (dy.numel() as u128).checked_div(nn).unwrap_or(0);
+            2 * m * nn * *x.shape.last().unwrap_or(&1) as u128
         }
         Op::CausalAttention { .. } => {
             let q = arg(0);
             if q.rank() != 4 {
                 return 0;
             }
-            let (b, h, t, d) = (q.shape[0] as u64, q.shape[1] as u64, q.shape[2] as u64, q.shape[3] as u64);
-            [b, h, t, t, d].iter().fold(2u64, |acc, &x| acc.saturating_mul(x))
+            let (b, h, t, d) = (q.shape[0] as u128, q.shape[1] as u128, q.shape[2] as u128, q.shape[3] as u128);
+            2 * b * h * t * t * d
         }
         _ => 0,
     }
@@ -80,7 +82,7 @@ impl Report {
             s.params += p.numel() as u64;
             s.bytes += p.quant.storage.raw_bytes(&p.shape);
         }
-        let forward_flops: u64 = (0..g.nodes.len()).fold(0u64, |acc, i| acc.saturating_add(node_flops(g, i)));
+        let forward_flops: u128 = (0..g.nodes.len()).map(|i| node_flops(g, i)).sum();
         let tokens = g
             .nodes
             .iter()
@@ -95,7 +97,7 @@ impl Report {
             storage,
             forward_flops,
             tokens,
-            forward_flops_per_token: forward_flops / tokens,
+            forward_flops_per_token: forward_flops / tokens as u128,
             constants: g.constants.clone(),
         }
     }
@@ -118,8 +120,8 @@ impl Report {
             "params": self.params,
             "storage": Value::Object(st),
             "raw_artifact_bytes": self.raw_artifact_bytes,
-            "forward_flops_per_token": self.forward_flops_per_token,
-            "forward_flops": self.forward_flops,
+            "forward_flops_per_token": count_json(self.forward_flops_per_token),
+            "forward_flops": count_json(self.forward_flops),
             "tokens": self.tokens,
             "constants": Value::Object(cs),
         })
@@ -145,8 +147,18 @@ impl Report {
     }
 }
 
+/// A count as a JSON number: exact up to 2^64, beyond as the nearest f64
+/// (JSON readers hold no wider integers).
+pub fn count_json(n: u128) -> serde_json::Value {
+    match u64::try_from(n) {
+        Ok(n) => serde_json::Value::from(n),
+        Err(_) => serde_json::Value::from(n as f64),
+    }
+}
+
 /// `27878489` -> `27,878,489`.
-fn group(n: u64) -> String {
+fn group(n: impl Into<u128>) -> String {
+    let n: u128 = n.into();
     let d = n.to_string();
     let mut out = String::new();
     for (i, c) in d.chars().enumerate() {
@@ -183,6 +195,6 @@ mod tests {
         assert_eq!(r.raw_artifact_bytes, 32);
         assert_eq!(r.forward_flops, 2 * 6 * 6 * 4);
         assert_eq!(r.forward_flops_per_token, 2 * 6 * 4);
-        assert_eq!(group(27878489), "27,878,489");
+        assert_eq!(group(27878489u64), "27,878,489");
     }
 }

@@ -372,13 +372,27 @@ pub fn export(
     ir_hash: u64,
     constants: &[(String, f64)],
 ) -> Result<(Vec<u8>, Artifact), ArtifactError> {
+    export_with_progress(params, values, ir_hash, constants, &|| {})
+}
+
+/// [`export`], calling `on_tensor` after each tensor is encoded (from the
+/// encoding threads; for a progress display).
+pub fn export_with_progress(
+    params: &[ParamInfo],
+    values: &HashMap<String, Vec<f64>>,
+    ir_hash: u64,
+    constants: &[(String, f64)],
+    on_tensor: &(dyn Fn() + Sync),
+) -> Result<(Vec<u8>, Artifact), ArtifactError> {
     let encoded: Vec<Encoded> = params
         .par_iter()
         .map(|p| {
             let v = values
                 .get(&p.name)
                 .ok_or_else(|| ArtifactError::Tensor { tensor: p.name.clone(), msg: "no value given".into() })?;
-            encode_tensor(p, v)
+            let e = encode_tensor(p, v);
+            on_tensor();
+            e
         })
         .collect::<Result<_, _>>()?;
     let mut table = W(Vec::new());
@@ -503,7 +517,7 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         return Err(fmt_err(format!("{} bytes, shorter than the 16-byte header", bytes.len())));
     }
     if !is_artifact(bytes) {
-        return Err(fmt_err("wrong magic (expected \"PGZ\\0\")"));
+        return Err(fmt_err("not a pgc artifact: wrong magic (expected \"PGZ\\0\")"));
     }
     let mut h = R { b: bytes, pos: 4, what: "header" };
     let version = h.u32()?;

@@ -8,3 +8,4 @@ pub mod weights;
 pub mod init;
 pub mod artifact;
 pub mod data;
+pub mod outfile;

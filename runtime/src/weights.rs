@@ -14,7 +14,6 @@
 use pgc_ir::ParamInfo;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +24,8 @@ pub enum WeightsError {
     Format { path: PathBuf, msg: String },
     #[error("{}: missing tensor `{tensor}` (expected {what})", path.display())]
     Missing { path: PathBuf, tensor: String, what: String },
+    #[error("{}: missing tensor `{tensor}`, but the file has `{prefix}{tensor}`: pass --weights-prefix {prefix}", path.display())]
+    MissingPrefix { path: PathBuf, tensor: String, prefix: String },
     #[error("{}: tensor `{tensor}` has shape {got:?}, expected {expected}", path.display())]
     Shape { path: PathBuf, tensor: String, expected: String, got: Vec<usize> },
     #[error("{}: tensor `{tensor}` has dtype {got}, expected {expected}", path.display())]
@@ -174,13 +175,23 @@ pub fn load_params(path: &Path, prefix: &str, params: &[ParamInfo]) -> Result<Ha
             return crate::artifact::params_from(crate::artifact::load_bytes(&bytes).map_err(fe)?, params).map_err(fe);
         }
     }
-    let f = SafeFile::open(path)?;
+    let f = SafeFile::open(path).map_err(|e| sniff(path, e))?;
     let st = f.st()?;
     let mut out = HashMap::new();
     for p in params {
         let tensor = format!("{prefix}{}", p.name);
         let what = format!("parameter `{}`, f32 or f64 of shape {:?}", p.name, p.shape);
-        let view = st.tensor(&tensor).map_err(|_| WeightsError::Missing { path: f.path.clone(), tensor: tensor.clone(), what })?;
+        let view = match st.tensor(&tensor) {
+            Ok(v) => v,
+            Err(_) => {
+                // The usual cause: the names carry a prefix (`param.`) and none was given.
+                let prefix = st.names().into_iter().find_map(|n| n.strip_suffix(tensor.as_str()).filter(|p| !p.is_empty()).map(String::from));
+                return Err(match prefix {
+                    Some(prefix) => WeightsError::MissingPrefix { path: f.path.clone(), tensor, prefix },
+                    None => WeightsError::Missing { path: f.path.clone(), tensor, what },
+                });
+            }
+        };
         if !matches!(view.dtype(), Dtype::F32 | Dtype::F64) {
             return Err(WeightsError::Dtype { path: f.path.clone(), tensor, expected: "f32 or f64", got: dtype_name(view.dtype()) });
         }
@@ -200,6 +211,36 @@ pub fn load_params(path: &Path, prefix: &str, params: &[ParamInfo]) -> Result<Ha
         out.insert(p.name.clone(), vals);
     }
     Ok(out)
+}
+
+/// A weights file that is neither format: say what it is not by its name and
+/// first bytes (a `.pgz` with a broken magic is not a safetensors problem).
+fn sniff(path: &Path, e: WeightsError) -> WeightsError {
+    let WeightsError::Format { .. } = e else { return e };
+    let mut head = [0u8; 9];
+    let n = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+    let pgz = path.extension().is_some_and(|x| x == "pgz");
+    let json_header = n == 9 && head[8] == b'{';
+    if pgz || !json_header {
+        let what = if pgz { "not a pgc artifact" } else { "neither a pgc artifact nor a safetensors file" };
+        return WeightsError::Artifact {
+            path: path.to_path_buf(),
+            msg: format!("{what}: the file starts with {:02x?}, an artifact with {:02x?} (\"PGZ\\0\")", &head[..n.min(4)], crate::artifact::MAGIC),
+        };
+    }
+    e
+}
+
+/// Tensors of a safetensors weights file that no parameter reads: with a
+/// prefix, the names under it that are not `PREFIX + NAME` of a parameter;
+/// without one, every name that is not a parameter's (a typo'd name is the
+/// usual cause). Empty for `.pgz` artifacts and unreadable files.
+pub fn unused_tensors(path: &Path, prefix: &str, params: &[ParamInfo]) -> Vec<String> {
+    let Ok(f) = SafeFile::open(path) else { return Vec::new() };
+    let wanted: std::collections::HashSet<String> = params.iter().map(|p| format!("{prefix}{}", p.name)).collect();
+    let mut extra: Vec<String> = f.names().into_iter().filter(|n| n.starts_with(prefix) && !wanted.contains(n)).collect();
+    extra.sort();
+    extra
 }
 
 /// Token ids and targets, `[batch, seq]` each, row-major.
@@ -311,26 +352,11 @@ pub fn save(path: &Path, tensors: &[(String, HostTensor)], metadata: Option<Hash
     write_atomic(path, &buf)
 }
 
-/// Write `bytes` to a temporary file in `path`'s folder and rename it to `path`.
+/// Write `bytes` to `path` whole (see [`crate::outfile::write_atomic`]: a
+/// regular file through an unnamed temporary and a rename, a device or FIFO
+/// written through, a symlink followed).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
-    let werr = |err| WeightsError::Write { path: path.to_path_buf(), err };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let fname = path.file_name().ok_or_else(|| werr(std::io::Error::other("not a file name")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", fname.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(werr(e));
-    }
-    Ok(())
+    crate::outfile::write_atomic(path, bytes).map_err(|err| WeightsError::Write { path: path.to_path_buf(), err })
 }
 
 #[cfg(test)]

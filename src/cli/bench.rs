@@ -43,8 +43,10 @@ pub struct BenchArgs {
     pub sets: Vec<String>,
     #[arg(long, value_enum, default_value = "cuda")]
     pub backend: BenchBackend,
+    /// Batch size of the timed step (random tokens).
     #[arg(long, value_name = "B")]
     pub batch: usize,
+    /// Sequence length of the timed step (overrides the model's `seq`).
     #[arg(long, value_name = "T")]
     pub seq: usize,
     #[arg(long, value_enum, default_value = "bf16")]
@@ -159,15 +161,19 @@ pub fn run(args: BenchArgs) -> CliResult {
 
     // Warm-up (the first run also checks that every launch works).
     let t_w = Instant::now();
+    let bar = super::progress::Progress::new((args.warmup.max(1) * ex.launch_count()) as u64, "warm-up launches");
     for _ in 0..args.warmup.max(1) {
-        ex.run().map_err(internal)?;
+        ex.run_with(&mut |_, _| bar.inc(1)).map_err(internal)?;
     }
+    drop(bar);
     println!("warm-up: {} runs, {:.2} s", args.warmup.max(1), t_w.elapsed().as_secs_f64());
 
     // Per launch: an event before each launch and one after the last.
     let n = ex.launch_count();
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(args.repeats); n];
+    let bar = super::progress::Progress::new(args.repeats as u64, "timed runs");
     for _ in 0..args.repeats {
+        bar.inc(1);
         let events = (0..=n).map(|_| dev.event()).collect::<Result<Vec<_>, _>>().map_err(internal)?;
         for i in 0..n {
             dev.record(&events[i]).map_err(internal)?;
@@ -180,6 +186,7 @@ pub fn run(args: BenchArgs) -> CliResult {
             samples[i].push(events[i].elapsed_ms(&events[i + 1]).map_err(internal)? as f64);
         }
     }
+    drop(bar);
     let k_count = program.plan.kernels.len();
     let mut per_kernel = vec![(0.0f64, 0usize); k_count];
     for (i, s) in samples.iter_mut().enumerate() {

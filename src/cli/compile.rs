@@ -56,11 +56,12 @@ pub struct CompileArgs {
     /// Override a model constant, e.g. `--set layers=9`. Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub sets: Vec<String>,
-    /// Output directory for model.ir.json, report.json (and later plan.json, model.ptx).
+    /// Output directory: model.ir.json, report.json, plan.json, plan.txt, model.ptx (train
+    /// program) and model.eval.ptx (eval program), replaced together. Fails (exit 2) when the PTX cannot be made.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
-    /// Print to stdout (comma-separated): ir (text IR), json (IR JSON), report (report JSON),
-    /// plan (the kernel plans as text), plan-json (plan.json), ptx (model.ptx).
+    /// Print to stdout (comma-separated): ir (text IR), json (IR JSON), report (report.json),
+    /// plan (the kernel plans as text), plan-json (plan.json), ptx (model.ptx, the train module).
     /// The human summary then goes to stderr.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub emit: Vec<Emit>,
@@ -88,6 +89,7 @@ pub fn run(args: CompileArgs) -> CliResult {
     let t_start = Instant::now();
     let sets = super::parse_sets(&args.sets)?;
     let model = source::read_model(&args.model)?;
+    let path = model.path.clone();
     let graph = model.lower(&sets, Mode::Train)?;
 
     let report = Report::from_graph(&graph);
@@ -95,7 +97,10 @@ pub fn run(args: CompileArgs) -> CliResult {
     // Other programs (library snippets, tests) are planned forward only.
     let train = match graph.output("loss") {
         Some(_) => source::with_backward(&graph, "loss")?,
-        None => graph.clone(),
+        None => {
+            eprintln!("warning: {path}: the model has no `output loss`: no backward pass, both plans are forward only (and `pgc run` needs a loss)");
+            graph.clone()
+        }
     };
     let eval = model.lower(&sets, Mode::Eval)?;
     let precision = match args.precision {
@@ -119,6 +124,13 @@ pub fn run(args: CompileArgs) -> CliResult {
                 Ok(p) => programs[i] = Some(p),
                 Err(e) => warnings.push_str(&format!("warning: no PTX for the {} program: {e}\n", plans[i].0)),
             }
+        }
+        // -o writes model.ptx and model.eval.ptx, --emit ptx prints one: without them the command failed.
+        if (args.out.is_some() || args.emit.contains(&Emit::Ptx)) && programs.iter().any(Option::is_none) {
+            return Err(Failure::BadInput(format!(
+                "{}error: {path}: the PTX asked for (-o DIR or --emit ptx) cannot be made; nothing written",
+                warnings.replace("warning: no PTX", "error: no PTX")
+            )));
         }
         let ptx_s = t0.elapsed().as_secs_f64();
         ptx_json = json!({ "precision": format!("{precision:?}").to_lowercase(), "compile_seconds": ptx_s });
@@ -182,14 +194,26 @@ pub fn run(args: CompileArgs) -> CliResult {
     let mut report_value = report.to_json();
     if want_ptx {
         report_value["ptx"] = ptx_json;
+        let rows = [
+            kernel_rows(&plans[0].1, programs[0].as_ref(), ptxas_reports[0].as_ref()),
+            kernel_rows(&plans[1].1, programs[1].as_ref(), ptxas_reports[1].as_ref()),
+        ];
+        report_value["totals"] = json!({ "train": plan_totals(&plans[0].1, &rows[0]), "eval": plan_totals(&plans[1].1, &rows[1]) });
+        let [train_rows, eval_rows] = rows;
         report_value["kernels"] = json!({
             "peaks": { "bf16_flops": PEAK_BF16_FLOPS, "f32_flops": PEAK_F32_FLOPS, "bytes_per_s": PEAK_BYTES_PER_S, "card": "H100 SXM5 datasheet" },
-            "train": kernel_rows(&plans[0].1, programs[0].as_ref(), ptxas_reports[0].as_ref()),
-            "eval": kernel_rows(&plans[1].1, programs[1].as_ref(), ptxas_reports[1].as_ref()),
+            "train": train_rows,
+            "eval": eval_rows,
         });
     }
 
-    let plan_json = serde_json::to_string_pretty(&serde_json::json!({ plans[0].0: plans[0].1, plans[1].0: plans[1].1 }))
+    // Serialized directly (not through a serde_json::Value, which holds no u128 counts).
+    #[derive(serde::Serialize)]
+    struct Plans<'a> {
+        train: &'a Plan,
+        eval: &'a Plan,
+    }
+    let plan_json = serde_json::to_string_pretty(&Plans { train: &plans[0].1, eval: &plans[1].1 })
         .context("serializing the plan")?
         + "\n";
     let plan_text = format!(
@@ -440,7 +464,7 @@ pub fn kernel_rows(plan: &Plan, program: Option<&Program>, ptxas: Option<&PtxasR
             let mut row = json!({
                 "name": kr.name,
                 "kind": kr.kind, // as in plan.json
-                "flops": kr.flops,
+                "flops": pgc_ir::report::count_json(kr.flops),
                 "min_bytes": kr.min_bytes,
                 "floor_s": floor.seconds(),
                 "bound": floor.bound(),
@@ -480,38 +504,35 @@ pub fn kernel_rows(plan: &Plan, program: Option<&Program>, ptxas: Option<&PtxasR
     Value::Array(rows)
 }
 
+/// A plan's totals: FLOPs, the fewest bytes its kernels move, the sum of the
+/// kernels' floors (the step's floor when kernels run one after another), the
+/// peak activation memory (the arena) and the kernel count.
+fn plan_totals(plan: &Plan, rows: &Value) -> Value {
+    let floor: f64 = rows.as_array().map(|r| r.iter().filter_map(|k| k["floor_s"].as_f64()).sum()).unwrap_or(0.0);
+    json!({
+        "kernels": plan.kernels.len(),
+        "flops": pgc_ir::report::count_json(plan.flops),
+        "min_bytes": plan.min_bytes,
+        "floor_s": floor,
+        "peak_activation_bytes": plan.arena_bytes,
+    })
+}
+
 fn dump(g: &Graph) -> String {
     pgc_ir::text::print(g)
 }
 
-/// Write every file under `dir` through temporary files, then rename them all:
-/// on failure no output file is left half-written (and temporaries are removed).
+/// Replace the outputs in `dir` at once (see `pgc_runtime::outfile::replace_dir`):
+/// a kill or a failure leaves the old set or the new one, never a mix. A
+/// folder that also holds other files gets each output replaced on its own.
 fn write_all_atomic(dir: &Path, files: &[(String, String)]) -> Result<(), Failure> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let pid = std::process::id();
-    let mut temps = Vec::new();
-    let cleanup = |temps: &[PathBuf]| {
-        for t in temps {
-            let _ = std::fs::remove_file(t);
-        }
+    let files: Vec<(String, Vec<u8>)> = files.iter().map(|(n, c)| (n.clone(), c.clone().into_bytes())).collect();
+    // Files an earlier compile may have written (model.eval.ptx, dumps): part of the set.
+    let ours = |n: &str| {
+        matches!(n, "model.ir.json" | "report.json" | "plan.json" | "plan.txt" | "model.ptx" | "model.eval.ptx")
+            || (n.starts_with("after-") && n.ends_with(".ir"))
     };
-    for (name, content) in files {
-        let tmp = dir.join(format!(".{name}.tmp.{pid}"));
-        if let Err(e) = std::fs::write(&tmp, content) {
-            temps.push(tmp.clone());
-            cleanup(&temps);
-            return Err(Failure::Other(anyhow::anyhow!("writing {}: {e}", tmp.display())));
-        }
-        temps.push(tmp);
-    }
-    for ((name, _), tmp) in files.iter().zip(&temps) {
-        let dst = dir.join(name);
-        if let Err(e) = std::fs::rename(tmp, &dst) {
-            cleanup(&temps);
-            return Err(Failure::Other(anyhow::anyhow!("writing {}: {e}", dst.display())));
-        }
-    }
-    Ok(())
+    pgc_runtime::outfile::replace_dir(dir, &files, ours).map_err(|e| Failure::Other(anyhow::anyhow!("writing {}: {e}", dir.display())))
 }
 
 #[cfg(test)]
@@ -563,7 +584,7 @@ mod tests {
         assert_eq!(rows.len(), plan.kernels.len());
         for (r, kr) in rows.iter().zip(&plan.kernels) {
             assert_eq!(r["name"], kr.name.as_str());
-            assert_eq!(r["flops"], kr.flops);
+            assert_eq!(r["flops"].as_u64().map(u128::from), Some(kr.flops));
             assert_eq!(r["min_bytes"], kr.min_bytes);
             let tc = pgc::pipeline::roofline::on_tensor_cores(&plan, kr.kind);
             let want = (kr.flops as f64 / if tc { PEAK_BF16_FLOPS } else { PEAK_F32_FLOPS }).max(kr.min_bytes as f64 / PEAK_BYTES_PER_S);

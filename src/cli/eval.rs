@@ -16,7 +16,6 @@ use pgc_runtime::exec::Executor;
 use pgc_runtime::data::{self, ByteTable, Window};
 use serde_json::json;
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -71,8 +70,7 @@ fn nll_sum(
     let mut graphs: HashMap<(usize, usize), Graph> = HashMap::new();
     let mut params: Option<HashMap<String, Tensor<f64>>> = None;
     let mut total = 0.0;
-    let progress = std::io::stderr().is_terminal() && wins.len() > 50;
-    let mut done = 0usize;
+    let bar = super::progress::Progress::new(wins.len() as u64, "eval windows");
     // group consecutive windows of the same length
     let mut i = 0;
     while i < wins.len() {
@@ -118,14 +116,8 @@ fn nll_sum(
                 total += lse - z[tgt[wi * len + t] as usize];
             }
         }
-        done += b;
-        if progress {
-            eprint!("\reval: {done}/{} windows", wins.len());
-        }
+        bar.inc(b as u64);
         i = j;
-    }
-    if progress {
-        eprintln!();
     }
     Ok(total)
 }

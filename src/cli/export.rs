@@ -56,10 +56,14 @@ impl ParamSource {
         match (&self.weights, self.random_weights) {
             (Some(w), _) => {
                 let v = weights::load_params(w, &self.weights_prefix, &g.params).map_err(bad)?;
+                pgc::pipeline::checks::warn_unused_tensors(w, &self.weights_prefix, &g.params);
                 note_ir_hash(w, g);
                 Ok(v)
             }
-            (None, Some(seed)) => pgc_runtime::init::random_params(&g.params, seed).map_err(bad),
+            (None, Some(seed)) => {
+                pgc::pipeline::checks::check_memory("the parameters", g.params.iter().map(|p| p.numel() as u128 * 8).sum())?;
+                pgc_runtime::init::random_params(&g.params, seed).map_err(bad)
+            }
             (None, None) => Err(bad("one of --weights or --random-weights is required")),
         }
     }
@@ -87,7 +91,9 @@ pub fn run(args: ExportArgs) -> CliResult {
     let sets = super::parse_sets(&args.sets)?;
     let (g, ir_hash) = compile(&args.model, &sets, Mode::Eval)?;
     let values = args.params.load(&g)?;
-    let (bytes, art) = artifact::export(&g.params, &values, ir_hash, &g.constants).map_err(bad)?;
+    let bar = super::progress::Progress::new(g.params.len() as u64, "tensors quantized and compressed");
+    let (bytes, art) = artifact::export_with_progress(&g.params, &values, ir_hash, &g.constants, &|| bar.inc(1)).map_err(bad)?;
+    drop(bar);
     weights::write_atomic(&args.out, &bytes).map_err(|e| Failure::Other(e.into()))?;
     let raw: u64 = art.tensors.iter().map(|t| t.raw_bytes).sum();
     println!(

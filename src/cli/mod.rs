@@ -6,6 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod profile;
+pub mod progress;
 pub mod run;
 pub mod verify;
 

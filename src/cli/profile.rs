@@ -534,7 +534,7 @@ pub fn run(args: ProfileArgs) -> CliResult {
                 let mut conflicted: Vec<(&u32, &LineTotals)> = r.t.lines.iter().filter(|(_, l)| l.shared_wavefronts > l.shared_ideal).collect();
                 conflicted.sort_by(|a, b| (b.1.shared_wavefronts - b.1.shared_ideal).total_cmp(&(a.1.shared_wavefronts - a.1.shared_ideal)));
                 json!({
-                    "name": r.name, "kind": r.kind, "flops": r.flops, "plan_bytes": r.plan_bytes,
+                    "name": r.name, "kind": r.kind, "flops": pgc_ir::report::count_json(r.flops), "plan_bytes": r.plan_bytes,
                     "unique_bytes": r.t.unique_bytes().round() as u64, "requested_bytes": r.t.requested_bytes.round() as u64,
                     "sectors_per_request": r.t.sectors_per_request(), "bank_conflict_ways": r.t.bank_conflict_ways(),
                     "tensor_share": r.t.tensor_share(), "occupancy": r.occupancy, "estimate_s": r.calibrated, "bound": r.est.bound,
@@ -605,7 +605,7 @@ struct Row {
     k: usize,
     name: String,
     kind: &'static str,
-    flops: u64,
+    flops: u128,
     plan_bytes: u64,
     t: KernelTotals,
     occupancy: f64,

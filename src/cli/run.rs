@@ -115,6 +115,9 @@ pub struct RunArgs {
     /// Also write the parameters (f32, spec names) and tokens used to this safetensors file.
     #[arg(long, value_name = "FILE.safetensors")]
     pub dump_inputs: Option<PathBuf>,
+    /// Run even when a weight is NaN or infinite (refused by default: the loss would be NaN).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 impl RunArgs {
@@ -130,7 +133,7 @@ impl RunArgs {
             (None, Some(seed)) => WeightSource::Random { seed, dense: self.dense_weights },
             (None, None) => return Err(bad("one of --weights or --random-weights is required")),
         };
-        Ok(RunSpec { model: self.model.clone(), sets: super::parse_sets(&self.sets)?, tokens, weights, mode: self.mode.into(), grads: self.grads })
+        Ok(RunSpec { model: self.model.clone(), sets: super::parse_sets(&self.sets)?, tokens, weights, mode: self.mode.into(), grads: self.grads, allow_nonfinite: self.allow_nonfinite })
     }
 }
 
@@ -179,23 +182,27 @@ pub fn run(args: RunArgs) -> CliResult {
     // Open the GPU first: without one, fail before any work and write nothing.
     let cuda = if args.backend == Backend::Cuda { Some(open_cuda("pgc run")?) } else { None };
     let RunInputs { graph, values, tokens, with_grads, mode } = inputs::prepare(&args.spec()?)?;
+    let elem = if precision == Precision::F64 { 8 } else { 4 };
+    pgc::pipeline::checks::check_memory("this run (parameters and its largest activation)", pgc::pipeline::checks::run_memory(&graph, elem))?;
     let t_prep = t_start.elapsed().as_secs_f64();
     if let Some(path) = &args.dump_inputs {
         inputs::dump_inputs(path, &graph, &values, &tokens)?;
     }
+    let bar = super::progress::Progress::lazy("kernel launches");
     let result = match (args.backend, precision) {
         (Backend::Sim, p) => {
             let dev = SimDevice::new();
-            ptx::execute(&dev, Some(&dev), &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
+            ptx::execute_with_progress(&dev, Some(&dev), &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
         }
         (Backend::Cuda, p) => {
             let dev = cuda.as_ref().expect("opened above");
-            ptx::execute(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile)?
+            ptx::execute_with_progress(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
         }
         (_, Precision::Bf16) => cpu::execute_yardstick(&graph, &values, &tokens, with_grads, args.profile, args.repeat)?,
         (b, Precision::F64) => cpu::execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, cpu_executor(b), args.repeat)?,
         (b, _) => cpu::execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32, cpu_executor(b), args.repeat)?,
     };
+    drop(bar);
     weights::save(&args.out, &result.tensors, None).map_err(|e| Failure::Other(e.into()))?;
     println!(
         "loss {:.10} ({} mode, {} backend, {} precision, batch {} seq {}, {} parameters)",

@@ -2,7 +2,7 @@
 //! gradients are wanted), the parameter values and the tokens.
 
 use super::source::{read_model, with_backward};
-use super::{input, internal, Result};
+use super::{checks, input, internal, Result};
 use pgc_ir::{Graph, Mode};
 use pgc_runtime::weights::{self, HostData, HostTensor, Tokens};
 use std::collections::HashMap;
@@ -37,6 +37,8 @@ pub struct RunSpec {
     pub mode: Mode,
     /// Gradients in eval mode too (train mode always has them).
     pub grads: bool,
+    /// Run with NaN or infinite weights (refused otherwise, naming the tensor).
+    pub allow_nonfinite: bool,
 }
 
 impl RunSpec {
@@ -49,6 +51,7 @@ impl RunSpec {
             weights: WeightSource::Random { seed, dense },
             mode,
             grads: false,
+            allow_nonfinite: false,
         }
     }
 }
@@ -81,6 +84,7 @@ pub fn prepare(spec: &RunSpec) -> Result<RunInputs> {
             if *batch == 0 || seq == 0 {
                 return Err(input("--batch and --seq must be at least 1"));
             }
+            checks::check_memory(&format!("--batch {batch} --seq {seq} (the token ids alone)"), *batch as u128 * seq as u128 * 8)?;
             let (input_ids, target_ids) = pgc_runtime::init::random_tokens(*seed, *batch, seq, vocab as u32);
             Tokens { batch: *batch, seq, input_ids, target_ids, source: PathBuf::from(format!("--random-tokens {seed}")) }
         }
@@ -99,8 +103,16 @@ pub fn prepare(spec: &RunSpec) -> Result<RunInputs> {
         tokens.check_vocab(vocab as usize).map_err(input)?;
     }
     let values = match &spec.weights {
-        WeightSource::File { path, prefix } => weights::load_params(path, prefix, &fwd.params).map_err(input)?,
+        WeightSource::File { path, prefix } => {
+            let v = weights::load_params(path, prefix, &fwd.params).map_err(input)?;
+            checks::warn_unused_tensors(path, prefix, &fwd.params);
+            if !spec.allow_nonfinite {
+                checks::check_finite(path, &fwd.params, &v)?;
+            }
+            v
+        }
         WeightSource::Random { seed, dense } => {
+            checks::check_memory("the parameters", fwd.params.iter().map(|p| p.numel() as u128 * 8).sum())?;
             let mut v = pgc_runtime::init::random_params(&fwd.params, *seed).map_err(input)?;
             if *dense {
                 densify(&fwd.params, &mut v, *seed);

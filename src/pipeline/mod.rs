@@ -15,6 +15,7 @@
 //! calls them too. Errors are [`PipelineError`]: bad input (the binary's
 //! exit 2) apart from internal failures.
 
+pub mod checks;
 pub mod cpu;
 pub mod inputs;
 pub mod ptx;

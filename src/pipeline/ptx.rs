@@ -68,6 +68,23 @@ pub fn execute(
     precision: Precision,
     profile: bool,
 ) -> Result<Outcome> {
+    execute_with_progress(dev, sim, graph, values, tokens, with_grads, precision, profile, &mut |_, _| {})
+}
+
+/// [`execute`], calling `on_launch(done, total)` after each launch (the
+/// binary draws a progress bar from it: a simulated step takes minutes).
+#[allow(clippy::too_many_arguments)]
+pub fn execute_with_progress(
+    dev: &dyn Device,
+    sim: Option<&SimDevice>,
+    graph: &Graph,
+    values: &HashMap<String, Vec<f64>>,
+    tokens: &Tokens,
+    with_grads: bool,
+    precision: Precision,
+    profile: bool,
+    on_launch: &mut dyn FnMut(usize, usize),
+) -> Result<Outcome> {
     let names = output_names(graph, with_grads);
     let plan = plan(graph, precision, &names, &[])?;
     let t_compile = Instant::now();
@@ -90,9 +107,10 @@ pub fn execute(
             let k = program.launches[i].plan_kernel;
             per_kernel[k].0 += t.elapsed().as_secs_f64();
             per_kernel[k].1 += insts() - before;
+            on_launch(i + 1, ex.launch_count());
         }
     } else {
-        ex.run().map_err(exec_err)?;
+        ex.run_with(on_launch).map_err(exec_err)?;
     }
     let seconds = t0.elapsed().as_secs_f64();
     let insts = insts() - insts0;

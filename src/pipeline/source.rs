@@ -19,9 +19,21 @@ pub fn read_model(path: &Path) -> Result<ModelSource> {
 }
 
 impl ModelSource {
-    /// The model lowered to the graph IR in `mode`, with constants overridden by `sets`.
+    /// The model lowered to the graph IR in `mode`, with constants overridden
+    /// by `sets`. The frontend's warnings go to stderr, once per process
+    /// (commands lower a model more than once); a model with no `output` is
+    /// refused, since no command has anything to compute for it.
     pub fn lower(&self, sets: &[(String, String)], mode: Mode) -> Result<Graph> {
-        pgc_frontend::compile_model(&self.text, &self.path, sets, mode).map_err(|d| PipelineError::Diagnostics(d.render(&self.text)))
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let (g, warnings) = pgc_frontend::compile_model_warn(&self.text, &self.path, sets, mode)
+            .map_err(|d| PipelineError::Diagnostics(d.render(&self.text)))?;
+        if g.outputs.is_empty() {
+            return Err(input(format!("{}: the model declares no `output` (an empty file?): there is nothing to compile or run", self.path)));
+        }
+        if !warnings.items.is_empty() && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprint!("{}", warnings.render_warnings(&self.text));
+        }
+        Ok(g)
     }
 }
 

@@ -78,3 +78,63 @@ pub fn golden_params_and_inputs<F: pgc_backends::cpu::Real>(
     }
     (params, inputs)
 }
+
+/// A temporary directory under the system's, removed (with everything in
+/// it) when dropped, also when the test fails: no `pgc-*` folders left
+/// behind. `PGC_KEEP_TMP=1` keeps it for debugging.
+pub struct TempDir {
+    root: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// A fresh, existing directory named after `tag` (and the process).
+    pub fn new(tag: &str) -> TempDir {
+        let t = TempDir::absent(tag);
+        std::fs::create_dir_all(&t.path).unwrap();
+        t
+    }
+
+    /// A path that does not exist yet (for commands that create their output
+    /// folder), inside a fresh directory that is removed on drop.
+    pub fn absent(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("pgc-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let path = root.join("d");
+        TempDir { root, path }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("PGC_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}

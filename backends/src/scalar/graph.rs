@@ -53,7 +53,14 @@ pub struct GraphExprs<'g, R> {
     /// Row helpers (log-sum-exp, row max) by (kind, node, row index).
     rows: HashMap<(u8, usize, Vec<E>), E>,
     ropes: HashMap<(usize, usize, u64), Buf>,
+    /// Nesting of `value` calls: past [`PREFETCH_DEPTH`] the operands are
+    /// evaluated bottom-up first (see [`GraphExprs::prefetch`]).
+    depth: usize,
 }
+
+/// `value` nesting after which a chain is evaluated from its bottom with an
+/// explicit stack, so a 100,000-op chain does not overflow the thread's stack.
+const PREFETCH_DEPTH: usize = 64;
 
 fn err<T>(msg: impl Into<String>) -> Result<T, ScalarError> {
     Err(ScalarError::Unsupported(msg.into()))
@@ -73,6 +80,7 @@ impl<'g, R> GraphExprs<'g, R> {
             memo: HashMap::new(),
             rows: HashMap::new(),
             ropes: HashMap::new(),
+            depth: 0,
         }
     }
 
@@ -146,10 +154,82 @@ impl<'g, R> GraphExprs<'g, R> {
             Op::Scalar { value } => self.x.float_c(*value),
             Op::Input { .. } | Op::Param { .. } => self.load(v, idx)?,
             _ if !self.inside.contains(&i) => self.load(v, idx)?,
-            _ => self.op_value(v, idx)?,
+            _ => {
+                if self.depth > 0 && self.depth.is_multiple_of(PREFETCH_DEPTH) {
+                    self.prefetch(v, idx)?;
+                    if let Some(&e) = self.memo.get(&key) {
+                        return Ok(e);
+                    }
+                }
+                self.depth += 1;
+                let r = self.op_value(v, idx);
+                self.depth -= 1;
+                r?
+            }
         };
         self.memo.insert(key, e);
         Ok(e)
+    }
+
+    /// Walk down from `v` at `idx` with an explicit stack through the ops
+    /// whose operand indices follow from the output index alone (element-wise
+    /// ops, broadcasts, reshapes, permutes, index), then evaluate what was
+    /// found in node order (operands come first in the graph), so every
+    /// evaluation finds its chain operand memoized and recurses one level.
+    fn prefetch(&mut self, v: ValueId, idx: &[E]) -> Result<(), ScalarError> {
+        let g = self.g;
+        let mut stack: Vec<(ValueId, Vec<E>)> = vec![(v, idx.to_vec())];
+        let mut seen: HashSet<(usize, Vec<E>)> = HashSet::new();
+        let mut found: Vec<(ValueId, Vec<E>)> = Vec::new();
+        while let Some((n, ii)) = stack.pop() {
+            let i = n.index();
+            let key = (i, ii);
+            if !self.inside.contains(&i) || self.memo.contains_key(&key) || self.overridden.contains(&i) || seen.contains(&key) {
+                continue;
+            }
+            let node = g.node(n);
+            let ii = &key.1;
+            let out_shape = &node.ty.shape;
+            let shape_of = |k: usize| &g.ty(node.args[k]).shape;
+            match &node.op {
+                Op::Unary { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } => stack.push((node.args[0], ii.clone())),
+                Op::Binary { .. } => {
+                    for k in 0..2 {
+                        let ik = self.bidx(shape_of(k), out_shape, ii);
+                        stack.push((node.args[k], ik));
+                    }
+                }
+                Op::Broadcast { .. } => {
+                    let ia = self.bidx(shape_of(0), out_shape, ii);
+                    stack.push((node.args[0], ia));
+                }
+                Op::Reshape { .. } => {
+                    let ia = self.reshape_index(shape_of(0), out_shape, ii);
+                    stack.push((node.args[0], ia));
+                }
+                Op::Permute { perm } => {
+                    let mut ia = vec![ii[0]; perm.len()];
+                    for (o, &p) in perm.iter().enumerate() {
+                        ia[p] = ii[o];
+                    }
+                    stack.push((node.args[0], ia));
+                }
+                Op::Index { axis, index } => {
+                    let mut ia = ii.clone();
+                    let c = self.x.int_c(*index as u32);
+                    ia.insert(*axis, c);
+                    stack.push((node.args[0], ia));
+                }
+                _ => {}
+            }
+            found.push((n, key.1.clone()));
+            seen.insert(key);
+        }
+        found.sort_by_key(|(n, _)| n.index());
+        let depth = std::mem::replace(&mut self.depth, 1);
+        let r = found.into_iter().try_for_each(|(n, ii)| self.value(n, &ii).map(|_| ()));
+        self.depth = depth;
+        r
     }
 
     fn load(&mut self, v: ValueId, idx: &[E]) -> Result<E, ScalarError> {

@@ -30,7 +30,15 @@ struct Partition<'g> {
     /// Union-find parent; `None` for sources that belong to no kernel.
     parent: Vec<Option<usize>>,
     kind: Vec<KernelKind>,
+    /// Members of each group, in no particular order (sorted when the groups are made).
     members: Vec<Vec<usize>>,
+    /// Per group root: its smallest member, its domain (see [`Partition::domain`])
+    /// and the nodes outside it that read a member: kept up to date by
+    /// `merge`, so a merge costs the size of these sets, not of the group
+    /// (a 100,000-op chain fuses in linear time).
+    min: Vec<usize>,
+    dom: Vec<usize>,
+    exits: Vec<HashSet<usize>>,
     rules: Vec<BTreeSet<FusionRule>>,
     requested: HashSet<usize>,
 }
@@ -55,19 +63,28 @@ impl<'g> Partition<'g> {
 
     /// Element count of the largest index space the group works over.
     fn domain(&self, r: usize) -> usize {
-        self.members[r]
-            .iter()
-            .map(|&n| {
-                let node = &self.g.nodes[n];
-                let own = node.ty.numel();
-                if matches!(node.op, Op::Reduce { .. } | Op::SumTo { .. } | Op::CrossEntropy) {
-                    own.max(self.g.ty(node.args[0]).numel())
-                } else {
-                    own
-                }
-            })
-            .max()
-            .unwrap_or(0)
+        self.dom[r]
+    }
+
+    /// The index space node `n` works over.
+    fn node_domain(&self, n: usize) -> usize {
+        let node = &self.g.nodes[n];
+        let own = node.ty.numel();
+        if matches!(node.op, Op::Reduce { .. } | Op::SumTo { .. } | Op::CrossEntropy) {
+            own.max(self.g.ty(node.args[0]).numel())
+        } else {
+            own
+        }
+    }
+
+    /// Make node `i` a group of its own.
+    fn start_group(&mut self, i: usize, kind: KernelKind) {
+        self.parent[i] = Some(i);
+        self.kind[i] = kind;
+        self.members[i] = vec![i];
+        self.min[i] = i;
+        self.dom[i] = self.node_domain(i);
+        self.exits[i] = self.users[i].iter().copied().collect();
     }
 
     /// Would joining groups `a` and `b` create a cycle through a third group?
@@ -76,12 +93,12 @@ impl<'g> Partition<'g> {
     /// group it enters (a node-level path alone misses a third group holding
     /// one node that reads the pair and another that the pair reads).
     fn creates_cycle(&mut self, a: usize, b: usize) -> bool {
-        let inside: HashSet<usize> = self.members[a].iter().chain(&self.members[b]).copied().collect();
-        let mut stack: Vec<usize> = inside.iter().flat_map(|&n| self.users[n].iter().copied()).filter(|u| !inside.contains(u)).collect();
+        let mut stack: Vec<usize> = self.exits[a].iter().chain(&self.exits[b]).copied().collect();
+        stack.retain(|&u| !matches!(self.root(u), Some(r) if r == a || r == b));
         let mut seen = HashSet::new();
         let mut groups_seen = HashSet::new();
         while let Some(n) = stack.pop() {
-            if inside.contains(&n) {
+            if matches!(self.root(n), Some(r) if r == a || r == b) {
                 return true;
             }
             if !seen.insert(n) {
@@ -102,10 +119,19 @@ impl<'g> Partition<'g> {
         if from == into || self.creates_cycle(from, into) {
             return false;
         }
+        let mut exits = std::mem::take(&mut self.exits[from]);
+        let mut other = std::mem::take(&mut self.exits[into]);
+        if exits.len() < other.len() {
+            std::mem::swap(&mut exits, &mut other);
+        }
+        exits.extend(other);
+        exits.retain(|&u| !matches!(self.root(u), Some(r) if r == from || r == into));
+        self.exits[into] = exits;
         self.parent[from] = Some(into);
         let moved = std::mem::take(&mut self.members[from]);
         self.members[into].extend(moved);
-        self.members[into].sort_unstable();
+        self.min[into] = self.min[into].min(self.min[from]);
+        self.dom[into] = self.dom[into].max(self.dom[from]);
         let moved_rules = std::mem::take(&mut self.rules[from]);
         self.rules[into].extend(moved_rules);
         self.rules[into].insert(rule);
@@ -139,6 +165,9 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
         parent: vec![None; n],
         kind: vec![KernelKind::Elementwise; n],
         members: vec![Vec::new(); n],
+        min: vec![0; n],
+        dom: vec![0; n],
+        exits: vec![HashSet::new(); n],
         rules: vec![BTreeSet::new(); n],
         requested: requested.clone(),
     };
@@ -153,9 +182,7 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
             None => None,
         };
         if let Some(k) = kind {
-            p.parent[i] = Some(i);
-            p.kind[i] = k;
-            p.members[i] = vec![i];
+            p.start_group(i, k);
         }
     }
     let on = |r: FusionRule| enabled.contains(&r);
@@ -195,7 +222,7 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
                     _ => false,
                 };
                 if ok {
-                    candidates.push((p.members[u][0], u));
+                    candidates.push((p.min[u], u));
                 }
             }
             candidates.sort_unstable();
@@ -262,7 +289,7 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
             let mut candidates: Vec<(usize, usize)> = Vec::new();
             for u in p.user_groups(i) {
                 if p.kind[u] == KernelKind::Elementwise && p.domain(u) == g.nodes[i].ty.numel() {
-                    candidates.push((p.members[u][0], u));
+                    candidates.push((p.min[u], u));
                 }
             }
             candidates.sort_unstable();
@@ -312,7 +339,11 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
 
     let mut groups: Vec<Group> = (0..n)
         .filter(|&i| p.parent[i] == Some(i))
-        .map(|r| Group { kind: p.kind[r], nodes: p.members[r].clone(), prologue: Vec::new(), rules: p.rules[r].clone() })
+        .map(|r| {
+            let mut nodes = p.members[r].clone();
+            nodes.sort_unstable();
+            Group { kind: p.kind[r], nodes, prologue: Vec::new(), rules: p.rules[r].clone() }
+        })
         .collect();
 
     if on(FusionRule::RmsnormIntoGemm) {
@@ -354,8 +385,9 @@ fn fuse_lm_head(p: &mut Partition) {
         }
         let Some(rc) = p.root(c) else { continue };
         // The GEMM whose result the cross-entropy kernel reads (through the softcap).
-        let gemm = p.members[rc]
-            .clone()
+        let mut members = p.members[rc].clone();
+        members.sort_unstable();
+        let gemm = members
             .into_iter()
             .flat_map(|m| g.nodes[m].args.iter().map(|a| a.index()).collect::<Vec<_>>())
             .find(|&a| matches!(g.nodes[a].op, Op::Linear));

@@ -103,7 +103,8 @@ pub struct Kernel {
     pub outputs: Vec<ValueId>,
     /// Fusion rules that shaped this kernel.
     pub rules: Vec<FusionRule>,
-    pub flops: u64,
+    /// u128: exact for any shape the frontend accepts.
+    pub flops: u128,
     /// Each input read once and each output written once, at its storage width.
     pub min_bytes: u64,
 }
@@ -118,7 +119,7 @@ pub struct Plan {
     pub values: Vec<Place>,
     /// Size of the activation arena: the peak activation memory.
     pub arena_bytes: u64,
-    pub flops: u64,
+    pub flops: u128,
     pub min_bytes: u64,
 }
 
@@ -273,7 +274,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
 
     for (k, gr) in groups.iter().enumerate() {
         let kr = &mut kernels[k];
-        kr.flops = gr.nodes.iter().map(|&m| node_cost_flops(g, m, gr.kind)).fold(0u64, u64::saturating_add);
+        kr.flops = gr.nodes.iter().map(|&m| node_cost_flops(g, m, gr.kind)).sum();
         let width = |v: &ValueId| -> u64 {
             let m = v.index();
             let numel = g.nodes[m].ty.numel() as u64;
@@ -303,7 +304,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
             kr.min_bytes = kr.inputs.iter().map(width).sum::<u64>() + masters + written;
         }
     }
-    let flops = kernels.iter().map(|k| k.flops).fold(0u64, u64::saturating_add);
+    let flops = kernels.iter().map(|k| k.flops).sum();
     let min_bytes = kernels.iter().map(|k| k.min_bytes).sum();
     Ok(Plan { mode: g.mode, precision: opts.precision, rules: opts.rules.iter().copied().collect(), kernels, values, arena_bytes, flops, min_bytes })
 }
@@ -311,13 +312,13 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
 /// FLOPs of a node inside a kernel: matrix products and attention as in the
 /// compile report; the attention backward once per kernel (five T x T
 /// products, 2.5 times the forward); one FLOP per element for the rest.
-fn node_cost_flops(g: &Graph, m: usize, kind: KernelKind) -> u64 {
+fn node_cost_flops(g: &Graph, m: usize, kind: KernelKind) -> u128 {
     let node = &g.nodes[m];
     match &node.op {
         Op::Linear | Op::MatMul | Op::OuterSum | Op::CausalAttention { .. } => crate::report::node_flops(g, m),
         Op::CausalAttentionGrad { wrt, .. } => {
             let q = g.ty(node.args[0]);
-            let (b, h, t, d) = (q.shape[0] as u64, q.shape[1] as u64, q.shape[2] as u64, q.shape[3] as u64);
+            let (b, h, t, d) = (q.shape[0] as u128, q.shape[1] as u128, q.shape[2] as u128, q.shape[3] as u128);
             let fwd = 2 * b * h * t * t * d;
             let together = kind == KernelKind::AttentionBackward && matches!(wrt, crate::op::AttnPart::Q);
             if together || kind != KernelKind::AttentionBackward {
@@ -327,7 +328,7 @@ fn node_cost_flops(g: &Graph, m: usize, kind: KernelKind) -> u64 {
             }
         }
         Op::Input { .. } | Op::Param { .. } | Op::Scalar { .. } | Op::Reshape { .. } | Op::Permute { .. } => 0,
-        _ => node.ty.numel().max(node.args.first().map(|a| g.ty(*a).numel()).unwrap_or(0)) as u64,
+        _ => node.ty.numel().max(node.args.first().map(|a| g.ty(*a).numel()).unwrap_or(0)) as u128,
     }
 }
 

@@ -289,6 +289,13 @@ impl<'a> Executor<'a> {
     /// Run the program once: every launch in order, each after its zero-fills,
     /// then synchronize.
     pub fn run(&mut self) -> Result<RunStats> {
+        self.run_with(&mut |_, _| {})
+    }
+
+    /// [`Executor::run`], calling `on_launch(done, total)` after each launch
+    /// is issued (for a progress display; on the simulator a launch runs when
+    /// issued, on a GPU it is queued).
+    pub fn run_with(&mut self, on_launch: &mut dyn FnMut(usize, usize)) -> Result<RunStats> {
         if !self.params_set {
             return Err(ExecError::NotReady("the parameters are not set (set_params)".into()));
         }
@@ -301,6 +308,7 @@ impl<'a> Executor<'a> {
             stats.zero_fills += self.steps[i].zero.len();
             self.launch_step(i)?;
             stats.launches += 1;
+            on_launch(i + 1, self.steps.len());
         }
         self.dev.synchronize().map_err(|source| {
             let (kernel, entry) = match self.program.launches.last() {

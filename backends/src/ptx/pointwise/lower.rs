@@ -42,7 +42,14 @@ pub struct Lower<'x> {
     pub converged: bool,
     /// `%laneid` (needed for cooperative reductions).
     pub lane: Option<Reg>,
+    /// Nesting of `emit`: past [`PREFETCH_DEPTH`] the operands are emitted
+    /// bottom-up first (see [`Lower::prefetch`]).
+    depth: usize,
 }
+
+/// `emit` nesting after which a chain is emitted from its bottom with an
+/// explicit stack, so a 100,000-op chain does not overflow the thread's stack.
+const PREFETCH_DEPTH: usize = 64;
 
 const LOG2E_HI: f32 = std::f32::consts::LOG2_E;
 const LN2: f32 = std::f32::consts::LN_2;
@@ -54,7 +61,7 @@ fn f32_op(v: f32) -> Operand {
 impl<'x> Lower<'x> {
     pub fn new(x: &'x Exprs) -> Self {
         debug_assert_eq!(x.float, Float::F32, "PTX computes in f32");
-        Lower { x, bufs: vec![None; x.bufs.len()], vars: vec![None; x.vars.len()], scopes: vec![HashMap::new()], converged: false, lane: None }
+        Lower { x, bufs: vec![None; x.bufs.len()], vars: vec![None; x.vars.len()], scopes: vec![HashMap::new()], converged: false, lane: None, depth: 0 }
     }
 
     /// Bind buffer `buf` to a global base pointer (`.b64`).
@@ -230,9 +237,56 @@ impl<'x> Lower<'x> {
         if let Some(o) = self.lookup(&key) {
             return o;
         }
+        if self.depth > 0 && self.depth.is_multiple_of(PREFETCH_DEPTH) {
+            self.prefetch(b, e);
+            if let Some(o) = self.lookup(&key) {
+                return o;
+            }
+        }
+        self.depth += 1;
         let o = self.compute(b, e);
+        self.depth -= 1;
         self.scopes.last_mut().unwrap().insert(key, o.clone());
         o
+    }
+
+    /// Emit the arithmetic below `e` (down to loads, reductions and leaves,
+    /// which keep their own emission) with an explicit stack, in id order:
+    /// operands have smaller ids (the DAG is built bottom-up), so each
+    /// `compute` finds its operands bound and recurses one level.
+    fn prefetch(&mut self, b: &mut KernelBuilder, e: E) {
+        let mut seen = HashSet::new();
+        let mut stack = vec![e];
+        let mut found = Vec::new();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            match self.key(n) {
+                Some(k) if self.lookup(&k).is_none() => {}
+                _ => continue,
+            }
+            match *self.x.get(n) {
+                Expr::I2(_, a, c) | Expr::Lt(a, c) | Expr::IEq(a, c) | Expr::FCmp(_, a, c) | Expr::And(a, c) | Expr::F2(_, a, c) => {
+                    stack.push(a);
+                    stack.push(c);
+                }
+                Expr::Div(a, _) | Expr::Rem(a, _) | Expr::SubSat(a, _) | Expr::Not(a) | Expr::F1(_, a) => stack.push(a),
+                Expr::Sel(p, a, c) => {
+                    stack.push(p);
+                    stack.push(a);
+                    stack.push(c);
+                }
+                _ => continue,
+            }
+            found.push(n);
+        }
+        found.sort_unstable();
+        let depth = std::mem::replace(&mut self.depth, 1);
+        for n in found {
+            self.emit(b, n);
+        }
+        self.depth = depth;
     }
 
     /// The value of `e` in a register.
