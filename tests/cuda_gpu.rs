@@ -1,6 +1,8 @@
 //! The CUDA backend on a real GPU: vector add, the GEMM emitters' whole test
 //! matrix (bf16 tensor-core and f32 FFMA kernels, every layout, awkward
-//! shapes, epilogues, tile presets, split-K) against an f64 host reference,
+//! shapes, epilogues, tile presets, split-K) against an f64 host reference
+//! (the check body of `tests/common/gemm.rs`, which `tests/ptx_gemm.rs` runs
+//! on the simulator),
 //! the error paths, events and graphs, and the timing of the model's large
 //! GEMM (16384x1536x512, LINEAR, bf16) in TFLOP/s.
 //!
@@ -12,7 +14,9 @@
 //! Tests take a lock so that timings never overlap; their names number them
 //! in the order `--test-threads=1` runs them (device, correctness, timing).
 
-use pgc_backends::ptx::builder::Module;
+mod common;
+
+use common::gemm::{check_case, nan_bytes, render};
 use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmKernel, GemmLayout, Precision};
 use pgc_backends::ptx::testing::{cases, decode, encode, perf_cases, rel_err, round_to, GemmCase, Lcg};
@@ -170,19 +174,6 @@ fn gpu_2_error_paths() {
 // ---------------------------------------------------------------------------
 // GEMM
 
-fn nan_bytes(elems: usize, dt: ElemType) -> Vec<u8> {
-    match dt {
-        ElemType::F32 => (0..elems).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
-        ElemType::Bf16 => (0..elems).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
-    }
-}
-
-fn render(k: &GemmKernel) -> String {
-    let mut module = Module::new();
-    module.push(k.kernel.clone());
-    module.render()
-}
-
 /// Load many PTX modules at once (the driver JIT is the slow part).
 fn load_all(dev: &CudaDevice, ptx: &[String]) -> Vec<Result<ModuleHandle, String>> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).clamp(1, 16);
@@ -201,34 +192,6 @@ fn load_all(dev: &CudaDevice, ptx: &[String]) -> Vec<Result<ModuleHandle, String
         }
     });
     out.into_inner().unwrap().into_iter().map(|r| r.unwrap()).collect()
-}
-
-/// Run a case's kernel on `inputs`; returns its outputs.
-fn run_gemm(dev: &dyn Device, mh: &ModuleHandle, k: &GemmKernel, case: &GemmCase, inputs: &BTreeMap<String, Vec<f64>>) -> Result<BTreeMap<String, Vec<f64>>, String> {
-    let specs = case.tensors();
-    let mut bufs = vec![];
-    for t in &specs {
-        let bytes = if t.output && !t.initial { nan_bytes(t.elems, t.dtype) } else { encode(&inputs[&t.name], t.dtype) };
-        let b = dev.alloc(bytes.len()).map_err(|e| e.to_string())?;
-        dev.copy_to_device(&b, &bytes).map_err(|e| e.to_string())?;
-        bufs.push(b);
-    }
-    let mut args: Vec<KernelArg> = bufs[..3].iter().map(|b| KernelArg::Buf(*b, 0)).collect();
-    args.extend([KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)]);
-    args.extend(bufs[3..].iter().map(|b| KernelArg::Buf(*b, 0)));
-    let cfg = LaunchConfig { grid: k.grid(case.m, case.n), block: k.block(), shared_bytes: k.smem_bytes };
-    dev.launch(mh, k.name(), cfg, &args).map_err(|e| e.to_string())?;
-    dev.synchronize().map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
-    for (t, b) in specs.iter().zip(&bufs) {
-        if t.output {
-            let mut bytes = vec![0u8; b.bytes];
-            dev.copy_from_device(b, &mut bytes).map_err(|e| e.to_string())?;
-            out.insert(t.name.clone(), decode(&bytes, t.dtype));
-        }
-        dev.free(*b).map_err(|e| e.to_string())?;
-    }
-    Ok(out)
 }
 
 /// Every case of the GEMM emitters' test matrix, as on the simulator, with
@@ -254,24 +217,20 @@ fn gpu_3_gemm_matrix() {
                 continue;
             }
         };
-        let inputs = c.inputs(base.wrapping_add(i as u64));
-        let want = c.reference(&inputs);
-        match run_gemm(&dev, mh, k, c, &inputs) {
-            Ok(got) => {
-                for t in c.tensors().iter().filter(|t| t.output) {
-                    let err = rel_err(&got[&t.name], &want[&t.name]);
-                    let tol = GemmCase::tolerance(t.dtype);
-                    let line = format!("{label} {}: rel err {err:.3e} (tol {tol:.0e})", t.name);
+        match check_case(&dev, mh, k, c, base.wrapping_add(i as u64)) {
+            Ok(errs) => {
+                for o in errs {
+                    let line = format!("{label} {}: rel err {:.3e} (tol {:.0e})", o.name, o.err, o.tol);
                     println!("{line}");
-                    let key = match (c.config.precision, t.dtype) {
+                    let key = match (c.config.precision, o.dtype) {
                         (Precision::Bf16, ElemType::F32) => "bf16 in, f32 out",
                         (Precision::Bf16, ElemType::Bf16) => "bf16 in, bf16 out",
                         (Precision::F32, ElemType::F32) => "f32 in, f32 out",
                         (Precision::F32, ElemType::Bf16) => "f32 in, bf16 out",
                     };
                     let w = worst.entry(key).or_insert(0.0);
-                    *w = w.max(err);
-                    if err.is_nan() || err > tol {
+                    *w = w.max(o.err);
+                    if !o.ok() {
                         failures.push(line);
                     }
                 }

@@ -15,10 +15,9 @@
 
 mod common;
 use common::golden::{self, Backend, Prec};
-use pgc_backends::ptx::adapters as kinds;
-use pgc_backends::ptx::compile::supported_rules;
+use pgc_backends::ptx::compile::{emit_plan_kernel, supported_rules};
 use pgc_backends::ptx::ctx::Ctx;
-use pgc_ir::plan::{self, KernelKind, PlanOptions, Precision};
+use pgc_ir::plan::{self, PlanOptions, Precision};
 use pgc_ir::Mode;
 use pgc_runtime::weights::SafeFile;
 use std::collections::BTreeMap;
@@ -41,11 +40,7 @@ fn emitter_census(file: &SafeFile, mode: Mode, precision: Precision) -> String {
     let mut kinds_seen: BTreeMap<&'static str, (usize, Vec<String>)> = BTreeMap::new();
     for (ki, k) in p.kernels.iter().enumerate() {
         cx.kernel = ki;
-        let r = match k.kind {
-            KernelKind::Gemm | KernelKind::LmHead => kinds::gemm::emit_kernel(&mut cx, ki),
-            KernelKind::Attention | KernelKind::AttentionBackward => kinds::attention::emit_kernel(&mut cx, ki),
-            _ => kinds::fused::emit_kernel(&mut cx, ki),
-        };
+        let r = emit_plan_kernel(&mut cx, ki);
         let e = kinds_seen.entry(k.kind.name()).or_default();
         e.0 += 1;
         if let Err(err) = r {

@@ -6,76 +6,39 @@
 //! outputs. Outputs start as NaN so an element the kernel fails to write
 //! shows up.
 
-use pgc_backends::ptx::builder::Module;
+mod common;
+
+use common::gemm::{check_case, render, run_gemm};
 use pgc_backends::ptx::templates::epilogue::ElemType;
-use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmLayout, Precision};
-use pgc_backends::ptx::testing::{cases, decode, encode, rel_err, GemmCase, AWKWARD_SHAPES};
-use pgc_runtime::device::{Device, KernelArg, LaunchConfig};
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
+use pgc_backends::ptx::testing::{cases, rel_err, GemmCase, AWKWARD_SHAPES};
+use pgc_runtime::device::{Device, ModuleHandle};
 use pgc_runtime::sim::SimDevice;
 use std::collections::BTreeMap;
 
-fn nan_bytes(elems: usize, dt: ElemType) -> Vec<u8> {
-    match dt {
-        ElemType::F32 => (0..elems).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
-        ElemType::Bf16 => (0..elems).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
-    }
-}
-
-/// Run one case on the simulator; returns the worst relative error over its outputs.
-fn run_case(dev: &SimDevice, case: &GemmCase, seed: u64) -> Result<Vec<(String, f64, f64)>, String> {
-    let inputs = case.inputs(seed);
-    let want = case.reference(&inputs);
-    let got = run_on_sim(dev, case, &inputs)?;
-    Ok(case
-        .tensors()
-        .iter()
-        .filter(|t| t.output)
-        .map(|t| (t.name.clone(), rel_err(&got[&t.name], &want[&t.name]), GemmCase::tolerance(t.dtype)))
-        .collect())
+/// Emit a case's kernel and load it on the simulator.
+fn load(dev: &SimDevice, case: &GemmCase) -> Result<(GemmKernel, ModuleHandle), String> {
+    let k = emit_gemm(&case.config).map_err(|e| e.to_string())?;
+    let mh = dev.load_module(&render(&k)).map_err(|e| format!("load {}: {e}", k.name()))?;
+    Ok((k, mh))
 }
 
 /// Run a case's kernel on `inputs`; returns its outputs.
 fn run_on_sim(dev: &SimDevice, case: &GemmCase, inputs: &BTreeMap<String, Vec<f64>>) -> Result<BTreeMap<String, Vec<f64>>, String> {
-    let k = emit_gemm(&case.config).map_err(|e| e.to_string())?;
-    let mut module = Module::new();
-    module.push(k.kernel.clone());
-    let text = module.render();
-    let mh = dev.load_module(&text).map_err(|e| format!("load {}: {e}", k.name()))?;
-    let specs = case.tensors();
-    let mut bufs = vec![];
-    for t in &specs {
-        let bytes = if t.output && !t.initial { nan_bytes(t.elems, t.dtype) } else { encode(&inputs[&t.name], t.dtype) };
-        let b = dev.alloc(bytes.len()).map_err(|e| e.to_string())?;
-        dev.copy_to_device(&b, &bytes).map_err(|e| e.to_string())?;
-        bufs.push(b);
-    }
-    let mut args: Vec<KernelArg> = bufs[..3].iter().map(|b| KernelArg::Buf(*b, 0)).collect();
-    args.extend([KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)]);
-    args.extend(bufs[3..].iter().map(|b| KernelArg::Buf(*b, 0)));
-    let cfg = LaunchConfig { grid: k.grid(case.m, case.n), block: k.block(), shared_bytes: k.smem_bytes };
-    dev.launch(&mh, k.name(), cfg, &args).map_err(|e| format!("{}: {e}", k.name()))?;
-    let mut out = BTreeMap::new();
-    for (t, b) in specs.iter().zip(&bufs) {
-        if t.output {
-            let mut bytes = vec![0u8; b.bytes];
-            dev.copy_from_device(b, &mut bytes).map_err(|e| e.to_string())?;
-            out.insert(t.name.clone(), decode(&bytes, t.dtype));
-        }
-        dev.free(*b).map_err(|e| e.to_string())?;
-    }
-    Ok(out)
+    let (k, mh) = load(dev, case)?;
+    run_gemm(dev, &mh, &k, case, inputs)
 }
 
 fn check(cases: &[GemmCase]) {
     let dev = SimDevice::new();
     let mut failures = vec![];
     for (i, c) in cases.iter().enumerate() {
-        match run_case(&dev, c, 1000 + i as u64) {
+        match load(&dev, c).and_then(|(k, mh)| check_case(&dev, &mh, &k, c, 1000 + i as u64)) {
             Ok(errs) => {
-                for (name, err, tol) in errs {
-                    let line = format!("{} {}x{}x{} {name}: rel err {err:.3e} (tol {tol:.0e})", c.config.name, c.m, c.n, c.k);
+                for o in errs {
+                    let line = format!("{} {}x{}x{} {}: rel err {:.3e} (tol {:.0e})", c.config.name, c.m, c.n, c.k, o.name, o.err, o.tol);
                     println!("{line}");
-                    if !(err <= tol) {
+                    if !o.ok() {
                         failures.push(line);
                     }
                 }

@@ -52,22 +52,29 @@ pub fn print(g: &Graph) -> String {
         write_origin(&mut s, &p.origin);
         s.push('\n');
     }
-    for (i, n) in g.nodes.iter().enumerate() {
-        let _ = write!(s, "  %{i} = {}", n.op.name());
-        for (k, v) in attributes(&n.op) {
-            let _ = write!(s, " {k}={v}");
-        }
-        for (j, a) in n.args.iter().enumerate() {
-            let _ = write!(s, "{}{a}", if j == 0 { " " } else { ", " });
-        }
-        let _ = write!(s, " : {}", n.ty);
-        write_origin(&mut s, &n.origin);
-        s.push('\n');
+    for i in 0..g.nodes.len() {
+        let _ = writeln!(s, "  {}", print_node(g, i));
     }
     for (name, v) in &g.outputs {
         let _ = writeln!(s, "  output {name} = {v}");
     }
     s.push_str("}\n");
+    s
+}
+
+/// One node line, `%ID = MNEMONIC [key=value]... [%arg, ...] : TYPE [@LINE:COL[/SCOPE]]`
+/// (no indent, no newline); the plan's text form lists kernel ops with it.
+pub fn print_node(g: &Graph, i: usize) -> String {
+    let n = &g.nodes[i];
+    let mut s = format!("%{i} = {}", n.op.name());
+    for (k, v) in attributes(&n.op) {
+        let _ = write!(s, " {k}={v}");
+    }
+    for (j, a) in n.args.iter().enumerate() {
+        let _ = write!(s, "{}{a}", if j == 0 { " " } else { ", " });
+    }
+    let _ = write!(s, " : {}", n.ty);
+    write_origin(&mut s, &n.origin);
     s
 }
 
@@ -96,9 +103,9 @@ fn decode_mnemonic(m: &str) -> Option<(&'static str, Option<&'static str>)> {
     const BINARY: [(&str, &str); 7] =
         [("add", "add"), ("sub", "sub"), ("mul", "mul"), ("div", "div"), ("maximum", "max"), ("minimum", "min"), ("eq", "eq")];
     const REDUCE: [&str; 3] = ["sum", "mean", "max"];
-    const PLAIN: [&str; 24] = [
+    const PLAIN: [&str; 23] = [
         "input", "param", "scalar", "leaky_relu", "leaky_step", "reshape", "permute", "broadcast", "sum_to", "index",
-        "unindex", "linear", "matmul", "outer_sum", "gather", "scatter_add", "bigram_hash", "shift", "rope",
+        "unindex", "linear", "outer_sum", "gather", "scatter_add", "bigram_hash", "shift", "rope",
         "causal_attention", "causal_attention_grad", "fake_quant", "cross_entropy", "cross_entropy_grad",
     ];
     if let Some(u) = UNARY.iter().find(|u| **u == m) {
@@ -109,6 +116,10 @@ fn decode_mnemonic(m: &str) -> Option<(&'static str, Option<&'static str>)> {
     }
     if let Some(r) = REDUCE.iter().find(|r| **r == m) {
         return Some(("reduce", Some(r)));
+    }
+    // The serde tag of MatMul is `mat_mul`; its mnemonic is `matmul`.
+    if m == "matmul" {
+        return Some(("mat_mul", None));
     }
     PLAIN.iter().find(|p| **p == m).map(|p| (*p, None))
 }
@@ -363,6 +374,50 @@ mod tests {
         let back = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(back, g, "{text}");
         assert_eq!(print(&back), text);
+    }
+
+    /// Every op's mnemonic decodes to its own serde tag and function (the
+    /// text form of a backward graph once failed to parse on `matmul`).
+    #[test]
+    fn mnemonics_decode_to_their_ops() {
+        use crate::op::AttnPart;
+        let mut ops = vec![
+            Op::Input { name: "x".into(), ty: TensorType::f32(vec![1]) },
+            Op::Param { name: "p".into() },
+            Op::Scalar { value: 1.0 },
+            Op::LeakyRelu { slope: 0.5 },
+            Op::LeakyStep { slope: 0.5 },
+            Op::Reshape { shape: vec![1] },
+            Op::Permute { perm: vec![0] },
+            Op::Broadcast { shape: vec![1] },
+            Op::SumTo { shape: vec![1] },
+            Op::Index { axis: 0, index: 0 },
+            Op::Unindex { axis: 0, index: 0, size: 1 },
+            Op::Linear,
+            Op::MatMul,
+            Op::OuterSum,
+            Op::Gather,
+            Op::ScatterAdd { rows: 1 },
+            Op::BigramHash { buckets: 2 },
+            Op::Shift { axis: 0, offset: 1 },
+            Op::Rope { base: 1e4, inverse: false },
+            Op::CausalAttention { scale: 1.0 },
+            Op::CausalAttentionGrad { scale: 1.0, wrt: AttnPart::K },
+            Op::FakeQuant { bits: 4 },
+            Op::CrossEntropy,
+            Op::CrossEntropyGrad,
+        ];
+        use UnaryFn::*;
+        ops.extend([Neg, Abs, Relu, Step, Square, Sqrt, Rsqrt, Recip, Sigmoid, Tanh, Exp, Log].map(|f| Op::Unary { f }));
+        use BinaryFn::*;
+        ops.extend([Add, Sub, Mul, Div, Max, Min, Eq].map(|f| Op::Binary { f }));
+        ops.extend([ReduceFn::Sum, ReduceFn::Mean, ReduceFn::Max].map(|f| Op::Reduce { f, axis: 0, keepdim: false }));
+        for op in ops {
+            let Value::Object(fields) = serde_json::to_value(&op).unwrap() else { panic!("{op:?}") };
+            let (tag, f) = decode_mnemonic(op.name()).unwrap_or_else(|| panic!("`{}` does not decode", op.name()));
+            assert_eq!(Some(&Value::String(tag.into())), fields.get("op"), "{op:?}");
+            assert_eq!(f.map(|f| Value::String(f.into())).as_ref(), fields.get("f"), "{op:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! planned for the PTX backend (the fusion rules it supports, minus
 //! `--no-fuse`) and compiled: `DIR/model.ptx` holds the train program's
 //! module (forward + backward), `DIR/model.eval.ptx` the eval program's, and
-//! `plan.json` the plans with their launch geometry. ptxas (found through
+//! `plan.json` the plans with their launch geometry (`plan.txt` in text form). ptxas (found through
 //! `PGC_PTXAS`, `PATH` or `.tools/`) assembles the train module once, for
 //! sm_90a, and report.json gets, per kernel, its FLOPs, minimum bytes, floor
 //! and ptxas figures (see [`kernel_rows`]).
@@ -38,8 +38,10 @@ pub enum Emit {
     Json,
     /// report.json.
     Report,
-    /// plan.json: the kernel plans (train: forward+backward; eval: forward).
+    /// The kernel plans in text form (train: forward+backward; eval: forward), as in plan.txt.
     Plan,
+    /// plan.json: the kernel plans with the PTX backend's launch geometry.
+    PlanJson,
     /// model.ptx: the train program's PTX module.
     Ptx,
 }
@@ -54,7 +56,8 @@ pub struct CompileArgs {
     /// Output directory for model.ir.json, report.json (and later plan.json, model.ptx).
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
-    /// Print to stdout (comma-separated): ir (text IR), json (IR JSON), report (report JSON).
+    /// Print to stdout (comma-separated): ir (text IR), json (IR JSON), report (report JSON),
+    /// plan (the kernel plans as text), plan-json (plan.json), ptx (model.ptx).
     /// The human summary then goes to stderr.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub emit: Vec<Emit>,
@@ -97,10 +100,10 @@ pub fn run(args: CompileArgs) -> CliResult {
         PlanPrecision::F32 => Precision::F32,
     };
     let disabled: Vec<FusionRule> = args.no_fuse.iter().filter_map(|n| FusionRule::parse(n)).collect();
-    let mut plans = [("train", plan_for(&train, precision, &disabled, true)?), ("eval", plan_for(&eval, precision, &disabled, false)?)];
+    let plans = [("train", plan_for(&train, precision, &disabled, true)?), ("eval", plan_for(&eval, precision, &disabled, false)?)];
 
     // The PTX programs (and ptxas), when something that needs them is asked for.
-    let want_ptx = args.out.is_some() || args.emit.iter().any(|e| matches!(e, Emit::Ptx | Emit::Plan | Emit::Report));
+    let want_ptx = args.out.is_some() || args.emit.iter().any(|e| matches!(e, Emit::Ptx | Emit::PlanJson | Emit::Report));
     let mut notes = String::new();
     let mut warnings = String::new();
     let mut ptx_json = json!(null);
@@ -186,6 +189,11 @@ pub fn run(args: CompileArgs) -> CliResult {
     let plan_json = serde_json::to_string_pretty(&serde_json::json!({ plans[0].0: plans[0].1, plans[1].0: plans[1].1 }))
         .context("serializing the plan")?
         + "\n";
+    let plan_text = format!(
+        "// train\n{}// eval\n{}",
+        pgc_ir::plan::text::print(&train, &plans[0].1),
+        pgc_ir::plan::text::print(&eval, &plans[1].1)
+    );
     let report_json = serde_json::to_string_pretty(&report_value).context("serializing the report")? + "\n";
     let ir_json = serde_json::to_string(&graph).context("serializing the IR")? + "\n";
 
@@ -194,6 +202,7 @@ pub fn run(args: CompileArgs) -> CliResult {
         ("model.ir.json".into(), ir_json.clone()),
         ("report.json".into(), report_json.clone()),
         ("plan.json".into(), plan_json.clone()),
+        ("plan.txt".into(), plan_text.clone()),
     ];
     if let Some(p) = &programs[0] {
         files.push(("model.ptx".into(), p.ptx()));
@@ -211,7 +220,8 @@ pub fn run(args: CompileArgs) -> CliResult {
             Emit::Ir => stdout.push_str(&pgc_ir::text::print(&graph)),
             Emit::Json => stdout.push_str(&ir_json),
             Emit::Report => stdout.push_str(&report_json),
-            Emit::Plan => stdout.push_str(&plan_json),
+            Emit::Plan => stdout.push_str(&plan_text),
+            Emit::PlanJson => stdout.push_str(&plan_json),
             Emit::Ptx => match &programs[0] {
                 Some(p) => stdout.push_str(&p.ptx()),
                 None => return Err(Failure::Other(anyhow::anyhow!("--emit ptx: {}", warnings.trim_end()))),

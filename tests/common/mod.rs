@@ -2,6 +2,7 @@
 //! module with `mod common;` and uses what it needs).
 #![allow(dead_code)]
 
+pub mod gemm;
 pub mod golden;
 
 use pgc_ir::{Graph, Mode};

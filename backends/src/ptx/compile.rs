@@ -43,7 +43,7 @@
 
 use super::adapters;
 use super::ctx::{Ctx, PtxError};
-use super::program::Program;
+use super::program::{Launch, Program};
 use pgc_ir::plan::{FusionRule, KernelKind, Plan};
 use pgc_ir::Graph;
 use std::collections::BTreeSet;
@@ -90,24 +90,28 @@ pub fn compile_program(g: &Graph, plan: &Plan) -> Result<Program, PtxError> {
     let mut cx = Ctx::new(g, plan);
     for (ki, k) in plan.kernels.iter().enumerate() {
         cx.kernel = ki;
-        let r = match k.kind {
-            KernelKind::Gemm => adapters::gemm::emit_kernel(&mut cx, ki),
-            // The softcapped head with cross entropy in its epilogues, else a plain GEMM kernel.
-            KernelKind::LmHead => match adapters::lm_head::emit_kernel(&mut cx, ki) {
-                Ok(Some(l)) => Ok(l),
-                Ok(None) => adapters::gemm::emit_kernel(&mut cx, ki),
-                Err(e) => Err(e),
-            },
-            KernelKind::Attention | KernelKind::AttentionBackward => adapters::attention::emit_kernel(&mut cx, ki),
-            KernelKind::Elementwise
-            | KernelKind::RowWise
-            | KernelKind::Reduce
-            | KernelKind::Gather
-            | KernelKind::Scatter
-            | KernelKind::WeightPrep
-            | KernelKind::CrossEntropy => adapters::fused::emit_kernel(&mut cx, ki),
-        };
-        r.map_err(|e| PtxError::Kernel { kernel: k.name.clone(), kind: k.kind.name(), msg: e.to_string() })?;
+        emit_plan_kernel(&mut cx, ki).map_err(|e| PtxError::Kernel { kernel: k.name.clone(), kind: k.kind.name(), msg: e.to_string() })?;
     }
     Ok(Program::new(plan.clone(), &cx.module, cx.launches, cx.aux))
+}
+
+/// Hand plan kernel `ki` to the adapter of its kind (its main launch).
+pub fn emit_plan_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
+    match cx.plan.kernels[ki].kind {
+        KernelKind::Gemm => adapters::gemm::emit_kernel(cx, ki),
+        // The softcapped head with cross entropy in its epilogues, else a plain GEMM kernel.
+        KernelKind::LmHead => match adapters::lm_head::emit_kernel(cx, ki) {
+            Ok(Some(l)) => Ok(l),
+            Ok(None) => adapters::gemm::emit_kernel(cx, ki),
+            Err(e) => Err(e),
+        },
+        KernelKind::Attention | KernelKind::AttentionBackward => adapters::attention::emit_kernel(cx, ki),
+        KernelKind::Elementwise
+        | KernelKind::RowWise
+        | KernelKind::Reduce
+        | KernelKind::Gather
+        | KernelKind::Scatter
+        | KernelKind::WeightPrep
+        | KernelKind::CrossEntropy => adapters::fused::emit_kernel(cx, ki),
+    }
 }

@@ -1,7 +1,8 @@
 //! The kernel plan: the graph partitioned into fused kernels (the fusion
 //! rules in [`rules`]), each with its kind, the IR ops it covers, what it
 //! reads and writes, its FLOPs and fewest bytes; and the memory plan that
-//! places every stored value in one activation arena with reuse.
+//! places every stored value in one activation arena with reuse. [`text`]
+//! prints a plan for people and the `tests/ir` file tests.
 //!
 //! The plan is a value beside the graph (the algorithm/schedule split): the
 //! graph says what is computed, the plan how it is grouped and stored.
@@ -11,6 +12,7 @@ pub mod classify;
 mod fuse;
 pub mod memory;
 pub mod rules;
+pub mod text;
 
 pub use classify::KernelKind;
 pub use rules::FusionRule;

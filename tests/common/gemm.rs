@@ -1,0 +1,95 @@
+//! One GEMM test body for every device: run a case of the GEMM emitters'
+//! test matrix (`pgc_backends::ptx::testing::cases`) on a [`Device`] and
+//! compare it with the f64 reference. `tests/ptx_gemm.rs` runs it on the
+//! simulator, `tests/cuda_gpu.rs` on a GPU.
+
+use pgc_backends::ptx::builder::Module;
+use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::gemm::GemmKernel;
+use pgc_backends::ptx::testing::{decode, encode, rel_err, GemmCase};
+use pgc_runtime::device::{Device, KernelArg, LaunchConfig, ModuleHandle};
+use std::collections::BTreeMap;
+
+/// `elems` NaNs of `dt`: outputs start as NaN so an element the kernel
+/// fails to write shows up.
+pub fn nan_bytes(elems: usize, dt: ElemType) -> Vec<u8> {
+    match dt {
+        ElemType::F32 => (0..elems).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
+        ElemType::Bf16 => (0..elems).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
+    }
+}
+
+/// A module holding just `k`.
+pub fn render(k: &GemmKernel) -> String {
+    let mut module = Module::new();
+    module.push(k.kernel.clone());
+    module.render()
+}
+
+/// Run a case's kernel (loaded as `mh`) on `inputs`; returns its outputs.
+pub fn run_gemm(
+    dev: &dyn Device,
+    mh: &ModuleHandle,
+    k: &GemmKernel,
+    case: &GemmCase,
+    inputs: &BTreeMap<String, Vec<f64>>,
+) -> Result<BTreeMap<String, Vec<f64>>, String> {
+    let specs = case.tensors();
+    let mut bufs = vec![];
+    for t in &specs {
+        let bytes = if t.output && !t.initial { nan_bytes(t.elems, t.dtype) } else { encode(&inputs[&t.name], t.dtype) };
+        let b = dev.alloc(bytes.len()).map_err(|e| e.to_string())?;
+        dev.copy_to_device(&b, &bytes).map_err(|e| e.to_string())?;
+        bufs.push(b);
+    }
+    let mut args: Vec<KernelArg> = bufs[..3].iter().map(|b| KernelArg::Buf(*b, 0)).collect();
+    args.extend([KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)]);
+    args.extend(bufs[3..].iter().map(|b| KernelArg::Buf(*b, 0)));
+    let cfg = LaunchConfig { grid: k.grid(case.m, case.n), block: k.block(), shared_bytes: k.smem_bytes };
+    dev.launch(mh, k.name(), cfg, &args).map_err(|e| format!("{}: {e}", k.name()))?;
+    dev.synchronize().map_err(|e| format!("{}: {e}", k.name()))?;
+    let mut out = BTreeMap::new();
+    for (t, b) in specs.iter().zip(&bufs) {
+        if t.output {
+            let mut bytes = vec![0u8; b.bytes];
+            dev.copy_from_device(b, &mut bytes).map_err(|e| e.to_string())?;
+            out.insert(t.name.clone(), decode(&bytes, t.dtype));
+        }
+        dev.free(*b).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// One output of a checked case: its relative error against the f64
+/// reference and the tolerance for its element type.
+pub struct OutputErr {
+    pub name: String,
+    pub dtype: ElemType,
+    pub err: f64,
+    pub tol: f64,
+}
+
+impl OutputErr {
+    pub fn ok(&self) -> bool {
+        self.err <= self.tol // false for NaN
+    }
+}
+
+/// Run `case` on inputs drawn from `seed` and compare every output with
+/// `GemmCase::reference`.
+pub fn check_case(dev: &dyn Device, mh: &ModuleHandle, k: &GemmKernel, case: &GemmCase, seed: u64) -> Result<Vec<OutputErr>, String> {
+    let inputs = case.inputs(seed);
+    let want = case.reference(&inputs);
+    let got = run_gemm(dev, mh, k, case, &inputs)?;
+    Ok(case
+        .tensors()
+        .iter()
+        .filter(|t| t.output)
+        .map(|t| OutputErr {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            err: rel_err(&got[&t.name], &want[&t.name]),
+            tol: GemmCase::tolerance(t.dtype),
+        })
+        .collect())
+}
