@@ -1,49 +1,26 @@
 //! The PTX backend on the simulator against the PyTorch float64 golden files:
-//! `pgc run --backend sim` on the golden configs tiny and odd, train and eval
-//! (eval with `--grads`, so every golden tensor is compared), with
-//! `--precision f32` (relative error at most 1e-4 per tensor) and `bf16`
-//! (loss and logits at most 2e-2; gradients at most 1.5e-1, see TOL_BF16_GRAD):
-//! loss, logits and every gradient. Relative error per tensor:
-//! `max|a - b| / max|b|`. Prints a table of every case's worst tensors.
+//! `pgc run --backend sim` on the golden configs tiny, small and odd, train
+//! and eval (eval with `--grads`, so every golden tensor is compared), with
+//! `--precision f32` (relative error at most 1e-4 per tensor) and `bf16` (the
+//! numerics contract: `err <= 3 * yardstick + 4e-3` per tensor against both
+//! PyTorch's stored bf16 autocast error and the built-in yardstick): loss,
+//! logits and every gradient. Relative error per tensor:
+//! `max|a - b| / max|b|`. The body is `tests/common/golden.rs`; it prints
+//! each case's worst tensors, and for bf16 every tensor's ratio to the
+//! yardstick and the median ratio.
 //!
 //! When the PTX backend cannot compile the model yet (a kernel kind without
 //! an emitter), the test fails with the compiler's message, which names
 //! what is missing.
-#![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(err <= tol)` also fails on NaN
 
 mod common;
-use pgc_backends::cpu::rel_err;
+use common::golden::{self, Backend, Prec};
 use pgc_backends::ptx::compile::{emit_plan_kernel, supported_rules};
 use pgc_backends::ptx::ctx::Ctx;
 use pgc_ir::plan::{self, PlanOptions, Precision};
 use pgc_ir::Mode;
 use pgc_runtime::weights::SafeFile;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
-
-const TOL_F32: f64 = 1e-4;
-const TOL_BF16: f64 = 2e-2;
-/// bf16 gradients: issue 5 asks for 2e-2, which the bf16 precision policy
-/// (bf16 GEMM/attention operands, fp32 accumulation and fp32 element-wise
-/// math) does not reach on these tiny shapes: gradients that are sums of
-/// many terms of both signs (q_gain, bigram.scale, smear.gate, c_q/c_k)
-/// measured 2.1e-2 .. 9.2e-2 while f32 runs of the same kernels stay under
-/// 4e-6. PyTorch's own bf16 autocast on the same files (scripts/
-/// torch-bf16-golden.py, H200) has 7 to 11 tensors over 2e-2 per case, worst
-/// 8.5e-2. Asserted at this bound until the numerics change; the table still
-/// prints every tensor's error.
-const TOL_BF16_GRAD: f64 = 1.5e-1;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmpdir(test: &str) -> common::TempDir {
-    common::TempDir::new(&format!("golden-sim-{test}"))
-}
-
 
 /// Which kernel kinds the PTX backend emits for this config and mode: every
 /// plan kernel through its kind's emitter, carrying on past failures (the
@@ -52,7 +29,7 @@ fn emitter_census(file: &SafeFile, mode: Mode, precision: Precision) -> String {
     let meta = file.metadata();
     let cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&meta["config"]).unwrap();
     let sets: Vec<(String, String)> = cfg.into_iter().map(|(k, v)| (k, v.to_string())).collect();
-    let path = root().join("models/11l.pgdsl");
+    let path = golden::root().join("models/11l.pgdsl");
     let src = std::fs::read_to_string(&path).unwrap();
     let fwd = pgc_frontend::compile_model(&src, &path.display().to_string(), &sets, mode).unwrap();
     let g = pgc_ir::passes::autodiff::backward(&fwd, "loss").unwrap();
@@ -81,103 +58,33 @@ fn emitter_census(file: &SafeFile, mode: Mode, precision: Precision) -> String {
     out
 }
 
-struct Row {
-    case: String,
-    tensor: String,
-    err: f64,
-    tol: f64,
-}
-
-fn check_golden(name: &str, precisions: &[(&str, f64)]) {
-    let path = root().join(format!("tests/golden/{name}.safetensors"));
-    let gs = path.to_str().unwrap();
-    let file = SafeFile::open(&path).unwrap();
-    let s: Vec<String> = common::golden_sets(&file).into_iter().flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")]).collect();
-    let d = tmpdir(&format!("{name}-{}", precisions.iter().map(|p| p.0).collect::<Vec<_>>().join("-")));
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    let mut notes = Vec::new();
-    for (mode, extra) in [("train", None), ("eval", Some("--grads"))] {
-        for &(prec, tol) in precisions {
-            let case = format!("{name} {mode} {prec}");
-            let out = d.join(format!("{mode}-{prec}.safetensors"));
-            let mut c = Command::new(env!("CARGO_BIN_EXE_pgc"));
-            c.arg("run").arg(root().join("models/11l.pgdsl")).args(&s);
-            c.args(["--weights", gs, "--weights-prefix", "param.", "--tokens", gs, "--mode", mode, "--backend", "sim", "--precision", prec]);
-            c.args(extra);
-            c.args(["--out", out.to_str().unwrap()]);
-            let t = Instant::now();
-            let o = c.output().unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-            notes.push(format!("{case}: {:.1} s\n{}", t.elapsed().as_secs_f64(), text.trim_end()));
-            if !o.status.success() {
-                let m = if mode == "train" { Mode::Train } else { Mode::Eval };
-                let p = if prec == "f32" { Precision::F32 } else { Precision::Bf16 };
-                let census = emitter_census(&file, m, p);
-                failures.push(format!("{case}: pgc run failed ({}):\n{}\n{census}", o.status, text.trim_end()));
-                continue;
-            }
-            let got = SafeFile::open(&out).unwrap();
-            let names = got.names();
-            let golden: Vec<String> = file.names().into_iter().filter(|n| n.starts_with(&format!("{mode}."))).collect();
-            for g in &golden {
-                let n = &g[mode.len() + 1..];
-                if !names.iter().any(|x| x == n) {
-                    failures.push(format!("{case}: output has no `{n}`"));
-                }
-            }
-            for n in &names {
-                let t = got.get(n, "").unwrap();
-                let w = file.get(&format!("{mode}.{n}"), "a golden result").unwrap();
-                if t.shape != w.shape {
-                    failures.push(format!("{case}: {n}: shape {:?}, golden {:?}", t.shape, w.shape));
-                    continue;
-                }
-                let tol = if prec == "bf16" && n.starts_with("grad.") { TOL_BF16_GRAD } else { tol };
-                rows.push(Row { case: case.clone(), tensor: n.clone(), err: rel_err(&t.data.to_f64(), &w.data.to_f64()), tol });
-            }
-        }
-    }
-    println!("{}", notes.join("\n"));
-    let mut out = format!(
-        "golden {name} on the simulator: worst relative errors (max|a-b| / max|b|)\n{:<20} {:<44} {:>10} {:>8}\n",
-        "case", "tensor", "rel err", "limit"
-    );
-    let mut cases: Vec<String> = rows.iter().map(|r| r.case.clone()).collect();
-    cases.dedup();
-    for c in &cases {
-        let mut rs: Vec<&Row> = rows.iter().filter(|r| &r.case == c).collect();
-        rs.sort_by(|a, b| b.err.total_cmp(&a.err));
-        for r in rs.iter().take(4) {
-            out += &format!("{:<20} {:<44} {:>10.3e} {:>8.0e}\n", r.case, r.tensor, r.err, r.tol);
-        }
-        for key in ["loss", "logits"] {
-            if let Some(r) = rows.iter().find(|r| &r.case == c && r.tensor == key) {
-                out += &format!("{:<20} {:<44} {:>10.3e} {:>8.0e}\n", r.case, key, r.err, r.tol);
-            }
-        }
-    }
-    println!("{out}");
-    failures.extend(rows.iter().filter(|r| !(r.err <= r.tol)).map(|r| format!("{} {}: {:.3e} > {:.0e}", r.case, r.tensor, r.err, r.tol)));
-    assert!(failures.is_empty(), "golden {name} on the simulator: {} failure(s):\n{}", failures.len(), failures.join("\n"));
+fn check(name: &str, precisions: &[Prec]) {
+    let file = SafeFile::open(&golden::root().join(format!("tests/golden/{name}.safetensors"))).unwrap();
+    let explain = |m: Mode, p: Prec| emitter_census(&file, m, if p == Prec::F32 { Precision::F32 } else { Precision::Bf16 });
+    golden::check(name, Backend::Sim, precisions, &explain);
 }
 
 #[test]
 fn golden_tiny_f32_on_the_simulator() {
-    check_golden("tiny", &[("f32", TOL_F32)]);
+    check("tiny", &[Prec::F32]);
 }
 
 #[test]
 fn golden_odd_f32_on_the_simulator() {
-    check_golden("odd", &[("f32", TOL_F32)]);
+    check("odd", &[Prec::F32]);
 }
 
 #[test]
 fn golden_tiny_bf16_on_the_simulator() {
-    check_golden("tiny", &[("bf16", TOL_BF16)]);
+    check("tiny", &[Prec::Bf16]);
+}
+
+#[test]
+fn golden_small_bf16_on_the_simulator() {
+    check("small", &[Prec::Bf16]);
 }
 
 #[test]
 fn golden_odd_bf16_on_the_simulator() {
-    check_golden("odd", &[("bf16", TOL_BF16)]);
+    check("odd", &[Prec::Bf16]);
 }

@@ -541,10 +541,10 @@ mod tests {
         let (bg, adj) = backward_traced(&g, "loss").unwrap();
         assert_eq!(adj.forward_nodes, g.nodes.len());
         assert_eq!(adj.rule_of.len(), bg.nodes.len() - g.nodes.len());
-        // grad.w is the OuterSum the Linear rule made, the gradient of the w node.
+        // grad.w is the OuterSum the Linear rule (z) made: the gradient of the w node.
         let gw = bg.output("grad.w").unwrap();
         assert!(matches!(bg.node(gw).op, Op::OuterSum));
-        assert_eq!(adj.of(gw), Some((Some(w), Some(w))));
+        assert_eq!(adj.of(gw), Some((Some(z), Some(w))));
         // The tanh rule's product is the gradient of z; its (1 - y^2) is not a gradient.
         let gz = bg.nodes.iter().position(|n| matches!(n.op, Op::MatMul)).map(|i| bg.nodes[i].args[0]).unwrap();
         assert_eq!(adj.of(gz), Some((Some(s), Some(z))));
