@@ -249,7 +249,7 @@ pub fn run(args: CompileArgs) -> CliResult {
             Emit::Report => stdout.push_str(&report_json),
             Emit::Plan => stdout.push_str(&plan_text),
             Emit::PlanJson => stdout.push_str(&plan_json),
-            Emit::Dot => stdout.push_str(&super::profile::plan_dot(&train, &plans[0].1)),
+            Emit::Dot => stdout.push_str(&pgc_ir::plan::dot::render(&train, &plans[0].1)),
             Emit::Ptx => match &programs[0] {
                 Some(p) => stdout.push_str(&p.ptx()),
                 None => return Err(Failure::Other(anyhow::anyhow!("--emit ptx: {}", warnings.trim_end()))),
@@ -621,8 +621,8 @@ mod tests {
         k.name = "renamed".into();
         assert_eq!(key(&k.code()), original, "same code up to the name");
         assert!(!prog.entries[0].code.contains(&prog.entries[0].name), "the code does not mention the entry's name");
-        let cfg2 = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 48, Epilogue::store(ElemType::F32));
-        assert_ne!(key(&emit_gemm(&cfg2).unwrap().kernel.code()), original, "another K is other code");
+        let cfg2 = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(ElemType::Bf16));
+        assert_ne!(key(&emit_gemm(&cfg2).unwrap().kernel.code()), original, "a bf16 output is other code");
         assert_ne!(c.key("another header", &prog.entries[0].code), original);
     }
 

@@ -117,7 +117,7 @@ pub fn execute_yardstick(graph: &Graph, values: &HashMap<String, Vec<f64>>, toke
     for _ in 0..repeat.max(1) {
         drop(last.take());
         let t = Instant::now();
-        last = Some(cpu::autocast::execute(graph, &params, &inputs, Some(&refs)).map_err(input)?);
+        last = Some(cpu::execute_autocast(graph, &params, &inputs, Some(&refs)).map_err(input)?);
         seconds = seconds.min(t.elapsed().as_secs_f64());
     }
     let Some(run) = last else { unreachable!("the loop runs at least once") };

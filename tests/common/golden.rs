@@ -95,7 +95,7 @@ pub fn builtin_yardstick(file: &SafeFile, mode: &str) -> HashMap<String, f64> {
     let g = super::model_11l_with_grads(&super::golden_sets(file), m);
     let (params, inputs) = super::golden_params_and_inputs::<f32>(file, &g);
     let reference = golden_reference(file, mode);
-    autocast::yardstick_errors(&g, &params, &inputs, None, &reference).unwrap().into_iter().collect()
+    pgc_backends::cpu::yardstick_errors(&g, &params, &inputs, None, &reference).unwrap().into_iter().collect()
 }
 
 /// Tensors held to the built-in yardstick only (the stored PyTorch draw is

@@ -32,10 +32,11 @@
 //! [`execute`] runs a graph this way; [`yardstick_errors`] gives the error of
 //! that run against a reference per output.
 
-use super::{CpuError, Run, Tensor};
+use super::error::CpuError;
+use super::real::Real;
+use super::tensor::Tensor;
 use pgc_ir::passes::autodiff::{self, Adjoints};
 use pgc_ir::{BinaryFn, DType, Graph, Op, UnaryFn, ValueId};
-use std::collections::HashMap;
 
 /// The numerics contract for bf16: `err(pgc) <= k * err(yardstick) + floor`
 /// per tensor, `err = max|a - b| / max|b|` against the float64 reference
@@ -104,7 +105,7 @@ pub struct Autocast {
 }
 
 /// Round to the nearest bf16 (ties to even) and back.
-pub fn round_bf16<F: super::Real>(x: F) -> F {
+pub fn round_bf16<F: Real>(x: F) -> F {
     F::from_f64(half::bf16::from_f64(x.to_f64()).to_f64())
 }
 
@@ -244,7 +245,7 @@ impl Autocast {
 }
 
 /// A copy of `t` with every float rounded to bf16 (int tensors unchanged).
-pub(crate) fn round_tensor<F: super::Real>(t: Tensor<F>) -> Tensor<F> {
+pub(crate) fn round_tensor<F: Real>(t: Tensor<F>) -> Tensor<F> {
     match t.as_float() {
         None => t,
         Some(_) => {
@@ -262,7 +263,7 @@ pub(crate) fn round_tensor<F: super::Real>(t: Tensor<F>) -> Tensor<F> {
 /// rounded to bf16, each product and each sum rounded
 /// (`x1 * cos + x2 * sin`, `-x1 * sin + x2 * cos`); `inverse` is its
 /// adjoint as autograd forms it (`g1 * cos - g2 * sin`, `g1 * sin + g2 * cos`).
-pub(crate) fn rope_bf16<F: super::Real>(x: &Tensor<F>, base: f64, inverse: bool) -> Tensor<F> {
+pub(crate) fn rope_bf16<F: Real>(x: &Tensor<F>, base: f64, inverse: bool) -> Tensor<F> {
     let r = x.shape.len();
     let (t, hd) = (x.shape[r - 2], x.shape[r - 1]);
     let half = hd / 2;
@@ -289,42 +290,6 @@ pub(crate) fn rope_bf16<F: super::Real>(x: &Tensor<F>, base: f64, inverse: bool)
         }
     }
     Tensor::float(x.shape.clone(), out)
-}
-
-/// Run `g` as PyTorch's bf16 autocast would (f32 arithmetic, bf16 where
-/// autocast rounds; see the module docs), returning the outputs in `wanted`.
-pub fn execute(
-    g: &Graph,
-    params: &HashMap<String, Tensor<f32>>,
-    inputs: &HashMap<String, Tensor<f32>>,
-    wanted: Option<&[&str]>,
-) -> Result<Run<f32>, CpuError> {
-    let cast = Autocast::analyze(g)?;
-    super::execute_impl(g, params, inputs, wanted, Some(&cast))
-}
-
-/// The yardstick error per output: `max|a - b| / max|b|` of the bf16
-/// autocast run of `g` against `reference` (the float64 results, by output
-/// name), for the outputs in `wanted` (all when `None`). Outputs without a
-/// reference are left out.
-pub fn yardstick_errors(
-    g: &Graph,
-    params: &HashMap<String, Tensor<f32>>,
-    inputs: &HashMap<String, Tensor<f32>>,
-    wanted: Option<&[&str]>,
-    reference: &HashMap<String, Vec<f64>>,
-) -> Result<Vec<(String, f64)>, CpuError> {
-    let run = execute(g, params, inputs, wanted)?;
-    let mut out = Vec::new();
-    for (name, t) in &run.outputs {
-        let Some(b) = reference.get(name) else { continue };
-        let a = t.to_f64_vec();
-        if a.len() != b.len() {
-            return Err(CpuError::Invalid(format!("output `{name}`: {} values, the reference has {}", a.len(), b.len())));
-        }
-        out.push((name.clone(), super::rel_err(&a, b)));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 
 mod attention;
 pub mod autocast;
+mod error;
 pub mod linalg;
 pub mod plan_exec;
 pub mod ops;
@@ -29,25 +30,7 @@ use pgc_ir::{AttnPart, Graph, Op, TensorType, ValueId};
 use std::collections::HashMap;
 use std::time::Instant;
 
-#[derive(Debug, thiserror::Error)]
-pub enum CpuError {
-    #[error("the graph does not verify: {0}")]
-    Invalid(String),
-    #[error("missing parameter `{0}`")]
-    MissingParam(String),
-    #[error("parameter `{name}`: expected shape {expected:?}, got {got:?}")]
-    ParamShape { name: String, expected: Vec<usize>, got: Vec<usize> },
-    #[error("parameter `{0}` must be a float tensor")]
-    ParamDtype(String),
-    #[error("missing input `{0}`")]
-    MissingInput(String),
-    #[error("input `{name}`: expected {expected}, got {got}")]
-    InputType { name: String, expected: TensorType, got: String },
-    #[error("the graph has no output named `{0}`")]
-    NoOutput(String),
-    #[error("%{node} = {op}: {msg}")]
-    Op { node: u32, op: &'static str, msg: String },
-}
+pub use error::CpuError;
 
 /// Time spent per op kind.
 #[derive(Clone, Debug, Default)]
@@ -267,6 +250,42 @@ pub(crate) fn eval_with<F: Real>(op: &Op, mut args: Vec<Tensor<F>>, ty: &TensorT
 }
 
 /// Maximum absolute value of a float slice (0 for an empty one).
+/// Run `g` as PyTorch's bf16 autocast would (f32 arithmetic, bf16 where
+/// autocast rounds; see the module docs), returning the outputs in `wanted`.
+pub fn execute_autocast(
+    g: &Graph,
+    params: &HashMap<String, Tensor<f32>>,
+    inputs: &HashMap<String, Tensor<f32>>,
+    wanted: Option<&[&str]>,
+) -> Result<Run<f32>, CpuError> {
+    let cast = autocast::Autocast::analyze(g)?;
+    execute_impl(g, params, inputs, wanted, Some(&cast))
+}
+
+/// The yardstick error per output: `max|a - b| / max|b|` of the bf16
+/// autocast run of `g` against `reference` (the float64 results, by output
+/// name), for the outputs in `wanted` (all when `None`). Outputs without a
+/// reference are left out.
+pub fn yardstick_errors(
+    g: &Graph,
+    params: &HashMap<String, Tensor<f32>>,
+    inputs: &HashMap<String, Tensor<f32>>,
+    wanted: Option<&[&str]>,
+    reference: &HashMap<String, Vec<f64>>,
+) -> Result<Vec<(String, f64)>, CpuError> {
+    let run = execute_autocast(g, params, inputs, wanted)?;
+    let mut out = Vec::new();
+    for (name, t) in &run.outputs {
+        let Some(b) = reference.get(name) else { continue };
+        let a = t.to_f64_vec();
+        if a.len() != b.len() {
+            return Err(CpuError::Invalid(format!("output `{name}`: {} values, the reference has {}", a.len(), b.len())));
+        }
+        out.push((name.clone(), rel_err(&a, b)));
+    }
+    Ok(out)
+}
+
 pub fn max_abs(x: &[f64]) -> f64 {
     x.iter().fold(0.0, |m, v| m.max(v.abs()))
 }

@@ -9,6 +9,7 @@
 //! Backends emit one kernel per plan entry and fill in its launch geometry.
 
 pub mod classify;
+pub mod dot;
 mod fuse;
 pub mod memory;
 pub mod rules;

@@ -6,7 +6,8 @@ use super::decode::*;
 use super::mem::{atomic_apply, Allocation, GlobalMem, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
 use super::num::{self, Rnd};
 use super::counters::BlockCounters;
-use super::{SimError, SimErrorKind, SimOptions};
+use super::options::SimOptions;
+use crate::device::{SimError, SimErrorKind};
 use std::collections::VecDeque;
 
 pub const FULL: u32 = u32::MAX;
