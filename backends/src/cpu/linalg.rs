@@ -40,7 +40,7 @@ fn gemm_beta<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: us
     let threads = rayon::current_num_threads().max(1);
     let (ap, bp, cp) = (a.as_ptr() as usize, b.as_ptr() as usize, SendPtr(c.as_mut_ptr()));
     let call = |m0: usize, mc: usize, n0: usize, nc: usize| unsafe {
-        F::gemm(
+        (F::GEMM)(
             mc,
             k,
             nc,

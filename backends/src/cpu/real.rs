@@ -50,27 +50,40 @@ pub trait Real:
     /// of a double to float16 does) and back.
     fn round_to_f16(self) -> Self;
     /// `c = alpha * a @ b + beta * c` for row/column strided matrices
-    /// (`a` is m x k, `b` k x n, `c` m x n).
+    /// (`a` is m x k, `b` k x n, `c` m x n): the matrixmultiply kernel for
+    /// this type. Arguments: m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc.
     ///
-    /// # Safety
+    /// # Safety (of a call)
     /// The pointers and strides must describe valid, non-overlapping (for c) memory.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
+    const GEMM: GemmFn<Self>;
+}
+
+/// `unsafe fn(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)`, as
+/// matrixmultiply's `sgemm`/`dgemm` take them.
+pub type GemmFn<T> = unsafe fn(usize, usize, usize, T, *const T, isize, isize, *const T, isize, isize, T, *mut T, isize, isize);
+
+/// Methods that call the inherent method of the same name.
+macro_rules! forward_unary {
+    ($t:ident: $($f:ident -> $r:ty),*) => {
+        $(
+            #[inline]
+            fn $f(self) -> $r {
+                $t::$f(self)
+            }
+        )*
+    };
+}
+
+/// `keep_a ? a : b`, NaN (`nan`) when either is NaN: torch.maximum/minimum.
+#[inline]
+fn nan_propagating<T: Real>(a: T, b: T, nan: T, keep_a: bool) -> T {
+    if a.is_nan() || b.is_nan() {
+        nan
+    } else if keep_a {
+        a
+    } else {
+        b
+    }
 }
 
 macro_rules! impl_real {
@@ -81,6 +94,7 @@ macro_rules! impl_real {
             const NAME: &'static str = $name;
             const NEG_INFINITY: Self = $t::NEG_INFINITY;
             const ROUND_MAGIC: Self = $magic;
+            const GEMM: GemmFn<Self> = $gemm;
             #[inline]
             fn from_f64(v: f64) -> Self {
                 v as $t
@@ -89,88 +103,22 @@ macro_rules! impl_real {
             fn to_f64(self) -> f64 {
                 self as f64
             }
-            #[inline]
-            fn exp(self) -> Self {
-                $t::exp(self)
-            }
-            #[inline]
-            fn ln(self) -> Self {
-                $t::ln(self)
-            }
-            #[inline]
-            fn tanh(self) -> Self {
-                $t::tanh(self)
-            }
-            #[inline]
-            fn sqrt(self) -> Self {
-                $t::sqrt(self)
-            }
-            #[inline]
-            fn abs(self) -> Self {
-                $t::abs(self)
-            }
-            #[inline]
-            fn sin(self) -> Self {
-                $t::sin(self)
-            }
-            #[inline]
-            fn cos(self) -> Self {
-                $t::cos(self)
-            }
+            forward_unary!($t: exp -> Self, ln -> Self, tanh -> Self, sqrt -> Self, abs -> Self, sin -> Self, cos -> Self, round_ties_even -> Self, is_nan -> bool);
             #[inline]
             fn powf(self, e: Self) -> Self {
                 $t::powf(self, e)
             }
             #[inline]
-            fn round_ties_even(self) -> Self {
-                $t::round_ties_even(self)
-            }
-            #[inline]
-            fn is_nan(self) -> bool {
-                $t::is_nan(self)
-            }
-            #[inline]
             fn max(self, o: Self) -> Self {
-                // NaN-propagating like torch.maximum.
-                if self.is_nan() || o.is_nan() {
-                    $t::NAN
-                } else if self >= o {
-                    self
-                } else {
-                    o
-                }
+                nan_propagating(self, o, $t::NAN, self >= o)
             }
             #[inline]
             fn min(self, o: Self) -> Self {
-                if self.is_nan() || o.is_nan() {
-                    $t::NAN
-                } else if self <= o {
-                    self
-                } else {
-                    o
-                }
+                nan_propagating(self, o, $t::NAN, self <= o)
             }
             #[inline]
             fn round_to_f16(self) -> Self {
                 half::f16::from_f32(self as f32).to_f32() as $t
-            }
-            unsafe fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: Self,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
-                beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
-            ) {
-                $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
             }
         }
     };
