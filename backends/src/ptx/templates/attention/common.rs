@@ -377,6 +377,50 @@ pub(super) fn declare(b: &mut KernelBuilder, names: &[&str]) -> AttnParams {
     AttnParams { ptrs, h, hk, t, scale }
 }
 
+/// A streaming kernel's opening: the builder of kernel `name` for `threads`
+/// threads, its parameters (see [`declare`]), the `comment` and the base
+/// address of the dynamic shared memory.
+pub(super) fn open_kernel(name: &str, threads: u32, names: &[&str], comment: String) -> (KernelBuilder, AttnParams, Reg) {
+    let mut b = KernelBuilder::new(name);
+    b.max_threads(threads, None);
+    let p = declare(&mut b, names);
+    b.comment(comment);
+    let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
+    let smem = b.shared_addr(&smem_sym);
+    (b, p, smem)
+}
+
+/// The block's grid coordinates (row block, head, batch); `reverse_x` runs
+/// the row blocks last to first (the causal ones with the most work first).
+pub(super) fn grid_xyz(b: &mut KernelBuilder, reverse_x: bool) -> (Reg, Reg, Reg) {
+    let x = b.special(Special::CtaidX);
+    let x = if reverse_x {
+        let n = b.special(Special::NctaidX);
+        let n1 = b.bin(BinOp::Sub, Type::U32, n, 1u32);
+        b.bin(BinOp::Sub, Type::U32, n1, x)
+    } else {
+        x
+    };
+    (x, b.special(Special::CtaidY), b.special(Special::CtaidZ))
+}
+
+/// A block of `rows` query rows (blocks in reverse order): its head `hh`,
+/// batch `bb`, the key/value head `kvh` of its group and first row `q0`.
+pub(super) struct QueryBlock {
+    pub(super) hh: Reg,
+    pub(super) bb: Reg,
+    pub(super) kvh: Reg,
+    pub(super) q0: Reg,
+}
+
+pub(super) fn query_block(b: &mut KernelBuilder, p: &AttnParams, rows: u32) -> QueryBlock {
+    let (qb, hh, bb) = grid_xyz(b, true);
+    let group = b.bin(BinOp::Div, Type::U32, p.h, p.hk);
+    let kvh = b.bin(BinOp::Div, Type::U32, hh, group);
+    let q0 = b.mul_lo(Type::U32, qb, rows);
+    QueryBlock { hh, bb, kvh, q0 }
+}
+
 pub(super) const FWD_PARAMS: [&str; 5] = ["q", "k", "v", "o", "lse"];
 pub(super) const BWD_PARAMS: [&str; 9] = ["q", "k", "v", "do", "lse", "dsum", "dq", "dk", "dv"];
 

@@ -87,18 +87,6 @@ fn dot(b: &mut KernelBuilder, ge: &Geo, x: &[Reg], y: &[Reg]) -> Reg {
     group_reduce(b, acc, ge.g, BinOp::Add)
 }
 
-fn grid_xyz(b: &mut KernelBuilder, reverse_x: bool) -> (Reg, Reg, Reg) {
-    let x = b.special(Special::CtaidX);
-    let x = if reverse_x {
-        let n = b.special(Special::NctaidX);
-        let n1 = b.bin(BinOp::Sub, Type::U32, n, 1u32);
-        b.bin(BinOp::Sub, Type::U32, n1, x)
-    } else {
-        x
-    };
-    (x, b.special(Special::CtaidY), b.special(Special::CtaidZ))
-}
-
 /// Number of key tiles the query rows `q0 .. q0 + rows` see: `ceil(min(q0 + rows, t) / TILE)`.
 fn key_tiles(b: &mut KernelBuilder, q0: Reg, rows: u32, t: Reg) -> Reg {
     let e = b.add(Type::U32, q0, rows);
@@ -146,19 +134,10 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
     let ge = geo(cfg);
     let d = ge.d;
     let tile_bytes = TILE * d * 4;
-    let name = format!("attn_fwd_{}", cfg.tag());
-    let mut b = KernelBuilder::new(&name);
-    b.max_threads(THREADS, None);
-    let p = declare(&mut b, &FWD_PARAMS);
+    let (mut b, p, smem) = open_kernel(&format!("attn_fwd_{}", cfg.tag()), THREADS, &FWD_PARAMS, format!("{cfg:?}: {} query rows per block, {} threads per row", ge.rows, ge.g));
     let [q, k, v, o, lse] = [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4]];
-    b.comment(format!("{cfg:?}: {} query rows per block, {} threads per row", ge.rows, ge.g));
-    let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
-    let smem = b.shared_addr(&smem_sym);
     let th = thread(&mut b, ge.g);
-    let (qb, hh, bb) = grid_xyz(&mut b, true);
-    let group = b.bin(BinOp::Div, Type::U32, p.h, p.hk);
-    let kvh = b.bin(BinOp::Div, Type::U32, hh, group);
-    let q0 = b.mul_lo(Type::U32, qb, ge.rows);
+    let QueryBlock { hh, bb, kvh, q0 } = query_block(&mut b, &p, ge.rows);
     let row = b.add(Type::U32, q0, th.rl);
     let row_ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
     let qr = head_rows(&mut b, cfg.layout, q, bb, hh, p.h, p.t, d, 4);
@@ -212,15 +191,9 @@ pub(super) fn backward_dkdv(cfg: &AttnConfig) -> AttnKernel {
     let ge = geo(cfg);
     let d = ge.d;
     let tile_bytes = TILE * d * 4;
-    let name = format!("attn_bwd_dkdv_{}", cfg.tag());
-    let mut b = KernelBuilder::new(&name);
-    b.max_threads(THREADS, None);
-    let p = declare(&mut b, &BWD_PARAMS);
+    let (mut b, p, smem) = open_kernel(&format!("attn_bwd_dkdv_{}", cfg.tag()), THREADS, &BWD_PARAMS, format!("{cfg:?}: {} keys per block, {} threads per key", ge.rows, ge.g));
     let [q, k, v, dout, lse, dsum, _dq, dk, dv] =
         [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4], p.ptrs[5], p.ptrs[6], p.ptrs[7], p.ptrs[8]];
-    b.comment(format!("{cfg:?}: {} keys per block, {} threads per key", ge.rows, ge.g));
-    let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
-    let smem = b.shared_addr(&smem_sym);
     let th = thread(&mut b, ge.g);
     let (kb, kvh, bb) = grid_xyz(&mut b, false);
     let group = b.bin(BinOp::Div, Type::U32, p.h, p.hk);
@@ -308,20 +281,11 @@ pub(super) fn backward_dq(cfg: &AttnConfig) -> AttnKernel {
     let ge = geo(cfg);
     let d = ge.d;
     let tile_bytes = TILE * d * 4;
-    let name = format!("attn_bwd_dq_{}", cfg.tag());
-    let mut b = KernelBuilder::new(&name);
-    b.max_threads(THREADS, None);
-    let p = declare(&mut b, &BWD_PARAMS);
+    let (mut b, p, smem) = open_kernel(&format!("attn_bwd_dq_{}", cfg.tag()), THREADS, &BWD_PARAMS, format!("{cfg:?}: {} query rows per block, {} threads per row", ge.rows, ge.g));
     let [q, k, v, dout, lse, dsum, dq, _dk, _dv] =
         [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4], p.ptrs[5], p.ptrs[6], p.ptrs[7], p.ptrs[8]];
-    b.comment(format!("{cfg:?}: {} query rows per block, {} threads per row", ge.rows, ge.g));
-    let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
-    let smem = b.shared_addr(&smem_sym);
     let th = thread(&mut b, ge.g);
-    let (qb, hh, bb) = grid_xyz(&mut b, true);
-    let group = b.bin(BinOp::Div, Type::U32, p.h, p.hk);
-    let kvh = b.bin(BinOp::Div, Type::U32, hh, group);
-    let q0 = b.mul_lo(Type::U32, qb, ge.rows);
+    let QueryBlock { hh, bb, kvh, q0 } = query_block(&mut b, &p, ge.rows);
     let row = b.add(Type::U32, q0, th.rl);
     let row_ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
     let qr = head_rows(&mut b, cfg.layout, q, bb, hh, p.h, p.t, d, 4);

@@ -124,18 +124,30 @@ fn row_stride(cols: u32) -> u32 {
     cols * 2 + 16
 }
 
-fn grid_coords(b: &mut KernelBuilder, reverse_x: bool) -> (Reg, Reg, Reg) {
-    let x = b.special(Special::CtaidX);
-    let x = if reverse_x {
-        let n = b.special(Special::NctaidX);
-        let n1 = b.bin(BinOp::Sub, Type::U32, n, 1u32);
-        b.bin(BinOp::Sub, Type::U32, n1, x)
-    } else {
-        x
-    };
-    let y = b.special(Special::CtaidY);
-    let z = b.special(Special::CtaidZ);
-    (x, y, z)
+/// The head of iteration `j` of `n` over a two-stage `cp.async` pipeline
+/// (stage `i` at `stage0 + (i % 2) * stage_bytes`): waits for stage `j`,
+/// starts `prefetch(b, stage address, j + 1)` of the next stage when there
+/// is one, and returns stage `j`'s address.
+fn pipeline_stage(
+    b: &mut KernelBuilder,
+    j: Reg,
+    n: Reg,
+    stage0: Reg,
+    stage_bytes: u32,
+    prefetch: impl FnOnce(&mut KernelBuilder, Reg, Reg),
+) -> Reg {
+    b.cp_async_wait(0);
+    b.bar_sync();
+    let jn = b.add(Type::U32, j, 1u32);
+    let more = b.setp(Cmp::Lt, Type::U32, jn, n);
+    let par_n = b.bin(BinOp::And, Type::U32, jn, 1u32);
+    b.if_then(more, false, |b| {
+        let next = b.mad_lo(Type::U32, par_n, stage_bytes, stage0);
+        prefetch(b, next, jn);
+    });
+    b.cp_async_commit();
+    let par = b.bin(BinOp::And, Type::U32, j, 1u32);
+    b.mad_lo(Type::U32, par, stage_bytes, stage0)
 }
 
 // ---------------------------------------------------------------------------
@@ -153,19 +165,10 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
     let stage_bytes = 2 * tile_bytes;
     let smem_bytes = kv_off + 2 * stage_bytes;
 
-    let name = format!("attn_fwd_{}", cfg.tag());
-    let mut b = KernelBuilder::new(&name);
-    b.max_threads(THREADS, None);
-    let p = declare(&mut b, &FWD_PARAMS);
+    let (mut b, p, smem) = open_kernel(&format!("attn_fwd_{}", cfg.tag()), THREADS, &FWD_PARAMS, format!("{cfg:?}: {BLOCK} query rows x {TILE}-key tiles, head dim {d} (padded {dp})"));
     let [q, k, v, o, lse] = [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4]];
-    b.comment(format!("{cfg:?}: {BLOCK} query rows x {TILE}-key tiles, head dim {d} (padded {dp})"));
-    let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
-    let smem = b.shared_addr(&smem_sym);
     let ln = Lanes::new(&mut b);
-    let (qb, hh, bb) = grid_coords(&mut b, true);
-    let group = b.bin(BinOp::Div, Type::U32, p.h, p.hk);
-    let kvh = b.bin(BinOp::Div, Type::U32, hh, group);
-    let q0 = b.mul_lo(Type::U32, qb, BLOCK);
+    let QueryBlock { hh, bb, kvh, q0 } = query_block(&mut b, &p, BLOCK);
     let es = 2;
     let qr = head_rows(&mut b, cfg.layout, q, bb, hh, p.h, p.t, d, es);
     let kr = head_rows(&mut b, cfg.layout, k, bb, kvh, p.hk, p.t, d, es);
@@ -216,21 +219,12 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
 
     b.comment("main loop over key tiles");
     b.for_range(0u32, n_kt, 1, true, |b, j| {
-        b.cp_async_wait(0);
-        b.bar_sync();
-        let jn = b.add(Type::U32, j, 1u32);
-        let more = b.setp(Cmp::Lt, Type::U32, jn, n_kt);
-        let par_n = b.bin(BinOp::And, Type::U32, jn, 1u32);
-        b.if_then(more, false, |b| {
-            let ks = b.mad_lo(Type::U32, par_n, stage_bytes, ks0);
+        let ks = pipeline_stage(b, j, n_kt, ks0, stage_bytes, |b, ks, jn| {
             let vs = b.add(Type::U32, ks, tile_bytes);
             let r0 = b.mul_lo(Type::U32, jn, TILE);
             loader.load(b, ks, &kr, r0, p.t);
             loader.load(b, vs, &vr, r0, p.t);
         });
-        b.cp_async_commit();
-        let par = b.bin(BinOp::And, Type::U32, j, 1u32);
-        let ks = b.mad_lo(Type::U32, par, stage_bytes, ks0);
         let vs = b.add(Type::U32, ks, tile_bytes);
         let kl = b.add(Type::U32, ks, k_lane);
         let vl = b.add(Type::U32, vs, v_lane);
@@ -348,17 +342,11 @@ pub(super) fn backward(cfg: &AttnConfig) -> AttnKernel {
     let stage_bytes = 2 * tile_bytes + 2 * TILE * 4;
     let smem_bytes = st_off + 2 * stage_bytes;
 
-    let name = format!("attn_bwd_{}", cfg.tag());
-    let mut b = KernelBuilder::new(&name);
-    b.max_threads(THREADS, None);
-    let p = declare(&mut b, &BWD_PARAMS);
+    let (mut b, p, smem) = open_kernel(&format!("attn_bwd_{}", cfg.tag()), THREADS, &BWD_PARAMS, format!("{cfg:?}: {BLOCK} keys per block x {TILE}-query tiles, head dim {d} (padded {dp})"));
     let [q, k, v, dout, lse, dsum, dq, dk, dv] =
         [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4], p.ptrs[5], p.ptrs[6], p.ptrs[7], p.ptrs[8]];
-    b.comment(format!("{cfg:?}: {BLOCK} keys per block x {TILE}-query tiles, head dim {d} (padded {dp})"));
-    let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
-    let smem = b.shared_addr(&smem_sym);
     let ln = Lanes::new(&mut b);
-    let (kb, kvh, bb) = grid_coords(&mut b, false);
+    let (kb, kvh, bb) = grid_xyz(&mut b, false);
     let group = b.bin(BinOp::Div, Type::U32, p.h, p.hk);
     let k0 = b.mul_lo(Type::U32, kb, BLOCK);
     let es = 2;
@@ -455,19 +443,10 @@ pub(super) fn backward(cfg: &AttnConfig) -> AttnKernel {
 
     b.comment("loop over (query head, query tile)");
     b.for_range(0u32, iters, 1, true, |b, it| {
-        b.cp_async_wait(0);
-        b.bar_sync();
-        let itn = b.add(Type::U32, it, 1u32);
-        let more = b.setp(Cmp::Lt, Type::U32, itn, iters);
-        let par_n = b.bin(BinOp::And, Type::U32, itn, 1u32);
-        b.if_then(more, false, |b| {
-            let stg = b.mad_lo(Type::U32, par_n, stage_bytes, st0);
+        let qs = pipeline_stage(b, it, iters, st0, stage_bytes, |b, stg, _| {
             load_stage(b, &ld, stg);
             advance(b, &ld);
         });
-        b.cp_async_commit();
-        let par = b.bin(BinOp::And, Type::U32, it, 1u32);
-        let qs = b.mad_lo(Type::U32, par, stage_bytes, st0);
         let dos = b.add(Type::U32, qs, tile_bytes);
         let ls = b.add(Type::U32, qs, 2 * tile_bytes);
         let q0 = b.mul_lo(Type::U32, cu.qt, TILE);

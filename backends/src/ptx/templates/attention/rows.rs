@@ -287,9 +287,13 @@ fn prep_row(b: &mut KernelBuilder, cfg: &QkPrepConfig, cx: &PrepCtx, x: Reg, it:
     PrepRow { valid, ri, r, na, nb, cs, sn }
 }
 
-/// Declares the prep parameters (pointers `names`, then nh, t, bt, eps) and
-/// the per-thread context.
-fn prep_begin(b: &mut KernelBuilder, cfg: &QkPrepConfig, names: &[&str]) -> (Vec<Reg>, PrepCtx) {
+/// Opens prep kernel `name`: declares its parameters (pointers `names`, then
+/// nh, t, bt, eps), the per-thread context and, with `cfg.gain`, loads the
+/// head's gain (pointer "gain").
+fn prep_begin(name: &str, cfg: &QkPrepConfig, names: &[&str]) -> (KernelBuilder, Vec<Reg>, PrepCtx, Option<Reg>) {
+    let mut kb = KernelBuilder::new(name);
+    let b = &mut kb;
+    b.max_threads(THREADS, None);
     let ps: Vec<Param> = names.iter().map(|n| b.param(n, ParamType::U64)).collect();
     let pnh = b.param("nh", ParamType::U32);
     let pt = b.param("t", ParamType::U32);
@@ -309,33 +313,39 @@ fn prep_begin(b: &mut KernelBuilder, cfg: &QkPrepConfig, names: &[&str]) -> (Vec
     let cos = ptrs[names.iter().position(|n| *n == "cos").unwrap()];
     let sin = ptrs[names.iter().position(|n| *n == "sin").unwrap()];
     let cx = PrepCtx { half, j, rl, rpp: THREADS / half, hh, nh, t, bt, eps, cos, sin, bx };
-    (ptrs, cx)
+    b.comment(format!("{cfg:?}: {} threads per row", cx.half));
+    let g = cfg.gain.then(|| {
+        let gain = ptrs[names.iter().position(|n| *n == "gain").unwrap()];
+        let a = b.mad_wide_u32(cx.hh, 4u32, gain);
+        b.ld_global_nc(Type::F32, Addr::reg(a))
+    });
+    (kb, ptrs, cx, g)
+}
+
+/// The rotary rotation of the normalized pair: `(a cos + b sin, -a sin + b cos)`.
+fn rotate(b: &mut KernelBuilder, pr: &PrepRow) -> (Reg, Reg) {
+    let ac = fmul(b, pr.na, pr.cs);
+    let ya = b.fma_f32(pr.nb, pr.sn, ac);
+    let bc = fmul(b, pr.nb, pr.cs);
+    let nas = fmul(b, pr.na, pr.sn);
+    (ya, fsub(b, bc, nas))
+}
+
+fn prep_finish(mut b: KernelBuilder, cx: &PrepCtx) -> AttnKernel {
+    b.ret();
+    AttnKernel { kernel: b.finish(), threads: THREADS, smem_bytes: 0, grid_kind: GridKind::PrepRows, rows_per_block: cx.rpp * PREP_ITERS }
 }
 
 /// The forward prep kernel (see [`QkPrepConfig`]).
 pub fn emit_qk_prep(cfg: &QkPrepConfig) -> Result<AttnKernel, AttnError> {
     cfg.validate()?;
     let d = cfg.head_dim;
-    let mut b = KernelBuilder::new(&format!("qk_prep_{}", cfg.fwd_tag()));
-    b.max_threads(THREADS, None);
     let names = ["x", "y", "gain", "cos", "sin"];
-    let (ptrs, cx) = prep_begin(&mut b, cfg, &names);
-    let (x, y, gain) = (ptrs[0], ptrs[1], ptrs[2]);
-    b.comment(format!("{cfg:?}: {} threads per row", cx.half));
-    let g = if cfg.gain {
-        let a = b.mad_wide_u32(cx.hh, 4u32, gain);
-        Some(b.ld_global_nc(Type::F32, Addr::reg(a)))
-    } else {
-        None
-    };
+    let (mut b, ptrs, cx, g) = prep_begin(&format!("qk_prep_{}", cfg.fwd_tag()), cfg, &names);
+    let (x, y) = (ptrs[0], ptrs[1]);
     b.for_range(0u32, PREP_ITERS, 1, true, |b, it| {
         let pr = prep_row(b, cfg, &cx, x, it);
-        // (a cos + b sin, -a sin + b cos)
-        let ac = fmul(b, pr.na, pr.cs);
-        let mut ya = b.fma_f32(pr.nb, pr.sn, ac);
-        let bc = fmul(b, pr.nb, pr.cs);
-        let nas = fmul(b, pr.na, pr.sn);
-        let mut yb = fsub(b, bc, nas);
+        let (mut ya, mut yb) = rotate(b, &pr);
         if let Some(g) = g {
             ya = fmul(b, ya, g);
             yb = fmul(b, yb, g);
@@ -345,32 +355,16 @@ pub fn emit_qk_prep(cfg: &QkPrepConfig) -> Result<AttnKernel, AttnError> {
         let e2 = b.add(Type::U32, e, cx.half);
         store_scalar(b, cfg.io(), y, e2, pr.valid, yb);
     });
-    b.ret();
-    Ok(AttnKernel {
-        kernel: b.finish(),
-        threads: THREADS,
-        smem_bytes: 0,
-        grid_kind: GridKind::PrepRows,
-        rows_per_block: cx.rpp * PREP_ITERS,
-    })
+    Ok(prep_finish(b, &cx))
 }
 
 /// The backward of the prep kernel (see [`QkPrepConfig`]).
 pub fn emit_qk_prep_bwd(cfg: &QkPrepConfig) -> Result<AttnKernel, AttnError> {
     cfg.validate()?;
     let d = cfg.head_dim;
-    let mut b = KernelBuilder::new(&format!("qk_prep_bwd_{}", cfg.tag()));
-    b.max_threads(THREADS, None);
     let names = ["x", "dy", "dx", "gain", "dgain", "cos", "sin"];
-    let (ptrs, cx) = prep_begin(&mut b, cfg, &names);
-    let (x, dy, dx, gain, dgain) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
-    b.comment(format!("{cfg:?}: {} threads per row", cx.half));
-    let g = if cfg.gain {
-        let a = b.mad_wide_u32(cx.hh, 4u32, gain);
-        Some(b.ld_global_nc(Type::F32, Addr::reg(a)))
-    } else {
-        None
-    };
+    let (mut b, ptrs, cx, g) = prep_begin(&format!("qk_prep_bwd_{}", cfg.tag()), cfg, &names);
+    let (x, dy, dx, dgain) = (ptrs[0], ptrs[1], ptrs[2], ptrs[4]);
     let gacc = b.val(Type::F32, 0.0f32);
     b.for_range(0u32, PREP_ITERS, 1, true, |b, it| {
         let pr = prep_row(b, cfg, &cx, x, it);
@@ -381,11 +375,7 @@ pub fn emit_qk_prep_bwd(cfg: &QkPrepConfig) -> Result<AttnKernel, AttnError> {
         let (dua, dub) = match g {
             Some(g) => {
                 // gain gradient: dy . u with u the rotated, normalized row
-                let ac = fmul(b, pr.na, pr.cs);
-                let ua = b.fma_f32(pr.nb, pr.sn, ac);
-                let bc = fmul(b, pr.nb, pr.cs);
-                let nas = fmul(b, pr.na, pr.sn);
-                let ub = fsub(b, bc, nas);
+                let (ua, ub) = rotate(b, &pr);
                 b.fma_f32_to(gacc, dya, ua, gacc);
                 b.fma_f32_to(gacc, dyb, ub, gacc);
                 (fmul(b, dya, g), fmul(b, dyb, g))
@@ -419,12 +409,5 @@ pub fn emit_qk_prep_bwd(cfg: &QkPrepConfig) -> Result<AttnKernel, AttnError> {
         let a = b.mad_wide_u32(cx.hh, 4u32, dgain);
         b.guarded(first, false, |b| b.red_add(Space::Global, Type::F32, Addr::reg(a), s));
     }
-    b.ret();
-    Ok(AttnKernel {
-        kernel: b.finish(),
-        threads: THREADS,
-        smem_bytes: 0,
-        grid_kind: GridKind::PrepRows,
-        rows_per_block: cx.rpp * PREP_ITERS,
-    })
+    Ok(prep_finish(b, &cx))
 }
