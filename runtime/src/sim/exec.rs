@@ -127,6 +127,60 @@ macro_rules! each {
     }};
 }
 
+/// The binary float ops on lanes of bits: `$f` reads a lane's value, `$min`
+/// and `$max` are the width's min and max.
+macro_rules! float_bin {
+    ($op:expr, $em:expr, $dv:ident, $av:ident, $bv:ident, $f:ident, $min:path, $max:path) => {
+        match $op {
+            FOp::Add => each!($em, |l| $dv[l] = ($f($av[l]) + $f($bv[l])).to_bits()),
+            FOp::Sub => each!($em, |l| $dv[l] = ($f($av[l]) - $f($bv[l])).to_bits()),
+            FOp::Mul => each!($em, |l| $dv[l] = ($f($av[l]) * $f($bv[l])).to_bits()),
+            FOp::Div => each!($em, |l| $dv[l] = ($f($av[l]) / $f($bv[l])).to_bits()),
+            FOp::Min => each!($em, |l| $dv[l] = $min($f($av[l]), $f($bv[l])).to_bits()),
+            FOp::Max => each!($em, |l| $dv[l] = $max($f($av[l]), $f($bv[l])).to_bits()),
+        }
+    };
+}
+
+/// The lanes of mask `m`, lowest first (for bodies that `?` or `return`).
+#[inline]
+fn lanes(m: u32) -> impl Iterator<Item = usize> {
+    let mut m = m;
+    std::iter::from_fn(move || {
+        (m != 0).then(|| {
+            let l = m.trailing_zeros() as usize;
+            m &= m - 1;
+            l
+        })
+    })
+}
+
+impl Warp {
+    /// Register `a` of either width, as u64 lanes.
+    #[inline]
+    fn read_wide(&self, a: &Reg) -> [u64; 32] {
+        match a {
+            Reg::R32(a) => self.r32[*a as usize].map(|x| x as u64),
+            Reg::R64(a) => self.r64[*a as usize],
+        }
+    }
+
+    /// Writes the lanes `em` of `v` to register `d` (truncated to a 32-bit one).
+    #[inline]
+    fn write_wide(&mut self, em: u32, d: &Reg, v: &[u64; 32]) {
+        match d {
+            Reg::R32(d) => {
+                let dv = &mut self.r32[*d as usize];
+                each!(em, |l| dv[l] = v[l] as u32);
+            }
+            Reg::R64(d) => {
+                let dv = &mut self.r64[*d as usize];
+                each!(em, |l| dv[l] = v[l]);
+            }
+        }
+    }
+}
+
 #[inline]
 fn f(x: u32) -> f32 {
     f32::from_bits(x)
@@ -403,6 +457,22 @@ impl<'a> BlockRunner<'a> {
         }
     }
 
+    /// Shadow entry `k`, or the hazard error of an access (`what`: "read of",
+    /// "write to") while a cp.async into it is in flight.
+    fn shadow_settled(&self, k: usize, warp: u32, lane: usize, line: u32, what: &str) -> R<Shadow> {
+        let s = self.shadow[k];
+        if s.w_tid & PENDING != 0 {
+            return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("{what} shared address {k:#x} while a cp.async into it is in flight (missing cp.async.wait_group?)")));
+        }
+        Ok(s)
+    }
+
+    /// "thread (x,y,z)" of the block's linear thread `tid`.
+    fn thread_str(&self, tid: u16) -> String {
+        let u = self.tid_of(0, tid as usize);
+        format!("thread ({},{},{})", u[0], u[1], u[2])
+    }
+
     #[cold]
     #[inline(never)]
     fn shadow_read_slow(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
@@ -410,16 +480,12 @@ impl<'a> BlockRunner<'a> {
         let t = (warp * 32 + lane as u32) as u16;
         let e = self.epoch;
         for k in off..off + size {
-            let s = self.shadow[k];
-            if s.w_tid & PENDING != 0 {
-                return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("read of shared address {k:#x} while a cp.async into it is in flight (missing cp.async.wait_group?)")));
-            }
+            let s = self.shadow_settled(k, warp, lane, line, "read of")?;
             if init && s.w_epoch == 0 && self.uninit.is_none() {
                 self.uninit = Some((warp, lane, line, k));
             }
             if race && s.w_epoch == e && s.w_tid != t {
-                let u = self.tid_of(0, s.w_tid as usize);
-                return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: read of shared address {k:#x} written by thread ({},{},{}) at line {} with no barrier in between (read-after-write)", u[0], u[1], u[2], s.w_line)));
+                return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: read of shared address {k:#x} written by {} at line {} with no barrier in between (read-after-write)", self.thread_str(s.w_tid), s.w_line)));
             }
         }
         Ok(())
@@ -452,22 +518,13 @@ impl<'a> BlockRunner<'a> {
         let t = (warp * 32 + lane as u32) as u16;
         let e = self.epoch;
         for k in off..off + size {
-            let s = self.shadow[k];
-            if s.w_tid & PENDING != 0 {
-                return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("write to shared address {k:#x} while a cp.async into it is in flight (missing cp.async.wait_group?)")));
-            }
+            let s = self.shadow_settled(k, warp, lane, line, "write to")?;
             if race {
                 if s.w_epoch == e && s.w_tid != t {
-                    let u = self.tid_of(0, s.w_tid as usize);
-                    return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: write to shared address {k:#x} also written by thread ({},{},{}) at line {} with no barrier in between (write-after-write)", u[0], u[1], u[2], s.w_line)));
+                    return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: write to shared address {k:#x} also written by {} at line {} with no barrier in between (write-after-write)", self.thread_str(s.w_tid), s.w_line)));
                 }
                 if s.r_epoch == e && s.r_tid != t {
-                    let who = if s.r_tid == MULTI {
-                        "other threads".to_string()
-                    } else {
-                        let u = self.tid_of(0, s.r_tid as usize);
-                        format!("thread ({},{},{})", u[0], u[1], u[2])
-                    };
+                    let who = if s.r_tid == MULTI { "other threads".to_string() } else { self.thread_str(s.r_tid) };
                     return Err(self.error(SimErrorKind::Race, warp, lane, line, format!("shared-memory race: write to shared address {k:#x} read by {who} with no barrier in between (write-after-read)")));
                 }
             }
@@ -533,8 +590,18 @@ impl<'a> BlockRunner<'a> {
         }
     }
 
+    /// (space, space address) of an address in `space`, generic ones resolved.
+    #[inline]
+    fn resolve(space: Space, addr: u64) -> (Space, u64) {
+        if space == Space::Generic {
+            Self::generic(addr)
+        } else {
+            (space, addr)
+        }
+    }
+
     fn read(&mut self, warp: u32, lane: usize, space: Space, addr: u64, size: u32, line: u32) -> R<u64> {
-        let (space, addr) = if space == Space::Generic { Self::generic(addr) } else { (space, addr) };
+        let (space, addr) = Self::resolve(space, addr);
         match space {
             Space::Global | Space::Generic => {
                 let (a, off) = self.gl_find(warp, lane, addr, size, line)?;
@@ -560,7 +627,7 @@ impl<'a> BlockRunner<'a> {
     }
 
     fn write(&mut self, warp: u32, lane: usize, space: Space, addr: u64, size: u32, v: u64, line: u32) -> R<()> {
-        let (space, addr) = if space == Space::Generic { Self::generic(addr) } else { (space, addr) };
+        let (space, addr) = Self::resolve(space, addr);
         match space {
             Space::Global | Space::Generic => {
                 let (a, off) = self.gl_find(warp, lane, addr, size, line)?;
@@ -680,26 +747,11 @@ impl<'a> BlockRunner<'a> {
                 }
                 Inst::IU32 { op, d, a } => {
                     let av = w.r32[*a as usize];
-                    let dv = &mut w.r32[*d as usize];
-                    match op {
-                        IUop::Not => each!(em, |l| dv[l] = !av[l]),
-                        IUop::Neg => each!(em, |l| dv[l] = (av[l] as i32).wrapping_neg() as u32),
-                        IUop::AbsS => each!(em, |l| dv[l] = (av[l] as i32).wrapping_abs() as u32),
-                        IUop::Popc => each!(em, |l| dv[l] = av[l].count_ones()),
-                        IUop::Clz => each!(em, |l| dv[l] = av[l].leading_zeros()),
-                        IUop::Brev => each!(em, |l| dv[l] = av[l].reverse_bits()),
-                    }
+                    exec_iu32(*op, em, &mut w.r32[*d as usize], &av);
                 }
                 Inst::IU64 { op, d, a } => {
                     let av = w.r64[*a as usize];
-                    let dv = &mut w.r64[*d as usize];
-                    match op {
-                        IUop::Not => each!(em, |l| dv[l] = !av[l]),
-                        IUop::Neg => each!(em, |l| dv[l] = (av[l] as i64).wrapping_neg() as u64),
-                        IUop::AbsS => each!(em, |l| dv[l] = (av[l] as i64).wrapping_abs() as u64),
-                        IUop::Brev => each!(em, |l| dv[l] = av[l].reverse_bits()),
-                        _ => {}
-                    }
+                    exec_iu64(*op, em, &mut w.r64[*d as usize], &av);
                 }
                 Inst::Mad32 { hi, d, a, b, c } => {
                     let (av, bv, cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
@@ -746,14 +798,7 @@ impl<'a> BlockRunner<'a> {
                         });
                     }
                     let dv = &mut w.r32[*d as usize];
-                    match op {
-                        FOp::Add => each!(em, |l| dv[l] = (f(av[l]) + f(bv[l])).to_bits()),
-                        FOp::Sub => each!(em, |l| dv[l] = (f(av[l]) - f(bv[l])).to_bits()),
-                        FOp::Mul => each!(em, |l| dv[l] = (f(av[l]) * f(bv[l])).to_bits()),
-                        FOp::Div => each!(em, |l| dv[l] = (f(av[l]) / f(bv[l])).to_bits()),
-                        FOp::Min => each!(em, |l| dv[l] = fmin(f(av[l]), f(bv[l])).to_bits()),
-                        FOp::Max => each!(em, |l| dv[l] = fmax(f(av[l]), f(bv[l])).to_bits()),
-                    }
+                    float_bin!(*op, em, dv, av, bv, f, fmin, fmax);
                     post_f32(dv, em, *fl);
                 }
                 Inst::Fma32 { d, a, b, c, fl } => {
@@ -792,14 +837,7 @@ impl<'a> BlockRunner<'a> {
                 Inst::F64 { op, d, a, b } => {
                     let (av, bv) = (w.r64[*a as usize], w.r64[*b as usize]);
                     let dv = &mut w.r64[*d as usize];
-                    match op {
-                        FOp::Add => each!(em, |l| dv[l] = (fd(av[l]) + fd(bv[l])).to_bits()),
-                        FOp::Sub => each!(em, |l| dv[l] = (fd(av[l]) - fd(bv[l])).to_bits()),
-                        FOp::Mul => each!(em, |l| dv[l] = (fd(av[l]) * fd(bv[l])).to_bits()),
-                        FOp::Div => each!(em, |l| dv[l] = (fd(av[l]) / fd(bv[l])).to_bits()),
-                        FOp::Min => each!(em, |l| dv[l] = fd(av[l]).min(fd(bv[l])).to_bits()),
-                        FOp::Max => each!(em, |l| dv[l] = fd(av[l]).max(fd(bv[l])).to_bits()),
-                    }
+                    float_bin!(*op, em, dv, av, bv, fd, f64::min, f64::max);
                 }
                 Inst::Fma64 { d, a, b, c } => {
                     let (av, bv, cv) = (w.r64[*a as usize], w.r64[*b as usize], w.r64[*c as usize]);
@@ -932,22 +970,10 @@ impl<'a> BlockRunner<'a> {
                         let sh = k as u32 * bits;
                         each!(em, |l| v[l] |= mask_bytes(pv[l] as u64, bits / 8) << sh);
                     }
-                    match d {
-                        Reg::R32(d) => {
-                            let dv = &mut w.r32[*d as usize];
-                            each!(em, |l| dv[l] = v[l] as u32);
-                        }
-                        Reg::R64(d) => {
-                            let dv = &mut w.r64[*d as usize];
-                            each!(em, |l| dv[l] = v[l]);
-                        }
-                    }
+                    w.write_wide(em, d, &v);
                 }
                 Inst::Unpack { a, parts, bits } => {
-                    let v: [u64; 32] = match a {
-                        Reg::R32(a) => w.r32[*a as usize].map(|x| x as u64),
-                        Reg::R64(a) => w.r64[*a as usize],
-                    };
+                    let v: [u64; 32] = w.read_wide(a);
                     for (k, p) in parts.iter().enumerate() {
                         if let Some(p) = p {
                             let sh = k as u32 * bits;
@@ -957,22 +983,10 @@ impl<'a> BlockRunner<'a> {
                     }
                 }
                 Inst::Cvt { d, a, from, to, rnd, int_rnd, sat, ftz, relu, satfinite } => {
-                    let src: [u64; 32] = match a {
-                        Reg::R32(a) => w.r32[*a as usize].map(|x| x as u64),
-                        Reg::R64(a) => w.r64[*a as usize],
-                    };
+                    let src: [u64; 32] = w.read_wide(a);
                     let mut out = [0u64; 32];
                     each!(em, |l| out[l] = cvt(src[l], *from, *to, *rnd, *int_rnd, *sat, *ftz, *relu, *satfinite));
-                    match d {
-                        Reg::R32(d) => {
-                            let dv = &mut w.r32[*d as usize];
-                            each!(em, |l| dv[l] = out[l] as u32);
-                        }
-                        Reg::R64(d) => {
-                            let dv = &mut w.r64[*d as usize];
-                            each!(em, |l| dv[l] = out[l]);
-                        }
-                    }
+                    w.write_wide(em, d, &out);
                 }
                 Inst::CvtPack { d, a, b, bf, rnd, relu, satfinite } => {
                     let (av, bv) = (w.r32[*a as usize], w.r32[*b as usize]);
@@ -1000,22 +1014,10 @@ impl<'a> BlockRunner<'a> {
                         Space::Local => LOCAL_WINDOW,
                         _ => 0,
                     };
-                    let src: [u64; 32] = match a {
-                        Reg::R32(a) => w.r32[*a as usize].map(|x| x as u64),
-                        Reg::R64(a) => w.r64[*a as usize],
-                    };
+                    let src: [u64; 32] = w.read_wide(a);
                     let mut out = [0u64; 32];
                     each!(em, |l| out[l] = if *to { src[l].wrapping_sub(win) } else { src[l].wrapping_add(win) });
-                    match d {
-                        Reg::R32(d) => {
-                            let dv = &mut w.r32[*d as usize];
-                            each!(em, |l| dv[l] = out[l] as u32);
-                        }
-                        Reg::R64(d) => {
-                            let dv = &mut w.r64[*d as usize];
-                            each!(em, |l| dv[l] = out[l]);
-                        }
-                    }
+                    w.write_wide(em, d, &out);
                 }
                 Inst::Prmt { d, a, b, c } => {
                     let (av, bv, cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
@@ -1055,19 +1057,14 @@ impl<'a> BlockRunner<'a> {
                     let size = ty.bytes();
                     let n = d.len() as u32;
                     let total = size * n;
-                    if self.counters.is_some() {
-                        self.count_access(wi, pc, *space, addr, em, total, Acc::Read);
-                    }
+                    self.count(wi, pc, *space, addr, em, total, Acc::Read);
                     let signed = ty.signed();
-                    let mut m = em;
-                    while m != 0 {
-                        let l = m.trailing_zeros() as usize;
-                        m &= m - 1;
+                    for l in lanes(em) {
                         let ad = Self::addr_of(&self.warps[wi], addr, l);
                         if ad % total as u64 != 0 {
                             return Err(self.misaligned(wid, l, line, "load", ad, total));
                         }
-                        let (sp, sa) = if *space == Space::Generic { Self::generic(ad) } else { (*space, ad) };
+                        let (sp, sa) = Self::resolve(*space, ad);
                         let mut vals = [0u64; 4];
                         match sp {
                             // fast paths: one lookup / check for the whole vector
@@ -1108,13 +1105,8 @@ impl<'a> BlockRunner<'a> {
                     let size = ty.bytes();
                     let n = s.len() as u32;
                     let total = size * n;
-                    if self.counters.is_some() {
-                        self.count_access(wi, pc, *space, addr, em, total, Acc::Write);
-                    }
-                    let mut m = em;
-                    while m != 0 {
-                        let l = m.trailing_zeros() as usize;
-                        m &= m - 1;
+                    self.count(wi, pc, *space, addr, em, total, Acc::Write);
+                    for l in lanes(em) {
                         let w = &self.warps[wi];
                         let ad = Self::addr_of(w, addr, l);
                         if ad % total as u64 != 0 {
@@ -1130,7 +1122,7 @@ impl<'a> BlockRunner<'a> {
                                 size,
                             );
                         }
-                        let (sp, sa) = if *space == Space::Generic { Self::generic(ad) } else { (*space, ad) };
+                        let (sp, sa) = Self::resolve(*space, ad);
                         match sp {
                             Space::Global | Space::Generic => {
                                 let (a, off) = self.gl_find(wid, l, sa, total, line)?;
@@ -1155,13 +1147,8 @@ impl<'a> BlockRunner<'a> {
                     }
                 }
                 Inst::Atom { space, op, ty, d, addr, b, c } => {
-                    if self.counters.is_some() {
-                        self.count_access(wi, pc, *space, addr, em, 4, Acc::Atomic);
-                    }
-                    let mut m = em;
-                    while m != 0 {
-                        let l = m.trailing_zeros() as usize;
-                        m &= m - 1;
+                    self.count(wi, pc, *space, addr, em, 4, Acc::Atomic);
+                    for l in lanes(em) {
                         let w = &self.warps[wi];
                         let ad = Self::addr_of(w, addr, l);
                         let bv = w.r32[*b as usize][l];
@@ -1285,10 +1272,7 @@ impl<'a> BlockRunner<'a> {
                     let (av, bv, cv) = (w.r32[*a as usize], w.r32[*b as usize], w.r32[*c as usize]);
                     let mut out = [0u32; 32];
                     let mut pres = 0u32;
-                    let mut m = em;
-                    while m != 0 {
-                        let l = m.trailing_zeros() as usize;
-                        m &= m - 1;
+                    for l in lanes(em) {
                         let lane = l as i32;
                         let bval = (bv[l] & 31) as i32;
                         let cval = (cv[l] & 31) as i32;
@@ -1358,10 +1342,7 @@ impl<'a> BlockRunner<'a> {
                         }
                         self.acc_g = acc;
                     }
-                    let mut m = em;
-                    while m != 0 {
-                        let l = m.trailing_zeros() as usize;
-                        m &= m - 1;
+                    for l in lanes(em) {
                         let w = &self.warps[wi];
                         let da = Self::addr_of(w, dst, l);
                         let sa = Self::addr_of(w, src, l);
@@ -1460,6 +1441,14 @@ impl<'a> BlockRunner<'a> {
         }
     }
 
+    /// [`Self::count_access`] when the counters are on.
+    #[inline(always)]
+    fn count(&mut self, wi: usize, pc: u32, space: Space, addr: &Addr, em: u32, lane_bytes: u32, acc: Acc) {
+        if self.counters.is_some() {
+            self.count_access(wi, pc, space, addr, em, lane_bytes, acc);
+        }
+    }
+
     /// Record one memory instruction's request in the counters: the lanes'
     /// addresses split by the space they resolve to.
     #[cold]
@@ -1470,7 +1459,7 @@ impl<'a> BlockRunner<'a> {
         let w = &self.warps[wi];
         each!(em, |l| {
             let ad = Self::addr_of(w, addr, l);
-            let (sp, sa) = if space == Space::Generic { Self::generic(ad) } else { (space, ad) };
+            let (sp, sa) = Self::resolve(space, ad);
             match sp {
                 Space::Global | Space::Generic => self.acc_g.push((sa, lane_bytes)),
                 Space::Shared => self.acc_s.push((l as u8, sa)),
@@ -1497,15 +1486,14 @@ impl<'a> BlockRunner<'a> {
         let live = w.valid & !w.exited;
         let missing = membermask & live & !em;
         if missing != 0 {
-            return Err(self.error(
-                SimErrorKind::WarpDivergence,
-                wid,
-                em.trailing_zeros() as usize,
-                line,
-                format!("{what}: member mask {membermask:#010x} names lanes {} that are not executing it (divergent or predicated off)", lanes_str(missing)),
-            ));
+            return self.diverged(wid, em, line, format!("{what}: member mask {membermask:#010x} names lanes {} that are not executing it (divergent or predicated off)", lanes_str(missing)));
         }
         Ok(())
+    }
+
+    /// A warp-divergence error of warp `wid`, reported at its first executing lane.
+    fn diverged(&self, wid: u32, em: u32, line: u32, msg: String) -> R<()> {
+        Err(self.error(SimErrorKind::WarpDivergence, wid, em.trailing_zeros() as usize, line, msg))
     }
 
     /// `.aligned` warp-wide instructions: all 32 lanes must execute them.
@@ -1513,13 +1501,7 @@ impl<'a> BlockRunner<'a> {
         let w = &self.warps[wi];
         if em != FULL {
             let missing = !em;
-            return Err(self.error(
-                SimErrorKind::WarpDivergence,
-                w.id,
-                em.trailing_zeros() as usize,
-                line,
-                format!("{what}.aligned must be executed by all 32 lanes of the warp, but lanes {} do not (diverged, predicated off, exited or not launched)", lanes_str(missing)),
-            ));
+            return self.diverged(w.id, em, line, format!("{what}.aligned must be executed by all 32 lanes of the warp, but lanes {} do not (diverged, predicated off, exited or not launched)", lanes_str(missing)));
         }
         Ok(())
     }
@@ -1528,80 +1510,91 @@ impl<'a> BlockRunner<'a> {
         let w = &self.warps[wi];
         let live = w.valid & !w.exited;
         if em != live {
-            return Err(self.error(SimErrorKind::WarpDivergence, w.id, em.trailing_zeros() as usize, line, format!("{what} executed by lanes {} but not by live lanes {}: the simulator tracks cp.async groups per warp and needs them converged", lanes_str(em), lanes_str(live & !em))));
+            return self.diverged(w.id, em, line, format!("{what} executed by lanes {} but not by live lanes {}: the simulator tracks cp.async groups per warp and needs them converged", lanes_str(em), lanes_str(live & !em)));
         }
         Ok(())
     }
 }
 
-fn exec_i32(op: IOp, em: u32, dv: &mut [u32; 32], av: &[u32; 32], bv: &[u32; 32]) {
-    match op {
-        IOp::Add => each!(em, |l| dv[l] = av[l].wrapping_add(bv[l])),
-        IOp::Sub => each!(em, |l| dv[l] = av[l].wrapping_sub(bv[l])),
-        IOp::MulLo => each!(em, |l| dv[l] = av[l].wrapping_mul(bv[l])),
-        IOp::MulHiU => each!(em, |l| dv[l] = ((av[l] as u64 * bv[l] as u64) >> 32) as u32),
-        IOp::MulHiS => each!(em, |l| dv[l] = (((av[l] as i32 as i64) * (bv[l] as i32 as i64)) >> 32) as u32),
-        IOp::MinU => each!(em, |l| dv[l] = av[l].min(bv[l])),
-        IOp::MinS => each!(em, |l| dv[l] = (av[l] as i32).min(bv[l] as i32) as u32),
-        IOp::MaxU => each!(em, |l| dv[l] = av[l].max(bv[l])),
-        IOp::MaxS => each!(em, |l| dv[l] = (av[l] as i32).max(bv[l] as i32) as u32),
-        IOp::And => each!(em, |l| dv[l] = av[l] & bv[l]),
-        IOp::Or => each!(em, |l| dv[l] = av[l] | bv[l]),
-        IOp::Xor => each!(em, |l| dv[l] = av[l] ^ bv[l]),
-        IOp::Shl => each!(em, |l| dv[l] = if bv[l] >= 32 { 0 } else { av[l] << bv[l] }),
-        IOp::ShrU => each!(em, |l| dv[l] = if bv[l] >= 32 { 0 } else { av[l] >> bv[l] }),
-        IOp::ShrS => each!(em, |l| dv[l] = ((av[l] as i32) >> bv[l].min(31)) as u32),
-        IOp::DivU => each!(em, |l| dv[l] = av[l].checked_div(bv[l]).unwrap_or(u32::MAX)),
-        IOp::DivS => each!(em, |l| dv[l] = if bv[l] == 0 { u32::MAX } else { (av[l] as i32).wrapping_div(bv[l] as i32) as u32 }),
-        IOp::RemU => each!(em, |l| dv[l] = if bv[l] == 0 { av[l] } else { av[l] % bv[l] }),
-        IOp::RemS => each!(em, |l| dv[l] = if bv[l] == 0 { av[l] } else { (av[l] as i32).wrapping_rem(bv[l] as i32) as u32 }),
-    }
+/// `exec_i32`/`exec_i64`: the integer ops on unsigned `$u` lanes, `$s` their
+/// signed view, `$w`/`$ws` twice as wide (for `mul.hi`); `$shifts` the shift
+/// arms, over the parameter names the caller gives.
+macro_rules! exec_int {
+    ($name:ident, $u:ty, $s:ty, $w:ty, $ws:ty, |$em:ident, $dv:ident, $av:ident, $bv:ident| { $($shifts:tt)* }) => {
+        fn $name(op: IOp, $em: u32, $dv: &mut [$u; 32], $av: &[$u; 32], $bv: &[$u; 32]) {
+            match op {
+                IOp::Add => each!($em, |l| $dv[l] = $av[l].wrapping_add($bv[l])),
+                IOp::Sub => each!($em, |l| $dv[l] = $av[l].wrapping_sub($bv[l])),
+                IOp::MulLo => each!($em, |l| $dv[l] = $av[l].wrapping_mul($bv[l])),
+                IOp::MulHiU => each!($em, |l| $dv[l] = (($av[l] as $w * $bv[l] as $w) >> <$u>::BITS) as $u),
+                IOp::MulHiS => each!($em, |l| $dv[l] = ((($av[l] as $s as $ws) * ($bv[l] as $s as $ws)) >> <$u>::BITS) as $u),
+                IOp::MinU => each!($em, |l| $dv[l] = $av[l].min($bv[l])),
+                IOp::MinS => each!($em, |l| $dv[l] = ($av[l] as $s).min($bv[l] as $s) as $u),
+                IOp::MaxU => each!($em, |l| $dv[l] = $av[l].max($bv[l])),
+                IOp::MaxS => each!($em, |l| $dv[l] = ($av[l] as $s).max($bv[l] as $s) as $u),
+                IOp::And => each!($em, |l| $dv[l] = $av[l] & $bv[l]),
+                IOp::Or => each!($em, |l| $dv[l] = $av[l] | $bv[l]),
+                IOp::Xor => each!($em, |l| $dv[l] = $av[l] ^ $bv[l]),
+                $($shifts)*
+                IOp::DivU => each!($em, |l| $dv[l] = $av[l].checked_div($bv[l]).unwrap_or(<$u>::MAX)),
+                IOp::DivS => each!($em, |l| $dv[l] = if $bv[l] == 0 { <$u>::MAX } else { ($av[l] as $s).wrapping_div($bv[l] as $s) as $u }),
+                IOp::RemU => each!($em, |l| $dv[l] = if $bv[l] == 0 { $av[l] } else { $av[l] % $bv[l] }),
+                IOp::RemS => each!($em, |l| $dv[l] = if $bv[l] == 0 { $av[l] } else { ($av[l] as $s).wrapping_rem($bv[l] as $s) as $u }),
+            }
+        }
+    };
 }
 
-fn exec_i64(op: IOp, em: u32, dv: &mut [u64; 32], av: &[u64; 32], bv: &[u64; 32]) {
-    match op {
-        IOp::Add => each!(em, |l| dv[l] = av[l].wrapping_add(bv[l])),
-        IOp::Sub => each!(em, |l| dv[l] = av[l].wrapping_sub(bv[l])),
-        IOp::MulLo => each!(em, |l| dv[l] = av[l].wrapping_mul(bv[l])),
-        IOp::MulHiU => each!(em, |l| dv[l] = ((av[l] as u128 * bv[l] as u128) >> 64) as u64),
-        IOp::MulHiS => each!(em, |l| dv[l] = (((av[l] as i64 as i128) * (bv[l] as i64 as i128)) >> 64) as u64),
-        IOp::MinU => each!(em, |l| dv[l] = av[l].min(bv[l])),
-        IOp::MinS => each!(em, |l| dv[l] = (av[l] as i64).min(bv[l] as i64) as u64),
-        IOp::MaxU => each!(em, |l| dv[l] = av[l].max(bv[l])),
-        IOp::MaxS => each!(em, |l| dv[l] = (av[l] as i64).max(bv[l] as i64) as u64),
-        IOp::And => each!(em, |l| dv[l] = av[l] & bv[l]),
-        IOp::Or => each!(em, |l| dv[l] = av[l] | bv[l]),
-        IOp::Xor => each!(em, |l| dv[l] = av[l] ^ bv[l]),
-        IOp::DivU => each!(em, |l| dv[l] = av[l].checked_div(bv[l]).unwrap_or(u64::MAX)),
-        IOp::DivS => each!(em, |l| dv[l] = if bv[l] == 0 { u64::MAX } else { (av[l] as i64).wrapping_div(bv[l] as i64) as u64 }),
-        IOp::RemU => each!(em, |l| dv[l] = if bv[l] == 0 { av[l] } else { av[l] % bv[l] }),
-        IOp::RemS => each!(em, |l| dv[l] = if bv[l] == 0 { av[l] } else { (av[l] as i64).wrapping_rem(bv[l] as i64) as u64 }),
-        IOp::Shl | IOp::ShrU | IOp::ShrS => {}
-    }
+exec_int!(exec_i32, u32, i32, u64, i64, |em, dv, av, bv| {
+    IOp::Shl => each!(em, |l| dv[l] = if bv[l] >= 32 { 0 } else { av[l] << bv[l] }),
+    IOp::ShrU => each!(em, |l| dv[l] = if bv[l] >= 32 { 0 } else { av[l] >> bv[l] }),
+    IOp::ShrS => each!(em, |l| dv[l] = ((av[l] as i32) >> bv[l].min(31)) as u32),
+});
+exec_int!(exec_i64, u64, i64, u128, i128, |em, dv, av, bv| {
+    IOp::Shl | IOp::ShrU | IOp::ShrS => {}
+});
+
+/// `exec_iu32`/`exec_iu64`: the unary integer ops on `$u` lanes (`$s` their
+/// signed view); `$rest` the arms one width has alone.
+macro_rules! exec_int_unary {
+    ($name:ident, $u:ty, $s:ty, |$em:ident, $dv:ident, $av:ident| { $($rest:tt)* }) => {
+        #[inline]
+        fn $name(op: IUop, $em: u32, $dv: &mut [$u; 32], $av: &[$u; 32]) {
+            match op {
+                IUop::Not => each!($em, |l| $dv[l] = !$av[l]),
+                IUop::Neg => each!($em, |l| $dv[l] = ($av[l] as $s).wrapping_neg() as $u),
+                IUop::AbsS => each!($em, |l| $dv[l] = ($av[l] as $s).wrapping_abs() as $u),
+                IUop::Brev => each!($em, |l| $dv[l] = $av[l].reverse_bits()),
+                $($rest)*
+            }
+        }
+    };
 }
+
+exec_int_unary!(exec_iu32, u32, i32, |em, dv, av| {
+    IUop::Popc => each!(em, |l| dv[l] = av[l].count_ones()),
+    IUop::Clz => each!(em, |l| dv[l] = av[l].leading_zeros()),
+});
+exec_int_unary!(exec_iu64, u64, i64, |em, dv, av| { _ => {} });
 
 /// PTX min/max: a NaN operand yields the other; -0 < +0.
-fn fmin(a: f32, b: f32) -> f32 {
+#[inline]
+fn fmin_max(a: f32, b: f32, max: bool) -> f32 {
     if a == 0.0 && b == 0.0 {
-        return if a.is_sign_negative() { a } else { b };
+        return if a.is_sign_negative() != max { a } else { b };
     }
-    let r = a.min(b);
+    let r = if max { a.max(b) } else { a.min(b) };
     if r.is_nan() {
         f32::from_bits(num::NAN32)
     } else {
         r
     }
 }
+fn fmin(a: f32, b: f32) -> f32 {
+    fmin_max(a, b, false)
+}
 fn fmax(a: f32, b: f32) -> f32 {
-    if a == 0.0 && b == 0.0 {
-        return if a.is_sign_negative() { b } else { a };
-    }
-    let r = a.max(b);
-    if r.is_nan() {
-        f32::from_bits(num::NAN32)
-    } else {
-        r
-    }
+    fmin_max(a, b, true)
 }
 
 fn post_f32(dv: &mut [u32; 32], em: u32, fl: u8) {
@@ -1613,7 +1606,8 @@ fn post_f32(dv: &mut [u32; 32], em: u32, fl: u8) {
     }
 }
 
-fn cmp_u(c: Cmp, a: u64, b: u64) -> bool {
+/// The integer comparisons of `a` and `b` in `T`'s order (`lo ls hi hs` as `lt le gt ge`).
+fn cmp_u<T: PartialOrd>(c: Cmp, a: T, b: T) -> bool {
     match c {
         Cmp::Eq => a == b,
         Cmp::Ne => a != b,
@@ -1626,17 +1620,8 @@ fn cmp_u(c: Cmp, a: u64, b: u64) -> bool {
 }
 fn cmp_i(c: Cmp, a: i64, b: i64) -> bool {
     match c {
-        Cmp::Eq => a == b,
-        Cmp::Ne => a != b,
-        Cmp::Lt => a < b,
-        Cmp::Le => a <= b,
-        Cmp::Gt => a > b,
-        Cmp::Ge => a >= b,
-        Cmp::Lo => (a as u64) < (b as u64),
-        Cmp::Ls => (a as u64) <= (b as u64),
-        Cmp::Hi => (a as u64) > (b as u64),
-        Cmp::Hs => (a as u64) >= (b as u64),
-        _ => false,
+        Cmp::Lo | Cmp::Ls | Cmp::Hi | Cmp::Hs => cmp_u(c, a as u64, b as u64),
+        _ => cmp_u(c, a, b),
     }
 }
 fn cmp_f(c: Cmp, a: f64, b: f64) -> bool {
