@@ -127,19 +127,11 @@ impl<'x> Lower<'x> {
                 continue;
             }
             match *self.x.get(e) {
-                Expr::I2(_, a, c) | Expr::Lt(a, c) | Expr::IEq(a, c) | Expr::FCmp(_, a, c) | Expr::And(a, c) | Expr::F2(_, a, c) | Expr::Bigram(a, c, _) => {
-                    stack.push(a);
-                    stack.push(c);
+                Expr::Bigram(a, c, _) => stack.extend([a, c]),
+                Expr::Load(_, a) | Expr::Reduce(_, _, _, a) => stack.push(a),
+                ref n => {
+                    push_operands(n, &mut stack);
                 }
-                Expr::Div(a, _) | Expr::Rem(a, _) | Expr::SubSat(a, _) | Expr::Not(a) | Expr::F1(_, a) | Expr::Load(_, a) | Expr::Reduce(_, _, _, a) => {
-                    stack.push(a)
-                }
-                Expr::Sel(p, a, c) => {
-                    stack.push(p);
-                    stack.push(a);
-                    stack.push(c);
-                }
-                Expr::Int(_) | Expr::Bool(_) | Expr::F(_) | Expr::Var(_) => {}
             }
         }
     }
@@ -178,18 +170,11 @@ impl<'x> Lower<'x> {
                     }
                     stack.push(idx);
                 }
-                Expr::Reduce(..) => {}
-                Expr::I2(_, a, c) | Expr::Lt(a, c) | Expr::IEq(a, c) | Expr::FCmp(_, a, c) | Expr::And(a, c) | Expr::F2(_, a, c) | Expr::Bigram(a, c, _) => {
-                    stack.push(a);
-                    stack.push(c);
+                Expr::Bigram(a, c, _) => stack.extend([a, c]),
+                // reductions keep their own loads
+                ref n => {
+                    push_operands(n, &mut stack);
                 }
-                Expr::Div(a, _) | Expr::Rem(a, _) | Expr::SubSat(a, _) | Expr::Not(a) | Expr::F1(_, a) => stack.push(a),
-                Expr::Sel(p, a, c) => {
-                    stack.push(p);
-                    stack.push(a);
-                    stack.push(c);
-                }
-                Expr::Int(_) | Expr::Bool(_) | Expr::F(_) | Expr::Var(_) => {}
             }
         }
         for ((buf, base, w), loads) in groups {
@@ -266,18 +251,8 @@ impl<'x> Lower<'x> {
                 Some(k) if self.lookup(&k).is_none() => {}
                 _ => continue,
             }
-            match *self.x.get(n) {
-                Expr::I2(_, a, c) | Expr::Lt(a, c) | Expr::IEq(a, c) | Expr::FCmp(_, a, c) | Expr::And(a, c) | Expr::F2(_, a, c) => {
-                    stack.push(a);
-                    stack.push(c);
-                }
-                Expr::Div(a, _) | Expr::Rem(a, _) | Expr::SubSat(a, _) | Expr::Not(a) | Expr::F1(_, a) => stack.push(a),
-                Expr::Sel(p, a, c) => {
-                    stack.push(p);
-                    stack.push(a);
-                    stack.push(c);
-                }
-                _ => continue,
+            if !push_operands(self.x.get(n), &mut stack) {
+                continue;
             }
             found.push(n);
         }
@@ -290,6 +265,12 @@ impl<'x> Lower<'x> {
     }
 
     /// The value of `e` in a register.
+    /// The operands of a binary node: the first in a register.
+    fn emit_pair(&mut self, b: &mut KernelBuilder, a1: E, a2: E) -> (Reg, Operand) {
+        let a = self.emit_reg(b, a1);
+        (a, self.emit(b, a2))
+    }
+
     pub fn emit_reg(&mut self, b: &mut KernelBuilder, e: E) -> Reg {
         let o = self.emit(b, e);
         self.materialize(b, self.x.ty(e), o)
@@ -319,8 +300,7 @@ impl<'x> Lower<'x> {
             Expr::Bool(v) => b.setp(Cmp::Ne, Type::U32, Operand::Imm(v as i64), 0u32).into(),
             Expr::Var(v) => self.vars[v.0 as usize].expect("bound").reg.into(),
             Expr::I2(op, a1, a2) => {
-                let a = self.emit_reg(b, a1);
-                let c = self.emit(b, a2);
+                let (a, c) = self.emit_pair(b, a1, a2);
                 let bop = match op {
                     IOp::Add => BinOp::Add,
                     IOp::Mul => BinOp::MulLo,
@@ -329,40 +309,29 @@ impl<'x> Lower<'x> {
                 };
                 b.bin(bop, Type::U32, a, c).into()
             }
-            Expr::Div(a1, c) => {
+            Expr::Div(a1, c) | Expr::Rem(a1, c) => {
                 let a = self.emit_reg(b, a1);
-                if c.is_power_of_two() {
-                    b.bin(BinOp::Shr, Type::U32, a, c.trailing_zeros()).into()
-                } else {
-                    b.bin(BinOp::Div, Type::U32, a, c).into()
-                }
-            }
-            Expr::Rem(a1, c) => {
-                let a = self.emit_reg(b, a1);
-                if c.is_power_of_two() {
-                    b.bin(BinOp::And, Type::U32, a, c - 1).into()
-                } else {
-                    b.bin(BinOp::Rem, Type::U32, a, c).into()
-                }
+                // A power of two divides by a shift, takes the remainder by a mask.
+                let (op, c) = match (matches!(x.get(e), Expr::Rem(..)), c.is_power_of_two()) {
+                    (false, true) => (BinOp::Shr, c.trailing_zeros()),
+                    (false, false) => (BinOp::Div, c),
+                    (true, true) => (BinOp::And, c - 1),
+                    (true, false) => (BinOp::Rem, c),
+                };
+                b.bin(op, Type::U32, a, c).into()
             }
             Expr::SubSat(a1, c) => {
                 let a = self.emit_reg(b, a1);
                 let m = b.bin(BinOp::Max, Type::U32, a, c);
                 b.bin(BinOp::Sub, Type::U32, m, c).into()
             }
-            Expr::Lt(a1, a2) => {
-                let a = self.emit_reg(b, a1);
-                let c = self.emit(b, a2);
-                b.setp(Cmp::Lt, Type::U32, a, c).into()
-            }
-            Expr::IEq(a1, a2) => {
-                let a = self.emit_reg(b, a1);
-                let c = self.emit(b, a2);
-                b.setp(Cmp::Eq, Type::U32, a, c).into()
+            Expr::Lt(a1, a2) | Expr::IEq(a1, a2) => {
+                let (a, c) = self.emit_pair(b, a1, a2);
+                let cmp = if matches!(x.get(e), Expr::Lt(..)) { Cmp::Lt } else { Cmp::Eq };
+                b.setp(cmp, Type::U32, a, c).into()
             }
             Expr::FCmp(op, a1, a2) => {
-                let a = self.emit_reg(b, a1);
-                let c = self.emit(b, a2);
+                let (a, c) = self.emit_pair(b, a1, a2);
                 let cmp = match op {
                     FCmp::Gt => Cmp::Gt,
                     FCmp::Le => Cmp::Le,
@@ -391,8 +360,7 @@ impl<'x> Lower<'x> {
                 self.f1(b, f, a).into()
             }
             Expr::F2(f, a1, a2) => {
-                let a = self.emit_reg(b, a1);
-                let c = self.emit(b, a2);
+                let (a, c) = self.emit_pair(b, a1, a2);
                 let op = match f {
                     F2::Add => BinOp::Add,
                     F2::Sub => BinOp::Sub,
@@ -673,4 +641,16 @@ pub fn f16_scale(b: &mut KernelBuilder, v: Reg) -> Reg {
     let tiny = 2.0f32.powi(-14);
     let small = b.setp(Cmp::Lt, Type::F32, v, tiny);
     b.selp(Type::F32, tiny, rf, small)
+}
+
+/// Pushes the operands of an arithmetic node (in the order the walks visit
+/// them); false, pushing nothing, for leaves, loads, reductions and bigrams.
+fn push_operands(n: &Expr, stack: &mut Vec<E>) -> bool {
+    match *n {
+        Expr::I2(_, a, c) | Expr::Lt(a, c) | Expr::IEq(a, c) | Expr::FCmp(_, a, c) | Expr::And(a, c) | Expr::F2(_, a, c) => stack.extend([a, c]),
+        Expr::Div(a, _) | Expr::Rem(a, _) | Expr::SubSat(a, _) | Expr::Not(a) | Expr::F1(_, a) => stack.push(a),
+        Expr::Sel(p, a, c) => stack.extend([p, a, c]),
+        Expr::Int(_) | Expr::Bool(_) | Expr::F(_) | Expr::Var(_) | Expr::Load(..) | Expr::Reduce(..) | Expr::Bigram(..) => return false,
+    }
+    true
 }

@@ -895,22 +895,14 @@ impl MmaState {
                 bf.push([r[0], r[1]]);
                 bf.push([r[2], r[3]]);
             }
-            for i in 0..self.mt as usize {
-                for j in 0..self.nt as usize {
-                    let c = self.acc[i * self.nt as usize + j];
-                    b.mma_bf16(c, af[i], bf[j], c);
-                }
-            }
+            each_acc(&self.acc, self.mt, self.nt, |c, i, j| b.mma_bf16(c, af[i], bf[j], c));
         }
     }
 
     fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &mut epilogue::EpiRegs) {
         let epi = &cfg.epilogue;
         let pair = cfg.vec_c == 2;
-        let leader = er.has_row_sums().then(|| {
-            let quad_lane = b.bin(BinOp::And, Type::U32, cm.tid, 3u32);
-            b.setp(Cmp::Eq, Type::U32, quad_lane, 0u32)
-        });
+        let leader = row_sum_leader(b, er, cm.tid, 3);
         // column values for every column this thread owns
         let mut cols = vec![];
         for j in 0..self.nt {
@@ -924,9 +916,7 @@ impl MmaState {
         }
         for i in 0..self.mt {
             for h in 0..2u32 {
-                let row = b.add(Type::U32, self.row0, i * 16 + h * 8);
-                let row_ok = b.setp(Cmp::Lt, Type::U32, row, cm.m);
-                let rv = epilogue::load_row_vals(b, epi, er, row, row_ok);
+                let (row, row_ok, rv) = epi_row(b, cfg, cm, er, self.row0, i * 16 + h * 8);
                 for j in 0..self.nt as usize {
                     let (col, ok0, ok1, v0, v1) = &cols[j];
                     let acc = self.acc[i as usize * self.nt as usize + j];
@@ -950,6 +940,33 @@ impl MmaState {
             }
         }
     }
+}
+
+/// `f(acc, i, j)` for the accumulators of an `mt x nt` grid, row-major.
+fn each_acc<T: Copy>(acc: &[T], mt: u32, nt: u32, mut f: impl FnMut(T, usize, usize)) {
+    for i in 0..mt as usize {
+        for j in 0..nt as usize {
+            f(acc[i * nt as usize + j], i, j);
+        }
+    }
+}
+
+/// With row sums, whether this thread leads its group of `group_mask + 1`
+/// lanes (the lanes that hold one row's columns).
+fn row_sum_leader(b: &mut KernelBuilder, er: &epilogue::EpiRegs, tid: Reg, group_mask: u32) -> Option<Reg> {
+    er.has_row_sums().then(|| {
+        let lane = b.bin(BinOp::And, Type::U32, tid, group_mask);
+        b.setp(Cmp::Eq, Type::U32, lane, 0u32)
+    })
+}
+
+/// Output row `row0 + off`: the row, whether it is inside M, and its
+/// epilogue row values.
+fn epi_row(b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &epilogue::EpiRegs, row0: Reg, off: u32) -> (Reg, Reg, Vec<Option<Reg>>) {
+    let row = b.add(Type::U32, row0, off);
+    let row_ok = b.setp(Cmp::Lt, Type::U32, row, cm.m);
+    let rv = epilogue::load_row_vals(b, &cfg.epilogue, er, row, row_ok);
+    (row, row_ok, rv)
 }
 
 // ---------------------------------------------------------------------------
@@ -1020,21 +1037,13 @@ impl FfmaState {
                     b.ld(Space::Shared, Type::F32, Addr::reg_off(b_base, off as i64))
                 })
                 .collect();
-            for i in 0..self.mi as usize {
-                for j in 0..self.nj as usize {
-                    let c = self.acc[i * self.nj as usize + j];
-                    b.fma_f32_to(c, av[i], bv[j], c);
-                }
-            }
+            each_acc(&self.acc, self.mi, self.nj, |c, i, j| b.fma_f32_to(c, av[i], bv[j], c));
         }
     }
 
     fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &mut epilogue::EpiRegs) {
         let epi = &cfg.epilogue;
-        let leader = er.has_row_sums().then(|| {
-            let tx = b.bin(BinOp::And, Type::U32, cm.tid, 15u32);
-            b.setp(Cmp::Eq, Type::U32, tx, 0u32)
-        });
+        let leader = row_sum_leader(b, er, cm.tid, 15);
         let mut cols = vec![];
         for j in 0..self.nj {
             let col = b.add(Type::U32, self.col0, j * 16);
@@ -1043,9 +1052,7 @@ impl FfmaState {
             cols.push((col, ok, v));
         }
         for i in 0..self.mi {
-            let row = b.add(Type::U32, self.row0, i * self.ty_n);
-            let row_ok = b.setp(Cmp::Lt, Type::U32, row, cm.m);
-            let rv = epilogue::load_row_vals(b, epi, er, row, row_ok);
+            let (row, row_ok, rv) = epi_row(b, cfg, cm, er, self.row0, i * self.ty_n);
             for j in 0..self.nj as usize {
                 let (col, ok, v) = &cols[j];
                 let idx = epilogue::elem_index(b, er, row, *col);

@@ -115,28 +115,54 @@ fn for_each_key(
     let vs = b.add(Type::U32, smem, tile_bytes);
     let kt0 = b.add(Type::U32, smem, th.gi4);
     b.for_range(0u32, n_kt, 1, true, |b, kt| {
-        b.bar_sync();
-        let r0 = b.mul_lo(Type::U32, kt, TILE);
-        loader.load(b, smem, kr, r0, t);
-        loader.load(b, vs, vr, r0, t);
-        b.cp_async_commit();
-        b.cp_async_wait_all();
-        b.bar_sync();
-        b.for_range(0u32, TILE, 1, true, |b, j| {
-            let key = b.add(Type::U32, r0, j);
-            let ka = b.mad_lo(Type::U32, j, d * 4, kt0);
-            body(b, key, ka);
-        });
+        let load = |b: &mut KernelBuilder, r0| {
+            loader.load(b, smem, kr, r0, t);
+            loader.load(b, vs, vr, r0, t);
+        };
+        stream_tile(b, kt, d, kt0, load, |b, _, key, ka| body(b, key, ka));
     });
 }
 
-pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
+/// Streams tile `tile` (rows `tile * TILE ..`) into shared memory with
+/// `load(b, first row)` (cp.async, between barriers) and runs `body(b, j,
+/// row, addr)` for each row `j` of it: `addr` is `base + j * d * 4`, the
+/// thread's dims of the row when `base` is the tile's plus the thread's column.
+fn stream_tile(
+    b: &mut KernelBuilder,
+    tile: Reg,
+    d: u32,
+    base: Reg,
+    load: impl FnOnce(&mut KernelBuilder, Reg),
+    mut body: impl FnMut(&mut KernelBuilder, Reg, Reg, Reg),
+) {
+    b.bar_sync();
+    let r0 = b.mul_lo(Type::U32, tile, TILE);
+    load(b, r0);
+    b.cp_async_commit();
+    b.cp_async_wait_all();
+    b.bar_sync();
+    b.for_range(0u32, TILE, 1, true, |b, j| {
+        let row = b.add(Type::U32, r0, j);
+        let addr = b.mad_lo(Type::U32, j, d * 4, base);
+        body(b, j, row, addr);
+    });
+}
+
+/// Opens kernel `attn_{kind}_{tag}` with its geometry and thread; `(rows,
+/// row)` name what a block and a row group own in the comment.
+fn open(cfg: &AttnConfig, kind: &str, params: &[&str], (rows, row): (&str, &str)) -> (KernelBuilder, Geo, AttnParams, Reg, Thread) {
     let ge = geo(cfg);
+    let comment = format!("{cfg:?}: {} {rows} per block, {} threads per {row}", ge.rows, ge.g);
+    let (mut b, p, smem) = open_kernel(&format!("attn_{kind}_{}", cfg.tag()), THREADS, params, comment);
+    let th = thread(&mut b, ge.g);
+    (b, ge, p, smem, th)
+}
+
+pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
+    let (mut b, ge, p, smem, th) = open(cfg, "fwd", &FWD_PARAMS, ("query rows", "row"));
     let d = ge.d;
     let tile_bytes = TILE * d * 4;
-    let (mut b, p, smem) = open_kernel(&format!("attn_fwd_{}", cfg.tag()), THREADS, &FWD_PARAMS, format!("{cfg:?}: {} query rows per block, {} threads per row", ge.rows, ge.g));
     let [q, k, v, o, lse] = [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4]];
-    let th = thread(&mut b, ge.g);
     let QueryBlock { hh, bb, kvh, q0 } = query_block(&mut b, &p, ge.rows);
     let row = b.add(Type::U32, q0, th.rl);
     let row_ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
@@ -188,13 +214,11 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
 /// dK and dV: a row group per key, streaming the query tiles of every query
 /// head of the key's group.
 pub(super) fn backward_dkdv(cfg: &AttnConfig) -> AttnKernel {
-    let ge = geo(cfg);
+    let (mut b, ge, p, smem, th) = open(cfg, "bwd_dkdv", &BWD_PARAMS, ("keys", "key"));
     let d = ge.d;
     let tile_bytes = TILE * d * 4;
-    let (mut b, p, smem) = open_kernel(&format!("attn_bwd_dkdv_{}", cfg.tag()), THREADS, &BWD_PARAMS, format!("{cfg:?}: {} keys per block, {} threads per key", ge.rows, ge.g));
     let [q, k, v, dout, lse, dsum, _dq, dk, dv] =
         [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4], p.ptrs[5], p.ptrs[6], p.ptrs[7], p.ptrs[8]];
-    let th = thread(&mut b, ge.g);
     let (kb, kvh, bb) = grid_xyz(&mut b, false);
     let group = b.bin(BinOp::Div, Type::U32, p.h, p.hk);
     let h0 = b.mul_lo(Type::U32, kvh, group);
@@ -224,18 +248,13 @@ pub(super) fn backward_dkdv(cfg: &AttnConfig) -> AttnKernel {
         let lb = stat_base(b, lse, bb, hh, p.h, p.t);
         let db = stat_base(b, dsum, bb, hh, p.h, p.t);
         b.for_range(qt0, nqt, 1, true, |b, qt| {
-            b.bar_sync();
-            let r0 = b.mul_lo(Type::U32, qt, TILE);
-            loader.load(b, qs, &qr, r0, p.t);
-            loader.load(b, dos, &dor, r0, p.t);
-            load_stats(b, th.tid, 0, TILE, ls, lb, r0, p.t);
-            load_stats(b, th.tid, TILE, TILE, dss, db, r0, p.t);
-            b.cp_async_commit();
-            b.cp_async_wait_all();
-            b.bar_sync();
-            b.for_range(0u32, TILE, 1, true, |b, i| {
-                let query = b.add(Type::U32, r0, i);
-                let qa = b.mad_lo(Type::U32, i, d * 4, q_t);
+            let load = |b: &mut KernelBuilder, r0| {
+                loader.load(b, qs, &qr, r0, p.t);
+                loader.load(b, dos, &dor, r0, p.t);
+                load_stats(b, th.tid, 0, TILE, ls, lb, r0, p.t);
+                load_stats(b, th.tid, TILE, TILE, dss, db, r0, p.t);
+            };
+            stream_tile(b, qt, d, q_t, load, |b, i, query, qa| {
                 let qi = smem_dims(b, &ge, qa);
                 let doa = b.add(Type::U32, qa, tile_bytes);
                 let doi = smem_dims(b, &ge, doa);
@@ -278,13 +297,11 @@ pub(super) fn backward_dkdv(cfg: &AttnConfig) -> AttnKernel {
 
 /// dQ: a row group per query, streaming the visible key/value tiles.
 pub(super) fn backward_dq(cfg: &AttnConfig) -> AttnKernel {
-    let ge = geo(cfg);
+    let (mut b, ge, p, smem, th) = open(cfg, "bwd_dq", &BWD_PARAMS, ("query rows", "row"));
     let d = ge.d;
     let tile_bytes = TILE * d * 4;
-    let (mut b, p, smem) = open_kernel(&format!("attn_bwd_dq_{}", cfg.tag()), THREADS, &BWD_PARAMS, format!("{cfg:?}: {} query rows per block, {} threads per row", ge.rows, ge.g));
     let [q, k, v, dout, lse, dsum, dq, _dk, _dv] =
         [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4], p.ptrs[5], p.ptrs[6], p.ptrs[7], p.ptrs[8]];
-    let th = thread(&mut b, ge.g);
     let QueryBlock { hh, bb, kvh, q0 } = query_block(&mut b, &p, ge.rows);
     let row = b.add(Type::U32, q0, th.rl);
     let row_ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
