@@ -157,8 +157,13 @@ pub fn forward_with<F: Real, P: Products<F>>(
 
 /// Gradients of causal attention w.r.t. q, k and v (those asked for in `want`).
 pub fn backward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, dy: &Tensor<F>, scale: f64, want: [bool; 3]) -> [Option<Tensor<F>>; 3] {
-    let bufs = [(want[0], q.numel()), (want[1], k.numel()), (want[2], v.numel())].map(|(w, n)| if w { vec![F::ZERO; n] } else { Vec::new() });
+    let bufs = grad_bufs([q, k, v], want, |n| vec![F::ZERO; n]);
     backward_with(q, k, v, dy, scale, want, ROWS, bufs, &Linalg, None)
+}
+
+/// The `bufs` of [`backward_with`]: `alloc(len)` for each of `ops` (q, k, v) whose gradient is wanted.
+pub fn grad_bufs<F: Real>(ops: [&Tensor<F>; 3], want: [bool; 3], mut alloc: impl FnMut(usize) -> Vec<F>) -> [Vec<F>; 3] {
+    std::array::from_fn(|i| if want[i] { alloc(ops[i].numel()) } else { Vec::new() })
 }
 
 /// [`backward`] with `rows` query rows per block, into `bufs` (dq, dk, dv:

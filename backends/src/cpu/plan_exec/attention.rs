@@ -96,20 +96,8 @@ pub fn forward<F: Real>(q: &Tensor<F>, k: &Tensor<F>, v: &Tensor<F>, scale: f64,
 
 /// Gradients of causal attention `args` = (q, k, v, dy) w.r.t. q, k and v
 /// (those asked for in `want`), with the forward's probabilities when kept.
-#[allow(clippy::too_many_arguments)]
-pub fn backward<F: Real>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
-    dy: &Tensor<F>,
-    scale: f64,
-    want: [bool; 3],
-    args: &[ValueId],
-    kept: &mut Kept<F>,
-    pool: &mut Pool<F>,
-) -> [Option<Tensor<F>>; 3] {
-    let mut take = |w: bool, len: usize| if w { pool.take(len) } else { Vec::new() };
-    let bufs = [take(want[0], q.numel()), take(want[1], k.numel()), take(want[2], v.numel())];
+pub fn backward<F: Real>([q, k, v, dy]: [&Tensor<F>; 4], scale: f64, want: [bool; 3], args: &[ValueId], kept: &mut Kept<F>, pool: &mut Pool<F>) -> [Option<Tensor<F>>; 3] {
+    let bufs = reference::grad_bufs([q, k, v], want, |n| pool.take(n));
     let probs = kept.probs.remove(&key(args));
     let out = reference::backward_with(q, k, v, dy, scale, want, ROWS, bufs, &Single, probs.as_deref());
     if let Some(p) = probs {

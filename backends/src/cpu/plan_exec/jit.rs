@@ -57,35 +57,30 @@ pub const JIT_OPS: &[&str] = &[
     "permute / reshape chains of another kernel's value, read in place",
 ];
 
-extern "C" fn cb_exp_f32(x: f32) -> f32 {
-    <f32 as Real>::exp(x)
+// The functions compiled code calls, in the working precision `F`.
+extern "C" fn cb_exp<F: Real>(x: F) -> F {
+    x.exp()
 }
-extern "C" fn cb_exp_f64(x: f64) -> f64 {
-    <f64 as Real>::exp(x)
+extern "C" fn cb_ln<F: Real>(x: F) -> F {
+    x.ln()
 }
-extern "C" fn cb_ln_f32(x: f32) -> f32 {
-    <f32 as Real>::ln(x)
+extern "C" fn cb_tanh<F: Real>(x: F) -> F {
+    x.tanh()
 }
-extern "C" fn cb_ln_f64(x: f64) -> f64 {
-    <f64 as Real>::ln(x)
-}
-extern "C" fn cb_tanh_f32(x: f32) -> f32 {
-    <f32 as Real>::tanh(x)
-}
-extern "C" fn cb_tanh_f64(x: f64) -> f64 {
-    <f64 as Real>::tanh(x)
-}
-extern "C" fn cb_max_f32(a: f32, b: f32) -> f32 {
+extern "C" fn cb_max<F: Real>(a: F, b: F) -> F {
     ops::binary_fn(BinaryFn::Max, a, b)
 }
-extern "C" fn cb_max_f64(a: f64, b: f64) -> f64 {
-    ops::binary_fn(BinaryFn::Max, a, b)
-}
-extern "C" fn cb_min_f32(a: f32, b: f32) -> f32 {
+extern "C" fn cb_min<F: Real>(a: F, b: F) -> F {
     ops::binary_fn(BinaryFn::Min, a, b)
 }
-extern "C" fn cb_min_f64(a: f64, b: f64) -> f64 {
-    ops::binary_fn(BinaryFn::Min, a, b)
+
+/// Makes the callbacks in `F` known to the compiled code.
+fn register_callbacks<F: Real>(jb: &mut JITBuilder) {
+    jb.symbol("pgc_exp", cb_exp::<F> as *const u8);
+    jb.symbol("pgc_ln", cb_ln::<F> as *const u8);
+    jb.symbol("pgc_tanh", cb_tanh::<F> as *const u8);
+    jb.symbol("pgc_max", cb_max::<F> as *const u8);
+    jb.symbol("pgc_min", cb_min::<F> as *const u8);
 }
 
 /// One compiled kernel: what to load, where to store, and the row function.
@@ -939,17 +934,9 @@ pub fn compile<F: Real>(g: &Graph, kernels: &[Kernel]) -> Result<JitKernels, Str
     let isa = cranelift_native::builder().map_err(|x| e(&x))?.finish(settings::Flags::new(fb)).map_err(|x| e(&x))?;
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
     if f64_mode {
-        jb.symbol("pgc_exp", cb_exp_f64 as *const u8);
-        jb.symbol("pgc_ln", cb_ln_f64 as *const u8);
-        jb.symbol("pgc_tanh", cb_tanh_f64 as *const u8);
-        jb.symbol("pgc_max", cb_max_f64 as *const u8);
-        jb.symbol("pgc_min", cb_min_f64 as *const u8);
+        register_callbacks::<f64>(&mut jb);
     } else {
-        jb.symbol("pgc_exp", cb_exp_f32 as *const u8);
-        jb.symbol("pgc_ln", cb_ln_f32 as *const u8);
-        jb.symbol("pgc_tanh", cb_tanh_f32 as *const u8);
-        jb.symbol("pgc_max", cb_max_f32 as *const u8);
-        jb.symbol("pgc_min", cb_min_f32 as *const u8);
+        register_callbacks::<f32>(&mut jb);
     }
     let mut module = JITModule::new(jb);
     let fty: Type = if f64_mode { types::F64 } else { types::F32 };

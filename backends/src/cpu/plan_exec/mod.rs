@@ -217,7 +217,7 @@ pub fn execute_plan_with<F: Real>(
                             order.iter().any(|&o| matches!(&g.nodes[o].op, Op::CausalAttentionGrad { wrt, .. } if *wrt == p) && g.nodes[o].args == node.args)
                         });
                         let a: Vec<Tensor<F>> = node.args.iter().map(|a| fetch(g, params, inputs, &stored, &local, a.index())).collect::<Result<_, _>>()?;
-                        let res = attention::backward(&a[0], &a[1], &a[2], &a[3], *scale, want, &node.args, &mut kept_probs, &mut pool);
+                        let res = attention::backward([&a[0], &a[1], &a[2], &a[3]], *scale, want, &node.args, &mut kept_probs, &mut pool);
                         attn_done.insert(node.args.clone(), res);
                     }
                     attn_done.get_mut(&node.args).unwrap()[*wrt as usize].take().ok_or_else(|| oerr("internal: attention gradient computed twice".into()))?
