@@ -36,13 +36,13 @@ pub(crate) fn compile(model: &std::path::Path, sets: &[(String, String)], mode: 
     Ok((g, h))
 }
 
-/// Where a command takes the model's parameters from (shared by `export` and `eval`).
+/// Where a command takes the model's parameters from (shared by `export`, `eval` and `run`).
 #[derive(clap::Args)]
 pub struct ParamSource {
     /// Parameters: safetensors (one tensor per parameter, PREFIX + NAME) or a .pgz artifact.
     #[arg(long, value_name = "W", required_unless_present = "random_weights", conflicts_with = "random_weights")]
     pub weights: Option<PathBuf>,
-    /// Prefix of the parameter tensors in the weights file.
+    /// Prefix of the parameter tensors in the weights file (e.g. `param.` for the golden files).
     #[arg(long, value_name = "P", default_value = "", requires = "weights")]
     pub weights_prefix: String,
     /// Use the model's training initialisation, seeded, instead of a weights file.

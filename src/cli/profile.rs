@@ -118,8 +118,8 @@ impl LineTotals {
     fn json(&self, line: u32, ptx: &[&str]) -> Value {
         json!({
             "ptx_line": line, "ptx": ptx.get(line as usize - 1).map(|t| t.trim()).unwrap_or(""), "warp_instructions": self.warp_insts, "global_requests": self.global_requests,
-            "global_sectors": self.global_sectors, "sector_efficiency": if self.global_sectors > 0.0 { self.distinct_bytes / (32.0 * self.global_sectors) } else { 1.0 },
-            "shared_wavefronts": self.shared_wavefronts, "bank_conflict_ways": if self.shared_ideal > 0.0 { self.shared_wavefronts / self.shared_ideal } else { 1.0 },
+            "global_sectors": self.global_sectors, "sector_efficiency": ratio_or(self.distinct_bytes, 32.0 * self.global_sectors, 1.0),
+            "shared_wavefronts": self.shared_wavefronts, "bank_conflict_ways": ratio_or(self.shared_wavefronts, self.shared_ideal, 1.0),
         })
     }
 }
@@ -208,38 +208,22 @@ impl KernelTotals {
     }
 
     pub fn sectors_per_request(&self) -> f64 {
-        if self.global_requests > 0.0 {
-            self.global_sectors / self.global_requests
-        } else {
-            0.0
-        }
+        ratio(self.global_sectors, self.global_requests)
     }
 
     /// Distinct bytes per request over the bytes of the sectors it touches
     /// (1 = every byte of every sector used; a broadcast counts once).
     pub fn sector_efficiency(&self) -> f64 {
-        if self.global_sectors > 0.0 {
-            self.distinct_bytes / (32.0 * self.global_sectors)
-        } else {
-            1.0
-        }
+        ratio_or(self.distinct_bytes, 32.0 * self.global_sectors, 1.0)
     }
 
     /// Wavefronts over the ideal (1 = no bank conflicts).
     pub fn bank_conflict_ways(&self) -> f64 {
-        if self.shared_ideal > 0.0 {
-            self.shared_wavefronts / self.shared_ideal
-        } else {
-            1.0
-        }
+        ratio_or(self.shared_wavefronts, self.shared_ideal, 1.0)
     }
 
     pub fn tensor_share(&self) -> f64 {
-        if self.warp_insts > 0.0 {
-            self.mma / self.warp_insts
-        } else {
-            0.0
-        }
+        ratio(self.mma, self.warp_insts)
     }
 }
 
@@ -543,11 +527,11 @@ pub fn run(args: ProfileArgs) -> CliResult {
                     "unique_read_bytes": r.t.read_bytes.round() as u64, "unique_written_bytes": r.t.written_bytes.round() as u64,
                     "bytes_ratio": ratio(r.t.unique_bytes(), r.plan_bytes as f64),
                     "sector_efficiency": r.t.sector_efficiency(), "registers": r.registers,
-                    "warp_instructions": r.t.warp_insts, "active_lanes_per_instruction": if r.t.warp_insts > 0.0 { r.t.lanes / r.t.warp_insts } else { 0.0 },
+                    "warp_instructions": r.t.warp_insts, "active_lanes_per_instruction": ratio(r.t.lanes, r.t.warp_insts),
                     "instructions_by_class": CLASSES.iter().map(|c| (c.name().to_string(), json!(r.t.by_class.get(c.name()).copied().unwrap_or(0.0)))).collect::<serde_json::Map<_, _>>(),
                     "global_requests": r.t.global_requests, "global_sectors": r.t.global_sectors,
                     "shared_requests": r.t.shared_requests, "shared_wavefronts": r.t.shared_wavefronts,
-                    "atomic_lanes_per_address": if r.t.atomic_addresses > 0.0 { r.t.atomic_lanes / r.t.atomic_addresses } else { 0.0 },
+                    "atomic_lanes_per_address": ratio(r.t.atomic_lanes, r.t.atomic_addresses),
                     "launches": r.t.launches, "blocks_total": r.t.blocks_total, "blocks_run": r.t.blocks_run,
                     "buffers": r.t.buffers.iter().map(|b| json!({ "buffer": b.0, "bytes": b.1, "unique_read": b.2.round() as u64, "unique_written": b.3.round() as u64 })).collect::<Vec<_>>(),
                     "outside_buffers": { "unique_read": r.t.outside.0.round() as u64, "unique_written": r.t.outside.1.round() as u64 },
@@ -615,10 +599,15 @@ struct Row {
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
+    ratio_or(a, b, 0.0)
+}
+
+/// `a / b`, or `empty` when there is nothing to divide by (`b` not positive).
+fn ratio_or(a: f64, b: f64, empty: f64) -> f64 {
     if b > 0.0 {
         a / b
     } else {
-        0.0
+        empty
     }
 }
 

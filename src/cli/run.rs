@@ -17,6 +17,7 @@
 //! `--dump-inputs FILE` also writes the parameters (f32, spec names) and the
 //! `input_ids`/`target_ids` the run used, e.g. for PyTorch to recompute.
 
+use super::export::ParamSource;
 use super::{CliResult, Failure};
 use pgc::pipeline::cpu::CpuExecutor;
 use pgc::pipeline::inputs::{self, RunInputs, RunSpec, TokenSource, WeightSource};
@@ -63,15 +64,8 @@ pub struct RunArgs {
     /// Override a model constant, e.g. `--set layers=9`. Repeatable. `batch` and `seq` come from the tokens.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub sets: Vec<String>,
-    /// Parameters: one tensor per parameter, named PREFIX + NAME (f32 or f64).
-    #[arg(long, value_name = "W.safetensors", required_unless_present = "random_weights", conflicts_with = "random_weights")]
-    pub weights: Option<PathBuf>,
-    /// Prefix of the parameter tensors in the weights file (e.g. `param.` for the golden files).
-    #[arg(long, value_name = "P", default_value = "", requires = "weights")]
-    pub weights_prefix: String,
-    /// Use the model's training initialisation, seeded, instead of a weights file.
-    #[arg(long, value_name = "SEED")]
-    pub random_weights: Option<u64>,
+    #[command(flatten)]
+    pub params: ParamSource,
     /// Token file with `input_ids` and `target_ids` (int32, [B, T]).
     #[arg(long, value_name = "T.safetensors", required_unless_present = "random_tokens", conflicts_with = "random_tokens")]
     pub tokens: Option<PathBuf>,
@@ -128,8 +122,8 @@ impl RunArgs {
             (None, Some(seed)) => TokenSource::Random { seed, batch: self.batch.unwrap_or(1), seq: self.seq },
             (None, None) => return Err(bad("one of --tokens or --random-tokens is required")),
         };
-        let weights = match (&self.weights, self.random_weights) {
-            (Some(w), _) => WeightSource::File { path: w.clone(), prefix: self.weights_prefix.clone() },
+        let weights = match (&self.params.weights, self.params.random_weights) {
+            (Some(w), _) => WeightSource::File { path: w.clone(), prefix: self.params.weights_prefix.clone() },
             (None, Some(seed)) => WeightSource::Random { seed, dense: self.dense_weights },
             (None, None) => return Err(bad("one of --weights or --random-weights is required")),
         };
@@ -192,11 +186,11 @@ pub fn run(args: RunArgs) -> CliResult {
     let result = match (args.backend, precision) {
         (Backend::Sim, p) => {
             let dev = SimDevice::new();
-            ptx::execute_with_progress(&dev, Some(&dev), &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
+            ptx::execute(&dev, Some(&dev), &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
         }
         (Backend::Cuda, p) => {
             let dev = cuda.as_ref().expect("opened above");
-            ptx::execute_with_progress(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
+            ptx::execute(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
         }
         (_, Precision::Bf16) => cpu::execute_yardstick(&graph, &values, &tokens, with_grads, args.profile, args.repeat)?,
         (b, Precision::F64) => cpu::execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, cpu_executor(b), args.repeat)?,

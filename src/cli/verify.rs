@@ -139,10 +139,10 @@ pub fn run(args: VerifyArgs) -> CliResult {
     let t_dev = Instant::now();
     let bar = super::progress::Progress::lazy("kernel launches");
     let dev_out = match &cuda {
-        Some(dev) => ptx::execute_with_progress(dev, None, &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false, &mut |d, t| bar.set_total(d, t))?,
+        Some(dev) => ptx::execute(dev, None, &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false, &mut |d, t| bar.set_total(d, t))?,
         None => {
             let dev = SimDevice::new();
-            ptx::execute_with_progress(&dev, Some(&dev), &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false, &mut |d, t| bar.set_total(d, t))?
+            ptx::execute(&dev, Some(&dev), &graph, &values, &tokens, with_grads, run::ptx_precision(prec), false, &mut |d, t| bar.set_total(d, t))?
         }
     };
     drop(bar);

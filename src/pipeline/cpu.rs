@@ -33,15 +33,7 @@ pub fn execute<F: Real>(
     executor: CpuExecutor,
     repeat: u32,
 ) -> Result<Outcome> {
-    let params: HashMap<String, Tensor<F>> = graph
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), Tensor::from_f64(p.shape.clone(), &values[&p.name])))
-        .collect();
-    let shape = vec![tokens.batch, tokens.seq];
-    let mut inputs = HashMap::new();
-    inputs.insert("input_ids".to_string(), Tensor::<F>::int(shape.clone(), tokens.input_ids.clone()));
-    inputs.insert("target_ids".to_string(), Tensor::<F>::int(shape, tokens.target_ids.clone()));
+    let (params, inputs) = host_tensors::<F>(graph, values, tokens);
     let names = output_names(graph, with_grads);
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     // The plan executor: plan and cranelift compile first, reported apart from
@@ -87,15 +79,7 @@ pub fn execute<F: Real>(
     let device_note = (!notes.is_empty()).then(|| notes.join("\n"));
     let profile = profile.then(|| run.profile.render());
     drop(params);
-    let loss = run.get("loss").map(|t| t.to_f64_vec()[0]).unwrap_or(f64::NAN);
-    let tensors = run
-        .outputs
-        .into_iter()
-        .map(|(name, t)| {
-            let shape = if name == "loss" { vec![1] } else { t.shape.clone() };
-            (name, HostTensor::new(shape, store(t.into_float_vec())))
-        })
-        .collect();
+    let (loss, tensors) = host_outputs(run, store);
     Ok(Outcome { loss, seconds, tensors, profile, device_note })
 }
 
@@ -104,12 +88,7 @@ pub fn execute<F: Real>(
 /// rounds) `repeat` times (at least once): the time is the fastest run's,
 /// the outputs (f32) the last run's.
 pub fn execute_yardstick(graph: &Graph, values: &HashMap<String, Vec<f64>>, tokens: &Tokens, with_grads: bool, profile: bool, repeat: u32) -> Result<Outcome> {
-    let params: HashMap<String, Tensor<f32>> =
-        graph.params.iter().map(|p| (p.name.clone(), Tensor::from_f64(p.shape.clone(), &values[&p.name]))).collect();
-    let shape = vec![tokens.batch, tokens.seq];
-    let mut inputs = HashMap::new();
-    inputs.insert("input_ids".to_string(), Tensor::<f32>::int(shape.clone(), tokens.input_ids.clone()));
-    inputs.insert("target_ids".to_string(), Tensor::<f32>::int(shape, tokens.target_ids.clone()));
+    let (params, inputs) = host_tensors::<f32>(graph, values, tokens);
     let names = output_names(graph, with_grads);
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let mut seconds = f64::INFINITY;
@@ -122,15 +101,32 @@ pub fn execute_yardstick(graph: &Graph, values: &HashMap<String, Vec<f64>>, toke
     }
     let Some(run) = last else { unreachable!("the loop runs at least once") };
     let profile = profile.then(|| run.profile.render());
+    let (loss, tensors) = host_outputs(run, HostData::F32);
+    let note = "cpu bf16: the yardstick (PyTorch's bf16 autocast emulated on the reference interpreter)".to_string();
+    Ok(Outcome { loss, seconds, tensors, profile, device_note: Some(note) })
+}
+
+/// The graph's parameters (from `values`) and token inputs as tensors in `F`.
+fn host_tensors<F: Real>(graph: &Graph, values: &HashMap<String, Vec<f64>>, tokens: &Tokens) -> (HashMap<String, Tensor<F>>, HashMap<String, Tensor<F>>) {
+    let params = graph.params.iter().map(|p| (p.name.clone(), Tensor::from_f64(p.shape.clone(), &values[&p.name]))).collect();
+    let shape = vec![tokens.batch, tokens.seq];
+    let mut inputs = HashMap::new();
+    inputs.insert("input_ids".to_string(), Tensor::<F>::int(shape.clone(), tokens.input_ids.clone()));
+    inputs.insert("target_ids".to_string(), Tensor::<F>::int(shape, tokens.target_ids.clone()));
+    (params, inputs)
+}
+
+/// A run's loss (NaN without one) and outputs as host tensors (stored with
+/// `store`; the loss as shape [1]).
+fn host_outputs<F: Real>(run: cpu::Run<F>, store: impl Fn(Vec<F>) -> HostData) -> (f64, Vec<(String, HostTensor)>) {
     let loss = run.get("loss").map(|t| t.to_f64_vec()[0]).unwrap_or(f64::NAN);
     let tensors = run
         .outputs
         .into_iter()
         .map(|(name, t)| {
             let shape = if name == "loss" { vec![1] } else { t.shape.clone() };
-            (name, HostTensor::new(shape, HostData::F32(t.into_float_vec())))
+            (name, HostTensor::new(shape, store(t.into_float_vec())))
         })
         .collect();
-    let note = "cpu bf16: the yardstick (PyTorch's bf16 autocast emulated on the reference interpreter)".to_string();
-    Ok(Outcome { loss, seconds, tensors, profile, device_note: Some(note) })
+    (loss, tensors)
 }

@@ -56,25 +56,11 @@ fn host_threads() -> usize {
 /// Plan, compile and run the graph's PTX program on `dev` (the simulator, or
 /// a GPU); `sim` is the same device when it is the simulator, for its
 /// thread-instruction counts. With `profile`, launches run one at a time,
-/// synchronised, and the outcome has a per-kernel table.
+/// synchronised, and the outcome has a per-kernel table. `on_launch(done,
+/// total)` runs after each launch (the binary draws a progress bar from it:
+/// a simulated step takes minutes).
 #[allow(clippy::too_many_arguments)]
 pub fn execute(
-    dev: &dyn Device,
-    sim: Option<&SimDevice>,
-    graph: &Graph,
-    values: &HashMap<String, Vec<f64>>,
-    tokens: &Tokens,
-    with_grads: bool,
-    precision: Precision,
-    profile: bool,
-) -> Result<Outcome> {
-    execute_with_progress(dev, sim, graph, values, tokens, with_grads, precision, profile, &mut |_, _| {})
-}
-
-/// [`execute`], calling `on_launch(done, total)` after each launch (the
-/// binary draws a progress bar from it: a simulated step takes minutes).
-#[allow(clippy::too_many_arguments)]
-pub fn execute_with_progress(
     dev: &dyn Device,
     sim: Option<&SimDevice>,
     graph: &Graph,
