@@ -4,32 +4,11 @@
 //! many host threads. The speed is a benchmark, not a test (it depends on the
 //! machine's load): `cargo run --release --example sim_speed`.
 
-#[path = "ptx/harness.rs"]
-mod harness;
+#[path = "../examples/common/sim_measure.rs"]
+mod sim_measure;
 
-use harness::*;
-use pgc_runtime::device::{Device, DeviceExt, KernelArg, LaunchConfig};
-use pgc_runtime::sim::{SimDevice, SimOptions};
-
-fn measure(opts: SimOptions, batch: usize) -> (f64, u64) {
-    let d = SimDevice::with_options(opts);
-    let mut rng = Rng::new(5);
-    let a: Vec<u16> = (0..batch * 4096).map(|_| bf16_bits(rng.uniform())).collect();
-    let ba = d.upload_u16(&a).unwrap();
-    let bc = d.alloc(batch * 4096 * 4).unwrap();
-    let m = d.load_module(&ptx("gemm_bf16_mma.ptx")).unwrap();
-    let args = [KernelArg::Buf(ba, 0), KernelArg::Buf(ba, 0), KernelArg::Buf(bc, 0)];
-    d.launch(&m, "gemm_bf16_64x64x64", LaunchConfig::linear(2, 128), &args).unwrap(); // warm-up
-    let mut best = 0f64;
-    let mut insts = 0;
-    for _ in 0..3 {
-        d.launch(&m, "gemm_bf16_64x64x64", LaunchConfig::linear(batch as u32, 128), &args).unwrap();
-        let st = d.last_launch_stats();
-        insts = st.thread_instructions;
-        best = best.max(st.thread_instructions as f64 / st.wall.as_secs_f64());
-    }
-    (best, insts)
-}
+use pgc_runtime::sim::SimOptions;
+use sim_measure::measure;
 
 #[test]
 fn gemm_work_does_not_depend_on_the_options() {
