@@ -114,6 +114,16 @@ pub struct LineTotals {
     pub shared_ideal: f64,
 }
 
+/// `dst.field += src.from as f64 * s` for each `field <- from` (`field`
+/// alone: the same name), counters scaled to the grid.
+macro_rules! add_scaled {
+    ($dst:expr, $src:expr, $s:expr; $($field:ident $(<- $from:ident)?),* $(,)?) => {
+        $( $dst.$field += add_scaled!(@from $src, $field $(, $from)?) as f64 * $s; )*
+    };
+    (@from $src:expr, $field:ident) => { $src.$field };
+    (@from $src:expr, $field:ident, $from:ident) => { $src.$from };
+}
+
 impl LineTotals {
     fn json(&self, line: u32, ptx: &[&str]) -> Value {
         json!({
@@ -181,25 +191,13 @@ impl KernelTotals {
                 self.mma += n as f64 * s;
             }
         }
-        self.global_requests += t.global_requests as f64 * s;
-        self.global_sectors += t.global_sectors as f64 * s;
-        self.requested_bytes += t.global_bytes as f64 * s;
-        self.distinct_bytes += t.global_distinct_bytes as f64 * s;
-        self.shared_requests += t.shared_requests as f64 * s;
-        self.shared_wavefronts += t.shared_wavefronts as f64 * s;
-        self.shared_ideal += t.shared_ideal as f64 * s;
-        self.atomic_lanes += t.atomic_lanes as f64 * s;
-        self.atomic_addresses += t.atomic_addresses as f64 * s;
+        add_scaled!(self, t, s; global_requests, global_sectors, requested_bytes <- global_bytes, distinct_bytes <- global_distinct_bytes,
+            shared_requests, shared_wavefronts, shared_ideal, atomic_lanes, atomic_addresses);
         self.read_bytes += c.read_bytes_est;
         self.written_bytes += c.written_bytes_est;
         for (line, p) in c.by_line() {
             let e = self.lines.entry(line).or_default();
-            e.warp_insts += p.warp_insts as f64 * s;
-            e.global_requests += p.global_requests as f64 * s;
-            e.global_sectors += p.global_sectors as f64 * s;
-            e.distinct_bytes += p.global_distinct_bytes as f64 * s;
-            e.shared_wavefronts += p.shared_wavefronts as f64 * s;
-            e.shared_ideal += p.shared_ideal as f64 * s;
+            add_scaled!(e, p, s; warp_insts, global_requests, global_sectors, distinct_bytes <- global_distinct_bytes, shared_wavefronts, shared_ideal);
         }
     }
 

@@ -402,6 +402,14 @@ impl GemmConfig {
         }
     }
 
+    /// Row strides (bytes) of the A and B tiles in shared memory, and the
+    /// offset of B's region (A's region comes first).
+    fn tile_strides(&self) -> (u32, u32, u32) {
+        let [(_, ac, av), (_, bc, bv)] = self.operand_tiles();
+        let [ra, _] = self.region_bytes();
+        (self.row_stride(ac, av), self.row_stride(bc, bv), ra)
+    }
+
     fn region_bytes(&self) -> [u32; 2] {
         self.operand_tiles().map(|(rows, cols, v)| (rows * self.row_stride(cols, v)).next_multiple_of(128))
     }
@@ -801,10 +809,7 @@ impl MmaState {
         let wtm = t.bm / t.warps_m;
         let wtn = t.bn / t.warps_n;
         let (mt, nt) = (wtm / 16, wtn / 8);
-        let [(_, ac, av), (_, bc, bv)] = cfg.operand_tiles();
-        let a_rs = cfg.row_stride(ac, av);
-        let b_rs = cfg.row_stride(bc, bv);
-        let [ra, _] = cfg.region_bytes();
+        let (a_rs, b_rs, ra) = cfg.tile_strides();
         b.comment(format!("mma: warp tile {wtm}x{wtn} = {mt}x{nt} m16n8k16 tiles"));
         let lane = b.bin(BinOp::And, Type::U32, cm.tid, 31u32);
         let warp = b.bin(BinOp::Shr, Type::U32, cm.tid, 5u32);
@@ -817,46 +822,23 @@ impl MmaState {
         let hi = b.bin(BinOp::Shr, Type::U32, idx, 1u32); // idx >> 1
         let wm_off = b.mul_lo(Type::U32, wm, wtm);
         let wn_off = b.mul_lo(Type::U32, wn, wtn);
-        // A fragments (a0..a3 = (m0-7,k0-7), (m8-15,k0-7), (m0-7,k8-15), (m8-15,k8-15)).
-        let a_lane = match cfg.layout.a {
-            AStore::MK => {
-                // row m = wm_off + r + lo*8, col k = hi*8
-                let m_ = b.mad_lo(Type::U32, lo, 8u32, r);
-                let m_ = b.add(Type::U32, m_, wm_off);
-                let off = b.mul_lo(Type::U32, m_, a_rs);
-                let off = b.mad_lo(Type::U32, hi, 16u32, off);
-                b.add(Type::U32, off, cm.smem)
-            }
-            AStore::KM => {
-                // stored [k][m], .trans: row k = hi*8 + r, col m = wm_off + lo*8
-                let k_ = b.mad_lo(Type::U32, hi, 8u32, r);
-                let off = b.mul_lo(Type::U32, k_, a_rs);
-                let m_ = b.mad_lo(Type::U32, lo, 8u32, wm_off);
-                let off = b.mad_lo(Type::U32, m_, 2u32, off);
-                b.add(Type::U32, off, cm.smem)
-            }
+        // A fragments (a0..a3 = (m0-7,k0-7), (m8-15,k0-7), (m0-7,k8-15), (m8-15,k8-15)):
+        // [m][k]: row m = wm_off + r + lo*8, col k = hi*8; [k][m], .trans: row
+        // k = hi*8 + r, col m = wm_off + lo*8.
+        let a_off = match cfg.layout.a {
+            AStore::MK => frag_lane(b, false, (lo, hi), r, wm_off, a_rs),
+            AStore::KM => frag_lane(b, true, (hi, lo), r, wm_off, a_rs),
         };
-        // B fragments for an n-tile pair (b0,b1 of nt=2q; b0,b1 of nt=2q+1).
-        let b_lane = match cfg.layout.b {
-            BStore::NK => {
-                // stored [n][k]: row n = wn_off + hi*8 + r, col k = lo*8
-                let n_ = b.mad_lo(Type::U32, hi, 8u32, r);
-                let n_ = b.add(Type::U32, n_, wn_off);
-                let off = b.mul_lo(Type::U32, n_, b_rs);
-                let off = b.mad_lo(Type::U32, lo, 16u32, off);
-                let off = b.add(Type::U32, off, ra);
-                b.add(Type::U32, off, cm.smem)
-            }
-            BStore::KN => {
-                // stored [k][n], .trans: row k = lo*8 + r, col n = wn_off + hi*8
-                let k_ = b.mad_lo(Type::U32, lo, 8u32, r);
-                let off = b.mul_lo(Type::U32, k_, b_rs);
-                let n_ = b.mad_lo(Type::U32, hi, 8u32, wn_off);
-                let off = b.mad_lo(Type::U32, n_, 2u32, off);
-                let off = b.add(Type::U32, off, ra);
-                b.add(Type::U32, off, cm.smem)
-            }
+        let a_lane = b.add(Type::U32, a_off, cm.smem);
+        // B fragments for an n-tile pair (b0,b1 of nt=2q; b0,b1 of nt=2q+1):
+        // [n][k]: row n = wn_off + hi*8 + r, col k = lo*8; [k][n], .trans: row
+        // k = lo*8 + r, col n = wn_off + hi*8.
+        let b_off = match cfg.layout.b {
+            BStore::NK => frag_lane(b, false, (hi, lo), r, wn_off, b_rs),
+            BStore::KN => frag_lane(b, true, (lo, hi), r, wn_off, b_rs),
         };
+        let b_off = b.add(Type::U32, b_off, ra);
+        let b_lane = b.add(Type::U32, b_off, cm.smem);
         // accumulators
         let mut acc = vec![];
         for _ in 0..mt * nt {
@@ -942,6 +924,24 @@ impl MmaState {
     }
 }
 
+/// Byte offset in a bf16 tile (row stride `rs`) of the row this lane gives
+/// ldmatrix: row `8 * row8 + r`, 16-byte column `col8`, the warp's offset
+/// `w_off` on the rows; `trans` (the tile stored k-major): row `8 * row8 + r`
+/// of k, column `w_off + 8 * col8` elements.
+fn frag_lane(b: &mut KernelBuilder, trans: bool, (row8, col8): (Reg, Reg), r: Reg, w_off: Reg, rs: u32) -> Reg {
+    if trans {
+        let k_ = b.mad_lo(Type::U32, row8, 8u32, r);
+        let off = b.mul_lo(Type::U32, k_, rs);
+        let m_ = b.mad_lo(Type::U32, col8, 8u32, w_off);
+        b.mad_lo(Type::U32, m_, 2u32, off)
+    } else {
+        let m_ = b.mad_lo(Type::U32, row8, 8u32, r);
+        let m_ = b.add(Type::U32, m_, w_off);
+        let off = b.mul_lo(Type::U32, m_, rs);
+        b.mad_lo(Type::U32, col8, 16u32, off)
+    }
+}
+
 /// `f(acc, i, j)` for the accumulators of an `mt x nt` grid, row-major.
 fn each_acc<T: Copy>(acc: &[T], mt: u32, nt: u32, mut f: impl FnMut(T, usize, usize)) {
     for i in 0..mt as usize {
@@ -991,10 +991,7 @@ impl FfmaState {
         let t = cfg.tile;
         let ty_n = t.threads() / 16;
         let (mi, nj) = (t.bm / ty_n, t.bn / 16);
-        let [(_, ac, av), (_, bc, bv)] = cfg.operand_tiles();
-        let a_rs = cfg.row_stride(ac, av);
-        let b_rs = cfg.row_stride(bc, bv);
-        let [ra, _] = cfg.region_bytes();
+        let (a_rs, b_rs, ra) = cfg.tile_strides();
         b.comment(format!("ffma: 16x{ty_n} threads, {mi}x{nj} outputs each"));
         let tx = b.bin(BinOp::And, Type::U32, cm.tid, 15u32);
         let ty = b.bin(BinOp::Shr, Type::U32, cm.tid, 4u32);

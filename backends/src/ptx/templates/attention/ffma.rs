@@ -158,15 +158,22 @@ fn open(cfg: &AttnConfig, kind: &str, params: &[&str], (rows, row): (&str, &str)
     (b, ge, p, smem, th)
 }
 
+/// The block's query rows: the block, this thread's row, whether it is
+/// inside T, and the rows of `q` in the row's head.
+fn query_rows(b: &mut KernelBuilder, cfg: &AttnConfig, ge: &Geo, p: &AttnParams, th: &Thread, q: Reg) -> (QueryBlock, Reg, Reg, HeadRows) {
+    let qb = query_block(b, p, ge.rows);
+    let row = b.add(Type::U32, qb.q0, th.rl);
+    let row_ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
+    let qr = head_rows(b, cfg.layout, q, qb.bb, qb.hh, p.h, p.t, ge.d, 4);
+    (qb, row, row_ok, qr)
+}
+
 pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
     let (mut b, ge, p, smem, th) = open(cfg, "fwd", &FWD_PARAMS, ("query rows", "row"));
     let d = ge.d;
     let tile_bytes = TILE * d * 4;
     let [q, k, v, o, lse] = [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4]];
-    let QueryBlock { hh, bb, kvh, q0 } = query_block(&mut b, &p, ge.rows);
-    let row = b.add(Type::U32, q0, th.rl);
-    let row_ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
-    let qr = head_rows(&mut b, cfg.layout, q, bb, hh, p.h, p.t, d, 4);
+    let (QueryBlock { hh, bb, kvh, q0 }, row, row_ok, qr) = query_rows(&mut b, cfg, &ge, &p, &th, q);
     let kr = head_rows(&mut b, cfg.layout, k, bb, kvh, p.hk, p.t, d, 4);
     let vr = head_rows(&mut b, cfg.layout, v, bb, kvh, p.hk, p.t, d, 4);
     let c = fmul(&mut b, p.scale, LOG2E);
@@ -302,10 +309,7 @@ pub(super) fn backward_dq(cfg: &AttnConfig) -> AttnKernel {
     let tile_bytes = TILE * d * 4;
     let [q, k, v, dout, lse, dsum, dq, _dk, _dv] =
         [p.ptrs[0], p.ptrs[1], p.ptrs[2], p.ptrs[3], p.ptrs[4], p.ptrs[5], p.ptrs[6], p.ptrs[7], p.ptrs[8]];
-    let QueryBlock { hh, bb, kvh, q0 } = query_block(&mut b, &p, ge.rows);
-    let row = b.add(Type::U32, q0, th.rl);
-    let row_ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
-    let qr = head_rows(&mut b, cfg.layout, q, bb, hh, p.h, p.t, d, 4);
+    let (QueryBlock { hh, bb, kvh, q0 }, row, row_ok, qr) = query_rows(&mut b, cfg, &ge, &p, &th, q);
     let dor = head_rows(&mut b, cfg.layout, dout, bb, hh, p.h, p.t, d, 4);
     let kr = head_rows(&mut b, cfg.layout, k, bb, kvh, p.hk, p.t, d, 4);
     let vr = head_rows(&mut b, cfg.layout, v, bb, kvh, p.hk, p.t, d, 4);
