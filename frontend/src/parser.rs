@@ -359,21 +359,22 @@ impl<'a> Parser<'a> {
         Expr { kind: ExprKind::Binary(op, Box::new(l), Box::new(r)), span }
     }
 
-    fn or_expr(&mut self) -> PResult<Expr> {
-        let mut l = self.and_expr()?;
-        while self.eat(Tok::OrOr) {
-            let r = self.and_expr()?;
-            l = Self::bin(BinOp::Or, l, r);
+    /// A left-associative level: `next (op next)*` for the operators
+    /// `op_of` gives this level.
+    fn left_assoc(&mut self, next: fn(&mut Self) -> PResult<Expr>, op_of: fn(Tok) -> Option<BinOp>) -> PResult<Expr> {
+        let mut l = next(self)?;
+        while let Some(op) = op_of(self.peek()) {
+            self.bump();
+            let r = next(self)?;
+            l = Self::bin(op, l, r);
         }
         Ok(l)
     }
+    fn or_expr(&mut self) -> PResult<Expr> {
+        self.left_assoc(Self::and_expr, |t| (t == Tok::OrOr).then_some(BinOp::Or))
+    }
     fn and_expr(&mut self) -> PResult<Expr> {
-        let mut l = self.cmp_expr()?;
-        while self.eat(Tok::AndAnd) {
-            let r = self.cmp_expr()?;
-            l = Self::bin(BinOp::And, l, r);
-        }
-        Ok(l)
+        self.left_assoc(Self::cmp_expr, |t| (t == Tok::AndAnd).then_some(BinOp::And))
     }
     fn cmp_expr(&mut self) -> PResult<Expr> {
         let l = self.add_expr()?;
@@ -397,31 +398,19 @@ impl<'a> Parser<'a> {
         Ok(Self::bin(op, l, r))
     }
     fn add_expr(&mut self) -> PResult<Expr> {
-        let mut l = self.mul_expr()?;
-        loop {
-            let op = match self.peek() {
-                Tok::Plus => BinOp::Add,
-                Tok::Minus => BinOp::Sub,
-                _ => return Ok(l),
-            };
-            self.bump();
-            let r = self.mul_expr()?;
-            l = Self::bin(op, l, r);
-        }
+        self.left_assoc(Self::mul_expr, |t| match t {
+            Tok::Plus => Some(BinOp::Add),
+            Tok::Minus => Some(BinOp::Sub),
+            _ => None,
+        })
     }
     fn mul_expr(&mut self) -> PResult<Expr> {
-        let mut l = self.unary()?;
-        loop {
-            let op = match self.peek() {
-                Tok::Star => BinOp::Mul,
-                Tok::Slash => BinOp::Div,
-                Tok::Percent => BinOp::Rem,
-                _ => return Ok(l),
-            };
-            self.bump();
-            let r = self.unary()?;
-            l = Self::bin(op, l, r);
-        }
+        self.left_assoc(Self::unary, |t| match t {
+            Tok::Star => Some(BinOp::Mul),
+            Tok::Slash => Some(BinOp::Div),
+            Tok::Percent => Some(BinOp::Rem),
+            _ => None,
+        })
     }
     fn unary(&mut self) -> PResult<Expr> {
         let op = match self.peek() {

@@ -317,6 +317,22 @@ impl CudaDevice {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state for copying `len` bytes to or from `buf` (`what`: the call),
+    /// checked and bound; None when there is nothing to copy.
+    fn begin_copy(&self, buf: &DevBuf, len: usize, what: &str) -> Result<Option<MutexGuard<'_, State>>> {
+        let st = self.lock();
+        Self::live(&st, buf)?;
+        if len > buf.bytes {
+            return Err(DeviceError::CopySize { len, bytes: buf.bytes });
+        }
+        Self::not_while_capturing(&st, what)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        self.bind()?;
+        Ok(Some(st))
+    }
+
     /// Make the context current on this thread.
     fn bind(&self) -> Result<()> {
         // SAFETY: the context is retained for the life of `self`.
@@ -652,16 +668,7 @@ impl Device for CudaDevice {
     }
 
     fn copy_to_device(&self, dst: &DevBuf, src: &[u8]) -> Result<()> {
-        let mut st = self.lock();
-        Self::live(&st, dst)?;
-        if src.len() > dst.bytes {
-            return Err(DeviceError::CopySize { len: src.len(), bytes: dst.bytes });
-        }
-        Self::not_while_capturing(&st, "copy_to_device")?;
-        if src.is_empty() {
-            return Ok(());
-        }
-        self.bind()?;
+        let Some(mut st) = self.begin_copy(dst, src.len(), "copy_to_device")? else { return Ok(()) };
         // SAFETY: `src` fits the live allocation and outlives the copy (we wait).
         let r = unsafe { cu::memcpy_htod_async(dst.addr, src, self.stream) }.and_then(|_| unsafe { cu::stream::synchronize(self.stream) });
         r.map_err(|e| self.after_queue_err(&st, &format!("copy of {} bytes to the device", src.len()), e))?;
@@ -670,16 +677,7 @@ impl Device for CudaDevice {
     }
 
     fn copy_from_device(&self, src: &DevBuf, dst: &mut [u8]) -> Result<()> {
-        let mut st = self.lock();
-        Self::live(&st, src)?;
-        if dst.len() > src.bytes {
-            return Err(DeviceError::CopySize { len: dst.len(), bytes: src.bytes });
-        }
-        Self::not_while_capturing(&st, "copy_from_device")?;
-        if dst.is_empty() {
-            return Ok(());
-        }
-        self.bind()?;
+        let Some(mut st) = self.begin_copy(src, dst.len(), "copy_from_device")? else { return Ok(()) };
         let len = dst.len();
         // SAFETY: `dst` fits the live allocation and outlives the copy (we wait).
         let r = unsafe { cu::memcpy_dtoh_async(dst, src.addr, self.stream) }.and_then(|_| unsafe { cu::stream::synchronize(self.stream) });

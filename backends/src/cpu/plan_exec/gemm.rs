@@ -35,21 +35,24 @@ pub enum Threads {
 /// (`m x k`) and `b` (`k x n`) given by base slices and element strides.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F], threads: Threads) {
-    if TypeId::of::<F>() != TypeId::of::<f32>() {
-        assert_eq!(c.len(), m * n);
-        return linalg::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c);
-    }
-    product(m, k, n, a, rsa, csa, b, rsb, csb, c, threads, false)
+    gemm_into(m, k, n, a, rsa, csa, b, rsb, csb, c, threads, false)
 }
 
 /// `c += a @ b` (see [`gemm`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_acc<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F], threads: Threads) {
+    gemm_into(m, k, n, a, rsa, csa, b, rsb, csb, c, threads, true)
+}
+
+/// [`gemm`], or [`gemm_acc`] when `acc`: f32 through the gemm crate, f64 through [`linalg`].
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<F: Real>(m: usize, k: usize, n: usize, a: &[F], rsa: usize, csa: usize, b: &[F], rsb: usize, csb: usize, c: &mut [F], threads: Threads, acc: bool) {
     if TypeId::of::<F>() != TypeId::of::<f32>() {
         assert_eq!(c.len(), m * n);
-        return linalg::gemm_acc(m, k, n, a, rsa, csa, b, rsb, csb, c);
+        let f = if acc { linalg::gemm_acc } else { linalg::gemm };
+        return f(m, k, n, a, rsa, csa, b, rsb, csb, c);
     }
-    product(m, k, n, a, rsa, csa, b, rsb, csb, c, threads, true)
+    product(m, k, n, a, rsa, csa, b, rsb, csb, c, threads, acc)
 }
 
 /// The f32 product through the gemm crate: `c = a @ b`, or `c += a @ b` when `acc`.

@@ -185,14 +185,7 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
                     lw.push_scope();
                     lw.bind(*var, i, false);
                     lw.converged = false;
-                    if *vec > 1 {
-                        lw.vector_loads(b, &roots, *vec);
-                        emit_stores_vec(b, &mut lw, stores, *vec);
-                    } else {
-                        for st in stores {
-                            emit_store(b, &mut lw, st, None);
-                        }
-                    }
+                    emit_stores_at(b, &mut lw, &roots, stores, *vec);
                     lw.converged = true;
                     lw.unbind(*var);
                     lw.pop_scope();
@@ -223,14 +216,7 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
                             lw.push_scope();
                             lw.bind(*col, c, false);
                             lw.converged = false;
-                            if *vec > 1 {
-                                lw.vector_loads(b, &col_roots, *vec);
-                                emit_stores_vec(b, &mut lw, col_stores, *vec);
-                            } else {
-                                for st in col_stores {
-                                    emit_store(b, &mut lw, st, None);
-                                }
-                            }
+                            emit_stores_at(b, &mut lw, &col_roots, col_stores, *vec);
                             if let Some(slice) = slice {
                                 for (k, st) in col_sums.iter().enumerate() {
                                     let v = lw.emit_reg(b, st.value);
@@ -285,6 +271,19 @@ pub fn emit(cx: &mut Ctx, name: &str, f: Fused) -> Result<Launch, PtxError> {
 
 /// Stores of consecutive elements (`base + j`, `j < vec`, `base` a multiple
 /// of `vec`) to one buffer as one vector store; the rest one by one.
+/// `stores` at the bound element: `vec` consecutive ones with vector loads
+/// (of the loads below `roots`) and vector stores when `vec > 1`.
+fn emit_stores_at(b: &mut KernelBuilder, lw: &mut Lower, roots: &[E], stores: &[Store], vec: u32) {
+    if vec > 1 {
+        lw.vector_loads(b, roots, vec);
+        emit_stores_vec(b, lw, stores, vec);
+    } else {
+        for st in stores {
+            emit_store(b, lw, st, None);
+        }
+    }
+}
+
 fn emit_stores_vec(b: &mut KernelBuilder, lw: &mut Lower, stores: &[Store], vec: u32) {
     let mut done = vec![false; stores.len()];
     for i in 0..stores.len() {
