@@ -393,6 +393,15 @@ fn derr<T>(span: Span, msg: impl Into<String>) -> DResult<T> {
     Err(ParseError { span, msg: msg.into() })
 }
 
+/// `r`'s number when it is 64-bit (`wide`) or 32-bit (not), else "expected a
+/// N-bit `what`" at `span`.
+fn of_width(r: Reg, wide: bool, span: Span, what: &str) -> DResult<u32> {
+    match (r, wide) {
+        (Reg::R32(r), false) | (Reg::R64(r), true) => Ok(r),
+        _ => derr(span, format!("expected a {}-bit {what}", if wide { 64 } else { 32 })),
+    }
+}
+
 fn elem_bytes(ty: &str, span: Span) -> DResult<u32> {
     match Ty::parse(ty) {
         Some(Ty::Pred) | None => derr(span, format!("unsupported variable type .{ty}")),
@@ -714,16 +723,10 @@ impl<'a> Dec<'a> {
         }
     }
     fn src32(&mut self, o: &Operand, ty: Ty) -> DResult<u32> {
-        match self.src(o, ty)? {
-            Reg::R32(r) => Ok(r),
-            Reg::R64(_) => derr(o.span(), "expected a 32-bit operand"),
-        }
+        of_width(self.src(o, ty)?, false, o.span(), "operand")
     }
     fn src64(&mut self, o: &Operand, ty: Ty) -> DResult<u32> {
-        match self.src(o, ty)? {
-            Reg::R64(r) => Ok(r),
-            Reg::R32(_) => derr(o.span(), "expected a 64-bit operand"),
-        }
+        of_width(self.src(o, ty)?, true, o.span(), "operand")
     }
     /// A destination register (not a constant) of type `ty`.
     fn dst(&mut self, o: &Operand, ty: Ty) -> DResult<Reg> {
@@ -740,16 +743,10 @@ impl<'a> Dec<'a> {
         }
     }
     fn dst32(&mut self, o: &Operand, ty: Ty) -> DResult<u32> {
-        match self.dst(o, ty)? {
-            Reg::R32(r) => Ok(r),
-            Reg::R64(_) => derr(o.span(), "expected a 32-bit register"),
-        }
+        of_width(self.dst(o, ty)?, false, o.span(), "register")
     }
     fn dst64(&mut self, o: &Operand, ty: Ty) -> DResult<u32> {
-        match self.dst(o, ty)? {
-            Reg::R64(r) => Ok(r),
-            Reg::R32(_) => derr(o.span(), "expected a 64-bit register"),
-        }
+        of_width(self.dst(o, ty)?, true, o.span(), "register")
     }
     /// a register of any width (for ld/st/cvt of narrow types, which may use wider registers)
     fn any_reg(&mut self, o: &Operand, ty: Ty, write: bool) -> DResult<Reg> {
@@ -856,6 +853,20 @@ fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
 
+/// Places variable `v` (`size` bytes aligned to `align`) after the `*used`
+/// bytes of its space, as symbol `sym(offset)`; past `limit` bytes, the error `full`.
+fn place(syms: &mut HashMap<String, Sym>, v: &VarDecl, used: &mut u64, (size, align): (u64, u64), sym: fn(u32) -> Sym, (limit, full): (u64, &str)) -> DResult<()> {
+    *used = align_up(*used, align);
+    if syms.insert(v.name.clone(), sym(*used as u32)).is_some() {
+        return derr(v.span, format!("`{}` declared twice", v.name));
+    }
+    *used += size;
+    if *used > limit {
+        return derr(v.span, full);
+    }
+    Ok(())
+}
+
 fn decode_entry(m: &Module, e: &Entry, globals: &HashMap<String, u64>) -> DResult<Kernel> {
     let mut d = Dec {
         syms: HashMap::new(),
@@ -947,14 +958,7 @@ fn decode_entry(m: &Module, e: &Entry, globals: &HashMap<String, u64>) -> DResul
                         if !v.init.is_empty() {
                             return derr(v.span, ".shared variables cannot be initialised");
                         }
-                        shared_off = align_up(shared_off, align);
-                        if d.syms.insert(v.name.clone(), Sym::Shared(shared_off as u32)).is_some() {
-                            return derr(v.span, format!("`{}` declared twice", v.name));
-                        }
-                        shared_off += size;
-                        if shared_off > 228 * 1024 {
-                            return derr(v.span, "static shared memory exceeds 228 KiB");
-                        }
+                        place(&mut d.syms, v, &mut shared_off, (size, align), Sym::Shared, (228 * 1024, "static shared memory exceeds 228 KiB"))?;
                     }
                 }
             }
@@ -964,14 +968,7 @@ fn decode_entry(m: &Module, e: &Entry, globals: &HashMap<String, u64>) -> DResul
                 let Some(size) = var_size(v)? else {
                     return derr(v.span, "a .local variable needs a size");
                 };
-                local_off = align_up(local_off, align);
-                if d.syms.insert(v.name.clone(), Sym::Local(local_off as u32)).is_some() {
-                    return derr(v.span, format!("`{}` declared twice", v.name));
-                }
-                local_off += size;
-                if local_off > 512 * 1024 {
-                    return derr(v.span, "local memory exceeds 512 KiB per thread");
-                }
+                place(&mut d.syms, v, &mut local_off, (size, align), Sym::Local, (512 * 1024, "local memory exceeds 512 KiB per thread"))?;
             }
             StateSpace::Global | StateSpace::Const => return derr(v.span, "a .global/.const variable inside a kernel is not supported"),
             StateSpace::Param => return derr(v.span, ".param declarations in a kernel body are not supported"),
