@@ -268,6 +268,11 @@ impl<F: Real> Trainer<F> {
     /// A fresh run from `setup`'s initial weights (empty optimizer state).
     pub fn new(setup: Setup) -> Result<Self> {
         let Setup { graph, names, shapes, init, stream, batch, seq, sets, hp } = setup;
+        // Beside what one pass needs: the weights, two gradient sums, up to two
+        // optimizer moments and the SWA sum, each a copy of the parameters.
+        let elem = std::mem::size_of::<F>() as u128;
+        let numel: u128 = shapes.iter().map(|s| s.iter().product::<usize>() as u128).sum();
+        checks::check_memory("this training run (parameters, gradients, optimizer state, SWA and the largest activation)", checks::run_memory(&graph, elem) + 6 * numel * elem)?;
         let exec = Executor::new(graph, &names)?;
         let groups: Vec<Group> = names.iter().zip(&shapes).map(|(n, s)| Group::of(n, s)).collect();
         let init: Vec<Vec<f64>> = names.iter().map(|n| init[n].clone()).collect();
