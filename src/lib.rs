@@ -3,3 +3,4 @@
 //! programs that drive them (the training loop).
 
 pub mod pipeline;
+pub mod train;

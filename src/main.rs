@@ -43,6 +43,8 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Bits per byte on token shards: sliding-window evaluation.
     Eval(cli::eval::EvalArgs),
+    /// Train: the record's optimizer (Muon, AdamW, clipping, SWA) and schedule around the compiled forward and backward pass.
+    Train(Box<cli::train::TrainArgs>),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cli::export::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Train(a) => cli::train::run(*a),
     };
     cli::finish(result)
 }

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod profile;
 pub mod progress;
 pub mod run;
+pub mod train;
 pub mod verify;
 
 use std::process::ExitCode;

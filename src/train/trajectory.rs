@@ -1,0 +1,70 @@
+//! The trajectory file (`--trajectory`): the golden layout of TRAINING.md
+//! section 14. `param0.*` (f32 when every value is f32-exact, else f64),
+//! the per-step `loss`, `lr_scale`, `muon_momentum`, `grad_norm`, the
+//! weights after the first step `param1.*` and after the last `param.*`
+//! (not averaged), `swa.*` (sum / count, when SWA collected) and the
+//! optimizer state `state.NAME.{exp_avg, exp_avg_sq, momentum_buffer}`, in
+//! f64 (exact for an f32 run). Metadata: `config` (the model constants),
+//! `train` (the hyperparameters), `derived`.
+
+use super::checkpoint::{f64_tensor, records};
+use super::Trainer;
+use crate::pipeline::{internal, Result};
+use pgc_backends::cpu::Real;
+use pgc_runtime::weights::{self, HostData, HostTensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub fn write<F: Real>(path: &Path, t: &Trainer<F>) -> Result<()> {
+    let st = &t.state;
+    let mut out = Vec::new();
+    let avg = st.swa.average();
+    for (i, (n, s)) in t.names.iter().zip(&t.shapes).enumerate() {
+        let p0 = &t.init[i];
+        let data = if p0.iter().all(|&x| (x as f32) as f64 == x) { HostData::F32(p0.iter().map(|&x| x as f32).collect()) } else { HostData::F64(p0.clone()) };
+        out.push((format!("param0.{n}"), HostTensor::new(s.clone(), data)));
+        if let Some(first) = &st.first {
+            out.push((format!("param1.{n}"), f64_tensor(s, &first[i])));
+        }
+        out.push((format!("param.{n}"), f64_tensor(s, &st.params[i])));
+        if let Some(a) = &avg {
+            out.push((format!("swa.{n}"), f64_tensor(s, &a[i])));
+        }
+        for (k, v) in st.opt[i].tensors() {
+            out.push((format!("state.{n}.{k}"), f64_tensor(s, v)));
+        }
+    }
+    if st.step > 0 {
+        for (k, v) in records(&st.record) {
+            out.push((k.to_string(), HostTensor::new(vec![v.len()], HostData::F64(v.clone()))));
+        }
+    }
+    let config: serde_json::Map<String, serde_json::Value> = t
+        .sets
+        .iter()
+        .map(|(k, v)| (k.clone(), v.parse::<f64>().map(|x| serde_json::json!(x)).unwrap_or_else(|_| serde_json::json!(v))))
+        .chain([("seq".to_string(), serde_json::json!(t.seq))])
+        .collect();
+    let mut groups: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (n, g) in t.names.iter().zip(&t.groups) {
+        groups.entry(g.name()).or_default().push(n);
+    }
+    let derived = serde_json::json!({
+        "steps_run": st.step,
+        "finished": t.finished(),
+        "swa_count": st.swa.count,
+        "swa_applied": st.swa.count > 1,
+        "train_batch_tokens": t.tokens_per_step(),
+        "dtype": if F::NAME == "f64" { "float64" } else { "float32" },
+        "lr_schedule": if !t.hp.by_clock() { "iteration" } else if t.hp.sim_step_ms > 0.0 { "wallclock(simulated)" } else { "wallclock" },
+        "clock_ms": st.clock_ms,
+        "groups": groups,
+        "backend": "cpu",
+    });
+    let meta = HashMap::from([
+        ("config".to_string(), serde_json::Value::Object(config).to_string()),
+        ("train".to_string(), serde_json::to_string(&t.hp).map_err(internal)?),
+        ("derived".to_string(), derived.to_string()),
+    ]);
+    weights::save(path, &out, Some(meta)).map_err(|e| internal(e.to_string()))
+}
