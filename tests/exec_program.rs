@@ -34,8 +34,8 @@ const FUSED: ValueId = ValueId(7);
 const DEAD: ValueId = ValueId(8);
 
 fn param(g: &mut Graph, name: &str, shape: Vec<usize>) -> ValueId {
-    g.add_param(ParamInfo { name: name.into(), shape, quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
-    g.push(Op::Param { name: name.into() }, &[], None).unwrap()
+    let id = g.add_param(ParamInfo { name: name.into(), shape, quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
+    g.push(Op::Param { id: id }, &[], None).unwrap()
 }
 
 fn graph() -> Graph {
@@ -86,9 +86,9 @@ fn plan() -> Plan {
     let acs = slot((N * 4) as u64, Storage::F32, 4);
     let values = vec![
         Place::Input { name: "ids".into() },
-        Place::Param { name: "x".into(), prepared: Some(xs) },
-        Place::Param { name: "w".into(), prepared: Some(ws) },
-        Place::Param { name: "b".into(), prepared: None },
+        Place::Param { id: pgc_ir::ParamId(0), prepared: Some(xs) },
+        Place::Param { id: pgc_ir::ParamId(1), prepared: Some(ws) },
+        Place::Param { id: pgc_ir::ParamId(2), prepared: None },
         Place::Arena(cs),
         Place::Arena(os),
         Place::Arena(acs),
@@ -223,7 +223,7 @@ fn program() -> Program {
             grid: blocks(M * K),
             block: t,
             shared_bytes: 0,
-            args: vec![ArgRef::ParamMaster("x".into()), ArgRef::Value(X), ArgRef::U32((M * K) as u32)],
+            args: vec![ArgRef::ParamMaster(pgc_ir::ParamId(0)), ArgRef::Value(X), ArgRef::U32((M * K) as u32)],
             zero_first: vec![],
         },
         LaunchStep {
@@ -232,7 +232,7 @@ fn program() -> Program {
             grid: blocks(N * K),
             block: t,
             shared_bytes: 0,
-            args: vec![ArgRef::ParamMaster("w".into()), ArgRef::Value(W), ArgRef::U32((N * K) as u32)],
+            args: vec![ArgRef::ParamMaster(pgc_ir::ParamId(1)), ArgRef::Value(W), ArgRef::U32((N * K) as u32)],
             zero_first: vec![],
         },
         LaunchStep {
@@ -426,8 +426,8 @@ fn bad_programs_are_errors_naming_the_launch() {
     p.launches[3].args[2] = ArgRef::Aux(7);
     expect_bad(&p, &g, "aux buffer 7 of 2");
     let mut p = base.clone();
-    p.launches[0].args[0] = ArgRef::ParamMaster("nope".into());
-    expect_bad(&p, &g, "launch 0 (plan kernel `k000_weight_prep`, entry `cast_bf16`): argument 0: no parameter `nope`");
+    p.launches[0].args[0] = ArgRef::ParamMaster(pgc_ir::ParamId(99));
+    expect_bad(&p, &g, "launch 0 (plan kernel `k000_weight_prep`, entry `cast_bf16`): argument 0: no parameter #99 in the graph");
     let mut p = base.clone();
     p.launches[2].args[0] = ArgRef::Value(ValueId(99));
     expect_bad(&p, &g, "%99 is not a value");

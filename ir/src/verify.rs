@@ -49,7 +49,7 @@ pub fn verify(g: &Graph) -> Result<(), Vec<GraphError>> {
             continue;
         }
         let tys: Vec<_> = n.args.iter().map(|a| &g.nodes[a.index()].ty).collect();
-        match n.op.infer(&tys, &|name| g.param(name).map(|p| crate::types::TensorType::f32(p.shape.clone()))) {
+        match n.op.infer(&tys, &|id| g.params.get(id.index()).map(|p| crate::types::TensorType::f32(p.shape.clone()))) {
             Ok(t) if t == n.ty => {}
             Ok(t) => errors.push(loc(format!("recorded type {} but operands give {t}", n.ty))),
             Err(e) => errors.push(loc(e.0)),

@@ -18,7 +18,7 @@ pub mod text;
 pub use classify::KernelKind;
 pub use rules::FusionRule;
 
-use crate::op::Op;
+use crate::op::{Op, ParamId};
 use crate::types::DType;
 use crate::{Graph, Mode, ValueId};
 use serde::{Deserialize, Serialize};
@@ -71,7 +71,7 @@ pub enum Place {
     Input { name: String },
     /// A parameter's fp32 master. `prepared` is the arena slot of its bf16 copy
     /// when tensor cores read it.
-    Param { name: String, prepared: Option<Slot> },
+    Param { id: ParamId, prepared: Option<Slot> },
     /// An immediate constant.
     Scalar { value: f64 },
     /// Written by a kernel to the arena.
@@ -259,7 +259,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
         .enumerate()
         .map(|(m, node)| match &node.op {
             Op::Input { name, .. } => Place::Input { name: name.clone() },
-            Op::Param { name } => Place::Param { name: name.clone(), prepared: None },
+            Op::Param { id } => Place::Param { id: *id, prepared: None },
             Op::Scalar { value } => Place::Scalar { value: *value },
             _ if owner[m] != usize::MAX => Place::Fused,
             _ => Place::Dead,
@@ -268,7 +268,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
     for (i, &(m, _)) in stored.iter().enumerate() {
         let slot = Slot { offset: offsets[i], bytes: lifetimes[i].bytes, storage: storage(m) };
         values[m] = match &values[m] {
-            Place::Param { name, .. } => Place::Param { name: name.clone(), prepared: Some(slot) },
+            Place::Param { id, .. } => Place::Param { id: *id, prepared: Some(slot) },
             _ => Place::Arena(slot),
         };
     }
@@ -345,7 +345,7 @@ fn kernel_name(g: &Graph, k: usize, kind: KernelKind, nodes: &[usize]) -> String
         .copied();
     let scope = anchor.and_then(|m| g.nodes[m].origin.as_ref()).map(|o| o.scope.as_str()).filter(|s| !s.is_empty());
     let param = anchor.and_then(|m| match &g.nodes[m].op {
-        Op::Param { name } => Some(name.as_str()),
+        Op::Param { id } => Some(g.param_name(*id)),
         _ => None,
     });
     let tag = param.or(scope).unwrap_or("model").replace('.', "_");

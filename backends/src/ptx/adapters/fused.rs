@@ -19,9 +19,9 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
         gx.source_lazy(v, elem, arg);
     }
     for &v in &kernel.ops {
-        if let Op::Param { name } = &g.node(v).op {
+        if let Op::Param { id } = g.node(v).op {
             if !gx.has_source(v) {
-                gx.source_lazy(v, Elem::F32, ArgRef::ParamMaster(name.clone()));
+                gx.source_lazy(v, Elem::F32, ArgRef::ParamMaster(id));
             }
         }
     }

@@ -68,7 +68,7 @@ fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<(ArgRef, 
         match &cx.plan.values[v.index()] {
             Place::Arena(s) | Place::Param { prepared: Some(s), .. } if elem_of(s.storage) == Elem::Bf16 => return Ok((ArgRef::Value(v), false)),
             Place::Arena(s) if elem_of(s.storage) == Elem::F32 => return Ok((ArgRef::Value(v), true)),
-            Place::Param { name, .. } => return Ok((ArgRef::ParamMaster(name.clone()), true)),
+            Place::Param { id, .. } => return Ok((ArgRef::ParamMaster(*id), true)),
             _ => {}
         }
     }

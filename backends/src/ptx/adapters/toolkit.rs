@@ -123,7 +123,7 @@ pub fn elem_of(s: Storage) -> Elem {
 pub fn plain_source(cx: &Ctx, v: ValueId) -> Result<(Elem, ArgRef), PtxError> {
     Ok(match &cx.plan.values[v.index()] {
         Place::Arena(s) => (elem_of(s.storage), ArgRef::Value(v)),
-        Place::Param { name, .. } => (Elem::F32, ArgRef::ParamMaster(name.clone())),
+        Place::Param { id, .. } => (Elem::F32, ArgRef::ParamMaster(*id)),
         Place::Input { .. } => (if cx.g.ty(v).dtype == DType::I32 { Elem::I32 } else { Elem::F32 }, ArgRef::Value(v)),
         other => return Err(PtxError::Unsupported(format!("%{} is read but not stored ({other:?})", v.index()))),
     })
@@ -741,7 +741,7 @@ pub fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<ArgRe
     match &cx.plan.values[v.index()] {
         Place::Arena(s) if elem_of(s.storage) == want => return Ok(ArgRef::Value(v)),
         Place::Param { prepared: Some(s), .. } if elem_of(s.storage) == want => return Ok(ArgRef::Value(v)),
-        Place::Param { name, .. } if want == Elem::F32 => return Ok(ArgRef::ParamMaster(name.clone())),
+        Place::Param { id, .. } if want == Elem::F32 => return Ok(ArgRef::ParamMaster(*id)),
         _ => {}
     }
     let n = cx.g.ty(v).numel();
