@@ -7,10 +7,10 @@
 //! programs and bad calls give errors, never panics.
 
 use pgc_backends::ptx::builder::{Module, Param, ParamType};
-use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+use pgc_backends::ptx::templates::epilogue::Epilogue;
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GemmPrecision};
 use pgc_backends::ptx::program::{ArgRef, AuxBuffer, Entry, LaunchStep, Program, ZeroRef};
-use pgc_ir::plan::{Kernel, KernelKind, Place, Plan, Precision, Slot, Storage};
+use pgc_ir::plan::{Kernel, KernelKind, Place, Plan, Precision, Slot};
 use pgc_ir::{BinaryFn, DType, Graph, Init, Mode, Op, ParamInfo, QuantSpec, ReduceFn, TensorType, UnaryFn, ValueId};
 use pgc_runtime::exec::{rope_table, ExecError, Executor};
 use pgc_runtime::sim::SimDevice;
@@ -74,16 +74,16 @@ fn kernel(name: &str, kind: KernelKind) -> Kernel {
 /// an offset that is only 4-byte aligned (the helpers' byte paths).
 fn plan() -> Plan {
     let mut off = 0u64;
-    let mut slot = |bytes: u64, storage: Storage, misalign: u64| {
+    let mut slot = |bytes: u64, storage: DType, misalign: u64| {
         let s = Slot { offset: off + misalign, bytes, storage };
         off = (off + misalign + bytes).div_ceil(256) * 256;
         s
     };
-    let xs = slot((M * K * 2) as u64, Storage::Bf16, 0);
-    let ws = slot((N * K * 2) as u64, Storage::Bf16, 0);
-    let cs = slot((M * N * 4) as u64, Storage::F32, 0);
-    let os = slot((M * N * 4) as u64, Storage::F32, 0);
-    let acs = slot((N * 4) as u64, Storage::F32, 4);
+    let xs = slot((M * K * 2) as u64, DType::Bf16, 0);
+    let ws = slot((N * K * 2) as u64, DType::Bf16, 0);
+    let cs = slot((M * N * 4) as u64, DType::F32, 0);
+    let os = slot((M * N * 4) as u64, DType::F32, 0);
+    let acs = slot((N * 4) as u64, DType::F32, 4);
     let values = vec![
         Place::Input { name: "ids".into() },
         Place::Param { id: pgc_ir::ParamId(0), prepared: Some(xs) },
@@ -211,7 +211,7 @@ fn blocks(n: usize) -> [u32; 3] {
 }
 
 fn program() -> Program {
-    let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, M as u32, N as u32, K as u32, Epilogue::store(ElemType::F32));
+    let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, M as u32, N as u32, K as u32, Epilogue::store(DType::F32));
     let gemm = emit_gemm(&cfg).unwrap();
     let mut module = Module::new();
     module.push(gemm.kernel.clone());

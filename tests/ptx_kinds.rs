@@ -166,7 +166,7 @@ fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) 
             let tensor_cores = matches!(k.kind, KernelKind::Gemm | KernelKind::LmHead | KernelKind::Attention | KernelKind::AttentionBackward);
             for &v in &k.inputs {
                 let read = match &p.values[v.index()] {
-                    Place::Arena(s) => s.storage != plan::Storage::I32,
+                    Place::Arena(s) => s.storage != DType::I32,
                     Place::Param { prepared: Some(_), .. } => tensor_cores,
                     _ => false,
                 };

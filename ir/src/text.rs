@@ -266,11 +266,14 @@ fn parse_node(line: &str, params: &[ParamInfo]) -> Result<(usize, Node), String>
         fields.insert("ty".into(), serde_json::to_value(&ty).map_err(|e| e.to_string())?);
     }
     if tag == "param" {
-        // By name, resolved against the `param` lines above.
-        let name = fields.remove("name").ok_or("param: expected `name=\"...\"`")?;
-        let name = name.as_str().ok_or("param: `name` must be a string")?;
-        let i = params.iter().position(|p| p.name == name).ok_or_else(|| format!("param: no parameter `{name}` declared above"))?;
-        fields.insert("id".into(), Value::from(i as u32));
+        // By name, resolved against the `param` lines above (`id=N`, the
+        // index itself, is accepted too: the printer writes it for an id out
+        // of range, which the verifier reports).
+        if let Some(name) = fields.remove("name") {
+            let name = name.as_str().ok_or("param: `name` must be a string")?;
+            let i = params.iter().position(|p| p.name == name).ok_or_else(|| format!("param: no parameter `{name}` declared above"))?;
+            fields.insert("id".into(), Value::from(i as u32));
+        }
     }
     let op: Op = serde_json::from_value(Value::Object(fields)).map_err(|e| format!("op `{}`: {e}", w[2]))?;
     let origin = match w.get(colon + 2) {

@@ -19,7 +19,7 @@ pub use classify::KernelKind;
 pub use rules::FusionRule;
 
 use crate::op::{Op, ParamId};
-use crate::types::DType;
+pub use crate::types::DType;
 use crate::{Graph, Mode, ValueId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -45,23 +45,6 @@ impl PlanOptions {
     }
 }
 
-/// Element type of a value stored in the arena.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Storage {
-    F32,
-    Bf16,
-    I32,
-}
-
-impl Storage {
-    pub fn bytes(self) -> u64 {
-        match self {
-            Storage::Bf16 => 2,
-            Storage::F32 | Storage::I32 => 4,
-        }
-    }
-}
 
 /// Where a value lives.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,7 +69,7 @@ pub enum Place {
 pub struct Slot {
     pub offset: u64,
     pub bytes: u64,
-    pub storage: Storage,
+    pub storage: DType,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -231,15 +214,15 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
                     || (matches!(g.nodes[u].op, Op::Reshape { .. } | Op::Permute { .. }) && feeds_tensor_cores_only(g, users, requested, u))
             })
     }
-    let storage = |m: usize| -> Storage {
+    let storage = |m: usize| -> DType {
         if g.nodes[m].ty.dtype == DType::I32 {
-            return Storage::I32;
+            return DType::I32;
         }
         let tensor_core_only = opts.precision == Precision::Bf16 && feeds_tensor_cores_only(g, &users, &requested, m);
         if tensor_core_only {
-            Storage::Bf16
+            DType::Bf16
         } else {
-            Storage::F32
+            DType::F32
         }
     };
     let stored: Vec<(usize, usize)> =
@@ -248,7 +231,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
         .iter()
         .map(|&(m, k)| {
             let last = if requested.contains(&m) { kernels.len() } else { readers[m].iter().copied().max().unwrap_or(k) };
-            memory::Lifetime { bytes: g.nodes[m].ty.numel() as u64 * storage(m).bytes(), first: k, last }
+            memory::Lifetime { bytes: g.nodes[m].ty.numel() as u64 * u64::from(storage(m).bytes()), first: k, last }
         })
         .collect();
     let (offsets, arena_bytes) = memory::assign(&lifetimes);

@@ -20,7 +20,7 @@
 //! inputs) and ops as text-IR node lines, and what it writes. Launch geometry is
 //! the backend's business and not printed.
 
-use super::{Place, Plan, Precision, Slot, Storage};
+use super::{Place, Plan, Precision, Slot, DType};
 use crate::{Graph, ParamId, ValueId};
 use std::fmt::Write;
 
@@ -96,11 +96,11 @@ fn precision_name(p: Precision) -> &'static str {
     }
 }
 
-fn storage_name(s: Storage) -> &'static str {
+fn storage_name(s: DType) -> &'static str {
     match s {
-        Storage::F32 => "f32",
-        Storage::Bf16 => "bf16",
-        Storage::I32 => "i32",
+        DType::F32 => "f32",
+        DType::Bf16 => "bf16",
+        DType::I32 => "i32",
     }
 }
 

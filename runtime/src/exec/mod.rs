@@ -39,7 +39,7 @@ mod helpers;
 
 use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle};
 use pgc_backends::ptx::program::{entries_of, ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
-use pgc_ir::plan::{Place, Slot, Storage};
+use pgc_ir::plan::{Place, Slot};
 use pgc_ir::types::DType;
 use pgc_ir::{Graph, Op, ParamId, ValueId};
 use std::collections::{BTreeMap, HashMap};
@@ -374,7 +374,7 @@ impl<'a> Executor<'a> {
                 let (buf, n, _) = self.inputs[name];
                 let mut bytes = vec![0u8; n * 4];
                 self.dev.copy_from_device(&buf, &mut bytes).map_err(dev_err(format!("reading input `{name}`")))?;
-                Ok(decode(&bytes, Storage::I32, n))
+                Ok(decode(&bytes, DType::I32, n))
             }
             Place::Scalar { value } => Ok(vec![*value as f32]),
             other => Err(ExecError::NotStored { value: v.index(), place: place_name(other) }),
@@ -403,7 +403,7 @@ impl<'a> Executor<'a> {
         let &(buf, n) = self.masters.get(name).ok_or_else(|| ExecError::Params(format!("`{name}` is not a parameter of the model")))?;
         let mut bytes = vec![0u8; n * 4];
         self.dev.copy_from_device(&buf, &mut bytes).map_err(dev_err(format!("reading parameter `{name}`")))?;
-        Ok(decode(&bytes, Storage::F32, n))
+        Ok(decode(&bytes, DType::F32, n))
     }
 
     /// Aux buffer `i` read as f32 values (tables, scratch), for inspection.
@@ -415,7 +415,7 @@ impl<'a> Executor<'a> {
         };
         let mut bytes = vec![0u8; n];
         self.dev.copy_from_device(&buf, &mut bytes).map_err(dev_err(format!("reading aux buffer {i}")))?;
-        Ok(decode(&bytes, Storage::F32, n / 4))
+        Ok(decode(&bytes, DType::F32, n / 4))
     }
 
     fn resolve(&self, i: usize, l: &LaunchStep) -> Result<Resolved> {
@@ -577,7 +577,7 @@ fn check_slots(program: &Program, graph: &Graph) -> Result<()> {
                 slot.offset, slot.bytes, plan.arena_bytes
             )));
         }
-        if slot.bytes != numel * slot.storage.bytes() {
+        if slot.bytes != numel * u64::from(slot.storage.bytes()) {
             return Err(ExecError::BadProgram(format!(
                 "%{i}: slot of {} bytes for {numel} {:?} elements",
                 slot.bytes, slot.storage
@@ -599,11 +599,11 @@ fn place_name(p: &Place) -> String {
 }
 
 /// Stored bytes -> f32 values.
-fn decode(bytes: &[u8], storage: Storage, numel: usize) -> Vec<f32> {
+fn decode(bytes: &[u8], storage: DType, numel: usize) -> Vec<f32> {
     match storage {
-        Storage::F32 => bytes.chunks_exact(4).take(numel).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Storage::I32 => bytes.chunks_exact(4).take(numel).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
-        Storage::Bf16 => {
+        DType::F32 => bytes.chunks_exact(4).take(numel).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::I32 => bytes.chunks_exact(4).take(numel).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+        DType::Bf16 => {
             bytes.chunks_exact(2).take(numel).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
         }
     }
