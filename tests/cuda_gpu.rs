@@ -17,7 +17,7 @@
 mod common;
 
 use common::gemm::{check_case, nan_bytes, render};
-use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+use pgc_backends::ptx::templates::epilogue::{DType, Epilogue};
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmKernel, GemmLayout, Precision};
 use pgc_backends::ptx::testing::{cases, decode, encode, perf_cases, rel_err, round_to, GemmCase, Lcg};
 use pgc_runtime::cuda::{CudaDevice, TimingOptions};
@@ -223,10 +223,10 @@ fn gpu_3_gemm_matrix() {
                     let line = format!("{label} {}: rel err {:.3e} (tol {:.0e})", o.name, o.err, o.tol);
                     println!("{line}");
                     let key = match (c.config.precision, o.dtype) {
-                        (Precision::Bf16, ElemType::F32) => "bf16 in, f32 out",
-                        (Precision::Bf16, ElemType::Bf16) => "bf16 in, bf16 out",
-                        (Precision::F32, ElemType::F32) => "f32 in, f32 out",
-                        (Precision::F32, ElemType::Bf16) => "f32 in, bf16 out",
+                        (Precision::Bf16, DType::F32) => "bf16 in, f32 out",
+                        (Precision::Bf16, DType::Bf16) => "bf16 in, bf16 out",
+                        (Precision::F32, DType::F32) => "f32 in, f32 out",
+                        (Precision::F32, DType::Bf16) => "f32 in, bf16 out",
                     };
                     let w = worst.entry(key).or_insert(0.0);
                     *w = w.max(o.err);
@@ -258,8 +258,8 @@ fn time_gemm(dev: &CudaDevice, case: &GemmCase, seed: u64, samples: usize) -> Re
     let mh = dev.load_module(&render(&k)).map_err(|e| e.to_string())?;
     let info = dev.kernel_info(&mh, k.name()).map_err(|e| e.to_string())?;
     let in_t = match case.config.precision {
-        Precision::Bf16 => ElemType::Bf16,
-        Precision::F32 => ElemType::F32,
+        Precision::Bf16 => DType::Bf16,
+        Precision::F32 => DType::F32,
     };
     let out_t = case.config.epilogue.out;
     let mut rng = Lcg(seed);
@@ -339,10 +339,10 @@ fn e<T>(r: Result<T, DeviceError>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
 }
 
-fn in_t_bytes(t: ElemType) -> usize {
+fn in_t_bytes(t: DType) -> usize {
     match t {
-        ElemType::F32 => 4,
-        ElemType::Bf16 => 2,
+        DType::F32 => 4,
+        DType::Bf16 => 2,
     }
 }
 
@@ -353,7 +353,7 @@ fn gpu_4_gemm_large_timing() {
     let Some((_g, dev)) = gpu("gpu_gemm_large_timing") else { return };
     let base = seed("gpu_gemm_large_timing");
     let (m, n, k) = (16384u32, 1536u32, 512u32);
-    let default = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, m, n, k, Epilogue::store(ElemType::Bf16));
+    let default = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, m, n, k, Epilogue::store(DType::Bf16));
     let mut list = vec![GemmCase { config: default.clone(), m, n, k }];
     let all_perf = std::env::var("PGC_GPU_PERF_ALL").as_deref() == Ok("1");
     for c in perf_cases() {
@@ -380,5 +380,5 @@ fn gpu_4_gemm_large_timing() {
 fn bytes_helper_round_trips() {
     // runs everywhere: keeps the helpers honest without a GPU
     let v = [1.5f32, -2.0, 0.25];
-    assert_eq!(decode(&bytes_f32(&v), ElemType::F32), vec![1.5, -2.0, 0.25]);
+    assert_eq!(decode(&bytes_f32(&v), DType::F32), vec![1.5, -2.0, 0.25]);
 }

@@ -7,10 +7,10 @@
 //! programs and bad calls give errors, never panics.
 
 use pgc_backends::ptx::builder::{Module, Param, ParamType};
-use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+use pgc_backends::ptx::templates::epilogue::Epilogue;
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GemmPrecision};
 use pgc_backends::ptx::program::{ArgRef, AuxBuffer, Entry, LaunchStep, Program, ZeroRef};
-use pgc_ir::plan::{Kernel, KernelKind, Place, Plan, Precision, Slot, Storage};
+use pgc_ir::plan::{Kernel, KernelKind, Place, Plan, Precision, Slot};
 use pgc_ir::{BinaryFn, DType, Graph, Init, Mode, Op, ParamInfo, QuantSpec, ReduceFn, TensorType, UnaryFn, ValueId};
 use pgc_runtime::exec::{rope_table, ExecError, Executor};
 use pgc_runtime::sim::SimDevice;
@@ -34,8 +34,8 @@ const FUSED: ValueId = ValueId(7);
 const DEAD: ValueId = ValueId(8);
 
 fn param(g: &mut Graph, name: &str, shape: Vec<usize>) -> ValueId {
-    g.add_param(ParamInfo { name: name.into(), shape, quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
-    g.push(Op::Param { name: name.into() }, &[], None).unwrap()
+    let id = g.add_param(ParamInfo { name: name.into(), shape, quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
+    g.push(Op::Param { id: id }, &[], None).unwrap()
 }
 
 fn graph() -> Graph {
@@ -74,21 +74,21 @@ fn kernel(name: &str, kind: KernelKind) -> Kernel {
 /// an offset that is only 4-byte aligned (the helpers' byte paths).
 fn plan() -> Plan {
     let mut off = 0u64;
-    let mut slot = |bytes: u64, storage: Storage, misalign: u64| {
+    let mut slot = |bytes: u64, storage: DType, misalign: u64| {
         let s = Slot { offset: off + misalign, bytes, storage };
         off = (off + misalign + bytes).div_ceil(256) * 256;
         s
     };
-    let xs = slot((M * K * 2) as u64, Storage::Bf16, 0);
-    let ws = slot((N * K * 2) as u64, Storage::Bf16, 0);
-    let cs = slot((M * N * 4) as u64, Storage::F32, 0);
-    let os = slot((M * N * 4) as u64, Storage::F32, 0);
-    let acs = slot((N * 4) as u64, Storage::F32, 4);
+    let xs = slot((M * K * 2) as u64, DType::Bf16, 0);
+    let ws = slot((N * K * 2) as u64, DType::Bf16, 0);
+    let cs = slot((M * N * 4) as u64, DType::F32, 0);
+    let os = slot((M * N * 4) as u64, DType::F32, 0);
+    let acs = slot((N * 4) as u64, DType::F32, 4);
     let values = vec![
         Place::Input { name: "ids".into() },
-        Place::Param { name: "x".into(), prepared: Some(xs) },
-        Place::Param { name: "w".into(), prepared: Some(ws) },
-        Place::Param { name: "b".into(), prepared: None },
+        Place::Param { id: pgc_ir::ParamId(0), prepared: Some(xs) },
+        Place::Param { id: pgc_ir::ParamId(1), prepared: Some(ws) },
+        Place::Param { id: pgc_ir::ParamId(2), prepared: None },
         Place::Arena(cs),
         Place::Arena(os),
         Place::Arena(acs),
@@ -211,7 +211,7 @@ fn blocks(n: usize) -> [u32; 3] {
 }
 
 fn program() -> Program {
-    let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, M as u32, N as u32, K as u32, Epilogue::store(ElemType::F32));
+    let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, M as u32, N as u32, K as u32, Epilogue::store(DType::F32));
     let gemm = emit_gemm(&cfg).unwrap();
     let mut module = Module::new();
     module.push(gemm.kernel.clone());
@@ -223,7 +223,7 @@ fn program() -> Program {
             grid: blocks(M * K),
             block: t,
             shared_bytes: 0,
-            args: vec![ArgRef::ParamMaster("x".into()), ArgRef::Value(X), ArgRef::U32((M * K) as u32)],
+            args: vec![ArgRef::ParamMaster(pgc_ir::ParamId(0)), ArgRef::Value(X), ArgRef::U32((M * K) as u32)],
             zero_first: vec![],
         },
         LaunchStep {
@@ -232,7 +232,7 @@ fn program() -> Program {
             grid: blocks(N * K),
             block: t,
             shared_bytes: 0,
-            args: vec![ArgRef::ParamMaster("w".into()), ArgRef::Value(W), ArgRef::U32((N * K) as u32)],
+            args: vec![ArgRef::ParamMaster(pgc_ir::ParamId(1)), ArgRef::Value(W), ArgRef::U32((N * K) as u32)],
             zero_first: vec![],
         },
         LaunchStep {
@@ -426,8 +426,8 @@ fn bad_programs_are_errors_naming_the_launch() {
     p.launches[3].args[2] = ArgRef::Aux(7);
     expect_bad(&p, &g, "aux buffer 7 of 2");
     let mut p = base.clone();
-    p.launches[0].args[0] = ArgRef::ParamMaster("nope".into());
-    expect_bad(&p, &g, "launch 0 (plan kernel `k000_weight_prep`, entry `cast_bf16`): argument 0: no parameter `nope`");
+    p.launches[0].args[0] = ArgRef::ParamMaster(pgc_ir::ParamId(99));
+    expect_bad(&p, &g, "launch 0 (plan kernel `k000_weight_prep`, entry `cast_bf16`): argument 0: no parameter #99 in the graph");
     let mut p = base.clone();
     p.launches[2].args[0] = ArgRef::Value(ValueId(99));
     expect_bad(&p, &g, "%99 is not a value");

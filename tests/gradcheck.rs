@@ -77,10 +77,11 @@ impl Case {
         self.declare(name, shape)
     }
     fn declare(&mut self, name: &str, shape: &[usize]) -> ValueId {
-        self.g
+        let id = self
+            .g
             .add_param(ParamInfo { name: name.into(), shape: shape.to_vec(), quant: QuantSpec::default(), init: Init::Zeros, origin: None })
             .unwrap();
-        self.g.push(Op::Param { name: name.into() }, &[], None).unwrap()
+        self.g.push(Op::Param { id }, &[], None).unwrap()
     }
     fn ids(&mut self, name: &str, shape: &[usize], vals: Vec<i32>) -> ValueId {
         self.inputs.insert(name.into(), Tensor::int(shape.to_vec(), vals));
@@ -295,7 +296,7 @@ fn matrix_products() {
     let x = c.param("x", &[3, 4], Dom::Any);
     let w = c.param("w", &[4, 4], Dom::Any);
     let y1 = c.op(Op::Linear, &[x, w]);
-    let w2 = c.op(Op::Param { name: "w".into() }, &[]);
+    let w2 = c.op(Op::Param { id: c.g.param_id("w").expect("declared above") }, &[]);
     let y = c.op(Op::Linear, &[y1, w2]);
     cases.push(c.finish(y));
     run_cases(cases, TOL);

@@ -315,7 +315,7 @@ fn values(g: &Graph, c: &Case) -> Result<HashMap<String, Values>, String> {
     let mut out = HashMap::new();
     for (name, dtype, n) in wanted {
         let v = match (sets.get(name.as_str()), dtype) {
-            (None, DType::F32) => Values::F((0..n).map(|_| rng.uniform()).collect()),
+            (None, DType::F32 | DType::Bf16) => Values::F((0..n).map(|_| rng.uniform()).collect()),
             (None, DType::I32) => return Err(format!("i32 input `{name}` needs a `set {name} = ...` line")),
             (Some(s), _) => {
                 let v = if let Some(range) = s.strip_prefix("random(").and_then(|r| r.strip_suffix(')')) {
@@ -333,7 +333,7 @@ fn values(g: &Graph, c: &Case) -> Result<HashMap<String, Values>, String> {
                     return Err(format!("`set {name}`: {} values for {n} elements", v.len()));
                 }
                 match dtype {
-                    DType::F32 => Values::F(v),
+                    DType::F32 | DType::Bf16 => Values::F(v),
                     DType::I32 => Values::I(v.iter().map(|&x| x as i32).collect()),
                 }
             }

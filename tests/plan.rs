@@ -158,7 +158,7 @@ fn full_model_plan_fuses_what_it_should() {
     // merge) and by the attention backward: stored bf16.
     for k in p.kernels.iter().filter(|k| k.kind == KernelKind::Attention) {
         for o in &k.outputs {
-            assert!(matches!(&p.values[o.index()], Place::Arena(s) if s.storage == plan::Storage::Bf16), "{}: attention output not bf16", k.name);
+            assert!(matches!(&p.values[o.index()], Place::Arena(s) if s.storage == pgc_ir::DType::Bf16), "{}: attention output not bf16", k.name);
         }
     }
     // relu(pre) is not stored: the backward GEMM's epilogue, which reads the

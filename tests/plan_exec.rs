@@ -259,8 +259,8 @@ fn compiled_row_sums_match_the_interpreter_bitwise_for_every_row_length() {
     fn check<F: Real>(len: usize) {
         let mut g = Graph::new(Mode::Eval);
         let param = |g: &mut Graph, name: &str, shape: Vec<usize>| {
-            g.add_param(ParamInfo { name: name.into(), shape, quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
-            g.push(Op::Param { name: name.into() }, &[], None).unwrap()
+            let id = g.add_param(ParamInfo { name: name.into(), shape, quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
+            g.push(Op::Param { id: id }, &[], None).unwrap()
         };
         let a = param(&mut g, "a", vec![5, len]);
         let b = param(&mut g, "b", vec![len]);

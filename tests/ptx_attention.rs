@@ -11,7 +11,7 @@ use pgc_backends::ptx::templates::attention::{
     QkPrepConfig,
 };
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::Precision;
 use pgc_backends::ptx::testing::{decode, encode, rel_err, round_to, Lcg};
 use pgc_runtime::device::{DevBuf, Device, KernelArg, LaunchConfig};
@@ -98,10 +98,11 @@ fn within(err: f64, tol: f64) -> bool {
     err.partial_cmp(&tol).is_some_and(|o| o.is_le())
 }
 
-fn nan_bytes(elems: usize, dt: ElemType) -> Vec<u8> {
+fn nan_bytes(elems: usize, dt: DType) -> Vec<u8> {
     match dt {
-        ElemType::F32 => (0..elems).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
-        ElemType::Bf16 => (0..elems).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
+        DType::F32 => (0..elems).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
+        DType::Bf16 => (0..elems).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
+        DType::I32 => (0..elems).flat_map(|_| i32::MIN.to_le_bytes()).collect(),
     }
 }
 
@@ -113,19 +114,19 @@ impl Sim {
     fn new() -> Sim {
         Sim { dev: SimDevice::new() }
     }
-    fn upload(&self, v: &[f64], dt: ElemType) -> DevBuf {
+    fn upload(&self, v: &[f64], dt: DType) -> DevBuf {
         let bytes = encode(v, dt);
         let b = self.dev.alloc(bytes.len()).unwrap();
         self.dev.copy_to_device(&b, &bytes).unwrap();
         b
     }
-    fn nan(&self, elems: usize, dt: ElemType) -> DevBuf {
+    fn nan(&self, elems: usize, dt: DType) -> DevBuf {
         let bytes = nan_bytes(elems, dt);
         let b = self.dev.alloc(bytes.len()).unwrap();
         self.dev.copy_to_device(&b, &bytes).unwrap();
         b
     }
-    fn download(&self, b: &DevBuf, dt: ElemType) -> Vec<f64> {
+    fn download(&self, b: &DevBuf, dt: DType) -> Vec<f64> {
         let mut bytes = vec![0u8; b.bytes];
         self.dev.copy_from_device(b, &mut bytes).unwrap();
         decode(&bytes, dt)
@@ -142,7 +143,7 @@ impl Sim {
     }
 }
 
-fn gen(rng: &mut Lcg, n: usize, mul: f64, dt: ElemType) -> Vec<f64> {
+fn gen(rng: &mut Lcg, n: usize, mul: f64, dt: DType) -> Vec<f64> {
     (0..n).map(|_| round_to(rng.uniform() * mul, dt)).collect()
 }
 
@@ -169,9 +170,9 @@ fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64) -> Result<Vec<(String, 
     let (bq, bk, bv, bdo) = (sim.upload(&q, it), sim.upload(&k, it), sim.upload(&v, it), sim.upload(&dout, it));
     let rows = s.b * s.h * s.t;
     let bo = sim.nan(nq, cfg.out);
-    let blse = sim.nan(rows, ElemType::F32);
-    let bds = sim.nan(rows, ElemType::F32);
-    let bdq = sim.nan(nq, ElemType::F32);
+    let blse = sim.nan(rows, DType::F32);
+    let bds = sim.nan(rows, DType::F32);
+    let bdq = sim.nan(nq, DType::F32);
     let bdk = sim.nan(nk, cfg.grad_out);
     let bdv = sim.nan(nk, cfg.grad_out);
     let (h, hk, t) = (s.h as u32, s.hk as u32, s.t as u32);
@@ -191,12 +192,12 @@ fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64) -> Result<Vec<(String, 
         Precision::Bf16 => 2e-2,
         Precision::F32 => 1e-5,
     };
-    let lse_got = sim.download(&blse, ElemType::F32);
+    let lse_got = sim.download(&blse, DType::F32);
     let lse_err = lse_got.iter().zip(&lse_ref).fold(0.0f64, |m, (a, b)| if a.is_nan() { f64::INFINITY } else { m.max((a - b).abs()) });
     Ok(vec![
         ("o".into(), rel_err(&sim.download(&bo, cfg.out), &o_ref), tol),
         ("lse (abs)".into(), lse_err, if cfg.precision == Precision::F32 { 1e-5 } else { 2e-2 }),
-        ("dq".into(), rel_err(&sim.download(&bdq, ElemType::F32), &dq_ref), tol),
+        ("dq".into(), rel_err(&sim.download(&bdq, DType::F32), &dq_ref), tol),
         ("dk".into(), rel_err(&sim.download(&bdk, cfg.grad_out), &dk_ref), tol),
         ("dv".into(), rel_err(&sim.download(&bdv, cfg.grad_out), &dv_ref), tol),
     ])
@@ -242,8 +243,8 @@ fn f32_attention_awkward_shapes() {
 fn attention_bthd_layout_and_bf16_outputs() {
     let mut c = vec![];
     for (s, out) in [
-        (Shape { b: 2, h: 4, hk: 2, t: 70, d: 32 }, ElemType::Bf16),
-        (Shape { b: 1, h: 2, hk: 1, t: 33, d: 16 }, ElemType::F32),
+        (Shape { b: 2, h: 4, hk: 2, t: 70, d: 32 }, DType::Bf16),
+        (Shape { b: 1, h: 2, hk: 1, t: 33, d: 16 }, DType::F32),
     ] {
         let mut cfg = AttnConfig::new(Precision::Bf16, s.d as u32, AttnLayout::Bthd);
         cfg.out = out;
@@ -366,7 +367,7 @@ impl Sim {
         let (c, sn) = rope_table(s.t as u32, s.d as u32, BASE);
         let c: Vec<f64> = c.iter().map(|&v| v as f64).collect();
         let sn: Vec<f64> = sn.iter().map(|&v| v as f64).collect();
-        PrepBufs { cos: self.upload(&c, ElemType::F32), sin: self.upload(&sn, ElemType::F32) }
+        PrepBufs { cos: self.upload(&c, DType::F32), sin: self.upload(&sn, DType::F32) }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -420,26 +421,26 @@ fn qk_prep_kernels() {
     ];
     for (i, (p, l, s)) in shapes.into_iter().enumerate() {
         for gain in [true, false] {
-            for (dy_t, dx_t) in [(ElemType::F32, ElemType::F32), (ElemType::F32, ElemType::Bf16), (ElemType::Bf16, ElemType::Bf16)] {
+            for (dy_t, dx_t) in [(DType::F32, DType::F32), (DType::F32, DType::Bf16), (DType::Bf16, DType::Bf16)] {
                 let mut cfg = QkPrepConfig::new(p, s.d as u32, l, gain);
                 cfg.dx = dx_t;
                 cfg.dy = dy_t;
                 let io = match p {
-                    Precision::Bf16 => ElemType::Bf16,
-                    Precision::F32 => ElemType::F32,
+                    Precision::Bf16 => DType::Bf16,
+                    Precision::F32 => DType::F32,
                 };
                 let n = s.b * s.h * s.t * s.d;
                 let mut rng = Lcg(300 + i as u64);
                 let x = gen(&mut rng, n, 2.0, io);
                 let dy = gen(&mut rng, n, 1.0, dy_t);
-                let g: Vec<f64> = (0..s.h).map(|_| round_to(1.5 + 0.5 * rng.uniform(), ElemType::F32)).collect();
+                let g: Vec<f64> = (0..s.h).map(|_| round_to(1.5 + 0.5 * rng.uniform(), DType::F32)).collect();
                 let gopt = gain.then_some(&g[..]);
                 let y_ref = prep_ref(l, &s, s.h, &x, gopt);
                 let (dx_ref, dg_ref) = prep_bwd_ref(l, &s, s.h, &x, gopt, &dy);
                 let sim = Sim::new();
                 let rb = sim.rope(&s);
                 let (bx, by, bdy, bdx) = (sim.upload(&x, io), sim.nan(n, io), sim.upload(&dy, dy_t), sim.nan(n, dx_t));
-                let (bg, bdg) = (sim.upload(&g, ElemType::F32), sim.upload(&vec![0.0; s.h], ElemType::F32));
+                let (bg, bdg) = (sim.upload(&g, DType::F32), sim.upload(&vec![0.0; s.h], DType::F32));
                 let run = || -> Result<(), String> {
                     sim.prep(&cfg, &s, s.h, bx, by, gain.then_some(bg), &rb)?;
                     sim.prep_bwd(&cfg, &s, s.h, bx, bdy, bdx, gain.then_some((bg, bdg)), &rb)
@@ -450,13 +451,13 @@ fn qk_prep_kernels() {
                 }
                 // y (and dx) stored as bf16 round once; dx and dgain are computed
                 // in f32 from the exact inputs
-                let tol = |t: ElemType| -> f64 { if t == ElemType::Bf16 { 8e-3 } else { 1e-5 } };
+                let tol = |t: DType| -> f64 { if t == DType::Bf16 { 8e-3 } else { 1e-5 } };
                 let mut errs = vec![
                     ("y", rel_err(&sim.download(&by, io), &y_ref), tol(io)),
                     ("dx", rel_err(&sim.download(&bdx, dx_t), &dx_ref), tol(dx_t)),
                 ];
                 if gain {
-                    errs.push(("dgain", rel_err(&sim.download(&bdg, ElemType::F32), &dg_ref), 1e-5));
+                    errs.push(("dgain", rel_err(&sim.download(&bdg, DType::F32), &dg_ref), 1e-5));
                 }
                 for (name, e, t) in errs {
                     let line = format!("{} {s:?} {name}: err {e:.3e} (tol {t:.0e})", cfg.tag());
@@ -475,7 +476,7 @@ fn qk_prep_kernels() {
 /// attention forward -> dsum -> backward -> prep backward, against the f64
 /// chain: o, the raw-q and raw-k gradients, dv and the q_gain gradient.
 fn run_chain(p: Precision, l: AttnLayout, s: &Shape, seed: u64) -> Result<Vec<(String, f64, f64)>, String> {
-    let cfg = AttnConfig::new(p, s.d as u32, l).with_prologue(ElemType::F32);
+    let cfg = AttnConfig::new(p, s.d as u32, l).with_prologue(DType::F32);
     let ks = emit_attention(&cfg).map_err(|e| e.to_string())?;
     let pk = ks.prologue.as_ref().expect("prologue kernels");
     let io = cfg.in_type();
@@ -485,7 +486,7 @@ fn run_chain(p: Precision, l: AttnLayout, s: &Shape, seed: u64) -> Result<Vec<(S
     let kraw = gen(&mut rng, nk, 2.0, io);
     let v = gen(&mut rng, nk, 1.0, io);
     let dout = gen(&mut rng, nq, 1.0, io);
-    let g: Vec<f64> = (0..s.h).map(|_| round_to(1.5 + 0.5 * rng.uniform(), ElemType::F32)).collect();
+    let g: Vec<f64> = (0..s.h).map(|_| round_to(1.5 + 0.5 * rng.uniform(), DType::F32)).collect();
     let scale = (1.0 / (s.d as f64).sqrt()) as f32;
     // reference chain
     let qn = prep_ref(l, s, s.h, &qraw, Some(&g));
@@ -499,13 +500,13 @@ fn run_chain(p: Precision, l: AttnLayout, s: &Shape, seed: u64) -> Result<Vec<(S
     let (qcfg, kcfg) = prologue_configs(&cfg, cfg.prologue.unwrap());
     assert_eq!((pk.q.name(), pk.k_bwd.name()), (emit_qk_prep(&qcfg).unwrap().name(), emit_qk_prep_bwd(&kcfg).unwrap().name()));
     let (bqr, bkr, bv, bdo) = (sim.upload(&qraw, io), sim.upload(&kraw, io), sim.upload(&v, io), sim.upload(&dout, io));
-    let (bg, bdg) = (sim.upload(&g, ElemType::F32), sim.upload(&vec![0.0; s.h], ElemType::F32));
+    let (bg, bdg) = (sim.upload(&g, DType::F32), sim.upload(&vec![0.0; s.h], DType::F32));
     let (bq, bk) = (sim.nan(nq, io), sim.nan(nk, io));
     sim.prep(&qcfg, s, s.h, bqr, bq, Some(bg), &rb)?;
     sim.prep(&kcfg, s, s.hk, bkr, bk, None, &rb)?;
     let rows = s.b * s.h * s.t;
-    let (bo, blse, bds) = (sim.nan(nq, cfg.out), sim.nan(rows, ElemType::F32), sim.nan(rows, ElemType::F32));
-    let (bdq, bdk, bdv) = (sim.nan(nq, ElemType::F32), sim.nan(nk, ElemType::F32), sim.nan(nk, ElemType::F32));
+    let (bo, blse, bds) = (sim.nan(nq, cfg.out), sim.nan(rows, DType::F32), sim.nan(rows, DType::F32));
+    let (bdq, bdk, bdv) = (sim.nan(nq, DType::F32), sim.nan(nk, DType::F32), sim.nan(nk, DType::F32));
     let (h, hk, t) = (s.h as u32, s.hk as u32, s.t as u32);
     let sz = [KernelArg::U32(h), KernelArg::U32(hk), KernelArg::U32(t), KernelArg::F32(scale)];
     let grid = |k: &AttnKernel| k.grid(s.b as u32, h, hk, t);
@@ -518,16 +519,16 @@ fn run_chain(p: Precision, l: AttnLayout, s: &Shape, seed: u64) -> Result<Vec<(S
     for k in &ks.bwd {
         sim.launch(k, grid(k), &args)?;
     }
-    let (bdqr, bdkr) = (sim.nan(nq, ElemType::F32), sim.nan(nk, ElemType::F32));
+    let (bdqr, bdkr) = (sim.nan(nq, DType::F32), sim.nan(nk, DType::F32));
     sim.prep_bwd(&qcfg, s, s.h, bqr, bdq, bdqr, Some((bg, bdg)), &rb)?;
     sim.prep_bwd(&kcfg, s, s.hk, bkr, bdk, bdkr, None, &rb)?;
     let tol = if p == Precision::Bf16 { 2e-2 } else { 1e-5 };
     Ok(vec![
         ("o".into(), rel_err(&sim.download(&bo, cfg.out), &o_ref), tol),
-        ("dq_raw".into(), rel_err(&sim.download(&bdqr, ElemType::F32), &dq_ref), tol),
-        ("dk_raw".into(), rel_err(&sim.download(&bdkr, ElemType::F32), &dk_ref), tol),
-        ("dv".into(), rel_err(&sim.download(&bdv, ElemType::F32), &dv_ref), tol),
-        ("dq_gain".into(), rel_err(&sim.download(&bdg, ElemType::F32), &dg_ref), tol),
+        ("dq_raw".into(), rel_err(&sim.download(&bdqr, DType::F32), &dq_ref), tol),
+        ("dk_raw".into(), rel_err(&sim.download(&bdkr, DType::F32), &dk_ref), tol),
+        ("dv".into(), rel_err(&sim.download(&bdv, DType::F32), &dv_ref), tol),
+        ("dq_gain".into(), rel_err(&sim.download(&bdg, DType::F32), &dg_ref), tol),
     ])
 }
 
@@ -576,7 +577,7 @@ fn forward_never_loads_tiles_above_the_diagonal() {
         let sim = Sim::new();
         let (q, k, v) = (gen(&mut rng, n, 1.0, it), gen(&mut rng, n, 1.0, it), gen(&mut rng, n, 1.0, it));
         let (bq, bk, bv) = (sim.upload(&q, it), sim.upload(&k, it), sim.upload(&v, it));
-        let (bo, blse) = (sim.nan(n, cfg.out), sim.nan(256, ElemType::F32));
+        let (bo, blse) = (sim.nan(n, cfg.out), sim.nan(256, DType::F32));
         let args = [buf(bq), buf(bk), buf(bv), buf(bo), buf(blse), KernelArg::U32(1), KernelArg::U32(1), KernelArg::U32(256), KernelArg::F32(0.25)];
         sim.launch(&ks.fwd, [1, 1, 1], &args).unwrap();
         // and the rows it computed are right (they see keys 0..=row < rows only)

@@ -6,7 +6,7 @@
 
 use pgc_backends::ptx::templates::attention::{emit_attention, emit_qk_prep, emit_qk_prep_bwd, AttnConfig, AttnKernel, AttnLayout, QkPrepConfig};
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::Precision;
 use pgc_backends::ptx::ptxas;
 use std::collections::BTreeMap;
@@ -15,9 +15,9 @@ fn all_kernels() -> Vec<AttnKernel> {
     let mut out: Vec<AttnKernel> = vec![];
     for d in [8, 16, 32, 64] {
         for layout in [AttnLayout::Bhtd, AttnLayout::Bthd] {
-            let mut cfgs = vec![AttnConfig::new(Precision::F32, d, layout).with_prologue(ElemType::F32)];
-            for (o, g) in [(ElemType::Bf16, ElemType::F32), (ElemType::F32, ElemType::F32), (ElemType::Bf16, ElemType::Bf16)] {
-                let mut c = AttnConfig::new(Precision::Bf16, d, layout).with_prologue(ElemType::Bf16);
+            let mut cfgs = vec![AttnConfig::new(Precision::F32, d, layout).with_prologue(DType::F32)];
+            for (o, g) in [(DType::Bf16, DType::F32), (DType::F32, DType::F32), (DType::Bf16, DType::Bf16)] {
+                let mut c = AttnConfig::new(Precision::Bf16, d, layout).with_prologue(DType::Bf16);
                 c.out = o;
                 c.grad_out = g;
                 cfgs.push(c);
@@ -31,7 +31,7 @@ fn all_kernels() -> Vec<AttnKernel> {
                     let mut c = QkPrepConfig::new(p, d, layout, gain);
                     out.push(emit_qk_prep(&c).unwrap());
                     out.push(emit_qk_prep_bwd(&c).unwrap());
-                    c.dx = ElemType::Bf16;
+                    c.dx = DType::Bf16;
                     out.push(emit_qk_prep_bwd(&c).unwrap());
                 }
             }

@@ -9,7 +9,7 @@
 mod common;
 
 use common::gemm::{check_case, render, run_gemm};
-use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
 use pgc_backends::ptx::testing::{cases, rel_err, GemmCase, AWKWARD_SHAPES};
 use pgc_runtime::device::{Device, ModuleHandle};
@@ -54,7 +54,7 @@ fn select(f: impl Fn(&GemmCase) -> bool) -> Vec<GemmCase> {
 }
 
 fn is_plain(c: &GemmCase) -> bool {
-    c.config.epilogue.steps.is_empty() && c.config.epilogue.out == ElemType::F32
+    c.config.epilogue.steps.is_empty() && c.config.epilogue.out == DType::F32
 }
 
 fn awkward(c: &GemmCase) -> bool {
@@ -102,10 +102,10 @@ fn sim_linear_layer_training_step() {
     use pgc_backends::ptx::testing::{round_to, Lcg};
     let (t, n, k) = (40usize, 24usize, 56usize);
     let mut rng = Lcg(7);
-    let mut gen = |len: usize| -> Vec<f64> { (0..len).map(|_| round_to(rng.uniform(), ElemType::Bf16)).collect() };
+    let mut gen = |len: usize| -> Vec<f64> { (0..len).map(|_| round_to(rng.uniform(), DType::Bf16)).collect() };
     let (x, w, dy) = (gen(t * k), gen(n * k), gen(t * n));
     let case = |l, m: usize, nn: usize, kk: usize| GemmCase {
-        config: GemmConfig::new(Precision::Bf16, l, m as u32, nn as u32, kk as u32, Epilogue::store(ElemType::F32)),
+        config: GemmConfig::new(Precision::Bf16, l, m as u32, nn as u32, kk as u32, Epilogue::store(DType::F32)),
         m: m as u32,
         n: nn as u32,
         k: kk as u32,

@@ -166,7 +166,7 @@ fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) 
             let tensor_cores = matches!(k.kind, KernelKind::Gemm | KernelKind::LmHead | KernelKind::Attention | KernelKind::AttentionBackward);
             for &v in &k.inputs {
                 let read = match &p.values[v.index()] {
-                    Place::Arena(s) => s.storage != plan::Storage::I32,
+                    Place::Arena(s) => s.storage != DType::I32,
                     Place::Param { prepared: Some(_), .. } => tensor_cores,
                     _ => false,
                 };
@@ -211,7 +211,7 @@ fn run_case(case: &Case, precision: Precision, rules: &[FusionRule], seed: u64) 
                 let Some(vals) = in_vals.get(&(ki, v)) else { continue };
                 let name = format!("__in{}", v.0);
                 let shape = g.ty(v).shape.clone();
-                gk.nodes[v.index()].op = Op::Param { name: name.clone() };
+                gk.nodes[v.index()].op = Op::Param { id: pgc_ir::ParamId(gk.params.len() as u32) };
                 gk.nodes[v.index()].args.clear();
                 gk.params.push(pgc_ir::ParamInfo { name: name.clone(), shape: shape.clone(), quant: Default::default(), init: pgc_ir::Init::Zeros, origin: None });
                 params.insert(name, Tensor::float(shape, vals.clone()));

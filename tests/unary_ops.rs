@@ -52,7 +52,7 @@ fn all_unary() -> Graph {
     let mut g = Graph::new(Mode::Eval);
     let n = inputs().len();
     g.add_param(ParamInfo { name: "a".into(), shape: vec![n], quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
-    let a = g.push(Op::Param { name: "a".into() }, &[], None).unwrap();
+    let a = g.push(Op::Param { id: g.param_id("a").expect("declared parameter") }, &[], None).unwrap();
     for f in UnaryFn::ALL {
         let y = g.push(Op::Unary { f }, &[a], None).unwrap();
         g.outputs.push((f.name().to_string(), y));

@@ -1686,9 +1686,10 @@ impl<'a> Lower<'a> {
         let ty = TensorType::f32(info.shape.clone());
         let porigin = info.origin.clone();
         self.g.params.push(info);
+        let id = pgc_ir::ParamId(self.g.params.len() as u32 - 1);
         self.param_spans.insert(name.clone(), path.span);
         let mut v = ValueId(self.g.nodes.len() as u32);
-        self.g.nodes.push(pgc_ir::Node { op: Op::Param { name }, args: Vec::new(), ty, origin: porigin });
+        self.g.nodes.push(pgc_ir::Node { op: Op::Param { id }, args: Vec::new(), ty, origin: porigin });
         if self.mode == Mode::Train && is_ste {
             v = self.push(Op::FakeQuant { bits }, &[v], span)?;
         }

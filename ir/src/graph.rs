@@ -1,6 +1,6 @@
 //! The tensor graph: parameters, nodes in topological order, named outputs.
 
-use crate::op::{Op, TypeError};
+use crate::op::{Op, ParamId, TypeError};
 use crate::quant::{Init, QuantSpec};
 use crate::types::{Shape, TensorType};
 use serde::{Deserialize, Serialize};
@@ -113,6 +113,21 @@ impl Graph {
         self.params.iter().find(|p| p.name == name)
     }
 
+    /// The id of the parameter named `name`.
+    pub fn param_id(&self, name: &str) -> Option<ParamId> {
+        self.params.iter().position(|p| p.name == name).map(|i| ParamId(i as u32))
+    }
+
+    /// The parameter `id` names (ids come from this graph: out of range panics).
+    pub fn param_info(&self, id: ParamId) -> &ParamInfo {
+        &self.params[id.index()]
+    }
+
+    /// The name of parameter `id`.
+    pub fn param_name(&self, id: ParamId) -> &str {
+        &self.params[id.index()].name
+    }
+
     pub fn output(&self, name: &str) -> Option<ValueId> {
         self.outputs.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
@@ -127,12 +142,12 @@ impl Graph {
     }
 
     /// Declare a parameter; errors if the name is taken.
-    pub fn add_param(&mut self, p: ParamInfo) -> Result<(), GraphError> {
+    pub fn add_param(&mut self, p: ParamInfo) -> Result<ParamId, GraphError> {
         if self.param(&p.name).is_some() {
             return Err(GraphError { message: format!("parameter `{}` declared twice", p.name), origin: p.origin });
         }
         self.params.push(p);
-        Ok(())
+        Ok(ParamId(self.params.len() as u32 - 1))
     }
 
     /// Append a node, inferring its type from its operands.
@@ -150,7 +165,7 @@ impl Graph {
             return Err(TypeError(format!("{}: operand {bad} is not defined", op.name())));
         }
         let tys: Vec<&TensorType> = args.iter().map(|a| &self.nodes[a.index()].ty).collect();
-        op.infer(&tys, &|name| self.param(name).map(|p| TensorType::f32(p.shape.clone())))
+        op.infer(&tys, &|id| self.params.get(id.index()).map(|p| TensorType::f32(p.shape.clone())))
     }
 
     /// How many times each value is used as an operand or output.

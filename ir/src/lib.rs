@@ -13,7 +13,7 @@ pub mod types;
 pub mod verify;
 
 pub use graph::{Graph, GraphError, Mode, Node, Origin, ParamInfo, ValueId};
-pub use op::{AttnPart, BinaryFn, Op, ReduceFn, TypeError, UnaryFn};
+pub use op::{AttnPart, BinaryFn, Op, ParamId, ReduceFn, TypeError, UnaryFn};
 pub use quant::{Init, Qat, QuantSpec, StorageClass};
 pub use types::{broadcast_shapes, numel, DType, Shape, TensorType};
 pub use verify::verify;

@@ -126,14 +126,26 @@ pub enum AttnPart {
     V,
 }
 
+/// Index of a parameter in `Graph::params`: the IR and the plan refer to a
+/// parameter by it; its name (the state_dict key) is `Graph::params[id].name`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ParamId(pub u32);
+
+impl ParamId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// A primitive operation. Operand order is fixed per op and documented on the variant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// A run-time input (token ids, targets). No operands.
     Input { name: String, ty: TensorType },
-    /// A parameter, by name (an entry of `Graph::params`). No operands.
-    Param { name: String },
+    /// A parameter (an entry of `Graph::params`). No operands.
+    Param { id: ParamId },
     /// A float scalar constant of shape [].
     Scalar { value: f64 },
     /// Element-wise function of one operand.
@@ -278,11 +290,11 @@ impl Op {
     }
 
     /// The result type of applying this op to operands of the given types.
-    /// `param_ty` resolves a `Param` by name.
+    /// `param_ty` resolves a `Param` by its id.
     pub fn infer(
         &self,
         args: &[&TensorType],
-        param_ty: &dyn Fn(&str) -> Option<TensorType>,
+        param_ty: &dyn Fn(ParamId) -> Option<TensorType>,
     ) -> Result<TensorType, TypeError> {
         if args.len() != self.arity() {
             return err(format!("{} takes {} operand(s), got {}", self.name(), self.arity(), args.len()));
@@ -307,7 +319,7 @@ impl Op {
         };
         match self {
             Op::Input { ty, .. } => Ok(ty.clone()),
-            Op::Param { name } => param_ty(name).ok_or_else(|| TypeError(format!("unknown parameter `{name}`"))),
+            Op::Param { id } => param_ty(*id).ok_or_else(|| TypeError(format!("unknown parameter #{}", id.0))),
             Op::Scalar { .. } => Ok(TensorType::f32(vec![])),
             Op::Unary { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. } | Op::FakeQuant { .. } => {
                 let x = float(0)?;

@@ -186,7 +186,7 @@ mod tests {
         let ids = g.push(Op::Input { name: "input_ids".into(), ty: TensorType::i32(vec![2, 3]) }, &[], None).unwrap();
         let _ = ids;
         let x = g.push(Op::Input { name: "x".into(), ty: TensorType::f32(vec![2, 3, 4]) }, &[], None).unwrap();
-        let w = g.push(Op::Param { name: "w".into() }, &[], None).unwrap();
+        let w = g.push(Op::Param { id: g.param_id("w").expect("declared parameter") }, &[], None).unwrap();
         g.push(Op::Linear, &[x, w], None).unwrap();
         let r = Report::from_graph(&g);
         assert_eq!(r.params, 28);

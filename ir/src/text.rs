@@ -67,7 +67,7 @@ pub fn print(g: &Graph) -> String {
 pub fn print_node(g: &Graph, i: usize) -> String {
     let n = &g.nodes[i];
     let mut s = format!("%{i} = {}", n.op.name());
-    for (k, v) in attributes(&n.op) {
+    for (k, v) in attributes(g, &n.op) {
         let _ = write!(s, " {k}={v}");
     }
     for (j, a) in n.args.iter().enumerate() {
@@ -88,8 +88,15 @@ fn write_origin(s: &mut String, o: &Option<Origin>) {
 }
 
 /// Ops whose mnemonic selects a function (`neg`, `maximum`, `mean`) carry it in
-/// the serde field `f`; every other field is an attribute.
-fn attributes(op: &Op) -> Vec<(String, String)> {
+/// the serde field `f`; every other field is an attribute. A parameter is
+/// written by name (`name="w"`), not by its index in the graph.
+fn attributes(g: &Graph, op: &Op) -> Vec<(String, String)> {
+    if let Op::Param { id } = op {
+        return match g.params.get(id.index()) {
+            Some(p) => vec![("name".into(), Value::String(p.name.clone()).to_string())],
+            None => vec![("id".into(), id.0.to_string())],
+        };
+    }
     let Ok(Value::Object(map)) = serde_json::to_value(op) else { return Vec::new() };
     map.into_iter()
         .filter(|(k, _)| k != "op" && k != "f" && !(k == "ty" && matches!(op, Op::Input { .. })))
@@ -153,7 +160,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
             let (name, v) = rest.split_once('=').ok_or_else(|| e("expected `output NAME = %ID`".into()))?;
             g.outputs.push((name.trim().to_string(), parse_value_id(v.trim()).map_err(e)?));
         } else if line.starts_with('%') {
-            let (id, node) = parse_node(line).map_err(e)?;
+            let (id, node) = parse_node(line, &g.params).map_err(e)?;
             if id != g.nodes.len() {
                 return Err(e(format!("node %{id} out of order: expected %{}", g.nodes.len())));
             }
@@ -230,7 +237,7 @@ fn parse_origin(s: &str) -> Result<Origin, String> {
     Ok(Origin { line: l.parse().map_err(|_| bad())?, col: c.parse().map_err(|_| bad())?, scope: scope.to_string() })
 }
 
-fn parse_node(line: &str) -> Result<(usize, Node), String> {
+fn parse_node(line: &str, params: &[ParamInfo]) -> Result<(usize, Node), String> {
     let w = words(line)?;
     if w.len() < 5 || w[1] != "=" {
         return Err(format!("expected `%ID = OP ... : TYPE`, got `{line}`"));
@@ -257,6 +264,16 @@ fn parse_node(line: &str) -> Result<(usize, Node), String> {
     let ty = parse_type(w.get(colon + 1).ok_or("missing type after `:`")?)?;
     if tag == "input" {
         fields.insert("ty".into(), serde_json::to_value(&ty).map_err(|e| e.to_string())?);
+    }
+    if tag == "param" {
+        // By name, resolved against the `param` lines above (`id=N`, the
+        // index itself, is accepted too: the printer writes it for an id out
+        // of range, which the verifier reports).
+        if let Some(name) = fields.remove("name") {
+            let name = name.as_str().ok_or("param: `name` must be a string")?;
+            let i = params.iter().position(|p| p.name == name).ok_or_else(|| format!("param: no parameter `{name}` declared above"))?;
+            fields.insert("id".into(), Value::from(i as u32));
+        }
     }
     let op: Op = serde_json::from_value(Value::Object(fields)).map_err(|e| format!("op `{}`: {e}", w[2]))?;
     let origin = match w.get(colon + 2) {
@@ -344,7 +361,7 @@ mod tests {
     fn sample() -> Graph {
         let mut g = Graph::new(Mode::Train);
         g.constants.push(("norm_eps".into(), 1.1920928955078125e-07));
-        g.add_param(ParamInfo {
+        let pid = g.add_param(ParamInfo {
             name: "tok_emb.weight".into(),
             shape: vec![8, 4],
             quant: QuantSpec { storage: StorageClass::Int { bits: 8, clip_percentile: Some(99.99984) }, qat: Qat::Ste { bits: 4 }, prune: 0.05 },
@@ -354,7 +371,7 @@ mod tests {
         .unwrap();
         let at = |l| Some(Origin { line: l, col: 2, scope: String::new() });
         let ids = g.push(Op::Input { name: "input_ids".into(), ty: TensorType::i32(vec![2, 3]) }, &[], None).unwrap();
-        let w = g.push(Op::Param { name: "tok_emb.weight".into() }, &[], at(4)).unwrap();
+        let w = g.push(Op::Param { id: pid }, &[], at(4)).unwrap();
         let wq = g.push(Op::FakeQuant { bits: 4 }, &[w], at(4)).unwrap();
         let x = g.push(Op::Gather, &[wq, ids], at(5)).unwrap();
         let s = g.push(Op::Scalar { value: 0.1 }, &[], None).unwrap();
@@ -383,7 +400,7 @@ mod tests {
         use crate::op::AttnPart;
         let mut ops = vec![
             Op::Input { name: "x".into(), ty: TensorType::f32(vec![1]) },
-            Op::Param { name: "p".into() },
+            Op::Param { id: crate::op::ParamId(0) },
             Op::Scalar { value: 1.0 },
             Op::LeakyRelu { slope: 0.5 },
             Op::LeakyStep { slope: 0.5 },

@@ -3,15 +3,19 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Element type of a tensor value.
+/// Element type of a tensor, the one vocabulary of the whole compiler: graph
+/// values, plan storage, kernel buffers and GEMM/attention operands.
 ///
 /// Float tensors are `F32` in the graph: the graph states *what* is computed;
 /// the precision it is computed in (f64 reference, f32, bf16 tensor cores) is
-/// an execution choice made by each backend.
+/// an execution choice made by each backend. `Bf16` is a storage type: the
+/// plan stores values and kernels read operands in it (the verifier rejects
+/// it in a graph).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
+    Bf16,
     I32,
 }
 
@@ -19,18 +23,27 @@ impl DType {
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
+            DType::Bf16 => "bf16",
             DType::I32 => "i32",
         }
     }
     pub fn parse(s: &str) -> Option<DType> {
         match s {
             "f32" => Some(DType::F32),
+            "bf16" => Some(DType::Bf16),
             "i32" => Some(DType::I32),
             _ => None,
         }
     }
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32)
+        matches!(self, DType::F32 | DType::Bf16)
+    }
+    /// Bytes of one element in memory.
+    pub fn bytes(self) -> u32 {
+        match self {
+            DType::Bf16 => 2,
+            DType::F32 | DType::I32 => 4,
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! 1. Every operand id refers to an earlier node (the node list is topologically ordered).
 //! 2. Each node has its op's arity, and its recorded type equals the type its op
 //!    infers from its operands (dtype and static shape).
-//! 3. `Param` nodes name a declared parameter; parameter names are unique.
+//! 3. `Param` nodes refer to a declared parameter; parameter names are unique.
+//! 6. Values are f32 or i32: bf16 is a storage type the plan chooses, not a
+//!    graph type.
 //! 4. Every output names an existing node; output names are unique.
 //! 5. Quantization annotations are in range: int storage 2..=8 bits, QAT 2..=8
 //!    bits and only on matrices, prune fraction in [0, 1), clip percentile in (0, 100].
@@ -48,8 +50,11 @@ pub fn verify(g: &Graph) -> Result<(), Vec<GraphError>> {
             errors.push(loc(format!("operand {a} is not defined before use")));
             continue;
         }
+        if n.ty.dtype == crate::types::DType::Bf16 {
+            errors.push(loc("bf16 is a storage type of the plan; graph values are f32 or i32".into()));
+        }
         let tys: Vec<_> = n.args.iter().map(|a| &g.nodes[a.index()].ty).collect();
-        match n.op.infer(&tys, &|name| g.param(name).map(|p| crate::types::TensorType::f32(p.shape.clone()))) {
+        match n.op.infer(&tys, &|id| g.params.get(id.index()).map(|p| crate::types::TensorType::f32(p.shape.clone()))) {
             Ok(t) if t == n.ty => {}
             Ok(t) => errors.push(loc(format!("recorded type {} but operands give {t}", n.ty))),
             Err(e) => errors.push(loc(e.0)),

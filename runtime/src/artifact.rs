@@ -1,7 +1,7 @@
 //! The exported artifact (`.pgz`): every parameter stored as its quantization
 //! annotation says (spec/MODEL.md, "The artifact"), compressed with zstd 22.
 //!
-//! Storage per class:
+//! DType per class:
 //! - `int{bits}` (optionally with a clip percentile): per row r (rows = the
 //!   first dimension; a tensor of rank < 2 is one row) `qmax = 2^(bits-1)-1`,
 //!   `scale_r = f16(max(amax_r / qmax, 1e-12))`, at least f16's smallest normal

@@ -539,7 +539,7 @@ fn write_all_atomic(dir: &Path, files: &[(String, String)]) -> Result<(), Failur
 mod tests {
     use super::*;
     use pgc_backends::ptx::builder::Module;
-    use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+    use pgc_backends::ptx::templates::epilogue::{DType, Epilogue};
     use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout, Precision as GemmPrecision};
     use pgc_backends::ptx::program::{ArgRef, LaunchStep};
 
@@ -558,7 +558,7 @@ mod tests {
     /// A program with one real GEMM kernel (two launches of one entry) attached to the plan's first GEMM kernel.
     fn program(plan: &Plan) -> (Program, usize) {
         let k = plan.kernels.iter().position(|k| k.kind == KernelKind::Gemm).unwrap();
-        let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(ElemType::F32));
+        let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(DType::F32));
         let gk = emit_gemm(&cfg).unwrap();
         let mut m = Module::new();
         m.push(gk.kernel.clone());
@@ -613,7 +613,7 @@ mod tests {
         let g = tiny_train();
         let plan = plan_for(&g, Precision::Bf16, &[], true).unwrap();
         let (prog, _) = program(&plan);
-        let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(ElemType::F32));
+        let cfg = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(DType::F32));
         let mut k = emit_gemm(&cfg).unwrap().kernel;
         let c = ptxas_cache::Cache::open(Path::new("/nonexistent/ptxas"));
         let key = |code: &str| c.key(&prog.header, code);
@@ -621,7 +621,7 @@ mod tests {
         k.name = "renamed".into();
         assert_eq!(key(&k.code()), original, "same code up to the name");
         assert!(!prog.entries[0].code.contains(&prog.entries[0].name), "the code does not mention the entry's name");
-        let cfg2 = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(ElemType::Bf16));
+        let cfg2 = GemmConfig::new(GemmPrecision::Bf16, GemmLayout::LINEAR, 100, 72, 40, Epilogue::store(DType::Bf16));
         assert_ne!(key(&emit_gemm(&cfg2).unwrap().kernel.code()), original, "a bf16 output is other code");
         assert_ne!(c.key("another header", &prog.entries[0].code), original);
     }

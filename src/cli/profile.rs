@@ -571,11 +571,11 @@ fn arg_labels(g: &Graph, program: &pgc_backends::ptx::program::Program, i: usize
         .iter()
         .filter_map(|a| match a {
             ArgRef::Value(v) => Some(match &program.plan.values[v.index()] {
-                Place::Param { name, .. } => format!("%{} param {name}", v.index()),
+                Place::Param { id, .. } => format!("%{} param {}", v.index(), g.params.get(id.index()).map_or("?", |p| p.name.as_str())),
                 Place::Input { name } => format!("%{} input {name}", v.index()),
                 _ => format!("%{} {}", v.index(), g.nodes[v.index()].op.name()),
             }),
-            ArgRef::ParamMaster(n) => Some(format!("master {n}")),
+            ArgRef::ParamMaster(id) => Some(format!("master {}", g.params.get(id.index()).map_or("?", |p| p.name.as_str()))),
             ArgRef::Aux(k) => Some(format!("aux {k}")),
             _ => None,
         })

@@ -4,7 +4,7 @@
 //! simulator, `tests/cuda_gpu.rs` on a GPU.
 
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::GemmKernel;
 use pgc_backends::ptx::testing::{decode, encode, rel_err, GemmCase};
 use pgc_runtime::device::{Device, KernelArg, LaunchConfig, ModuleHandle};
@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 
 /// `elems` NaNs of `dt`: outputs start as NaN so an element the kernel
 /// fails to write shows up.
-pub fn nan_bytes(elems: usize, dt: ElemType) -> Vec<u8> {
+pub fn nan_bytes(elems: usize, dt: DType) -> Vec<u8> {
     match dt {
-        ElemType::F32 => (0..elems).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
-        ElemType::Bf16 => (0..elems).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
+        DType::F32 => (0..elems).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
+        DType::Bf16 => (0..elems).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
+        DType::I32 => (0..elems).flat_map(|_| i32::MIN.to_le_bytes()).collect(),
     }
 }
 
@@ -64,7 +65,7 @@ pub fn run_gemm(
 /// reference and the tolerance for its element type.
 pub struct OutputErr {
     pub name: String,
-    pub dtype: ElemType,
+    pub dtype: DType,
     pub err: f64,
     pub tol: f64,
 }

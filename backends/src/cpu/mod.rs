@@ -141,7 +141,7 @@ pub(crate) fn execute_impl<F: Real>(
         let oerr = |msg: String| CpuError::Op { node: i as u32, op: opname, msg };
         let out: Tensor<F> = match &node.op {
             Op::Input { name, ty } => load_input(inputs, name, ty)?,
-            Op::Param { name } => load_param(g, params, name)?,
+            Op::Param { id } => load_param(g, params, g.param_name(*id))?,
             Op::CausalAttentionGrad { scale, .. } => match stash.remove(&i) {
                 Some(t) => t,
                 None => {
@@ -312,9 +312,9 @@ mod tests {
         let mut g = Graph::new(Mode::Eval);
         let mut ids = vec![];
         for (name, shape) in params {
-            g.add_param(ParamInfo { name: name.to_string(), shape: shape.to_vec(), quant: QuantSpec::default(), init: Init::Zeros, origin: None })
+            let id = g.add_param(ParamInfo { name: name.to_string(), shape: shape.to_vec(), quant: QuantSpec::default(), init: Init::Zeros, origin: None })
                 .unwrap();
-            ids.push(g.push(Op::Param { name: name.to_string() }, &[], None).unwrap());
+            ids.push(g.push(Op::Param { id: id }, &[], None).unwrap());
         }
         (g, ids)
     }

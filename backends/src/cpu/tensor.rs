@@ -4,7 +4,7 @@ use super::real::Real;
 use pgc_ir::{DType, Shape};
 use std::sync::Arc;
 
-/// Storage of a tensor: floats in the working precision, or i32 token ids.
+/// DType of a tensor: floats in the working precision, or i32 token ids.
 #[derive(Clone, Debug)]
 pub enum Buf<F> {
     F(Arc<Vec<F>>),

@@ -6,7 +6,7 @@
 use super::builder::{Kernel, Module};
 use super::pointwise::BufArg;
 use super::program::{ArgRef, AuxBuffer, Launch, LaunchStep, ZeroRef};
-use super::templates::epilogue::ElemType;
+use super::templates::epilogue::DType;
 use pgc_ir::plan::Plan;
 use pgc_ir::Graph;
 use std::collections::{HashMap, HashSet};
@@ -43,7 +43,7 @@ pub struct Ctx<'a> {
     pub kernel: usize,
     /// Attention forward node -> (aux buffer of its log-sum-exp rows, its
     /// output, the output's element type), for the backward.
-    pub lse: HashMap<usize, (usize, ArgRef, ElemType)>,
+    pub lse: HashMap<usize, (usize, ArgRef, DType)>,
     names: HashSet<String>,
     /// Kernel code (its text less its name) -> the entry already in the module.
     bodies: HashMap<String, String>,

@@ -37,5 +37,5 @@ pub mod templates;
 pub mod testing;
 
 pub use builder::{Kernel, KernelBuilder, Module};
-pub use templates::epilogue::{ElemType, EpiStep, Epilogue};
+pub use templates::epilogue::{DType, EpiStep, Epilogue};
 pub use templates::gemm::{emit_gemm, AStore, BStore, GemmConfig, GemmKernel, GemmLayout, Precision, TileConfig};

@@ -10,7 +10,7 @@
 
 use super::builder::{Module, Param};
 use pgc_ir::plan::Plan;
-use pgc_ir::ValueId;
+use pgc_ir::{ParamId, ValueId};
 use serde::{Deserialize, Serialize};
 
 /// Launch geometry of one entry's launch.
@@ -29,7 +29,7 @@ pub enum ArgRef {
     /// copy of a prepared parameter, or a run-time input's buffer.
     Value(ValueId),
     /// Pointer to a parameter's fp32 master copy.
-    ParamMaster(String),
+    ParamMaster(ParamId),
     /// Pointer to auxiliary buffer `index` of [`Program::aux`].
     Aux(usize),
     U32(u32),

@@ -2,7 +2,7 @@
 //! assemble and run, deterministic inputs, and an f64 reference of
 //! `op(A) @ op(B)` followed by the epilogue.
 
-use super::templates::epilogue::{ElemType, EpiStep, Epilogue};
+use super::templates::epilogue::{DType, EpiStep, Epilogue};
 use super::templates::gemm::{AStore, BStore, GemmConfig, GemmLayout, Precision, TileConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,20 +22,20 @@ pub struct GemmCase {
 }
 
 /// The epilogues the tests cover (each named step at least once).
-pub fn epilogues(out: ElemType) -> Vec<Epilogue> {
+pub fn epilogues(out: DType) -> Vec<Epilogue> {
     vec![
         Epilogue::store(out),
         Epilogue::row_scale("rstd", out),
-        Epilogue::relu2(Some(("pre", ElemType::Bf16)), out),
+        Epilogue::relu2(Some(("pre", DType::Bf16)), out),
         Epilogue::relu2(None, out),
-        Epilogue::residual("res", ElemType::F32, Some("s"), out),
-        Epilogue::residual("res", ElemType::Bf16, None, out),
+        Epilogue::residual("res", DType::F32, Some("s"), out),
+        Epilogue::residual("res", DType::Bf16, None, out),
         Epilogue {
             steps: vec![
                 EpiStep::ColBias { param: "bias".into() },
-                EpiStep::Relu2Grad { param: "pre".into(), dtype: ElemType::F32 },
+                EpiStep::Relu2Grad { param: "pre".into(), dtype: DType::F32 },
                 EpiStep::Scale { value: 0.5 },
-                EpiStep::StoreAux { param: "aux".into(), dtype: ElemType::F32 },
+                EpiStep::StoreAux { param: "aux".into(), dtype: DType::F32 },
             ],
             out,
         },
@@ -51,11 +51,11 @@ pub fn cases() -> Vec<GemmCase> {
     for prec in [Precision::Bf16, Precision::F32] {
         for layout in LAYOUTS {
             for s in AWKWARD_SHAPES {
-                push(GemmConfig::new(prec, layout, s.0, s.1, s.2, Epilogue::store(ElemType::F32)), s);
+                push(GemmConfig::new(prec, layout, s.0, s.1, s.2, Epilogue::store(DType::F32)), s);
             }
         }
     }
-    for out_t in [ElemType::F32, ElemType::Bf16] {
+    for out_t in [DType::F32, DType::Bf16] {
         for e in epilogues(out_t) {
             for (layout, s) in [(GemmLayout::LINEAR, (33, 48, 200)), (GemmLayout::INPUT_GRAD, (257, 129, 65))] {
                 push(GemmConfig::new(Precision::Bf16, layout, s.0, s.1, s.2, e.clone()), s);
@@ -66,7 +66,7 @@ pub fn cases() -> Vec<GemmCase> {
         }
     }
     // every epilogue with the big tile (register pressure: 64x64 warp tiles)
-    for out_t in [ElemType::F32, ElemType::Bf16] {
+    for out_t in [DType::F32, DType::Bf16] {
         for e in epilogues(out_t) {
             let s = (256, 192, 96);
             push(GemmConfig::new(Precision::Bf16, GemmLayout::INPUT_GRAD, s.0, s.1, s.2, e).with_tile(TileConfig::LARGE), s);
@@ -83,22 +83,22 @@ pub fn cases() -> Vec<GemmCase> {
     ];
     for t in presets {
         for (layout, s) in [(GemmLayout::LINEAR, (256, 192, 96)), (GemmLayout::WEIGHT_GRAD, (200, 136, 72))] {
-            let c = GemmConfig::new(Precision::Bf16, layout, s.0, s.1, s.2, Epilogue::store(ElemType::Bf16)).with_tile(t);
+            let c = GemmConfig::new(Precision::Bf16, layout, s.0, s.1, s.2, Epilogue::store(DType::Bf16)).with_tile(t);
             push(c, s);
         }
     }
     for t in [TileConfig::F32_DEFAULT, TileConfig { stages: 3, ..TileConfig::F32_SMALL }] {
         let s = (130, 100, 50);
-        push(GemmConfig::new(Precision::F32, GemmLayout::INPUT_GRAD, s.0, s.1, s.2, Epilogue::store(ElemType::F32)).with_tile(t), s);
+        push(GemmConfig::new(Precision::F32, GemmLayout::INPUT_GRAD, s.0, s.1, s.2, Epilogue::store(DType::F32)).with_tile(t), s);
     }
     // split-K (accumulating into C), including splits that get no k-tiles
-    let scaled = Epilogue { steps: vec![EpiStep::RowScale { param: "rstd".into() }, EpiStep::Scale { value: -0.25 }], out: ElemType::F32 };
+    let scaled = Epilogue { steps: vec![EpiStep::RowScale { param: "rstd".into() }, EpiStep::Scale { value: -0.25 }], out: DType::F32 };
     for (prec, layout, s, split, e) in [
-        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 3, Epilogue::store(ElemType::F32)),
+        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 3, Epilogue::store(DType::F32)),
         (Precision::Bf16, GemmLayout::LINEAR, (257, 129, 65), 2, scaled.clone()),
-        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (40, 24, 16), 4, Epilogue::store(ElemType::F32)),
+        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (40, 24, 16), 4, Epilogue::store(DType::F32)),
         (Precision::F32, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 5, scaled),
-        (Precision::F32, GemmLayout::INPUT_GRAD, (1, 8, 16), 2, Epilogue::store(ElemType::F32)),
+        (Precision::F32, GemmLayout::INPUT_GRAD, (1, 8, 16), 2, Epilogue::store(DType::F32)),
     ] {
         push(GemmConfig::new(prec, layout, s.0, s.1, s.2, e).with_split_k(split), s);
     }
@@ -124,14 +124,14 @@ pub fn perf_cases() -> Vec<GemmCase> {
     let mut out = vec![];
     for (layout, (m, n, k)) in shapes {
         for t in tiles {
-            let c = GemmConfig::new(Precision::Bf16, layout, m, n, k, Epilogue::store(ElemType::Bf16)).with_tile(t);
+            let c = GemmConfig::new(Precision::Bf16, layout, m, n, k, Epilogue::store(DType::Bf16)).with_tile(t);
             out.push(GemmCase { config: c, m, n, k });
         }
     }
     // weight gradients: few output tiles, long K: split-K or smaller tiles
     let (m, n, k) = (1536, 512, 16384);
     for (t, split) in [(TileConfig::LARGE, 1), (TileConfig::LARGE, 4), (TileConfig::LARGE, 6), (TileConfig::LARGE_8W, 4), (TileConfig::MEDIUM, 1)] {
-        let out_t = if split > 1 { ElemType::F32 } else { ElemType::Bf16 };
+        let out_t = if split > 1 { DType::F32 } else { DType::Bf16 };
         let c = GemmConfig::new(Precision::Bf16, GemmLayout::WEIGHT_GRAD, m, n, k, Epilogue::store(out_t)).with_tile(t).with_split_k(split);
         out.push(GemmCase { config: c, m, n, k });
     }
@@ -143,7 +143,7 @@ pub fn perf_cases() -> Vec<GemmCase> {
 pub struct TensorSpec {
     pub name: String,
     pub elems: usize,
-    pub dtype: ElemType,
+    pub dtype: DType,
     pub output: bool,
     /// An output whose initial contents matter (split-K accumulates into C):
     /// [`GemmCase::inputs`] provides them.
@@ -156,17 +156,17 @@ impl GemmCase {
     pub fn tensors(&self) -> Vec<TensorSpec> {
         let (m, n, k) = (self.m as usize, self.n as usize, self.k as usize);
         let inp = match self.config.precision {
-            Precision::Bf16 => ElemType::Bf16,
-            Precision::F32 => ElemType::F32,
+            Precision::Bf16 => DType::Bf16,
+            Precision::F32 => DType::F32,
         };
-        let t = |name: &str, elems: usize, dtype: ElemType, output: bool| TensorSpec { name: name.into(), elems, dtype, output, initial: false };
+        let t = |name: &str, elems: usize, dtype: DType, output: bool| TensorSpec { name: name.into(), elems, dtype, output, initial: false };
         let mut c = t("c", m * n, self.config.epilogue.out, true);
         c.initial = self.config.split_k > 1;
         let mut v = vec![t("a", m * k, inp, false), t("b", k * n, inp, false), c];
         for s in &self.config.epilogue.steps {
             match s {
-                EpiStep::RowScale { param } => v.push(t(param, m, ElemType::F32, false)),
-                EpiStep::ColScale { param } | EpiStep::ColBias { param } => v.push(t(param, n, ElemType::F32, false)),
+                EpiStep::RowScale { param } => v.push(t(param, m, DType::F32, false)),
+                EpiStep::ColScale { param } | EpiStep::ColBias { param } => v.push(t(param, n, DType::F32, false)),
                 EpiStep::Relu2Grad { param, dtype } | EpiStep::AddTensor { param, dtype } => v.push(t(param, m * n, *dtype, false)),
                 EpiStep::StoreAux { param, dtype } => v.push(t(param, m * n, *dtype, true)),
                 EpiStep::Scale { .. } | EpiStep::Relu2 => {}
@@ -250,10 +250,11 @@ impl GemmCase {
 
     /// Relative tolerance on `max|got - want| / max|want|` for an output of type `dt`:
     /// the f32 results of bf16 inputs are exact products summed in f32.
-    pub fn tolerance(dt: ElemType) -> f64 {
+    pub fn tolerance(dt: DType) -> f64 {
         match dt {
-            ElemType::F32 => 1e-5,
-            ElemType::Bf16 => 8e-3,
+            DType::F32 => 1e-5,
+            DType::Bf16 => 8e-3,
+            DType::I32 => 0.0,
         }
     }
 }
@@ -278,11 +279,12 @@ pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
 }
 
 /// Round to f32 or bf16 (round to nearest even), returned as f64.
-pub fn round_to(x: f64, dt: ElemType) -> f64 {
+pub fn round_to(x: f64, dt: DType) -> f64 {
     let f = x as f32;
     match dt {
-        ElemType::F32 => f as f64,
-        ElemType::Bf16 => bf16_to_f32(f32_to_bf16(f)) as f64,
+        DType::F32 => f as f64,
+        DType::Bf16 => bf16_to_f32(f32_to_bf16(f)) as f64,
+        DType::I32 => x.round(),
     }
 }
 
@@ -300,17 +302,19 @@ pub fn bf16_to_f32(h: u16) -> f32 {
 }
 
 /// Encode values as little-endian bytes of the element type.
-pub fn encode(v: &[f64], dt: ElemType) -> Vec<u8> {
+pub fn encode(v: &[f64], dt: DType) -> Vec<u8> {
     match dt {
-        ElemType::F32 => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
-        ElemType::Bf16 => v.iter().flat_map(|x| f32_to_bf16(*x as f32).to_le_bytes()).collect(),
+        DType::F32 => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+        DType::Bf16 => v.iter().flat_map(|x| f32_to_bf16(*x as f32).to_le_bytes()).collect(),
+        DType::I32 => v.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
     }
 }
 
-pub fn decode(bytes: &[u8], dt: ElemType) -> Vec<f64> {
+pub fn decode(bytes: &[u8], dt: DType) -> Vec<f64> {
     match dt {
-        ElemType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        ElemType::Bf16 => bytes.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64).collect(),
+        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+        DType::Bf16 => bytes.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64).collect(),
+        DType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
     }
 }
 
@@ -343,7 +347,7 @@ mod tests {
 
     #[test]
     fn reference_matches_hand_computed() {
-        let cfg = GemmConfig::new(Precision::F32, GemmLayout::WEIGHT_GRAD, 2, 2, 3, Epilogue::relu2(None, ElemType::F32));
+        let cfg = GemmConfig::new(Precision::F32, GemmLayout::WEIGHT_GRAD, 2, 2, 3, Epilogue::relu2(None, DType::F32));
         let case = GemmCase { config: cfg, m: 2, n: 2, k: 3 };
         let mut inp = BTreeMap::new();
         // A stored [K, M], B stored [K, N]

@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+pub use pgc_ir::types::DType;
 
 /// An expression id (index into [`Exprs::nodes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,26 +46,12 @@ pub enum Float {
     F64,
 }
 
-/// Element type of a buffer in memory (f32 and bf16 load as f32, i32 as u32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Elem {
-    F32,
-    Bf16,
-    I32,
-}
-
-impl Elem {
-    pub fn bytes(self) -> u32 {
-        match self {
-            Elem::Bf16 => 2,
-            Elem::F32 | Elem::I32 => 4,
-        }
-    }
-    pub fn value_ty(self) -> Ty {
-        match self {
-            Elem::I32 => Ty::U32,
-            _ => Ty::Float,
-        }
+/// The scalar type a buffer element of type `d` loads as (f32 and bf16 as
+/// float, i32 as u32).
+pub fn value_ty(d: DType) -> Ty {
+    match d {
+        DType::I32 => Ty::U32,
+        DType::F32 | DType::Bf16 => Ty::Float,
     }
 }
 
@@ -187,7 +174,7 @@ pub struct Exprs {
     pub nodes: Vec<Expr>,
     pub meta: Vec<Meta>,
     pub vars: Vec<VarInfo>,
-    pub bufs: Vec<Elem>,
+    pub bufs: Vec<DType>,
     #[serde(skip)]
     intern: HashMap<Expr, E>,
 }
@@ -292,7 +279,7 @@ impl Exprs {
     }
 
     /// A new buffer of element type `elem`.
-    pub fn buf(&mut self, elem: Elem) -> Buf {
+    pub fn buf(&mut self, elem: DType) -> Buf {
         self.bufs.push(elem);
         Buf(self.bufs.len() as u32 - 1)
     }
@@ -376,7 +363,7 @@ impl Exprs {
             Expr::F1(_, a) => Meta { ty: Ty::Float, free: m(a).free.clone(), bound: UNKNOWN, div: 1 },
             Expr::F2(_, a, b) => Meta { ty: Ty::Float, free: merge_free(&m(a).free, &m(b).free), bound: UNKNOWN, div: 1 },
             Expr::Load(buf, i) => {
-                let ty = self.bufs[buf.0 as usize].value_ty();
+                let ty = value_ty(self.bufs[buf.0 as usize]);
                 Meta { ty, free: m(i).free.clone(), bound: UNKNOWN, div: 1 }
             }
             Expr::Bigram(a, b, md) => u32m(*md as u64, 1, merge_free(&m(a).free, &m(b).free)),

@@ -45,7 +45,7 @@ pub struct GraphExprs<'g, R> {
     /// Stored values this kernel may read, by node.
     sources: HashMap<usize, Buf>,
     /// Readable values whose buffer is made at the first read.
-    lazy: HashMap<usize, (Elem, R)>,
+    lazy: HashMap<usize, (DType, R)>,
     overrides: HashMap<(usize, Vec<E>), E>,
     /// Values overridden at some index: any other index is an error.
     overridden: HashSet<usize>,
@@ -85,21 +85,21 @@ impl<'g, R> GraphExprs<'g, R> {
     }
 
     /// A new buffer bound to `arg`.
-    pub fn buffer(&mut self, elem: Elem, arg: BufArg<R>) -> Buf {
+    pub fn buffer(&mut self, elem: DType, arg: BufArg<R>) -> Buf {
         let b = self.x.buf(elem);
         self.buf_args.push(arg);
         b
     }
 
     /// Read node `v` from memory through `buf` (a kernel input, a scratch copy, ...).
-    pub fn source(&mut self, v: ValueId, elem: Elem, arg: R) -> Buf {
+    pub fn source(&mut self, v: ValueId, elem: DType, arg: R) -> Buf {
         let b = self.buffer(elem, BufArg::Ref(arg));
         self.sources.insert(v.index(), b);
         b
     }
 
     /// Read node `v` from `arg`, making the buffer (a kernel parameter) only if it is read.
-    pub fn source_lazy(&mut self, v: ValueId, elem: Elem, arg: R) {
+    pub fn source_lazy(&mut self, v: ValueId, elem: DType, arg: R) {
         self.lazy.insert(v.index(), (elem, arg));
     }
 
@@ -248,7 +248,7 @@ impl<'g, R> GraphExprs<'g, R> {
         if let Some(&b) = self.ropes.get(&(positions, half, base.to_bits())) {
             return b;
         }
-        let b = self.buffer(Elem::F32, BufArg::Rope { positions, half, base });
+        let b = self.buffer(DType::F32, BufArg::Rope { positions, half, base });
         self.ropes.insert((positions, half, base.to_bits()), b);
         b
     }

@@ -38,7 +38,7 @@
 //! graph [`backward`] built.
 
 use crate::graph::{Graph, GraphError, Origin, ValueId};
-use crate::op::{AttnPart, BinaryFn, Op, ReduceFn, UnaryFn};
+use crate::op::{AttnPart, BinaryFn, Op, ParamId, ReduceFn, UnaryFn};
 use crate::types::DType;
 use std::collections::HashMap;
 
@@ -149,7 +149,7 @@ pub fn backward_traced(fwd: &Graph, loss: &str) -> Result<(Graph, Adjoints), Aut
 
     let mut g = fwd.clone();
     let mut grads: Vec<Option<ValueId>> = vec![None; n];
-    let mut param_grads: HashMap<String, ValueId> = HashMap::new();
+    let mut param_grads: HashMap<ParamId, ValueId> = HashMap::new();
     let mut adj = Adjoints { forward_nodes: n, rule_of: Vec::new(), grad_of: Vec::new() };
     // Nodes appended since the last call get `rule` as their rule.
     let mark = |g: &Graph, adj: &mut Adjoints, rule: Option<ValueId>| {
@@ -180,12 +180,12 @@ pub fn backward_traced(fwd: &Graph, loss: &str) -> Result<(Graph, Adjoints), Aut
         let node = &fwd.nodes[i];
         let yid = ValueId(i as u32);
         let mut b = Builder { g: &mut g, origin: node.origin.clone() };
-        if let Op::Param { name } = &node.op {
-            let acc = match param_grads.get(name) {
+        if let Op::Param { id } = node.op {
+            let acc = match param_grads.get(&id) {
                 Some(&prev) => b.bin(BinaryFn::Add, prev, gy)?,
                 None => gy,
             };
-            param_grads.insert(name.clone(), acc);
+            param_grads.insert(id, acc);
             mark(&g, &mut adj, Some(yid));
             set_grad(&mut adj, acc, yid);
             continue;
@@ -210,8 +210,8 @@ pub fn backward_traced(fwd: &Graph, loss: &str) -> Result<(Graph, Adjoints), Aut
         }
     }
     let mut outs = Vec::new();
-    for p in &fwd.params {
-        let gid = match param_grads.get(&p.name) {
+    for (i, p) in fwd.params.iter().enumerate() {
+        let gid = match param_grads.get(&ParamId(i as u32)) {
             Some(&v) => v,
             None => {
                 let mut b = Builder { g: &mut g, origin: p.origin.clone() };
@@ -499,7 +499,7 @@ mod tests {
     use crate::types::TensorType;
 
     fn param(g: &mut Graph, name: &str, shape: &[usize]) -> ValueId {
-        g.add_param(ParamInfo {
+        let id = g.add_param(ParamInfo {
             name: name.into(),
             shape: shape.to_vec(),
             quant: QuantSpec::default(),
@@ -507,7 +507,7 @@ mod tests {
             origin: None,
         })
         .unwrap();
-        g.push(Op::Param { name: name.into() }, &[], None).unwrap()
+        g.push(Op::Param { id: id }, &[], None).unwrap()
     }
 
     #[test]

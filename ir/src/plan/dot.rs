@@ -17,7 +17,7 @@ pub fn render(g: &Graph, plan: &Plan) -> String {
     };
     let label = |v: usize| -> String {
         let what = match &plan.values[v] {
-            Place::Param { name, .. } => format!("param {name}"),
+            Place::Param { id, .. } => format!("param {}", g.params.get(id.index()).map_or("?", |p| p.name.as_str())),
             Place::Input { name } => format!("input {name}"),
             _ => format!("%{v} {}", g.nodes[v].op.name()),
         };

@@ -18,8 +18,8 @@ pub mod text;
 pub use classify::KernelKind;
 pub use rules::FusionRule;
 
-use crate::op::Op;
-use crate::types::DType;
+use crate::op::{Op, ParamId};
+pub use crate::types::DType;
 use crate::{Graph, Mode, ValueId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -45,23 +45,6 @@ impl PlanOptions {
     }
 }
 
-/// Element type of a value stored in the arena.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Storage {
-    F32,
-    Bf16,
-    I32,
-}
-
-impl Storage {
-    pub fn bytes(self) -> u64 {
-        match self {
-            Storage::Bf16 => 2,
-            Storage::F32 | Storage::I32 => 4,
-        }
-    }
-}
 
 /// Where a value lives.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,7 +54,7 @@ pub enum Place {
     Input { name: String },
     /// A parameter's fp32 master. `prepared` is the arena slot of its bf16 copy
     /// when tensor cores read it.
-    Param { name: String, prepared: Option<Slot> },
+    Param { id: ParamId, prepared: Option<Slot> },
     /// An immediate constant.
     Scalar { value: f64 },
     /// Written by a kernel to the arena.
@@ -86,7 +69,7 @@ pub enum Place {
 pub struct Slot {
     pub offset: u64,
     pub bytes: u64,
-    pub storage: Storage,
+    pub storage: DType,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -231,15 +214,15 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
                     || (matches!(g.nodes[u].op, Op::Reshape { .. } | Op::Permute { .. }) && feeds_tensor_cores_only(g, users, requested, u))
             })
     }
-    let storage = |m: usize| -> Storage {
+    let storage = |m: usize| -> DType {
         if g.nodes[m].ty.dtype == DType::I32 {
-            return Storage::I32;
+            return DType::I32;
         }
         let tensor_core_only = opts.precision == Precision::Bf16 && feeds_tensor_cores_only(g, &users, &requested, m);
         if tensor_core_only {
-            Storage::Bf16
+            DType::Bf16
         } else {
-            Storage::F32
+            DType::F32
         }
     };
     let stored: Vec<(usize, usize)> =
@@ -248,7 +231,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
         .iter()
         .map(|&(m, k)| {
             let last = if requested.contains(&m) { kernels.len() } else { readers[m].iter().copied().max().unwrap_or(k) };
-            memory::Lifetime { bytes: g.nodes[m].ty.numel() as u64 * storage(m).bytes(), first: k, last }
+            memory::Lifetime { bytes: g.nodes[m].ty.numel() as u64 * u64::from(storage(m).bytes()), first: k, last }
         })
         .collect();
     let (offsets, arena_bytes) = memory::assign(&lifetimes);
@@ -259,7 +242,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
         .enumerate()
         .map(|(m, node)| match &node.op {
             Op::Input { name, .. } => Place::Input { name: name.clone() },
-            Op::Param { name } => Place::Param { name: name.clone(), prepared: None },
+            Op::Param { id } => Place::Param { id: *id, prepared: None },
             Op::Scalar { value } => Place::Scalar { value: *value },
             _ if owner[m] != usize::MAX => Place::Fused,
             _ => Place::Dead,
@@ -268,7 +251,7 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
     for (i, &(m, _)) in stored.iter().enumerate() {
         let slot = Slot { offset: offsets[i], bytes: lifetimes[i].bytes, storage: storage(m) };
         values[m] = match &values[m] {
-            Place::Param { name, .. } => Place::Param { name: name.clone(), prepared: Some(slot) },
+            Place::Param { id, .. } => Place::Param { id: *id, prepared: Some(slot) },
             _ => Place::Arena(slot),
         };
     }
@@ -345,7 +328,7 @@ fn kernel_name(g: &Graph, k: usize, kind: KernelKind, nodes: &[usize]) -> String
         .copied();
     let scope = anchor.and_then(|m| g.nodes[m].origin.as_ref()).map(|o| o.scope.as_str()).filter(|s| !s.is_empty());
     let param = anchor.and_then(|m| match &g.nodes[m].op {
-        Op::Param { name } => Some(name.as_str()),
+        Op::Param { id } => Some(g.param_name(*id)),
         _ => None,
     });
     let tag = param.or(scope).unwrap_or("model").replace('.', "_");

@@ -20,8 +20,8 @@
 //! inputs) and ops as text-IR node lines, and what it writes. Launch geometry is
 //! the backend's business and not printed.
 
-use super::{Place, Plan, Precision, Slot, Storage};
-use crate::{Graph, ValueId};
+use super::{Place, Plan, Precision, Slot, DType};
+use crate::{Graph, ParamId, ValueId};
 use std::fmt::Write;
 
 /// Print `plan`, built for `g`, in the text form.
@@ -46,7 +46,7 @@ pub fn print(g: &Graph, plan: &Plan) -> String {
         }
         s.push('\n');
         for &v in &k.inputs {
-            let _ = writeln!(s, "  read  {v} {}{}", place(plan, v), ty(g, v));
+            let _ = writeln!(s, "  read  {v} {}{}", place(g, plan, v), ty(g, v));
         }
         // Scalar operands are immediates, not reads: listed so the ops read whole.
         let mut consts: Vec<ValueId> = Vec::new();
@@ -58,7 +58,7 @@ pub fn print(g: &Graph, plan: &Plan) -> String {
             }
         }
         for v in consts {
-            let _ = writeln!(s, "  const {v} {}", place(plan, v));
+            let _ = writeln!(s, "  const {v} {}", place(g, plan, v));
         }
         for &v in &k.prologue {
             let _ = writeln!(s, "  pro   {}", node(g, v));
@@ -67,11 +67,11 @@ pub fn print(g: &Graph, plan: &Plan) -> String {
             let _ = writeln!(s, "  op    {}", node(g, v));
         }
         for &v in &k.outputs {
-            let _ = writeln!(s, "  write {v} {}{}", place(plan, v), ty(g, v));
+            let _ = writeln!(s, "  write {v} {}{}", place(g, plan, v), ty(g, v));
         }
     }
     for (name, v) in &g.outputs {
-        let _ = writeln!(s, "output {name} = {v} {}", place(plan, *v));
+        let _ = writeln!(s, "output {name} = {v} {}", place(g, plan, *v));
     }
     // A value recomputed in a kernel's prologue is placed `Dead` (no kernel
     // owns it) but is computed: not listed.
@@ -96,11 +96,11 @@ fn precision_name(p: Precision) -> &'static str {
     }
 }
 
-fn storage_name(s: Storage) -> &'static str {
+fn storage_name(s: DType) -> &'static str {
     match s {
-        Storage::F32 => "f32",
-        Storage::Bf16 => "bf16",
-        Storage::I32 => "i32",
+        DType::F32 => "f32",
+        DType::Bf16 => "bf16",
+        DType::I32 => "i32",
     }
 }
 
@@ -109,12 +109,13 @@ fn slot(s: &Slot) -> String {
 }
 
 /// A value's place; the plan may come from a file, so ids are not trusted.
-fn place(plan: &Plan, v: ValueId) -> String {
+fn place(g: &Graph, plan: &Plan, v: ValueId) -> String {
+    let param = |id: ParamId| g.params.get(id.index()).map_or_else(|| format!("#{} (not in the graph)", id.0), |p| p.name.clone());
     match plan.values.get(v.index()) {
         None => "(no place in the plan)".into(),
         Some(Place::Input { name }) => format!("input {name}"),
-        Some(Place::Param { name, prepared: None }) => format!("param {name}"),
-        Some(Place::Param { name, prepared: Some(p) }) => format!("param {name} prepared {}", slot(p)),
+        Some(Place::Param { id, prepared: None }) => format!("param {}", param(*id)),
+        Some(Place::Param { id, prepared: Some(p) }) => format!("param {} prepared {}", param(*id), slot(p)),
         Some(Place::Scalar { value }) => format!("scalar {value:?}"),
         Some(Place::Arena(p)) => format!("arena {}", slot(p)),
         Some(Place::Fused) => "fused".into(),
@@ -145,7 +146,7 @@ mod tests {
         let mut g = Graph::new(Mode::Eval);
         g.add_param(ParamInfo { name: "w".into(), shape: vec![4, 3], quant: QuantSpec::default(), init: Init::Zeros, origin: None }).unwrap();
         let x = g.push(Op::Input { name: "x".into(), ty: TensorType::f32(vec![2, 3]) }, &[], None).unwrap();
-        let w = g.push(Op::Param { name: "w".into() }, &[], None).unwrap();
+        let w = g.push(Op::Param { id: g.param_id("w").expect("declared parameter") }, &[], None).unwrap();
         let y = g.push(Op::Linear, &[x, w], None).unwrap();
         let r = g.push(Op::Unary { f: UnaryFn::Relu }, &[y], None).unwrap();
         let _dead = g.push(Op::Binary { f: BinaryFn::Add }, &[r, r], None).unwrap();

@@ -39,9 +39,9 @@ mod helpers;
 
 use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle};
 use pgc_backends::ptx::program::{entries_of, ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
-use pgc_ir::plan::{Place, Slot, Storage};
+use pgc_ir::plan::{Place, Slot};
 use pgc_ir::types::DType;
-use pgc_ir::{Graph, Op, ValueId};
+use pgc_ir::{Graph, Op, ParamId, ValueId};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -354,7 +354,7 @@ impl<'a> Executor<'a> {
     /// or a scalar constant.
     pub fn read(&self, v: ValueId) -> Result<Vec<f32>> {
         match self.program.plan.values.get(v.index()) {
-            Some(Place::Param { name, .. }) => self.read_master(name),
+            Some(Place::Param { id, .. }) => self.read_master(self.param_name(*id).map_err(ExecError::BadProgram)?),
             _ => self.read_stored(v),
         }
     }
@@ -369,12 +369,12 @@ impl<'a> Executor<'a> {
                 let bytes = self.read_region(Region { buf: self.arena, offset: slot.offset, bytes: slot.bytes })?;
                 Ok(decode(&bytes, slot.storage, numel))
             }
-            Place::Param { name, prepared: None } => self.read_master(name),
+            Place::Param { id, prepared: None } => self.read_master(self.param_name(*id).map_err(ExecError::BadProgram)?),
             Place::Input { name } => {
                 let (buf, n, _) = self.inputs[name];
                 let mut bytes = vec![0u8; n * 4];
                 self.dev.copy_from_device(&buf, &mut bytes).map_err(dev_err(format!("reading input `{name}`")))?;
-                Ok(decode(&bytes, Storage::I32, n))
+                Ok(decode(&bytes, DType::I32, n))
             }
             Place::Scalar { value } => Ok(vec![*value as f32]),
             other => Err(ExecError::NotStored { value: v.index(), place: place_name(other) }),
@@ -393,11 +393,17 @@ impl<'a> Executor<'a> {
     }
 
     /// A parameter's fp32 master.
+    /// The name of parameter `id` (the plan may come from a file: checked).
+    fn param_name(&self, id: ParamId) -> std::result::Result<&'a str, String> {
+        let graph: &'a Graph = self.graph;
+        graph.params.get(id.index()).map(|p| p.name.as_str()).ok_or_else(|| format!("no parameter #{} in the graph", id.0))
+    }
+
     pub fn read_master(&self, name: &str) -> Result<Vec<f32>> {
         let &(buf, n) = self.masters.get(name).ok_or_else(|| ExecError::Params(format!("`{name}` is not a parameter of the model")))?;
         let mut bytes = vec![0u8; n * 4];
         self.dev.copy_from_device(&buf, &mut bytes).map_err(dev_err(format!("reading parameter `{name}`")))?;
-        Ok(decode(&bytes, Storage::F32, n))
+        Ok(decode(&bytes, DType::F32, n))
     }
 
     /// Aux buffer `i` read as f32 values (tables, scratch), for inspection.
@@ -409,7 +415,7 @@ impl<'a> Executor<'a> {
         };
         let mut bytes = vec![0u8; n];
         self.dev.copy_from_device(&buf, &mut bytes).map_err(dev_err(format!("reading aux buffer {i}")))?;
-        Ok(decode(&bytes, Storage::F32, n / 4))
+        Ok(decode(&bytes, DType::F32, n / 4))
     }
 
     fn resolve(&self, i: usize, l: &LaunchStep) -> Result<Resolved> {
@@ -424,7 +430,8 @@ impl<'a> Executor<'a> {
                     regions.push((r.buf.addr + r.offset, r.bytes));
                     KernelArg::Buf(r.buf, r.offset)
                 }
-                ArgRef::ParamMaster(name) => {
+                ArgRef::ParamMaster(id) => {
+                    let name = self.param_name(*id).map_err(|e| bad(format!("argument {j}: {e}")))?;
                     let (buf, _) = self.masters.get(name).ok_or_else(|| bad(format!("argument {j}: no parameter `{name}`")))?;
                     regions.push((buf.addr, buf.bytes as u64));
                     KernelArg::Buf(*buf, 0)
@@ -462,7 +469,8 @@ impl<'a> Executor<'a> {
         let what = || format!("%{} ({})", v.index(), self.graph.nodes[v.index()].op.name());
         match place {
             Place::Arena(s) | Place::Param { prepared: Some(s), .. } => Ok(Region { buf: self.arena, offset: s.offset, bytes: s.bytes }),
-            Place::Param { name, prepared: None } => {
+            Place::Param { id, prepared: None } => {
+                let name = self.param_name(*id).map_err(|e| format!("{}: {e}", what()))?;
                 let (buf, n) = self.masters.get(name).ok_or_else(|| format!("{}: no parameter `{name}` in the graph", what()))?;
                 Ok(Region { buf: *buf, offset: 0, bytes: *n as u64 * 4 })
             }
@@ -569,7 +577,7 @@ fn check_slots(program: &Program, graph: &Graph) -> Result<()> {
                 slot.offset, slot.bytes, plan.arena_bytes
             )));
         }
-        if slot.bytes != numel * slot.storage.bytes() {
+        if slot.bytes != numel * u64::from(slot.storage.bytes()) {
             return Err(ExecError::BadProgram(format!(
                 "%{i}: slot of {} bytes for {numel} {:?} elements",
                 slot.bytes, slot.storage
@@ -591,11 +599,11 @@ fn place_name(p: &Place) -> String {
 }
 
 /// Stored bytes -> f32 values.
-fn decode(bytes: &[u8], storage: Storage, numel: usize) -> Vec<f32> {
+fn decode(bytes: &[u8], storage: DType, numel: usize) -> Vec<f32> {
     match storage {
-        Storage::F32 => bytes.chunks_exact(4).take(numel).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Storage::I32 => bytes.chunks_exact(4).take(numel).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
-        Storage::Bf16 => {
+        DType::F32 => bytes.chunks_exact(4).take(numel).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::I32 => bytes.chunks_exact(4).take(numel).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+        DType::Bf16 => {
             bytes.chunks_exact(2).take(numel).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
         }
     }

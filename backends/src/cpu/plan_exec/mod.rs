@@ -210,7 +210,7 @@ pub fn execute_plan_with<F: Real>(
             let oerr = |msg: String| CpuError::Op { node: m as u32, op: opname, msg };
             let out: Tensor<F> = match &node.op {
                 Op::Input { name, ty } => load_input(inputs, name, ty)?,
-                Op::Param { name } => load_param(g, params, name)?,
+                Op::Param { id } => load_param(g, params, g.param_name(*id))?,
                 Op::CausalAttentionGrad { wrt, scale } => {
                     if !attn_done.contains_key(&node.args) {
                         let want = [AttnPart::Q, AttnPart::K, AttnPart::V].map(|p| {
@@ -301,7 +301,7 @@ fn fetch<F: Real>(
     }
     match &g.nodes[m].op {
         Op::Scalar { value } => Ok(Tensor::float(vec![], vec![F::from_f64(*value)])),
-        Op::Param { name } => load_param(g, params, name),
+        Op::Param { id } => load_param(g, params, g.param_name(*id)),
         Op::Input { name, .. } => inputs.get(name).cloned().ok_or_else(|| CpuError::MissingInput(name.clone())),
         op => Err(CpuError::Op { node: m as u32, op: op.name(), msg: "internal: read before any kernel computed it".into() }),
     }

@@ -14,20 +14,21 @@
 //! q, k, v and do are read in the precision's type (bf16 or f32), staged
 //! into scratch when stored otherwise. Head dims 8, 16, 32 and 64.
 
-use super::toolkit::{self, elem_of, output_target, plan_outputs, Fused};
+use super::toolkit::{self, output_target, plan_outputs, Fused};
 use crate::ptx::templates::attention::{emit_attention, AttnConfig, AttnKernel, AttnKernels, AttnLayout};
 use crate::ptx::ctx::{Ctx, PtxError};
-use crate::ptx::templates::epilogue::ElemType;
-use crate::scalar::expr::Elem;
+use pgc_ir::types::DType;
 use crate::ptx::pointwise::{BufArg, GraphExprs};
 use crate::ptx::program::{ArgRef, Launch, ZeroRef};
 use pgc_ir::plan::{Place, Precision};
 use pgc_ir::{AttnPart, Op, ValueId};
 
-fn to_elem_type(e: Elem) -> ElemType {
+/// The attention kernels' tensors are float: i32 never reaches them, and a
+/// float that is not bf16 is f32.
+fn to_elem_type(e: DType) -> DType {
     match e {
-        Elem::Bf16 => ElemType::Bf16,
-        _ => ElemType::F32,
+        DType::Bf16 => DType::Bf16,
+        DType::F32 | DType::I32 => DType::F32,
     }
 }
 
@@ -45,10 +46,10 @@ fn dims(cx: &Ctx, q: ValueId, k: ValueId) -> Dims {
     Dims { b: sq[0] as u32, h: sq[1] as u32, hk: sk[1] as u32, t: sq[2] as u32, d: sq[3] as u32 }
 }
 
-fn precision(cx: &Ctx) -> (Precision, Elem) {
+fn precision(cx: &Ctx) -> (Precision, DType) {
     match cx.plan.precision {
-        Precision::Bf16 => (Precision::Bf16, Elem::Bf16),
-        Precision::F32 => (Precision::F32, Elem::F32),
+        Precision::Bf16 => (Precision::Bf16, DType::Bf16),
+        Precision::F32 => (Precision::F32, DType::F32),
     }
 }
 
@@ -76,7 +77,7 @@ fn sizes(d: &Dims, scale: f64) -> [ArgRef; 4] {
 
 /// Read attention operand `v` in type `want`: computed by this kernel (a fused
 /// prologue) -> a fused launch into scratch; stored -> as stored or staged.
-fn input(cx: &mut Ctx, ki: usize, v: ValueId, want: Elem, what: &str) -> Result<ArgRef, PtxError> {
+fn input(cx: &mut Ctx, ki: usize, v: ValueId, want: DType, what: &str) -> Result<ArgRef, PtxError> {
     let kernel = cx.plan.kernels[ki].clone();
     if !kernel.ops.contains(&v) {
         return toolkit::operand(cx, v, want, what);
@@ -127,7 +128,7 @@ fn forward(cx: &mut Ctx, ki: usize, fwd: ValueId) -> Result<Launch, PtxError> {
     let want = precision(cx).1;
     let (qa, ka, va) = (input(cx, ki, q, want, "q")?, input(cx, ki, k, want, "k")?, input(cx, ki, v, want, "v")?);
     let o_elem = match &cx.plan.values[fwd.index()] {
-        Place::Arena(s) => elem_of(s.storage),
+        Place::Arena(s) => s.storage,
         _ => want,
     };
     if precision(cx).0 == Precision::Bf16 {
@@ -172,18 +173,18 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
         }
     };
     cfg.out = o_type;
-    let stored = |cx: &Ctx, part: AttnPart| -> Option<(ValueId, Elem)> {
+    let stored = |cx: &Ctx, part: AttnPart| -> Option<(ValueId, DType)> {
         grads.iter().copied().find(|&x| matches!(g.node(x).op, Op::CausalAttentionGrad { wrt, .. } if wrt == part)).and_then(|x| match &cx.plan.values[x.index()] {
-            Place::Arena(s) => Some((x, elem_of(s.storage))),
+            Place::Arena(s) => Some((x, s.storage)),
             _ => None,
         })
     };
     let (gq, gk, gv) = (stored(cx, AttnPart::Q), stored(cx, AttnPart::K), stored(cx, AttnPart::V));
     // dk, dv in one type: bf16 only when both are stored bf16 (bf16 precision).
     let kv_type = match (gk, gv) {
-        (Some((_, Elem::Bf16)), Some((_, Elem::Bf16))) if prec == Precision::Bf16 => Elem::Bf16,
-        (Some((_, Elem::Bf16)), None) | (None, Some((_, Elem::Bf16))) if prec == Precision::Bf16 => Elem::Bf16,
-        _ => Elem::F32,
+        (Some((_, DType::Bf16)), Some((_, DType::Bf16))) if prec == Precision::Bf16 => DType::Bf16,
+        (Some((_, DType::Bf16)), None) | (None, Some((_, DType::Bf16))) if prec == Precision::Bf16 => DType::Bf16,
+        _ => DType::F32,
     };
     cfg.grad_out = to_elem_type(kv_type);
     let ks = kernels(cx, &cfg)?;
@@ -194,8 +195,8 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
         toolkit::operand(cx, dy, want, "do")?,
     );
     // Destinations: the output slot when its type matches, else scratch (+ a copy after).
-    let mut copies: Vec<(ValueId, usize, Elem)> = Vec::new();
-    let mut dest = |cx: &mut Ctx, stored: Option<(ValueId, Elem)>, ty: Elem, like: ValueId| -> ArgRef {
+    let mut copies: Vec<(ValueId, usize, DType)> = Vec::new();
+    let mut dest = |cx: &mut Ctx, stored: Option<(ValueId, DType)>, ty: DType, like: ValueId| -> ArgRef {
         match stored {
             Some((x, e)) if e == ty => ArgRef::Value(x),
             Some((x, _)) => {
@@ -206,7 +207,7 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
             None => ArgRef::Aux(cx.scratch(g.ty(like).numel() as u64 * ty.bytes() as u64)),
         }
     };
-    let dq = dest(cx, gq, Elem::F32, q);
+    let dq = dest(cx, gq, DType::F32, q);
     let dk = dest(cx, gk, kv_type, k);
     let dv = dest(cx, gv, kv_type, v);
     let dsum = cx.scratch(d.b as u64 * d.h as u64 * d.t as u64 * 4);

@@ -4,7 +4,7 @@
 
 use super::toolkit::{emit, output_target, plain_source, plan_outputs, Fused};
 use crate::ptx::ctx::{Ctx, PtxError};
-use crate::scalar::expr::Elem;
+use crate::scalar::expr::DType;
 use crate::ptx::pointwise::{BufArg, GraphExprs};
 use crate::ptx::program::{ArgRef, Launch};
 use pgc_ir::Op;
@@ -19,9 +19,9 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
         gx.source_lazy(v, elem, arg);
     }
     for &v in &kernel.ops {
-        if let Op::Param { name } = &g.node(v).op {
+        if let Op::Param { id } = g.node(v).op {
             if !gx.has_source(v) {
-                gx.source_lazy(v, Elem::F32, ArgRef::ParamMaster(name.clone()));
+                gx.source_lazy(v, DType::F32, ArgRef::ParamMaster(id));
             }
         }
     }

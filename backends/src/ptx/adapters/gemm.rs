@@ -21,12 +21,13 @@
 //! product goes to an f32 scratch buffer and a fused launch computes the
 //! outputs from it.
 
-use super::toolkit::{self, elem_of, output_target, plain_source, Fused};
+use super::toolkit::{self, output_target, plain_source, Fused};
 use crate::ptx::ctx::{Ctx, PtxError};
-use crate::ptx::templates::epilogue::{ElemType, EpiStep, Epilogue};
+use crate::ptx::templates::epilogue::{EpiStep, Epilogue};
 use crate::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout};
 use crate::ptx::pointwise::epi::{PwEpilogue, PwRowSum, PwStore};
-use crate::scalar::expr::{Elem, Ty, Var, E};
+use crate::scalar::expr::{Ty, Var, E};
+use pgc_ir::types::DType;
 use crate::ptx::pointwise::{BufArg, GraphExprs};
 use crate::ptx::program::{ArgRef, Launch, ZeroRef};
 use pgc_ir::plan::{Kernel as PlanKernel, KernelKind, Place, Precision};
@@ -63,23 +64,23 @@ fn geometry(cx: &Ctx, p: ValueId) -> Result<Geometry, PtxError> {
 
 /// Where operand `v` is read and whether it is f32 in a bf16 GEMM (converted
 /// by the GEMM's loader); staged into scratch only when neither works.
-fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<(ArgRef, bool), PtxError> {
-    if want == Elem::Bf16 {
+fn operand(cx: &mut Ctx, v: ValueId, want: DType, what: &str) -> Result<(ArgRef, bool), PtxError> {
+    if want == DType::Bf16 {
         match &cx.plan.values[v.index()] {
-            Place::Arena(s) | Place::Param { prepared: Some(s), .. } if elem_of(s.storage) == Elem::Bf16 => return Ok((ArgRef::Value(v), false)),
-            Place::Arena(s) if elem_of(s.storage) == Elem::F32 => return Ok((ArgRef::Value(v), true)),
-            Place::Param { name, .. } => return Ok((ArgRef::ParamMaster(name.clone()), true)),
+            Place::Arena(s) | Place::Param { prepared: Some(s), .. } if s.storage == DType::Bf16 => return Ok((ArgRef::Value(v), false)),
+            Place::Arena(s) if s.storage == DType::F32 => return Ok((ArgRef::Value(v), true)),
+            Place::Param { id, .. } => return Ok((ArgRef::ParamMaster(*id), true)),
             _ => {}
         }
     }
     Ok((toolkit::operand(cx, v, want, what)?, false))
 }
 
-fn elem_type(e: Elem) -> Result<ElemType, PtxError> {
+/// A GEMM writes floats only.
+fn elem_type(e: DType) -> Result<DType, PtxError> {
     match e {
-        Elem::F32 => Ok(ElemType::F32),
-        Elem::Bf16 => Ok(ElemType::Bf16),
-        Elem::I32 => Err(PtxError::Unsupported("an i32 GEMM output".into())),
+        DType::F32 | DType::Bf16 => Ok(e),
+        DType::I32 => Err(PtxError::Unsupported("an i32 GEMM output".into())),
     }
 }
 
@@ -107,8 +108,8 @@ impl Setup {
         };
         let prec = cx.plan.precision;
         let want = match prec {
-            Precision::Bf16 => Elem::Bf16,
-            Precision::F32 => Elem::F32,
+            Precision::Bf16 => DType::Bf16,
+            Precision::F32 => DType::F32,
         };
         let mut geo = geometry(cx, p)?;
         // rmsnorm-into-gemm: A = x, output rows scaled by r.
@@ -130,7 +131,7 @@ impl Setup {
         let mut pre_args = Vec::new();
         if let Some(r) = row_scale {
             let (elem, arg) = plain_source(cx, r)?;
-            if elem != Elem::F32 {
+            if elem != DType::F32 {
                 return Err(PtxError::Unsupported("a bf16 row scale".into()));
             }
             pre_steps.push(EpiStep::RowScale { param: "rs".into() });
@@ -145,7 +146,7 @@ impl Setup {
     }
 
     /// The GEMM configuration with the prologue's steps, then `steps`.
-    pub fn config(&self, steps: Vec<EpiStep>, out: ElemType) -> GemmConfig {
+    pub fn config(&self, steps: Vec<EpiStep>, out: DType) -> GemmConfig {
         let mut all = self.pre_steps.clone();
         all.extend(steps);
         let c = GemmConfig::new(self.prec, self.geo.layout, self.geo.m, self.geo.n, self.geo.k, Epilogue { steps: all, out });
@@ -183,7 +184,7 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
         let epi = Epilogue { steps: vec![], out: elem_type(elem)? };
         let mut cfg = config(epi);
         let mut zero = Vec::new();
-        if elem == Elem::F32 && geo.layout == GemmLayout::WEIGHT_GRAD {
+        if elem == DType::F32 && geo.layout == GemmLayout::WEIGHT_GRAD {
             let s = cfg.suggest_split_k(m, n, k, SMS);
             if s > 1 {
                 cfg = cfg.with_split_k(s);
@@ -198,7 +199,7 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     if kernel.kind == KernelKind::Gemm {
         match pointwise_epilogue(cx, &kernel.ops, &kernel.prologue, &kernel.inputs, &outs, p) {
             Ok((pw, args)) => {
-                let mut cfg = config(Epilogue { steps: vec![EpiStep::Pointwise(Box::new(pw))], out: ElemType::F32 });
+                let mut cfg = config(Epilogue { steps: vec![EpiStep::Pointwise(Box::new(pw))], out: DType::F32 });
                 cfg.name = name.clone();
                 // `c` is not written by a pointwise epilogue: any valid pointer.
                 let c = args.first().cloned().unwrap_or(a.clone());
@@ -212,14 +213,14 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     // Fallback (and the LM head): the product into f32 scratch, then a fused launch.
     let numel = g.ty(p).numel();
     let aux = cx.scratch(numel as u64 * 4);
-    let epi = Epilogue { steps: vec![], out: ElemType::F32 };
+    let epi = Epilogue { steps: vec![], out: DType::F32 };
     let mut cfg = config(epi);
     cfg.name = name.clone();
     let launch = su.launch(cx, cfg, ArgRef::Aux(aux), vec![], vec![])?;
     let inside: Vec<ValueId> = kernel.ops.iter().copied().filter(|&v| v != p).collect();
     // Prologue nodes (recomputed values) are computed here too.
     let mut gx = GraphExprs::new(g, inside.iter().chain(&kernel.prologue).copied());
-    gx.source(p, Elem::F32, ArgRef::Aux(aux));
+    gx.source(p, DType::F32, ArgRef::Aux(aux));
     for &v in &kernel.inputs {
         let (elem, arg) = plain_source(cx, v)?;
         gx.source_lazy(v, elem, arg);
@@ -333,7 +334,7 @@ impl<'g> PwBuild<'g> {
 
     /// `buf[row] += value` over the row's columns (`buf` f32, zeroed first).
     pub fn row_sum(&mut self, buf: ArgRef, value: E) {
-        let b = self.gx.buffer(Elem::F32, BufArg::Ref(buf));
+        let b = self.gx.buffer(DType::F32, BufArg::Ref(buf));
         let index = self.row_e();
         self.row_sums.push(PwRowSum { buf: b, index, value });
     }

@@ -23,8 +23,9 @@
 use super::toolkit::{self, output_target, Fused, Section, Store};
 use super::gemm::{PwBuild, Setup};
 use crate::ptx::ctx::{Ctx, PtxError};
-use crate::ptx::templates::epilogue::{ElemType, EpiStep};
-use crate::scalar::expr::{Elem, Ty, F1};
+use crate::ptx::templates::epilogue::EpiStep;
+use crate::scalar::expr::{Ty, F1};
+use pgc_ir::types::DType;
 use crate::ptx::pointwise::{BufArg, GraphExprs};
 use crate::ptx::program::{ArgRef, Launch, ZeroRef};
 use pgc_ir::plan::Kernel as PlanKernel;
@@ -151,9 +152,9 @@ fn build(
 
     // 2. lse per row and the mean loss.
     let mut gx = GraphExprs::new(g, []);
-    let s_buf = gx.buffer(Elem::F32, BufArg::Ref(ArgRef::Aux(sum_exp)));
-    let zt_buf = gx.buffer(Elem::F32, BufArg::Ref(ArgRef::Aux(z_target)));
-    let lse_buf = gx.buffer(Elem::F32, BufArg::Ref(ArgRef::Aux(lse)));
+    let s_buf = gx.buffer(DType::F32, BufArg::Ref(ArgRef::Aux(sum_exp)));
+    let zt_buf = gx.buffer(DType::F32, BufArg::Ref(ArgRef::Aux(z_target)));
+    let lse_buf = gx.buffer(DType::F32, BufArg::Ref(ArgRef::Aux(lse)));
     let var = gx.x.var(Ty::U32, rows as u64, "row");
     let r = gx.x.var_e(var);
     let s = gx.x.load(s_buf, r);
@@ -168,10 +169,10 @@ fn build(
     let mut zero_loss = Vec::new();
     if kernel.outputs.contains(&ce) {
         let (elem, arg) = output_target(cx, ce)?;
-        if elem != Elem::F32 {
+        if elem != DType::F32 {
             return Err(PtxError::Unsupported("a bf16 loss".into()));
         }
-        let loss_buf = gx.buffer(Elem::F32, BufArg::Ref(arg));
+        let loss_buf = gx.buffer(DType::F32, BufArg::Ref(arg));
         let index = gx.x.int_c(0);
         stores.push(Store { buf: loss_buf, index, value: term, atomic: true });
         zero_loss.push(ZeroRef::Value(ce));
@@ -185,7 +186,7 @@ fn build(
         None
     } else {
         let mut pb = PwBuild::new(cx, &kernel.ops, &kernel.prologue, &kernel.inputs, p)?;
-        let lse_b = pb.gx.buffer(Elem::F32, BufArg::Ref(ArgRef::Aux(lse)));
+        let lse_b = pb.gx.buffer(DType::F32, BufArg::Ref(ArgRef::Aux(lse)));
         let re = pb.row_e();
         let l = pb.gx.x.load(lse_b, re);
         let row = pb.pidx[..pb.pidx.len() - 1].to_vec();
@@ -198,14 +199,14 @@ fn build(
 
     // Every epilogue is built: emit.
     let name = cx.unique_name(&kernel.name);
-    let mut cfg = su.config(vec![EpiStep::Pointwise(Box::new(fwd_epi))], ElemType::F32);
+    let mut cfg = su.config(vec![EpiStep::Pointwise(Box::new(fwd_epi))], DType::F32);
     cfg.name = name;
     let c_arg = su.a.clone();
     let mut launch = su.launch(cx, cfg, c_arg, fwd_args, vec![ZeroRef::Aux(sum_exp), ZeroRef::Aux(z_target)])?;
     let rows_name = cx.unique_name(&format!("{}_lse", kernel.name));
     toolkit::emit(cx, &rows_name, rows_pass)?;
     if let Some((epi, args)) = bwd {
-        let mut cfg = su.config(vec![EpiStep::Pointwise(Box::new(epi))], ElemType::F32);
+        let mut cfg = su.config(vec![EpiStep::Pointwise(Box::new(epi))], DType::F32);
         cfg.name = cx.unique_name(&format!("{}_grad", kernel.name));
         let c_arg = su.a.clone();
         launch = su.launch(cx, cfg, c_arg, args, vec![])?;

@@ -29,7 +29,7 @@ use crate::scalar::expr::*;
 use crate::ptx::pointwise::{BufArg, GraphExprs};
 use crate::ptx::pointwise::lower::{red_add, store, Lower};
 use crate::ptx::program::{ArgRef, Launch, ZeroRef};
-use pgc_ir::plan::{Place, Storage};
+use pgc_ir::plan::Place;
 use pgc_ir::{DType, Op, ReduceFn, ValueId};
 
 pub const THREADS: u32 = 256;
@@ -111,28 +111,21 @@ impl<'g> Fused<'g> {
     }
 }
 
-pub fn elem_of(s: Storage) -> Elem {
-    match s {
-        Storage::F32 => Elem::F32,
-        Storage::Bf16 => Elem::Bf16,
-        Storage::I32 => Elem::I32,
-    }
-}
 
 /// How a non-GEMM kernel reads a stored value: arena slot, fp32 master or run-time input.
-pub fn plain_source(cx: &Ctx, v: ValueId) -> Result<(Elem, ArgRef), PtxError> {
+pub fn plain_source(cx: &Ctx, v: ValueId) -> Result<(DType, ArgRef), PtxError> {
     Ok(match &cx.plan.values[v.index()] {
-        Place::Arena(s) => (elem_of(s.storage), ArgRef::Value(v)),
-        Place::Param { name, .. } => (Elem::F32, ArgRef::ParamMaster(name.clone())),
-        Place::Input { .. } => (if cx.g.ty(v).dtype == DType::I32 { Elem::I32 } else { Elem::F32 }, ArgRef::Value(v)),
+        Place::Arena(s) => (s.storage, ArgRef::Value(v)),
+        Place::Param { id, .. } => (DType::F32, ArgRef::ParamMaster(*id)),
+        Place::Input { .. } => (if cx.g.ty(v).dtype == DType::I32 { DType::I32 } else { DType::F32 }, ArgRef::Value(v)),
         other => return Err(PtxError::Unsupported(format!("%{} is read but not stored ({other:?})", v.index()))),
     })
 }
 
 /// Where a kernel writes output `v`.
-pub fn output_target(cx: &Ctx, v: ValueId) -> Result<(Elem, ArgRef), PtxError> {
+pub fn output_target(cx: &Ctx, v: ValueId) -> Result<(DType, ArgRef), PtxError> {
     Ok(match &cx.plan.values[v.index()] {
-        Place::Arena(s) | Place::Param { prepared: Some(s), .. } => (elem_of(s.storage), ArgRef::Value(v)),
+        Place::Arena(s) | Place::Param { prepared: Some(s), .. } => (s.storage, ArgRef::Value(v)),
         other => return Err(PtxError::Unsupported(format!("output %{} has no slot ({other:?})", v.index()))),
     })
 }
@@ -291,7 +284,7 @@ fn emit_stores_vec(b: &mut KernelBuilder, lw: &mut Lower, stores: &[Store], vec:
             continue;
         }
         let (base, off) = lw.x.split_offset(stores[i].index);
-        if off != 0 || !lw.x.div(base).is_multiple_of(vec as u64) || lw.x.bufs[stores[i].buf.0 as usize] == Elem::I32 {
+        if off != 0 || !lw.x.div(base).is_multiple_of(vec as u64) || lw.x.bufs[stores[i].buf.0 as usize] == DType::I32 {
             continue;
         }
         let mut group = vec![i];
@@ -308,12 +301,12 @@ fn emit_stores_vec(b: &mut KernelBuilder, lw: &mut Lower, stores: &[Store], vec:
         let vals: Vec<Reg> = group.iter().map(|&k| lw.emit_reg(b, stores[k].value)).collect();
         let addr = lw.address(b, stores[i].buf, base);
         match lw.x.bufs[stores[i].buf.0 as usize] {
-            Elem::F32 => b.st_vec(Space::Global, Type::F32, addr, vals.iter().map(|&v| v.into()).collect()),
-            Elem::Bf16 => {
+            DType::F32 => b.st_vec(Space::Global, Type::F32, addr, vals.iter().map(|&v| v.into()).collect()),
+            DType::Bf16 => {
                 let words: Vec<Operand> = vals.chunks(2).map(|p| b.pack_bf16x2(p[1], p[0]).into()).collect();
                 b.st_vec(Space::Global, Type::B32, addr, words);
             }
-            Elem::I32 => unreachable!(),
+            DType::I32 => unreachable!(),
         }
         for k in group {
             done[k] = true;
@@ -406,7 +399,7 @@ fn space<'a>(spaces: &'a mut Vec<RowsSpec>, gx: &mut GraphExprs, rows: u32, len:
 }
 
 /// Sections storing `outs` (node, buffer, element type); `ops` are the kernel's nodes.
-pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId]) -> Result<(), PtxError> {
+pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, DType)], ops: &[ValueId]) -> Result<(), PtxError> {
     let g = f.gx.g;
     let mut spaces: Vec<RowsSpec> = Vec::new();
     // Row spaces of the kernel's row-reducing nodes, in node order.
@@ -415,11 +408,11 @@ pub fn plan_outputs(f: &mut Fused, outs: &[(ValueId, Buf, Elem)], ops: &[ValueId
             space(&mut spaces, &mut f.gx, r, l);
         }
     }
-    let mut deferred: Vec<(ValueId, Buf, Elem)> = Vec::new();
+    let mut deferred: Vec<(ValueId, Buf, DType)> = Vec::new();
     let mut items: Vec<Section> = Vec::new();
     for &(o, buf, elem) in outs {
         let node = g.node(o);
-        let atomic_ok = elem == Elem::F32;
+        let atomic_ok = elem == DType::F32;
         match &node.op {
             Op::ScatterAdd { rows } if ops.contains(&o) => {
                 if !atomic_ok {
@@ -736,11 +729,11 @@ fn plan_reduction(f: &mut Fused, spaces: &mut Vec<RowsSpec>, items: &mut Vec<Sec
 /// Where value `v` (stored by an earlier kernel) can be read in element type
 /// `want`: its arena slot, prepared copy or fp32 master when the type matches;
 /// otherwise a launch converts it into a new scratch buffer first.
-pub fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<ArgRef, PtxError> {
+pub fn operand(cx: &mut Ctx, v: ValueId, want: DType, what: &str) -> Result<ArgRef, PtxError> {
     match &cx.plan.values[v.index()] {
-        Place::Arena(s) if elem_of(s.storage) == want => return Ok(ArgRef::Value(v)),
-        Place::Param { prepared: Some(s), .. } if elem_of(s.storage) == want => return Ok(ArgRef::Value(v)),
-        Place::Param { name, .. } if want == Elem::F32 => return Ok(ArgRef::ParamMaster(name.clone())),
+        Place::Arena(s) if s.storage == want => return Ok(ArgRef::Value(v)),
+        Place::Param { prepared: Some(s), .. } if s.storage == want => return Ok(ArgRef::Value(v)),
+        Place::Param { id, .. } if want == DType::F32 => return Ok(ArgRef::ParamMaster(*id)),
         _ => {}
     }
     let n = cx.g.ty(v).numel();
@@ -751,7 +744,7 @@ pub fn operand(cx: &mut Ctx, v: ValueId, want: Elem, what: &str) -> Result<ArgRe
 }
 
 /// A launch copying value `v` from `src` to `dst` (element types converted).
-pub fn copy(cx: &mut Ctx, v: ValueId, src: (Elem, ArgRef), dst: (Elem, ArgRef), what: &str) -> Result<(), PtxError> {
+pub fn copy(cx: &mut Ctx, v: ValueId, src: (DType, ArgRef), dst: (DType, ArgRef), what: &str) -> Result<(), PtxError> {
     let g = cx.g;
     let shape = g.ty(v).shape.clone();
     let mut gx = GraphExprs::new(g, []);

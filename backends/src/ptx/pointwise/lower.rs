@@ -184,13 +184,13 @@ impl<'x> Lower<'x> {
             let elem = x.bufs[buf.0 as usize];
             let addr = self.address(b, buf, base).plus((w * vec * elem.bytes()) as i64);
             let regs: Vec<Reg> = match elem {
-                Elem::F32 | Elem::I32 => {
-                    let (ty, class) = if elem == Elem::F32 { (Type::F32, RegClass::F32) } else { (Type::U32, RegClass::B32) };
+                DType::F32 | DType::I32 => {
+                    let (ty, class) = if elem == DType::F32 { (Type::F32, RegClass::F32) } else { (Type::U32, RegClass::B32) };
                     let regs: Vec<Reg> = (0..vec).map(|_| b.reg(class)).collect();
                     b.ld_vec(Space::Global, true, ty, &regs, addr);
                     regs
                 }
-                Elem::Bf16 => {
+                DType::Bf16 => {
                     if vec < 2 {
                         continue;
                     }
@@ -466,11 +466,11 @@ impl<'x> Lower<'x> {
 }
 
 /// Load one element at `addr` as f32 (f32, bf16) or u32 (i32).
-pub fn load(b: &mut KernelBuilder, elem: Elem, addr: Addr) -> Reg {
+pub fn load(b: &mut KernelBuilder, elem: DType, addr: Addr) -> Reg {
     match elem {
-        Elem::F32 => b.ld_global_nc(Type::F32, addr),
-        Elem::I32 => b.ld_global_nc(Type::U32, addr),
-        Elem::Bf16 => {
+        DType::F32 => b.ld_global_nc(Type::F32, addr),
+        DType::I32 => b.ld_global_nc(Type::U32, addr),
+        DType::Bf16 => {
             let h = b.ld_global_nc(Type::B16, addr);
             b.cvt(Type::F32, Type::Bf16, None, h)
         }
@@ -478,15 +478,15 @@ pub fn load(b: &mut KernelBuilder, elem: Elem, addr: Addr) -> Reg {
 }
 
 /// Store `v` (f32 or u32) to `addr` in element type `elem`, optionally under a guard.
-pub fn store(b: &mut KernelBuilder, elem: Elem, addr: Addr, v: Operand, pred: Option<Reg>) {
+pub fn store(b: &mut KernelBuilder, elem: DType, addr: Addr, v: Operand, pred: Option<Reg>) {
     let put = |b: &mut KernelBuilder, ty: Type, v: Operand| match pred {
         Some(p) => b.guarded(p, false, |b| b.st(Space::Global, ty, addr.clone(), v)),
         None => b.st(Space::Global, ty, addr.clone(), v),
     };
     match elem {
-        Elem::F32 => put(b, Type::F32, v),
-        Elem::I32 => put(b, Type::U32, v),
-        Elem::Bf16 => {
+        DType::F32 => put(b, Type::F32, v),
+        DType::I32 => put(b, Type::U32, v),
+        DType::Bf16 => {
             let h = b.cvt(Type::Bf16, Type::F32, Some(Rnd::Rn), v);
             put(b, Type::B16, h.into())
         }

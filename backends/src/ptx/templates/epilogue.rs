@@ -23,28 +23,11 @@
 use crate::ptx::builder::*;
 use crate::ptx::pointwise::epi::{PwEpilogue, PwLower};
 use serde::{Deserialize, Serialize};
+pub use pgc_ir::types::DType;
 
-/// Element type of a tensor in memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ElemType {
-    F32,
-    Bf16,
-}
-
-impl ElemType {
-    pub fn bytes(self) -> u32 {
-        match self {
-            ElemType::F32 => 4,
-            ElemType::Bf16 => 2,
-        }
-    }
-    fn log2_bytes(self) -> u32 {
-        match self {
-            ElemType::F32 => 2,
-            ElemType::Bf16 => 1,
-        }
-    }
+/// log2 of an element's bytes (address shifts).
+fn log2_bytes(d: DType) -> u32 {
+    d.bytes().trailing_zeros()
 }
 
 /// One step of an epilogue, applied to the value `v` of one output element.
@@ -62,11 +45,11 @@ pub enum EpiStep {
     /// `v = max(v, 0)^2`.
     Relu2,
     /// `v *= 2 * max(param[row, col], 0)`: the gradient of relu² given the pre-activation.
-    Relu2Grad { param: String, dtype: ElemType },
+    Relu2Grad { param: String, dtype: DType },
     /// `v += param[row, col]` (residual add; may alias the output).
-    AddTensor { param: String, dtype: ElemType },
+    AddTensor { param: String, dtype: DType },
     /// Store the current `v` to an extra `[M, N]` output (e.g. the pre-activation).
-    StoreAux { param: String, dtype: ElemType },
+    StoreAux { param: String, dtype: DType },
     /// Run a scalar program at `(row, col)` with the accumulator `v` (see
     /// [`PwEpilogue`]); it stores every output itself, so it must be the last
     /// step and the main output `c` is not written.
@@ -110,20 +93,20 @@ impl EpiStep {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Epilogue {
     pub steps: Vec<EpiStep>,
-    pub out: ElemType,
+    pub out: DType,
 }
 
 impl Epilogue {
     /// Store the accumulator as is.
-    pub fn store(out: ElemType) -> Self {
+    pub fn store(out: DType) -> Self {
         Epilogue { steps: vec![], out }
     }
     /// `out = acc * r[row]` (RMS-norm row scale).
-    pub fn row_scale(param: &str, out: ElemType) -> Self {
+    pub fn row_scale(param: &str, out: DType) -> Self {
         Epilogue { steps: vec![EpiStep::RowScale { param: param.into() }], out }
     }
     /// `out = max(acc, 0)^2`, optionally storing the pre-activation `acc` to `pre`.
-    pub fn relu2(pre: Option<(&str, ElemType)>, out: ElemType) -> Self {
+    pub fn relu2(pre: Option<(&str, DType)>, out: DType) -> Self {
         let mut steps = vec![];
         if let Some((p, dt)) = pre {
             steps.push(EpiStep::StoreAux { param: p.into(), dtype: dt });
@@ -132,7 +115,7 @@ impl Epilogue {
         Epilogue { steps, out }
     }
     /// `out = res[row, col] + s[col] * acc`.
-    pub fn residual(res: &str, res_dtype: ElemType, scale: Option<&str>, out: ElemType) -> Self {
+    pub fn residual(res: &str, res_dtype: DType, scale: Option<&str>, out: DType) -> Self {
         let mut steps = vec![];
         if let Some(s) = scale {
             steps.push(EpiStep::ColScale { param: s.into() });
@@ -149,9 +132,10 @@ impl Epilogue {
     /// A short tag for kernel names.
     pub fn tag(&self) -> String {
         let mut t = String::new();
-        let dt = |d: &ElemType| match d {
-            ElemType::F32 => "f",
-            ElemType::Bf16 => "h",
+        let dt = |d: &DType| match d {
+            DType::F32 => "f",
+            DType::Bf16 => "h",
+            DType::I32 => "i",
         };
         for s in &self.steps {
             t.push_str(match s {
@@ -175,6 +159,10 @@ impl Epilogue {
     }
 
     pub fn validate(&self, reserved: &[&str]) -> Result<(), String> {
+        let int_step = self.steps.iter().any(|s| matches!(s, EpiStep::Relu2Grad { dtype: DType::I32, .. } | EpiStep::AddTensor { dtype: DType::I32, .. } | EpiStep::StoreAux { dtype: DType::I32, .. }));
+        if self.out == DType::I32 || int_step {
+            return Err("epilogue tensors are f32 or bf16, not i32".into());
+        }
         let mut seen: Vec<&str> = reserved.to_vec();
         if let Some(i) = self.steps.iter().position(|s| matches!(s, EpiStep::Pointwise(_))) {
             if i + 1 != self.steps.len() {
@@ -278,15 +266,16 @@ pub(crate) struct Group<'a> {
     pub col_vals: &'a [&'a [Option<Reg>]],
 }
 
-fn elem_addr(b: &mut KernelBuilder, ptr: Reg, idx: Reg, dt: ElemType) -> Addr {
-    let off = b.bin(BinOp::Shl, Type::U64, idx, dt.log2_bytes());
+fn elem_addr(b: &mut KernelBuilder, ptr: Reg, idx: Reg, dt: DType) -> Addr {
+    let off = b.bin(BinOp::Shl, Type::U64, idx, log2_bytes(dt));
     Addr::reg(b.add_u64(ptr, off))
 }
 
-fn load_tensor(b: &mut KernelBuilder, ptr: Reg, dt: ElemType, g: &Group, n: usize) -> Vec<Reg> {
+fn load_tensor(b: &mut KernelBuilder, ptr: Reg, dt: DType, g: &Group, n: usize) -> Vec<Reg> {
     let addr = elem_addr(b, ptr, g.idx, dt);
     match dt {
-        ElemType::F32 => {
+        DType::I32 => unreachable!("validate() rejects i32 tensors here"),
+        DType::F32 => {
             let v: Vec<Reg> = (0..n).map(|_| b.val(Type::F32, 0.0f32)).collect();
             if g.vector {
                 b.guarded(g.preds[0], false, |b| b.ld_vec(Space::Global, true, Type::F32, &v, addr));
@@ -299,7 +288,7 @@ fn load_tensor(b: &mut KernelBuilder, ptr: Reg, dt: ElemType, g: &Group, n: usiz
             }
             v
         }
-        ElemType::Bf16 => {
+        DType::Bf16 => {
             let h: Vec<Reg> = (0..n).map(|_| b.val(Type::B16, 0u32)).collect();
             if g.vector {
                 b.guarded(g.preds[0], false, |b| b.ld_vec(Space::Global, true, Type::B16, &h, addr));
@@ -315,11 +304,12 @@ fn load_tensor(b: &mut KernelBuilder, ptr: Reg, dt: ElemType, g: &Group, n: usiz
     }
 }
 
-fn store_tensor(b: &mut KernelBuilder, ptr: Reg, dt: ElemType, g: &Group, vals: &[Reg]) {
+fn store_tensor(b: &mut KernelBuilder, ptr: Reg, dt: DType, g: &Group, vals: &[Reg]) {
     let addr = elem_addr(b, ptr, g.idx, dt);
     let n = vals.len();
     match dt {
-        ElemType::F32 => {
+        DType::I32 => unreachable!("validate() rejects i32 tensors here"),
+        DType::F32 => {
             if g.vector {
                 let src: Vec<Operand> = vals.iter().map(|&v| v.into()).collect();
                 b.guarded(g.preds[0], false, |b| b.st_vec(Space::Global, Type::F32, addr, src));
@@ -330,7 +320,7 @@ fn store_tensor(b: &mut KernelBuilder, ptr: Reg, dt: ElemType, g: &Group, vals: 
                 }
             }
         }
-        ElemType::Bf16 => {
+        DType::Bf16 => {
             if g.vector && n == 2 {
                 let packed = b.pack_bf16x2(vals[1], vals[0]);
                 b.guarded(g.preds[0], false, |b| b.st(Space::Global, Type::B32, addr, packed));
@@ -407,8 +397,8 @@ pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &mut EpiRegs,
         }
     }
     if r.atomic_out {
-        assert_eq!(epi.out, ElemType::F32);
-        let addr = elem_addr(b, r.out, g.idx, ElemType::F32);
+        assert_eq!(epi.out, DType::F32);
+        let addr = elem_addr(b, r.out, g.idx, DType::F32);
         for (j, x) in v.iter().enumerate() {
             let p = if g.vector { g.preds[0] } else { g.preds[j] };
             b.guarded(p, false, |b| b.red_add(Space::Global, Type::F32, addr.plus(4 * j as i64), *x));

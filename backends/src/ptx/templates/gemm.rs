@@ -339,7 +339,7 @@ impl GemmConfig {
             return bad("split_k must be 1..=1024".into());
         }
         if self.split_k > 1
-            && (self.epilogue.out != epilogue::ElemType::F32 || !self.epilogue.steps.iter().all(|s| s.is_linear()))
+            && (self.epilogue.out != epilogue::DType::F32 || !self.epilogue.steps.iter().all(|s| s.is_linear()))
         {
             return bad("split-K accumulates atomically: it needs an f32 output and only row/column scale and scale steps".into());
         }
@@ -1069,13 +1069,13 @@ impl FfmaState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ptx::templates::epilogue::ElemType;
+    use crate::ptx::templates::epilogue::DType;
     use crate::ptx::ptxas;
     use crate::ptx::testing::{AWKWARD_SHAPES, LAYOUTS};
 
     #[test]
     fn rejects_bad_configs() {
-        let e = Epilogue::store(ElemType::F32);
+        let e = Epilogue::store(DType::F32);
         let c = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 64, 64, 64, e.clone());
         assert!(c.clone().with_tile(TileConfig { bk: 8, ..TileConfig::SMALL }).validate().is_err());
         assert!(c.clone().with_tile(TileConfig { stages: 1, ..TileConfig::SMALL }).validate().is_err());
@@ -1083,14 +1083,14 @@ mod tests {
         let mut bad = c.clone();
         bad.vec_a = 16;
         assert!(bad.validate().is_err());
-        let dup = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 64, 64, 64, Epilogue::residual("m", ElemType::F32, None, ElemType::F32));
+        let dup = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 64, 64, 64, Epilogue::residual("m", DType::F32, None, DType::F32));
         assert!(dup.validate().is_err(), "epilogue parameter may not shadow m");
         assert!(c.validate().is_ok());
     }
 
     #[test]
     fn picks_vector_widths_from_sizes() {
-        let e = Epilogue::store(ElemType::F32);
+        let e = Epilogue::store(DType::F32);
         let c = GemmConfig::new(Precision::Bf16, GemmLayout::WEIGHT_GRAD, 33, 48, 200, e.clone());
         assert_eq!((c.vec_a, c.vec_b, c.vec_c), (1, 8, 2)); // A stored [K, M=33], B [K, N=48]
         let c = GemmConfig::new(Precision::F32, GemmLayout::LINEAR, 33, 48, 200, e);
@@ -1099,7 +1099,7 @@ mod tests {
 
     #[test]
     fn suggests_split_k_for_weight_gradients() {
-        let e = Epilogue::store(ElemType::F32);
+        let e = Epilogue::store(DType::F32);
         let c = GemmConfig::new(Precision::Bf16, GemmLayout::WEIGHT_GRAD, 1536, 512, 16384, e.clone());
         assert_eq!(c.tile, TileConfig::LARGE);
         // 48 output tiles for 264 block slots: split about 6 ways
@@ -1117,7 +1117,7 @@ mod tests {
         for prec in [Precision::Bf16, Precision::F32] {
             for layout in LAYOUTS {
                 for (mm, nn, kk) in AWKWARD_SHAPES {
-                    let cfg = GemmConfig::new(prec, layout, mm, nn, kk, Epilogue::relu2(Some(("pre", ElemType::Bf16)), ElemType::Bf16));
+                    let cfg = GemmConfig::new(prec, layout, mm, nn, kk, Epilogue::relu2(Some(("pre", DType::Bf16)), DType::Bf16));
                     if m.kernels.iter().any(|k| k.name == cfg.name) {
                         continue;
                     }

@@ -2,7 +2,7 @@
 //! errors, and the emission helpers of the forward, backward and row kernels.
 
 use crate::ptx::builder::*;
-use crate::ptx::templates::epilogue::ElemType;
+use crate::ptx::templates::epilogue::DType;
 use crate::ptx::templates::gemm::Precision;
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +33,9 @@ pub struct AttnConfig {
     pub head_dim: u32,
     pub layout: AttnLayout,
     /// Element type of the forward output `o` (f32 precision: must be F32).
-    pub out: ElemType,
+    pub out: DType,
     /// Element type of `dk` and `dv` (f32 precision: must be F32).
-    pub grad_out: ElemType,
+    pub grad_out: DType,
     /// The q/k prologue (RMS norm, rotary, `q_gain`): when set, q and k
     /// arrive raw from the projections and [`emit_attention`] also emits the
     /// prep kernels and their backward ([`PrologueKernels`]).
@@ -47,29 +47,29 @@ pub struct AttnConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prologue {
     /// Element type of the gradients of the raw q and k.
-    pub dx: ElemType,
+    pub dx: DType,
 }
 
 impl AttnConfig {
     pub fn new(precision: Precision, head_dim: u32, layout: AttnLayout) -> Self {
         let e = match precision {
-            Precision::Bf16 => ElemType::Bf16,
-            Precision::F32 => ElemType::F32,
+            Precision::Bf16 => DType::Bf16,
+            Precision::F32 => DType::F32,
         };
-        AttnConfig { precision, head_dim, layout, out: e, grad_out: ElemType::F32, prologue: None }
+        AttnConfig { precision, head_dim, layout, out: e, grad_out: DType::F32, prologue: None }
     }
 
     /// With the q/k prologue (raw-gradient element type `dx`).
-    pub fn with_prologue(mut self, dx: ElemType) -> Self {
+    pub fn with_prologue(mut self, dx: DType) -> Self {
         self.prologue = Some(Prologue { dx });
         self
     }
 
     /// The element type of q, k, v and do.
-    pub fn in_type(&self) -> ElemType {
+    pub fn in_type(&self) -> DType {
         match self.precision {
-            Precision::Bf16 => ElemType::Bf16,
-            Precision::F32 => ElemType::F32,
+            Precision::Bf16 => DType::Bf16,
+            Precision::F32 => DType::F32,
         }
     }
 
@@ -77,8 +77,11 @@ impl AttnConfig {
         if !matches!(self.head_dim, 8 | 16 | 32 | 64) {
             return Err(AttnError(format!("head_dim {} is not 8, 16, 32 or 64", self.head_dim)));
         }
-        let dx = self.prologue.map_or(ElemType::F32, |p| p.dx);
-        if self.precision == Precision::F32 && (self.out != ElemType::F32 || self.grad_out != ElemType::F32 || dx != ElemType::F32) {
+        let dx = self.prologue.map_or(DType::F32, |p| p.dx);
+        if [self.out, self.grad_out, dx].contains(&DType::I32) {
+            return Err(AttnError("attention tensors are f32 or bf16, not i32".into()));
+        }
+        if self.precision == Precision::F32 && (self.out != DType::F32 || self.grad_out != DType::F32 || dx != DType::F32) {
             return Err(AttnError("f32 precision writes f32 outputs only".into()));
         }
         Ok(())
@@ -90,9 +93,10 @@ impl AttnConfig {
             Precision::Bf16 => "bf16",
             Precision::F32 => "f32",
         };
-        let e = |t: ElemType| match t {
-            ElemType::F32 => "f",
-            ElemType::Bf16 => "h",
+        let e = |t: DType| match t {
+            DType::F32 => "f",
+            DType::Bf16 => "h",
+            DType::I32 => "i",
         };
         format!("{p}_d{}_{}_o{}{}", self.head_dim, self.layout.tag(), e(self.out), e(self.grad_out))
     }
@@ -426,13 +430,14 @@ pub(super) const BWD_PARAMS: [&str; 9] = ["q", "k", "v", "do", "lse", "dsum", "d
 
 /// Store `vals` (consecutive columns of one row) as f32 or bf16 at `addr`
 /// under `pred`: f32 as `.v2`/`.v4` (or scalars), bf16 as packed pairs.
-pub(super) fn store_row_vals(b: &mut KernelBuilder, ty: ElemType, addr: Addr, vals: &[Reg], pred: Reg) {
+pub(super) fn store_row_vals(b: &mut KernelBuilder, ty: DType, addr: Addr, vals: &[Reg], pred: Reg) {
     match ty {
-        ElemType::F32 => {
+        DType::I32 => unreachable!("validate() rejects i32 tensors here"),
+        DType::F32 => {
             let ops: Vec<Operand> = vals.iter().map(|&r| r.into()).collect();
             b.guarded(pred, false, |b| b.st_vec(Space::Global, Type::F32, addr, ops));
         }
-        ElemType::Bf16 => {
+        DType::Bf16 => {
             assert!(vals.len().is_multiple_of(2));
             let packed: Vec<Operand> = vals.chunks(2).map(|p| b.pack_bf16x2(p[1], p[0]).into()).collect();
             b.guarded(pred, false, |b| b.st_vec(Space::Global, Type::B32, addr, packed));

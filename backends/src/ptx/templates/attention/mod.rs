@@ -138,13 +138,13 @@ pub fn emit_attention(cfg: &AttnConfig) -> Result<AttnKernels, AttnError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ptx::templates::epilogue::ElemType;
+    use crate::ptx::templates::epilogue::DType;
 
     #[test]
     fn rejects_bad_configs() {
         assert!(AttnConfig::new(Precision::Bf16, 48, AttnLayout::Bhtd).validate().is_err());
         let mut c = AttnConfig::new(Precision::F32, 16, AttnLayout::Bhtd);
-        c.out = ElemType::Bf16;
+        c.out = DType::Bf16;
         assert!(c.validate().is_err());
         assert!(AttnConfig::new(Precision::Bf16, 8, AttnLayout::Bthd).validate().is_ok());
     }

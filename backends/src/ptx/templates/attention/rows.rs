@@ -5,7 +5,7 @@
 
 use super::common::*;
 use crate::ptx::builder::*;
-use crate::ptx::templates::epilogue::ElemType;
+use crate::ptx::templates::epilogue::DType;
 use crate::ptx::templates::gemm::Precision;
 use serde::{Deserialize, Serialize};
 
@@ -26,9 +26,10 @@ fn row_index(b: &mut KernelBuilder, layout: AttnLayout, bb: Reg, hh: Reg, tt: Re
 }
 
 /// Load `n` (4 or 8) consecutive elements as f32 (zero when `!ok`).
-fn load_vals(b: &mut KernelBuilder, ty: ElemType, addr: Reg, n: u32, ok: Reg) -> Vec<Reg> {
+fn load_vals(b: &mut KernelBuilder, ty: DType, addr: Reg, n: u32, ok: Reg) -> Vec<Reg> {
     match ty {
-        ElemType::Bf16 => {
+        DType::I32 => unreachable!("validate() rejects i32 tensors here"),
+        DType::Bf16 => {
             let w: Vec<Reg> = (0..n / 2).map(|_| b.val(Type::B32, 0u32)).collect();
             b.guarded(ok, false, |b| b.ld_vec(Space::Global, true, Type::B32, &w, Addr::reg(addr)));
             w.iter()
@@ -38,7 +39,7 @@ fn load_vals(b: &mut KernelBuilder, ty: ElemType, addr: Reg, n: u32, ok: Reg) ->
                 })
                 .collect()
         }
-        ElemType::F32 => {
+        DType::F32 => {
             let v: Vec<Reg> = (0..n).map(|_| b.val(Type::F32, 0.0f32)).collect();
             for (i, c) in v.chunks(4).enumerate() {
                 b.guarded(ok, false, |b| b.ld_vec(Space::Global, true, Type::F32, c, Addr::reg_off(addr, i as i64 * 16)));
@@ -139,19 +140,19 @@ pub struct QkPrepConfig {
     /// Multiply by `gain[h]` (q) or not (k).
     pub gain: bool,
     /// Element type of `dy` in the backward.
-    pub dy: ElemType,
+    pub dy: DType,
     /// Element type of `dx` in the backward.
-    pub dx: ElemType,
+    pub dx: DType,
 }
 
 impl QkPrepConfig {
     pub fn new(precision: Precision, head_dim: u32, layout: AttnLayout, gain: bool) -> Self {
-        QkPrepConfig { precision, head_dim, layout, gain, dy: ElemType::F32, dx: ElemType::F32 }
+        QkPrepConfig { precision, head_dim, layout, gain, dy: DType::F32, dx: DType::F32 }
     }
-    fn io(&self) -> ElemType {
+    fn io(&self) -> DType {
         match self.precision {
-            Precision::Bf16 => ElemType::Bf16,
-            Precision::F32 => ElemType::F32,
+            Precision::Bf16 => DType::Bf16,
+            Precision::F32 => DType::F32,
         }
     }
     /// Name stem of the forward kernel (independent of `dy`, `dx`).
@@ -169,15 +170,19 @@ impl QkPrepConfig {
     }
     /// Name stem of the backward kernel.
     pub fn tag(&self) -> String {
-        let e = |t: ElemType| match t {
-            ElemType::F32 => "f",
-            ElemType::Bf16 => "h",
+        let e = |t: DType| match t {
+            DType::F32 => "f",
+            DType::Bf16 => "h",
+            DType::I32 => "i",
         };
         format!("{}_{}{}", self.fwd_tag(), e(self.dy), e(self.dx))
     }
     pub fn validate(&self) -> Result<(), AttnError> {
         if !matches!(self.head_dim, 8 | 16 | 32 | 64) {
             return Err(AttnError(format!("qk prep: head_dim {} is not 8, 16, 32 or 64", self.head_dim)));
+        }
+        if self.dy == DType::I32 || self.dx == DType::I32 {
+            return Err(AttnError("qk prep: gradients are f32 or bf16, not i32".into()));
         }
         Ok(())
     }
@@ -230,15 +235,16 @@ struct PrepCtx {
     bx: Reg,
 }
 
-fn load_scalar(b: &mut KernelBuilder, ty: ElemType, base: Reg, elem: Reg, ok: Reg) -> Reg {
+fn load_scalar(b: &mut KernelBuilder, ty: DType, base: Reg, elem: Reg, ok: Reg) -> Reg {
     let a = b.mad_wide_u32(elem, ty.bytes(), base);
     match ty {
-        ElemType::F32 => {
+        DType::I32 => unreachable!("validate() rejects i32 tensors here"),
+        DType::F32 => {
             let x = b.val(Type::F32, 0.0f32);
             b.guarded(ok, false, |b| b.ld_vec(Space::Global, true, Type::F32, &[x], Addr::reg(a)));
             x
         }
-        ElemType::Bf16 => {
+        DType::Bf16 => {
             let h = b.val(Type::B16, 0u32);
             b.guarded(ok, false, |b| b.ld_vec(Space::Global, true, Type::B16, &[h], Addr::reg(a)));
             b.cvt(Type::F32, Type::Bf16, None, h)
@@ -246,11 +252,12 @@ fn load_scalar(b: &mut KernelBuilder, ty: ElemType, base: Reg, elem: Reg, ok: Re
     }
 }
 
-fn store_scalar(b: &mut KernelBuilder, ty: ElemType, base: Reg, elem: Reg, ok: Reg, v: Reg) {
+fn store_scalar(b: &mut KernelBuilder, ty: DType, base: Reg, elem: Reg, ok: Reg, v: Reg) {
     let a = b.mad_wide_u32(elem, ty.bytes(), base);
     match ty {
-        ElemType::F32 => b.guarded(ok, false, |b| b.st(Space::Global, Type::F32, Addr::reg(a), v)),
-        ElemType::Bf16 => {
+        DType::I32 => unreachable!("validate() rejects i32 tensors here"),
+        DType::F32 => b.guarded(ok, false, |b| b.st(Space::Global, Type::F32, Addr::reg(a), v)),
+        DType::Bf16 => {
             let h = b.cvt(Type::Bf16, Type::F32, Some(Rnd::Rn), v);
             b.guarded(ok, false, |b| b.st(Space::Global, Type::B16, Addr::reg(a), h));
         }
