@@ -227,6 +227,7 @@ fn gpu_3_gemm_matrix() {
                         (Precision::Bf16, DType::Bf16) => "bf16 in, bf16 out",
                         (Precision::F32, DType::F32) => "f32 in, f32 out",
                         (Precision::F32, DType::Bf16) => "f32 in, bf16 out",
+                        (_, DType::I32) => "i32 out",
                     };
                     let w = worst.entry(key).or_insert(0.0);
                     *w = w.max(o.err);
@@ -340,10 +341,7 @@ fn e<T>(r: Result<T, DeviceError>) -> Result<T, String> {
 }
 
 fn in_t_bytes(t: DType) -> usize {
-    match t {
-        DType::F32 => 4,
-        DType::Bf16 => 2,
-    }
+    t.bytes() as usize
 }
 
 /// The model's large forward GEMM, `x[16384, 512] @ W[1536, 512]^T` (bf16 in
