@@ -118,8 +118,8 @@ pub fn run(args: BenchArgs) -> CliResult {
     }
     let dev: CudaDevice = run::open_cuda("pgc bench")?;
     let prec = match args.precision {
-        PtxPrecision::Bf16 => run::Precision::Bf16,
-        PtxPrecision::F32 => run::Precision::F32,
+        PtxPrecision::Bf16 => run::RunPrecision::Bf16,
+        PtxPrecision::F32 => run::RunPrecision::F32,
     };
     let spec = RunSpec::random(args.model.clone(), super::parse_sets(&args.sets)?, args.seed, args.batch, Some(args.seq), args.mode.into(), true);
     let RunInputs { graph, values, tokens, with_grads, mode } = inputs::prepare(&spec)?;

@@ -47,7 +47,9 @@ pub enum Backend {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
+/// What `pgc run` computes in: f64 (cpu/interp only) besides the plan's two
+/// precisions (`pgc_ir::types::Precision`), which `ptx_precision` maps to.
+pub enum RunPrecision {
     F64,
     F32,
     /// sim and cuda: bf16 tensor-core kernels with fp32 accumulation. cpu and
@@ -86,7 +88,7 @@ pub struct RunArgs {
     /// Working precision [default: f64 on the cpu backend, bf16 on sim and cuda;
     /// bf16 on cpu/interp is PyTorch's bf16 autocast emulated].
     #[arg(long, value_enum)]
-    pub precision: Option<Precision>,
+    pub precision: Option<RunPrecision>,
     /// Output file (safetensors).
     #[arg(long, value_name = "OUT.safetensors")]
     pub out: PathBuf,
@@ -150,8 +152,8 @@ fn bad(msg: impl std::fmt::Display) -> Failure {
 }
 
 /// The plan precision of a PTX backend run.
-pub(crate) fn ptx_precision(p: Precision) -> plan::Precision {
-    if p == Precision::Bf16 {
+pub(crate) fn ptx_precision(p: RunPrecision) -> plan::Precision {
+    if p == RunPrecision::Bf16 {
         plan::Precision::Bf16
     } else {
         plan::Precision::F32
@@ -161,11 +163,11 @@ pub(crate) fn ptx_precision(p: Precision) -> plan::Precision {
 pub fn run(args: RunArgs) -> CliResult {
     let t_start = Instant::now();
     let precision = args.precision.unwrap_or(match args.backend {
-        Backend::Cpu | Backend::Interp => Precision::F64,
-        Backend::Sim | Backend::Cuda => Precision::Bf16,
+        Backend::Cpu | Backend::Interp => RunPrecision::F64,
+        Backend::Sim | Backend::Cuda => RunPrecision::Bf16,
     });
     match (args.backend, precision) {
-        (Backend::Sim | Backend::Cuda, Precision::F64) => {
+        (Backend::Sim | Backend::Cuda, RunPrecision::F64) => {
             return Err(bad("precision f64 is for the cpu backend; the sim and cuda backends run the PTX kernels in bf16 or f32"));
         }
         _ => {}
@@ -176,7 +178,7 @@ pub fn run(args: RunArgs) -> CliResult {
     // Open the GPU first: without one, fail before any work and write nothing.
     let cuda = if args.backend == Backend::Cuda { Some(open_cuda("pgc run")?) } else { None };
     let RunInputs { graph, values, tokens, with_grads, mode } = inputs::prepare(&args.spec()?)?;
-    let elem = if precision == Precision::F64 { 8 } else { 4 };
+    let elem = if precision == RunPrecision::F64 { 8 } else { 4 };
     pgc::pipeline::checks::check_memory("this run (parameters and its largest activation)", pgc::pipeline::checks::run_memory(&graph, elem))?;
     let t_prep = t_start.elapsed().as_secs_f64();
     if let Some(path) = &args.dump_inputs {
@@ -192,8 +194,8 @@ pub fn run(args: RunArgs) -> CliResult {
             let dev = cuda.as_ref().expect("opened above");
             ptx::execute(dev, None, &graph, &values, &tokens, with_grads, ptx_precision(p), args.profile, &mut |d, t| bar.set_total(d, t))?
         }
-        (_, Precision::Bf16) => cpu::execute_yardstick(&graph, &values, &tokens, with_grads, args.profile, args.repeat)?,
-        (b, Precision::F64) => cpu::execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, cpu_executor(b), args.repeat)?,
+        (_, RunPrecision::Bf16) => cpu::execute_yardstick(&graph, &values, &tokens, with_grads, args.profile, args.repeat)?,
+        (b, RunPrecision::F64) => cpu::execute::<f64>(&graph, &values, &tokens, with_grads, args.profile, HostData::F64, cpu_executor(b), args.repeat)?,
         (b, _) => cpu::execute::<f32>(&graph, &values, &tokens, with_grads, args.profile, HostData::F32, cpu_executor(b), args.repeat)?,
     };
     drop(bar);

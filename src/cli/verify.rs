@@ -112,8 +112,8 @@ pub fn run(args: VerifyArgs) -> CliResult {
     }
     let cuda = if args.backend == DeviceArg::Cuda { Some(run::open_cuda("pgc verify")?) } else { None };
     let prec = match args.precision {
-        PtxPrecision::Bf16 => run::Precision::Bf16,
-        PtxPrecision::F32 => run::Precision::F32,
+        PtxPrecision::Bf16 => run::RunPrecision::Bf16,
+        PtxPrecision::F32 => run::RunPrecision::F32,
     };
     let spec = RunSpec::random(args.model.clone(), super::parse_sets(&args.sets)?, args.seed, args.batch, args.seq, args.mode.into(), !args.training_init);
     let RunInputs { graph, mut values, tokens, with_grads, mode } = inputs::prepare(&spec)?;
