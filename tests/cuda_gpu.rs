@@ -10,7 +10,7 @@
 //! `PGC_REQUIRE_GPU=1` (then they fail). Inputs are drawn fresh each run:
 //! the seed is printed, and `PGC_SEED=N` repeats a run. Lines starting with
 //! `SUMMARY` are collected by `scripts/gpu-smoke`. `PGC_GPU_PERF_ALL=1` also
-//! times every model-sized case of `pgc_backends::ptx::testing::perf_cases`.
+//! times every model-sized case of `common::gemm_matrix::perf_cases`.
 //! Tests take a lock so that timings never overlap; their names number them
 //! in the order `--test-threads=1` runs them (device, correctness, timing).
 
@@ -19,7 +19,7 @@ mod common;
 use common::gemm::{check_case, nan_bytes, render};
 use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmKernel, GemmLayout, Precision};
-use pgc_backends::ptx::testing::{cases, decode, encode, perf_cases, rel_err, round_to, GemmCase, Lcg};
+use common::gemm_matrix::{cases, decode, encode, perf_cases, rel_err, round_to, GemmCase, Lcg};
 use pgc_runtime::cuda::{CudaDevice, TimingOptions};
 use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, LaunchConfig, ModuleHandle};
 use std::collections::BTreeMap;

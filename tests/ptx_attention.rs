@@ -6,6 +6,8 @@
 //! below 2e-2, f32 below 1e-5. Every output buffer starts as NaN, so an
 //! element a kernel fails to write fails the test.
 
+mod common;
+
 use pgc_backends::ptx::templates::attention::{
     emit_attention, emit_qk_prep, emit_qk_prep_bwd, prologue_configs, rope_table, AttnConfig, AttnKernel, AttnLayout,
     QkPrepConfig,
@@ -13,7 +15,7 @@ use pgc_backends::ptx::templates::attention::{
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::templates::epilogue::ElemType;
 use pgc_backends::ptx::templates::gemm::Precision;
-use pgc_backends::ptx::testing::{decode, encode, rel_err, round_to, Lcg};
+use common::gemm_matrix::{decode, encode, rel_err, round_to, Lcg};
 use pgc_runtime::device::{DevBuf, Device, KernelArg, LaunchConfig};
 use pgc_runtime::sim::SimDevice;
 

@@ -9,9 +9,9 @@
 mod common;
 
 use common::gemm::{check_case, render, run_gemm};
-use pgc_backends::ptx::templates::epilogue::ElemType;
-use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
-use pgc_backends::ptx::testing::{cases, rel_err, GemmCase, AWKWARD_SHAPES};
+use common::gemm_matrix::{bf16_to_f32, cases, f32_to_bf16, rel_err, GemmCase, AWKWARD_SHAPES};
+use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmKernel, GemmLayout, Precision};
 use pgc_runtime::device::{Device, ModuleHandle};
 use pgc_runtime::sim::SimDevice;
 use std::collections::BTreeMap;
@@ -97,9 +97,7 @@ fn sim_split_k() {
 /// (independent of the layout interpretation in `GemmCase::reference`).
 #[test]
 fn sim_linear_layer_training_step() {
-    use pgc_backends::ptx::templates::epilogue::Epilogue;
-    use pgc_backends::ptx::templates::gemm::GemmConfig;
-    use pgc_backends::ptx::testing::{round_to, Lcg};
+    use common::gemm_matrix::{round_to, Lcg};
     let (t, n, k) = (40usize, 24usize, 56usize);
     let mut rng = Lcg(7);
     let mut gen = |len: usize| -> Vec<f64> { (0..len).map(|_| round_to(rng.uniform(), ElemType::Bf16)).collect() };
@@ -135,4 +133,26 @@ fn sim_linear_layer_training_step() {
         println!("{name}: rel err {e:.3e}");
         assert!(e < 1e-5, "{name}: rel err {e}");
     }
+}
+
+#[test]
+fn bf16_rounding_is_nearest_even() {
+    assert_eq!(f32_to_bf16(1.0), 0x3f80);
+    // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0)
+    assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+    assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+    assert_eq!(bf16_to_f32(0xc000), -2.0);
+}
+
+#[test]
+fn reference_matches_hand_computed() {
+    let cfg = GemmConfig::new(Precision::F32, GemmLayout::WEIGHT_GRAD, 2, 2, 3, Epilogue::relu2(None, ElemType::F32));
+    let case = GemmCase { config: cfg, m: 2, n: 2, k: 3 };
+    let mut inp = BTreeMap::new();
+    // A stored [K, M], B stored [K, N]
+    inp.insert("a".to_string(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    inp.insert("b".to_string(), vec![1.0, -1.0, 1.0, -1.0, 1.0, -1.0]);
+    let r = case.reference(&inp);
+    // C[0][0] = 1+3+5 = 9 -> 81; C[0][1] = -9 -> 0; C[1][0] = 12 -> 144; C[1][1] = -12 -> 0
+    assert_eq!(r["c"], vec![81.0, 0.0, 144.0, 0.0]);
 }

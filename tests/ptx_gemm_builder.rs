@@ -5,9 +5,11 @@
 //! uniform counted loop, negative address offsets, `bar.sync`, and the
 //! bf16x2 pack used by GEMM epilogues.
 
+mod common;
+
 use pgc_backends::ptx::builder::*;
 use pgc_backends::ptx::ptxas;
-use pgc_backends::ptx::testing::{bf16_to_f32, f32_to_bf16};
+use common::gemm_matrix::{bf16_to_f32, f32_to_bf16};
 use pgc_runtime::device::{Device, DeviceExt, KernelArg, LaunchConfig};
 use pgc_runtime::sim::SimDevice;
 

@@ -10,10 +10,13 @@
 //! numpy reference on the GPU, times the model-sized cases against torch, and
 //! runs compute-sanitizer (memcheck, racecheck, initcheck, synccheck).
 
+mod common;
+
+use common::gemm_matrix::{cases, perf_cases, GemmCase, AWKWARD_SHAPES, LAYOUTS};
 use pgc_backends::ptx::builder::Module;
-use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig};
 use pgc_backends::ptx::ptxas;
-use pgc_backends::ptx::testing::{cases, perf_cases, GemmCase};
+use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, Precision};
 use std::collections::BTreeMap;
 
 fn manifest(cases: &[GemmCase]) -> Vec<serde_json::Value> {
@@ -79,5 +82,33 @@ fn all_gemm_configurations_assemble_without_spills() {
         assert_eq!((k.spill_stores, k.spill_loads, k.stack_frame), (0, 0, 0), "{} spills: {k:?}", k.name);
         let threads = kernels[&k.name].tile.threads();
         assert!(k.registers * threads <= 65536, "{}: {} registers x {threads} threads", k.name, k.registers);
+    }
+}
+
+/// Every layout in both precisions on the awkward shapes assembles with no
+/// spills, with the heaviest epilogue (relu² storing the pre-activation).
+#[test]
+fn gemm_kernels_assemble_without_spills() {
+    let mut m = Module::new();
+    for prec in [Precision::Bf16, Precision::F32] {
+        for layout in LAYOUTS {
+            for (mm, nn, kk) in AWKWARD_SHAPES {
+                let cfg = GemmConfig::new(prec, layout, mm, nn, kk, Epilogue::relu2(Some(("pre", ElemType::Bf16)), ElemType::Bf16));
+                if m.kernels.iter().any(|k| k.name == cfg.name) {
+                    continue;
+                }
+                m.push(emit_gemm(&cfg).unwrap().kernel);
+            }
+        }
+    }
+    let text = m.render();
+    let Some(r) = ptxas::assemble_or_skip(&text, "GEMM kernels") else { return };
+    for k in &r.kernels {
+        eprintln!("{:<60} regs {:>3} spill {}/{} smem(static) {}", k.name, k.registers, k.spill_stores, k.spill_loads, k.shared_bytes);
+    }
+    assert_eq!(r.kernels.len(), m.kernels.len(), "{}", r.log);
+    for k in &r.kernels {
+        assert_eq!((k.spill_stores, k.spill_loads, k.stack_frame), (0, 0, 0), "{k:?}");
+        assert!(k.registers > 0 && k.registers <= 255, "{k:?}");
     }
 }

@@ -1,12 +1,12 @@
 //! One GEMM test body for every device: run a case of the GEMM emitters'
-//! test matrix (`pgc_backends::ptx::testing::cases`) on a [`Device`] and
+//! test matrix (`gemm_matrix::cases`) on a [`Device`] and
 //! compare it with the f64 reference. `tests/ptx_gemm.rs` runs it on the
 //! simulator, `tests/cuda_gpu.rs` on a GPU.
 
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::templates::epilogue::ElemType;
 use pgc_backends::ptx::templates::gemm::GemmKernel;
-use pgc_backends::ptx::testing::{decode, encode, rel_err, GemmCase};
+use super::gemm_matrix::{decode, encode, rel_err, GemmCase};
 use pgc_runtime::device::{Device, KernelArg, LaunchConfig, ModuleHandle};
 use std::collections::BTreeMap;
 

@@ -1,9 +1,10 @@
-//! Test support for the GEMM emitters: the configuration matrix the tests
-//! assemble and run, deterministic inputs, and an f64 reference of
-//! `op(A) @ op(B)` followed by the epilogue.
+//! The GEMM emitters' test matrix: the configurations the tests assemble
+//! and run, deterministic inputs, and an f64 reference of `op(A) @ op(B)`
+//! followed by the epilogue. Test support only, so it lives with the tests
+//! (`tests/common/gemm.rs` runs a case on a device).
 
-use super::templates::epilogue::{ElemType, EpiStep, Epilogue};
-use super::templates::gemm::{AStore, BStore, GemmConfig, GemmLayout, Precision, TileConfig};
+use pgc_backends::ptx::templates::epilogue::{ElemType, EpiStep, Epilogue};
+use pgc_backends::ptx::templates::gemm::{AStore, BStore, GemmConfig, GemmLayout, Precision, TileConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -325,32 +326,5 @@ impl Lcg {
     /// Uniform in [-1, 1).
     pub fn uniform(&mut self) -> f64 {
         (self.next_u32() as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bf16_rounding_is_nearest_even() {
-        assert_eq!(f32_to_bf16(1.0), 0x3f80);
-        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0)
-        assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
-        assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
-        assert_eq!(bf16_to_f32(0xc000), -2.0);
-    }
-
-    #[test]
-    fn reference_matches_hand_computed() {
-        let cfg = GemmConfig::new(Precision::F32, GemmLayout::WEIGHT_GRAD, 2, 2, 3, Epilogue::relu2(None, ElemType::F32));
-        let case = GemmCase { config: cfg, m: 2, n: 2, k: 3 };
-        let mut inp = BTreeMap::new();
-        // A stored [K, M], B stored [K, N]
-        inp.insert("a".to_string(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        inp.insert("b".to_string(), vec![1.0, -1.0, 1.0, -1.0, 1.0, -1.0]);
-        let r = case.reference(&inp);
-        // C[0][0] = 1+3+5 = 9 -> 81; C[0][1] = -9 -> 0; C[1][0] = 12 -> 144; C[1][1] = -12 -> 0
-        assert_eq!(r["c"], vec![81.0, 0.0, 144.0, 0.0]);
     }
 }
