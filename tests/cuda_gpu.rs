@@ -17,9 +17,9 @@
 mod common;
 
 use common::gemm::{check_case, nan_bytes, render};
-use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
-use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmKernel, GemmLayout, Precision};
-use common::gemm_matrix::{cases, decode, encode, perf_cases, rel_err, round_to, GemmCase, Lcg};
+use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
+use common::gemm_matrix::{cases, decode, encode, perf_cases, rel_err, round_to, EpiCase, GemmCase, Lcg};
 use pgc_runtime::cuda::{CudaDevice, TimingOptions};
 use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, LaunchConfig, ModuleHandle};
 use std::collections::BTreeMap;
@@ -353,8 +353,9 @@ fn gpu_4_gemm_large_timing() {
     let Some((_g, dev)) = gpu("gpu_gemm_large_timing") else { return };
     let base = seed("gpu_gemm_large_timing");
     let (m, n, k) = (16384u32, 1536u32, 512u32);
-    let default = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, m, n, k, Epilogue::store(ElemType::Bf16));
-    let mut list = vec![GemmCase { config: default.clone(), m, n, k }];
+    let first = GemmCase::new(Precision::Bf16, GemmLayout::LINEAR, (m, n, k), EpiCase::Store, ElemType::Bf16);
+    let default = first.config.clone();
+    let mut list = vec![first];
     let all_perf = std::env::var("PGC_GPU_PERF_ALL").as_deref() == Ok("1");
     for c in perf_cases() {
         let same = c.config.layout == GemmLayout::LINEAR && (c.m, c.n, c.k) == (m, n, k);

@@ -9,9 +9,9 @@
 mod common;
 
 use common::gemm::{check_case, render, run_gemm};
-use common::gemm_matrix::{bf16_to_f32, cases, f32_to_bf16, rel_err, GemmCase, AWKWARD_SHAPES};
-use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
-use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmKernel, GemmLayout, Precision};
+use common::gemm_matrix::{bf16_to_f32, cases, f32_to_bf16, rel_err, EpiCase, GemmCase, AWKWARD_SHAPES};
+use pgc_backends::ptx::templates::epilogue::ElemType;
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
 use pgc_runtime::device::{Device, ModuleHandle};
 use pgc_runtime::sim::SimDevice;
 use std::collections::BTreeMap;
@@ -102,12 +102,7 @@ fn sim_linear_layer_training_step() {
     let mut rng = Lcg(7);
     let mut gen = |len: usize| -> Vec<f64> { (0..len).map(|_| round_to(rng.uniform(), ElemType::Bf16)).collect() };
     let (x, w, dy) = (gen(t * k), gen(n * k), gen(t * n));
-    let case = |l, m: usize, nn: usize, kk: usize| GemmCase {
-        config: GemmConfig::new(Precision::Bf16, l, m as u32, nn as u32, kk as u32, Epilogue::store(ElemType::F32)),
-        m: m as u32,
-        n: nn as u32,
-        k: kk as u32,
-    };
+    let case = |l, m: usize, nn: usize, kk: usize| GemmCase::new(Precision::Bf16, l, (m as u32, nn as u32, kk as u32), EpiCase::Store, ElemType::F32);
     let dev = SimDevice::new();
     let run = |c: &GemmCase, a: &Vec<f64>, b: &Vec<f64>| {
         let inp = BTreeMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]);
@@ -146,13 +141,12 @@ fn bf16_rounding_is_nearest_even() {
 
 #[test]
 fn reference_matches_hand_computed() {
-    let cfg = GemmConfig::new(Precision::F32, GemmLayout::WEIGHT_GRAD, 2, 2, 3, Epilogue::relu2(None, ElemType::F32));
-    let case = GemmCase { config: cfg, m: 2, n: 2, k: 3 };
+    let case = GemmCase::new(Precision::F32, GemmLayout::WEIGHT_GRAD, (2, 2, 3), EpiCase::Relu2 { pre: None }, ElemType::F32);
     let mut inp = BTreeMap::new();
     // A stored [K, M], B stored [K, N]
     inp.insert("a".to_string(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     inp.insert("b".to_string(), vec![1.0, -1.0, 1.0, -1.0, 1.0, -1.0]);
     let r = case.reference(&inp);
     // C[0][0] = 1+3+5 = 9 -> 81; C[0][1] = -9 -> 0; C[1][0] = 12 -> 144; C[1][1] = -12 -> 0
-    assert_eq!(r["c"], vec![81.0, 0.0, 144.0, 0.0]);
+    assert_eq!(r["out"], vec![81.0, 0.0, 144.0, 0.0]);
 }

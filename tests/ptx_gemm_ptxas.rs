@@ -12,10 +12,10 @@
 
 mod common;
 
-use common::gemm_matrix::{cases, perf_cases, GemmCase, AWKWARD_SHAPES, LAYOUTS};
+use common::gemm_matrix::{cases, perf_cases, EpiCase, GemmCase, AWKWARD_SHAPES, LAYOUTS};
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::ptxas;
-use pgc_backends::ptx::templates::epilogue::{ElemType, Epilogue};
+use pgc_backends::ptx::templates::epilogue::ElemType;
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmConfig, Precision};
 use std::collections::BTreeMap;
 
@@ -31,6 +31,7 @@ fn manifest(cases: &[GemmCase]) -> Vec<serde_json::Value> {
                 "block": k.block(),
                 "smem_bytes": k.smem_bytes,
                 "config": c.config,
+                "epi": c.epi,
                 "tensors": c.tensors(),
             })
         })
@@ -93,7 +94,8 @@ fn gemm_kernels_assemble_without_spills() {
     for prec in [Precision::Bf16, Precision::F32] {
         for layout in LAYOUTS {
             for (mm, nn, kk) in AWKWARD_SHAPES {
-                let cfg = GemmConfig::new(prec, layout, mm, nn, kk, Epilogue::relu2(Some(("pre", ElemType::Bf16)), ElemType::Bf16));
+                let relu2 = EpiCase::Relu2 { pre: Some(ElemType::Bf16) };
+                let cfg = GemmCase::new(prec, layout, (mm, nn, kk), relu2, ElemType::Bf16).config;
                 if m.kernels.iter().any(|k| k.name == cfg.name) {
                     continue;
                 }

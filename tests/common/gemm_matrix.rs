@@ -2,9 +2,16 @@
 //! and run, deterministic inputs, and an f64 reference of `op(A) @ op(B)`
 //! followed by the epilogue. Test support only, so it lives with the tests
 //! (`tests/common/gemm.rs` runs a case on a device).
+//!
+//! A case's epilogue is an [`EpiCase`]: what the reference computes, and
+//! what the kernel's [`Epilogue`] is built from: the library's row-scale step,
+//! or a pointwise program in the scalar IR (as the plan adapters build them)
+//! for everything element-wise.
 
+use pgc_backends::ptx::pointwise::epi::{PwEpilogue, PwStore};
 use pgc_backends::ptx::templates::epilogue::{ElemType, EpiStep, Epilogue};
 use pgc_backends::ptx::templates::gemm::{AStore, BStore, GemmConfig, GemmLayout, Precision, TileConfig};
+use pgc_backends::scalar::expr::{Elem, Exprs, Ty, Var, E, F2};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -13,34 +20,228 @@ pub const AWKWARD_SHAPES: [(u32, u32, u32); 3] = [(33, 48, 200), (1, 8, 16), (25
 
 pub const LAYOUTS: [GemmLayout; 4] = [GemmLayout::LINEAR, GemmLayout::INPUT_GRAD, GemmLayout::WEIGHT_GRAD, GemmLayout::TT];
 
-/// One test case: a kernel configuration and a problem size.
+/// What a case computes after the product `acc` at `(row, col)`. The first
+/// two write `c`; the pointwise ones write `out` (and `pre` / `aux`), the
+/// GEMM's own `c` being unused.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum EpiCase {
+    /// `c = acc`
+    Store,
+    /// `c = acc * rstd[row]` (linear: allowed under split-K)
+    RowScale,
+    /// `out = max(acc, 0)^2`, and the pre-activation `pre = acc` when `pre` gives its type
+    Relu2 { pre: Option<ElemType> },
+    /// `out = res[row, col] + s[col] * acc` (the column scale `s` only when `col_scale`)
+    Residual { res: ElemType, col_scale: bool },
+    /// The relu² gradient after a column bias, stored twice (`aux` in f32):
+    /// `aux = out = (acc + bias[col]) * 2 max(pre[row, col], 0) * 0.5` (`pre` f32)
+    BiasRelu2Grad,
+}
+
+/// The epilogues the tests cover.
+pub const EPILOGUES: [EpiCase; 7] = [
+    EpiCase::Store,
+    EpiCase::RowScale,
+    EpiCase::Relu2 { pre: Some(ElemType::Bf16) },
+    EpiCase::Relu2 { pre: None },
+    EpiCase::Residual { res: ElemType::F32, col_scale: true },
+    EpiCase::Residual { res: ElemType::Bf16, col_scale: false },
+    EpiCase::BiasRelu2Grad,
+];
+
+fn elem(dt: ElemType) -> Elem {
+    match dt {
+        ElemType::F32 => Elem::F32,
+        ElemType::Bf16 => Elem::Bf16,
+    }
+}
+
+/// A pointwise epilogue under construction: the scalar program over
+/// `(row, col, acc)` and a tensor spec per buffer, in parameter order.
+struct Pw {
+    x: Exprs,
+    row: Var,
+    col: Var,
+    acc: Var,
+    shape: [usize; 2],
+    specs: Vec<TensorSpec>,
+    stores: Vec<PwStore>,
+}
+
+impl Pw {
+    fn new(m: u32, n: u32) -> Pw {
+        let mut x = Exprs::new();
+        let row = x.var(Ty::U32, m as u64, "row");
+        let col = x.var(Ty::U32, n as u64, "col");
+        let acc = x.var(Ty::Float, 0, "acc");
+        Pw { x, row, col, acc, shape: [m as usize, n as usize], specs: vec![], stores: vec![] }
+    }
+    fn acc(&mut self) -> E {
+        self.x.var_e(self.acc)
+    }
+    fn col(&mut self) -> E {
+        self.x.var_e(self.col)
+    }
+    /// `row * N + col`
+    fn elem_index(&mut self) -> E {
+        let (r, c) = (self.x.var_e(self.row), self.x.var_e(self.col));
+        self.x.linear(&self.shape, &[r, c])
+    }
+    fn buf(&mut self, name: &str, elems: usize, dt: ElemType, output: bool) -> pgc_backends::scalar::expr::Buf {
+        self.specs.push(TensorSpec { name: name.into(), elems, dtype: dt, output, initial: false });
+        self.x.buf(elem(dt))
+    }
+    /// `name[row, col]`
+    fn load_elem(&mut self, name: &str, dt: ElemType) -> E {
+        let b = self.buf(name, self.shape[0] * self.shape[1], dt, false);
+        let i = self.elem_index();
+        self.x.load(b, i)
+    }
+    /// `name[col]` (f32)
+    fn load_col(&mut self, name: &str) -> E {
+        let b = self.buf(name, self.shape[1], ElemType::F32, false);
+        let i = self.col();
+        self.x.load(b, i)
+    }
+    /// `name[row, col] = value`
+    fn store(&mut self, name: &str, dt: ElemType, value: E) {
+        let buf = self.buf(name, self.shape[0] * self.shape[1], dt, true);
+        let index = self.elem_index();
+        self.stores.push(PwStore { buf, index, value });
+    }
+    fn finish(self) -> (Vec<EpiStep>, Vec<TensorSpec>) {
+        let params = self.specs.iter().map(|t| t.name.clone()).collect();
+        let pw = PwEpilogue { exprs: self.x, row: self.row, col: self.col, acc: self.acc, params, stores: self.stores, row_sums: vec![] };
+        (vec![EpiStep::Pointwise(Box::new(pw))], self.specs)
+    }
+}
+
+impl EpiCase {
+    fn is_pointwise(self) -> bool {
+        !matches!(self, EpiCase::Store | EpiCase::RowScale)
+    }
+
+    /// Kernel-name suffix of a pointwise case (the library tags every pointwise step `p`).
+    fn tag(self) -> String {
+        let dt = |d: ElemType| if d == ElemType::F32 { "f" } else { "h" };
+        match self {
+            EpiCase::Store | EpiCase::RowScale => String::new(),
+            EpiCase::Relu2 { pre } => format!("q{}", pre.map(dt).unwrap_or("")),
+            EpiCase::Residual { res, col_scale } => format!("a{}{}", dt(res), if col_scale { "c" } else { "" }),
+            EpiCase::BiasRelu2Grad => "g".into(),
+        }
+    }
+
+    /// The kernel's epilogue steps for an `[m, n]` output `out` (`out` of a
+    /// pointwise case), and the tensors those steps add, in parameter order.
+    pub fn build(self, m: u32, n: u32, out: ElemType) -> (Vec<EpiStep>, Vec<TensorSpec>) {
+        let mut pw = Pw::new(m, n);
+        match self {
+            EpiCase::Store => return (vec![], vec![]),
+            EpiCase::RowScale => {
+                let spec = TensorSpec { name: "rstd".into(), elems: m as usize, dtype: ElemType::F32, output: false, initial: false };
+                return (vec![EpiStep::RowScale { param: "rstd".into() }], vec![spec]);
+            }
+            EpiCase::Relu2 { pre } => {
+                let acc = pw.acc();
+                let zero = pw.x.f32_c(0.0);
+                let t = pw.x.f2(F2::Max, acc, zero);
+                let y = pw.x.fmul(t, t);
+                pw.store("out", out, y);
+                if let Some(dt) = pre {
+                    pw.store("pre", dt, acc);
+                }
+            }
+            EpiCase::Residual { res, col_scale } => {
+                let mut v = pw.acc();
+                if col_scale {
+                    let s = pw.load_col("s");
+                    v = pw.x.fmul(v, s);
+                }
+                let r = pw.load_elem("res", res);
+                let y = pw.x.fadd(v, r);
+                pw.store("out", out, y);
+            }
+            EpiCase::BiasRelu2Grad => {
+                let acc = pw.acc();
+                let bias = pw.load_col("bias");
+                let v = pw.x.fadd(acc, bias);
+                let p = pw.load_elem("pre", ElemType::F32);
+                let zero = pw.x.f32_c(0.0);
+                let t = pw.x.f2(F2::Max, p, zero);
+                let t2 = pw.x.fadd(t, t);
+                let v = pw.x.fmul(v, t2);
+                let half = pw.x.f32_c(0.5);
+                let v = pw.x.fmul(v, half);
+                pw.store("aux", ElemType::F32, v);
+                pw.store("out", out, v);
+            }
+        }
+        pw.finish()
+    }
+
+    /// The f64 reference after the product `acc` at `(i, j)` of an `[m, n]`
+    /// output: each output's value, unrounded.
+    fn reference(self, acc: f64, i: usize, j: usize, n: usize, inp: &BTreeMap<String, Vec<f64>>) -> Vec<(&'static str, f64)> {
+        let e = i * n + j;
+        match self {
+            EpiCase::Store => vec![("c", acc)],
+            EpiCase::RowScale => vec![("c", acc * inp["rstd"][i])],
+            EpiCase::Relu2 { pre } => {
+                let mut v = vec![("out", acc.max(0.0) * acc.max(0.0))];
+                if pre.is_some() {
+                    v.push(("pre", acc));
+                }
+                v
+            }
+            EpiCase::Residual { col_scale, .. } => {
+                let s = if col_scale { inp["s"][j] } else { 1.0 };
+                vec![("out", inp["res"][e] + s * acc)]
+            }
+            EpiCase::BiasRelu2Grad => {
+                let v = (acc + inp["bias"][j]) * 2.0 * inp["pre"][e].max(0.0) * 0.5;
+                vec![("aux", v), ("out", v)]
+            }
+        }
+    }
+}
+
+/// One test case: a kernel configuration, the epilogue it was built from and a problem size.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GemmCase {
     pub config: GemmConfig,
+    pub epi: EpiCase,
     pub m: u32,
     pub n: u32,
     pub k: u32,
 }
 
-/// The epilogues the tests cover (each named step at least once).
-pub fn epilogues(out: ElemType) -> Vec<Epilogue> {
-    vec![
-        Epilogue::store(out),
-        Epilogue::row_scale("rstd", out),
-        Epilogue::relu2(Some(("pre", ElemType::Bf16)), out),
-        Epilogue::relu2(None, out),
-        Epilogue::residual("res", ElemType::F32, Some("s"), out),
-        Epilogue::residual("res", ElemType::Bf16, None, out),
-        Epilogue {
-            steps: vec![
-                EpiStep::ColBias { param: "bias".into() },
-                EpiStep::Relu2Grad { param: "pre".into(), dtype: ElemType::F32 },
-                EpiStep::Scale { value: 0.5 },
-                EpiStep::StoreAux { param: "aux".into(), dtype: ElemType::F32 },
-            ],
-            out,
-        },
-    ]
+impl GemmCase {
+    /// `op(A) @ op(B)` of size `(m, n, k)` followed by `epi` into outputs of type `out`.
+    pub fn new(prec: Precision, layout: GemmLayout, (m, n, k): (u32, u32, u32), epi: EpiCase, out: ElemType) -> GemmCase {
+        let (steps, _) = epi.build(m, n, out);
+        let config = GemmConfig::new(prec, layout, m, n, k, Epilogue { steps, out });
+        GemmCase { config, epi, m, n, k }.named()
+    }
+
+    pub fn with_tile(mut self, t: TileConfig) -> GemmCase {
+        self.config = self.config.with_tile(t);
+        self.named()
+    }
+
+    pub fn with_split_k(mut self, splits: u32) -> GemmCase {
+        self.config = self.config.with_split_k(splits);
+        self.named()
+    }
+
+    /// Pointwise epilogues all tag `p`: the case's tag keeps kernel names unique.
+    fn named(mut self) -> GemmCase {
+        if self.epi.is_pointwise() {
+            self.config.name = format!("{}_{}", self.config.default_name(), self.epi.tag());
+        }
+        self
+    }
 }
 
 /// The test matrix: every layout x precision x awkward shape (plain store),
@@ -48,29 +249,27 @@ pub fn epilogues(out: ElemType) -> Vec<Epilogue> {
 /// count.
 pub fn cases() -> Vec<GemmCase> {
     let mut out = vec![];
-    let mut push = |config: GemmConfig, (m, n, k): (u32, u32, u32)| out.push(GemmCase { config, m, n, k });
     for prec in [Precision::Bf16, Precision::F32] {
         for layout in LAYOUTS {
             for s in AWKWARD_SHAPES {
-                push(GemmConfig::new(prec, layout, s.0, s.1, s.2, Epilogue::store(ElemType::F32)), s);
+                out.push(GemmCase::new(prec, layout, s, EpiCase::Store, ElemType::F32));
             }
         }
     }
     for out_t in [ElemType::F32, ElemType::Bf16] {
-        for e in epilogues(out_t) {
+        for e in EPILOGUES {
             for (layout, s) in [(GemmLayout::LINEAR, (33, 48, 200)), (GemmLayout::INPUT_GRAD, (257, 129, 65))] {
-                push(GemmConfig::new(Precision::Bf16, layout, s.0, s.1, s.2, e.clone()), s);
+                out.push(GemmCase::new(Precision::Bf16, layout, s, e, out_t));
             }
             for (layout, s) in [(GemmLayout::WEIGHT_GRAD, (33, 48, 200)), (GemmLayout::LINEAR, (257, 129, 65))] {
-                push(GemmConfig::new(Precision::F32, layout, s.0, s.1, s.2, e.clone()), s);
+                out.push(GemmCase::new(Precision::F32, layout, s, e, out_t));
             }
         }
     }
     // every epilogue with the big tile (register pressure: 64x64 warp tiles)
     for out_t in [ElemType::F32, ElemType::Bf16] {
-        for e in epilogues(out_t) {
-            let s = (256, 192, 96);
-            push(GemmConfig::new(Precision::Bf16, GemmLayout::INPUT_GRAD, s.0, s.1, s.2, e).with_tile(TileConfig::LARGE), s);
+        for e in EPILOGUES {
+            out.push(GemmCase::new(Precision::Bf16, GemmLayout::INPUT_GRAD, (256, 192, 96), e, out_t).with_tile(TileConfig::LARGE));
         }
     }
     let presets = [
@@ -84,24 +283,21 @@ pub fn cases() -> Vec<GemmCase> {
     ];
     for t in presets {
         for (layout, s) in [(GemmLayout::LINEAR, (256, 192, 96)), (GemmLayout::WEIGHT_GRAD, (200, 136, 72))] {
-            let c = GemmConfig::new(Precision::Bf16, layout, s.0, s.1, s.2, Epilogue::store(ElemType::Bf16)).with_tile(t);
-            push(c, s);
+            out.push(GemmCase::new(Precision::Bf16, layout, s, EpiCase::Store, ElemType::Bf16).with_tile(t));
         }
     }
     for t in [TileConfig::F32_DEFAULT, TileConfig { stages: 3, ..TileConfig::F32_SMALL }] {
-        let s = (130, 100, 50);
-        push(GemmConfig::new(Precision::F32, GemmLayout::INPUT_GRAD, s.0, s.1, s.2, Epilogue::store(ElemType::F32)).with_tile(t), s);
+        out.push(GemmCase::new(Precision::F32, GemmLayout::INPUT_GRAD, (130, 100, 50), EpiCase::Store, ElemType::F32).with_tile(t));
     }
-    // split-K (accumulating into C), including splits that get no k-tiles
-    let scaled = Epilogue { steps: vec![EpiStep::RowScale { param: "rstd".into() }, EpiStep::Scale { value: -0.25 }], out: ElemType::F32 };
+    // split-K (accumulating into C; linear epilogues only), including splits that get no k-tiles
     for (prec, layout, s, split, e) in [
-        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 3, Epilogue::store(ElemType::F32)),
-        (Precision::Bf16, GemmLayout::LINEAR, (257, 129, 65), 2, scaled.clone()),
-        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (40, 24, 16), 4, Epilogue::store(ElemType::F32)),
-        (Precision::F32, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 5, scaled),
-        (Precision::F32, GemmLayout::INPUT_GRAD, (1, 8, 16), 2, Epilogue::store(ElemType::F32)),
+        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 3, EpiCase::Store),
+        (Precision::Bf16, GemmLayout::LINEAR, (257, 129, 65), 2, EpiCase::RowScale),
+        (Precision::Bf16, GemmLayout::WEIGHT_GRAD, (40, 24, 16), 4, EpiCase::Store),
+        (Precision::F32, GemmLayout::WEIGHT_GRAD, (33, 48, 200), 5, EpiCase::RowScale),
+        (Precision::F32, GemmLayout::INPUT_GRAD, (1, 8, 16), 2, EpiCase::Store),
     ] {
-        push(GemmConfig::new(prec, layout, s.0, s.1, s.2, e).with_split_k(split), s);
+        out.push(GemmCase::new(prec, layout, s, e, ElemType::F32).with_split_k(split));
     }
     out
 }
@@ -123,18 +319,16 @@ pub fn perf_cases() -> Vec<GemmCase> {
         (GemmLayout::WEIGHT_GRAD, (1536, 512, 16384)),
     ];
     let mut out = vec![];
-    for (layout, (m, n, k)) in shapes {
+    for (layout, s) in shapes {
         for t in tiles {
-            let c = GemmConfig::new(Precision::Bf16, layout, m, n, k, Epilogue::store(ElemType::Bf16)).with_tile(t);
-            out.push(GemmCase { config: c, m, n, k });
+            out.push(GemmCase::new(Precision::Bf16, layout, s, EpiCase::Store, ElemType::Bf16).with_tile(t));
         }
     }
     // weight gradients: few output tiles, long K: split-K or smaller tiles
-    let (m, n, k) = (1536, 512, 16384);
     for (t, split) in [(TileConfig::LARGE, 1), (TileConfig::LARGE, 4), (TileConfig::LARGE, 6), (TileConfig::LARGE_8W, 4), (TileConfig::MEDIUM, 1)] {
         let out_t = if split > 1 { ElemType::F32 } else { ElemType::Bf16 };
-        let c = GemmConfig::new(Precision::Bf16, GemmLayout::WEIGHT_GRAD, m, n, k, Epilogue::store(out_t)).with_tile(t).with_split_k(split);
-        out.push(GemmCase { config: c, m, n, k });
+        let c = GemmCase::new(Precision::Bf16, GemmLayout::WEIGHT_GRAD, (1536, 512, 16384), EpiCase::Store, out_t);
+        out.push(c.with_tile(t).with_split_k(split));
     }
     out
 }
@@ -161,19 +355,15 @@ impl GemmCase {
             Precision::F32 => ElemType::F32,
         };
         let t = |name: &str, elems: usize, dtype: ElemType, output: bool| TensorSpec { name: name.into(), elems, dtype, output, initial: false };
-        let mut c = t("c", m * n, self.config.epilogue.out, true);
-        c.initial = self.config.split_k > 1;
+        let out = self.config.epilogue.out;
+        let c = if self.epi.is_pointwise() {
+            // a pointwise epilogue stores its outputs itself: `c` is any valid pointer
+            t("c", 1, ElemType::F32, false)
+        } else {
+            TensorSpec { initial: self.config.split_k > 1, ..t("c", m * n, out, true) }
+        };
         let mut v = vec![t("a", m * k, inp, false), t("b", k * n, inp, false), c];
-        for s in &self.config.epilogue.steps {
-            match s {
-                EpiStep::RowScale { param } => v.push(t(param, m, ElemType::F32, false)),
-                EpiStep::ColScale { param } | EpiStep::ColBias { param } => v.push(t(param, n, ElemType::F32, false)),
-                EpiStep::Relu2Grad { param, dtype } | EpiStep::AddTensor { param, dtype } => v.push(t(param, m * n, *dtype, false)),
-                EpiStep::StoreAux { param, dtype } => v.push(t(param, m * n, *dtype, true)),
-                EpiStep::Scale { .. } | EpiStep::Relu2 => {}
-                EpiStep::Pointwise(_) => unreachable!("the GEMM test matrix has no pointwise epilogues"),
-            }
-        }
+        v.extend(self.epi.build(self.m, self.n, out).1);
         v
     }
 
@@ -198,19 +388,13 @@ impl GemmCase {
         out
     }
 
-    /// The f64 reference outputs (`c` and any auxiliary outputs), each rounded to its element type.
+    /// The f64 reference outputs (every output tensor), each rounded to its element type.
     pub fn reference(&self, inp: &BTreeMap<String, Vec<f64>>) -> BTreeMap<String, Vec<f64>> {
         let (m, n, k) = (self.m as usize, self.n as usize, self.k as usize);
         let (a, b) = (&inp["a"], &inp["b"]);
-        let epi = &self.config.epilogue;
-        let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        out.insert("c".into(), vec![0.0; m * n]);
+        let dtypes: BTreeMap<String, ElemType> = self.tensors().into_iter().filter(|t| t.output).map(|t| (t.name, t.dtype)).collect();
+        let mut out: BTreeMap<String, Vec<f64>> = dtypes.keys().map(|name| (name.clone(), vec![0.0; m * n])).collect();
         let c_init = if self.config.split_k > 1 { Some(&inp["c"]) } else { None };
-        for s in &epi.steps {
-            if let EpiStep::StoreAux { param, .. } = s {
-                out.insert(param.clone(), vec![0.0; m * n]);
-            }
-        }
         for i in 0..m {
             for j in 0..n {
                 let mut acc = 0.0f64;
@@ -225,25 +409,13 @@ impl GemmCase {
                     };
                     acc += av * bv;
                 }
-                let mut v = acc;
                 let e = i * n + j;
-                for s in &epi.steps {
-                    match s {
-                        EpiStep::RowScale { param } => v *= inp[param][i],
-                        EpiStep::ColScale { param } => v *= inp[param][j],
-                        EpiStep::ColBias { param } => v += inp[param][j],
-                        EpiStep::Scale { value } => v *= *value as f64,
-                        EpiStep::Relu2 => v = v.max(0.0) * v.max(0.0),
-                        EpiStep::Relu2Grad { param, .. } => v *= 2.0 * inp[param][e].max(0.0),
-                        EpiStep::AddTensor { param, .. } => v += inp[param][e],
-                        EpiStep::StoreAux { param, dtype } => out.get_mut(param).unwrap()[e] = round_to(v, *dtype),
-                        EpiStep::Pointwise(_) => unreachable!("the GEMM test matrix has no pointwise epilogues"),
+                for (name, mut v) in self.epi.reference(acc, i, j, n, inp) {
+                    if let Some(ci) = c_init {
+                        v += ci[e]; // split-K: only `c` (linear epilogues)
                     }
+                    out.get_mut(name).unwrap()[e] = round_to(v, dtypes[name]);
                 }
-                if let Some(ci) = c_init {
-                    v += ci[e];
-                }
-                out.get_mut("c").unwrap()[e] = round_to(v, epi.out);
             }
         }
         out

@@ -174,7 +174,7 @@ pub struct GemmConfig {
     /// Split the K range over `split_k` blocks (`grid.z`); each adds its
     /// partial result into C with `red.global.add.f32`, so C must hold the
     /// initial value (zero, or a gradient to accumulate into). Requires an f32
-    /// output and an epilogue of linear steps only (row/column scale, scale).
+    /// output and an epilogue of linear steps only (the row scale).
     #[serde(default = "one")]
     pub split_k: u32,
     /// A (B) is stored as f32 and converted to bf16 while loading (bf16 precision).
@@ -341,7 +341,7 @@ impl GemmConfig {
         if self.split_k > 1
             && (self.epilogue.out != epilogue::ElemType::F32 || !self.epilogue.steps.iter().all(|s| s.is_linear()))
         {
-            return bad("split-K accumulates atomically: it needs an f32 output and only row/column scale and scale steps".into());
+            return bad("split-K accumulates atomically: it needs an f32 output and only row-scale steps".into());
         }
         let threads = t.threads();
         if threads > 1024 {
@@ -911,16 +911,14 @@ impl MmaState {
             let quad_lane = b.bin(BinOp::And, Type::U32, cm.tid, 3u32);
             b.setp(Cmp::Eq, Type::U32, quad_lane, 0u32)
         });
-        // column values for every column this thread owns
+        // the columns this thread owns
         let mut cols = vec![];
         for j in 0..self.nt {
             let col = b.add(Type::U32, self.col0, j * 8);
             let ok0 = b.setp(Cmp::Lt, Type::U32, col, cm.n);
             let col1 = b.add(Type::U32, col, 1u32);
             let ok1 = b.setp(Cmp::Lt, Type::U32, col1, cm.n);
-            let v0 = epilogue::load_col_vals(b, epi, er, col, ok0);
-            let v1 = epilogue::load_col_vals(b, epi, er, col1, ok1);
-            cols.push((col, ok0, ok1, v0, v1));
+            cols.push((col, ok0, ok1));
         }
         for i in 0..self.mt {
             for h in 0..2u32 {
@@ -928,18 +926,17 @@ impl MmaState {
                 let row_ok = b.setp(Cmp::Lt, Type::U32, row, cm.m);
                 let rv = epilogue::load_row_vals(b, epi, er, row, row_ok);
                 for j in 0..self.nt as usize {
-                    let (col, ok0, ok1, v0, v1) = &cols[j];
+                    let (col, ok0, ok1) = &cols[j];
                     let acc = self.acc[i as usize * self.nt as usize + j];
                     let vals = [acc[2 * h as usize], acc[2 * h as usize + 1]];
                     let idx = epilogue::elem_index(b, er, row, *col);
                     let p0 = b.and_pred(row_ok, *ok0);
-                    let cv: [&[Option<Reg>]; 2] = [v0, v1];
                     if pair {
-                        let g = epilogue::Group { idx, row, col: *col, preds: &[p0], vector: true, row_vals: &rv, col_vals: &cv };
+                        let g = epilogue::Group { idx, row, col: *col, preds: &[p0], vector: true, row_vals: &rv };
                         epilogue::emit_group(b, epi, er, &g, &vals);
                     } else {
                         let p1 = b.and_pred(row_ok, *ok1);
-                        let g = epilogue::Group { idx, row, col: *col, preds: &[p0, p1], vector: false, row_vals: &rv, col_vals: &cv };
+                        let g = epilogue::Group { idx, row, col: *col, preds: &[p0, p1], vector: false, row_vals: &rv };
                         epilogue::emit_group(b, epi, er, &g, &vals);
                     }
                 }
@@ -1039,19 +1036,17 @@ impl FfmaState {
         for j in 0..self.nj {
             let col = b.add(Type::U32, self.col0, j * 16);
             let ok = b.setp(Cmp::Lt, Type::U32, col, cm.n);
-            let v = epilogue::load_col_vals(b, epi, er, col, ok);
-            cols.push((col, ok, v));
+            cols.push((col, ok));
         }
         for i in 0..self.mi {
             let row = b.add(Type::U32, self.row0, i * self.ty_n);
             let row_ok = b.setp(Cmp::Lt, Type::U32, row, cm.m);
             let rv = epilogue::load_row_vals(b, epi, er, row, row_ok);
             for j in 0..self.nj as usize {
-                let (col, ok, v) = &cols[j];
+                let (col, ok) = &cols[j];
                 let idx = epilogue::elem_index(b, er, row, *col);
                 let p = b.and_pred(row_ok, *ok);
-                let cv: [&[Option<Reg>]; 1] = [v];
-                let g = epilogue::Group { idx, row, col: *col, preds: &[p], vector: false, row_vals: &rv, col_vals: &cv };
+                let g = epilogue::Group { idx, row, col: *col, preds: &[p], vector: false, row_vals: &rv };
                 epilogue::emit_group(b, epi, er, &g, &[self.acc[i as usize * self.nj as usize + j]]);
             }
             // The 16 lanes with the same `ty` (a half warp) hold this row's columns.
@@ -1077,7 +1072,7 @@ mod tests {
         let mut bad = c.clone();
         bad.vec_a = 16;
         assert!(bad.validate().is_err());
-        let dup = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 64, 64, 64, Epilogue::residual("m", ElemType::F32, None, ElemType::F32));
+        let dup = GemmConfig::new(Precision::Bf16, GemmLayout::LINEAR, 64, 64, 64, Epilogue::row_scale("m", ElemType::F32));
         assert!(dup.validate().is_err(), "epilogue parameter may not shadow m");
         assert!(c.validate().is_ok());
     }
