@@ -4,7 +4,7 @@
 //! test (the figure depends on the machine's load); docs/PERF.md records it.
 
 #[allow(dead_code)]
-#[path = "../tests/ptx/harness.rs"]
+#[path = "../tests/sim/harness.rs"]
 mod harness;
 
 use harness::*;

@@ -1,7 +1,7 @@
 //! `pgc bench` without a GPU: exit 2 with a clear message, no panic; bad
 //! flags exit 2. (The timing itself runs on a GPU: scripts/gpu-check.)
 
-mod common;
+use crate::common;
 use common::output_text as text;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -37,11 +37,11 @@ fn bad_flags_exit_2() {
     }
 }
 
-/// The mock CUDA driver of tests/cuda_mock_driver.rs (host memory, kernels
+/// The mock CUDA driver of tests/cuda/mock_driver.rs (host memory, kernels
 /// other than `vector_add` are no-ops taking 0.25 ms of its clock), built
 /// with `cc`; None (the test passes with a note) without a C compiler.
 fn mock_driver() -> Option<(common::TempDir, std::path::PathBuf)> {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_mock_driver.rs")).ok()?;
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda/mock_driver.rs")).ok()?;
     let start = src.find("const MOCK: &str = r#\"")? + "const MOCK: &str = r#\"".len();
     let end = start + src[start..].find("\"#;")?;
     let dir = common::TempDir::new("bench-mock");

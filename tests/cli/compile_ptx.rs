@@ -4,7 +4,7 @@
 //! -- `model.ptx` (which the simulator loads) with ptxas figures per kernel
 //! and no spills.
 
-mod common;
+use crate::common;
 use common::output_text as text;
 use serde_json::Value;
 use std::path::Path;

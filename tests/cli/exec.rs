@@ -1,8 +1,8 @@
 //! `pgc run --backend sim|cuda`: the error paths of the command line (exit
 //! status 2, a message saying what is wrong, no output file). The golden
-//! numbers of the sim backend are checked by tests/golden_sim.rs.
+//! numbers of the sim backend are checked by tests/ptx/golden_sim.rs.
 
-mod common;
+use crate::common;
 use common::output_text as text;
 use pgc_runtime::weights::{save, HostTensor, SafeFile};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! against the measured unique bytes of every kernel, within the rules of
 //! [`expected_ratio`].
 
-mod common;
+use crate::common;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

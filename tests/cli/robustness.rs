@@ -4,7 +4,7 @@
 //! address-space limit (`ulimit -v`), where an attempt to allocate the
 //! figure would abort.
 
-mod common;
+use crate::common;
 use common::{output_text as text, TempDir};
 use std::path::Path;
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! weights / tokens rejected with exit status 2, the tensor named, and no
 //! output file written.
 
-mod common;
+use crate::common;
 use common::output_text as text;
 use pgc_backends::cpu::rel_err;
 use pgc_runtime::weights::{save, HostData, HostTensor, SafeFile};

@@ -3,7 +3,7 @@
 //! (`--tol 1e-12`: exit 1), bad input (exit 2), and `--backend cuda` without
 //! a GPU (exit 2, a clear message, no panic).
 
-mod common;
+use crate::common;
 use common::output_text as text;
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! One GEMM test body for every device: run a case of the GEMM emitters'
 //! test matrix (`gemm_matrix::cases`) on a [`Device`] and
-//! compare it with the f64 reference. `tests/ptx_gemm.rs` runs it on the
-//! simulator, `tests/cuda_gpu.rs` on a GPU.
+//! compare it with the f64 reference. `tests/ptx/gemm.rs` runs it on the
+//! simulator, `tests/cuda/gpu.rs` on a GPU.
 
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::templates::epilogue::ElemType;

@@ -11,7 +11,7 @@
 //! within a factor 2 per tensor, except the few-element results that sum
 //! over the whole batch (see FEW).
 
-mod common;
+use crate::common;
 use common::golden::{self, Backend, Prec};
 
 #[test]

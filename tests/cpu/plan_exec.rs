@@ -1,5 +1,5 @@
 //! The CPU plan executor (`cpu::plan_exec`) against the PyTorch float64
-//! golden files, as tests/golden_cpu.rs checks the interpreter: golden
+//! golden files, as tests/cpu/golden.rs checks the interpreter: golden
 //! configs tiny, small, odd, train and eval, f64 within 1e-9 and f32 within
 //! 1e-4 (relative error per tensor, `max|a - b| / max|b|`), with every fusion
 //! rule on, and (tiny) with each rule switched off in turn. Also the time of
@@ -7,7 +7,7 @@
 //! the interpreter `cpu::execute` (printed; run with `--nocapture`).
 #![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(err <= tol)` also fails on NaN
 
-mod common;
+use crate::common;
 use common::{golden_sets as sets_of, model_11l_with_grads as compile};
 use pgc_backends::cpu::{self, plan_exec, rel_err, Real, Tensor};
 use pgc_ir::plan::FusionRule;

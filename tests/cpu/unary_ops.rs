@@ -4,7 +4,7 @@
 //! definition `UnaryFn::eval`, and the CPU plan executor, whose element-wise
 //! kernels cranelift compiles from the shared scalar IR, bitwise against the
 //! interpreter (f32 and f64). Softplus, forward and backward, also through
-//! the DSL. The PTX side is in tests/ptx_kinds.rs (`math_functions_one_by_one`,
+//! the DSL. The PTX side is in tests/ptx/kinds.rs (`math_functions_one_by_one`,
 //! `softplus_in_training`).
 
 use pgc_backends::cpu::{self, plan_exec, Real, Tensor};

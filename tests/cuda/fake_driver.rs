@@ -40,7 +40,7 @@ fn build_fake(tag: &str, src: &str) -> Option<PathBuf> {
 fn run_child(lib: &Path) -> (bool, String) {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe)
-        .args(["--exact", "child_open_fake", "--nocapture", "--test-threads=1"])
+        .args(["--exact", &crate::test_name(module_path!(), "child_open_fake"), "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, lib)
         .output()
         .expect("run the test binary");

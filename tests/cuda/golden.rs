@@ -1,5 +1,5 @@
 //! The PTX backend on a CUDA GPU against the PyTorch float64 golden files:
-//! the same body as tests/golden_sim.rs (`tests/common/golden.rs`) through
+//! the same body as tests/ptx/golden_sim.rs (`tests/common/golden.rs`) through
 //! `pgc run --backend cuda`: tiny, small and odd, train and eval, f32
 //! (relative error at most 1e-4 per tensor) and bf16 (the numerics contract
 //! against both yardsticks).
@@ -7,11 +7,9 @@
 //! Without a GPU every test prints a skip note and passes, unless
 //! `PGC_REQUIRE_GPU=1` (then they fail).
 
-mod common;
+use crate::common;
+use crate::GPU_LOCK;
 use common::golden::{self, Backend, Prec};
-use std::sync::Mutex;
-
-static GPU_LOCK: Mutex<()> = Mutex::new(());
 
 fn check(test: &str, name: &str, precisions: &[Prec]) {
     let _guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());

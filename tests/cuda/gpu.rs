@@ -1,7 +1,7 @@
 //! The CUDA backend on a real GPU: vector add, the GEMM emitters' whole test
 //! matrix (bf16 tensor-core and f32 FFMA kernels, every layout, awkward
 //! shapes, epilogues, tile presets, split-K) against an f64 host reference
-//! (the check body of `tests/common/gemm.rs`, which `tests/ptx_gemm.rs` runs
+//! (the check body of `tests/common/gemm.rs`, which `tests/ptx/gemm.rs` runs
 //! on the simulator),
 //! the error paths, events and graphs, and the timing of the model's large
 //! GEMM (16384x1536x512, LINEAR, bf16) in TFLOP/s.
@@ -14,7 +14,8 @@
 //! Tests take a lock so that timings never overlap; their names number them
 //! in the order `--test-threads=1` runs them (device, correctness, timing).
 
-mod common;
+use crate::common;
+use crate::GPU_LOCK;
 
 use common::gemm::{check_case, nan_bytes, render};
 use pgc_backends::ptx::templates::epilogue::ElemType;
@@ -25,9 +26,7 @@ use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, Lau
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-const VECTOR_ADD: &str = include_str!("ptx/vector_add.ptx");
+const VECTOR_ADD: &str = include_str!("../ptx/vector_add.ptx");
 
 /// The device and the lock, or None (skip) when there is no GPU; panics
 /// instead when `PGC_REQUIRE_GPU=1`.

@@ -201,7 +201,7 @@ fn build_mock() -> Option<PathBuf> {
     Some(lib)
 }
 
-const VECTOR_ADD: &str = include_str!("ptx/vector_add.ptx");
+const VECTOR_ADD: &str = include_str!("../ptx/vector_add.ptx");
 
 /// The child: the whole scenario against the mock; panics on any mismatch.
 #[test]
@@ -312,7 +312,7 @@ fn mock_driver_scenario() {
     let dir = lib.parent().unwrap().to_path_buf();
     let log = dir.join("calls.log");
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_scenario", "--nocapture", "--test-threads=1"])
+        .args(["--exact", &crate::test_name(module_path!(), "child_scenario"), "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &lib)
         .env(LOG_ENV, &log)
         .output()

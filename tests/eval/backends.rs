@@ -1,7 +1,7 @@
 //! `pgc eval` on the generated PTX (simulator) agrees with the CPU reference on
 //! the sample shard, and `--backend cuda` without a GPU is a clean exit 2.
 
-mod common;
+use crate::common;
 use common::output_text;
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! that score every target once, and the loss against an independent
 //! per-window computation on the CPU backend.
 
-mod common;
+use crate::common;
 
 use pgc_backends::cpu::{self, Tensor};
 use pgc_ir::Mode;

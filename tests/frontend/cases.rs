@@ -11,7 +11,7 @@
 //!   LINE:COL of the file and its message contains TEXT;
 //!   `// expect: global TEXT` asserts an error without a location.
 //!
-//! `PGC_BLESS=1 cargo test --test frontend_cases` rewrites the expected files.
+//! `PGC_BLESS=1 cargo test --test frontend cases::` rewrites the expected files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `pgc compile` end to end: parameter counts, report.json, model.ir.json
 //! round trip, `--emit`, `--dump-after`, exit statuses, no partial outputs.
 
-mod common;
+use crate::common;
 
 use pgc_ir::Graph;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Pass-level file tests: every `tests/ir/*.ir` file names a test, holds an
 //! IR body in the text form of `pgc_ir::text`, and after a `----` line the
-//! expected output. `PGC_BLESS=1 cargo test --release --test ir_cases`
+//! expected output. `PGC_BLESS=1 cargo test --release --test ir cases::`
 //! rewrites the expected outputs (read the diff before committing it).
 //!
 //! ```text

@@ -6,7 +6,7 @@
 use pgc_ir::plan::{self, FusionRule, KernelKind, Place, Plan, PlanOptions, Precision};
 use pgc_ir::{Graph, Mode, Op, UnaryFn};
 
-mod common;
+use crate::common;
 use common::{model_11l as compile, ODD, TINY};
 use std::collections::HashMap;
 

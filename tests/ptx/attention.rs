@@ -6,7 +6,7 @@
 //! below 2e-2, f32 below 1e-5. Every output buffer starts as NaN, so an
 //! element a kernel fails to write fails the test.
 
-mod common;
+use crate::common;
 
 use pgc_backends::ptx::templates::attention::{
     emit_attention, emit_qk_prep, emit_qk_prep_bwd, prologue_configs, rope_table, AttnConfig, AttnKernel, AttnLayout,

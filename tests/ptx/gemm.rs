@@ -6,7 +6,7 @@
 //! outputs. Outputs start as NaN so an element the kernel fails to write
 //! shows up.
 
-mod common;
+use crate::common;
 
 use common::gemm::{check_case, render, run_gemm};
 use common::gemm_matrix::{bf16_to_f32, cases, f32_to_bf16, rel_err, EpiCase, GemmCase, AWKWARD_SHAPES};

@@ -5,7 +5,7 @@
 //! uniform counted loop, negative address offsets, `bar.sync`, and the
 //! bf16x2 pack used by GEMM epilogues.
 
-mod common;
+use crate::common;
 
 use pgc_backends::ptx::builder::*;
 use pgc_backends::ptx::ptxas;

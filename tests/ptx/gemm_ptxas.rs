@@ -10,7 +10,7 @@
 //! numpy reference on the GPU, times the model-sized cases against torch, and
 //! runs compute-sanitizer (memcheck, racecheck, initcheck, synccheck).
 
-mod common;
+use crate::common;
 
 use common::gemm_matrix::{cases, perf_cases, EpiCase, GemmCase, AWKWARD_SHAPES, LAYOUTS};
 use pgc_backends::ptx::builder::Module;

@@ -13,7 +13,7 @@
 //! an emitter), the test fails with the compiler's message, which names
 //! what is missing.
 
-mod common;
+use crate::common;
 use common::golden::{self, Backend, Prec};
 use pgc_backends::ptx::compile::{emit_plan_kernel, supported_rules};
 use pgc_backends::ptx::ctx::Ctx;

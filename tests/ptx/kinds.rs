@@ -7,7 +7,7 @@
 //! Every stored value and scratch buffer starts as NaN, so an element no
 //! kernel writes shows up.
 
-mod common;
+use crate::common;
 use common::{ODD, TINY};
 use pgc_backends::cpu::{self, Tensor};
 use pgc_backends::ptx::compile::{compile_program, supported_rules};
@@ -524,7 +524,7 @@ fn attention_backward() {
     check(&Case { name: "attention-train", src: ATTN_SRC, sets: &[], mode: Mode::Train, ids: 1, scale: 0.3, isolate: false }, KernelKind::AttentionBackward);
 }
 
-const MODEL_11L: &str = include_str!("../models/11l.pgdsl");
+const MODEL_11L: &str = include_str!("../../models/11l.pgdsl");
 #[test]
 fn model_11l_tiny_train() {
     check(&Case { name: "11l-tiny-train", src: MODEL_11L, sets: TINY, mode: Mode::Train, ids: 64, scale: 0.2, isolate: true }, KernelKind::Gemm);

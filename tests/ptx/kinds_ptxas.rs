@@ -7,7 +7,7 @@ use pgc_backends::ptx::ptxas;
 use pgc_ir::plan::{self, PlanOptions, Precision};
 use pgc_ir::Mode;
 
-mod common;
+use crate::common;
 use common::model_11l as model;
 
 #[test]

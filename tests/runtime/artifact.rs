@@ -3,7 +3,7 @@
 //! backend's fake quantization, corrupt and truncated input rejected without a
 //! panic, and `pgc export` / `inspect` / `run --weights X.pgz` end to end.
 
-mod common;
+use crate::common;
 
 use pgc_backends::cpu::{ops::fake_quant, Tensor};
 use pgc_ir::{Graph, Init, Mode, ParamInfo, Qat, QuantSpec, StorageClass};

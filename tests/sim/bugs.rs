@@ -1,8 +1,7 @@
 //! Planted bugs: each must be reported by the simulator as the specific error
 //! (kind, kernel, block, thread, PTX line), never as wrong numbers.
 
-#[path = "ptx/harness.rs"]
-mod harness;
+use crate::harness;
 
 use harness::*;
 use pgc_runtime::device::{Device, DeviceError, DeviceExt, KernelArg, LaunchConfig};

@@ -5,8 +5,7 @@
 //! the tensor-instruction count of a GEMM tile; sampled launches (which
 //! blocks, extrapolation capped per buffer) and lazy device memory.
 
-#[path = "ptx/harness.rs"]
-mod harness;
+use crate::harness;
 
 use harness::*;
 use pgc_runtime::device::{Device, DeviceExt, KernelArg, LaunchConfig};

@@ -3,8 +3,7 @@
 //! same PTX and the same inputs: bit for bit for exact instructions, within a
 //! documented tolerance for tensor-core accumulation and `.approx` functions.
 
-#[path = "ptx/harness.rs"]
-mod harness;
+use crate::harness;
 
 use harness::*;
 use pgc_runtime::device::{DevBuf, Device, KernelArg, LaunchConfig};

@@ -1,8 +1,7 @@
 //! The hand-written PTX kernels of tests/ptx, run on the simulator through the
 //! `Device` trait and compared with Rust computations.
 
-#[path = "ptx/harness.rs"]
-mod harness;
+use crate::harness;
 
 use harness::*;
 use pgc_runtime::device::{Device, DeviceExt, KernelArg, LaunchConfig};

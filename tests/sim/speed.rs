@@ -4,8 +4,7 @@
 //! many host threads. The speed is a benchmark, not a test (it depends on the
 //! machine's load): `cargo run --release --example sim_speed`.
 
-#[path = "ptx/harness.rs"]
-mod harness;
+use crate::harness;
 
 use harness::*;
 use pgc_runtime::device::{Device, DeviceExt, KernelArg, LaunchConfig};

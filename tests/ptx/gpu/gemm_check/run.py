@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Device check of pgc's GEMM kernels on a real GPU (needs cupy; perf also torch).
 
-Dump the kernels first:  PGC_GEMM_DUMP=DIR cargo test -p pgc --test ptx_gemm_ptxas
+Dump the kernels first:  PGC_GEMM_DUMP=DIR cargo test -p pgc --test ptx gemm_ptxas::
 run.py check [DIR]   every test case vs a float64 numpy reference of the rounded inputs
 run.py perf  [DIR]   model-sized cases: our kernels vs torch (cuBLAS) in the same process
 DIR defaults to this script's folder. device.sh runs both plus compute-sanitizer.
