@@ -93,3 +93,33 @@ pub fn check_case(dev: &dyn Device, mh: &ModuleHandle, k: &GemmKernel, case: &Ge
         })
         .collect())
 }
+
+/// Check `cases` on `dev` (case `i` with inputs from `seed + i`, its kernel
+/// and module from `load`), printing one line per output and calling `each`
+/// with it; returns the failures. The body the simulator and the GPU share.
+pub fn check_cases(
+    dev: &dyn Device,
+    cases: &[GemmCase],
+    seed: u64,
+    load: &dyn Fn(usize, &GemmCase) -> Result<(GemmKernel, ModuleHandle), String>,
+    each: &mut dyn FnMut(&GemmCase, &OutputErr),
+) -> Vec<String> {
+    let mut failures = vec![];
+    for (i, c) in cases.iter().enumerate() {
+        let label = format!("{} {}x{}x{}", c.config.name, c.m, c.n, c.k);
+        match load(i, c).and_then(|(k, mh)| check_case(dev, &mh, &k, c, seed.wrapping_add(i as u64))) {
+            Ok(errs) => {
+                for o in errs {
+                    let line = format!("{label} {}: rel err {:.3e} (tol {:.0e})", o.name, o.err, o.tol);
+                    println!("{line}");
+                    each(c, &o);
+                    if !o.ok() {
+                        failures.push(line);
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("{label}: {e}")),
+        }
+    }
+    failures
+}

@@ -17,7 +17,7 @@
 use crate::common;
 use crate::GPU_LOCK;
 
-use common::gemm::{check_case, nan_bytes, render};
+use common::gemm::{check_cases, nan_bytes, render};
 use pgc_backends::ptx::templates::epilogue::ElemType;
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
 use common::gemm_matrix::{cases, decode, encode, perf_cases, rel_err, round_to, EpiCase, GemmCase, Lcg};
@@ -205,38 +205,21 @@ fn gpu_3_gemm_matrix() {
     let ptx: Vec<String> = kernels.iter().map(|k| k.as_ref().map(render).unwrap_or_default()).collect();
     let modules = load_all(&dev, &ptx);
     println!("gpu_gemm_matrix: {} kernels emitted and JIT-compiled in {:.1} s", all.len(), t0.elapsed().as_secs_f64());
-    let mut failures = vec![];
     let mut worst: BTreeMap<&'static str, f64> = BTreeMap::new();
-    for (i, c) in all.iter().enumerate() {
-        let label = format!("{} {}x{}x{}", c.config.name, c.m, c.n, c.k);
-        let (k, mh) = match (&kernels[i], &modules[i]) {
-            (Ok(k), Ok(m)) => (k, m),
-            (Err(e), _) | (_, Err(e)) => {
-                failures.push(format!("{label}: {e}"));
-                continue;
-            }
+    let load = |i: usize, _: &GemmCase| match (&kernels[i], &modules[i]) {
+        (Ok(k), Ok(m)) => Ok((k.clone(), *m)),
+        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+    };
+    let failures = check_cases(&dev, &all, base, &load, &mut |c, o| {
+        let key = match (c.config.precision, o.dtype) {
+            (Precision::Bf16, ElemType::F32) => "bf16 in, f32 out",
+            (Precision::Bf16, ElemType::Bf16) => "bf16 in, bf16 out",
+            (Precision::F32, ElemType::F32) => "f32 in, f32 out",
+            (Precision::F32, ElemType::Bf16) => "f32 in, bf16 out",
         };
-        match check_case(&dev, mh, k, c, base.wrapping_add(i as u64)) {
-            Ok(errs) => {
-                for o in errs {
-                    let line = format!("{label} {}: rel err {:.3e} (tol {:.0e})", o.name, o.err, o.tol);
-                    println!("{line}");
-                    let key = match (c.config.precision, o.dtype) {
-                        (Precision::Bf16, ElemType::F32) => "bf16 in, f32 out",
-                        (Precision::Bf16, ElemType::Bf16) => "bf16 in, bf16 out",
-                        (Precision::F32, ElemType::F32) => "f32 in, f32 out",
-                        (Precision::F32, ElemType::Bf16) => "f32 in, bf16 out",
-                    };
-                    let w = worst.entry(key).or_insert(0.0);
-                    *w = w.max(o.err);
-                    if !o.ok() {
-                        failures.push(line);
-                    }
-                }
-            }
-            Err(e) => failures.push(format!("{label}: {e}")),
-        }
-    }
+        let w = worst.entry(key).or_insert(0.0);
+        *w = w.max(o.err);
+    });
     let worst: Vec<String> = worst.iter().map(|(k, v)| format!("{k} {v:.2e}")).collect();
     println!(
         "SUMMARY gemm matrix: {} cases, {} failures; worst rel err: {} ({:.1} s)",

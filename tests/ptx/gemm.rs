@@ -8,7 +8,7 @@
 
 use crate::common;
 
-use common::gemm::{check_case, render, run_gemm};
+use common::gemm::{check_cases, render, run_gemm};
 use common::gemm_matrix::{bf16_to_f32, cases, f32_to_bf16, rel_err, EpiCase, GemmCase, AWKWARD_SHAPES};
 use pgc_backends::ptx::templates::epilogue::ElemType;
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
@@ -31,21 +31,7 @@ fn run_on_sim(dev: &SimDevice, case: &GemmCase, inputs: &BTreeMap<String, Vec<f6
 
 fn check(cases: &[GemmCase]) {
     let dev = SimDevice::new();
-    let mut failures = vec![];
-    for (i, c) in cases.iter().enumerate() {
-        match load(&dev, c).and_then(|(k, mh)| check_case(&dev, &mh, &k, c, 1000 + i as u64)) {
-            Ok(errs) => {
-                for o in errs {
-                    let line = format!("{} {}x{}x{} {}: rel err {:.3e} (tol {:.0e})", c.config.name, c.m, c.n, c.k, o.name, o.err, o.tol);
-                    println!("{line}");
-                    if !o.ok() {
-                        failures.push(line);
-                    }
-                }
-            }
-            Err(e) => failures.push(format!("{} {}x{}x{}: {e}", c.config.name, c.m, c.n, c.k)),
-        }
-    }
+    let failures = check_cases(&dev, cases, 1000, &|_, c| load(&dev, c), &mut |_, _| {});
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
 }
 
