@@ -1,7 +1,8 @@
-//! The simulator measurement of examples/sim_speed.rs and tests/sim_speed.rs
+//! The simulator measurement of examples/sim_speed.rs and tests/sim/speed.rs
 //! (included by both with `#[path]`).
 
-#[path = "../../tests/ptx/harness.rs"]
+#[allow(dead_code)]
+#[path = "../../tests/sim/harness.rs"]
 mod harness;
 
 use harness::*;

@@ -1,12 +1,12 @@
 //! One GEMM test body for every device: run a case of the GEMM emitters'
-//! test matrix (`pgc_backends::ptx::testing::cases`) on a [`Device`] and
-//! compare it with the f64 reference. `tests/ptx_gemm.rs` runs it on the
-//! simulator, `tests/cuda_gpu.rs` on a GPU.
+//! test matrix (`gemm_matrix::cases`) on a [`Device`] and
+//! compare it with the f64 reference. `tests/ptx/gemm.rs` runs it on the
+//! simulator, `tests/cuda/gpu.rs` on a GPU.
 
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::GemmKernel;
-use pgc_backends::ptx::testing::{decode, encode, rel_err, GemmCase};
+use super::gemm_matrix::{decode, encode, rel_err, GemmCase};
 use pgc_runtime::device::{Device, KernelArg, LaunchConfig, ModuleHandle};
 use std::collections::BTreeMap;
 
@@ -93,4 +93,34 @@ pub fn check_case(dev: &dyn Device, mh: &ModuleHandle, k: &GemmKernel, case: &Ge
             tol: GemmCase::tolerance(t.dtype),
         })
         .collect())
+}
+
+/// Check `cases` on `dev` (case `i` with inputs from `seed + i`, its kernel
+/// and module from `load`), printing one line per output and calling `each`
+/// with it; returns the failures. The body the simulator and the GPU share.
+pub fn check_cases(
+    dev: &dyn Device,
+    cases: &[GemmCase],
+    seed: u64,
+    load: &dyn Fn(usize, &GemmCase) -> Result<(GemmKernel, ModuleHandle), String>,
+    each: &mut dyn FnMut(&GemmCase, &OutputErr),
+) -> Vec<String> {
+    let mut failures = vec![];
+    for (i, c) in cases.iter().enumerate() {
+        let label = format!("{} {}x{}x{}", c.config.name, c.m, c.n, c.k);
+        match load(i, c).and_then(|(k, mh)| check_case(dev, &mh, &k, c, seed.wrapping_add(i as u64))) {
+            Ok(errs) => {
+                for o in errs {
+                    let line = format!("{label} {}: rel err {:.3e} (tol {:.0e})", o.name, o.err, o.tol);
+                    println!("{line}");
+                    each(c, &o);
+                    if !o.ok() {
+                        failures.push(line);
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("{label}: {e}")),
+        }
+    }
+    failures
 }

@@ -1,5 +1,5 @@
-//! The golden-file test body every backend runs (tests/golden_cpu.rs,
-//! golden_sim.rs, golden_cuda.rs): `models/11l.pgdsl` lowered with a golden
+//! The golden-file test body every backend runs (tests/cpu/golden.rs,
+//! tests/ptx/golden_sim.rs, tests/cuda/golden.rs): `models/11l.pgdsl` lowered with a golden
 //! file's config, run forward and backward in train and eval mode, every
 //! result compared with the float64 PyTorch golden tensors
 //! (`err = max|a - b| / max|b|`, a NaN fails).

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gemm;
+pub mod gemm_matrix;
 pub mod golden;
 
 use pgc_ir::{Graph, Mode};

@@ -23,8 +23,9 @@
 //!   symbolic arguments.
 //! * [`ptxas`]: finding and running ptxas, parsing registers / spills /
 //!   shared memory per kernel.
-//! * [`testing`]: the GEMM test matrix, deterministic inputs and an f64
-//!   reference (used by the tests under `tests/ptx_gemm*.rs`).
+//!
+//! The GEMM test matrix (configurations, inputs, an f64 reference) is test
+//! support, not API: it lives in `tests/common/gemm_matrix.rs`.
 
 pub mod adapters;
 pub mod builder;
@@ -34,7 +35,6 @@ pub mod pointwise;
 pub mod program;
 pub mod ptxas;
 pub mod templates;
-pub mod testing;
 
 pub use builder::{Kernel, KernelBuilder, Module};
 pub use templates::epilogue::{DType, EpiStep, Epilogue};

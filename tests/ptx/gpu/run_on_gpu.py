@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the PTX test kernels of tests/ptx on a real GPU through the CUDA driver
 API (ctypes on libcuda; no toolkit needed) and record inputs and outputs as
-golden files for tests/sim_gpu_golden.rs, which checks that the simulator
+golden files for tests/sim/gpu_golden.rs, which checks that the simulator
 reproduces them. Usage: run_on_gpu.py OUTDIR (writes OUTDIR/<kernel>.bin).
 
 File format: a sequence of records: u32 name length, name (utf-8), u64 byte

@@ -2,23 +2,20 @@
 //!
 //! An [`Epilogue`] is a list of [`EpiStep`]s applied in order to each f32
 //! accumulator value `v` at output position `(row, col)` of the `[M, N]`
-//! result, followed by the store of `v` to the output in `out` precision. The
-//! steps are plain serializable values, so the fusion planner can describe an
-//! epilogue in the kernel plan; the GEMM emitters turn them into PTX.
+//! result, followed by the store of `v` to the output in `out` precision
+//! (unless a pointwise step stores the outputs itself). The steps are plain
+//! serializable values; the GEMM emitters turn them into PTX.
 //!
-//! Every extra input or output a step names becomes one `.u64` kernel
-//! parameter (in step order, after the GEMM's own parameters); per-row vectors
-//! have `M` elements, per-column vectors `N`, and per-element tensors are
-//! row-major `[M, N]` (leading dimension `N`, like the output).
+//! Every buffer a step names becomes one `.u64` kernel parameter (in step
+//! order, after the GEMM's own parameters).
 //!
-//! Examples:
-//! * RMS-norm row scale: `[RowScale { param: "rstd" }]` (`out = acc * rstd[row]`)
-//! * relu²: `[StoreAux { param: "pre", dtype }, Relu2]`
-//! * residual add with a per-channel scale: `[ColScale { param: "s" }, AddTensor { param: "res", dtype }]`
-//!   (`out = res[row, col] + s[col] * acc`; `res` may be the output buffer itself)
+//! The two steps:
+//! * RMS-norm row scale: `[RowScale { param: "rstd" }]` (`out = acc * rstd[row]`;
+//!   linear, so allowed under split-K)
 //! * anything element-wise: `[Pointwise(program)]` ([`PwEpilogue`]: a scalar
 //!   program over `row`, `col` and the accumulator that stores every output
-//!   itself; the kernel plan's fused epilogue ops compile to one)
+//!   itself; the kernel plan's fused epilogue ops compile to one), e.g. relu²
+//!   with its pre-activation, a residual add, a bias
 
 use crate::ptx::builder::*;
 use crate::ptx::pointwise::epi::{PwEpilogue, PwLower};
@@ -36,20 +33,6 @@ fn log2_bytes(d: DType) -> u32 {
 pub enum EpiStep {
     /// `v *= param[row]` (f32 vector of length M), e.g. the RMS-norm `1/rms` of the input row.
     RowScale { param: String },
-    /// `v *= param[col]` (f32 vector of length N).
-    ColScale { param: String },
-    /// `v += param[col]` (f32 vector of length N).
-    ColBias { param: String },
-    /// `v *= value`.
-    Scale { value: f32 },
-    /// `v = max(v, 0)^2`.
-    Relu2,
-    /// `v *= 2 * max(param[row, col], 0)`: the gradient of relu² given the pre-activation.
-    Relu2Grad { param: String, dtype: DType },
-    /// `v += param[row, col]` (residual add; may alias the output).
-    AddTensor { param: String, dtype: DType },
-    /// Store the current `v` to an extra `[M, N]` output (e.g. the pre-activation).
-    StoreAux { param: String, dtype: DType },
     /// Run a scalar program at `(row, col)` with the accumulator `v` (see
     /// [`PwEpilogue`]); it stores every output itself, so it must be the last
     /// step and the main output `c` is not written.
@@ -57,23 +40,11 @@ pub enum EpiStep {
 }
 
 impl EpiStep {
-    /// The kernel parameter this step adds, if it adds exactly one.
-    pub fn param(&self) -> Option<&str> {
-        match self {
-            EpiStep::RowScale { param }
-            | EpiStep::ColScale { param }
-            | EpiStep::ColBias { param }
-            | EpiStep::Relu2Grad { param, .. }
-            | EpiStep::AddTensor { param, .. }
-            | EpiStep::StoreAux { param, .. } => Some(param),
-            EpiStep::Scale { .. } | EpiStep::Relu2 | EpiStep::Pointwise(_) => None,
-        }
-    }
     /// Every kernel parameter this step adds, in order.
     pub fn params(&self) -> Vec<&str> {
         match self {
+            EpiStep::RowScale { param } => vec![param],
             EpiStep::Pointwise(p) => p.params.iter().map(|s| s.as_str()).collect(),
-            s => s.param().into_iter().collect(),
         }
     }
     fn is_row(&self) -> bool {
@@ -82,10 +53,7 @@ impl EpiStep {
     /// Whether the step is linear in `v` with no side effects (allowed under split-K,
     /// where each split applies the epilogue to its partial sum).
     pub fn is_linear(&self) -> bool {
-        matches!(self, EpiStep::RowScale { .. } | EpiStep::ColScale { .. } | EpiStep::Scale { .. })
-    }
-    fn is_col(&self) -> bool {
-        matches!(self, EpiStep::ColScale { .. } | EpiStep::ColBias { .. })
+        matches!(self, EpiStep::RowScale { .. })
     }
 }
 
@@ -105,24 +73,6 @@ impl Epilogue {
     pub fn row_scale(param: &str, out: DType) -> Self {
         Epilogue { steps: vec![EpiStep::RowScale { param: param.into() }], out }
     }
-    /// `out = max(acc, 0)^2`, optionally storing the pre-activation `acc` to `pre`.
-    pub fn relu2(pre: Option<(&str, DType)>, out: DType) -> Self {
-        let mut steps = vec![];
-        if let Some((p, dt)) = pre {
-            steps.push(EpiStep::StoreAux { param: p.into(), dtype: dt });
-        }
-        steps.push(EpiStep::Relu2);
-        Epilogue { steps, out }
-    }
-    /// `out = res[row, col] + s[col] * acc`.
-    pub fn residual(res: &str, res_dtype: DType, scale: Option<&str>, out: DType) -> Self {
-        let mut steps = vec![];
-        if let Some(s) = scale {
-            steps.push(EpiStep::ColScale { param: s.into() });
-        }
-        steps.push(EpiStep::AddTensor { param: res.into(), dtype: res_dtype });
-        Epilogue { steps, out }
-    }
 
     /// The extra kernel parameters, in order.
     pub fn params(&self) -> Vec<String> {
@@ -140,18 +90,8 @@ impl Epilogue {
         for s in &self.steps {
             t.push_str(match s {
                 EpiStep::RowScale { .. } => "r",
-                EpiStep::ColScale { .. } => "c",
-                EpiStep::ColBias { .. } => "b",
-                EpiStep::Scale { .. } => "k",
-                EpiStep::Relu2 => "q",
-                EpiStep::Relu2Grad { .. } => "g",
-                EpiStep::AddTensor { .. } => "a",
-                EpiStep::StoreAux { .. } => "s",
                 EpiStep::Pointwise(_) => "p",
             });
-            if let EpiStep::Relu2Grad { dtype, .. } | EpiStep::AddTensor { dtype, .. } | EpiStep::StoreAux { dtype, .. } = s {
-                t.push_str(dt(dtype));
-            }
         }
         t.push('_');
         t.push_str(dt(&self.out));
@@ -159,8 +99,7 @@ impl Epilogue {
     }
 
     pub fn validate(&self, reserved: &[&str]) -> Result<(), String> {
-        let int_step = self.steps.iter().any(|s| matches!(s, EpiStep::Relu2Grad { dtype: DType::I32, .. } | EpiStep::AddTensor { dtype: DType::I32, .. } | EpiStep::StoreAux { dtype: DType::I32, .. }));
-        if self.out == DType::I32 || int_step {
+        if self.out == DType::I32 {
             return Err("epilogue tensors are f32 or bf16, not i32".into());
         }
         let mut seen: Vec<&str> = reserved.to_vec();
@@ -232,22 +171,6 @@ pub(crate) fn load_row_vals(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, 
         .collect()
 }
 
-/// Per-column values (one register per column-indexed step).
-pub(crate) fn load_col_vals(b: &mut KernelBuilder, epi: &Epilogue, r: &EpiRegs, col: Reg, ok: Reg) -> Vec<Option<Reg>> {
-    epi.steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            if !s.is_col() {
-                return None;
-            }
-            let off = b.mul_wide_u32(col, 4u32);
-            let a = b.add_u64(r.ptrs[i][0], off);
-            Some(guarded_load_f32(b, ok, Addr::reg(a)))
-        })
-        .collect()
-}
-
 /// A group of 1 or 2 output elements in one row at adjacent columns.
 /// `vector`: the group is accessed with one vector access under `preds[0]`
 /// (the caller guarantees both columns are in bounds together and the
@@ -262,46 +185,11 @@ pub(crate) struct Group<'a> {
     pub vector: bool,
     /// Row values (from [`load_row_vals`]).
     pub row_vals: &'a [Option<Reg>],
-    /// Column values per element.
-    pub col_vals: &'a [&'a [Option<Reg>]],
 }
 
 fn elem_addr(b: &mut KernelBuilder, ptr: Reg, idx: Reg, dt: DType) -> Addr {
     let off = b.bin(BinOp::Shl, Type::U64, idx, log2_bytes(dt));
     Addr::reg(b.add_u64(ptr, off))
-}
-
-fn load_tensor(b: &mut KernelBuilder, ptr: Reg, dt: DType, g: &Group, n: usize) -> Vec<Reg> {
-    let addr = elem_addr(b, ptr, g.idx, dt);
-    match dt {
-        DType::I32 => unreachable!("validate() rejects i32 tensors here"),
-        DType::F32 => {
-            let v: Vec<Reg> = (0..n).map(|_| b.val(Type::F32, 0.0f32)).collect();
-            if g.vector {
-                b.guarded(g.preds[0], false, |b| b.ld_vec(Space::Global, true, Type::F32, &v, addr));
-            } else {
-                for j in 0..n {
-                    b.guarded(g.preds[j], false, |b| {
-                        b.ld_vec(Space::Global, true, Type::F32, &v[j..j + 1], addr.plus(4 * j as i64))
-                    });
-                }
-            }
-            v
-        }
-        DType::Bf16 => {
-            let h: Vec<Reg> = (0..n).map(|_| b.val(Type::B16, 0u32)).collect();
-            if g.vector {
-                b.guarded(g.preds[0], false, |b| b.ld_vec(Space::Global, true, Type::B16, &h, addr));
-            } else {
-                for j in 0..n {
-                    b.guarded(g.preds[j], false, |b| {
-                        b.ld_vec(Space::Global, true, Type::B16, &h[j..j + 1], addr.plus(2 * j as i64))
-                    });
-                }
-            }
-            h.iter().map(|&h| b.cvt(Type::F32, Type::Bf16, None, h)).collect()
-        }
-    }
 }
 
 fn store_tensor(b: &mut KernelBuilder, ptr: Reg, dt: DType, g: &Group, vals: &[Reg]) {
@@ -340,7 +228,6 @@ fn store_tensor(b: &mut KernelBuilder, ptr: Reg, dt: DType, g: &Group, vals: &[R
 pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &mut EpiRegs, g: &Group, acc: &[Reg]) {
     let n = acc.len();
     assert!(n == 1 || n == 2);
-    assert_eq!(g.col_vals.len(), n);
     let mut v: Vec<Reg> = acc.to_vec();
     for (i, s) in epi.steps.iter().enumerate() {
         match s {
@@ -350,42 +237,6 @@ pub(crate) fn emit_group(b: &mut KernelBuilder, epi: &Epilogue, r: &mut EpiRegs,
                     *x = b.bin(BinOp::Mul, Type::F32, *x, rv);
                 }
             }
-            EpiStep::ColScale { .. } => {
-                for (j, x) in v.iter_mut().enumerate() {
-                    *x = b.bin(BinOp::Mul, Type::F32, *x, g.col_vals[j][i].unwrap());
-                }
-            }
-            EpiStep::ColBias { .. } => {
-                for (j, x) in v.iter_mut().enumerate() {
-                    *x = b.bin(BinOp::Add, Type::F32, *x, g.col_vals[j][i].unwrap());
-                }
-            }
-            EpiStep::Scale { value } => {
-                for x in v.iter_mut() {
-                    *x = b.bin(BinOp::Mul, Type::F32, *x, *value);
-                }
-            }
-            EpiStep::Relu2 => {
-                for x in v.iter_mut() {
-                    let t = b.bin(BinOp::Max, Type::F32, *x, 0.0f32);
-                    *x = b.bin(BinOp::Mul, Type::F32, t, t);
-                }
-            }
-            EpiStep::Relu2Grad { dtype, .. } => {
-                let pre = load_tensor(b, r.ptrs[i][0], *dtype, g, n);
-                for (x, p) in v.iter_mut().zip(pre) {
-                    let t = b.bin(BinOp::Max, Type::F32, p, 0.0f32);
-                    let t2 = b.bin(BinOp::Add, Type::F32, t, t);
-                    *x = b.bin(BinOp::Mul, Type::F32, *x, t2);
-                }
-            }
-            EpiStep::AddTensor { dtype, .. } => {
-                let res = load_tensor(b, r.ptrs[i][0], *dtype, g, n);
-                for (x, t) in v.iter_mut().zip(res) {
-                    *x = b.bin(BinOp::Add, Type::F32, *x, t);
-                }
-            }
-            EpiStep::StoreAux { dtype, .. } => store_tensor(b, r.ptrs[i][0], *dtype, g, &v),
             EpiStep::Pointwise(_) => {
                 let pw = r.pw.as_mut().expect("pointwise state");
                 for (j, x) in v.iter().enumerate() {

@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device call: correctness of every test case, timing vs torch, then the sanitizers.
-# Usage: device.sh DIR   (DIR from PGC_GEMM_DUMP=DIR cargo test -p pgc --test ptx_gemm_ptxas;
+# Usage: device.sh DIR   (DIR from PGC_GEMM_DUMP=DIR cargo test -p pgc --test ptx gemm_ptxas::;
 # logs go to $OUT, or DIR when OUT is unset)
 HERE="$(cd "$(dirname "$0")" && pwd)"
 DIR="$(cd "${1:-$HERE}" && pwd)"

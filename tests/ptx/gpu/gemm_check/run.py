@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Device check of pgc's GEMM kernels on a real GPU (needs cupy; perf also torch).
 
-Dump the kernels first:  PGC_GEMM_DUMP=DIR cargo test -p pgc --test ptx_gemm_ptxas
+Dump the kernels first:  PGC_GEMM_DUMP=DIR cargo test -p pgc --test ptx gemm_ptxas::
 run.py check [DIR]   every test case vs a float64 numpy reference of the rounded inputs
 run.py perf  [DIR]   model-sized cases: our kernels vs torch (cuBLAS) in the same process
 DIR defaults to this script's folder. device.sh runs both plus compute-sanitizer.
@@ -83,30 +83,28 @@ def check():
         A = inputs["a"].reshape(m, k) if cfg["layout"]["a"] == "MK" else inputs["a"].reshape(k, m).T
         B = inputs["b"].reshape(n, k).T if cfg["layout"]["b"] == "NK" else inputs["b"].reshape(k, n)
         v = A @ B
-        want = {}
-        for s in cfg["epilogue"]["steps"]:
-            op = s["op"]
-            if op == "row_scale":
-                v = v * inputs[s["param"]][:, None]
-            elif op == "col_scale":
-                v = v * inputs[s["param"]][None, :]
-            elif op == "col_bias":
-                v = v + inputs[s["param"]][None, :]
-            elif op == "scale":
-                v = v * float(np.float32(s["value"]))
-            elif op == "relu2":
-                v = np.maximum(v, 0) ** 2
-            elif op == "relu2_grad":
-                v = v * 2 * np.maximum(inputs[s["param"]].reshape(m, n), 0)
-            elif op == "add_tensor":
-                v = v + inputs[s["param"]].reshape(m, n)
-            elif op == "store_aux":
-                want[s["param"]] = rnd(v, s["dtype"]).reshape(-1)
-            else:
-                raise SystemExit(f"unknown epilogue step {op}")
+        # the case's epilogue (EpiCase in tests/common/gemm_matrix.rs), unrounded per output
+        e = c["epi"]
+        op = e["op"]
+        if op == "store":
+            vals = {"c": v}
+        elif op == "row_scale":
+            vals = {"c": v * inputs["rstd"][:, None]}
+        elif op == "relu2":
+            vals = {"out": np.maximum(v, 0) ** 2}
+            if e.get("pre"):
+                vals["pre"] = v
+        elif op == "residual":
+            s = inputs["s"][None, :] if e["col_scale"] else 1.0
+            vals = {"out": inputs["res"].reshape(m, n) + s * v}
+        elif op == "bias_relu2_grad":
+            g = (v + inputs["bias"][None, :]) * 2 * np.maximum(inputs["pre"].reshape(m, n), 0) * 0.5
+            vals = {"aux": g, "out": g}
+        else:
+            raise SystemExit(f"unknown epilogue {op}")
         if cfg.get("split_k", 1) > 1:
-            v = v + inputs["c"].reshape(m, n)
-        want["c"] = rnd(v, cfg["epilogue"]["out"]).reshape(-1)
+            vals["c"] = vals["c"] + inputs["c"].reshape(m, n)
+        want = {t["name"]: rnd(vals[t["name"]], t["dtype"]).reshape(-1) for t in c["tensors"] if t["output"]}
         bufs = []
         for t in c["tensors"]:
             init = t["output"] and not t.get("initial")

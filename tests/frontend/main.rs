@@ -1,0 +1,7 @@
+//! The frontend's tests (.pgdsl cases, `pgc compile` end to end), one binary.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cases;
+mod cli;
