@@ -36,10 +36,10 @@
 //!
 //! Docs: the builtin table of `frontend/LANGUAGE.md`.
 //!
-//! Tests: add the op with its domain to `tests/gradcheck.rs::unary_ops`
+//! Tests: add the op with its domain to `tests/ir/gradcheck.rs::unary_ops`
 //! (autodiff against finite differences) and to the DSL of
-//! `tests/ptx_kinds.rs::math_functions_one_by_one` (the PTX simulator
-//! against the CPU backend); `tests/unary_ops.rs` runs every
+//! `tests/ptx/kinds.rs::math_functions_one_by_one` (the PTX simulator
+//! against the CPU backend); `tests/cpu/unary_ops.rs` runs every
 //! `UnaryFn::ALL` on the interpreter (against `UnaryFn::eval`) and on the
 //! CPU plan executor (cranelift, bitwise the interpreter in f32 and f64) on
 //! NaN, infinities, signed zeros and a sweep, with no edit.

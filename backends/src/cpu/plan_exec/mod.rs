@@ -35,7 +35,7 @@
 //! and the softmax rows' `exp` and sums (about 1e-6 relative).
 //!
 //! Its speed against the interpreter, and where the time goes, are measured
-//! by `tests/plan_exec.rs` (`full_model`, printed) and recorded in docs/PERF.md.
+//! by `tests/cpu/plan_exec.rs` (`full_model`, printed) and recorded in docs/PERF.md.
 
 mod attention;
 pub mod gemm;

@@ -66,7 +66,7 @@
 //! parameter (the model uses `1 / sqrt(d)`).
 //!
 //! Resources (ptxas 12.9, `-arch=sm_90a -O3`, `[B, H, T, d]` layout; zero
-//! spills everywhere, `tests/ptx_attention_ptxas.rs`); registers / dynamic
+//! spills everywhere, `tests/ptx/attention_ptxas.rs`); registers / dynamic
 //! shared memory per block:
 //!
 //! | kernel | d = 8 | d = 16 | d = 32 | d = 64 |
