@@ -4,7 +4,7 @@
 //! corrections) are computed in f64, as the reference's Python does, and
 //! applied in `F`.
 
-use super::Hyper;
+use super::hyper::Hyper;
 use pgc_backends::cpu::{linalg, Real};
 
 /// Substrings that make a parameter a control tensor (the scalar AdamW group).

@@ -2,7 +2,7 @@
 //! (TRAINING.md section 6): warmdown by iteration count, or by wall clock
 //! when there is a cap; the momentum ramp.
 
-use super::Hyper;
+use super::hyper::Hyper;
 
 /// `s_t` for step `step` after `elapsed_ms` of training time.
 pub fn lr_scale(hp: &Hyper, step: u64, elapsed_ms: f64) -> f64 {

@@ -3,7 +3,7 @@
 //! `n % swa_every == 0`, the weights are added to a running sum; the
 //! average is `sum / count`, applied after training only when `count > 1`.
 
-use super::Hyper;
+use super::hyper::Hyper;
 use pgc_backends::cpu::Real;
 
 #[derive(Clone, Debug, Default, PartialEq)]
