@@ -489,6 +489,19 @@ pub fn run(args: ProfileArgs) -> CliResult {
     if helpers.launches > 0 {
         let _ = writeln!(out, "zero-fill helper launches (not in the table): {}, {:.1} MB written", helpers.launches, helper_ub / 1e6);
     }
+    let flagged: Vec<(&str, Vec<String>)> = rows.iter().filter_map(|r| findings(r).map(|f| (r.name.as_str(), f))).collect();
+    if !flagged.is_empty() {
+        let _ = writeln!(
+            out,
+            "findings ({} kernels: measured bytes over {:.2}x the plan's, bank conflicts, or sector efficiency under {:.0}%):",
+            flagged.len(),
+            FLAG_BYTES_RATIO,
+            100.0 * FLAG_SECTOR_EFFICIENCY
+        );
+        for (name, f) in &flagged {
+            let _ = writeln!(out, "  {name}: {}", f.join(", "));
+        }
+    }
     out.push_str(&calib_note);
     let _ = writeln!(
         out,
@@ -536,6 +549,7 @@ pub fn run(args: ProfileArgs) -> CliResult {
                     "hot_lines": hot.iter().take(8).map(|(l, v)| v.json(**l, &ptx_lines)).collect::<Vec<_>>(),
                     "uncoalesced_lines": wasteful.iter().take(8).map(|(l, v)| v.json(**l, &ptx_lines)).collect::<Vec<_>>(),
                     "bank_conflict_lines": conflicted.iter().take(8).map(|(l, v)| v.json(**l, &ptx_lines)).collect::<Vec<_>>(),
+                    "findings": findings(r).unwrap_or_default(),
                 })
             })
             .collect();
@@ -594,6 +608,32 @@ struct Row {
     registers: Option<u32>,
     est: Estimate,
     calibrated: f64,
+}
+
+/// What the report flags (the profile issue's thresholds): a kernel moving
+/// more than 10% over the plan's bytes, with bank conflicts, or using under
+/// 90% of the sector bytes it fetches.
+const FLAG_BYTES_RATIO: f64 = 1.10;
+const FLAG_SECTOR_EFFICIENCY: f64 = 0.90;
+/// Wavefronts over ideal above this count as a conflict (1.0 is none; the
+/// margin keeps rounding of sampled averages from flagging).
+const FLAG_BANK_WAYS: f64 = 1.005;
+
+fn findings(r: &Row) -> Option<Vec<String>> {
+    let mut f = Vec::new();
+    let bytes = ratio(r.t.unique_bytes(), r.plan_bytes as f64);
+    if r.plan_bytes > 0 && bytes > FLAG_BYTES_RATIO {
+        f.push(format!("bytes {bytes:.2}x the plan"));
+    }
+    let ways = r.t.bank_conflict_ways();
+    if ways > FLAG_BANK_WAYS {
+        f.push(format!("{ways:.2}-way bank conflicts"));
+    }
+    let eff = r.t.sector_efficiency();
+    if r.t.global_sectors > 0.0 && eff < FLAG_SECTOR_EFFICIENCY {
+        f.push(format!("sector efficiency {:.0}%", 100.0 * eff));
+    }
+    (!f.is_empty()).then_some(f)
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

@@ -92,6 +92,25 @@ fn check_schema(v: &Value) {
 ///   update only those rows (the zero-fill before them is a helper launch):
 ///   less than the plan.
 /// Returns (adjusted bytes, raw measured bytes, bytes of parameters not read).
+/// A kernel is flagged (JSON `findings`, and by name in the text's findings
+/// section) exactly when its bytes exceed the plan's by more than 10%, it has
+/// bank conflicts, or its sector efficiency is under 90%.
+fn check_findings(v: &Value, text: &str) {
+    let section = text.split_once("findings (").map(|(_, s)| s).unwrap_or("");
+    let mut flagged = 0;
+    for k in v["kernels"].as_array().unwrap() {
+        let name = k["name"].as_str().unwrap();
+        let f = k["findings"].as_array().unwrap_or_else(|| panic!("{name}: no findings array"));
+        let over = k["plan_bytes"].as_u64().unwrap() > 0 && k["bytes_ratio"].as_f64().unwrap() > 1.10;
+        let bank = k["bank_conflict_ways"].as_f64().unwrap() > 1.005;
+        let eff = k["global_sectors"].as_f64().unwrap() > 0.0 && k["sector_efficiency"].as_f64().unwrap() < 0.90;
+        assert_eq!(f.len(), over as usize + bank as usize + eff as usize, "{name}: findings {f:?} for bytes {over}, bank {bank}, sectors {eff}");
+        assert_eq!(section.contains(&format!("  {name}: ")), !f.is_empty(), "{name} flagged {f:?} but the text says otherwise:\n{section}");
+        flagged += !f.is_empty() as usize;
+    }
+    assert!(flagged > 0, "the odd config's GEMMs store bf16 one element per lane: some kernel is flagged");
+}
+
 fn adjusted_bytes(k: &Value) -> (f64, f64, f64) {
     let (mut adj, mut params_unread) = (0.0, 0.0);
     for b in k["buffers"].as_array().unwrap() {
@@ -165,6 +184,7 @@ fn sampled_run_names_its_blocks_and_draws_a_roofline() {
         assert!(run.iter().all(|&b| b < total));
     }
     assert!(sampled > 0, "no launch of the odd config has more than 3 blocks");
+    check_findings(&v, &text);
     let s = std::fs::read_to_string(&svg).unwrap();
     assert!(s.starts_with("<svg") || s.contains("<svg"), "not an SVG");
     assert!(s.contains("<circle"), "no kernel points in the roofline");
