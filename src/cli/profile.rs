@@ -631,7 +631,7 @@ fn findings(r: &Row) -> Option<Vec<String>> {
     }
     let eff = r.t.sector_efficiency();
     if r.t.global_sectors > 0.0 && eff < FLAG_SECTOR_EFFICIENCY {
-        f.push(format!("sector efficiency {:.0}%", 100.0 * eff));
+        f.push(format!("sector efficiency {:.1}%", 100.0 * eff));
     }
     (!f.is_empty()).then_some(f)
 }
