@@ -185,7 +185,7 @@ fn bad_input_exits_2_with_a_message() {
 fn head_shard(dir: &Path, tokens: usize) -> PathBuf {
     let src = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample_val_000000.bin")).unwrap();
     let mut out = Vec::with_capacity(1024 + 2 * tokens);
-    for h in [20240520i32, 1, tokens as i32].into_iter().chain(std::iter::repeat(0).take(253)) {
+    for h in [20240520i32, 1, tokens as i32].into_iter().chain(std::iter::repeat_n(0, 253)) {
         out.extend_from_slice(&h.to_le_bytes());
     }
     out.extend_from_slice(&src[1024..1024 + 2 * tokens]);

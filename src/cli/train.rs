@@ -263,7 +263,6 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
         }
         last = Some(info);
     }
-    drop(validate);
     if let Some(dir) = &args.checkpoint {
         checkpoint::save(dir, &t)?;
     }
