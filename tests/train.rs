@@ -180,3 +180,71 @@ fn bad_input_exits_2_with_a_message() {
         assert!(text.contains(want), "{flags:?}: expected `{want}` in:\n{text}");
     }
 }
+
+/// The head of the sample FineWeb shard as a shard of its own (keeps the validations short).
+fn head_shard(dir: &Path, tokens: usize) -> PathBuf {
+    let src = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample_val_000000.bin")).unwrap();
+    let mut out = Vec::with_capacity(1024 + 2 * tokens);
+    for h in [20240520i32, 1, tokens as i32].into_iter().chain(std::iter::repeat_n(0, 253)) {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    out.extend_from_slice(&src[1024..1024 + 2 * tokens]);
+    let p = dir.join("fineweb_val_000000.bin");
+    std::fs::write(&p, out).unwrap();
+    p
+}
+
+/// Real data end to end: a small model trained on the sample shard with
+/// validation, SWA and export; the validation bpb falls, the artifact is
+/// under budget and `pgc eval` of it gives the roundtrip bpb.
+#[test]
+fn fineweb_validation_export_and_roundtrip() {
+    let d = TempDir::new("train-export");
+    let val = head_shard(d.path(), 8192);
+    let out = d.path().join("model.pgz");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (model, sp) = (root.join("models/11l.pgdsl"), root.join("tests/data/fineweb_1024_bpe.model"));
+    let sets = ["layers=1", "dim=32", "heads=2", "kv_heads=1", "seq=64", "bigram_buckets=256", "bigram_dim=16"];
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pgc"));
+    c.arg("train").arg(&model);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    // By iteration (no clock): the warmdown's last 8 steps have s_t < 0.4, so SWA collects after steps 25 and 30.
+    for h in ["iterations=30", "max_wallclock_seconds=0", "warmdown_iters=20", "swa_every=5", "val_loss_every=10"] {
+        c.args(["--hp", h]);
+    }
+    c.args(["--random-weights", "1", "--data", root.join("tests/data/sample_val_000000.bin").to_str().unwrap()]);
+    c.args(["--val", val.to_str().unwrap(), "--tokenizer", sp.to_str().unwrap()]);
+    c.args(["--batch", "4", "--backend", "cpu", "--precision", "f32", "--export", out.to_str().unwrap(), "--json"]);
+    let text = run_ok(c, "pgc train --val --export");
+    let v: serde_json::Value = serde_json::from_str(text.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    let vals = v["val"].as_array().unwrap();
+    let steps: Vec<u64> = vals.iter().map(|x| x["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 10, 20, 30], "{text}");
+    let bpb: Vec<f64> = vals.iter().map(|x| x["val_bpb"].as_f64().unwrap()).collect();
+    assert!(bpb.windows(2).all(|w| w[1] < w[0]) && bpb[0] > 3.0 && bpb[3] < 3.5, "validation bpb should fall: {bpb:?}\n{text}");
+    assert!(text.contains("val_bpb") && text.contains("step 10/30"), "the progress line shows the validation:\n{text}");
+    let e = &v["export"];
+    assert_eq!((e["swa_applied"].as_bool(), e["within_budget"].as_bool()), (Some(true), Some(true)), "{text}");
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert_eq!(e["bytes"].as_u64(), Some(size), "{text}");
+    // Written atomically: the folder holds the artifact and the validation shard, no temporary.
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+    let rt = e["roundtrip_val_bpb"].as_f64().unwrap();
+    // Quantization and SWA move it a little from the last validation (other windows, same split).
+    assert!(rt.is_finite() && (rt - bpb[3]).abs() < 0.15, "roundtrip {rt} vs last validation {}\n{text}", bpb[3]);
+    // `pgc eval` reads the artifact and, with the roundtrip's windows, gives its number.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pgc"));
+    c.arg("eval").arg(&model);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    c.args(["--weights", out.to_str().unwrap(), "--data", val.to_str().unwrap(), "--tokenizer", sp.to_str().unwrap()]);
+    c.args(["--stride", "64", "--batch", "32", "--json"]);
+    let text = run_ok(c, "pgc eval of the artifact");
+    let j = text.find('{').unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&text[j..text.rfind('}').unwrap() + 1]).unwrap();
+    let eb = ev["val_bpb"].as_f64().unwrap();
+    assert!((eb - rt).abs() <= 1e-9 * rt, "pgc eval {eb} vs roundtrip {rt}");
+}

@@ -137,6 +137,47 @@ fn ptx_logits(dev: &dyn Device, g: &Graph, values: &HashMap<String, Vec<f64>>, i
     Ok(ex.read_output("logits").map_err(internal)?.into_iter().map(f64::from).collect())
 }
 
+/// What [`bits_per_byte`] measured.
+pub(crate) struct Bpb {
+    pub val_loss: f64,
+    pub val_bpb: f64,
+    /// Scored targets and the bytes they carry.
+    pub tokens: u64,
+    pub bytes: u64,
+    pub windows: usize,
+}
+
+/// Mean NLL and bits per byte of `values` on `tokens` in sliding windows of
+/// `seq` (stride `stride`, `batch` windows per forward); `pgc eval` and
+/// `pgc train`'s validation and roundtrip evaluation.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bits_per_byte(
+    model: &std::path::Path,
+    sets: &[(String, String)],
+    values: &HashMap<String, Vec<f64>>,
+    tokens: &[u16],
+    table: &ByteTable,
+    seq: usize,
+    stride: usize,
+    batch: usize,
+    device: Option<&dyn Device>,
+) -> Result<Bpb, Failure> {
+    let wins = data::windows(tokens.len(), seq, stride);
+    let mut n_tok = 0u64;
+    let mut n_bytes = 0u64;
+    for w in &wins {
+        for t in w.score_from..w.len {
+            let pos = w.start + t + 1;
+            n_tok += 1;
+            n_bytes += table.bytes(tokens[pos - 1], tokens[pos]);
+        }
+    }
+    let total = nll_sum(model, sets, values, tokens, &wins, batch, device)?;
+    let val_loss = total / n_tok.max(1) as f64;
+    let val_bpb = val_loss / std::f64::consts::LN_2 * (n_tok as f64 / n_bytes.max(1) as f64);
+    Ok(Bpb { val_loss, val_bpb, tokens: n_tok, bytes: n_bytes, windows: wins.len() })
+}
+
 pub fn run(args: EvalArgs) -> CliResult {
     let sim;
     let cuda;
@@ -170,24 +211,13 @@ pub fn run(args: EvalArgs) -> CliResult {
         return Err(bad(format!("{}: fewer than 2 tokens", args.data)));
     }
     let table = ByteTable::load(&args.tokenizer, vocab).map_err(bad)?;
-    let wins = data::windows(tokens.len(), seq, args.stride);
-    let mut n_tok = 0u64;
-    let mut n_bytes = 0u64;
-    for w in &wins {
-        for t in w.score_from..w.len {
-            let pos = w.start + t + 1;
-            n_tok += 1;
-            n_bytes += table.bytes(tokens[pos - 1], tokens[pos]);
-        }
-    }
-    let total = nll_sum(&args.model, &sets, &values, &tokens, &wins, args.batch, device)?;
-    let val_loss = total / n_tok as f64;
-    let val_bpb = val_loss / std::f64::consts::LN_2 * (n_tok as f64 / n_bytes.max(1) as f64);
+    let b = bits_per_byte(&args.model, &sets, &values, &tokens, &table, seq, args.stride, args.batch, device)?;
+    let (val_loss, val_bpb, n_tok, n_bytes, wins) = (b.val_loss, b.val_bpb, b.tokens, b.bytes, b.windows);
     if args.json {
-        let v = json!({"val_loss": val_loss, "val_bpb": val_bpb, "tokens": n_tok, "bytes": n_bytes, "windows": wins.len(), "stride": args.stride, "seq": seq});
+        let v = json!({"val_loss": val_loss, "val_bpb": val_bpb, "tokens": n_tok, "bytes": n_bytes, "windows": wins, "stride": args.stride, "seq": seq});
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Failure::Other(e.into()))?);
     } else {
-        println!("val_loss {val_loss:.6} val_bpb {val_bpb:.6} ({n_tok} tokens, {n_bytes} bytes, {} windows of {seq}, stride {})", wins.len(), args.stride);
+        println!("val_loss {val_loss:.6} val_bpb {val_bpb:.6} ({n_tok} tokens, {n_bytes} bytes, {wins} windows of {seq}, stride {})", args.stride);
     }
     Ok(())
 }

@@ -2,8 +2,17 @@
 //!
 //! The cpu backend runs the compiled forward and backward pass (the plan
 //! executor) and the optimizer in exact f64 or f32 (`pgc::train`). sim and
-//! cuda training, bf16, validation (`--val`, `--tokenizer`) and `--export`
-//! are not implemented yet: they stop with a message and exit 2.
+//! cuda training and bf16 are not implemented yet: they stop with a message
+//! and exit 2.
+//!
+//! `--val GLOB --tokenizer SP.model` measures the validation bpb (TRAINING.md
+//! section 9: the split cut to whole `seq` rows plus one token, non-overlapping
+//! rows, eval mode, `pgc eval`'s code on the CPU in f64) before the first step,
+//! every `val_loss_every` steps and after the last; its time is outside the
+//! training clock. `--export OUT.pgz` ends the run as section 12 says: SWA,
+//! pruning, the artifact (`pgc export`'s code, written atomically) and, with
+//! `--val`, the roundtrip evaluation of the artifact read back (sliding
+//! windows, `eval_stride`, `eval_batch_seqs`).
 //!
 //! `--steps N` ends the run after its step N (counted from the start of the
 //! run, also when resuming), as an interruption would; the schedule still
@@ -11,11 +20,17 @@
 //! written there when the run stops (and every `--checkpoint-every` steps);
 //! `--resume DIR` continues it, bit for bit on cpu.
 
+use super::eval::{bits_per_byte, Bpb};
 use super::{CliResult, Failure};
+use pgc_ir::Mode;
+use pgc_runtime::artifact;
+use pgc_runtime::data::{self, ByteTable};
 use pgc::pipeline::inputs::WeightSource;
 use pgc::train::{self, checkpoint, trajectory, Hyper, StepInfo, TokenStream, TrainSpec, Trainer};
 use pgc_backends::cpu::Real;
-use std::path::PathBuf;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -51,10 +66,10 @@ pub struct TrainArgs {
     /// FineWeb train shards (`fineweb_train_*.bin`), one stream in name order.
     #[arg(long, value_name = "GLOB", required_unless_present = "tokens", conflicts_with = "tokens")]
     pub data: Option<String>,
-    /// Validation shards (not implemented yet).
-    #[arg(long, value_name = "GLOB", requires = "data")]
+    /// Validation shards (`fineweb_val_*.bin`), one stream in name order (needs --tokenizer).
+    #[arg(long, value_name = "GLOB", requires_all = ["data", "tokenizer"])]
     pub val: Option<String>,
-    /// SentencePiece model for the bits-per-byte of --val (not implemented yet).
+    /// SentencePiece model for the bits per byte of --val.
     #[arg(long, value_name = "SP.model", requires = "val")]
     pub tokenizer: Option<PathBuf>,
     /// A token stream: safetensors with a 1-D int32 `tokens` tensor.
@@ -89,7 +104,7 @@ pub struct TrainArgs {
     /// Write the trajectory (golden layout, TRAINING.md section 14) to this safetensors file.
     #[arg(long, value_name = "OUT.safetensors")]
     pub trajectory: Option<PathBuf>,
-    /// Export the trained weights as a .pgz artifact (not implemented yet).
+    /// At the end: SWA, pruning, export to this .pgz artifact and (with --val) its roundtrip evaluation.
     #[arg(long, value_name = "OUT.pgz")]
     pub export: Option<PathBuf>,
     /// A JSON summary on stdout instead of the text one.
@@ -122,11 +137,6 @@ pub fn run(args: TrainArgs) -> CliResult {
         TrainBackend::Cpu => {}
         b => return Err(bad(format!("backend `{}` is not yet supported for training (use --backend cpu)", format!("{b:?}").to_lowercase()))),
     }
-    for (given, what) in [(args.val.is_some(), "--val"), (args.tokenizer.is_some(), "--tokenizer"), (args.export.is_some(), "--export")] {
-        if given {
-            return Err(bad(format!("{what} is not yet supported by pgc train")));
-        }
-    }
     let hp = hyper(&args)?;
     if let Some(n) = args.steps {
         if n == 0 || n > hp.iterations {
@@ -152,6 +162,56 @@ pub fn run(args: TrainArgs) -> CliResult {
     }
 }
 
+/// The model in eval mode with the user's `--set` (what `pgc export` and
+/// `pgc eval` lower with the same flags): validation and the artifact.
+struct EvalModel {
+    path: PathBuf,
+    sets: Vec<(String, String)>,
+    graph: pgc_ir::Graph,
+    ir_hash: u64,
+}
+
+/// The validation split (`--val`) and the tokenizer's byte table.
+struct Val {
+    tokens: Vec<u16>,
+    table: ByteTable,
+    seq: usize,
+}
+
+impl Val {
+    fn load(glob: &str, tokenizer: &Path, m: &EvalModel, seq: usize) -> Result<Val, Failure> {
+        let vocab = m.graph.constant("vocab").ok_or_else(|| bad("the model has no `vocab` constant"))? as usize;
+        let tokens = data::read_shards(glob).map_err(bad)?;
+        if let Some(p) = tokens.iter().position(|&t| t as usize >= vocab) {
+            return Err(bad(format!("--val {glob}: token {} at position {p} is outside the vocabulary 0..{vocab}", tokens[p])));
+        }
+        if tokens.len() < seq + 1 {
+            return Err(bad(format!("--val {glob}: {} tokens; one validation row needs seq {seq} + 1", tokens.len())));
+        }
+        let table = ByteTable::load(tokenizer, vocab).map_err(bad)?;
+        Ok(Val { tokens, table, seq })
+    }
+
+    /// Section 9: the split cut to whole rows of `seq` plus one token, in
+    /// non-overlapping rows (windows of stride `seq`). The batch changes no
+    /// value; the CPU runs `eval_batch_seqs` rows per forward to bound memory.
+    fn during(&self, m: &EvalModel, hp: &Hyper, values: &HashMap<String, Vec<f64>>) -> Result<Bpb, Failure> {
+        let rows = (self.tokens.len() - 1) / self.seq;
+        let toks = &self.tokens[..rows * self.seq + 1];
+        bits_per_byte(&m.path, &m.sets, values, toks, &self.table, self.seq, self.seq, hp.eval_batch_seqs.max(1) as usize, None)
+    }
+
+    /// Section 12 step 4: the whole split in sliding windows (`eval_stride`, `eval_batch_seqs` per batch).
+    fn roundtrip(&self, m: &EvalModel, hp: &Hyper, values: &HashMap<String, Vec<f64>>) -> Result<Bpb, Failure> {
+        let stride = (hp.eval_stride as usize).clamp(1, self.seq);
+        bits_per_byte(&m.path, &m.sets, values, &self.tokens, &self.table, self.seq, stride, hp.eval_batch_seqs.max(1) as usize, None)
+    }
+}
+
+fn by_name<F: Real>(names: &[String], weights: &[Vec<F>]) -> HashMap<String, Vec<f64>> {
+    names.iter().zip(weights).map(|(n, w)| (n.clone(), w.iter().map(|x| x.to_f64()).collect())).collect()
+}
+
 fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
     let t_start = Instant::now();
     let setup = train::prepare(spec)?;
@@ -159,17 +219,42 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
     if let Some(dir) = &args.resume {
         checkpoint::resume(dir, &mut t)?;
     }
+    let eval_model = if args.val.is_some() || args.export.is_some() {
+        let (graph, ir_hash) = super::export::compile(&spec.model, &spec.sets, Mode::Eval)?;
+        Some(EvalModel { path: spec.model.clone(), sets: spec.sets.clone(), graph, ir_hash })
+    } else {
+        None
+    };
+    let val = match (&args.val, &args.tokenizer, &eval_model) {
+        (Some(g), Some(tk), Some(m)) => Some(Val::load(g, tk, m, t.seq)?),
+        _ => None,
+    };
+    let mut vals: Vec<(u64, Bpb)> = Vec::new();
+    let mut validate = |t: &Trainer<F>| -> Result<String, Failure> {
+        let (Some(v), Some(m)) = (&val, &eval_model) else { return Ok(String::new()) };
+        let t0 = Instant::now();
+        let b = v.during(m, &t.hp, &by_name(&t.names, &t.state.params))?;
+        let s = format!(" val_loss {:.6} val_bpb {:.6} ({:.1}s)", b.val_loss, b.val_bpb, t0.elapsed().as_secs_f64());
+        vals.push((t.state.step, b));
+        Ok(s)
+    };
     let start_step = t.state.step;
     let stop_at = args.steps.unwrap_or(u64::MAX);
     let t_setup = t_start.elapsed().as_secs_f64();
+    if start_step == 0 && val.is_some() {
+        eprintln!("step 0/{}{}", t.hp.iterations.min(stop_at), validate(&t)?);
+    }
     let (mut seconds, mut last) = (0.0, None::<StepInfo>);
     while !t.finished() && t.state.step < stop_at {
         let info = t.step()?;
         seconds += info.seconds;
         let n = info.step;
         let last_one = t.finished() || n >= stop_at;
-        if n == start_step + 1 || last_one || (t.hp.train_log_every > 0 && n % t.hp.train_log_every == 0) {
-            eprintln!("{}", progress_line(&t, &info, seconds, n - start_step, stop_at));
+        // Validation happens between steps; Trainer::step measures only itself, so the clock excludes it.
+        let val_here = last_one || (t.hp.val_loss_every > 0 && n % t.hp.val_loss_every == 0);
+        let val_text = if val_here { validate(&t)? } else { String::new() };
+        if n == start_step + 1 || last_one || !val_text.is_empty() || (t.hp.train_log_every > 0 && n % t.hp.train_log_every == 0) {
+            eprintln!("{}{val_text}", progress_line(&t, &info, seconds, n - start_step, stop_at));
         }
         if let (Some(dir), Some(every)) = (&args.checkpoint, args.checkpoint_every) {
             if every > 0 && n % every == 0 && !last_one {
@@ -184,12 +269,21 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
     if let Some(path) = &args.trajectory {
         trajectory::write(path, &t)?;
     }
+    let exported = match (&args.export, &eval_model) {
+        (Some(out), Some(m)) if t.finished() => Some(export(out, &t, m, val.as_ref())?),
+        (Some(out), _) => {
+            eprintln!("note: {} not written: the run stopped at step {} of {} (resume it to the end to export)", out.display(), t.state.step, t.hp.iterations);
+            None
+        }
+        _ => None,
+    };
     let st = &t.state;
     let steps_here = st.step - start_step;
     let tok_s = if seconds > 0.0 { (steps_here * t.tokens_per_step()) as f64 / seconds } else { 0.0 };
     let loss = last.as_ref().map(|i| i.loss).or_else(|| st.record.loss.last().copied());
+    let val_json: Vec<_> = vals.iter().map(|(s, b)| json!({"step": s, "val_loss": b.val_loss, "val_bpb": b.val_bpb})).collect();
     if args.json {
-        let v = serde_json::json!({
+        let v = json!({
             "steps": st.step,
             "steps_this_run": steps_here,
             "finished": t.finished(),
@@ -203,6 +297,9 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
             "precision": F::NAME,
             "checkpoint": args.checkpoint.as_ref().map(|d| checkpoint::file(d).display().to_string()),
             "trajectory": args.trajectory.as_ref().map(|p| p.display().to_string()),
+            "val": val_json,
+            "val_bpb": vals.last().map(|(_, b)| b.val_bpb),
+            "export": exported,
         });
         println!("{v}");
     } else {
@@ -220,6 +317,9 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
             tok_s,
             t_setup
         );
+        if let Some((s, b)) = vals.last() {
+            println!("val_loss {:.6} val_bpb {:.6} after step {s}", b.val_loss, b.val_bpb);
+        }
         if let Some(d) = &args.checkpoint {
             println!("checkpoint: {}", checkpoint::file(d).display());
         }
@@ -228,6 +328,64 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// Section 12: SWA (the trainer's final weights), pruning, the artifact
+/// written atomically, then read back from disk and (with `--val`) evaluated.
+/// Reported on stderr; returned for `--json`.
+fn export<F: Real>(out: &Path, t: &Trainer<F>, m: &EvalModel, val: Option<&Val>) -> Result<serde_json::Value, Failure> {
+    let mut values = by_name(&t.names, &t.final_weights());
+    let mut pruned = 0usize;
+    for (n, s) in t.names.iter().zip(&t.shapes) {
+        pruned += train::prune::prune(values.get_mut(n).expect("a value per parameter"), train::prune::fraction(n, s));
+    }
+    // Pruned as section 12 says; the model's `prune` annotations (`pgc export`'s rule) would prune again.
+    let params: Vec<_> = m.graph.params.iter().cloned().map(|mut p| {
+        p.quant.prune = 0.0;
+        p
+    }).collect();
+    let (bytes, art) = artifact::export(&params, &values, m.ir_hash, &m.graph.constants).map_err(bad)?;
+    pgc_runtime::weights::write_atomic(out, &bytes).map_err(|e| Failure::Other(e.into()))?;
+    let size = art.total_bytes;
+    let within = size <= artifact::BUDGET_BYTES;
+    eprintln!(
+        "exported {}: {size} bytes ({} tensors, {pruned} weights pruned, SWA {}), {} the {} byte budget by {} bytes",
+        out.display(),
+        art.tensors.len(),
+        if t.state.swa.count > 1 { format!("average of {} snapshots", t.state.swa.count) } else { "not applied".to_string() },
+        if within { "under" } else { "OVER" },
+        artifact::BUDGET_BYTES,
+        size.abs_diff(artifact::BUDGET_BYTES)
+    );
+    let mut rt = None;
+    if let Some(v) = val {
+        let read = std::fs::read(out).map_err(|e| bad(format!("{}: {e}", out.display())))?;
+        let back = artifact::load_bytes(&read).and_then(|a| artifact::params_from(a, &m.graph.params)).map_err(bad)?;
+        let t0 = Instant::now();
+        let b = v.roundtrip(m, &t.hp, &back)?;
+        eprintln!(
+            "roundtrip {}: val_loss {:.6} val_bpb {:.6} ({} tokens, {} bytes, stride {}; {:.1}s)",
+            out.display(),
+            b.val_loss,
+            b.val_bpb,
+            b.tokens,
+            b.bytes,
+            (t.hp.eval_stride as usize).clamp(1, v.seq),
+            t0.elapsed().as_secs_f64()
+        );
+        rt = Some(b);
+    }
+    Ok(json!({
+        "path": out.display().to_string(),
+        "bytes": size,
+        "budget_bytes": artifact::BUDGET_BYTES,
+        "within_budget": within,
+        "tensors": art.tensors.len(),
+        "pruned": pruned,
+        "swa_applied": t.state.swa.count > 1,
+        "roundtrip_val_loss": rt.as_ref().map(|b| b.val_loss),
+        "roundtrip_val_bpb": rt.as_ref().map(|b| b.val_bpb),
+    }))
 }
 
 /// `step N/M loss L lr_scale S tokens/s R eta E`: the ETA from the mean step

@@ -7,6 +7,7 @@
 //! | LR warmdown (iterations or clock), Muon momentum ramp | [`schedule`] |
 //! | groups, clipping, AdamW, Muon with Newton-Schulz | [`optim`] |
 //! | stochastic weight averaging | [`swa`] |
+//! | pruning before export | [`prune`] |
 //! | checkpoints (atomic) and `--resume` | [`checkpoint`] |
 //! | the trajectory file (golden layout) | [`trajectory`] |
 //!
@@ -18,6 +19,7 @@
 pub mod checkpoint;
 pub mod hyper;
 pub mod optim;
+pub mod prune;
 pub mod schedule;
 pub mod swa;
 pub mod trajectory;
