@@ -78,7 +78,7 @@ const OTHER_BUILTINS: &[&str] = &[
     "bigram_hash", "broadcast", "causal_attention", "ceil", "const", "cross_entropy", "embedding", "fake_quant",
     "floor", "index", "int", "leaky_relu", "len", "linear", "max", "maximum", "mean", "merge_heads", "min", "minimum",
     "normal", "numel", "orthogonal", "permute", "rank", "reshape", "rope", "rows", "shape", "shift", "split_heads",
-    "ste", "sum", "to_float", "to_int",
+    "ste", "sum", "to_float", "to_int", "uniform",
 ];
 
 /// The DSL's unary builtin `name` (every `UnaryFn` by its mnemonic; `step` is
@@ -1257,6 +1257,14 @@ impl<'a> Lower<'a> {
                     return Err(Diagnostic::error(format!("normal: std must be a non-negative number, got {s}"), a[0].1).label("bad std"));
                 }
                 Ok(Value::Init(Init::Normal { std: s }))
+            }
+            "uniform" => {
+                let a = self.sig(f, &["bound"], &[], args, span)?;
+                let bound = self.num_arg(f, &a[0])?;
+                if !(bound >= 0.0 && bound.is_finite()) {
+                    return Err(Diagnostic::error(format!("uniform: bound must be a non-negative number, got {bound}"), a[0].1).label("bad bound"));
+                }
+                Ok(Value::Init(Init::Uniform { bound }))
             }
             "orthogonal" => {
                 let a = self.sig(f, &["gain"], &[Some(Value::Float(1.0))], args, span)?;

@@ -126,3 +126,24 @@ fn ir_text_round_trips() {
     let g2 = pgc_ir::text::parse(&t).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(g, g2);
 }
+
+/// The record's initialisation (TRAINING.md section 13): orthogonal linear
+/// weights where both dimensions are >= 64, PyTorch's uniform default below,
+/// `bigram.proj` orthogonal / sqrt(2 layers) or zero, the other projections zero.
+#[test]
+fn initialisation_follows_the_record() {
+    let g = compile("11l.pgdsl", &[], Mode::Train);
+    let init = |g: &Graph, n: &str| g.param(n).unwrap_or_else(|| panic!("no parameter {n}")).init.clone();
+    assert_eq!(init(&g, "bigram.proj.weight"), Init::Orthogonal { gain: 1.0 / (22f64).sqrt() });
+    assert_eq!(init(&g, "bigram.embed.weight"), Init::Zeros);
+    for w in ["attn.c_q.weight", "attn.c_k.weight", "attn.c_v.weight", "mlp.fc.weight"] {
+        assert_eq!(init(&g, &format!("blocks.3.{w}")), Init::Orthogonal { gain: 1.0 }, "{w}");
+    }
+    for w in ["attn.proj.weight", "mlp.proj.weight"] {
+        assert_eq!(init(&g, &format!("blocks.3.{w}")), Init::Zeros, "{w}");
+    }
+    let small = compile("11l.pgdsl", &[("dim", "32"), ("heads", "4"), ("kv_heads", "2"), ("layers", "3")], Mode::Train);
+    assert_eq!(init(&small, "blocks.0.attn.c_q.weight"), Init::Uniform { bound: 1.0 / (32f64).sqrt() });
+    assert_eq!(init(&small, "blocks.0.mlp.fc.weight"), Init::Uniform { bound: 1.0 / (32f64).sqrt() });
+    assert_eq!(init(&small, "bigram.proj.weight"), Init::Zeros, "a dimension below 64: zero, as the record");
+}

@@ -94,6 +94,9 @@ pub enum Init {
     Normal { std: f64 },
     /// Orthogonal matrix (rows or columns orthonormal), times `gain`.
     Orthogonal { gain: f64 },
+    /// Uniform in [-bound, bound) (PyTorch's default for a linear weight:
+    /// bound = 1 / sqrt(fan_in)).
+    Uniform { bound: f64 },
 }
 
 impl fmt::Display for Init {
@@ -113,6 +116,7 @@ impl fmt::Display for Init {
             }
             Init::Normal { std } => write!(f, "normal({std:?})"),
             Init::Orthogonal { gain } => write!(f, "orthogonal({gain:?})"),
+            Init::Uniform { bound } => write!(f, "uniform({bound:?})"),
         }
     }
 }

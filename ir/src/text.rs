@@ -349,6 +349,7 @@ fn parse_init(v: &str) -> Result<Init, String> {
         "rows" => Init::Rows { values: nums.clone() },
         "normal" => Init::Normal { std: one()? },
         "orthogonal" => Init::Orthogonal { gain: one()? },
+        "uniform" => Init::Uniform { bound: one()? },
         _ => return Err(bad()),
     })
 }

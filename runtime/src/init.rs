@@ -102,6 +102,7 @@ pub fn init_param(p: &ParamInfo, seed: u64) -> Result<Vec<f64>, InitError> {
             values.iter().flat_map(|&v| std::iter::repeat_n(v, per)).collect()
         }
         Init::Normal { std } => (0..n).map(|_| std * rng.normal()).collect(),
+        Init::Uniform { bound } => (0..n).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect(),
         Init::Orthogonal { gain } => {
             if p.shape.len() < 2 {
                 return Err(bad(format!("orthogonal init needs at least 2 dimensions, shape is {:?}", p.shape)));
@@ -245,6 +246,13 @@ mod tests {
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
         assert!(mean.abs() < 2e-4 && (sd - 0.005).abs() < 2e-4, "{mean} {sd}");
+        // uniform in [-b, b): inside the bound, mean 0, variance b^2 / 3
+        let b = 0.125;
+        let u = init_param(&p("u", &[20000], Init::Uniform { bound: b }), 4).unwrap();
+        assert!(u.iter().all(|x| (-b..b).contains(x)));
+        let mean = u.iter().sum::<f64>() / u.len() as f64;
+        let var = u.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / u.len() as f64;
+        assert!(mean.abs() < 3e-3 && (var / (b * b / 3.0) - 1.0).abs() < 0.03, "{mean} {var}");
     }
 
     #[test]
