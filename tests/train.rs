@@ -126,6 +126,41 @@ fn golden_first_step_f32() {
     }
 }
 
+/// The step on the simulator: the PTX program of the forward and backward
+/// pass and the optimizer kernels, in f32. One step against the golden
+/// `param1.*` (the tolerance TRAINING.md gives float32).
+#[test]
+fn golden_first_step_sim_f32() {
+    for name in ["tiny", "odd"] {
+        let d = TempDir::new(&format!("train-{name}-sim-f32"));
+        let traj = d.path().join("traj.safetensors");
+        let text = run_ok(
+            train_cmd(name, &["--backend", "sim", "--precision", "f32", "--steps", "1", "--trajectory", traj.to_str().unwrap(), "--json"]),
+            &format!("pgc train {name} sim f32"),
+        );
+        compare(name, &traj, &["param1."], 5e-3);
+        let v: serde_json::Value = serde_json::from_str(text.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+        assert_eq!((v["backend"].as_str(), v["precision"].as_str()), (Some("sim"), Some("f32")), "{text}");
+        assert!(v["optimizer_launches"].as_u64().unwrap() > 0, "{text}");
+    }
+}
+
+/// The whole tiny trajectory on the simulator in bf16 (the record's GPU
+/// precision: bf16 program, bf16 Newton-Schulz): every step's loss within
+/// 2e-2 relative of the float64 golden loss.
+#[test]
+fn golden_tiny_sim_bf16_losses() {
+    let d = TempDir::new("train-tiny-sim-bf16");
+    let traj = d.path().join("traj.safetensors");
+    run_ok(train_cmd("tiny", &["--backend", "sim", "--precision", "bf16", "--trajectory", traj.to_str().unwrap()]), "pgc train tiny sim bf16");
+    let gold = SafeFile::open(&golden_path("tiny")).unwrap().get("loss", "").unwrap().data.to_f64();
+    let ours = SafeFile::open(&traj).unwrap().get("loss", "").unwrap().data.to_f64();
+    assert_eq!(ours.len(), gold.len(), "steps");
+    let rel: Vec<f64> = ours.iter().zip(&gold).map(|(a, b)| (a - b).abs() / b.abs()).collect();
+    eprintln!("tiny sim bf16: loss relative errors {:?}", rel.iter().map(|e| format!("{e:.1e}")).collect::<Vec<_>>());
+    assert!(rel.iter().all(|&e| e <= 2e-2), "a step's loss is more than 2e-2 off: {rel:?}\nours {ours:?}\ngolden {gold:?}");
+}
+
 /// All tensors of two files, bit for bit.
 fn assert_same_bits(a: &Path, b: &Path) {
     let (fa, fb) = (SafeFile::open(a).unwrap(), SafeFile::open(b).unwrap());
@@ -167,7 +202,7 @@ fn bad_input_exits_2_with_a_message() {
         (&["--hp", "beta2=1.5"], "beta2 must be in [0, 1)"),
         (&["--hp", "adam_eps=x"], "adam_eps"),
         (&["--steps", "100"], "--steps 100"),
-        (&["--backend", "sim"], "not yet supported for training"),
+        (&["--backend", "sim", "--precision", "f64"], "f32 or bf16"),
         (&["--precision", "bf16"], "bf16"),
         (&["--hp", "train_batch_tokens=7"], "train_batch_tokens=7 disagrees"),
         // A learning rate this large drives the weights to infinity: stopped, not written.

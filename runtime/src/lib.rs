@@ -3,6 +3,7 @@
 pub mod cuda;
 pub mod device;
 pub mod exec;
+pub mod optim;
 pub mod sim;
 pub mod weights;
 pub mod init;

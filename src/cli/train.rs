@@ -1,9 +1,11 @@
 //! `pgc train`: the record's training loop (TRAINING.md) on a backend.
 //!
 //! The cpu backend runs the compiled forward and backward pass (the plan
-//! executor) and the optimizer in exact f64 or f32 (`pgc::train`). sim and
-//! cuda training and bf16 are not implemented yet: they stop with a message
-//! and exit 2.
+//! executor) and the optimizer in exact f64 or f32 (`pgc::train`). The sim
+//! and cuda backends run the PTX program of the step and the optimizer as
+//! generated kernels (`pgc::train::device`), in f32 or bf16 (the record's
+//! precision: bf16 tensor-core GEMMs and Newton-Schulz, f32 masters), with
+//! the state kept in device memory.
 //!
 //! `--val GLOB --tokenizer SP.model` measures the validation bpb (TRAINING.md
 //! section 9: the split cut to whole `seq` rows plus one token, non-overlapping
@@ -27,7 +29,10 @@ use pgc_runtime::artifact;
 use pgc_runtime::data::{self, ByteTable};
 use pgc::pipeline::inputs::WeightSource;
 use pgc::train::{self, checkpoint, trajectory, Hyper, StepInfo, TokenStream, TrainSpec, Trainer};
+use pgc::train::device::DeviceProgram;
 use pgc_backends::cpu::Real;
+use pgc_ir::types::Precision;
+use pgc_runtime::device::Device;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,11 +86,12 @@ pub struct TrainArgs {
     /// Sequences per micro-batch.
     #[arg(long, value_name = "B")]
     pub batch: usize,
+    /// Where the step runs: the CPU reference, the PTX simulator, or a CUDA GPU.
     #[arg(long, value_enum)]
     pub backend: TrainBackend,
-    /// Working precision [default: f64].
-    #[arg(long, value_enum, default_value = "f64")]
-    pub precision: TrainPrecision,
+    /// Working precision [default: f64 on cpu, bf16 on sim and cuda]. cpu: f64 or f32; sim, cuda: f32 or bf16.
+    #[arg(long, value_enum)]
+    pub precision: Option<TrainPrecision>,
     /// Stop after step N of the run, as an interruption would (leaves a checkpoint with --checkpoint).
     #[arg(long, value_name = "N")]
     pub steps: Option<u64>,
@@ -133,9 +139,12 @@ fn hyper(args: &TrainArgs) -> Result<Hyper, Failure> {
 }
 
 pub fn run(args: TrainArgs) -> CliResult {
-    match args.backend {
-        TrainBackend::Cpu => {}
-        b => return Err(bad(format!("backend `{}` is not yet supported for training (use --backend cpu)", format!("{b:?}").to_lowercase()))),
+    let device = args.backend != TrainBackend::Cpu;
+    let precision = args.precision.unwrap_or(if device { TrainPrecision::Bf16 } else { TrainPrecision::F64 });
+    match (args.backend, precision) {
+        (TrainBackend::Cpu, TrainPrecision::Bf16) => return Err(bad("the cpu backend trains in f64 or f32; bf16 is for --backend sim or cuda")),
+        (TrainBackend::Sim | TrainBackend::Cuda, TrainPrecision::F64) => return Err(bad("the sim and cuda backends train in f32 or bf16; f64 is for --backend cpu")),
+        _ => {}
     }
     let hp = hyper(&args)?;
     if let Some(n) = args.steps {
@@ -155,10 +164,16 @@ pub fn run(args: TrainArgs) -> CliResult {
         (None, None) => return Err(bad("one of --tokens or --data is required")),
     };
     let spec = TrainSpec { model: args.model.clone(), sets: super::parse_sets(&args.sets)?, weights, tokens, batch: args.batch, hp };
-    match args.precision {
-        TrainPrecision::F64 => go::<f64>(&args, &spec),
-        TrainPrecision::F32 => go::<f32>(&args, &spec),
-        TrainPrecision::Bf16 => Err(bad("precision bf16 is for the sim and cuda backends, which do not train yet; the cpu backend trains in f64 or f32")),
+    let plan_precision = if precision == TrainPrecision::Bf16 { Precision::Bf16 } else { Precision::F32 };
+    let dev: Option<(Box<dyn Device>, &str)> = match args.backend {
+        TrainBackend::Cpu => None,
+        TrainBackend::Sim => Some((Box::new(pgc_runtime::sim::SimDevice::new()), "sim")),
+        TrainBackend::Cuda => Some((Box::new(super::run::open_cuda("pgc train")?), "cuda")),
+    };
+    match (precision, dev) {
+        (TrainPrecision::F64, _) => go::<f64>(&args, &spec, None),
+        (_, Some((d, name))) => go::<f32>(&args, &spec, Some((d, name, plan_precision))),
+        (_, None) => go::<f32>(&args, &spec, None),
     }
 }
 
@@ -212,10 +227,20 @@ fn by_name<F: Real>(names: &[String], weights: &[Vec<F>]) -> HashMap<String, Vec
     names.iter().zip(weights).map(|(n, w)| (n.clone(), w.iter().map(|x| x.to_f64()).collect())).collect()
 }
 
-fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
+/// A device to train on: the device, the backend's name, the program's precision.
+type OnDevice<'n> = (Box<dyn Device>, &'n str, Precision);
+
+fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec, device: Option<OnDevice<'_>>) -> CliResult {
     let t_start = Instant::now();
     let setup = train::prepare(spec)?;
-    let mut t = Trainer::<F>::new(setup)?;
+    let program;
+    let mut t = match device {
+        None => Trainer::<F>::new(setup)?,
+        Some((dev, backend, precision)) => {
+            program = DeviceProgram::new(dev, backend, &setup.graph, precision)?;
+            Trainer::<F>::on_device(setup, &program)?
+        }
+    };
     if let Some(dir) = &args.resume {
         checkpoint::resume(dir, &mut t)?;
     }
@@ -230,8 +255,9 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
         _ => None,
     };
     let mut vals: Vec<(u64, Bpb)> = Vec::new();
-    let mut validate = |t: &Trainer<F>| -> Result<String, Failure> {
+    let mut validate = |t: &mut Trainer<F>| -> Result<String, Failure> {
         let (Some(v), Some(m)) = (&val, &eval_model) else { return Ok(String::new()) };
+        t.sync()?;
         let t0 = Instant::now();
         let b = v.during(m, &t.hp, &by_name(&t.names, &t.state.params))?;
         let s = format!(" val_loss {:.6} val_bpb {:.6} ({:.1}s)", b.val_loss, b.val_bpb, t0.elapsed().as_secs_f64());
@@ -242,7 +268,8 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
     let stop_at = args.steps.unwrap_or(u64::MAX);
     let t_setup = t_start.elapsed().as_secs_f64();
     if start_step == 0 && val.is_some() {
-        eprintln!("step 0/{}{}", t.hp.iterations.min(stop_at), validate(&t)?);
+        let v0 = validate(&mut t)?;
+        eprintln!("step 0/{}{v0}", t.hp.iterations.min(stop_at));
     }
     let (mut seconds, mut last) = (0.0, None::<StepInfo>);
     while !t.finished() && t.state.step < stop_at {
@@ -252,23 +279,24 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
         let last_one = t.finished() || n >= stop_at;
         // Validation happens between steps; Trainer::step measures only itself, so the clock excludes it.
         let val_here = last_one || (t.hp.val_loss_every > 0 && n % t.hp.val_loss_every == 0);
-        let val_text = if val_here { validate(&t)? } else { String::new() };
+        let val_text = if val_here { validate(&mut t)? } else { String::new() };
         if n == start_step + 1 || last_one || !val_text.is_empty() || (t.hp.train_log_every > 0 && n % t.hp.train_log_every == 0) {
             eprintln!("{}{val_text}", progress_line(&t, &info, seconds, n - start_step, stop_at));
         }
         if let (Some(dir), Some(every)) = (&args.checkpoint, args.checkpoint_every) {
             if every > 0 && n % every == 0 && !last_one {
-                checkpoint::save(dir, &t)?;
+                checkpoint::save(dir, &mut t)?;
             }
         }
         last = Some(info);
     }
     if let Some(dir) = &args.checkpoint {
-        checkpoint::save(dir, &t)?;
+        checkpoint::save(dir, &mut t)?;
     }
     if let Some(path) = &args.trajectory {
-        trajectory::write(path, &t)?;
+        trajectory::write(path, &mut t)?;
     }
+    t.sync()?;
     let exported = match (&args.export, &eval_model) {
         (Some(out), Some(m)) if t.finished() => Some(export(out, &t, m, val.as_ref())?),
         (Some(out), _) => {
@@ -293,8 +321,9 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec) -> CliResult {
             "train_seconds": seconds,
             "tokens_per_second": tok_s,
             "setup_seconds": t_setup,
-            "backend": "cpu",
-            "precision": F::NAME,
+            "backend": format!("{:?}", args.backend).to_lowercase(),
+            "precision": t.kind.split(' ').next_back().unwrap_or(F::NAME),
+            "optimizer_launches": t.optimizer_launches(),
             "checkpoint": args.checkpoint.as_ref().map(|d| checkpoint::file(d).display().to_string()),
             "trajectory": args.trajectory.as_ref().map(|p| p.display().to_string()),
             "val": val_json,

@@ -51,7 +51,8 @@ pub(crate) fn f64_tensor<F: Real>(shape: &[usize], v: &[F]) -> HostTensor {
 }
 
 /// Write `t`'s state to `DIR/checkpoint.safetensors` (creating DIR).
-pub fn save<F: Real>(dir: &Path, t: &Trainer<F>) -> Result<()> {
+pub fn save<F: Real>(dir: &Path, t: &mut Trainer<'_, F>) -> Result<()> {
+    t.sync()?;
     std::fs::create_dir_all(dir).map_err(|e| internal(format!("creating checkpoint folder {}: {e}", dir.display())))?;
     let st = &t.state;
     let mut out = Vec::new();
@@ -85,7 +86,7 @@ pub fn save<F: Real>(dir: &Path, t: &Trainer<F>) -> Result<()> {
         stop_after: st.stop_after,
         swa_count: st.swa.count,
         adam_steps,
-        precision: F::NAME.to_string(),
+        precision: t.kind.clone(),
         batch: t.batch,
         seq: t.seq,
         sets: t.sets.clone(),
@@ -107,7 +108,7 @@ pub(crate) fn records(r: &Record) -> [(&'static str, &Vec<f64>); 4] {
 /// Restore `t`'s state (and initial weights) from `DIR/checkpoint.safetensors`;
 /// refused, naming the difference, when the checkpoint was made by a run of
 /// other hyperparameters, model constants, precision or token stream.
-pub fn resume<F: Real>(dir: &Path, t: &mut Trainer<F>) -> Result<()> {
+pub fn resume<F: Real>(dir: &Path, t: &mut Trainer<'_, F>) -> Result<()> {
     let path = file(dir);
     let f = SafeFile::open(&path).map_err(|e| input(format!("--resume {}: {e}", dir.display())))?;
     let meta: Meta = f
@@ -116,8 +117,8 @@ pub fn resume<F: Real>(dir: &Path, t: &mut Trainer<F>) -> Result<()> {
         .and_then(|m| serde_json::from_str(m).ok())
         .ok_or_else(|| input(format!("{}: not a pgc train checkpoint (no `{KEY}` metadata)", path.display())))?;
     let mut diffs = Vec::new();
-    if meta.precision != F::NAME {
-        diffs.push(format!("precision {} (this run: {})", meta.precision, F::NAME));
+    if meta.precision != t.kind {
+        diffs.push(format!("precision {} (this run: {})", meta.precision, t.kind));
     }
     if meta.names != t.names {
         diffs.push("the model's parameters".to_string());
@@ -187,5 +188,5 @@ pub fn resume<F: Real>(dir: &Path, t: &mut Trainer<F>) -> Result<()> {
         st.record = Record { loss: rec("loss")?, lr_scale: rec("lr_scale")?, muon_momentum: rec("muon_momentum")?, grad_norm: rec("grad_norm")? };
     }
     t.state = st;
-    Ok(())
+    t.state_replaced()
 }

@@ -12,11 +12,15 @@
 //! | the trajectory file (golden layout) | [`trajectory`] |
 //!
 //! [`prepare`] reads the model, weights and token stream; [`Trainer`] holds
-//! the state and runs one optimizer step at a time on the CPU backend (the
-//! plan executor, f64 or f32): `world_size * grad_accum` micro-batches, the
-//! gradient reduction point, clipping, the three optimizers, SWA.
+//! the state and runs one optimizer step at a time: `world_size *
+//! grad_accum` micro-batches, the gradient reduction point, clipping, the
+//! three optimizers, SWA. On the CPU backend (the plan executor, f64 or f32)
+//! the optimizer is CPU code; on a device ([`device`]: the simulator or
+//! CUDA, f32 or bf16) it is generated kernels and the state stays in device
+//! memory, copied to [`Trainer::state`] by [`Trainer::sync`].
 
 pub mod checkpoint;
+pub mod device;
 pub mod hyper;
 pub mod optim;
 pub mod prune;
@@ -250,8 +254,15 @@ pub struct StepInfo {
     pub tokens: u64,
 }
 
-/// A training run on the CPU in precision `F`.
-pub struct Trainer<F: Real> {
+/// Where the step runs.
+enum Engine<'d, F: Real> {
+    Cpu(Executor<F>),
+    Device(Box<device::DeviceEngine<'d>>),
+}
+
+/// A training run in host precision `F` (the CPU's working precision; on a
+/// device, the precision of the host copy of the state).
+pub struct Trainer<'d, F: Real> {
     pub hp: Hyper,
     pub names: Vec<String>,
     pub shapes: Vec<Vec<usize>>,
@@ -263,10 +274,14 @@ pub struct Trainer<F: Real> {
     /// The initial weights (f64), for the trajectory's `param0.*`.
     pub init: Vec<Vec<f64>>,
     pub state: TrainState<F>,
-    exec: Executor<F>,
+    /// The backend and precision (`f64`, `f32` on the CPU; `sim f32`, `cuda bf16`, ...): checkpoints name it.
+    pub kind: String,
+    engine: Engine<'d, F>,
+    /// The device holds a newer state than [`Trainer::state`].
+    stale: bool,
 }
 
-impl<F: Real> Trainer<F> {
+impl<'d, F: Real> Trainer<'d, F> {
     /// A fresh run from `setup`'s initial weights (empty optimizer state).
     pub fn new(setup: Setup) -> Result<Self> {
         let Setup { graph, names, shapes, init, stream, batch, seq, sets, hp } = setup;
@@ -276,12 +291,72 @@ impl<F: Real> Trainer<F> {
         let numel: u128 = shapes.iter().map(|s| s.iter().product::<usize>() as u128).sum();
         checks::check_memory("this training run (parameters, gradients, optimizer state, SWA and the largest activation)", checks::run_memory(&graph, elem) + 6 * numel * elem)?;
         let exec = Executor::new(graph, &names)?;
+        Self::with_engine(hp, names, shapes, init, stream, batch, seq, sets, |_, _, _, _| Ok(Engine::Cpu(exec)))
+    }
+
+    /// A fresh run on the device `program` was compiled for (`setup` is the
+    /// one `program` was made from). The weights, gradients, optimizer state
+    /// and SWA sums live on the device.
+    pub fn on_device(setup: Setup, program: &'d device::DeviceProgram) -> Result<Self> {
+        let Setup { graph, names, shapes, init, stream, batch, seq, sets, hp } = setup;
+        if graph.params.len() != program.graph.params.len() || graph.params.iter().zip(&program.graph.params).any(|(a, b)| a.name != b.name || a.shape != b.shape) {
+            return Err(internal("the device program was compiled from another model"));
+        }
+        let dev_hp = hp.clone();
+        Self::with_engine(hp, names, shapes, init, stream, batch, seq, sets, move |names, shapes, groups, init| {
+            Ok(Engine::Device(Box::new(device::DeviceEngine::new(program, &dev_hp, names, shapes, groups, init)?)))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_engine(
+        hp: Hyper,
+        names: Vec<String>,
+        shapes: Vec<Vec<usize>>,
+        init: HashMap<String, Vec<f64>>,
+        stream: Stream,
+        batch: usize,
+        seq: usize,
+        sets: Vec<(String, String)>,
+        engine: impl FnOnce(&[String], &[Vec<usize>], &[Group], &[Vec<f64>]) -> Result<Engine<'d, F>>,
+    ) -> Result<Self> {
         let groups: Vec<Group> = names.iter().zip(&shapes).map(|(n, s)| Group::of(n, s)).collect();
         let init: Vec<Vec<f64>> = names.iter().map(|n| init[n].clone()).collect();
+        let engine = engine(&names, &shapes, &groups, &init)?;
         let params = init.iter().map(|v| v.iter().map(|&x| F::from_f64(x)).collect()).collect();
         let opt = groups.iter().zip(&init).map(|(&g, v)| State::new(g, v.len())).collect();
         let state = TrainState { step: 0, clock_ms: 0.0, loader_pos: 0, stop_after: None, params, opt, swa: Swa::default(), record: Record::default(), first: None };
-        Ok(Trainer { hp, names, shapes, groups, batch, seq, sets, stream, init, state, exec })
+        let kind = match &engine {
+            Engine::Cpu(_) => F::NAME.to_string(),
+            Engine::Device(d) => d.label().to_string(),
+        };
+        Ok(Trainer { hp, names, shapes, groups, batch, seq, sets, stream, init, state, kind, engine, stale: false })
+    }
+
+    /// The device engine's optimizer launches so far (0 on the CPU).
+    pub fn optimizer_launches(&self) -> u64 {
+        match &self.engine {
+            Engine::Cpu(_) => 0,
+            Engine::Device(d) => d.optimizer_launches(),
+        }
+    }
+
+    /// Make [`Trainer::state`] current (a device run copies its state to the host).
+    pub fn sync(&mut self) -> Result<()> {
+        if let (Engine::Device(d), true) = (&self.engine, self.stale) {
+            d.download(&mut self.state)?;
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    /// [`Trainer::state`] was replaced (a resumed run): a device run uploads it.
+    pub fn state_replaced(&mut self) -> Result<()> {
+        if let Engine::Device(d) = &mut self.engine {
+            d.upload(&self.state)?;
+        }
+        self.stale = false;
+        Ok(())
     }
 
     /// Tokens of one optimizer step (inputs; each span also reads one more target).
@@ -307,13 +382,17 @@ impl<F: Real> Trainer<F> {
         let st = &mut self.state;
         let t = st.step;
         let scale = schedule::lr_scale(hp, t, schedule::elapsed_ms(hp, t, st.clock_ms));
+        let (ws, ga) = (hp.world_size, hp.grad_accum);
+        let span = self.batch * self.seq + 1;
+        if let Engine::Device(d) = &mut self.engine {
+            return Self::device_step(hp, &self.groups, &self.shapes, &self.stream, self.batch, self.seq, st, d, &mut self.stale, t0);
+        }
+        let Engine::Cpu(exec) = &self.engine else { unreachable!("the device case returned above") };
         let params: HashMap<String, Tensor<F>> =
             self.names.iter().zip(&self.shapes).zip(&st.params).map(|((n, s), v)| (n.clone(), Tensor::float(s.clone(), v.clone()))).collect();
         // Rank r's micro-step m reads span m * world_size + r (section 3); each
         // rank sums its micro-steps' gradients / grad_accum, as DDP's local
         // accumulation does.
-        let (ws, ga) = (hp.world_size, hp.grad_accum);
-        let span = self.batch * self.seq + 1;
         let mut losses = Vec::with_capacity((ws * ga) as usize);
         let mut total: Option<Vec<Vec<F>>> = None;
         for r in 0..ws {
@@ -321,7 +400,7 @@ impl<F: Real> Trainer<F> {
             for m in 0..ga {
                 let u = self.stream.span(st.loader_pos + (m * ws + r) * span as u64, span);
                 let (x, y) = (u[..span - 1].to_vec(), u[1..].to_vec());
-                let (loss, g) = self.exec.loss_and_grads(&params, x, y, self.batch, self.seq)?;
+                let (loss, g) = exec.loss_and_grads(&params, x, y, self.batch, self.seq)?;
                 losses.push(loss);
                 accumulate(&mut local, g, F::from_f64(1.0 / ga as f64));
             }
@@ -349,24 +428,85 @@ impl<F: Real> Trainer<F> {
         if st.step == 1 {
             st.first = Some(st.params.clone());
         }
-        for (v, x) in [(&mut st.record.loss, loss), (&mut st.record.lr_scale, scale), (&mut st.record.muon_momentum, mu), (&mut st.record.grad_norm, gnorm)] {
-            v.push(x);
-        }
         if Swa::<F>::due(hp, st.step, scale) {
             st.swa.collect(&st.params);
         }
-        let seconds = t0.elapsed().as_secs_f64();
-        st.clock_ms += 1000.0 * seconds;
-        if hp.by_clock() && st.stop_after.is_none() && schedule::elapsed_ms(hp, st.step, st.clock_ms) >= 1000.0 * hp.max_wallclock_seconds {
-            st.stop_after = Some(st.step);
+        let tokens = hp.micro_batches() * (self.batch * self.seq) as u64;
+        Ok(finish_step(hp, st, t0, loss, scale, mu, gnorm, tokens))
+    }
+
+    /// [`Trainer::step`] on a device: the micro-batches' gradients summed on
+    /// the device (weight `1 / (grad_accum * world_size)` each: the
+    /// reduction point is this sum), the clip norm from their sums of
+    /// squares, the updates as kernels.
+    #[allow(clippy::too_many_arguments)]
+    fn device_step(
+        hp: &Hyper,
+        groups: &[Group],
+        shapes: &[Vec<usize>],
+        stream: &Stream,
+        batch: usize,
+        seq: usize,
+        st: &mut TrainState<F>,
+        d: &mut device::DeviceEngine<'d>,
+        stale: &mut bool,
+        t0: Instant,
+    ) -> Result<StepInfo> {
+        let t = st.step;
+        let scale = schedule::lr_scale(hp, t, schedule::elapsed_ms(hp, t, st.clock_ms));
+        let (ws, ga) = (hp.world_size, hp.grad_accum);
+        let span = batch * seq + 1;
+        let w = (1.0 / (ga * ws) as f64) as f32;
+        let mut losses = Vec::with_capacity((ws * ga) as usize);
+        for r in 0..ws {
+            for m in 0..ga {
+                let u = stream.span(st.loader_pos + (m * ws + r) * span as u64, span);
+                losses.push(d.micro_batch(&u[..span - 1], &u[1..], w, r == 0 && m == 0)?);
+            }
         }
-        Ok(StepInfo { step: st.step, loss, lr_scale: scale, muon_momentum: mu, grad_norm: gnorm, seconds, tokens: self.tokens_per_step() })
+        let loss = losses.iter().sum::<f64>() / losses.len() as f64;
+        let mu = schedule::muon_momentum(hp, t);
+        // The CPU's clip (optim::clip) in f32: per-tensor norms, then their norm.
+        let norms: Vec<f64> = d.grad_sumsq()?.into_iter().map(|s| (s.sqrt() as f32) as f64).collect();
+        let total = (norms.iter().map(|n| n * n).sum::<f64>().sqrt()) as f32;
+        let gscale = if hp.grad_clip_norm > 0.0 { (hp.grad_clip_norm as f32 / (total + 1e-6f32)).min(1.0) } else { 1.0 };
+        let gnorm = total as f64;
+        if !loss.is_finite() || !gnorm.is_finite() {
+            return Err(input(format!("step {t}: the loss is {loss} and the gradient norm {gnorm}: training diverged (lower the learning rates?)")));
+        }
+        d.update(hp, groups, shapes, &mut st.opt, scale, mu, gscale)?;
+        *stale = true;
+        st.step += 1;
+        st.loader_pos = (st.loader_pos + ws * ga * span as u64) % stream.tokens.len() as u64;
+        if st.step == 1 {
+            st.first = Some(d.weights()?);
+        }
+        if Swa::<F>::due(hp, st.step, scale) {
+            d.swa_collect()?;
+            st.swa.count += 1;
+        }
+        let tokens = hp.micro_batches() * (batch * seq) as u64;
+        Ok(finish_step(hp, st, t0, loss, scale, mu, gnorm, tokens))
     }
 
     /// The weights training ends with (the SWA average when it took more than one snapshot).
     pub fn final_weights(&self) -> Vec<Vec<F>> {
         self.state.swa.final_weights(&self.state.params)
     }
+}
+
+/// The end of a step on any engine: the records, the clock and the cap.
+#[allow(clippy::too_many_arguments)]
+fn finish_step<F: Real>(hp: &Hyper, st: &mut TrainState<F>, t0: Instant, loss: f64, scale: f64, mu: f64, gnorm: f64, tokens: u64) -> StepInfo {
+    for (v, x) in [(&mut st.record.loss, loss), (&mut st.record.lr_scale, scale), (&mut st.record.muon_momentum, mu), (&mut st.record.grad_norm, gnorm)] {
+        v.push(x);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    st.clock_ms += 1000.0 * seconds;
+    if hp.by_clock() && st.stop_after.is_none() && schedule::elapsed_ms(hp, st.step, st.clock_ms) >= 1000.0 * hp.max_wallclock_seconds {
+        st.stop_after = Some(st.step);
+    }
+    StepInfo { step: st.step, loss, lr_scale: scale, muon_momentum: mu, grad_norm: gnorm, seconds, tokens }
 }
 
 /// `acc += w * g` per tensor (`acc` starts as `w * g`).

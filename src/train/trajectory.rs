@@ -15,7 +15,8 @@ use pgc_runtime::weights::{self, HostData, HostTensor};
 use std::collections::HashMap;
 use std::path::Path;
 
-pub fn write<F: Real>(path: &Path, t: &Trainer<F>) -> Result<()> {
+pub fn write<F: Real>(path: &Path, t: &mut Trainer<'_, F>) -> Result<()> {
+    t.sync()?;
     let st = &t.state;
     let mut out = Vec::new();
     let avg = st.swa.average();

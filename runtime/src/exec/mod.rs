@@ -392,6 +392,25 @@ impl<'a> Executor<'a> {
         })
     }
 
+    /// The device buffer of parameter `name`'s fp32 master (`[numel]` f32),
+    /// for kernels outside the program that update it in place (the optimizer).
+    pub fn master_buf(&self, name: &str) -> Result<DevBuf> {
+        self.masters.get(name).map(|&(b, _)| b).ok_or_else(|| ExecError::Params(format!("`{name}` is not a parameter of the model")))
+    }
+
+    /// Where the graph output `name` is stored after a run: the buffer, the
+    /// byte offset into it and the element type (an arena slot or a
+    /// parameter master), for kernels that read it in place.
+    pub fn output_location(&self, name: &str) -> Result<(DevBuf, u64, DType)> {
+        let v = self.graph.output(name).ok_or_else(|| ExecError::UnknownOutput(name.to_string()))?;
+        match self.program.plan.values.get(v.index()) {
+            Some(Place::Arena(slot)) => Ok((self.arena, slot.offset, slot.storage)),
+            Some(Place::Param { id, prepared: None }) => Ok((self.master_buf(self.param_name(*id).map_err(ExecError::BadProgram)?)?, 0, DType::F32)),
+            Some(other) => Err(ExecError::NotStored { value: v.index(), place: format!("{}; output `{name}` is not in device memory", place_name(other)) }),
+            None => Err(ExecError::NotStored { value: v.index(), place: "no such value".into() }),
+        }
+    }
+
     /// A parameter's fp32 master.
     /// The name of parameter `id` (the plan may come from a file: checked).
     fn param_name(&self, id: ParamId) -> std::result::Result<&'a str, String> {

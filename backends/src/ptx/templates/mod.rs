@@ -8,8 +8,10 @@
 //!   multi-stage pipeline) or f32 FFMA, any M, N, K, optional split-K;
 //! * [`epilogue`]: the fused epilogue as serializable data;
 //! * [`attention`]: flash attention forward and backward (mma.sync or FFMA),
-//!   and the q/k preparation row kernels.
+//!   and the q/k preparation row kernels;
+//! * [`optim`]: the optimizer step (AdamW, Muon with Newton-Schulz GEMMs, SWA).
 
 pub mod attention;
 pub mod epilogue;
 pub mod gemm;
+pub mod optim;

@@ -1,0 +1,445 @@
+//! The optimizer step on a [`Device`]: the kernels of
+//! `pgc_backends::ptx::templates::optim` with their buffers. Gradients are
+//! accumulated into one f32 buffer per parameter, the optimizer state (AdamW
+//! moments, Muon momentum) and the SWA sums live on the device between
+//! steps, and the parameters are updated in place (the program executor's
+//! fp32 masters). The host supplies the per-step scalars and reads back only
+//! the sums of squares of the clip norm (one float per parameter).
+//!
+//! Muon works on one `m x n` matrix (`m <= n`; a tall gradient is transposed
+//! as it is written) with scratch buffers shared by every parameter of the
+//! same working shape: `d` (f32), `x`, `x2` (`[m, n]`), `a`, `b` (`[m, m]`)
+//! in the Newton-Schulz precision.
+
+use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle};
+use pgc_backends::ptx::builder::Module;
+use pgc_backends::ptx::program::entries_of;
+use pgc_backends::ptx::templates::gemm::GemmKernel;
+use pgc_backends::ptx::templates::optim::{self as k, NsGemms};
+use pgc_ir::types::DType;
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum OptimError {
+    #[error("{what}: {source}")]
+    Device {
+        what: String,
+        #[source]
+        source: DeviceError,
+    },
+    #[error("optimizer kernels: {0}")]
+    Kernels(String),
+    #[error("{0}")]
+    Bad(String),
+}
+
+pub type Result<T, E = OptimError> = std::result::Result<T, E>;
+
+fn dev_err(what: impl Into<String>) -> impl FnOnce(DeviceError) -> OptimError {
+    let what = what.into();
+    move |source| OptimError::Device { what, source }
+}
+
+/// Which update a parameter gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Adam,
+    /// A `rows x cols` matrix.
+    Muon { rows: usize, cols: usize },
+}
+
+/// One parameter the optimizer updates.
+#[derive(Clone, Debug)]
+pub struct OptParam {
+    pub name: String,
+    pub numel: usize,
+    pub role: Role,
+}
+
+/// What is fixed for a run.
+#[derive(Clone, Copy, Debug)]
+pub struct OptConfig {
+    /// Storage of the Newton-Schulz working matrices (f32, or bf16 as the record).
+    pub ns: DType,
+    pub ns_coeffs: [f64; 3],
+    pub ns_eps: f64,
+    pub ns_steps: usize,
+    pub nesterov: bool,
+}
+
+/// Per-step scalars of one AdamW update (computed on the host in f64).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub gscale: f32,
+    /// `1 - lr * weight_decay`; applied when `use_decay`.
+    pub decay: f32,
+    pub use_decay: bool,
+    pub b1: f32,
+    pub b1c: f32,
+    pub b2: f32,
+    pub b2c: f32,
+    /// `sqrt(1 - b2^k)`
+    pub bias2: f32,
+    pub eps: f32,
+    /// `-lr / (1 - b1^k)`
+    pub step: f32,
+}
+
+/// Per-step scalars of one Muon update.
+#[derive(Clone, Copy, Debug)]
+pub struct MuonStep {
+    pub gscale: f32,
+    pub mu: f32,
+    pub decay: f32,
+    pub use_decay: bool,
+    /// `-lr`
+    pub alpha: f32,
+    /// `sqrt(max(1, rows / cols))`
+    pub scale: f32,
+}
+
+/// Scratch of one Muon working shape.
+struct Work {
+    d: DevBuf,
+    x: DevBuf,
+    x2: DevBuf,
+    a: DevBuf,
+    b: DevBuf,
+    gemms: NsGemms,
+}
+
+/// The device optimizer of one training run.
+pub struct DeviceOptimizer<'a> {
+    dev: &'a dyn Device,
+    module: ModuleHandle,
+    cfg: OptConfig,
+    params: Vec<OptParam>,
+    grads: Vec<DevBuf>,
+    /// AdamW: `[exp_avg, exp_avg_sq]`; Muon: `[momentum_buffer]`.
+    state: Vec<Vec<DevBuf>>,
+    swa: Vec<Option<DevBuf>>,
+    /// f32 sums of squares: one per parameter (the clip norm), then one per Muon parameter (its Frobenius norm).
+    norms: DevBuf,
+    work: BTreeMap<(usize, usize), Work>,
+    /// Muon parameter index -> its slot in `norms` after the gradient slots.
+    muon_slot: Vec<usize>,
+    /// Muon norm slots summed into since the last [`DeviceOptimizer::grad_sumsq`].
+    slot_used: Vec<bool>,
+    launches: u64,
+}
+
+/// The working shape `(m, n)` (`m <= n`) of a `rows x cols` matrix.
+fn working(rows: usize, cols: usize) -> (usize, usize) {
+    (rows.min(cols), rows.max(cols))
+}
+
+fn to_u32(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).ok().filter(|&v| v < (1 << 31)).ok_or_else(|| OptimError::Bad(format!("{what}: {n} elements is more than the optimizer kernels index (2^31)")))
+}
+
+fn zeros(dev: &dyn Device, bytes: usize, what: &str) -> Result<DevBuf> {
+    let b = dev.alloc(bytes.max(4)).map_err(dev_err(format!("allocating {what}")))?;
+    dev.copy_to_device(&b, &vec![0u8; bytes.max(4)]).map_err(dev_err(format!("clearing {what}")))?;
+    Ok(b)
+}
+
+impl<'a> DeviceOptimizer<'a> {
+    /// Build and load the kernels and allocate the state (zero moments,
+    /// zero momentum, no SWA sum).
+    pub fn new(dev: &'a dyn Device, params: Vec<OptParam>, cfg: OptConfig) -> Result<Self> {
+        let mut module: Module = k::elementwise_module();
+        let mut shapes: BTreeMap<(usize, usize), NsGemms> = BTreeMap::new();
+        for p in &params {
+            if let Role::Muon { rows, cols } = p.role {
+                if rows * cols != p.numel {
+                    return Err(OptimError::Bad(format!("`{}`: {rows} x {cols} is not its {} elements", p.name, p.numel)));
+                }
+                let (m, n) = working(rows, cols);
+                if let std::collections::btree_map::Entry::Vacant(e) = shapes.entry((m, n)) {
+                    let g = k::ns_gemms(to_u32(m, &p.name)?, to_u32(n, &p.name)?, cfg.ns, cfg.ns_coeffs).map_err(|e| OptimError::Kernels(e.to_string()))?;
+                    for kk in [&g.gram, &g.poly, &g.update] {
+                        module.push(kk.kernel.clone());
+                    }
+                    e.insert(g);
+                }
+            }
+        }
+        let handle = dev.load_module_with(&module.render(), &entries_of(&module)).map_err(dev_err("loading the optimizer kernels"))?;
+        let es = cfg.ns.bytes() as usize;
+        let mut work = BTreeMap::new();
+        for ((m, n), gemms) in shapes {
+            let w = Work {
+                d: zeros(dev, m * n * 4, "Newton-Schulz scratch")?,
+                x: zeros(dev, m * n * es, "Newton-Schulz scratch")?,
+                x2: zeros(dev, m * n * es, "Newton-Schulz scratch")?,
+                a: zeros(dev, m * m * es, "Newton-Schulz scratch")?,
+                b: zeros(dev, m * m * es, "Newton-Schulz scratch")?,
+                gemms,
+            };
+            work.insert((m, n), w);
+        }
+        let mut grads = Vec::with_capacity(params.len());
+        let mut state = Vec::with_capacity(params.len());
+        let mut muon_slot = vec![usize::MAX; params.len()];
+        let mut muons = 0;
+        for (i, p) in params.iter().enumerate() {
+            to_u32(p.numel, &p.name)?;
+            grads.push(zeros(dev, p.numel * 4, &format!("the gradient of `{}`", p.name))?);
+            let n_state = match p.role {
+                Role::Adam => 2,
+                Role::Muon { .. } => {
+                    muon_slot[i] = params.len() + muons;
+                    muons += 1;
+                    1
+                }
+            };
+            state.push((0..n_state).map(|_| zeros(dev, p.numel * 4, &format!("the optimizer state of `{}`", p.name))).collect::<Result<_>>()?);
+        }
+        let norms = zeros(dev, (params.len() + muons) * 4, "the norm sums")?;
+        let swa = vec![None; params.len()];
+        Ok(DeviceOptimizer { dev, module: handle, cfg, params, grads, state, swa, norms, work, muon_slot, slot_used: vec![false; muons], launches: 0 })
+    }
+
+    pub fn params(&self) -> &[OptParam] {
+        &self.params
+    }
+
+    /// Kernel launches so far.
+    pub fn launches(&self) -> u64 {
+        self.launches
+    }
+
+    fn launch(&mut self, entry: &str, grid: [u32; 3], block: [u32; 3], shared: u32, args: &[KernelArg]) -> Result<()> {
+        self.launches += 1;
+        let cfg = LaunchConfig { grid, block, shared_bytes: shared };
+        self.dev.launch(&self.module, entry, cfg, args).map_err(dev_err(format!("optimizer kernel `{entry}`")))
+    }
+
+    fn linear(&mut self, entry: &str, n: usize, args: &[KernelArg]) -> Result<()> {
+        self.launch(entry, [k::blocks(n), 1, 1], [k::THREADS, 1, 1], 0, args)
+    }
+
+    fn slot(&self, s: usize) -> KernelArg {
+        KernelArg::Buf(self.norms, 4 * s as u64)
+    }
+
+    /// `grad[i] = (add ? grad[i] : 0) + w * src` for a gradient stored at
+    /// `src + offset` as `dtype` (f32 or bf16).
+    pub fn accumulate(&mut self, i: usize, src: DevBuf, offset: u64, dtype: DType, w: f32, add: bool) -> Result<()> {
+        let n = self.params[i].numel;
+        if dtype == DType::I32 || offset + (n * dtype.bytes() as usize) as u64 > src.bytes as u64 {
+            return Err(OptimError::Bad(format!("the gradient of `{}` ({n} x {dtype}) does not fit its source region", self.params[i].name)));
+        }
+        let args = [KernelArg::Buf(self.grads[i], 0), KernelArg::Buf(src, offset), KernelArg::U32(n as u32), KernelArg::F32(w), KernelArg::U32(add as u32)];
+        self.linear(k::accum_entry(dtype), n, &args)
+    }
+
+    /// The sum of squares of every accumulated gradient (f32 on the device),
+    /// in parameter order. Call once per step, before the Muon updates (it
+    /// clears their norm slots too).
+    pub fn grad_sumsq(&mut self) -> Result<Vec<f64>> {
+        let n = self.params.len();
+        self.dev.copy_to_device(&self.norms, &vec![0u8; self.norms.bytes]).map_err(dev_err("clearing the norm sums"))?;
+        self.slot_used.iter_mut().for_each(|u| *u = false);
+        for i in 0..n {
+            let numel = self.params[i].numel;
+            let args = [KernelArg::Buf(self.grads[i], 0), KernelArg::U32(numel as u32), self.slot(i)];
+            self.linear(k::SUMSQ, numel, &args)?;
+        }
+        let mut bytes = vec![0u8; self.norms.bytes];
+        self.dev.copy_from_device(&self.norms, &mut bytes).map_err(dev_err("reading the norm sums"))?;
+        Ok(bytes.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect())
+    }
+
+    /// One AdamW update of parameter `i`, whose fp32 weights are `p`.
+    pub fn adamw(&mut self, i: usize, p: DevBuf, s: &AdamStep) -> Result<()> {
+        let n = self.params[i].numel;
+        let (m, v) = match (self.params[i].role, self.state[i].as_slice()) {
+            (Role::Adam, [m, v]) => (*m, *v),
+            _ => return Err(OptimError::Bad(format!("`{}` is not an AdamW parameter", self.params[i].name))),
+        };
+        let f = KernelArg::F32;
+        let args = [
+            KernelArg::Buf(p, 0),
+            KernelArg::Buf(self.grads[i], 0),
+            KernelArg::Buf(m, 0),
+            KernelArg::Buf(v, 0),
+            KernelArg::U32(n as u32),
+            f(s.gscale),
+            f(s.decay),
+            KernelArg::U32(s.use_decay as u32),
+            f(s.b1),
+            f(s.b1c),
+            f(s.b2),
+            f(s.b2c),
+            f(s.bias2),
+            f(s.eps),
+            f(s.step),
+        ];
+        self.linear(k::ADAMW, n, &args)
+    }
+
+    /// One Muon update of parameter `i`, whose fp32 weights are `p`:
+    /// momentum, Nesterov, normalisation, the Newton-Schulz GEMMs, the step.
+    pub fn muon(&mut self, i: usize, p: DevBuf, s: &MuonStep) -> Result<()> {
+        let Role::Muon { rows, cols } = self.params[i].role else {
+            return Err(OptimError::Bad(format!("`{}` is not a Muon parameter", self.params[i].name)));
+        };
+        let n = rows * cols;
+        let tall = rows > cols;
+        let (m, nn) = working(rows, cols);
+        let slot = self.muon_slot[i];
+        let buf = self.state[i][0];
+        let w = self.work.get(&(m, nn)).ok_or_else(|| OptimError::Bad(format!("no Newton-Schulz scratch for {m} x {nn}")))?;
+        let (d, mut x, mut x2, a, bm) = (w.d, w.x, w.x2, w.a, w.b);
+        let ns = self.cfg.ns;
+        // grad_sumsq cleared every slot; each Muon parameter's is summed into once per step.
+        if std::mem::replace(&mut self.slot_used[slot - self.params.len()], true) {
+            return Err(OptimError::Bad(format!("`{}`: a second Muon update without grad_sumsq between (its norm slot is not clear)", self.params[i].name)));
+        }
+        let u = KernelArg::U32;
+        let args = [
+            KernelArg::Buf(self.grads[i], 0),
+            KernelArg::Buf(buf, 0),
+            KernelArg::Buf(d, 0),
+            self.slot(slot),
+            u(n as u32),
+            u(rows as u32),
+            u(cols as u32),
+            u(tall as u32),
+            KernelArg::F32(s.gscale),
+            KernelArg::F32(s.mu),
+            u(self.cfg.nesterov as u32),
+        ];
+        self.linear(k::MUON_PRE, n, &args)?;
+        let args = [KernelArg::Buf(d, 0), KernelArg::Buf(x, 0), self.slot(slot), u(n as u32), KernelArg::F32(self.cfg.ns_eps as f32)];
+        self.linear(k::ns_scale_entry(ns), n, &args)?;
+        let (mu, nu) = (m as u32, nn as u32);
+        for _ in 0..self.cfg.ns_steps {
+            let g = &self.work[&(m, nn)].gemms;
+            let (gram, poly, update) = (launch_of(&g.gram), launch_of(&g.poly), launch_of(&g.update));
+            let sizes = |a: u32, b: u32, c: u32| [u(a), u(b), u(c)];
+            let buf_ = |b: DevBuf| KernelArg::Buf(b, 0);
+            let mut args = vec![buf_(x), buf_(x), buf_(a)];
+            args.extend(sizes(mu, mu, nu));
+            self.launch(&gram.0, gram.1(mu, mu), gram.2, gram.3, &args)?;
+            let mut args = vec![buf_(a), buf_(a), buf_(bm)];
+            args.extend(sizes(mu, mu, mu));
+            args.extend([buf_(a), buf_(bm)]);
+            self.launch(&poly.0, poly.1(mu, mu), poly.2, poly.3, &args)?;
+            let mut args = vec![buf_(bm), buf_(x), buf_(x2)];
+            args.extend(sizes(mu, nu, mu));
+            args.extend([buf_(x), buf_(x2)]);
+            self.launch(&update.0, update.1(mu, nu), update.2, update.3, &args)?;
+            std::mem::swap(&mut x, &mut x2);
+        }
+        let args = [
+            KernelArg::Buf(p, 0),
+            KernelArg::Buf(x, 0),
+            u(n as u32),
+            u(rows as u32),
+            u(cols as u32),
+            u(tall as u32),
+            KernelArg::F32(s.decay),
+            u(s.use_decay as u32),
+            KernelArg::F32(s.alpha),
+            KernelArg::F32(s.scale),
+        ];
+        self.linear(k::muon_post_entry(ns), n, &args)
+    }
+
+    /// Add the weights `p` of parameter `i` to its SWA sum (the first call starts it).
+    pub fn swa_add(&mut self, i: usize, p: DevBuf) -> Result<()> {
+        let n = self.params[i].numel;
+        let (s, add) = match self.swa[i] {
+            Some(s) => (s, true),
+            None => {
+                let s = zeros(self.dev, n * 4, &format!("the SWA sum of `{}`", self.params[i].name))?;
+                self.swa[i] = Some(s);
+                (s, false)
+            }
+        };
+        let args = [KernelArg::Buf(s, 0), KernelArg::Buf(p, 0), KernelArg::U32(n as u32), KernelArg::U32(add as u32)];
+        self.linear(k::SWA, n, &args)
+    }
+
+    fn read(&self, b: DevBuf, n: usize, what: &str) -> Result<Vec<f32>> {
+        let mut bytes = vec![0u8; n * 4];
+        self.dev.copy_from_device(&b, &mut bytes).map_err(dev_err(format!("reading {what}")))?;
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn write(&self, b: DevBuf, data: &[f32], what: &str) -> Result<()> {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.dev.copy_to_device(&b, &bytes).map_err(dev_err(format!("writing {what}")))
+    }
+
+    /// Parameter `i`'s state tensors (AdamW: exp_avg, exp_avg_sq; Muon: momentum_buffer).
+    pub fn read_state(&self, i: usize) -> Result<Vec<Vec<f32>>> {
+        let n = self.params[i].numel;
+        self.state[i].iter().map(|&b| self.read(b, n, &format!("the optimizer state of `{}`", self.params[i].name))).collect()
+    }
+
+    /// Replace parameter `i`'s state tensors (a resumed run).
+    pub fn write_state(&mut self, i: usize, tensors: &[Vec<f32>]) -> Result<()> {
+        let p = &self.params[i];
+        if tensors.len() != self.state[i].len() || tensors.iter().any(|t| t.len() != p.numel) {
+            return Err(OptimError::Bad(format!("`{}`: the state has {} tensors of {} elements", p.name, self.state[i].len(), p.numel)));
+        }
+        for (b, t) in self.state[i].iter().zip(tensors) {
+            self.write(*b, t, &format!("the optimizer state of `{}`", p.name))?;
+        }
+        Ok(())
+    }
+
+    /// Parameter `i`'s SWA sum (None before the first snapshot).
+    pub fn read_swa(&self, i: usize) -> Result<Option<Vec<f32>>> {
+        self.swa[i].map(|b| self.read(b, self.params[i].numel, &format!("the SWA sum of `{}`", self.params[i].name))).transpose()
+    }
+
+    /// Set parameter `i`'s SWA sum (a resumed run); None clears it.
+    pub fn write_swa(&mut self, i: usize, sum: Option<&[f32]>) -> Result<()> {
+        let n = self.params[i].numel;
+        match sum {
+            None => {
+                if let Some(b) = self.swa[i].take() {
+                    self.dev.free(b).map_err(dev_err("freeing an SWA sum"))?;
+                }
+                Ok(())
+            }
+            Some(v) if v.len() == n => {
+                let b = match self.swa[i] {
+                    Some(b) => b,
+                    None => zeros(self.dev, n * 4, "an SWA sum")?,
+                };
+                self.swa[i] = Some(b);
+                self.write(b, v, &format!("the SWA sum of `{}`", self.params[i].name))
+            }
+            Some(v) => Err(OptimError::Bad(format!("`{}`: an SWA sum of {} elements, expected {n}", self.params[i].name, v.len()))),
+        }
+    }
+}
+
+/// Entry name, grid of `(m, n)`, block and shared bytes of a GEMM.
+type GemmLaunch = (String, Box<dyn Fn(u32, u32) -> [u32; 3]>, [u32; 3], u32);
+
+fn launch_of(g: &GemmKernel) -> GemmLaunch {
+    let (bm, bn, split) = (g.config.tile.bm, g.config.tile.bn, g.config.split_k);
+    (g.name().to_string(), Box::new(move |m, n| [n.div_ceil(bn), m.div_ceil(bm), split]), g.block(), g.smem_bytes)
+}
+
+impl Drop for DeviceOptimizer<'_> {
+    fn drop(&mut self) {
+        let mut bufs: Vec<DevBuf> = self.grads.drain(..).collect();
+        bufs.extend(self.state.drain(..).flatten());
+        bufs.extend(self.swa.drain(..).flatten());
+        bufs.push(self.norms);
+        for w in std::mem::take(&mut self.work).into_values() {
+            bufs.extend([w.d, w.x, w.x2, w.a, w.b]);
+        }
+        for b in bufs {
+            let _ = self.dev.free(b);
+        }
+    }
+}
