@@ -97,7 +97,7 @@ fn compare(name: &str, traj: &Path, prefixes: &[&str], tol: f64) {
     assert!(bad.is_empty(), "{name}: above {tol:e}:\n{}", bad.join("\n"));
 }
 
-const ALL: &[&str] = &["loss", "lr_scale", "muon_momentum", "grad_norm", "param1.", "param.", "swa.", "state."];
+const ALL: &[&str] = &["loss", "lr_scale", "muon_momentum", "grad_norm", "param1.", "param.", "swa.", "state.", "tokens", "input_ids", "target_ids", "train.", "eval."];
 
 fn golden_f64(name: &str) {
     let d = TempDir::new(&format!("train-{name}-f64"));

@@ -86,6 +86,8 @@ impl Stream {
 
 /// A run's model (with the backward pass), initial weights and tokens.
 pub struct Setup {
+    /// The model source (the trajectory's forward golden lowers it again in both modes).
+    pub model: PathBuf,
     pub graph: Graph,
     /// Parameter names and shapes, in the graph's order (the clip norm's summation order).
     pub names: Vec<String>,
@@ -151,7 +153,7 @@ pub fn prepare(spec: &TrainSpec) -> Result<Setup> {
     let names = fwd.params.iter().map(|p| p.name.clone()).collect();
     let shapes = fwd.params.iter().map(|p| p.shape.to_vec()).collect();
     let graph = with_backward(&fwd, "loss")?;
-    Ok(Setup { graph, names, shapes, init, stream, batch: spec.batch, seq, sets, hp })
+    Ok(Setup { model: spec.model.clone(), graph, names, shapes, init, stream, batch: spec.batch, seq, sets, hp })
 }
 
 fn read_stream(src: &TokenStream) -> Result<Stream> {
@@ -263,6 +265,7 @@ enum Engine<'d, F: Real> {
 /// A training run in host precision `F` (the CPU's working precision; on a
 /// device, the precision of the host copy of the state).
 pub struct Trainer<'d, F: Real> {
+    pub model: PathBuf,
     pub hp: Hyper,
     pub names: Vec<String>,
     pub shapes: Vec<Vec<usize>>,
@@ -284,32 +287,33 @@ pub struct Trainer<'d, F: Real> {
 impl<'d, F: Real> Trainer<'d, F> {
     /// A fresh run from `setup`'s initial weights (empty optimizer state).
     pub fn new(setup: Setup) -> Result<Self> {
-        let Setup { graph, names, shapes, init, stream, batch, seq, sets, hp } = setup;
+        let Setup { model, graph, names, shapes, init, stream, batch, seq, sets, hp } = setup;
         // Beside what one pass needs: the weights, two gradient sums, up to two
         // optimizer moments and the SWA sum, each a copy of the parameters.
         let elem = std::mem::size_of::<F>() as u128;
         let numel: u128 = shapes.iter().map(|s| s.iter().product::<usize>() as u128).sum();
         checks::check_memory("this training run (parameters, gradients, optimizer state, SWA and the largest activation)", checks::run_memory(&graph, elem) + 6 * numel * elem)?;
         let exec = Executor::new(graph, &names)?;
-        Self::with_engine(hp, names, shapes, init, stream, batch, seq, sets, |_, _, _, _| Ok(Engine::Cpu(exec)))
+        Self::with_engine(model, hp, names, shapes, init, stream, batch, seq, sets, |_, _, _, _| Ok(Engine::Cpu(exec)))
     }
 
     /// A fresh run on the device `program` was compiled for (`setup` is the
     /// one `program` was made from). The weights, gradients, optimizer state
     /// and SWA sums live on the device.
     pub fn on_device(setup: Setup, program: &'d device::DeviceProgram) -> Result<Self> {
-        let Setup { graph, names, shapes, init, stream, batch, seq, sets, hp } = setup;
+        let Setup { model, graph, names, shapes, init, stream, batch, seq, sets, hp } = setup;
         if graph.params.len() != program.graph.params.len() || graph.params.iter().zip(&program.graph.params).any(|(a, b)| a.name != b.name || a.shape != b.shape) {
             return Err(internal("the device program was compiled from another model"));
         }
         let dev_hp = hp.clone();
-        Self::with_engine(hp, names, shapes, init, stream, batch, seq, sets, move |names, shapes, groups, init| {
+        Self::with_engine(model, hp, names, shapes, init, stream, batch, seq, sets, move |names, shapes, groups, init| {
             Ok(Engine::Device(Box::new(device::DeviceEngine::new(program, &dev_hp, names, shapes, groups, init)?)))
         })
     }
 
     #[allow(clippy::too_many_arguments)]
     fn with_engine(
+        model: PathBuf,
         hp: Hyper,
         names: Vec<String>,
         shapes: Vec<Vec<usize>>,
@@ -330,7 +334,7 @@ impl<'d, F: Real> Trainer<'d, F> {
             Engine::Cpu(_) => F::NAME.to_string(),
             Engine::Device(d) => d.label().to_string(),
         };
-        Ok(Trainer { hp, names, shapes, groups, batch, seq, sets, stream, init, state, kind, engine, stale: false })
+        Ok(Trainer { model, hp, names, shapes, groups, batch, seq, sets, stream, init, state, kind, engine, stale: false })
     }
 
     /// The device engine's optimizer launches so far (0 on the CPU).

@@ -4,14 +4,20 @@
 //! weights after the first step `param1.*` and after the last `param.*`
 //! (not averaged), `swa.*` (sum / count, when SWA collected) and the
 //! optimizer state `state.NAME.{exp_avg, exp_avg_sq, momentum_buffer}`, in
-//! f64 (exact for an f32 run). Metadata: `config` (the model constants),
-//! `train` (the hyperparameters), `derived`.
+//! f64 (exact for an f32 run); `tokens` (the stream as far as the run's
+//! `iterations` reach) and the forward golden of its first micro-batch at
+//! `param.*` (`input_ids`, `target_ids`, `train.*`, `eval.*`: the CPU in
+//! float64, whatever backend trained). Metadata: `config` (the model
+//! constants), `train` (the hyperparameters), `derived`.
 
 use super::checkpoint::{f64_tensor, records};
 use super::Trainer;
+use crate::pipeline::cpu::{self, CpuExecutor};
+use crate::pipeline::source::{read_model, with_backward};
 use crate::pipeline::{internal, Result};
 use pgc_backends::cpu::Real;
-use pgc_runtime::weights::{self, HostData, HostTensor};
+use pgc_ir::Mode;
+use pgc_runtime::weights::{self, HostData, HostTensor, Tokens};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -35,6 +41,12 @@ pub fn write<F: Real>(path: &Path, t: &mut Trainer<'_, F>) -> Result<()> {
             out.push((format!("state.{n}.{k}"), f64_tensor(s, v)));
         }
     }
+    // The stream the run reads (as far as `iterations` steps reach) and the
+    // forward golden of the first micro-batch at the final weights.
+    let span = t.batch * t.seq + 1;
+    let used = (t.hp.iterations * t.hp.micro_batches() * span as u64).min(t.stream.tokens.len() as u64) as usize;
+    out.push(("tokens".to_string(), HostTensor::new(vec![used], HostData::I32(t.stream.tokens[..used].to_vec()))));
+    out.extend(forward_golden(t)?);
     if st.step > 0 {
         for (k, v) in records(&st.record) {
             out.push((k.to_string(), HostTensor::new(vec![v.len()], HostData::F64(v.clone()))));
@@ -60,7 +72,7 @@ pub fn write<F: Real>(path: &Path, t: &mut Trainer<'_, F>) -> Result<()> {
         "lr_schedule": if !t.hp.by_clock() { "iteration" } else if t.hp.sim_step_ms > 0.0 { "wallclock(simulated)" } else { "wallclock" },
         "clock_ms": st.clock_ms,
         "groups": groups,
-        "backend": "cpu",
+        "backend": t.kind,
     });
     let meta = HashMap::from([
         ("config".to_string(), serde_json::Value::Object(config).to_string()),
@@ -68,4 +80,27 @@ pub fn write<F: Real>(path: &Path, t: &mut Trainer<'_, F>) -> Result<()> {
         ("derived".to_string(), derived.to_string()),
     ]);
     weights::save(path, &out, Some(meta)).map_err(|e| internal(e.to_string()))
+}
+
+/// `input_ids`, `target_ids` (the first micro-batch: stream span 0) and
+/// `train.*`, `eval.*` (loss, logits, every gradient) computed by the CPU
+/// plan executor in float64 at the run's final weights `param.*`: the
+/// layout of `golden/tiny.safetensors`, whatever backend trained.
+fn forward_golden<F: Real>(t: &Trainer<'_, F>) -> Result<Vec<(String, HostTensor)>> {
+    let span = t.batch * t.seq + 1;
+    let u = t.stream.span(0, span);
+    let tokens = Tokens { batch: t.batch, seq: t.seq, input_ids: u[..span - 1].to_vec(), target_ids: u[1..].to_vec(), source: t.model.clone() };
+    let values: HashMap<String, Vec<f64>> = t.names.iter().zip(&t.state.params).map(|(n, v)| (n.clone(), v.iter().map(|x| x.to_f64()).collect())).collect();
+    let shape = vec![t.batch, t.seq];
+    let mut out = vec![
+        ("input_ids".to_string(), HostTensor::new(shape.clone(), HostData::I32(tokens.input_ids.clone()))),
+        ("target_ids".to_string(), HostTensor::new(shape, HostData::I32(tokens.target_ids.clone()))),
+    ];
+    let src = read_model(&t.model)?;
+    for (prefix, mode) in [("train", Mode::Train), ("eval", Mode::Eval)] {
+        let g = with_backward(&src.lower(&t.sets, mode)?, "loss")?;
+        let o = cpu::execute::<f64>(&g, &values, &tokens, true, false, HostData::F64, CpuExecutor::Plan, 1)?;
+        out.extend(o.tensors.into_iter().map(|(n, v)| (format!("{prefix}.{n}"), v)));
+    }
+    Ok(out)
 }
