@@ -195,6 +195,40 @@ fn interrupted_and_resumed_equals_uninterrupted() {
     assert!(text.contains("matrix_lr=0.03") && text.contains("another run"), "{text}");
 }
 
+/// On the simulator the state lives in device memory: a checkpoint copies
+/// it out, `--resume` uploads it, and the resumed run continues the same
+/// trajectory (the simulator adds partial sums in a thread-dependent order,
+/// so it is compared within float32 noise, not bit for bit).
+#[test]
+fn sim_interrupted_and_resumed_continues_the_run() {
+    let d = TempDir::new("train-sim-resume");
+    let (full, resumed) = (d.path().join("full.safetensors"), d.path().join("resumed.safetensors"));
+    let ck = d.path().join("ck");
+    let sim = ["--backend", "sim", "--precision", "f32"];
+    fn with<'a>(sim: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [sim, extra].concat()
+    }
+    run_ok(train_cmd("tiny", &with(&sim, &["--trajectory", full.to_str().unwrap()])), "sim uninterrupted");
+    run_ok(train_cmd("tiny", &with(&sim, &["--steps", "5", "--checkpoint", ck.to_str().unwrap()])), "sim steps 1-5");
+    // The checkpoint names the backend: a cpu run does not resume it.
+    let o = train_cmd("tiny", &["--precision", "f32", "--resume", ck.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(output_text(&o).contains("precision sim f32"), "{}", output_text(&o));
+    run_ok(train_cmd("tiny", &with(&sim, &["--resume", ck.to_str().unwrap(), "--trajectory", resumed.to_str().unwrap()])), "sim resumed 6-16");
+    let (a, b) = (SafeFile::open(&full).unwrap(), SafeFile::open(&resumed).unwrap());
+    let mut worst = (0.0f64, String::new());
+    for n in a.names().into_iter().filter(|n| ["loss", "grad_norm"].contains(&n.as_str()) || n.starts_with("param.") || n.starts_with("state.") || n.starts_with("swa.")) {
+        let (x, y) = (a.get(&n, "").unwrap().data.to_f64(), b.get(&n, "").unwrap().data.to_f64());
+        let scale = x.iter().map(|v| v.abs()).fold(1e-30, f64::max);
+        let e = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max) / scale;
+        if !(e <= worst.0) {
+            worst = (e, n);
+        }
+    }
+    eprintln!("sim resume: worst relative difference {:.2e} ({})", worst.0, worst.1);
+    assert!(worst.0 <= 5e-3, "resumed differs from uninterrupted: {} {:.3e}", worst.1, worst.0);
+}
+
 #[test]
 fn bad_input_exits_2_with_a_message() {
     let cases: &[(&[&str], &str)] = &[
