@@ -271,10 +271,11 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec, device: Option<OnDevice<'_>>)
         let v0 = validate(&mut t)?;
         eprintln!("step 0/{}{v0}", t.hp.iterations.min(stop_at));
     }
-    let (mut seconds, mut last) = (0.0, None::<StepInfo>);
+    let (mut seconds, mut opt_seconds, mut last) = (0.0, 0.0, None::<StepInfo>);
     while !t.finished() && t.state.step < stop_at {
         let info = t.step()?;
         seconds += info.seconds;
+        opt_seconds += info.optimizer_seconds;
         let n = info.step;
         let last_one = t.finished() || n >= stop_at;
         // Validation happens between steps; Trainer::step measures only itself, so the clock excludes it.
@@ -319,6 +320,7 @@ fn go<F: Real>(args: &TrainArgs, spec: &TrainSpec, device: Option<OnDevice<'_>>)
             "swa_count": st.swa.count,
             "swa_applied": st.swa.count > 1,
             "train_seconds": seconds,
+            "optimizer_seconds": opt_seconds,
             "tokens_per_second": tok_s,
             "setup_seconds": t_setup,
             "backend": format!("{:?}", args.backend).to_lowercase(),

@@ -200,6 +200,11 @@ impl<'d> DeviceEngine<'d> {
         self.label
     }
 
+    /// Wait for every launch so far (the step's time then includes its kernels).
+    pub fn synchronize(&self) -> Result<()> {
+        self.ex.device().synchronize().map_err(exec_err)
+    }
+
     /// Kernel launches of the optimizer so far.
     pub fn optimizer_launches(&self) -> u64 {
         self.opt.launches()

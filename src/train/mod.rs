@@ -253,6 +253,9 @@ pub struct StepInfo {
     pub muon_momentum: f64,
     pub grad_norm: f64,
     pub seconds: f64,
+    /// Of `seconds`: from the last micro-batch's loss to the updated weights
+    /// (clip norm, optimizers, SWA; on a device, synchronised at its end).
+    pub optimizer_seconds: f64,
     pub tokens: u64,
 }
 
@@ -411,6 +414,7 @@ impl<'d, F: Real> Trainer<'d, F> {
             // The gradient reduction point: data parallel all-reduces `local` here.
             accumulate(&mut total, local.expect("grad_accum >= 1"), F::ONE);
         }
+        let t_opt = Instant::now();
         let mut grads = total.expect("world_size >= 1");
         let inv_ws = F::from_f64(1.0 / ws as f64);
         grads.iter_mut().flatten().for_each(|x| *x *= inv_ws);
@@ -436,7 +440,7 @@ impl<'d, F: Real> Trainer<'d, F> {
             st.swa.collect(&st.params);
         }
         let tokens = hp.micro_batches() * (self.batch * self.seq) as u64;
-        Ok(finish_step(hp, st, t0, loss, scale, mu, gnorm, tokens))
+        Ok(finish_step(hp, st, t0, t_opt, loss, scale, mu, gnorm, tokens))
     }
 
     /// [`Trainer::step`] on a device: the micro-batches' gradients summed on
@@ -468,6 +472,7 @@ impl<'d, F: Real> Trainer<'d, F> {
                 losses.push(d.micro_batch(&u[..span - 1], &u[1..], w, r == 0 && m == 0)?);
             }
         }
+        let t_opt = Instant::now();
         let loss = losses.iter().sum::<f64>() / losses.len() as f64;
         let mu = schedule::muon_momentum(hp, t);
         // The CPU's clip (optim::clip) in f32: per-tensor norms, then their norm.
@@ -489,8 +494,9 @@ impl<'d, F: Real> Trainer<'d, F> {
             d.swa_collect()?;
             st.swa.count += 1;
         }
+        d.synchronize()?;
         let tokens = hp.micro_batches() * (batch * seq) as u64;
-        Ok(finish_step(hp, st, t0, loss, scale, mu, gnorm, tokens))
+        Ok(finish_step(hp, st, t0, t_opt, loss, scale, mu, gnorm, tokens))
     }
 
     /// The weights training ends with (the SWA average when it took more than one snapshot).
@@ -501,7 +507,8 @@ impl<'d, F: Real> Trainer<'d, F> {
 
 /// The end of a step on any engine: the records, the clock and the cap.
 #[allow(clippy::too_many_arguments)]
-fn finish_step<F: Real>(hp: &Hyper, st: &mut TrainState<F>, t0: Instant, loss: f64, scale: f64, mu: f64, gnorm: f64, tokens: u64) -> StepInfo {
+fn finish_step<F: Real>(hp: &Hyper, st: &mut TrainState<F>, t0: Instant, t_opt: Instant, loss: f64, scale: f64, mu: f64, gnorm: f64, tokens: u64) -> StepInfo {
+    let optimizer_seconds = t_opt.elapsed().as_secs_f64();
     for (v, x) in [(&mut st.record.loss, loss), (&mut st.record.lr_scale, scale), (&mut st.record.muon_momentum, mu), (&mut st.record.grad_norm, gnorm)] {
         v.push(x);
     }
@@ -510,7 +517,7 @@ fn finish_step<F: Real>(hp: &Hyper, st: &mut TrainState<F>, t0: Instant, loss: f
     if hp.by_clock() && st.stop_after.is_none() && schedule::elapsed_ms(hp, st.step, st.clock_ms) >= 1000.0 * hp.max_wallclock_seconds {
         st.stop_after = Some(st.step);
     }
-    StepInfo { step: st.step, loss, lr_scale: scale, muon_momentum: mu, grad_norm: gnorm, seconds, tokens }
+    StepInfo { step: st.step, loss, lr_scale: scale, muon_momentum: mu, grad_norm: gnorm, seconds, optimizer_seconds, tokens }
 }
 
 /// `acc += w * g` per tensor (`acc` starts as `w * g`).
