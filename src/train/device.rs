@@ -13,7 +13,8 @@
 //! master weights, gradients, moments and SWA sums.
 
 use super::optim::{Group, State};
-use super::{Hyper, TrainState};
+use super::hyper::Hyper;
+use super::state::TrainState;
 use crate::pipeline::{self, input, internal, Result};
 use pgc_backends::cpu::Real;
 use pgc_backends::ptx::program::Program;

@@ -25,10 +25,12 @@ pub mod hyper;
 pub mod optim;
 pub mod prune;
 pub mod schedule;
+pub mod state;
 pub mod swa;
 pub mod trajectory;
 
 pub use hyper::Hyper;
+pub use state::{Record, TrainState};
 
 use crate::pipeline::inputs::WeightSource;
 use crate::pipeline::source::{read_model, with_backward};
@@ -215,34 +217,6 @@ impl<F: Real> Executor<F> {
     }
 }
 
-/// The per-step records of the golden layout.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Record {
-    pub loss: Vec<f64>,
-    pub lr_scale: Vec<f64>,
-    pub muon_momentum: Vec<f64>,
-    pub grad_norm: Vec<f64>,
-}
-
-/// Everything a resumed run needs to continue bit for bit.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainState<F> {
-    /// Completed optimizer steps.
-    pub step: u64,
-    /// Measured training time so far (ms), the wall-clock schedule's clock.
-    pub clock_ms: f64,
-    /// Stream position of the next micro-step's first token.
-    pub loader_pos: u64,
-    /// The step at which the clock reached the cap (the run stops there).
-    pub stop_after: Option<u64>,
-    pub params: Vec<Vec<F>>,
-    pub opt: Vec<State<F>>,
-    pub swa: Swa<F>,
-    pub record: Record,
-    /// Weights after the first step.
-    pub first: Option<Vec<Vec<F>>>,
-}
-
 /// What one step did.
 #[derive(Clone, Debug)]
 pub struct StepInfo {
@@ -261,7 +235,7 @@ pub struct StepInfo {
 
 /// Where the step runs.
 enum Engine<'d, F: Real> {
-    Cpu(Executor<F>),
+    Cpu(Box<Executor<F>>),
     Device(Box<device::DeviceEngine<'d>>),
 }
 
@@ -297,7 +271,7 @@ impl<'d, F: Real> Trainer<'d, F> {
         let numel: u128 = shapes.iter().map(|s| s.iter().product::<usize>() as u128).sum();
         checks::check_memory("this training run (parameters, gradients, optimizer state, SWA and the largest activation)", checks::run_memory(&graph, elem) + 6 * numel * elem)?;
         let exec = Executor::new(graph, &names)?;
-        Self::with_engine(model, hp, names, shapes, init, stream, batch, seq, sets, |_, _, _, _| Ok(Engine::Cpu(exec)))
+        Self::with_engine(model, hp, names, shapes, init, stream, batch, seq, sets, |_, _, _, _| Ok(Engine::Cpu(Box::new(exec))))
     }
 
     /// A fresh run on the device `program` was compiled for (`setup` is the
