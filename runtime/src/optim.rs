@@ -216,6 +216,10 @@ impl<'a> DeviceOptimizer<'a> {
         self.dev.launch(&self.module, entry, cfg, args).map_err(dev_err(format!("optimizer kernel `{entry}`")))
     }
 
+    fn gemm(&mut self, g: &GemmLaunch, args: &[KernelArg]) -> Result<()> {
+        self.launch(&g.entry, g.grid, g.block, g.shared, args)
+    }
+
     fn linear(&mut self, entry: &str, n: usize, args: &[KernelArg]) -> Result<()> {
         self.launch(entry, [k::blocks(n), 1, 1], [k::THREADS, 1, 1], 0, args)
     }
@@ -316,22 +320,14 @@ impl<'a> DeviceOptimizer<'a> {
         let args = [KernelArg::Buf(d, 0), KernelArg::Buf(x, 0), self.slot(slot), u(n as u32), KernelArg::F32(self.cfg.ns_eps as f32)];
         self.linear(k::ns_scale_entry(ns), n, &args)?;
         let (mu, nu) = (m as u32, nn as u32);
+        let g = &self.work[&(m, nn)].gemms;
+        let (gram, poly, update) = (GemmLaunch::of(&g.gram, mu, mu), GemmLaunch::of(&g.poly, mu, mu), GemmLaunch::of(&g.update, mu, nu));
+        let b = |b: DevBuf| KernelArg::Buf(b, 0);
         for _ in 0..self.cfg.ns_steps {
-            let g = &self.work[&(m, nn)].gemms;
-            let (gram, poly, update) = (launch_of(&g.gram), launch_of(&g.poly), launch_of(&g.update));
-            let sizes = |a: u32, b: u32, c: u32| [u(a), u(b), u(c)];
-            let buf_ = |b: DevBuf| KernelArg::Buf(b, 0);
-            let mut args = vec![buf_(x), buf_(x), buf_(a)];
-            args.extend(sizes(mu, mu, nu));
-            self.launch(&gram.0, gram.1(mu, mu), gram.2, gram.3, &args)?;
-            let mut args = vec![buf_(a), buf_(a), buf_(bm)];
-            args.extend(sizes(mu, mu, mu));
-            args.extend([buf_(a), buf_(bm)]);
-            self.launch(&poly.0, poly.1(mu, mu), poly.2, poly.3, &args)?;
-            let mut args = vec![buf_(bm), buf_(x), buf_(x2)];
-            args.extend(sizes(mu, nu, mu));
-            args.extend([buf_(x), buf_(x2)]);
-            self.launch(&update.0, update.1(mu, nu), update.2, update.3, &args)?;
+            // A = X X^T; B = b A + c (A A); X' = a X + B X (then X' is X).
+            self.gemm(&gram, &[b(x), b(x), b(a), u(mu), u(mu), u(nu)])?;
+            self.gemm(&poly, &[b(a), b(a), b(bm), u(mu), u(mu), u(mu), b(a), b(bm)])?;
+            self.gemm(&update, &[b(bm), b(x), b(x2), u(mu), u(nu), u(mu), b(x), b(x2)])?;
             std::mem::swap(&mut x, &mut x2);
         }
         let args = [
@@ -421,12 +417,18 @@ impl<'a> DeviceOptimizer<'a> {
     }
 }
 
-/// Entry name, grid of `(m, n)`, block and shared bytes of a GEMM.
-type GemmLaunch = (String, Box<dyn Fn(u32, u32) -> [u32; 3]>, [u32; 3], u32);
+/// One GEMM launch: entry, grid for its `(m, n)`, block, dynamic shared memory.
+struct GemmLaunch {
+    entry: String,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared: u32,
+}
 
-fn launch_of(g: &GemmKernel) -> GemmLaunch {
-    let (bm, bn, split) = (g.config.tile.bm, g.config.tile.bn, g.config.split_k);
-    (g.name().to_string(), Box::new(move |m, n| [n.div_ceil(bn), m.div_ceil(bm), split]), g.block(), g.smem_bytes)
+impl GemmLaunch {
+    fn of(g: &GemmKernel, m: u32, n: u32) -> GemmLaunch {
+        GemmLaunch { entry: g.name().to_string(), grid: g.grid(m, n), block: g.block(), shared: g.smem_bytes }
+    }
 }
 
 impl Drop for DeviceOptimizer<'_> {

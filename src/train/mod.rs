@@ -361,14 +361,14 @@ impl<'d, F: Real> Trainer<'d, F> {
         let t0 = Instant::now();
         let hp = &self.hp;
         let st = &mut self.state;
+        let exec = match &mut self.engine {
+            Engine::Device(d) => return Self::device_step(hp, &self.groups, &self.shapes, &self.stream, self.batch, self.seq, st, d, &mut self.stale, t0),
+            Engine::Cpu(exec) => exec,
+        };
         let t = st.step;
         let scale = schedule::lr_scale(hp, t, schedule::elapsed_ms(hp, t, st.clock_ms));
         let (ws, ga) = (hp.world_size, hp.grad_accum);
         let span = self.batch * self.seq + 1;
-        if let Engine::Device(d) = &mut self.engine {
-            return Self::device_step(hp, &self.groups, &self.shapes, &self.stream, self.batch, self.seq, st, d, &mut self.stale, t0);
-        }
-        let Engine::Cpu(exec) = &self.engine else { unreachable!("the device case returned above") };
         let params: HashMap<String, Tensor<F>> =
             self.names.iter().zip(&self.shapes).zip(&st.params).map(|((n, s), v)| (n.clone(), Tensor::float(s.clone(), v.clone()))).collect();
         // Rank r's micro-step m reads span m * world_size + r (section 3); each
