@@ -214,12 +214,21 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
                     || (matches!(g.nodes[u].op, Op::Reshape { .. } | Op::Permute { .. }) && feeds_tensor_cores_only(g, users, requested, u))
             })
     }
+    // With bf16-gemm-outputs, a GEMM kernel's product itself (not a sum its
+    // epilogue forms) is stored in bf16 whoever reads it.
+    let bf16_product = |m: usize| -> bool {
+        opts.precision == Precision::Bf16
+            && opts.rules.contains(&FusionRule::Bf16GemmOutputs)
+            && !requested.contains(&m)
+            && matches!(g.nodes[m].op, Op::Linear | Op::MatMul)
+            && groups.get(owner[m]).is_some_and(|gr| gr.kind == KernelKind::Gemm)
+    };
     let storage = |m: usize| -> DType {
         if g.nodes[m].ty.dtype == DType::I32 {
             return DType::I32;
         }
         let tensor_core_only = opts.precision == Precision::Bf16 && feeds_tensor_cores_only(g, &users, &requested, m);
-        if tensor_core_only {
+        if tensor_core_only || bf16_product(m) {
             DType::Bf16
         } else {
             DType::F32

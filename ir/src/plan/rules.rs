@@ -32,10 +32,17 @@ pub enum FusionRule {
     /// view of a value stored anyway is indexed through, instead of read from
     /// memory; it is stored only if another kernel still reads it.
     RecomputeElementwise,
+    /// Storage, not fusion (bf16 plans): a matrix product read by other
+    /// kernels is stored in bf16 even when a row-wise or element-wise kernel
+    /// reads it (the q/k projections before their norm, the fc
+    /// pre-activation, the input gradients), as PyTorch's autocast stores
+    /// linear outputs; sums formed in an epilogue (residual adds, gradient
+    /// accumulation) stay f32.
+    Bf16GemmOutputs,
 }
 
 impl FusionRule {
-    pub const ALL: [FusionRule; 8] = [
+    pub const ALL: [FusionRule; 9] = [
         FusionRule::Elementwise,
         FusionRule::Rowwise,
         FusionRule::GemmEpilogue,
@@ -44,6 +51,7 @@ impl FusionRule {
         FusionRule::LmHeadCrossEntropy,
         FusionRule::AttentionBackwardTogether,
         FusionRule::RecomputeElementwise,
+        FusionRule::Bf16GemmOutputs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +64,7 @@ impl FusionRule {
             FusionRule::LmHeadCrossEntropy => "lm-head-cross-entropy",
             FusionRule::AttentionBackwardTogether => "attention-backward-together",
             FusionRule::RecomputeElementwise => "recompute-elementwise",
+            FusionRule::Bf16GemmOutputs => "bf16-gemm-outputs",
         }
     }
 
