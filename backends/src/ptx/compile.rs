@@ -67,6 +67,7 @@ pub fn supported_rules() -> BTreeSet<FusionRule> {
         FusionRule::LmHeadCrossEntropy,
         FusionRule::AttentionBackwardTogether,
         FusionRule::RecomputeElementwise,
+        FusionRule::ElementwiseIntoProducer,
         FusionRule::Bf16GemmOutputs,
     ]
         .into_iter()

@@ -301,6 +301,46 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
         }
     }
 
+    // Element-wise consumers of a row-wise kernel's value, over its shape,
+    // join that kernel (an extra output instead of a re-read).
+    if on(FusionRule::ElementwiseIntoProducer) {
+        for i in 0..n {
+            let Some(ru) = p.root(i) else { continue };
+            if p.kind[ru] != KernelKind::Elementwise || p.min[ru] != i {
+                continue;
+            }
+            let members = p.members[ru].clone();
+            let shape = &g.nodes[i].ty.shape;
+            let plain = members.iter().all(|&m| {
+                let node = &g.nodes[m];
+                matches!(node.op, Op::Unary { .. } | Op::Binary { .. } | Op::LeakyRelu { .. } | Op::LeakyStep { .. }) && &node.ty.shape == shape
+            });
+            if !plain {
+                continue;
+            }
+            // The values read from outside: one row-wise producer (same shape), else parameters and scalars.
+            let mut producer = None;
+            let mut ok = true;
+            for &m in &members {
+                for a in &g.nodes[m].args {
+                    let a = a.index();
+                    if members.contains(&a) || matches!(g.nodes[a].op, Op::Param { .. } | Op::Scalar { .. }) {
+                        continue;
+                    }
+                    match p.root(a) {
+                        Some(ra) if p.kind[ra] == KernelKind::RowWise && &g.nodes[a].ty.shape == shape && producer.is_none_or(|r| r == ra) => producer = Some(ra),
+                        _ => ok = false,
+                    }
+                }
+            }
+            if let (true, Some(rr)) = (ok, producer) {
+                if p.domain(rr) == g.nodes[i].ty.numel() {
+                    p.merge(ru, rr, KernelKind::RowWise, FusionRule::ElementwiseIntoProducer);
+                }
+            }
+        }
+    }
+
     // q/k preparation read only by the attention forward.
     if on(FusionRule::QkPrologueIntoAttention) {
         for i in 0..n {

@@ -32,6 +32,11 @@ pub enum FusionRule {
     /// view of a value stored anyway is indexed through, instead of read from
     /// memory; it is stored only if another kernel still reads it.
     RecomputeElementwise,
+    /// An element-wise kernel that reads a value a row-wise kernel computes,
+    /// over the same shape (and otherwise only parameters), runs in that
+    /// row-wise kernel as an extra output: the value is not read back (the
+    /// gradient scaled by attn_scale / mlp_scale before its GEMMs).
+    ElementwiseIntoProducer,
     /// Storage, not fusion (bf16 plans): a matrix product read by other
     /// kernels is stored in bf16 even when a row-wise or element-wise kernel
     /// reads it (the q/k projections before their norm, the fc
@@ -42,7 +47,7 @@ pub enum FusionRule {
 }
 
 impl FusionRule {
-    pub const ALL: [FusionRule; 9] = [
+    pub const ALL: [FusionRule; 10] = [
         FusionRule::Elementwise,
         FusionRule::Rowwise,
         FusionRule::GemmEpilogue,
@@ -51,6 +56,7 @@ impl FusionRule {
         FusionRule::LmHeadCrossEntropy,
         FusionRule::AttentionBackwardTogether,
         FusionRule::RecomputeElementwise,
+        FusionRule::ElementwiseIntoProducer,
         FusionRule::Bf16GemmOutputs,
     ];
 
@@ -64,6 +70,7 @@ impl FusionRule {
             FusionRule::LmHeadCrossEntropy => "lm-head-cross-entropy",
             FusionRule::AttentionBackwardTogether => "attention-backward-together",
             FusionRule::RecomputeElementwise => "recompute-elementwise",
+            FusionRule::ElementwiseIntoProducer => "elementwise-into-producer",
             FusionRule::Bf16GemmOutputs => "bf16-gemm-outputs",
         }
     }
