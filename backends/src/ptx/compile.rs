@@ -68,6 +68,7 @@ pub fn supported_rules() -> BTreeSet<FusionRule> {
         FusionRule::AttentionBackwardTogether,
         FusionRule::RecomputeElementwise,
         FusionRule::ElementwiseIntoProducer,
+        FusionRule::WeightPrepTogether,
         FusionRule::Bf16GemmOutputs,
     ]
         .into_iter()

@@ -377,6 +377,23 @@ pub fn partition(g: &Graph, precision: Precision, enabled: &BTreeSet<FusionRule>
         fuse_lm_head(&mut p);
     }
 
+    // The weight preparations read only parameters: one kernel holds them all.
+    if on(FusionRule::WeightPrepTogether) {
+        let mut first = None;
+        for i in 0..n {
+            let Some(r) = p.root(i) else { continue };
+            if p.kind[r] != KernelKind::WeightPrep || p.min[r] != i {
+                continue;
+            }
+            match first {
+                None => first = Some(r),
+                Some(f) => {
+                    p.merge(r, f, KernelKind::WeightPrep, FusionRule::WeightPrepTogether);
+                }
+            }
+        }
+    }
+
     let mut groups: Vec<Group> = (0..n)
         .filter(|&i| p.parent[i] == Some(i))
         .map(|r| {

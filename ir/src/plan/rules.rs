@@ -37,6 +37,9 @@ pub enum FusionRule {
     /// row-wise kernel as an extra output: the value is not read back (the
     /// gradient scaled by attn_scale / mlp_scale before its GEMMs).
     ElementwiseIntoProducer,
+    /// Every weight preparation (bf16 copies, fake quantization) in one
+    /// kernel: one launch per step instead of one per weight.
+    WeightPrepTogether,
     /// Storage, not fusion (bf16 plans): a matrix product read by other
     /// kernels is stored in bf16 even when a row-wise or element-wise kernel
     /// reads it (the q/k projections before their norm, the fc
@@ -47,7 +50,7 @@ pub enum FusionRule {
 }
 
 impl FusionRule {
-    pub const ALL: [FusionRule; 10] = [
+    pub const ALL: [FusionRule; 11] = [
         FusionRule::Elementwise,
         FusionRule::Rowwise,
         FusionRule::GemmEpilogue,
@@ -57,6 +60,7 @@ impl FusionRule {
         FusionRule::AttentionBackwardTogether,
         FusionRule::RecomputeElementwise,
         FusionRule::ElementwiseIntoProducer,
+        FusionRule::WeightPrepTogether,
         FusionRule::Bf16GemmOutputs,
     ];
 
@@ -71,6 +75,7 @@ impl FusionRule {
             FusionRule::AttentionBackwardTogether => "attention-backward-together",
             FusionRule::RecomputeElementwise => "recompute-elementwise",
             FusionRule::ElementwiseIntoProducer => "elementwise-into-producer",
+            FusionRule::WeightPrepTogether => "weight-prep-together",
             FusionRule::Bf16GemmOutputs => "bf16-gemm-outputs",
         }
     }
