@@ -149,7 +149,25 @@ pub fn run(args: CompileArgs) -> CliResult {
         let files = ["model.ptx", "model.eval.ptx"];
         for (i, p) in programs.iter().enumerate() {
             if let Some(p) = p {
-                ptx_json[plans[i].0] = json!({ "file": files[i], "bytes": p.ptx().len(), "entries": p.entries.len(), "launches": p.launches.len() });
+                // Every launch of a step: the program's, and the executor's
+                // zero-fill launches (one per launch that has zero-fills).
+                let zero_launches = p.launches.iter().filter(|l| !l.zero_first.is_empty()).count();
+                let regions: usize = p.launches.iter().map(|l| l.zero_first.len()).sum();
+                ptx_json[plans[i].0] = json!({
+                    "file": files[i],
+                    "bytes": p.ptx().len(),
+                    "entries": p.entries.len(),
+                    "launches": p.launches.len() + zero_launches,
+                    "kernel_launches": p.launches.len(),
+                    "zero_fill_launches": zero_launches,
+                    "zero_fill_regions": regions,
+                });
+                notes.push_str(&format!(
+                    "launches {}: {} per step ({} kernel launches, {zero_launches} zero-fill launches for {regions} regions)\n",
+                    plans[i].0,
+                    p.launches.len() + zero_launches,
+                    p.launches.len()
+                ));
             }
         }
         if programs.iter().any(Option::is_some) {

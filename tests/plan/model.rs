@@ -173,6 +173,19 @@ fn full_model_plan_fuses_what_it_should() {
     for k in p.kernels.iter().filter(|k| k.kind == KernelKind::Reduce) {
         assert!(k.ops.iter().any(|v| matches!(g.node(*v).op, Op::SumTo { .. } | Op::Reduce { .. })), "{} has no reduction", k.name);
     }
+    // weight-prep-together: one preparation kernel, and it stores every
+    // weight's tensor-core copy (a fake-quantized weight's copy is its fake-quant).
+    assert_eq!(count(KernelKind::WeightPrep), 1, "one weight preparation");
+    let prep = p.kernels.iter().find(|k| k.kind == KernelKind::WeightPrep).unwrap();
+    let prepared = p.values.iter().filter(|v| matches!(v, Place::Param { prepared: Some(_), .. })).count();
+    let fake_quant = prep.ops.iter().filter(|v| matches!(g.node(**v).op, Op::FakeQuant { .. })).count();
+    assert!(fake_quant > 0 && prepared > 0);
+    assert_eq!(prep.outputs.len(), prepared + fake_quant, "{}: every prepared copy written", prep.name);
+    // bf16-gemm-outputs: the fc pre-activation (read by the backward's epilogue) is bf16.
+    let fc = p.kernels.iter().flat_map(|k| &k.outputs).filter(|v| matches!(g.node(**v).op, Op::Linear) && g.ty(**v).shape.last() == Some(&1536));
+    for v in fc {
+        assert!(matches!(&p.values[v.index()], Place::Arena(s) if s.storage == pgc_ir::DType::Bf16), "%{}: the fc pre-activation is not bf16", v.index());
+    }
     // Nothing stored twice as large as the model needs: peak activations under 2 GB at 2048 tokens.
     assert!(p.arena_bytes < 2_000_000_000, "peak {}", p.arena_bytes);
 

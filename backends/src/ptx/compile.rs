@@ -43,9 +43,9 @@
 
 use super::adapters;
 use super::ctx::{Ctx, PtxError};
-use super::program::{Launch, Program};
-use pgc_ir::plan::{FusionRule, KernelKind, Plan};
-use pgc_ir::Graph;
+use super::program::{ArgRef, Launch, LaunchStep, Program, ZeroRef};
+use pgc_ir::plan::{FusionRule, KernelKind, Place, Plan};
+use pgc_ir::{Graph, ValueId};
 use std::collections::BTreeSet;
 
 /// The fusion rules the emitters implement; plans for this backend should be
@@ -95,7 +95,72 @@ pub fn compile_program(g: &Graph, plan: &Plan) -> Result<Program, PtxError> {
         cx.kernel = ki;
         emit_plan_kernel(&mut cx, ki).map_err(|e| PtxError::Kernel { kernel: k.name.clone(), kind: k.kind.name(), msg: e.to_string() })?;
     }
-    Ok(Program::new(plan.clone(), &cx.module, cx.launches, cx.aux))
+    let mut launches = cx.launches;
+    hoist_zero_fills(plan, &mut launches);
+    Ok(Program::new(plan.clone(), &cx.module, launches, cx.aux))
+}
+
+/// What a launch's pointers reach: arena byte ranges and aux buffers.
+fn footprint(plan: &Plan, l: &LaunchStep) -> (Vec<(u64, u64)>, Vec<usize>) {
+    let (mut arena, mut aux) = (Vec::new(), Vec::new());
+    let value = |v: ValueId, arena: &mut Vec<(u64, u64)>| {
+        if let Some(Place::Arena(s) | Place::Param { prepared: Some(s), .. }) = plan.values.get(v.index()) {
+            arena.push((s.offset, s.offset + s.bytes));
+        }
+    };
+    for a in &l.args {
+        match a {
+            ArgRef::Value(v) => value(*v, &mut arena),
+            ArgRef::Aux(k) => aux.push(*k),
+            _ => {}
+        }
+    }
+    for z in &l.zero_first {
+        match z {
+            ZeroRef::Value(v) => value(*v, &mut arena),
+            ZeroRef::Aux(k) => aux.push(*k),
+        }
+    }
+    (arena, aux)
+}
+
+/// Move every zero-fill to the earliest launch after which nothing touches
+/// its memory before the launch that needs it, so that zero-fills gather on
+/// few launches (the executor zeroes one launch's regions in one helper
+/// launch). A slot reused by an earlier value keeps its fill after that
+/// value's last reader.
+fn hoist_zero_fills(plan: &Plan, launches: &mut [LaunchStep]) {
+    let mut prints: Vec<(Vec<(u64, u64)>, Vec<usize>)> = launches.iter().map(|l| footprint(plan, l)).collect();
+    for j in 0..launches.len() {
+        let zeros = std::mem::take(&mut launches[j].zero_first);
+        for z in zeros {
+            let (range, aux) = match &z {
+                ZeroRef::Value(v) => match plan.values.get(v.index()) {
+                    Some(Place::Arena(s) | Place::Param { prepared: Some(s), .. }) => (Some((s.offset, s.offset + s.bytes)), None),
+                    _ => (None, None),
+                },
+                ZeroRef::Aux(k) => (None, Some(*k)),
+            };
+            let touches = |p: &(Vec<(u64, u64)>, Vec<usize>)| match (range, aux) {
+                (Some((a, b)), _) => p.0.iter().any(|&(c, d)| a < d && c < b),
+                (None, Some(k)) => p.1.contains(&k),
+                // Not in the arena or an aux buffer: left where it is.
+                (None, None) => true,
+            };
+            let mut at = j;
+            while at > 0 && !touches(&prints[at - 1]) {
+                at -= 1;
+            }
+            if at != j {
+                match (range, aux) {
+                    (Some(r), _) => prints[at].0.push(r),
+                    (None, Some(k)) => prints[at].1.push(k),
+                    _ => {}
+                }
+            }
+            launches[at].zero_first.push(z);
+        }
+    }
 }
 
 /// Hand plan kernel `ki` to the adapter of its kind (its main launch).

@@ -192,7 +192,12 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
             .iter()
             .copied()
             .filter(|&m| requested.contains(&m) || readers[m].iter().any(|&r| r != k))
-            .filter(|&m| !(gr.kind == KernelKind::WeightPrep && matches!(g.nodes[m].op, Op::Param { .. }) && gr.nodes.len() > 1))
+            // A fake-quantized weight's master is read, not copied: the kernel stores the fake-quant.
+            .filter(|&m| {
+                !(gr.kind == KernelKind::WeightPrep
+                    && matches!(g.nodes[m].op, Op::Param { .. })
+                    && gr.nodes.iter().any(|&f| matches!(g.nodes[f].op, Op::FakeQuant { .. }) && g.nodes[f].args[0].index() == m))
+            })
             .map(|m| ValueId(m as u32))
             .collect();
         kernels[k].outputs = outs;
@@ -236,11 +241,19 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
     };
     let stored: Vec<(usize, usize)> =
         kernels.iter().enumerate().flat_map(|(k, kr)| kr.outputs.iter().map(move |v| (v.index(), k))).collect();
+    // Values a backend accumulates atomically into a zero-filled slot
+    // (the requested parameter gradients, sums over leading axes,
+    // scatter-adds) live from
+    // the first kernel: nothing else uses their memory before them, so their
+    // zero-fills can all happen before the first launch.
+    let grads: HashSet<usize> = opts.outputs.iter().filter(|n| n.starts_with("grad.")).filter_map(|n| g.output(n)).map(|v| v.index()).collect();
+    let accumulated = |m: usize| -> bool { grads.contains(&m) || matches!(g.nodes[m].op, Op::SumTo { .. } | Op::Reduce { .. } | Op::ScatterAdd { .. }) };
     let lifetimes: Vec<memory::Lifetime> = stored
         .iter()
         .map(|&(m, k)| {
             let last = if requested.contains(&m) { kernels.len() } else { readers[m].iter().copied().max().unwrap_or(k) };
-            memory::Lifetime { bytes: g.nodes[m].ty.numel() as u64 * u64::from(storage(m).bytes()), first: k, last }
+            let first = if accumulated(m) { 0 } else { k };
+            memory::Lifetime { bytes: g.nodes[m].ty.numel() as u64 * u64::from(storage(m).bytes()), first, last }
         })
         .collect();
     let (offsets, arena_bytes) = memory::assign(&lifetimes);

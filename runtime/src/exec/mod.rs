@@ -32,8 +32,11 @@
 //! ## Helper kernels
 //! The [`Device`] trait copies whole buffers from their start; zero-fills of
 //! arena slots and reads of a slot at an offset go through a small helper
-//! module the executor loads beside the program (`pgc_exec_zero*`,
-//! `pgc_exec_copy*`: 16-byte vector accesses where aligned, bytes otherwise).
+//! module the executor loads beside the program (`pgc_exec_copy*`: 16-byte
+//! vector accesses where aligned, bytes otherwise). The zero-fills before
+//! one launch are one helper launch
+//! (`pgc_exec_zero_table`: a table of regions, uploaded once, one grid row
+//! per region), however many regions the program hoisted there.
 
 mod helpers;
 
@@ -100,6 +103,9 @@ struct Resolved {
     cfg: LaunchConfig,
     args: Vec<KernelArg>,
     zero: Vec<Region>,
+    /// The zero-fills as one helper launch: byte offset of their entries in
+    /// the executor's zero table, and its geometry.
+    zero_launch: Option<(u64, LaunchConfig)>,
     /// (device address, bytes) of the buffer each pointer argument names
     regions: Vec<(u64, u64)>,
 }
@@ -109,7 +115,9 @@ struct Resolved {
 pub struct RunStats {
     /// Program launches (helper zero-fill launches not counted).
     pub launches: usize,
+    /// Regions zero-filled, and the helper launches that did it (one per program launch that has any).
     pub zero_fills: usize,
+    pub zero_launches: usize,
     /// Wall time of the whole run, synchronize included.
     pub wall: Duration,
 }
@@ -131,6 +139,8 @@ pub struct Executor<'a> {
     params_set: bool,
     inputs_set: BTreeMap<String, bool>,
     steps: Vec<Resolved>,
+    /// Every launch's zero-fill regions as [`helpers::ZERO_TABLE`] entries.
+    zero_table: Option<DevBuf>,
 }
 
 impl<'a> Executor<'a> {
@@ -216,12 +226,38 @@ impl<'a> Executor<'a> {
             params_set: graph.params.is_empty(),
             inputs_set,
             steps: Vec::new(),
+            zero_table: None,
         };
         // From here on `ex` owns the buffers (its Drop frees them).
         owned.bufs.clear();
         let mut steps = Vec::with_capacity(program.launches.len());
         for (i, l) in program.launches.iter().enumerate() {
             steps.push(ex.resolve(i, l)?);
+        }
+        // The zero table: per launch, its regions split into 16-byte items and a 2-byte tail.
+        let mut table: Vec<u8> = Vec::new();
+        for (i, st) in steps.iter_mut().enumerate() {
+            if st.zero.is_empty() {
+                continue;
+            }
+            let offset = table.len() as u64;
+            let mut most = 1u64;
+            for r in &st.zero {
+                let addr = r.buf.addr + r.offset;
+                let (n16, tail) = split16(r, addr, helpers::ZERO_TABLE).map_err(|e| ExecError::BadProgram(format!("launch {i}: zero-fill: {e}")))?;
+                for v in [addr, n16, addr + n16 * 16, tail / 2] {
+                    table.extend(v.to_le_bytes());
+                }
+                most = most.max(n16).max(tail / 2);
+            }
+            let rows = u32::try_from(st.zero.len()).ok().filter(|&n| n <= 65535).ok_or_else(|| ExecError::BadProgram(format!("launch {i}: {} zero-fill regions (at most 65535)", st.zero.len())))?;
+            let blocks = most.div_ceil(256).clamp(1, 1024) as u32;
+            st.zero_launch = Some((offset, LaunchConfig { grid: [blocks, rows, 1], block: [256, 1, 1], shared_bytes: 0 }));
+        }
+        if !table.is_empty() {
+            let buf = dev.alloc(table.len()).map_err(dev_err("allocating the zero-fill table"))?;
+            ex.zero_table = Some(buf);
+            dev.copy_to_device(&buf, &table).map_err(dev_err("uploading the zero-fill table"))?;
         }
         ex.steps = steps;
         Ok(ex)
@@ -306,6 +342,7 @@ impl<'a> Executor<'a> {
         let mut stats = RunStats::default();
         for i in 0..self.steps.len() {
             stats.zero_fills += self.steps[i].zero.len();
+            stats.zero_launches += usize::from(self.steps[i].zero_launch.is_some());
             self.launch_step(i)?;
             stats.launches += 1;
             on_launch(i + 1, self.steps.len());
@@ -337,8 +374,8 @@ impl<'a> Executor<'a> {
             entry: l.entry.clone(),
             source,
         };
-        for z in &step.zero {
-            self.zero(z).map_err(wrap)?;
+        if let (Some((offset, cfg)), Some(table)) = (step.zero_launch, self.zero_table) {
+            self.dev.launch(&self.helpers, helpers::ZERO_TABLE, cfg, &[KernelArg::Buf(table, offset)]).map_err(wrap)?;
         }
         self.dev.launch(&self.module, &l.entry, step.cfg, &step.args).map_err(wrap)
     }
@@ -479,7 +516,7 @@ impl<'a> Executor<'a> {
         if l.grid.contains(&0) || l.block.contains(&0) {
             return Err(bad(format!("empty launch: grid {:?}, block {:?}", l.grid, l.block)));
         }
-        Ok(Resolved { cfg: LaunchConfig { grid: l.grid, block: l.block, shared_bytes: l.shared_bytes }, args, zero, regions })
+        Ok(Resolved { cfg: LaunchConfig { grid: l.grid, block: l.block, shared_bytes: l.shared_bytes }, args, zero, zero_launch: None, regions })
     }
 
     /// Where a value lives in device memory.
@@ -499,19 +536,6 @@ impl<'a> Executor<'a> {
             }
             other => Err(format!("{} is not stored by the plan ({}): a kernel cannot point at it", what(), place_name(other))),
         }
-    }
-
-    /// Set a region to zero with the helper kernels.
-    fn zero(&self, r: &Region) -> std::result::Result<(), DeviceError> {
-        let (n16, tail) = split16(r, r.buf.addr + r.offset, helpers::ZERO2)?;
-        if n16 > 0 {
-            self.dev.launch(&self.helpers, helpers::ZERO16, helper_cfg(n16), &[KernelArg::Buf(r.buf, r.offset), KernelArg::U64(n16)])?;
-        }
-        if tail > 0 {
-            let at = r.offset + n16 * 16;
-            self.dev.launch(&self.helpers, helpers::ZERO2, helper_cfg(tail / 2), &[KernelArg::Buf(r.buf, at), KernelArg::U64(tail / 2)])?;
-        }
-        Ok(())
     }
 
     /// Copy a region to the host (through a staging buffer unless it starts the buffer).
@@ -548,6 +572,7 @@ impl<'a> Executor<'a> {
 impl Drop for Executor<'_> {
     fn drop(&mut self) {
         let mut bufs = vec![self.arena];
+        bufs.extend(self.zero_table);
         bufs.extend(self.aux.iter().copied());
         bufs.extend(self.masters.values().map(|(b, _)| *b));
         bufs.extend(self.inputs.values().map(|(b, _, _)| *b));
@@ -684,6 +709,6 @@ mod tests {
     #[test]
     fn helper_entries_are_described() {
         let e: Vec<String> = entries_of(&helpers::module()).into_iter().map(|e| e.name).collect();
-        assert_eq!(e, [helpers::ZERO16, helpers::ZERO2, helpers::COPY16, helpers::COPY2]);
+        assert_eq!(e, [helpers::COPY16, helpers::COPY2, helpers::ZERO_TABLE]);
     }
 }
