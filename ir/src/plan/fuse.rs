@@ -496,7 +496,10 @@ fn move_rms_into_gemms(g: &Graph, users: &[Vec<usize>], groups: &mut [Group], re
             }
             let all_linear_inputs = outside.iter().all(|&u| matches!(g.nodes[u].op, Op::Linear) && g.nodes[u].args[0].index() == m);
             let other_users_inside = users[m].iter().any(|u| nodes.binary_search(u).is_ok());
-            if !all_linear_inputs || other_users_inside {
+            // Each GEMM then reads the f32 x instead of a bf16 copy: with
+            // more than one (the q, k, v projections) storing the bf16
+            // normalised rows once moves fewer bytes.
+            if !all_linear_inputs || other_users_inside || outside.len() > 1 {
                 continue;
             }
             let targets: Vec<usize> = outside.iter().filter_map(|&u| group_of(groups, u)).collect();
