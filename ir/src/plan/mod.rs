@@ -220,13 +220,18 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
             })
     }
     // With bf16-gemm-outputs, a GEMM kernel's product itself (not a sum its
-    // epilogue forms) is stored in bf16 whoever reads it.
+    // epilogue forms) and the attention backward's dk, dv are stored in bf16
+    // whoever reads them.
     let bf16_product = |m: usize| -> bool {
         opts.precision == Precision::Bf16
             && opts.rules.contains(&FusionRule::Bf16GemmOutputs)
             && !requested.contains(&m)
-            && matches!(g.nodes[m].op, Op::Linear | Op::MatMul)
-            && groups.get(owner[m]).is_some_and(|gr| gr.kind == KernelKind::Gemm)
+            && match g.nodes[m].op {
+                Op::Linear | Op::MatMul => groups.get(owner[m]).is_some_and(|gr| gr.kind == KernelKind::Gemm),
+                // dk and dv leave the attention backward's registers once; dq is accumulated atomically in f32.
+                Op::CausalAttentionGrad { wrt, .. } => wrt != crate::op::AttnPart::Q,
+                _ => false,
+            }
     };
     let storage = |m: usize| -> DType {
         if g.nodes[m].ty.dtype == DType::I32 {

@@ -44,8 +44,9 @@ pub enum FusionRule {
     /// kernels is stored in bf16 even when a row-wise or element-wise kernel
     /// reads it (the q/k projections before their norm, the fc
     /// pre-activation, the input gradients), as PyTorch's autocast stores
-    /// linear outputs; sums formed in an epilogue (residual adds, gradient
-    /// accumulation) stay f32.
+    /// linear outputs; so are the attention backward's key and value
+    /// gradients. Sums formed in an epilogue (residual adds, gradient
+    /// accumulation) and the atomically accumulated dq stay f32.
     Bf16GemmOutputs,
 }
 
