@@ -7,9 +7,12 @@
 //! the sums of squares of the clip norm (one float per parameter).
 //!
 //! Muon works on one `m x n` matrix (`m <= n`; a tall gradient is transposed
-//! as it is written) with scratch buffers shared by every parameter of the
-//! same working shape: `d` (f32), `x`, `x2` (`[m, n]`), `a`, `b` (`[m, m]`)
-//! in the Newton-Schulz precision.
+//! as it is written). The matrices of one working shape share scratch with a
+//! slot each, `d` (f32), `x`, `x2` (`[P, m, n]`), `a`, `b` (`[P, m, m]`) in
+//! the Newton-Schulz precision, so that their Newton-Schulz GEMMs run as one
+//! batched launch per GEMM ([`DeviceOptimizer::newton_schulz`]): a step is
+//! [`DeviceOptimizer::muon_prepare`] for every Muon parameter, then
+//! `newton_schulz`, then [`DeviceOptimizer::muon_finish`] for each.
 
 use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle};
 use pgc_backends::ptx::builder::Module;
@@ -99,14 +102,18 @@ pub struct MuonStep {
     pub scale: f32,
 }
 
-/// Scratch of one Muon working shape.
+/// Scratch of one Muon working shape: a slot per matrix of that shape.
 struct Work {
     d: DevBuf,
     x: DevBuf,
     x2: DevBuf,
     a: DevBuf,
     b: DevBuf,
+    /// Matrices of this shape (slots).
+    count: usize,
     gemms: NsGemms,
+    /// The Newton-Schulz result of the last [`DeviceOptimizer::newton_schulz`] is in `x2`, not `x`.
+    in_x2: bool,
 }
 
 /// The device optimizer of one training run.
@@ -124,6 +131,8 @@ pub struct DeviceOptimizer<'a> {
     work: BTreeMap<(usize, usize), Work>,
     /// Muon parameter index -> its slot in `norms` after the gradient slots.
     muon_slot: Vec<usize>,
+    /// Muon parameter index -> its slot in its working shape's scratch.
+    work_slot: Vec<usize>,
     /// Muon norm slots summed into since the last [`DeviceOptimizer::grad_sumsq`].
     slot_used: Vec<bool>,
     launches: u64,
@@ -149,8 +158,9 @@ impl<'a> DeviceOptimizer<'a> {
     /// zero momentum, no SWA sum).
     pub fn new(dev: &'a dyn Device, params: Vec<OptParam>, cfg: OptConfig) -> Result<Self> {
         let mut module: Module = k::elementwise_module();
-        let mut shapes: BTreeMap<(usize, usize), NsGemms> = BTreeMap::new();
-        for p in &params {
+        let mut shapes: BTreeMap<(usize, usize), (NsGemms, usize)> = BTreeMap::new();
+        let mut work_slot = vec![usize::MAX; params.len()];
+        for (i, p) in params.iter().enumerate() {
             if let Role::Muon { rows, cols } = p.role {
                 if rows * cols != p.numel {
                     return Err(OptimError::Bad(format!("`{}`: {rows} x {cols} is not its {} elements", p.name, p.numel)));
@@ -161,21 +171,30 @@ impl<'a> DeviceOptimizer<'a> {
                     for kk in [&g.gram, &g.poly, &g.update] {
                         module.push(kk.kernel.clone());
                     }
-                    e.insert(g);
+                    e.insert((g, 0));
                 }
+                let entry = shapes.get_mut(&(m, n)).expect("inserted above");
+                work_slot[i] = entry.1;
+                entry.1 += 1;
             }
         }
         let handle = dev.load_module_with(&module.render(), &entries_of(&module)).map_err(dev_err("loading the optimizer kernels"))?;
         let es = cfg.ns.bytes() as usize;
         let mut work = BTreeMap::new();
-        for ((m, n), gemms) in shapes {
+        for ((m, n), (gemms, count)) in shapes {
+            if count > 65535 {
+                return Err(OptimError::Bad(format!("{count} Muon matrices of {m} x {n}: a batch is at most 65535 (grid.z)")));
+            }
+            let what = "Newton-Schulz scratch";
             let w = Work {
-                d: zeros(dev, m * n * 4, "Newton-Schulz scratch")?,
-                x: zeros(dev, m * n * es, "Newton-Schulz scratch")?,
-                x2: zeros(dev, m * n * es, "Newton-Schulz scratch")?,
-                a: zeros(dev, m * m * es, "Newton-Schulz scratch")?,
-                b: zeros(dev, m * m * es, "Newton-Schulz scratch")?,
+                d: zeros(dev, count * m * n * 4, what)?,
+                x: zeros(dev, count * m * n * es, what)?,
+                x2: zeros(dev, count * m * n * es, what)?,
+                a: zeros(dev, count * m * m * es, what)?,
+                b: zeros(dev, count * m * m * es, what)?,
+                count,
                 gemms,
+                in_x2: false,
             };
             work.insert((m, n), w);
         }
@@ -198,7 +217,7 @@ impl<'a> DeviceOptimizer<'a> {
         }
         let norms = zeros(dev, (params.len() + muons) * 4, "the norm sums")?;
         let swa = vec![None; params.len()];
-        Ok(DeviceOptimizer { dev, module: handle, cfg, params, grads, state, swa, norms, work, muon_slot, slot_used: vec![false; muons], launches: 0 })
+        Ok(DeviceOptimizer { dev, module: handle, cfg, params, grads, state, swa, norms, work, muon_slot, work_slot, slot_used: vec![false; muons], launches: 0 })
     }
 
     pub fn params(&self) -> &[OptParam] {
@@ -284,20 +303,26 @@ impl<'a> DeviceOptimizer<'a> {
         self.linear(k::ADAMW, n, &args)
     }
 
-    /// One Muon update of parameter `i`, whose fp32 weights are `p`:
-    /// momentum, Nesterov, normalisation, the Newton-Schulz GEMMs, the step.
-    pub fn muon(&mut self, i: usize, p: DevBuf, s: &MuonStep) -> Result<()> {
-        let Role::Muon { rows, cols } = self.params[i].role else {
-            return Err(OptimError::Bad(format!("`{}` is not a Muon parameter", self.params[i].name)));
-        };
+    /// Muon parameter `i`'s shape: rows, cols, working shape, its scratch slot.
+    fn muon_shape(&self, i: usize) -> Result<(usize, usize, (usize, usize), usize)> {
+        match self.params[i].role {
+            Role::Muon { rows, cols } => Ok((rows, cols, working(rows, cols), self.work_slot[i])),
+            Role::Adam => Err(OptimError::Bad(format!("`{}` is not a Muon parameter", self.params[i].name))),
+        }
+    }
+
+    /// The first half of Muon parameter `i`'s update: momentum, Nesterov, the
+    /// matrix normalised by its Frobenius norm into its Newton-Schulz slot.
+    pub fn muon_prepare(&mut self, i: usize, s: &MuonStep) -> Result<()> {
+        let (rows, cols, shape, ws) = self.muon_shape(i)?;
+        let (m, nn) = shape;
         let n = rows * cols;
         let tall = rows > cols;
-        let (m, nn) = working(rows, cols);
         let slot = self.muon_slot[i];
         let buf = self.state[i][0];
-        let w = self.work.get(&(m, nn)).ok_or_else(|| OptimError::Bad(format!("no Newton-Schulz scratch for {m} x {nn}")))?;
-        let (d, mut x, mut x2, a, bm) = (w.d, w.x, w.x2, w.a, w.b);
-        let ns = self.cfg.ns;
+        let w = self.work.get(&shape).ok_or_else(|| OptimError::Bad(format!("no Newton-Schulz scratch for {m} x {nn}")))?;
+        let es = self.cfg.ns.bytes() as u64;
+        let (d, x) = (KernelArg::Buf(w.d, (ws * m * nn * 4) as u64), KernelArg::Buf(w.x, ws as u64 * (m * nn) as u64 * es));
         // grad_sumsq cleared every slot; each Muon parameter's is summed into once per step.
         if std::mem::replace(&mut self.slot_used[slot - self.params.len()], true) {
             return Err(OptimError::Bad(format!("`{}`: a second Muon update without grad_sumsq between (its norm slot is not clear)", self.params[i].name)));
@@ -306,7 +331,7 @@ impl<'a> DeviceOptimizer<'a> {
         let args = [
             KernelArg::Buf(self.grads[i], 0),
             KernelArg::Buf(buf, 0),
-            KernelArg::Buf(d, 0),
+            d,
             self.slot(slot),
             u(n as u32),
             u(rows as u32),
@@ -317,32 +342,65 @@ impl<'a> DeviceOptimizer<'a> {
             u(self.cfg.nesterov as u32),
         ];
         self.linear(k::MUON_PRE, n, &args)?;
-        let args = [KernelArg::Buf(d, 0), KernelArg::Buf(x, 0), self.slot(slot), u(n as u32), KernelArg::F32(self.cfg.ns_eps as f32)];
-        self.linear(k::ns_scale_entry(ns), n, &args)?;
-        let (mu, nu) = (m as u32, nn as u32);
-        let g = &self.work[&(m, nn)].gemms;
-        let (gram, poly, update) = (GemmLaunch::of(&g.gram, mu, mu), GemmLaunch::of(&g.poly, mu, mu), GemmLaunch::of(&g.update, mu, nu));
-        let b = |b: DevBuf| KernelArg::Buf(b, 0);
-        for _ in 0..self.cfg.ns_steps {
-            // A = X X^T; B = b A + c (A A); X' = a X + B X (then X' is X).
-            self.gemm(&gram, &[b(x), b(x), b(a), u(mu), u(mu), u(nu)])?;
-            self.gemm(&poly, &[b(a), b(a), b(bm), u(mu), u(mu), u(mu), b(a), b(bm)])?;
-            self.gemm(&update, &[b(bm), b(x), b(x2), u(mu), u(nu), u(mu), b(x), b(x2)])?;
-            std::mem::swap(&mut x, &mut x2);
+        let args = [d, x, self.slot(slot), u(n as u32), KernelArg::F32(self.cfg.ns_eps as f32)];
+        self.linear(k::ns_scale_entry(self.cfg.ns), n, &args)
+    }
+
+    /// The Newton-Schulz iterations of every prepared matrix: per working
+    /// shape and iteration, three batched GEMM launches (`A = X X^T`,
+    /// `B = b A + c (A A)`, `X' = a X + B X`).
+    pub fn newton_schulz(&mut self) -> Result<()> {
+        let es = self.cfg.ns.bytes() as u64;
+        let u = KernelArg::U32;
+        let steps = self.cfg.ns_steps;
+        let shapes: Vec<(usize, usize)> = self.work.keys().copied().collect();
+        for (m, nn) in shapes {
+            let w = &self.work[&(m, nn)];
+            let (mu, nu, z) = (m as u32, nn as u32, w.count as u32);
+            let with_z = |mut g: GemmLaunch| {
+                g.grid[2] = z;
+                g
+            };
+            let (gram, poly, update) =
+                (with_z(GemmLaunch::of(&w.gemms.gram, mu, mu)), with_z(GemmLaunch::of(&w.gemms.poly, mu, mu)), with_z(GemmLaunch::of(&w.gemms.update, mu, nu)));
+            let (mut x, mut x2, a, bm) = (w.x, w.x2, w.a, w.b);
+            // Byte strides of one matrix in each buffer.
+            let (sx, sa) = (KernelArg::U64((m * nn) as u64 * es), KernelArg::U64((m * m) as u64 * es));
+            let b = |b: DevBuf| KernelArg::Buf(b, 0);
+            for _ in 0..steps {
+                self.gemm(&gram, &[b(x), b(x), b(a), u(mu), u(mu), u(nu), sx, sx, sa])?;
+                self.gemm(&poly, &[b(a), b(a), b(bm), u(mu), u(mu), u(mu), b(a), b(bm), sa, sa, sa, sa, sa])?;
+                self.gemm(&update, &[b(bm), b(x), b(x2), u(mu), u(nu), u(mu), b(x), b(x2), sa, sx, sx, sx, sx])?;
+                std::mem::swap(&mut x, &mut x2);
+            }
+            self.work.get_mut(&(m, nn)).expect("listed above").in_x2 = steps % 2 == 1;
         }
+        Ok(())
+    }
+
+    /// The second half of Muon parameter `i`'s update: decoupled decay and
+    /// the step from its Newton-Schulz result (transposed back when tall).
+    pub fn muon_finish(&mut self, i: usize, p: DevBuf, s: &MuonStep) -> Result<()> {
+        let (rows, cols, shape, ws) = self.muon_shape(i)?;
+        let (m, nn) = shape;
+        let n = rows * cols;
+        let w = self.work.get(&shape).ok_or_else(|| OptimError::Bad(format!("no Newton-Schulz scratch for {m} x {nn}")))?;
+        let result = if w.in_x2 { w.x2 } else { w.x };
+        let x = KernelArg::Buf(result, ws as u64 * (m * nn) as u64 * self.cfg.ns.bytes() as u64);
+        let u = KernelArg::U32;
         let args = [
             KernelArg::Buf(p, 0),
-            KernelArg::Buf(x, 0),
+            x,
             u(n as u32),
             u(rows as u32),
             u(cols as u32),
-            u(tall as u32),
+            u((rows > cols) as u32),
             KernelArg::F32(s.decay),
             u(s.use_decay as u32),
             KernelArg::F32(s.alpha),
             KernelArg::F32(s.scale),
         ];
-        self.linear(k::muon_post_entry(ns), n, &args)
+        self.linear(k::muon_post_entry(self.cfg.ns), n, &args)
     }
 
     /// Add the weights `p` of parameter `i` to its SWA sum (the first call starts it).

@@ -108,6 +108,9 @@ impl<'d> DeviceEngine<'d> {
     /// The updates of one step: AdamW (`state` counts its steps on the host) and Muon.
     #[allow(clippy::too_many_arguments)]
     pub fn update<F: Real>(&mut self, hp: &Hyper, groups: &[Group], shapes: &[Vec<usize>], opt_state: &mut [State<F>], scale: f64, mu: f64, gscale: f32) -> Result<()> {
+        // Muon in three passes: every matrix prepared, the Newton-Schulz
+        // GEMMs batched by shape, then every step.
+        let mut muon = Vec::new();
         for i in 0..self.names.len() {
             let lr = groups[i].base_lr(hp) * scale;
             let p = self.ex.master_buf(&self.names[i]).map_err(exec_err)?;
@@ -122,7 +125,8 @@ impl<'d> DeviceEngine<'d> {
                         alpha: (-lr) as f32,
                         scale: ((rows as f64 / cols as f64).max(1.0).sqrt()) as f32,
                     };
-                    self.opt.muon(i, p, &s).map_err(exec_err)?;
+                    self.opt.muon_prepare(i, &s).map_err(exec_err)?;
+                    muon.push((i, p, s));
                 }
                 _ => {
                     let State::Adam { step, .. } = &mut opt_state[i] else { return Err(internal(format!("`{}`: AdamW on a Muon state", self.names[i]))) };
@@ -144,6 +148,12 @@ impl<'d> DeviceEngine<'d> {
                     self.opt.adamw(i, p, &s).map_err(exec_err)?;
                 }
             }
+        }
+        if !muon.is_empty() {
+            self.opt.newton_schulz().map_err(exec_err)?;
+        }
+        for (i, p, s) in muon {
+            self.opt.muon_finish(i, p, &s).map_err(exec_err)?;
         }
         Ok(())
     }

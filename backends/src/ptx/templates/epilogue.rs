@@ -139,9 +139,25 @@ pub(crate) fn declare_params(b: &mut KernelBuilder, epi: &Epilogue) -> Vec<Vec<P
     epi.steps.iter().map(|s| s.params().into_iter().map(|p| b.param(p, ParamType::U64)).collect()).collect()
 }
 
-/// Load the epilogue's pointers.
-pub(crate) fn setup<'a>(b: &mut KernelBuilder, epi: &'a Epilogue, params: &[Vec<Param>], out: Reg, m: Reg, n: Reg, atomic_out: bool) -> EpiRegs<'a> {
-    let ptrs: Vec<Vec<Reg>> = params.iter().map(|ps| ps.iter().map(|p| b.ld_param_global_ptr(p)).collect()).collect();
+/// Load the epilogue's pointers (plus their byte `offsets`, a batched GEMM's).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn setup<'a>(b: &mut KernelBuilder, epi: &'a Epilogue, params: &[Vec<Param>], offsets: Option<&[Vec<Reg>]>, out: Reg, m: Reg, n: Reg, atomic_out: bool) -> EpiRegs<'a> {
+    let ptrs: Vec<Vec<Reg>> = params
+        .iter()
+        .enumerate()
+        .map(|(i, ps)| {
+            ps.iter()
+                .enumerate()
+                .map(|(j, p)| {
+                    let r = b.ld_param_global_ptr(p);
+                    match offsets {
+                        Some(o) => b.add_u64(r, o[i][j]),
+                        None => r,
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let pw = match epi.steps.last() {
         Some(EpiStep::Pointwise(p)) => Some(PwLower::new(b, p, ptrs.last().unwrap(), m, n)),
         _ => None,

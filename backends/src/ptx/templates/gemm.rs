@@ -182,6 +182,12 @@ pub struct GemmConfig {
     pub a_f32: bool,
     #[serde(default)]
     pub b_f32: bool,
+    /// A batch of independent GEMMs of the same sizes over `grid.z`: after
+    /// the epilogue's parameters come byte strides (`.u64`) for `a`, `b`,
+    /// `c` and each epilogue buffer, in that order; GEMM `z` reads and writes
+    /// every buffer at `z * stride`. Not with split-K.
+    #[serde(default)]
+    pub batched: bool,
     pub epilogue: Epilogue,
 }
 
@@ -217,6 +223,7 @@ impl GemmConfig {
             split_k: 1,
             a_f32: false,
             b_f32: false,
+            batched: false,
             epilogue,
         };
         if c.tile == TileConfig::LARGE && (c.vec_a < maxv || c.vec_b < maxv) {
@@ -254,6 +261,13 @@ impl GemmConfig {
         self
     }
 
+    /// A batch of GEMMs over `grid.z` (see [`GemmConfig::batched`]).
+    pub fn with_batch(mut self) -> Self {
+        self.batched = true;
+        self.name = self.default_name();
+        self
+    }
+
     pub fn with_tile(mut self, tile: TileConfig) -> Self {
         self.tile = tile;
         self.name = self.default_name();
@@ -287,6 +301,9 @@ impl GemmConfig {
         let mut split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
         if self.a_f32 || self.b_f32 {
             split.push_str(&format!("_f{}{}", if self.a_f32 { "a" } else { "" }, if self.b_f32 { "b" } else { "" }));
+        }
+        if self.batched {
+            split.push_str("_bt");
         }
         format!(
             "gemm_{}_{}_{}x{}x{}_w{}x{}_s{}{}_v{}{}{}{split}_{}",
@@ -337,6 +354,9 @@ impl GemmConfig {
         }
         if !(1..=1024).contains(&self.split_k) {
             return bad("split_k must be 1..=1024".into());
+        }
+        if self.batched && self.split_k > 1 {
+            return bad("a batched GEMM uses grid.z for the batch: no split-K".into());
         }
         if self.split_k > 1
             && (self.epilogue.out != epilogue::DType::F32 || !self.epilogue.steps.iter().all(|s| s.is_linear()))
@@ -440,6 +460,7 @@ impl GemmKernel {
     pub fn name(&self) -> &str {
         &self.kernel.name
     }
+    /// The grid of one GEMM (a batched kernel: of a batch of 1; set `z` to the batch).
     pub fn grid(&self, m: u32, n: u32) -> [u32; 3] {
         [n.div_ceil(self.config.tile.bn), m.div_ceil(self.config.tile.bm), self.config.split_k]
     }
@@ -651,6 +672,11 @@ impl Skeleton {
         let pn = b.param("n", ParamType::U32);
         let pk = b.param("k", ParamType::U32);
         let epi_params = epilogue::declare_params(&mut b, &cfg.epilogue);
+        let batch_params = cfg.batched.then(|| {
+            let abc: Vec<Param> = ["a", "b", "c"].iter().map(|x| b.param(&format!("batch_stride_{x}"), ParamType::U64)).collect();
+            let epi: Vec<Vec<Param>> = epi_params.iter().map(|ps| ps.iter().map(|p| b.param(&format!("batch_stride_{}", p.name), ParamType::U64)).collect()).collect();
+            (abc, epi)
+        });
         // A short, deterministic description (the full config holds hash maps).
         b.comment(format!(
             "{:?} {} tile {}x{}x{} ({}x{} warps, {} stages), vectors a{} b{} c{}, split-k {}, f32 operands a:{} b:{}, epilogue {}",
@@ -672,9 +698,26 @@ impl Skeleton {
         ));
         let smem_sym = b.extern_shared("pgc_dyn_smem", 128);
 
-        let a = b.ld_param_global_ptr(&pa);
-        let bb = b.ld_param_global_ptr(&pb);
-        let c = b.ld_param_global_ptr(&pc);
+        let mut a = b.ld_param_global_ptr(&pa);
+        let mut bb = b.ld_param_global_ptr(&pb);
+        let mut c = b.ld_param_global_ptr(&pc);
+        // A batch: GEMM z's buffers start z strides further.
+        let z64 = cfg.batched.then(|| {
+            let z = b.special(Special::CtaidZ);
+            b.cvt(Type::U64, Type::U32, None, z)
+        });
+        let mut epi_offsets = None;
+        if let (Some(z64), Some((abc, epi))) = (z64, &batch_params) {
+            let shift = |b: &mut KernelBuilder, p: &Param| -> Reg {
+                let stride = b.ld_param(p);
+                b.mul_lo(Type::U64, z64, stride)
+            };
+            for (ptr, p) in [(&mut a, &abc[0]), (&mut bb, &abc[1]), (&mut c, &abc[2])] {
+                let off = shift(&mut b, p);
+                *ptr = b.add_u64(*ptr, off);
+            }
+            epi_offsets = Some(epi.iter().map(|ps| ps.iter().map(|p| shift(&mut b, p)).collect::<Vec<Reg>>()).collect::<Vec<_>>());
+        }
         let m = b.ld_param(&pm);
         let n = b.ld_param(&pn);
         let k = b.ld_param(&pk);
@@ -776,7 +819,7 @@ impl Skeleton {
         b.cp_async_wait_all();
 
         b.comment("epilogue");
-        let mut er = epilogue::setup(&mut b, &cfg.epilogue, &epi_params, c, m, n, cfg.split_k > 1);
+        let mut er = epilogue::setup(&mut b, &cfg.epilogue, &epi_params, epi_offsets.as_deref(), c, m, n, cfg.split_k > 1);
         match &compute {
             Compute::Mma(s) => s.epilogue(&mut b, cfg, &cm, &mut er),
             Compute::Ffma(s) => s.epilogue(&mut b, cfg, &cm, &mut er),

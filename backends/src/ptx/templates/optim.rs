@@ -375,7 +375,8 @@ fn swa() -> Kernel {
 ///   epilogue's `A` and `B`);
 /// * `update`: `X' = a X + B X` (`a = B, b = X, c` unused, then `X` and `X'`).
 ///
-/// Sizes are `(m, m, n)`, `(m, m, m)` and `(m, n, m)`.
+/// Sizes are `(m, m, n)`, `(m, m, m)` and `(m, n, m)`; then the batch
+/// strides of `a, b, c` and of the epilogue's buffers.
 pub struct NsGemms {
     pub gram: GemmKernel,
     pub poly: GemmKernel,
@@ -404,10 +405,13 @@ fn axpy_epilogue(m: u32, n: u32, dt: DType, k_load: f64, k_acc: f64) -> Epilogue
 }
 
 /// The Newton-Schulz GEMMs for an `m x n` working matrix in `ns` (f32:
-/// FFMA; bf16: tensor cores with f32 accumulation), coefficients `(a, b, c)`.
+/// FFMA; bf16: tensor cores with f32 accumulation), coefficients `(a, b, c)`,
+/// batched over `grid.z` (every matrix of one working shape in one launch;
+/// the byte strides follow the parameters, see `GemmConfig::batched`).
 pub fn ns_gemms(m: u32, n: u32, ns: DType, coeffs: [f64; 3]) -> Result<NsGemms, GemmError> {
     let precision = if ns == DType::Bf16 { Precision::Bf16 } else { Precision::F32 };
-    let named = |mut c: GemmConfig, what: &str| {
+    let named = |c: GemmConfig, what: &str| {
+        let mut c = c.with_batch();
         c.name = format!("opt_ns_{what}_{}_{m}x{n}", if ns == DType::Bf16 { "bf16" } else { "f32" });
         c
     };
