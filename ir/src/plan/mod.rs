@@ -230,7 +230,9 @@ pub fn build(g: &Graph, opts: &PlanOptions) -> Result<Plan, PlanError> {
                 Op::Linear | Op::MatMul => groups.get(owner[m]).is_some_and(|gr| gr.kind == KernelKind::Gemm),
                 // dk and dv leave the attention backward's registers once; dq is accumulated atomically in f32.
                 Op::CausalAttentionGrad { wrt, .. } => wrt != crate::op::AttnPart::Q,
-                _ => false,
+                // Read only by reductions over leading axes (the rotated q the
+                // q_gain gradient sums against dq), which accumulate in f32.
+                _ => !readers[m].is_empty() && readers[m].iter().all(|&r| groups[r].kind == KernelKind::Reduce),
             }
     };
     let storage = |m: usize| -> DType {

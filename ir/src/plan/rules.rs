@@ -45,7 +45,8 @@ pub enum FusionRule {
     /// reads it (the q/k projections before their norm, the fc
     /// pre-activation, the input gradients), as PyTorch's autocast stores
     /// linear outputs; so are the attention backward's key and value
-    /// gradients. Sums formed in an epilogue (residual adds, gradient
+    /// gradients, and values only reductions read (they accumulate in
+    /// f32). Sums formed in an epilogue (residual adds, gradient
     /// accumulation) and the atomically accumulated dq stay f32.
     Bf16GemmOutputs,
 }
