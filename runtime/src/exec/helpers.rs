@@ -26,6 +26,29 @@ pub fn module() -> Module {
     m
 }
 
+/// The first item and the stride of a grid-stride loop over `%ctaid.x` blocks.
+fn grid_start(b: &mut KernelBuilder) -> (Reg, Reg) {
+    let (cta, ntid, tid, ncta) = (b.special(Special::CtaidX), b.special(Special::NtidX), b.special(Special::TidX), b.special(Special::NctaidX));
+    let first = b.mad_lo(Type::U32, cta, ntid, tid);
+    let stride = b.mul_wide_u32(ncta, ntid);
+    (first, stride)
+}
+
+/// `for (i = first; i < n; i += stride) body(i * width)` over `.u64` items.
+fn item_loop(b: &mut KernelBuilder, (first, stride): (Reg, Reg), n: Reg, width: u64, body: impl FnOnce(&mut KernelBuilder, Reg)) {
+    let i = b.cvt(Type::U64, Type::U32, None, first);
+    let top = b.new_label();
+    let done = b.new_label();
+    b.place(top);
+    let past = b.setp(Cmp::Ge, Type::U64, i, n);
+    b.guarded(past, false, |b| b.bra(done));
+    let off = b.mul_lo(Type::U64, i, width);
+    body(b, off);
+    b.bin_to(BinOp::Add, Type::U64, i, i, stride);
+    b.bra(top);
+    b.place(done);
+}
+
 /// Region `%ctaid.y` of the table at `table` (entries of [`ZERO_ENTRY_BYTES`]):
 /// its 16-byte items, then its 2-byte tail, zeroed by a grid-stride loop over
 /// `%ctaid.x` blocks. Parameters: `table` (`.u64`).
@@ -33,31 +56,22 @@ fn zero_table() -> Kernel {
     let mut b = KernelBuilder::new(ZERO_TABLE);
     let table_p = b.param("table", ParamType::U64);
     let table = b.ld_param_global_ptr(&table_p);
-    let (cta, ntid, tid, ncta, row) = (b.special(Special::CtaidX), b.special(Special::NtidX), b.special(Special::TidX), b.special(Special::NctaidX), b.special(Special::CtaidY));
+    let row = b.special(Special::CtaidY);
     let entry = b.mad_wide_u32(row, ZERO_ENTRY_BYTES as u32, table);
-    let first = b.mad_lo(Type::U32, cta, ntid, tid);
-    let stride = b.mul_wide_u32(ncta, ntid);
+    let start = grid_start(&mut b);
     for (k, width) in [(0i64, 16u64), (16, 2)] {
         let base = b.ld(Space::Global, Type::U64, Addr::reg_off(entry, k));
         let n = b.ld(Space::Global, Type::U64, Addr::reg_off(entry, k + 8));
-        let i = b.cvt(Type::U64, Type::U32, None, first);
-        let top = b.new_label();
-        let done = b.new_label();
-        b.place(top);
-        let past = b.setp(Cmp::Ge, Type::U64, i, n);
-        b.guarded(past, false, |b| b.bra(done));
-        let off = b.mul_lo(Type::U64, i, width);
-        let to = Addr::reg(b.add_u64(base, off));
-        if width == 16 {
-            let z = b.val(Type::U32, 0u32);
-            b.st_vec(Space::Global, Type::U32, to, vec![z.into(); 4]);
-        } else {
-            let z = b.val(Type::B16, 0u32);
-            b.st(Space::Global, Type::B16, to, z);
-        }
-        b.bin_to(BinOp::Add, Type::U64, i, i, stride);
-        b.bra(top);
-        b.place(done);
+        item_loop(&mut b, start, n, width, |b, off| {
+            let to = Addr::reg(b.add_u64(base, off));
+            if width == 16 {
+                let z = b.val(Type::U32, 0u32);
+                b.st_vec(Space::Global, Type::U32, to, vec![z.into(); 4]);
+            } else {
+                let z = b.val(Type::B16, 0u32);
+                b.st(Space::Global, Type::B16, to, z);
+            }
+        });
     }
     b.ret();
     b.finish()
@@ -73,29 +87,19 @@ fn copy(name: &str, width: u32) -> Kernel {
     let dst = b.ld_param_global_ptr(&dst_p);
     let src = b.ld_param_global_ptr(&src_p);
     let n = b.ld_param(&n_p);
-    let (cta, ntid, tid, ncta) = (b.special(Special::CtaidX), b.special(Special::NtidX), b.special(Special::TidX), b.special(Special::NctaidX));
-    let first = b.mad_lo(Type::U32, cta, ntid, tid);
-    let stride = b.mul_wide_u32(ncta, ntid);
-    let i = b.cvt(Type::U64, Type::U32, None, first);
-    let top = b.new_label();
-    let done = b.new_label();
-    b.place(top);
-    let past = b.setp(Cmp::Ge, Type::U64, i, n);
-    b.guarded(past, false, |b| b.bra(done));
-    let off = b.mul_lo(Type::U64, i, width as u64);
-    let to = Addr::reg(b.add_u64(dst, off));
-    let from = Addr::reg(b.add_u64(src, off));
-    if width == 16 {
-        let r: [Reg; 4] = b.regs(RegClass::B32);
-        b.ld_vec(Space::Global, false, Type::U32, &r, from);
-        b.st_vec(Space::Global, Type::U32, to, r.iter().map(|&x| x.into()).collect());
-    } else {
-        let h = b.ld(Space::Global, Type::B16, from);
-        b.st(Space::Global, Type::B16, to, h);
-    }
-    b.bin_to(BinOp::Add, Type::U64, i, i, stride);
-    b.bra(top);
-    b.place(done);
+    let start = grid_start(&mut b);
+    item_loop(&mut b, start, n, width as u64, |b, off| {
+        let to = Addr::reg(b.add_u64(dst, off));
+        let from = Addr::reg(b.add_u64(src, off));
+        if width == 16 {
+            let r: [Reg; 4] = b.regs(RegClass::B32);
+            b.ld_vec(Space::Global, false, Type::U32, &r, from);
+            b.st_vec(Space::Global, Type::U32, to, r.iter().map(|&x| x.into()).collect());
+        } else {
+            let h = b.ld(Space::Global, Type::B16, from);
+            b.st(Space::Global, Type::B16, to, h);
+        }
+    });
     b.ret();
     b.finish()
 }
