@@ -71,7 +71,7 @@ pub struct OptConfig {
     pub nesterov: bool,
 }
 
-/// Per-step scalars of one AdamW update (computed on the host in f64).
+/// Per-step scalars of an AdamW update of one group (computed on the host in f64).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamStep {
     pub gscale: f32,
@@ -89,7 +89,7 @@ pub struct AdamStep {
     pub step: f32,
 }
 
-/// Per-step scalars of one Muon update.
+/// Per-step scalars of the Muon updates (one learning rate for the group).
 #[derive(Clone, Copy, Debug)]
 pub struct MuonStep {
     pub gscale: f32,
@@ -98,8 +98,6 @@ pub struct MuonStep {
     pub use_decay: bool,
     /// `-lr`
     pub alpha: f32,
-    /// `sqrt(max(1, rows / cols))`
-    pub scale: f32,
 }
 
 /// Scratch of one Muon working shape: a slot per matrix of that shape.
@@ -135,6 +133,8 @@ pub struct DeviceOptimizer<'a> {
     work_slot: Vec<usize>,
     /// Muon norm slots summed into since the last [`DeviceOptimizer::grad_sumsq`].
     slot_used: Vec<bool>,
+    /// Each element-wise kernel's last table (entries, device copy): uploaded again only when it changes.
+    tables: std::collections::HashMap<&'static str, (Vec<[u64; 8]>, DevBuf)>,
     launches: u64,
 }
 
@@ -217,7 +217,7 @@ impl<'a> DeviceOptimizer<'a> {
         }
         let norms = zeros(dev, (params.len() + muons) * 4, "the norm sums")?;
         let swa = vec![None; params.len()];
-        Ok(DeviceOptimizer { dev, module: handle, cfg, params, grads, state, swa, norms, work, muon_slot, work_slot, slot_used: vec![false; muons], launches: 0 })
+        Ok(DeviceOptimizer { dev, module: handle, cfg, params, grads, state, swa, norms, work, muon_slot, work_slot, slot_used: vec![false; muons], tables: Default::default(), launches: 0 })
     }
 
     pub fn params(&self) -> &[OptParam] {
@@ -239,23 +239,68 @@ impl<'a> DeviceOptimizer<'a> {
         self.launch(&g.entry, g.grid, g.block, g.shared, args)
     }
 
-    fn linear(&mut self, entry: &str, n: usize, args: &[KernelArg]) -> Result<()> {
-        self.launch(entry, [k::blocks(n), 1, 1], [k::THREADS, 1, 1], 0, args)
-    }
-
-    fn slot(&self, s: usize) -> KernelArg {
-        KernelArg::Buf(self.norms, 4 * s as u64)
-    }
-
-    /// `grad[i] = (add ? grad[i] : 0) + w * src` for a gradient stored at
-    /// `src + offset` as `dtype` (f32 or bf16).
-    pub fn accumulate(&mut self, i: usize, src: DevBuf, offset: u64, dtype: DType, w: f32, add: bool) -> Result<()> {
-        let n = self.params[i].numel;
-        if dtype == DType::I32 || offset + (n * dtype.bytes() as usize) as u64 > src.bytes as u64 {
-            return Err(OptimError::Bad(format!("the gradient of `{}` ({n} x {dtype}) does not fit its source region", self.params[i].name)));
+    /// One launch of element-wise kernel `entry` over the tensors of `entries`
+    /// (its table, uploaded when it differs from the one cached under
+    /// `entry`), with the shared `args` after the table.
+    fn batch(&mut self, entry: &'static str, entries: Vec<[u64; 8]>, numels: &[usize], args: &[KernelArg]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
         }
-        let args = [KernelArg::Buf(self.grads[i], 0), KernelArg::Buf(src, offset), KernelArg::U32(n as u32), KernelArg::F32(w), KernelArg::U32(add as u32)];
-        self.linear(k::accum_entry(dtype), n, &args)
+        let rows = u32::try_from(entries.len()).ok().filter(|&r| r <= 65535).ok_or_else(|| OptimError::Bad(format!("{entry}: {} tensors in one launch (at most 65535)", entries.len())))?;
+        let table = match self.tables.get(entry) {
+            Some((cached, buf)) if *cached == entries => *buf,
+            old => {
+                let bytes: Vec<u8> = entries.iter().flatten().flat_map(|w| w.to_le_bytes()).collect();
+                let buf = match old {
+                    Some((_, b)) if b.bytes >= bytes.len() => *b,
+                    _ => {
+                        if let Some((_, b)) = self.tables.remove(entry) {
+                            self.dev.free(b).map_err(dev_err("freeing an optimizer table"))?;
+                        }
+                        self.dev.alloc(bytes.len()).map_err(dev_err(format!("allocating the table of `{entry}`")))?
+                    }
+                };
+                self.dev.copy_to_device(&buf, &bytes).map_err(dev_err(format!("uploading the table of `{entry}`")))?;
+                self.tables.insert(entry, (entries, buf));
+                buf
+            }
+        };
+        let most = numels.iter().copied().max().unwrap_or(1);
+        let mut all = vec![KernelArg::Buf(table, 0)];
+        all.extend_from_slice(args);
+        self.launch(entry, [k::blocks(most), rows, 1], [k::THREADS, 1, 1], 0, &all)
+    }
+
+    /// The device address of byte `off` of `b`, as a table word.
+    fn addr(b: DevBuf, off: u64) -> u64 {
+        b.addr + off
+    }
+
+    fn norm_addr(&self, s: usize) -> u64 {
+        Self::addr(self.norms, 4 * s as u64)
+    }
+
+    /// `grad[i] = (add ? grad[i] : 0) + w * src[i]` for every parameter, its
+    /// gradient stored at `srcs[i] = (buffer, byte offset, f32 or bf16)`.
+    pub fn accumulate(&mut self, srcs: &[(DevBuf, u64, DType)], w: f32, add: bool) -> Result<()> {
+        if srcs.len() != self.params.len() {
+            return Err(OptimError::Bad(format!("{} gradients for {} parameters", srcs.len(), self.params.len())));
+        }
+        for dtype in [DType::F32, DType::Bf16] {
+            let (mut entries, mut numels) = (Vec::new(), Vec::new());
+            for (i, &(src, offset, dt)) in srcs.iter().enumerate() {
+                let n = self.params[i].numel;
+                if dt == DType::I32 || offset + (n * dt.bytes() as usize) as u64 > src.bytes as u64 {
+                    return Err(OptimError::Bad(format!("the gradient of `{}` ({n} x {dt}) does not fit its source region", self.params[i].name)));
+                }
+                if dt == dtype {
+                    entries.push([Self::addr(self.grads[i], 0), Self::addr(src, offset), n as u64, 0, 0, 0, 0, 0]);
+                    numels.push(n);
+                }
+            }
+            self.batch(k::accum_entry(dtype), entries, &numels, &[KernelArg::F32(w), KernelArg::U32(add as u32)])?;
+        }
+        Ok(())
     }
 
     /// The sum of squares of every accumulated gradient (f32 on the device),
@@ -265,42 +310,30 @@ impl<'a> DeviceOptimizer<'a> {
         let n = self.params.len();
         self.dev.copy_to_device(&self.norms, &vec![0u8; self.norms.bytes]).map_err(dev_err("clearing the norm sums"))?;
         self.slot_used.iter_mut().for_each(|u| *u = false);
-        for i in 0..n {
-            let numel = self.params[i].numel;
-            let args = [KernelArg::Buf(self.grads[i], 0), KernelArg::U32(numel as u32), self.slot(i)];
-            self.linear(k::SUMSQ, numel, &args)?;
-        }
+        let entries = (0..n).map(|i| [Self::addr(self.grads[i], 0), self.params[i].numel as u64, self.norm_addr(i), 0, 0, 0, 0, 0]).collect();
+        let numels: Vec<usize> = self.params.iter().map(|p| p.numel).collect();
+        self.batch(k::SUMSQ, entries, &numels, &[])?;
         let mut bytes = vec![0u8; self.norms.bytes];
         self.dev.copy_from_device(&self.norms, &mut bytes).map_err(dev_err("reading the norm sums"))?;
         Ok(bytes.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect())
     }
 
-    /// One AdamW update of parameter `i`, whose fp32 weights are `p`.
-    pub fn adamw(&mut self, i: usize, p: DevBuf, s: &AdamStep) -> Result<()> {
-        let n = self.params[i].numel;
-        let (m, v) = match (self.params[i].role, self.state[i].as_slice()) {
-            (Role::Adam, [m, v]) => (*m, *v),
-            _ => return Err(OptimError::Bad(format!("`{}` is not an AdamW parameter", self.params[i].name))),
-        };
+    /// One AdamW update of the parameters `members` (index, its fp32
+    /// weights), which share the step's scalars (one group, one step count).
+    pub fn adamw(&mut self, members: &[(usize, DevBuf)], s: &AdamStep) -> Result<()> {
+        let (mut entries, mut numels) = (Vec::new(), Vec::new());
+        for &(i, p) in members {
+            let n = self.params[i].numel;
+            let (m, v) = match (self.params[i].role, self.state[i].as_slice()) {
+                (Role::Adam, [m, v]) => (*m, *v),
+                _ => return Err(OptimError::Bad(format!("`{}` is not an AdamW parameter", self.params[i].name))),
+            };
+            entries.push([Self::addr(p, 0), Self::addr(self.grads[i], 0), Self::addr(m, 0), Self::addr(v, 0), n as u64, 0, 0, 0]);
+            numels.push(n);
+        }
         let f = KernelArg::F32;
-        let args = [
-            KernelArg::Buf(p, 0),
-            KernelArg::Buf(self.grads[i], 0),
-            KernelArg::Buf(m, 0),
-            KernelArg::Buf(v, 0),
-            KernelArg::U32(n as u32),
-            f(s.gscale),
-            f(s.decay),
-            KernelArg::U32(s.use_decay as u32),
-            f(s.b1),
-            f(s.b1c),
-            f(s.b2),
-            f(s.b2c),
-            f(s.bias2),
-            f(s.eps),
-            f(s.step),
-        ];
-        self.linear(k::ADAMW, n, &args)
+        let args = [f(s.gscale), f(s.decay), KernelArg::U32(s.use_decay as u32), f(s.b1), f(s.b1c), f(s.b2), f(s.b2c), f(s.bias2), f(s.eps), f(s.step)];
+        self.batch(k::ADAMW, entries, &numels, &args)
     }
 
     /// Muon parameter `i`'s shape: rows, cols, working shape, its scratch slot.
@@ -311,41 +344,36 @@ impl<'a> DeviceOptimizer<'a> {
         }
     }
 
-    /// The first half of Muon parameter `i`'s update: momentum, Nesterov, the
-    /// matrix normalised by its Frobenius norm into its Newton-Schulz slot.
-    pub fn muon_prepare(&mut self, i: usize, s: &MuonStep) -> Result<()> {
+    /// Byte offsets of Muon parameter `i`'s slot in its `d` and `x` scratch, and the scratch.
+    fn work_of(&self, i: usize) -> Result<(usize, usize, bool, &Work, u64, u64)> {
         let (rows, cols, shape, ws) = self.muon_shape(i)?;
-        let (m, nn) = shape;
-        let n = rows * cols;
-        let tall = rows > cols;
-        let slot = self.muon_slot[i];
-        let buf = self.state[i][0];
-        let w = self.work.get(&shape).ok_or_else(|| OptimError::Bad(format!("no Newton-Schulz scratch for {m} x {nn}")))?;
-        let es = self.cfg.ns.bytes() as u64;
-        let (d, x) = (KernelArg::Buf(w.d, (ws * m * nn * 4) as u64), KernelArg::Buf(w.x, ws as u64 * (m * nn) as u64 * es));
-        // grad_sumsq cleared every slot; each Muon parameter's is summed into once per step.
-        if std::mem::replace(&mut self.slot_used[slot - self.params.len()], true) {
-            return Err(OptimError::Bad(format!("`{}`: a second Muon update without grad_sumsq between (its norm slot is not clear)", self.params[i].name)));
-        }
-        let u = KernelArg::U32;
-        let args = [
-            KernelArg::Buf(self.grads[i], 0),
-            KernelArg::Buf(buf, 0),
-            d,
-            self.slot(slot),
-            u(n as u32),
-            u(rows as u32),
-            u(cols as u32),
-            u(tall as u32),
-            KernelArg::F32(s.gscale),
-            KernelArg::F32(s.mu),
-            u(self.cfg.nesterov as u32),
-        ];
-        self.linear(k::MUON_PRE, n, &args)?;
-        let args = [d, x, self.slot(slot), u(n as u32), KernelArg::F32(self.cfg.ns_eps as f32)];
-        self.linear(k::ns_scale_entry(self.cfg.ns), n, &args)
+        let w = self.work.get(&shape).ok_or_else(|| OptimError::Bad(format!("no Newton-Schulz scratch for {} x {}", shape.0, shape.1)))?;
+        let mn = (shape.0 * shape.1) as u64;
+        Ok((rows, cols, rows > cols, w, ws as u64 * mn * 4, ws as u64 * mn * self.cfg.ns.bytes() as u64))
     }
 
+    /// The first half of the Muon parameters' update (`members`, every one
+    /// once per step): momentum, Nesterov, each matrix normalised by its
+    /// Frobenius norm into its Newton-Schulz slot.
+    pub fn muon_prepare(&mut self, members: &[usize], s: &MuonStep) -> Result<()> {
+        let (mut pre, mut scale, mut numels) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in members {
+            let slot = self.muon_slot[i];
+            // grad_sumsq cleared every slot; each Muon parameter's is summed into once per step.
+            if slot == usize::MAX || std::mem::replace(&mut self.slot_used[slot - self.params.len()], true) {
+                return Err(OptimError::Bad(format!("`{}`: not a Muon parameter, or a second Muon update without grad_sumsq between", self.params[i].name)));
+            }
+            let (rows, cols, tall, w, d_off, x_off) = self.work_of(i)?;
+            let n = rows * cols;
+            let (d, x, norm) = (Self::addr(w.d, d_off), Self::addr(w.x, x_off), self.norm_addr(slot));
+            pre.push([Self::addr(self.grads[i], 0), Self::addr(self.state[i][0], 0), d, norm, n as u64, rows as u64, cols as u64, tall as u64]);
+            scale.push([d, x, norm, n as u64, 0, 0, 0, 0]);
+            numels.push(n);
+        }
+        let u = KernelArg::U32;
+        self.batch(k::MUON_PRE, pre, &numels, &[KernelArg::F32(s.gscale), KernelArg::F32(s.mu), u(self.cfg.nesterov as u32)])?;
+        self.batch(k::ns_scale_entry(self.cfg.ns), scale, &numels, &[KernelArg::F32(self.cfg.ns_eps as f32)])
+    }
     /// The Newton-Schulz iterations of every prepared matrix: per working
     /// shape and iteration, three batched GEMM launches (`A = X X^T`,
     /// `B = b A + c (A A)`, `X' = a X + B X`).
@@ -378,44 +406,44 @@ impl<'a> DeviceOptimizer<'a> {
         Ok(())
     }
 
-    /// The second half of Muon parameter `i`'s update: decoupled decay and
-    /// the step from its Newton-Schulz result (transposed back when tall).
-    pub fn muon_finish(&mut self, i: usize, p: DevBuf, s: &MuonStep) -> Result<()> {
-        let (rows, cols, shape, ws) = self.muon_shape(i)?;
-        let (m, nn) = shape;
-        let n = rows * cols;
-        let w = self.work.get(&shape).ok_or_else(|| OptimError::Bad(format!("no Newton-Schulz scratch for {m} x {nn}")))?;
-        let result = if w.in_x2 { w.x2 } else { w.x };
-        let x = KernelArg::Buf(result, ws as u64 * (m * nn) as u64 * self.cfg.ns.bytes() as u64);
-        let u = KernelArg::U32;
-        let args = [
-            KernelArg::Buf(p, 0),
-            x,
-            u(n as u32),
-            u(rows as u32),
-            u(cols as u32),
-            u((rows > cols) as u32),
-            KernelArg::F32(s.decay),
-            u(s.use_decay as u32),
-            KernelArg::F32(s.alpha),
-            KernelArg::F32(s.scale),
-        ];
-        self.linear(k::muon_post_entry(self.cfg.ns), n, &args)
+    /// The second half of the Muon parameters' update (`members`: index and
+    /// fp32 weights): decoupled decay and the step from each Newton-Schulz
+    /// result (transposed back when tall), times the shape scale
+    /// `sqrt(max(1, rows / cols))`.
+    pub fn muon_finish(&mut self, members: &[(usize, DevBuf)], s: &MuonStep) -> Result<()> {
+        let (mut entries, mut numels) = (Vec::new(), Vec::new());
+        for &(i, p) in members {
+            let (rows, cols, tall, w, _, x_off) = self.work_of(i)?;
+            let result = if w.in_x2 { w.x2 } else { w.x };
+            let scale = ((rows as f64 / cols as f64).max(1.0).sqrt()) as f32;
+            entries.push([Self::addr(p, 0), Self::addr(result, x_off), (rows * cols) as u64, rows as u64, cols as u64, tall as u64, scale.to_bits() as u64, 0]);
+            numels.push(rows * cols);
+        }
+        let args = [KernelArg::F32(s.decay), KernelArg::U32(s.use_decay as u32), KernelArg::F32(s.alpha)];
+        self.batch(k::muon_post_entry(self.cfg.ns), entries, &numels, &args)
     }
 
-    /// Add the weights `p` of parameter `i` to its SWA sum (the first call starts it).
-    pub fn swa_add(&mut self, i: usize, p: DevBuf) -> Result<()> {
-        let n = self.params[i].numel;
-        let (s, add) = match self.swa[i] {
-            Some(s) => (s, true),
-            None => {
-                let s = zeros(self.dev, n * 4, &format!("the SWA sum of `{}`", self.params[i].name))?;
-                self.swa[i] = Some(s);
-                (s, false)
-            }
-        };
-        let args = [KernelArg::Buf(s, 0), KernelArg::Buf(p, 0), KernelArg::U32(n as u32), KernelArg::U32(add as u32)];
-        self.linear(k::SWA, n, &args)
+    /// Add the weights of `members` (index, fp32 weights) to their SWA sums
+    /// (a parameter's first snapshot starts its sum).
+    pub fn swa_add(&mut self, members: &[(usize, DevBuf)]) -> Result<()> {
+        let mut by_add: [(Vec<[u64; 8]>, Vec<usize>); 2] = Default::default();
+        for &(i, p) in members {
+            let n = self.params[i].numel;
+            let (s, add) = match self.swa[i] {
+                Some(s) => (s, true),
+                None => {
+                    let s = zeros(self.dev, n * 4, &format!("the SWA sum of `{}`", self.params[i].name))?;
+                    self.swa[i] = Some(s);
+                    (s, false)
+                }
+            };
+            by_add[add as usize].0.push([Self::addr(s, 0), Self::addr(p, 0), n as u64, 0, 0, 0, 0, 0]);
+            by_add[add as usize].1.push(n);
+        }
+        for (add, (entries, numels)) in by_add.into_iter().enumerate() {
+            self.batch(k::SWA, entries, &numels, &[KernelArg::U32(add as u32)])?;
+        }
+        Ok(())
     }
 
     fn read(&self, b: DevBuf, n: usize, what: &str) -> Result<Vec<f32>> {
@@ -495,6 +523,7 @@ impl Drop for DeviceOptimizer<'_> {
         bufs.extend(self.state.drain(..).flatten());
         bufs.extend(self.swa.drain(..).flatten());
         bufs.push(self.norms);
+        bufs.extend(self.tables.drain().map(|(_, (_, b))| b));
         for w in std::mem::take(&mut self.work).into_values() {
             bufs.extend([w.d, w.x, w.x2, w.a, w.b]);
         }

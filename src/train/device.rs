@@ -93,10 +93,8 @@ impl<'d> DeviceEngine<'d> {
         self.ex.set_input("target_ids", y).map_err(exec_err)?;
         self.ex.run().map_err(exec_err)?;
         let loss = self.ex.read_output("loss").map_err(exec_err)?.first().copied().ok_or_else(|| internal("the step produced no loss"))?;
-        for i in 0..self.names.len() {
-            let (buf, off, dt) = self.ex.output_location(&format!("grad.{}", self.names[i])).map_err(exec_err)?;
-            self.opt.accumulate(i, buf, off, dt, w, !first).map_err(exec_err)?;
-        }
+        let srcs = self.names.iter().map(|n| self.ex.output_location(&format!("grad.{n}")).map_err(exec_err)).collect::<Result<Vec<_>>>()?;
+        self.opt.accumulate(&srcs, w, !first).map_err(exec_err)?;
         Ok(loss as f64)
     }
 
@@ -107,64 +105,55 @@ impl<'d> DeviceEngine<'d> {
 
     /// The updates of one step: AdamW (`state` counts its steps on the host) and Muon.
     #[allow(clippy::too_many_arguments)]
-    pub fn update<F: Real>(&mut self, hp: &Hyper, groups: &[Group], shapes: &[Vec<usize>], opt_state: &mut [State<F>], scale: f64, mu: f64, gscale: f32) -> Result<()> {
-        // Muon in three passes: every matrix prepared, the Newton-Schulz
-        // GEMMs batched by shape, then every step.
+    pub fn update<F: Real>(&mut self, hp: &Hyper, groups: &[Group], opt_state: &mut [State<F>], scale: f64, mu: f64, gscale: f32) -> Result<()> {
+        // One launch per kind and group: the AdamW parameters of one group
+        // and step count together, Muon in three passes (every matrix
+        // prepared, the Newton-Schulz GEMMs batched by shape, every step).
+        let masters = self.names.iter().map(|n| self.ex.master_buf(n).map_err(exec_err)).collect::<Result<Vec<_>>>()?;
+        let mut adam: std::collections::BTreeMap<(&'static str, u64), Vec<(usize, pgc_runtime::device::DevBuf)>> = Default::default();
         let mut muon = Vec::new();
         for i in 0..self.names.len() {
-            let lr = groups[i].base_lr(hp) * scale;
-            let p = self.ex.master_buf(&self.names[i]).map_err(exec_err)?;
-            match groups[i] {
-                Group::Muon => {
-                    let (rows, cols) = (shapes[i][0], shapes[i][1]);
-                    let s = MuonStep {
-                        gscale,
-                        mu: mu as f32,
-                        decay: (1.0 - lr * hp.muon_weight_decay) as f32,
-                        use_decay: hp.muon_weight_decay > 0.0,
-                        alpha: (-lr) as f32,
-                        scale: ((rows as f64 / cols as f64).max(1.0).sqrt()) as f32,
-                    };
-                    self.opt.muon_prepare(i, &s).map_err(exec_err)?;
-                    muon.push((i, p, s));
-                }
-                _ => {
-                    let State::Adam { step, .. } = &mut opt_state[i] else { return Err(internal(format!("`{}`: AdamW on a Muon state", self.names[i]))) };
+            match (groups[i], &mut opt_state[i]) {
+                (Group::Muon, _) => muon.push((i, masters[i])),
+                (g, State::Adam { step, .. }) => {
                     *step += 1;
-                    let k = *step as f64;
-                    let (b1, b2) = (hp.beta1, hp.beta2);
-                    let s = AdamStep {
-                        gscale,
-                        decay: (1.0 - lr * hp.weight_decay) as f32,
-                        use_decay: hp.weight_decay != 0.0,
-                        b1: b1 as f32,
-                        b1c: (1.0 - b1) as f32,
-                        b2: b2 as f32,
-                        b2c: (1.0 - b2) as f32,
-                        bias2: (1.0 - b2.powf(k)).sqrt() as f32,
-                        eps: hp.adam_eps as f32,
-                        step: (-lr / (1.0 - b1.powf(k))) as f32,
-                    };
-                    self.opt.adamw(i, p, &s).map_err(exec_err)?;
+                    adam.entry((g.name(), *step)).or_default().push((i, masters[i]));
                 }
+                (_, State::Muon { .. }) => return Err(internal(format!("`{}`: AdamW on a Muon state", self.names[i]))),
             }
         }
-        if !muon.is_empty() {
-            self.opt.newton_schulz().map_err(exec_err)?;
+        for ((_, k), members) in adam {
+            let lr = groups[members[0].0].base_lr(hp) * scale;
+            let (b1, b2, k) = (hp.beta1, hp.beta2, k as f64);
+            let s = AdamStep {
+                gscale,
+                decay: (1.0 - lr * hp.weight_decay) as f32,
+                use_decay: hp.weight_decay != 0.0,
+                b1: b1 as f32,
+                b1c: (1.0 - b1) as f32,
+                b2: b2 as f32,
+                b2c: (1.0 - b2) as f32,
+                bias2: (1.0 - b2.powf(k)).sqrt() as f32,
+                eps: hp.adam_eps as f32,
+                step: (-lr / (1.0 - b1.powf(k))) as f32,
+            };
+            self.opt.adamw(&members, &s).map_err(exec_err)?;
         }
-        for (i, p, s) in muon {
-            self.opt.muon_finish(i, p, &s).map_err(exec_err)?;
+        if !muon.is_empty() {
+            let lr = Group::Muon.base_lr(hp) * scale;
+            let s = MuonStep { gscale, mu: mu as f32, decay: (1.0 - lr * hp.muon_weight_decay) as f32, use_decay: hp.muon_weight_decay > 0.0, alpha: (-lr) as f32 };
+            let ids: Vec<usize> = muon.iter().map(|&(i, _)| i).collect();
+            self.opt.muon_prepare(&ids, &s).map_err(exec_err)?;
+            self.opt.newton_schulz().map_err(exec_err)?;
+            self.opt.muon_finish(&muon, &s).map_err(exec_err)?;
         }
         Ok(())
     }
 
     /// Add the current weights to the SWA sums.
     pub fn swa_collect(&mut self) -> Result<()> {
-        for i in 0..self.names.len() {
-            let p = self.ex.master_buf(&self.names[i]).map_err(exec_err)?;
-            self.opt.swa_add(i, p).map_err(exec_err)?;
-        }
-        Ok(())
+        let members = (0..self.names.len()).map(|i| Ok((i, self.ex.master_buf(&self.names[i]).map_err(exec_err)?))).collect::<Result<Vec<_>>>()?;
+        self.opt.swa_add(&members).map_err(exec_err)
     }
 
     /// The weights, in parameter order.

@@ -362,7 +362,7 @@ impl<'d, F: Real> Trainer<'d, F> {
         let hp = &self.hp;
         let st = &mut self.state;
         let exec = match &mut self.engine {
-            Engine::Device(d) => return Self::device_step(hp, &self.groups, &self.shapes, &self.stream, self.batch, self.seq, st, d, &mut self.stale, t0),
+            Engine::Device(d) => return Self::device_step(hp, &self.groups, &self.stream, self.batch, self.seq, st, d, &mut self.stale, t0),
             Engine::Cpu(exec) => exec,
         };
         let t = st.step;
@@ -425,7 +425,6 @@ impl<'d, F: Real> Trainer<'d, F> {
     fn device_step(
         hp: &Hyper,
         groups: &[Group],
-        shapes: &[Vec<usize>],
         stream: &Stream,
         batch: usize,
         seq: usize,
@@ -457,7 +456,7 @@ impl<'d, F: Real> Trainer<'d, F> {
         if !loss.is_finite() || !gnorm.is_finite() {
             return Err(input(format!("step {t}: the loss is {loss} and the gradient norm {gnorm}: training diverged (lower the learning rates?)")));
         }
-        d.update(hp, groups, shapes, &mut st.opt, scale, mu, gscale)?;
+        d.update(hp, groups, &mut st.opt, scale, mu, gscale)?;
         *stale = true;
         st.step += 1;
         st.loader_pos = (st.loader_pos + ws * ga * span as u64) % stream.tokens.len() as u64;

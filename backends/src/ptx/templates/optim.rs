@@ -4,24 +4,27 @@
 //! and the SWA sum. Plan-independent: the trainer's device engine
 //! (`pgc_runtime::optim`) owns the buffers and launches these.
 //!
-//! Every element-wise kernel is a grid-stride loop of [`THREADS`]-thread
-//! blocks over `n` elements (`.u32`, `n < 2^31`), f32 arithmetic in the
-//! order the CPU trainer uses (`mul.rn` then `add`, `div.rn`, `sqrt.rn`),
-//! so that `--precision f32` on a device follows the CPU's float32 run up
-//! to the order of the sums. Scalars that change per step (learning rates,
-//! bias corrections, the clip coefficient) are kernel parameters computed on
-//! the host in f64; what is fixed for a run (the Newton-Schulz coefficients,
-//! the matrix shapes) is baked into the kernels.
+//! Every element-wise kernel works on a batch of tensors: a table of
+//! [`ENTRY_BYTES`]-byte entries (pointers, sizes and per-tensor scalars, as
+//! `.u64` words), one per `%ctaid.y`, and a grid-stride loop of
+//! [`THREADS`]-thread blocks over the entry's `n` elements (`.u32`,
+//! `n < 2^31`) along `%ctaid.x`; the parameters after `table` are shared by
+//! the batch. f32 arithmetic in the order the CPU trainer uses (`mul.rn` then
+//! `add`, `div.rn`, `sqrt.rn`), so that `--precision f32` on a device
+//! follows the CPU's float32 run up to the order of the sums. Scalars that
+//! change per step (learning rates, bias corrections, the clip coefficient)
+//! are parameters computed on the host in f64; what is fixed for a run (the
+//! Newton-Schulz coefficients, the matrix shapes) is baked into the kernels.
 //!
-//! | entry | parameters | effect |
-//! |---|---|---|
-//! | `opt_accum_{f32,bf16}` | `dst, src, n, w, add` | `dst = (add ? dst : 0) + w * src` (`w == 1`: `src` as is) |
-//! | `opt_sumsq` | `x, n, out` | `out[0] += sum x^2` (per-thread partials, warp shuffles, one `red` per warp) |
-//! | `opt_adamw` | `p, g, m, v, n, gscale, decay, use_decay, b1, b1c, b2, b2c, bias2, eps, step` | decoupled decay, moments, bias-corrected step |
-//! | `opt_muon_pre` | `g, buf, d, norm, n, rows, cols, tall, gscale, mu, nesterov` | momentum, Nesterov, `d` (transposed when tall), `norm[0] += sum d^2` |
-//! | `opt_ns_scale_{f32,bf16}` | `d, x, norm, n, eps` | `x = d / (sqrt(norm[0]) + eps)` |
-//! | `opt_muon_post_{f32,bf16}` | `p, x, n, rows, cols, tall, decay, use_decay, alpha, scale` | `p = p * decay + alpha * (x * scale)` (`x` transposed back when tall) |
-//! | `opt_swa` | `s, p, n, add` | `s = (add ? s : 0) + p` |
+//! | entry | table entry words | shared parameters | effect |
+//! |---|---|---|---|
+//! | `opt_accum_{f32,bf16}` | `dst, src, n` | `w, add` | `dst = (add ? dst : 0) + w * src` |
+//! | `opt_sumsq` | `x, n, out` | | `out[0] += sum x^2` (per-thread partials, warp shuffles, one `red` per warp) |
+//! | `opt_adamw` | `p, g, m, v, n` | `gscale, decay, use_decay, b1, b1c, b2, b2c, bias2, eps, step` | decoupled decay, moments, bias-corrected step |
+//! | `opt_muon_pre` | `g, buf, d, norm, n, rows, cols, tall` | `gscale, mu, nesterov` | momentum, Nesterov, `d` (transposed when tall), `norm[0] += sum d^2` |
+//! | `opt_ns_scale_{f32,bf16}` | `d, x, norm, n` | `eps` | `x = d / (sqrt(norm[0]) + eps)` |
+//! | `opt_muon_post_{f32,bf16}` | `p, x, n, rows, cols, tall, scale` | `decay, use_decay, alpha` | `p = p * decay + alpha * (x * scale)` (`x` transposed back when tall) |
+//! | `opt_swa` | `s, p, n` | `add` | `s = (add ? s : 0) + p` |
 //!
 //! The Newton-Schulz GEMMs of an `m x n` working matrix (`m <= n`, the
 //! gradient transposed when tall) come from [`ns_gemms`]: `A = X X^T`,
@@ -69,7 +72,7 @@ pub fn muon_post_entry(ns: DType) -> &'static str {
     }
 }
 
-/// Blocks of an element-wise launch over `n` elements.
+/// Blocks along `%ctaid.x` of an element-wise launch whose largest tensor has `n` elements.
 pub fn blocks(n: usize) -> u32 {
     (n.div_ceil(THREADS as usize) as u32).clamp(1, MAX_BLOCKS)
 }
@@ -91,19 +94,47 @@ pub fn elementwise_module() -> Module {
     m
 }
 
+/// Bytes of one tensor's entry in a kernel's table (eight `.u64` words; a
+/// `.u32` or `.f32` value in a word's low half).
+pub const ENTRY_BYTES: u64 = 64;
+
 struct Kb {
     b: KernelBuilder,
+    /// This block's table entry (`table + %ctaid.y * ENTRY_BYTES`).
+    entry: Reg,
 }
 
 impl Kb {
+    /// A kernel over the tensors of its table (parameter `table`, one entry
+    /// per `%ctaid.y`); the parameters declared after it are shared.
     fn new(name: &str) -> Kb {
         let mut b = KernelBuilder::new(name);
         b.max_threads(THREADS, None);
-        Kb { b }
+        let t = b.param("table", ParamType::U64);
+        let table = b.ld_param_global_ptr(&t);
+        let y = b.special(Special::CtaidY);
+        let entry = b.mad_wide_u32(y, ENTRY_BYTES as u32, table);
+        Kb { b, entry }
     }
-    fn ptr(&mut self, name: &str) -> Reg {
-        let p = self.b.param(name, ParamType::U64);
-        self.b.ld_param_global_ptr(&p)
+    /// Word `slot` of the entry: a device pointer.
+    fn e_ptr(&mut self, slot: i64) -> Reg {
+        let v = self.b.ld(Space::Global, Type::U64, Addr::reg_off(self.entry, 8 * slot));
+        let g = self.b.reg(RegClass::B64);
+        self.b.push(Inst::CvtaToGlobal { dst: g, src: v });
+        g
+    }
+    /// Word `slot` of the entry: a `.u32`.
+    fn e_u32(&mut self, slot: i64) -> Reg {
+        self.b.ld(Space::Global, Type::U32, Addr::reg_off(self.entry, 8 * slot))
+    }
+    /// Word `slot` of the entry: an `.f32`.
+    fn e_f32(&mut self, slot: i64) -> Reg {
+        self.b.ld(Space::Global, Type::F32, Addr::reg_off(self.entry, 8 * slot))
+    }
+    /// Word `slot` of the entry as a predicate (`!= 0`).
+    fn e_flag(&mut self, slot: i64) -> Reg {
+        let v = self.e_u32(slot);
+        self.b.setp(Cmp::Ne, Type::U32, v, 0u32)
     }
     fn u32(&mut self, name: &str) -> Reg {
         let p = self.b.param(name, ParamType::U32);
@@ -204,9 +235,7 @@ fn maybe_transposed(b: &mut KernelBuilder, i: Reg, rows: Reg, cols: Reg, tall: R
 
 fn accum(src: DType) -> Kernel {
     let mut k = Kb::new(accum_entry(src));
-    let dst = k.ptr("dst");
-    let s = k.ptr("src");
-    let n = k.u32("n");
+    let (dst, s, n) = (k.e_ptr(0), k.e_ptr(1), k.e_u32(2));
     let w = k.f32("w");
     let add_p = k.flag("add");
     k.grid_stride(n, |b, i| {
@@ -224,9 +253,7 @@ fn accum(src: DType) -> Kernel {
 
 fn sumsq() -> Kernel {
     let mut k = Kb::new(SUMSQ);
-    let x = k.ptr("x");
-    let n = k.u32("n");
-    let out = k.ptr("out");
+    let (x, n, out) = (k.e_ptr(0), k.e_u32(1), k.e_ptr(2));
     let acc = k.b.val(Type::F32, 0.0f32);
     k.grid_stride(n, |b, i| {
         let v = load(b, DType::F32, x, i);
@@ -239,8 +266,7 @@ fn sumsq() -> Kernel {
 
 fn adamw() -> Kernel {
     let mut k = Kb::new(ADAMW);
-    let (p, g, m, v) = (k.ptr("p"), k.ptr("g"), k.ptr("m"), k.ptr("v"));
-    let n = k.u32("n");
+    let (p, g, m, v, n) = (k.e_ptr(0), k.e_ptr(1), k.e_ptr(2), k.e_ptr(3), k.e_u32(4));
     let gscale = k.f32("gscale");
     let decay = k.f32("decay");
     let use_decay = k.flag("use_decay");
@@ -280,11 +306,8 @@ fn adamw() -> Kernel {
 
 fn muon_pre() -> Kernel {
     let mut k = Kb::new(MUON_PRE);
-    let (g, buf, d, norm) = (k.ptr("g"), k.ptr("buf"), k.ptr("d"), k.ptr("norm"));
-    let n = k.u32("n");
-    let rows = k.u32("rows");
-    let cols = k.u32("cols");
-    let tall = k.flag("tall");
+    let (g, buf, d, norm) = (k.e_ptr(0), k.e_ptr(1), k.e_ptr(2), k.e_ptr(3));
+    let (n, rows, cols, tall) = (k.e_u32(4), k.e_u32(5), k.e_u32(6), k.e_flag(7));
     let gscale = k.f32("gscale");
     let mu = k.f32("mu");
     let nesterov = k.flag("nesterov");
@@ -312,8 +335,7 @@ fn muon_pre() -> Kernel {
 
 fn ns_scale(ns: DType) -> Kernel {
     let mut k = Kb::new(ns_scale_entry(ns));
-    let (d, x, norm) = (k.ptr("d"), k.ptr("x"), k.ptr("norm"));
-    let n = k.u32("n");
+    let (d, x, norm, n) = (k.e_ptr(0), k.e_ptr(1), k.e_ptr(2), k.e_u32(3));
     let eps = k.f32("eps");
     let s = k.b.ld(Space::Global, Type::F32, Addr::reg(norm));
     let r = k.b.unary(UnOp::Sqrt, Type::F32, s);
@@ -328,15 +350,11 @@ fn ns_scale(ns: DType) -> Kernel {
 
 fn muon_post(ns: DType) -> Kernel {
     let mut k = Kb::new(muon_post_entry(ns));
-    let (p, x) = (k.ptr("p"), k.ptr("x"));
-    let n = k.u32("n");
-    let rows = k.u32("rows");
-    let cols = k.u32("cols");
-    let tall = k.flag("tall");
+    let (p, x) = (k.e_ptr(0), k.e_ptr(1));
+    let (n, rows, cols, tall, scale) = (k.e_u32(2), k.e_u32(3), k.e_u32(4), k.e_flag(5), k.e_f32(6));
     let decay = k.f32("decay");
     let use_decay = k.flag("use_decay");
     let alpha = k.f32("alpha");
-    let scale = k.f32("scale");
     k.grid_stride(n, |b, i| {
         let j = maybe_transposed(b, i, rows, cols, tall);
         let u = load(b, ns, x, j);
@@ -354,8 +372,7 @@ fn muon_post(ns: DType) -> Kernel {
 
 fn swa() -> Kernel {
     let mut k = Kb::new(SWA);
-    let (s, p) = (k.ptr("s"), k.ptr("p"));
-    let n = k.u32("n");
+    let (s, p, n) = (k.e_ptr(0), k.e_ptr(1), k.e_u32(2));
     let add_p = k.flag("add");
     k.grid_stride(n, |b, i| {
         let sa = at(b, s, i, DType::F32);
