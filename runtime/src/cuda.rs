@@ -154,6 +154,50 @@ fn describe(e: cu::DriverError) -> String {
     }
 }
 
+/// The driver's encoding of a tensor map (`cuTensorMapEncodeTiled`).
+fn encode_tensor_map(t: &crate::device::TensorMap) -> std::result::Result<sys::CUtensorMap, String> {
+    use crate::device::{TmaDtype, TmaSwizzle};
+    use sys::CUtensorMapDataType as D;
+    use sys::CUtensorMapSwizzle as S;
+    t.validate()?;
+    let dt = match t.dtype {
+        TmaDtype::U8 => D::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+        TmaDtype::U16 => D::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+        TmaDtype::Bf16 => D::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        TmaDtype::F16 => D::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        TmaDtype::U32 => D::CU_TENSOR_MAP_DATA_TYPE_UINT32,
+        TmaDtype::F32 => D::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+    };
+    let sw = match t.swizzle {
+        TmaSwizzle::None => S::CU_TENSOR_MAP_SWIZZLE_NONE,
+        TmaSwizzle::B32 => S::CU_TENSOR_MAP_SWIZZLE_32B,
+        TmaSwizzle::B64 => S::CU_TENSOR_MAP_SWIZZLE_64B,
+        TmaSwizzle::B128 => S::CU_TENSOR_MAP_SWIZZLE_128B,
+    };
+    let mut m = sys::CUtensorMap { opaque: [0; 16] };
+    let element_strides = [1u32; 5];
+    // SAFETY: every pointer names an array of at least `rank` elements that
+    // outlives the call; the driver only writes `m`.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut m,
+            dt,
+            t.rank,
+            t.addr as *mut c_void,
+            t.dims.as_ptr(),
+            t.strides.as_ptr(),
+            t.box_dims.as_ptr(),
+            element_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sw,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    r.result().map_err(|e| format!("cuTensorMapEncodeTiled refused the tensor map {t:?}: {e}"))?;
+    Ok(m)
+}
+
 fn driver_err(context: impl Into<String>, e: cu::DriverError) -> DeviceError {
     DeviceError::Driver { context: context.into(), msg: describe(e) }
 }
@@ -715,8 +759,13 @@ impl Device for CudaDevice {
             }
         }
         let mut values: Vec<u64> = Vec::with_capacity(args.len());
+        let mut maps: Vec<sys::CUtensorMap> = Vec::new();
         for (i, a) in args.iter().enumerate() {
             values.push(match a {
+                KernelArg::TensorMap(t) => {
+                    maps.push(encode_tensor_map(t).map_err(|m| bad_args(format!("argument {i}: {m}")))?);
+                    0
+                }
                 KernelArg::Buf(b, off) => {
                     Self::live(&st, b)?;
                     if *off > b.bytes as u64 {
@@ -762,7 +811,16 @@ impl Device for CudaDevice {
             func.dyn_limit = cfg.shared_bytes;
         }
         let f = func.f;
-        let mut ptrs: Vec<*mut c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+        // a tensor map goes by value: its 128 bytes, not a pointer-sized slot
+        let mut next_map = maps.iter_mut();
+        let mut ptrs: Vec<*mut c_void> = values
+            .iter_mut()
+            .zip(args)
+            .map(|(v, a)| match (a, &mut next_map) {
+                (KernelArg::TensorMap(_), it) => it.next().map_or(std::ptr::null_mut(), |m| m as *mut sys::CUtensorMap as *mut c_void),
+                _ => v as *mut u64 as *mut c_void,
+            })
+            .collect();
         // SAFETY: the argument list matches the kernel's parameters (checked
         // above when the PTX list was read); the values outlive the call,
         // which copies them.

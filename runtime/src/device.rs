@@ -51,6 +51,149 @@ pub enum KernelArg {
     I32(i32),
     U64(u64),
     F32(f32),
+    /// A TMA tensor map, passed by value in a `.param .align 64 .b8 p[128]`:
+    /// the simulator writes its own encoding of the fields, CUDA the driver's
+    /// (`cuTensorMapEncodeTiled`).
+    TensorMap(TensorMap),
+}
+
+/// Element types a tensor map may describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TmaDtype {
+    U8,
+    U16,
+    Bf16,
+    F16,
+    U32,
+    F32,
+}
+
+impl TmaDtype {
+    pub fn bytes(self) -> u32 {
+        match self {
+            TmaDtype::U8 => 1,
+            TmaDtype::U16 | TmaDtype::Bf16 | TmaDtype::F16 => 2,
+            TmaDtype::U32 | TmaDtype::F32 => 4,
+        }
+    }
+    pub const ALL: [TmaDtype; 6] = [TmaDtype::U8, TmaDtype::U16, TmaDtype::Bf16, TmaDtype::F16, TmaDtype::U32, TmaDtype::F32];
+}
+
+/// The shared-memory swizzle of a tensor map's box (and of a wgmma matrix
+/// descriptor): 16-byte chunk `c` of row `r` of a span is stored at chunk
+/// `c ^ (r % (span / 16))`, where rows are `span` bytes and the pattern
+/// repeats every 8 rows (`Swizzle<log2(span/16), 4, 3>` on the shared address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TmaSwizzle {
+    None,
+    B32,
+    B64,
+    B128,
+}
+
+impl TmaSwizzle {
+    /// The swizzle span in bytes (0 for none).
+    pub fn span(self) -> u32 {
+        match self {
+            TmaSwizzle::None => 0,
+            TmaSwizzle::B32 => 32,
+            TmaSwizzle::B64 => 64,
+            TmaSwizzle::B128 => 128,
+        }
+    }
+    /// The shared address a linear shared address lands at.
+    pub fn apply(self, addr: u32) -> u32 {
+        let bits = match self {
+            TmaSwizzle::None => return addr,
+            TmaSwizzle::B32 => 1,
+            TmaSwizzle::B64 => 2,
+            TmaSwizzle::B128 => 3,
+        };
+        let mask = ((1u32 << bits) - 1) << 4;
+        addr ^ ((addr >> 3) & mask)
+    }
+}
+
+/// A tiled tensor map: a tensor of up to 5 dimensions in global memory
+/// (dimension 0 contiguous) and the box one TMA copy moves to or from shared
+/// memory (rows of `box_dims[0]` elements, packed, then swizzled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TensorMap {
+    /// device address of element (0, .., 0)
+    pub addr: u64,
+    pub dtype: TmaDtype,
+    pub rank: u32,
+    /// elements per dimension (dimension 0 first); unused entries are 1
+    pub dims: [u64; 5],
+    /// byte strides of dimensions 1.. (dimension 0 is contiguous)
+    pub strides: [u64; 4],
+    /// box elements per dimension; unused entries are 1
+    pub box_dims: [u32; 5],
+    pub swizzle: TmaSwizzle,
+}
+
+impl TensorMap {
+    /// A 2-D map over a row-major matrix of `rows x cols` elements with
+    /// `row_bytes` between rows, starting `offset` bytes into `buf`, moving
+    /// boxes of `box_rows x box_cols`. Checks what the driver checks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matrix(buf: &DevBuf, offset: u64, dtype: TmaDtype, rows: u64, cols: u64, row_bytes: u64, box_rows: u32, box_cols: u32, swizzle: TmaSwizzle) -> std::result::Result<Self, String> {
+        let t = TensorMap { addr: buf.addr + offset, dtype, rank: 2, dims: [cols, rows, 1, 1, 1], strides: [row_bytes, 0, 0, 0], box_dims: [box_cols, box_rows, 1, 1, 1], swizzle };
+        t.validate()?;
+        let last = offset + (rows.max(1) - 1) * row_bytes + cols * dtype.bytes() as u64;
+        if last > buf.bytes as u64 {
+            return Err(format!("tensor map of {rows} x {cols} (row stride {row_bytes} bytes) from byte {offset} overruns the {}-byte buffer", buf.bytes));
+        }
+        Ok(t)
+    }
+
+    /// Bytes one copy of the box moves (out-of-bounds elements included:
+    /// they are filled with zeros and count toward the transaction).
+    pub fn box_bytes(&self) -> u64 {
+        self.box_dims.iter().map(|&b| b as u64).product::<u64>() * self.dtype.bytes() as u64
+    }
+
+    /// The constraints `cuTensorMapEncodeTiled` documents, so that a map the
+    /// simulator accepts is one the driver accepts.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let r = self.rank as usize;
+        if !(1..=5).contains(&r) {
+            return Err(format!("tensor rank {} (1 to 5)", self.rank));
+        }
+        if !self.addr.is_multiple_of(16) {
+            return Err(format!("global address {:#x} is not 16-byte aligned", self.addr));
+        }
+        for d in 0..5 {
+            let (n, b) = (self.dims[d], self.box_dims[d]);
+            if d >= r {
+                if n != 1 || b != 1 {
+                    return Err(format!("dimension {d} is past the rank {r} but not 1"));
+                }
+                continue;
+            }
+            if n == 0 || n > 1 << 32 {
+                return Err(format!("dimension {d} has {n} elements (1 to 2^32)"));
+            }
+            if b == 0 || b > 256 {
+                return Err(format!("box dimension {d} is {b} (1 to 256)"));
+            }
+        }
+        for d in 1..r {
+            let s = self.strides[d - 1];
+            if !s.is_multiple_of(16) || s >= 1 << 40 {
+                return Err(format!("stride of dimension {d} is {s} bytes (a multiple of 16 below 2^40)"));
+            }
+        }
+        let inner = self.box_dims[0] * self.dtype.bytes();
+        if !inner.is_multiple_of(16) {
+            return Err(format!("the box's inner dimension is {inner} bytes (a multiple of 16)"));
+        }
+        let span = self.swizzle.span();
+        if span > 0 && inner > span {
+            return Err(format!("the box's inner dimension is {inner} bytes, more than the {span}-byte swizzle span"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Error)]
@@ -97,6 +240,17 @@ pub enum SimErrorKind {
     WarpDivergence,
     /// shared memory touched while a cp.async into it is in flight
     AsyncCopyHazard,
+    /// shared memory written by ordinary stores, then read or written by the
+    /// async proxy (TMA, wgmma) without `fence.proxy.async` by the writer
+    ProxyFence,
+    /// an mbarrier used before `mbarrier.init`, re-initialised in use, or
+    /// given more arrivals or transaction bytes than its phase expects
+    Mbarrier,
+    /// a wgmma accumulator or A register touched while its wgmma is in flight,
+    /// or a wgmma on registers touched since the last `wgmma.fence`
+    WgmmaHazard,
+    /// every warp of the block waits and nothing in flight can release one
+    Deadlock,
     /// the step limit of `SimOptions::max_warp_steps` (the simulator) was exceeded
     StepLimit,
     Other,

@@ -3,9 +3,11 @@
 
 mod harness;
 
+
 mod bugs;
 mod counters;
 mod gpu_golden;
 mod kernels;
 mod ptxas;
+mod hopper;
 mod speed;

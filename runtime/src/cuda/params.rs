@@ -51,6 +51,7 @@ impl Param {
             KernelArg::Buf(..) | KernelArg::U64(_) => self.kind == ParamKind::Int64,
             KernelArg::U32(_) | KernelArg::I32(_) => matches!(self.kind, ParamKind::Int32 | ParamKind::Bits32),
             KernelArg::F32(_) => matches!(self.kind, ParamKind::F32 | ParamKind::Bits32),
+            KernelArg::TensorMap(_) => self.kind == ParamKind::Other(128),
         }
     }
 }

@@ -92,7 +92,11 @@ impl InstClass {
             (_, true) => InstClass::GlobalStore,
         };
         match inst {
-            Inst::Mma { .. } => InstClass::Mma,
+            Inst::Mma { .. } | Inst::Wgmma { .. } => InstClass::Mma,
+            Inst::TmaLoad { .. } => InstClass::GlobalLoad,
+            Inst::TmaStore { .. } => InstClass::GlobalStore,
+            Inst::Stmatrix { .. } => InstClass::SharedStore,
+            Inst::MbarInit { .. } | Inst::MbarArrive { .. } | Inst::MbarWait { .. } | Inst::BulkCommit | Inst::BulkWait { .. } | Inst::WgFence | Inst::WgCommit | Inst::WgWait { .. } => InstClass::Barrier,
             Inst::Ldmatrix { .. } => InstClass::Ldmatrix,
             Inst::Ld { space, .. } => mem(space, false),
             Inst::St { space, .. } => mem(space, true),

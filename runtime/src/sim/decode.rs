@@ -311,6 +311,209 @@ pub enum Inst {
     Cvta { to: bool, space: Space, d: Reg, a: Reg },
     Prmt { d: u32, a: u32, b: u32, c: u32 },
     Lop3 { d: u32, a: u32, b: u32, c: u32, lut: u8 },
+    // ---- Hopper: mbarriers, TMA, the async proxy, wgmma (see hopper.rs)
+    /// `mbarrier.init.shared.b64 [a], count`
+    MbarInit { addr: Addr, count: u32 },
+    /// `mbarrier.arrive{.expect_tx}.shared.b64 state|_, [a]{, tx}` (`arrive`)
+    /// and `mbarrier.expect_tx.shared.b64 [a], tx` (not `arrive`)
+    MbarArrive { addr: Addr, tx: Option<u32>, arrive: bool, state: Option<u32> },
+    /// `mbarrier.{try,test}_wait.parity.shared.b64 p, [a], parity`
+    MbarWait { p: u32, addr: Addr, parity: u32 },
+    /// `cp.async.bulk.tensor.Nd.shared::cluster.global.tile.mbarrier::complete_tx::bytes [dst], [map, {c..}], [mbar]`
+    /// (`map` a 64-bit register)
+    TmaLoad { dst: Addr, map: u32, coords: Vec<u32>, mbar: Addr },
+    /// `cp.async.bulk.tensor.Nd.global.shared::cta.tile.bulk_group [map, {c..}], [src]`
+    TmaStore { map: u32, coords: Vec<u32>, src: Addr },
+    BulkCommit,
+    /// `cp.async.bulk.wait_group{.read} n`
+    BulkWait { n: u32, read: bool },
+    /// `fence.proxy.async{.shared::cta}`
+    FenceProxyAsync,
+    WgFence,
+    WgCommit,
+    WgWait { n: u32 },
+    /// `wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}.{bf16,f16}`
+    Wgmma { n: u32, bf: bool, d: Vec<u32>, a: WgA, b: u32, scale_d: (u32, bool), neg_a: bool, neg_b: bool, trans_a: bool, trans_b: bool },
+    /// `elect.sync d|p, membermask` (`d` may be `_`)
+    Elect { d: Option<u32>, p: u32, mask: u32 },
+    /// `setmaxnreg.{inc,dec}.sync.aligned.u32 n`
+    Setmaxnreg { n: u32 },
+    /// `stmatrix.sync.aligned.m8n8.x{1,2,4}{.trans}.shared.b16 [a], {r..}`
+    Stmatrix { num: u32, trans: bool, s: [u32; 4], addr: Addr },
+}
+
+/// The A operand of a wgmma: a shared-memory descriptor (64-bit register)
+/// or four 32-bit registers of bf16x2 pairs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WgA {
+    Desc(u32),
+    Regs([u32; 4]),
+}
+
+impl Inst {
+    /// Whether this is one of the warpgroup-collective `wgmma.*` instructions.
+    pub fn is_warpgroup(&self) -> bool {
+        matches!(self, Inst::WgFence | Inst::WgCommit | Inst::WgWait { .. } | Inst::Wgmma { .. })
+    }
+
+    /// Calls `f` with every 32-bit register the instruction reads or writes
+    /// (for the wgmma register checks; constants are registers too, harmless).
+    pub fn regs32(&self, f: &mut dyn FnMut(u32)) {
+        let reg = |r: &Reg, f: &mut dyn FnMut(u32)| {
+            if let Reg::R32(x) = r {
+                f(*x)
+            }
+        };
+        let addr = |a: &Addr, f: &mut dyn FnMut(u32)| {
+            if let Base::R32(x) = a.base {
+                f(x)
+            }
+        };
+        match self {
+            Inst::I32 { d, a, b, .. } | Inst::F32 { d, a, b, .. } | Inst::Half { d, a, b, .. } => {
+                for x in [d, a, b] {
+                    f(*x)
+                }
+                if let Inst::Half { c, .. } = self {
+                    f(*c)
+                }
+            }
+            Inst::Sh64 { b, .. } => f(*b),
+            Inst::IU32 { d, a, .. } | Inst::FU32 { d, a, .. } | Inst::Mov32 { d, a } => {
+                f(*d);
+                f(*a)
+            }
+            Inst::Mad32 { d, a, b, c, .. } | Inst::Fma32 { d, a, b, c, .. } | Inst::Prmt { d, a, b, c } | Inst::Lop3 { d, a, b, c, .. } => {
+                for x in [d, a, b, c] {
+                    f(*x)
+                }
+            }
+            Inst::MulWide { a, b, .. } => {
+                f(*a);
+                f(*b)
+            }
+            Inst::MulWide16 { d, a, b, .. } | Inst::CvtPack { d, a, b, .. } => {
+                for x in [d, a, b] {
+                    f(*x)
+                }
+            }
+            Inst::Setp { a, b, .. } => {
+                reg(a, f);
+                reg(b, f)
+            }
+            Inst::Selp { d, a, b, .. } => {
+                for r in [d, a, b] {
+                    reg(r, f)
+                }
+            }
+            Inst::Cvt { d, a, .. } | Inst::Cvta { d, a, .. } => {
+                reg(d, f);
+                reg(a, f)
+            }
+            Inst::Pack { d, parts, .. } => {
+                reg(d, f);
+                parts.iter().for_each(|p| f(*p))
+            }
+            Inst::Unpack { a, parts, .. } => {
+                reg(a, f);
+                parts.iter().flatten().for_each(|p| f(*p))
+            }
+            Inst::Ld { d, addr: a, .. } => {
+                d.iter().flatten().for_each(|r| reg(r, f));
+                addr(a, f)
+            }
+            Inst::St { s, addr: a, .. } => {
+                s.iter().for_each(|r| reg(r, f));
+                addr(a, f)
+            }
+            Inst::Atom { d, addr: a, b, c, .. } => {
+                d.iter().for_each(|x| f(*x));
+                f(*b);
+                c.iter().for_each(|x| f(*x));
+                addr(a, f)
+            }
+            Inst::Shfl { d, a, b, c, mask, .. } => {
+                for x in [d, a, b, c, mask] {
+                    f(*x)
+                }
+            }
+            Inst::Vote { d, mask, .. } => {
+                reg(d, f);
+                f(*mask)
+            }
+            Inst::Activemask { d } => f(*d),
+            Inst::BarWarp { mask } => f(*mask),
+            Inst::Bar { id, count, .. } => {
+                f(*id);
+                count.iter().for_each(|x| f(*x))
+            }
+            Inst::CpAsync { dst, src, src_size, .. } => {
+                addr(dst, f);
+                addr(src, f);
+                src_size.iter().for_each(|x| f(*x))
+            }
+            Inst::Ldmatrix { num, d, addr: a, .. } => {
+                d[..*num as usize].iter().for_each(|x| f(*x));
+                addr(a, f)
+            }
+            Inst::Stmatrix { num, s, addr: a, .. } => {
+                s[..*num as usize].iter().for_each(|x| f(*x));
+                addr(a, f)
+            }
+            Inst::Mma { d, a, b, c, .. } => {
+                d.iter().chain(a).chain(b).chain(c).for_each(|x| f(*x))
+            }
+            Inst::MbarInit { addr: a, count } => {
+                addr(a, f);
+                f(*count)
+            }
+            Inst::MbarArrive { addr: a, tx, .. } => {
+                addr(a, f);
+                tx.iter().for_each(|x| f(*x))
+            }
+            Inst::MbarWait { addr: a, parity, .. } => {
+                addr(a, f);
+                f(*parity)
+            }
+            Inst::TmaLoad { dst, coords, mbar, .. } => {
+                addr(dst, f);
+                addr(mbar, f);
+                coords.iter().for_each(|x| f(*x))
+            }
+            Inst::TmaStore { coords, src, .. } => {
+                addr(src, f);
+                coords.iter().for_each(|x| f(*x))
+            }
+            Inst::Elect { d, mask, .. } => {
+                d.iter().for_each(|x| f(*x));
+                f(*mask)
+            }
+            Inst::I64 { .. }
+            | Inst::IU64 { .. }
+            | Inst::Mad64 { .. }
+            | Inst::F64 { .. }
+            | Inst::Fma64 { .. }
+            | Inst::FU64 { .. }
+            | Inst::PredOp { .. }
+            | Inst::PredNot { .. }
+            | Inst::PredMov { .. }
+            | Inst::Mov64 { .. }
+            | Inst::PredSet { .. }
+            | Inst::Bra { .. }
+            | Inst::Exit
+            | Inst::Nop
+            | Inst::CpCommit
+            | Inst::CpWait { .. }
+            | Inst::BulkCommit
+            | Inst::BulkWait { .. }
+            | Inst::FenceProxyAsync
+            | Inst::Setmaxnreg { .. }
+            | Inst::WgFence
+            | Inst::WgCommit
+            | Inst::WgWait { .. }
+            | Inst::Wgmma { .. } => {}
+        }
+    }
 }
 
 impl Inst {
@@ -375,6 +578,10 @@ pub struct Kernel {
     pub static_shared: u32,
     pub dyn_shared_offset: u32,
     pub local_bytes: u32,
+    /// uses mbarriers, TMA or wgmma (turns on the async-proxy bookkeeping)
+    pub hopper: bool,
+    /// uses wgmma (turns on the per-instruction accumulator checks)
+    pub wgmma: bool,
 }
 
 /// Module-scope `.global` variables, allocated by the device at load time.
@@ -1008,7 +1215,6 @@ fn decode_entry(m: &Module, e: &Entry, globals: &HashMap<String, u64>) -> DResul
     const64.sort();
     Ok(Kernel {
         name: e.name.clone(),
-        insts,
         n32: d.n32,
         n64: d.n64,
         np: d.np,
@@ -1020,6 +1226,9 @@ fn decode_entry(m: &Module, e: &Entry, globals: &HashMap<String, u64>) -> DResul
         static_shared: shared_off as u32,
         dyn_shared_offset: dyn_off as u32,
         local_bytes: align_up(local_off, 16) as u32,
+        hopper: insts.iter().any(|i| matches!(i.inst, Inst::MbarInit { .. } | Inst::MbarArrive { .. } | Inst::MbarWait { .. } | Inst::TmaLoad { .. } | Inst::TmaStore { .. } | Inst::Wgmma { .. } | Inst::Stmatrix { .. } | Inst::FenceProxyAsync)),
+        wgmma: insts.iter().any(|i| matches!(i.inst, Inst::Wgmma { .. })),
+        insts,
     })
 }
 
@@ -1108,7 +1317,7 @@ fn decode_instr(d: &mut Dec, i: &Instr) -> DResult<DInst> {
         "cvta" => {
             let to = m.take("to");
             let space = m.space();
-            if !matches!(space, Space::Global | Space::Shared | Space::Local) {
+            if !matches!(space, Space::Global | Space::Shared | Space::Local) && (space != Space::Param || to) {
                 return unsupported(i);
             }
             let ty = m.one_type()?;
@@ -1221,6 +1430,27 @@ fn decode_instr(d: &mut Dec, i: &Instr) -> DResult<DInst> {
                 Inst::Bar { arrive, id, count }
             }
         }
+        "fence" if i.mods.iter().any(|x| x == "proxy") && i.mods.iter().any(|x| x == "async") => {
+            m.take("proxy");
+            m.take("async");
+            nargs(i, 0)?;
+            // only the shared-memory (or unqualified) form orders what the simulator checks
+            if m.take("global") {
+                Inst::Nop
+            } else {
+                m.take_any(&["shared::cta", "shared::cluster", "shared"]);
+                Inst::FenceProxyAsync
+            }
+        }
+        "fence" if i.mods.iter().any(|x| x == "mbarrier_init") => {
+            m.take("mbarrier_init");
+            m.take("release");
+            m.take("cluster");
+            nargs(i, 0)?;
+            Inst::Nop
+        }
+        "mbarrier" | "wgmma" | "elect" | "setmaxnreg" | "stmatrix" => decode_hopper(d, i, &mut m)?,
+        "cp" if i.mods.iter().any(|x| x == "bulk") => decode_hopper(d, i, &mut m)?,
         "membar" | "fence" => {
             m.take("proxy");
             m.take("async");
@@ -1400,6 +1630,257 @@ fn decode_instr(d: &mut Dec, i: &Instr) -> DResult<DInst> {
     };
     m.finish()?;
     Ok(DInst { inst, guard, guard_neg, line: i.span.line, reconv: RECONV_NONE })
+}
+
+/// An integer immediate operand in `range`.
+fn imm_in(o: &Operand, range: std::ops::RangeInclusive<i128>, what: &str) -> DResult<i128> {
+    match o {
+        Operand::Imm(Imm::Int(v), _) if range.contains(v) => Ok(*v),
+        o => derr(o.span(), format!("{what} must be a constant in {}..={}", range.start(), range.end())),
+    }
+}
+
+/// The tensor-map operand `[map, {c0, ..}]`: the 64-bit register holding
+/// the map's generic address, and the coordinate registers (`.s32`).
+fn tensor_operand(d: &mut Dec, o: &Operand, dims: usize) -> DResult<(u32, Vec<u32>)> {
+    let Operand::TensorAddr { map, coords, span } = o else {
+        return derr(o.span(), "expected a tensor operand `[map, {x, y, ..}]`");
+    };
+    // ptxas takes the map's generic address in a 64-bit register (cvta.param of the parameter)
+    let off = match d.lookup(map, *span)? {
+        Sym::Reg(Class::R64, r) => r,
+        _ => return derr(*span, format!("`{map}` is not a 64-bit register: a tensor map is addressed by its generic address (cvta.param.u64 of the parameter)")),
+    };
+    if coords.len() != dims {
+        return derr(*span, format!("a {dims}d tensor copy takes {dims} coordinates, found {}", coords.len()));
+    }
+    let c = coords.iter().map(|c| d.src32(c, Ty::S32)).collect::<DResult<Vec<u32>>>()?;
+    Ok((off, c))
+}
+
+/// mbarrier, cp.async.bulk(.tensor), wgmma, elect, setmaxnreg, stmatrix.
+fn decode_hopper(d: &mut Dec, i: &Instr, m: &mut Mods) -> DResult<Inst> {
+    let a = &i.args;
+    Ok(match i.op.as_str() {
+        "mbarrier" => {
+            let Some(kind) = m.take_any(&["init", "arrive", "expect_tx", "try_wait", "test_wait"]) else {
+                return unsupported(i);
+            };
+            let expect = kind == "arrive" && m.take("expect_tx");
+            let parity = m.take("parity");
+            for q in ["release", "acquire", "relaxed", "cta", "cluster"] {
+                m.take(q);
+            }
+            if !matches!(m.space(), Space::Shared) {
+                return derr(i.span, format!("`{}`: the simulator supports mbarriers in .shared::cta", m.full()));
+            }
+            if !matches!(m.one_type()?, Ty::B64) {
+                return unsupported(i);
+            }
+            match kind {
+                "init" => {
+                    nargs(i, 2)?;
+                    Inst::MbarInit { addr: d.addr(&a[0], Space::Shared)?, count: d.src32(&a[1], Ty::U32)? }
+                }
+                "arrive" => {
+                    nargs(i, if expect { 3 } else { 2 })?;
+                    let state = match &a[0] {
+                        Operand::Sink(_) => None,
+                        o => Some(d.dst64(o, Ty::B64)?),
+                    };
+                    let tx = if expect { Some(d.src32(&a[2], Ty::U32)?) } else { None };
+                    Inst::MbarArrive { addr: d.addr(&a[1], Space::Shared)?, tx, arrive: true, state }
+                }
+                "expect_tx" => {
+                    nargs(i, 2)?;
+                    Inst::MbarArrive { addr: d.addr(&a[0], Space::Shared)?, tx: Some(d.src32(&a[1], Ty::U32)?), arrive: false, state: None }
+                }
+                _ => {
+                    if !parity {
+                        return derr(i.span, format!("`{}`: the simulator supports the .parity form of mbarrier waits", m.full()));
+                    }
+                    // an optional suspend-time hint is accepted and ignored
+                    if a.len() != 3 && a.len() != 4 {
+                        return derr(i.span, "mbarrier.try_wait.parity takes p, [addr], parity{, hint}");
+                    }
+                    Inst::MbarWait { p: d.pred(&a[0])?.0, addr: d.addr(&a[1], Space::Shared)?, parity: d.src32(&a[2], Ty::U32)? }
+                }
+            }
+        }
+        "cp" => {
+            if !(m.take("async") && m.take("bulk")) {
+                return unsupported(i);
+            }
+            if m.take("commit_group") {
+                nargs(i, 0)?;
+                return Ok(Inst::BulkCommit);
+            }
+            if m.take("wait_group") {
+                let read = m.take("read");
+                nargs(i, 1)?;
+                return Ok(Inst::BulkWait { n: imm_in(&a[0], 0..=63, "cp.async.bulk.wait_group's count")? as u32, read });
+            }
+            if !m.take("tensor") {
+                return derr(i.span, format!("`{}`: the simulator supports cp.async.bulk.tensor (tiled), not plain bulk copies", m.full()));
+            }
+            let dims = match m.take_any(&["1d", "2d", "3d", "4d", "5d"]) {
+                Some(x) => (x.as_bytes()[0] - b'0') as usize,
+                None => return derr(i.span, "cp.async.bulk.tensor needs a dimension (.1d to .5d)"),
+            };
+            m.take("tile");
+            m.take("L2::cache_hint");
+            if i.mods.iter().any(|x| x.starts_with("multicast") || x == "im2col") {
+                return derr(i.span, format!("`{}`: multicast and im2col copies are not supported (no clusters in the simulator)", m.full()));
+            }
+            // the destination's state space comes first: .shared::cluster.global loads, .global.shared::cta stores
+            let first_space = i.mods.iter().find(|x| x.starts_with("shared") || *x == "global").map(|x| x.as_str());
+            if first_space != Some("global") && (m.take("shared::cluster") || m.take("shared::cta")) {
+                // load: global -> shared
+                if !m.take("global") || !m.take("mbarrier::complete_tx::bytes") {
+                    return derr(i.span, format!("`{}`: a tensor load is .shared::cluster.global.mbarrier::complete_tx::bytes", m.full()));
+                }
+                nargs(i, 3)?;
+                let (map, coords) = tensor_operand(d, &a[1], dims)?;
+                Inst::TmaLoad { dst: d.addr(&a[0], Space::Shared)?, map, coords, mbar: d.addr(&a[2], Space::Shared)? }
+            } else if m.take("global") {
+                if !(m.take("shared::cta") && m.take("bulk_group")) {
+                    return derr(i.span, format!("`{}`: a tensor store is .global.shared::cta.bulk_group", m.full()));
+                }
+                nargs(i, 2)?;
+                let (map, coords) = tensor_operand(d, &a[0], dims)?;
+                Inst::TmaStore { map, coords, src: d.addr(&a[1], Space::Shared)? }
+            } else {
+                return unsupported(i);
+            }
+        }
+        "wgmma" => {
+            if m.take("fence") {
+                m.take("sync");
+                m.take("aligned");
+                nargs(i, 0)?;
+                return Ok(Inst::WgFence);
+            }
+            if m.take("commit_group") {
+                m.take("sync");
+                m.take("aligned");
+                nargs(i, 0)?;
+                return Ok(Inst::WgCommit);
+            }
+            if m.take("wait_group") {
+                m.take("sync");
+                m.take("aligned");
+                nargs(i, 1)?;
+                return Ok(Inst::WgWait { n: imm_in(&a[0], 0..=7, "wgmma.wait_group's count")? as u32 });
+            }
+            if !(m.take("mma_async") && m.take("sync") && m.take("aligned")) {
+                return unsupported(i);
+            }
+            let shape = i.mods.iter().find(|x| x.starts_with("m64n") && x.ends_with("k16")).cloned();
+            let n: u32 = match shape.as_deref().and_then(|s| s[4..s.len() - 3].parse::<u32>().ok()) {
+                Some(n) if (8..=256).contains(&n) && n.is_multiple_of(8) => n,
+                _ => return derr(i.span, format!("`{}`: the simulator supports wgmma shapes m64nNk16 (N = 8..256, a multiple of 8) on 16-bit inputs", m.full())),
+            };
+            m.take(shape.as_deref().unwrap_or(""));
+            let bf = match m.types().as_slice() {
+                [Ty::F32, Ty::BF16, Ty::BF16] => true,
+                [Ty::F32, Ty::F16, Ty::F16] => false,
+                _ => return derr(i.span, format!("`{}`: wgmma supports .f32.bf16.bf16 and .f32.f16.f16", m.full())),
+            };
+            let regs_a = matches!(a.get(1), Some(Operand::Vector(..)));
+            nargs(i, if regs_a { 7 } else { 8 })?;
+            let dregs = vec_regs(&a[0]);
+            if dregs.len() != n as usize / 2 {
+                return derr(a[0].span(), format!("m64n{n}k16 with f32 accumulators takes {} registers, found {}", n / 2, dregs.len()));
+            }
+            let dd = dregs.iter().map(|r| d.dst32(r, Ty::F32)).collect::<DResult<Vec<u32>>>()?;
+            let wa = if regs_a {
+                let r = vec_regs(&a[1]);
+                if r.len() != 4 {
+                    return derr(a[1].span(), "a wgmma A fragment is 4 registers");
+                }
+                let v = r.iter().map(|x| d.src32(x, Ty::B32)).collect::<DResult<Vec<u32>>>()?;
+                WgA::Regs([v[0], v[1], v[2], v[3]])
+            } else {
+                WgA::Desc(d.src64(&a[1], Ty::B64)?)
+            };
+            let b = d.src64(&a[2], Ty::B64)?;
+            let scale_d = match &a[3] {
+                Operand::Imm(Imm::Int(v), _) if (0..=1).contains(v) => {
+                    // a constant scale-d: a predicate register that is always (or never) set
+                    let p = d.np;
+                    d.np += 1;
+                    (p, *v == 1)
+                }
+                o => {
+                    let (p, neg) = d.pred(o)?;
+                    (p, neg)
+                }
+            };
+            let sgn = |o: &Operand| -> DResult<bool> { Ok(imm_in(o, -1..=1, "wgmma's imm-scale")? == -1) };
+            let neg_a = sgn(&a[4])?;
+            let neg_b = sgn(&a[5])?;
+            let (trans_a, trans_b) = if regs_a {
+                (false, imm_in(&a[6], 0..=1, "wgmma's imm-trans-b")? == 1)
+            } else {
+                (imm_in(&a[6], 0..=1, "wgmma's imm-trans-a")? == 1, imm_in(&a[7], 0..=1, "wgmma's imm-trans-b")? == 1)
+            };
+            Inst::Wgmma { n, bf, d: dd, a: wa, b, scale_d, neg_a, neg_b, trans_a, trans_b }
+        }
+        "elect" => {
+            if !m.take("sync") {
+                return unsupported(i);
+            }
+            nargs(i, 2)?;
+            let (dd, p) = match &a[0] {
+                Operand::Pair(x, y, _) => (
+                    match x.as_ref() {
+                        Operand::Sink(_) => None,
+                        x => Some(d.dst32(x, Ty::B32)?),
+                    },
+                    d.pred(y)?.0,
+                ),
+                o => return derr(o.span(), "elect.sync takes `d|p, membermask`"),
+            };
+            Inst::Elect { d: dd, p, mask: d.src32(&a[1], Ty::B32)? }
+        }
+        "setmaxnreg" => {
+            if m.take_any(&["inc", "dec"]).is_none() || !(m.take("sync") && m.take("aligned")) || m.one_type()? != Ty::U32 {
+                return unsupported(i);
+            }
+            nargs(i, 1)?;
+            let n = imm_in(&a[0], 24..=256, "setmaxnreg's count")? as u32;
+            if !n.is_multiple_of(8) {
+                return derr(a[0].span(), "setmaxnreg's count must be a multiple of 8");
+            }
+            Inst::Setmaxnreg { n }
+        }
+        "stmatrix" => {
+            if !(m.take("sync") && m.take("aligned") && m.take("m8n8")) {
+                return unsupported(i);
+            }
+            let num = match m.take_any(&["x1", "x2", "x4"]) {
+                Some("x1") => 1,
+                Some("x2") => 2,
+                Some("x4") => 4,
+                _ => return unsupported(i),
+            };
+            let trans = m.take("trans");
+            if !matches!(m.space(), Space::Shared) || m.one_type()? != Ty::B16 {
+                return unsupported(i);
+            }
+            nargs(i, 2)?;
+            let regs = vec_regs(&a[1]);
+            if regs.len() != num as usize {
+                return derr(a[1].span(), format!("stmatrix .x{num} takes {num} registers"));
+            }
+            let mut s = [0u32; 4];
+            for (k, r) in regs.iter().enumerate() {
+                s[k] = d.src32(r, Ty::B32)?;
+            }
+            Inst::Stmatrix { num, trans, s, addr: d.addr(&a[0], Space::Shared)? }
+        }
+        _ => return unsupported(i),
+    })
 }
 
 fn float_flags(m: &mut Mods) -> u8 {

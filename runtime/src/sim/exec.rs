@@ -3,12 +3,13 @@
 #![allow(clippy::needless_range_loop, clippy::collapsible_if, clippy::collapsible_match, clippy::too_many_arguments)]
 
 use super::decode::*;
-use super::mem::{atomic_apply, Allocation, GlobalMem, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
+use super::hopper::{box_elements, decode_tmap, MBar, MatDesc, MBAR_MAX, TMAP_BYTES};
+use super::mem::{atomic_apply, Allocation, GlobalMem, LOCAL_WINDOW, PARAM_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
 use super::num::{self, Rnd};
 use super::counters::BlockCounters;
 use super::options::SimOptions;
-use crate::device::{SimError, SimErrorKind};
-use std::collections::VecDeque;
+use crate::device::{SimError, SimErrorKind, TmaSwizzle};
+use std::collections::{HashMap, VecDeque};
 
 pub const FULL: u32 = u32::MAX;
 
@@ -69,6 +70,70 @@ struct Warp {
     done: bool,
     cp_pending: Vec<CpOp>,
     cp_groups: VecDeque<Vec<CpOp>>,
+    /// waiting on an mbarrier or at a warpgroup rendezvous
+    susp: Option<Susp>,
+    /// the warpgroup rendezvous at this pc has passed: execute it
+    pass: Option<u32>,
+    /// wgmma bookkeeping (kernels with wgmma)
+    wg: Option<Box<WarpWg>>,
+    /// shared 16-byte chunks read by this warp's TMA stores, not yet committed / per committed group
+    bulk_open: Vec<u32>,
+    bulk_groups: VecDeque<Vec<u32>>,
+}
+
+/// Why an unfinished warp is not running, besides `bar.sync`.
+#[derive(Clone, Copy, Debug)]
+enum Susp {
+    /// `mbarrier.try_wait` found the phase incomplete; woken when the barrier's phase moves
+    Mbar { off: u32, phase: u32, line: u32 },
+    /// at a warpgroup-collective instruction, waiting for the other warps of its warpgroup
+    Group { pc: u32, line: u32 },
+}
+
+/// One wgmma in flight: the accumulator values it produces (written to the
+/// registers at the `wgmma.wait_group` that covers it), the A-fragment
+/// registers and the shared 16-byte chunks it reads.
+struct WgOp {
+    out: Vec<(u32, [u32; 32])>,
+    aregs: Vec<u32>,
+    chunks: Vec<u32>,
+}
+
+/// A warp's wgmma state.
+struct WarpWg {
+    /// per 32-bit register: how many in-flight wgmmas use it (accumulator or A fragment)
+    busy: Vec<u16>,
+    /// per 32-bit register: accessed by an ordinary instruction since the last `wgmma.fence`
+    touched: Vec<bool>,
+    open: Vec<WgOp>,
+    groups: VecDeque<Vec<WgOp>>,
+}
+
+/// A TMA load in flight: it lands (and completes its mbarrier's
+/// transaction bytes) when a thread waits on that mbarrier, when nothing
+/// else can run, or at the end of the block.
+struct TmaOp {
+    mbar: u32,
+    dst: u32,
+    swz: TmaSwizzle,
+    data: Vec<u8>,
+    line: u32,
+    warp: u32,
+    lane: u8,
+}
+
+/// The block's async-proxy state (kernels with mbarriers, TMA or wgmma).
+struct Hop {
+    mbars: HashMap<u32, MBar>,
+    /// per 8-byte shared word: the line of the `mbarrier.init` living there, 0 if none
+    mbar_at: Vec<u32>,
+    tma: Vec<TmaOp>,
+    /// per 16-byte shared chunk: in-flight async-proxy reads (wgmma operands, TMA stores)
+    aread: Vec<u16>,
+    /// per shared byte: `(thread + 1) | fences << 11` of its last ordinary write, 0 if none
+    gwrite: Vec<u32>,
+    /// per thread: `fence.proxy.async` executed so far
+    fences: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -107,6 +172,7 @@ pub struct BlockRunner<'a> {
     /// scratch for the counters' per-request lane lists
     acc_g: Vec<(u64, u32)>,
     acc_s: Vec<(u8, u64)>,
+    hop: Option<Box<Hop>>,
 }
 
 macro_rules! each {
@@ -230,6 +296,11 @@ impl<'a> BlockRunner<'a> {
                 done: false,
                 cp_pending: Vec::new(),
                 cp_groups: VecDeque::new(),
+                susp: None,
+                pass: None,
+                wg: k.wgmma.then(|| Box::new(WarpWg { busy: vec![0; k.n32 as usize], touched: vec![false; k.n32 as usize], open: Vec::new(), groups: VecDeque::new() })),
+                bulk_open: Vec::new(),
+                bulk_groups: VecDeque::new(),
             })
             .collect();
         BlockRunner {
@@ -250,6 +321,10 @@ impl<'a> BlockRunner<'a> {
             counters: l.opts.counters.then(|| Box::new(BlockCounters::new(k.insts.len()))),
             acc_g: Vec::new(),
             acc_s: Vec::new(),
+            hop: k.hopper.then(|| {
+                let sh = l.shared_size as usize;
+                Box::new(Hop { mbars: HashMap::new(), mbar_at: vec![0; sh.div_ceil(8)], tma: Vec::new(), aread: vec![0; sh.div_ceil(16)], gwrite: vec![0; sh], fences: vec![0; nthreads as usize] })
+            }),
         }
     }
 
@@ -271,6 +346,14 @@ impl<'a> BlockRunner<'a> {
         self.shadow.fill(Shadow::default());
         self.shared.fill(0);
         self.local.fill(0);
+        if let Some(h) = self.hop.as_deref_mut() {
+            h.mbars.clear();
+            h.mbar_at.fill(0);
+            h.tma.clear();
+            h.aread.fill(0);
+            h.gwrite.fill(0);
+            h.fences.fill(0);
+        }
         let k = self.l.k;
         let (b, g) = (self.l.block, self.l.grid);
         let nthreads = self.nthreads;
@@ -293,6 +376,16 @@ impl<'a> BlockRunner<'a> {
             w.stack.push(Entry { pc: 0, mask: w.valid, rpc: RECONV_NONE });
             w.cp_pending.clear();
             w.cp_groups.clear();
+            w.susp = None;
+            w.pass = None;
+            w.bulk_open.clear();
+            w.bulk_groups.clear();
+            if let Some(g) = w.wg.as_deref_mut() {
+                g.busy.fill(0);
+                g.touched.fill(false);
+                g.open.clear();
+                g.groups.clear();
+            }
             for &(r, v) in &k.const32 {
                 w.r32[r as usize] = [v; 32];
             }
@@ -329,15 +422,26 @@ impl<'a> BlockRunner<'a> {
         self.reset(ctaid);
         loop {
             for wi in 0..self.warps.len() {
-                if !self.warps[wi].done && self.warps[wi].wait.is_none() {
+                let w = &self.warps[wi];
+                if !w.done && w.wait.is_none() && w.susp.is_none() {
                     self.run_warp(wi)?;
                 }
             }
             self.report_uninit()?;
             if self.warps.iter().all(|w| w.done) {
-                return Ok(());
+                return self.finish_block();
             }
-            self.resolve_barriers()?;
+            let mut progress = self.resolve_barriers()?;
+            if self.hop.is_some() {
+                progress |= self.resolve_async()?;
+                // nothing runnable: let every TMA load in flight land, as the hardware eventually would
+                if !progress && self.land_all()? {
+                    progress = self.resolve_async()?;
+                }
+            }
+            if !progress {
+                return Err(self.stuck());
+            }
         }
     }
 
@@ -354,7 +458,7 @@ impl<'a> BlockRunner<'a> {
         Ok(())
     }
 
-    fn resolve_barriers(&mut self) -> R<()> {
+    fn resolve_barriers(&mut self) -> R<bool> {
         let live: u32 = self.warps.iter().map(|w| (w.valid & !w.exited).count_ones()).sum();
         let exited = self.nthreads - live;
         let mut released = false;
@@ -413,20 +517,54 @@ impl<'a> BlockRunner<'a> {
                 released = true;
             }
         }
-        if !released {
-            // nobody can make progress
-            let w = self.warps.iter().find(|w| w.wait.is_some()).map(|w| (w.id, w.wait.unwrap_or_else(|| unreachable!()), (w.valid & !w.exited).trailing_zeros()));
-            let (wid, b, lane) = w.unwrap_or((0, BarWait { id: 0, count: None, pc: 0, line: 0 }, 0));
-            let arrived: u32 = self.warps.iter().filter(|w| w.wait.is_some_and(|x| x.id == b.id)).map(|w| (w.valid & !w.exited).count_ones()).sum::<u32>() + self.arrivals[b.id as usize];
-            return Err(self.error(
-                SimErrorKind::BarrierDivergence,
-                wid,
-                lane as usize,
-                b.line,
-                format!("barrier divergence (deadlock): barrier {} expects {} threads but only {arrived} can arrive; the other threads wait elsewhere or have exited", b.id, b.count.unwrap_or(self.nthreads)),
-            ));
+        Ok(released)
+    }
+
+    /// The error when no warp can make progress: a barrier that not enough
+    /// threads can reach, or (with mbarriers and warpgroups) a deadlock with
+    /// what every warp waits for.
+    fn stuck(&self) -> Box<SimError> {
+        if self.warps.iter().any(|w| w.susp.is_some()) {
+            let mut what = Vec::new();
+            for w in &self.warps {
+                let s = match (w.done, w.wait, w.susp) {
+                    (true, ..) => "finished".to_string(),
+                    (_, Some(b), _) => format!("bar.sync {} at line {}", b.id, b.line),
+                    (_, _, Some(Susp::Mbar { off, line, .. })) => {
+                        let m = self.hop.as_deref().and_then(|h| h.mbars.get(&off));
+                        match m {
+                            Some(m) => format!(
+                                "mbarrier.try_wait at line {line} on the mbarrier at shared {off:#x} (phase {}, {} of {} arrivals missing, {} transaction bytes expected)",
+                                m.phase, m.pending, m.expected, m.tx
+                            ),
+                            None => format!("mbarrier.try_wait at line {line} on shared {off:#x}"),
+                        }
+                    }
+                    (_, _, Some(Susp::Group { line, .. })) => format!("wgmma at line {line}, for the rest of its warpgroup"),
+                    _ => "runnable".to_string(),
+                };
+                what.push(format!("warp {}: {s}", w.id));
+            }
+            let (wid, line) = self
+                .warps
+                .iter()
+                .find_map(|w| match w.susp {
+                    Some(Susp::Mbar { line, .. } | Susp::Group { line, .. }) => Some((w.id, line)),
+                    None => None,
+                })
+                .unwrap_or((0, 0));
+            return self.error(SimErrorKind::Deadlock, wid, 0, line, format!("deadlock: every warp waits and nothing in flight can release one; {}", what.join("; ")));
         }
-        Ok(())
+        let w = self.warps.iter().find(|w| w.wait.is_some()).map(|w| (w.id, w.wait.unwrap_or_else(|| unreachable!()), (w.valid & !w.exited).trailing_zeros()));
+        let (wid, b, lane) = w.unwrap_or((0, BarWait { id: 0, count: None, pc: 0, line: 0 }, 0));
+        let arrived: u32 = self.warps.iter().filter(|w| w.wait.is_some_and(|x| x.id == b.id)).map(|w| (w.valid & !w.exited).count_ones()).sum::<u32>() + self.arrivals[b.id as usize];
+        self.error(
+            SimErrorKind::BarrierDivergence,
+            wid,
+            lane as usize,
+            b.line,
+            format!("barrier divergence (deadlock): barrier {} expects {} threads but only {arrived} can arrive; the other threads wait elsewhere or have exited", b.id, b.count.unwrap_or(self.nthreads)),
+        )
     }
 
     // ------------------------------------------------------------ memory
@@ -462,7 +600,7 @@ impl<'a> BlockRunner<'a> {
     fn shadow_settled(&self, k: usize, warp: u32, lane: usize, line: u32, what: &str) -> R<Shadow> {
         let s = self.shadow[k];
         if s.w_tid & PENDING != 0 {
-            return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("{what} shared address {k:#x} while a cp.async into it is in flight (missing cp.async.wait_group?)")));
+            return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("{what} shared address {k:#x} while a copy into it is in flight (a cp.async without its cp.async.wait_group, or a TMA load whose mbarrier was not waited on)")));
         }
         Ok(s)
     }
@@ -493,6 +631,9 @@ impl<'a> BlockRunner<'a> {
 
     #[inline(always)]
     fn shadow_write(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
+        if self.hop.is_some() {
+            self.hop_generic_write(warp, lane, off, size, line)?;
+        }
         let race = self.l.opts.racecheck;
         let t = (warp * 32 + lane as u32) as u16;
         let e = self.epoch;
@@ -585,6 +726,8 @@ impl<'a> BlockRunner<'a> {
             (Space::Shared, addr - SHARED_WINDOW)
         } else if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SIZE).contains(&addr) {
             (Space::Local, addr - LOCAL_WINDOW)
+        } else if (PARAM_WINDOW..PARAM_WINDOW + WINDOW_SIZE).contains(&addr) {
+            (Space::Param, addr - PARAM_WINDOW)
         } else {
             (Space::Global, addr)
         }
@@ -670,6 +813,9 @@ impl<'a> BlockRunner<'a> {
     }
 
     fn finish_warp(&mut self, wi: usize) -> R<()> {
+        if self.hop.is_some() {
+            self.finish_warp_async(wi, 0)?;
+        }
         let w = &mut self.warps[wi];
         w.done = true;
         let mut groups: Vec<Vec<CpOp>> = w.cp_groups.drain(..).collect();
@@ -677,6 +823,512 @@ impl<'a> BlockRunner<'a> {
         for g in groups {
             self.complete_group(wi, g)?;
         }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ the async proxy (Hopper)
+
+    /// An ordinary (generic-proxy) write of shared bytes `off..off + size` in
+    /// a kernel with async-proxy state: remember the writer for the proxy
+    /// fence check, and refuse writes into bytes an async read is using or
+    /// into an mbarrier object.
+    #[cold]
+    fn hop_generic_write(&mut self, warp: u32, lane: usize, off: usize, size: usize, line: u32) -> R<()> {
+        let Some(h) = self.hop.as_deref_mut() else { return Ok(()) };
+        let t = (warp * 32 + lane as u32) as usize;
+        let rec = (t as u32 + 1) | h.fences[t] << 11;
+        h.gwrite[off..off + size].fill(rec);
+        if let Some(c) = (off >> 4..=(off + size - 1) >> 4).find(|&c| h.aread[c] > 0) {
+            return Err(self.error(
+                SimErrorKind::AsyncCopyHazard,
+                warp,
+                lane,
+                line,
+                format!("write to shared address {:#x} while an in-flight wgmma or TMA store reads it (wait with wgmma.wait_group or cp.async.bulk.wait_group.read first)", (c << 4).max(off)),
+            ));
+        }
+        if let Some(wd) = (off >> 3..=(off + size - 1) >> 3).find(|&wd| h.mbar_at[wd] != 0) {
+            let il = h.mbar_at[wd];
+            return Err(self.error(SimErrorKind::Mbarrier, warp, lane, line, format!("ordinary store to shared address {:#x} overwrites the mbarrier initialised at line {il}", wd << 3)));
+        }
+        Ok(())
+    }
+
+    /// An async-proxy read of shared byte `k` (wgmma operand, TMA store
+    /// source): it must have landed, have been written, and any ordinary
+    /// write to it must be followed by `fence.proxy.async` from its writer.
+    fn async_read_ok(&self, k: usize, warp: u32, lane: usize, line: u32, what: &str) -> R<()> {
+        let s = self.shadow[k];
+        if s.w_tid & PENDING != 0 {
+            return Err(self.error(SimErrorKind::AsyncCopyHazard, warp, lane, line, format!("{what} reads shared address {k:#x} before the copy into it has landed (wait on its mbarrier, or cp.async.wait_group, first)")));
+        }
+        if self.l.opts.initcheck && s.w_epoch == 0 {
+            return Err(self.error(SimErrorKind::UninitializedRead, warp, lane, line, format!("{what} reads shared address {k:#x}, which nothing wrote")));
+        }
+        if let Some(h) = self.hop.as_deref() {
+            let g = h.gwrite[k];
+            if g != 0 {
+                let t = (g & 0x7ff) as usize - 1;
+                if h.fences[t] == g >> 11 {
+                    return Err(self.error(
+                        SimErrorKind::ProxyFence,
+                        warp,
+                        lane,
+                        line,
+                        format!("{what} reads shared address {k:#x}, written by {} with an ordinary store and no fence.proxy.async since (the async proxy may not see it)", self.thread_str(t as u16)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mbar_off(&self, warp: u32, lane: usize, addr: u64, line: u32) -> R<u32> {
+        if !addr.is_multiple_of(8) {
+            return Err(self.misaligned(warp, lane, line, "mbarrier", addr, 8));
+        }
+        Ok(self.sh_check(warp, lane, addr, 8, line)? as u32)
+    }
+
+    fn mbar_err(&self, warp: u32, lane: usize, line: u32, msg: String) -> Box<SimError> {
+        self.error(SimErrorKind::Mbarrier, warp, lane, line, msg)
+    }
+
+    /// A completed mbarrier phase orders the threads it synchronises, so the
+    /// race checker starts a new interval (as at a `bar.sync`).
+    fn phase_completed(&mut self) {
+        self.epoch += 1;
+    }
+
+    /// Land the TMA loads in flight on mbarrier `mbar` (every one if `None`), in issue order.
+    fn land(&mut self, mbar: Option<u32>) -> R<bool> {
+        let Some(h) = self.hop.as_deref_mut() else { return Ok(false) };
+        if h.tma.is_empty() {
+            return Ok(false);
+        }
+        let (now, keep): (Vec<TmaOp>, Vec<TmaOp>) = std::mem::take(&mut h.tma).into_iter().partition(|o| mbar.is_none_or(|m| o.mbar == m));
+        h.tma = keep;
+        let landed = !now.is_empty();
+        for op in now {
+            for (pos, &v) in op.data.iter().enumerate() {
+                let a = op.swz.apply(op.dst + pos as u32) as usize;
+                self.shared[a] = v;
+                let sh = &mut self.shadow[a];
+                sh.w_tid = (op.warp * 32 + op.lane as u32) as u16;
+                // written by the async proxy before the waiting thread's interval: never a race
+                sh.w_epoch = 1;
+                sh.w_line = op.line;
+            }
+            let h = self.hop.as_deref_mut().unwrap_or_else(|| unreachable!());
+            for a in op.dst..op.dst + op.data.len() as u32 {
+                h.gwrite[op.swz.apply(a) as usize] = 0;
+            }
+            let done = match h.mbars.get_mut(&op.mbar) {
+                Some(m) => m.complete_tx(op.data.len() as u64),
+                None => Err(format!("the TMA load of line {} completes on shared address {:#x}, which no longer holds an mbarrier", op.line, op.mbar)),
+            };
+            match done {
+                Ok(true) => self.phase_completed(),
+                Ok(false) => {}
+                Err(msg) => return Err(self.mbar_err(op.warp, op.lane as usize, op.line, msg)),
+            }
+        }
+        Ok(landed)
+    }
+
+    fn land_all(&mut self) -> R<bool> {
+        self.land(None)
+    }
+
+    /// Wake warps whose mbarrier moved on, and pass warpgroup rendezvous
+    /// where all four warps arrived at the same instruction.
+    fn resolve_async(&mut self) -> R<bool> {
+        let mut progress = false;
+        for wi in 0..self.warps.len() {
+            if let Some(Susp::Mbar { off, phase, .. }) = self.warps[wi].susp {
+                let moved = |s: &Self| s.hop.as_deref().and_then(|h| h.mbars.get(&off)).is_none_or(|m| m.phase != phase);
+                if !moved(self) {
+                    self.land(Some(off))?;
+                }
+                if moved(self) {
+                    self.warps[wi].susp = None;
+                    progress = true;
+                }
+            }
+        }
+        let groups = self.warps.len() / 4;
+        for g in 0..groups {
+            let ws = &self.warps[4 * g..4 * g + 4];
+            let pcs: Vec<Option<(u32, u32)>> = ws.iter().map(|w| match w.susp {
+                Some(Susp::Group { pc, line }) => Some((pc, line)),
+                _ => None,
+            }).collect();
+            if pcs.iter().all(|p| p.is_none()) {
+                continue;
+            }
+            if let Some(i) = ws.iter().position(|w| w.done) {
+                let (pc, line) = pcs.iter().flatten().next().copied().unwrap_or((0, 0));
+                let _ = pc;
+                return Err(self.error(SimErrorKind::WarpDivergence, ws[i].id, 0, line, format!("warpgroup divergence: the wgmma at line {line} needs all four warps of warpgroup {g}, but warp {} has exited", ws[i].id)));
+            }
+            if pcs.iter().all(|p| p.is_some()) {
+                let (pc0, l0) = pcs[0].unwrap_or((0, 0));
+                if let Some((_, l)) = pcs.iter().flatten().find(|(pc, _)| *pc != pc0) {
+                    return Err(self.error(SimErrorKind::WarpDivergence, ws[0].id, 0, l0, format!("warpgroup divergence: warps of warpgroup {g} wait at different wgmma instructions (lines {l0} and {l})")));
+                }
+                for w in &mut self.warps[4 * g..4 * g + 4] {
+                    w.susp = None;
+                    w.pass = Some(pc0);
+                }
+                progress = true;
+            }
+        }
+        Ok(progress)
+    }
+
+    /// End of a block: nothing of the async proxy may still be in flight.
+    fn finish_block(&mut self) -> R<()> {
+        if let Some(h) = self.hop.as_deref() {
+            if let Some(op) = h.tma.first() {
+                return Err(self.error(SimErrorKind::AsyncCopyHazard, op.warp, op.lane as usize, op.line, format!("the block finished with the TMA load of line {} still in flight: no thread waited on its mbarrier (shared {:#x})", op.line, op.mbar)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks when warp `wi` finishes: no wgmma or TMA store of its own in flight.
+    fn finish_warp_async(&self, wi: usize, line: u32) -> R<()> {
+        let w = &self.warps[wi];
+        if let Some(g) = w.wg.as_deref() {
+            if !g.open.is_empty() || !g.groups.is_empty() {
+                return Err(self.error(SimErrorKind::WgmmaHazard, w.id, 0, line, "the warp exits with wgmma in flight (no wgmma.wait_group for its last group)".into()));
+            }
+        }
+        if !w.bulk_open.is_empty() || !w.bulk_groups.is_empty() {
+            return Err(self.error(SimErrorKind::AsyncCopyHazard, w.id, 0, line, "the warp exits while its TMA store still reads shared memory (cp.async.bulk.commit_group and cp.async.bulk.wait_group.read 0 first)".into()));
+        }
+        Ok(())
+    }
+
+    /// For kernels with wgmma: an ordinary instruction must not touch a
+    /// register an in-flight wgmma owns; remember what it touched for the
+    /// `wgmma.fence` check.
+    #[inline]
+    fn wg_reg_check(&mut self, wi: usize, inst: &Inst, line: u32) -> R<()> {
+        let w = &mut self.warps[wi];
+        let Some(g) = w.wg.as_deref_mut() else { return Ok(()) };
+        let mut bad = None;
+        inst.regs32(&mut |r| {
+            let r = r as usize;
+            if g.busy[r] > 0 && bad.is_none() {
+                bad = Some(r);
+            }
+            g.touched[r] = true;
+        });
+        if let Some(r) = bad {
+            let wid = w.id;
+            return Err(self.error(SimErrorKind::WgmmaHazard, wid, 0, line, format!("register #{r} (a wgmma accumulator or A fragment) is accessed before the wgmma.wait_group that completes its wgmma")));
+        }
+        Ok(())
+    }
+
+    /// Complete all but the `keep` newest wgmma groups of warp `wi`.
+    fn wg_complete(&mut self, wi: usize, keep: usize) {
+        let mut done_chunks = Vec::new();
+        {
+            let w = &mut self.warps[wi];
+            let Some(g) = w.wg.as_deref_mut() else { return };
+            while g.groups.len() > keep {
+                let ops = g.groups.pop_front().unwrap_or_default();
+                for op in ops {
+                    for (r, v) in &op.out {
+                        w.r32[*r as usize] = *v;
+                        g.busy[*r as usize] -= 1;
+                    }
+                    for r in &op.aregs {
+                        g.busy[*r as usize] -= 1;
+                    }
+                    done_chunks.extend(op.chunks);
+                }
+            }
+        }
+        if let Some(h) = self.hop.as_deref_mut() {
+            for c in done_chunks {
+                h.aread[c as usize] -= 1;
+            }
+        }
+    }
+
+    /// The newest value of register `r` for a wgmma reading its accumulator:
+    /// an earlier in-flight wgmma's result if one writes it.
+    fn wg_current(w: &Warp, r: u32) -> [u32; 32] {
+        if let Some(g) = w.wg.as_deref() {
+            for op in g.open.iter().rev().chain(g.groups.iter().rev().flat_map(|x| x.iter().rev())) {
+                if let Some((_, v)) = op.out.iter().find(|(x, _)| *x == r) {
+                    return *v;
+                }
+            }
+        }
+        w.r32[r as usize]
+    }
+
+    /// One warp's part of `wgmma.mma_async` (rows 16q..16q+15 of the 64-row
+    /// tile, q the warp's index in its warpgroup): read the operands now,
+    /// compute, and keep the result in flight until its wait_group.
+    fn exec_wgmma(&mut self, wi: usize, inst: &Inst, line: u32) -> R<()> {
+        let Inst::Wgmma { n, bf, d, a, b, scale_d, neg_a, neg_b, trans_a, trans_b } = inst else { return Ok(()) };
+        let (n, wid) = (*n as usize, self.warps[wi].id);
+        let q = (wid % 4) as usize;
+        let w = &self.warps[wi];
+        let uniform64 = |r: u32, what: &str| -> R<u64> {
+            let v = w.r64[r as usize];
+            if v.iter().any(|&x| x != v[0]) {
+                return Err(self.error(SimErrorKind::WarpDivergence, wid, 0, line, format!("wgmma: the {what} descriptor differs between lanes of the warp")));
+            }
+            Ok(v[0])
+        };
+        let bdesc = MatDesc::decode(uniform64(*b, "B")?);
+        let adesc = match a {
+            WgA::Desc(r) => Some(MatDesc::decode(uniform64(*r, "A")?)),
+            WgA::Regs(_) => None,
+        };
+        for dsc in adesc.iter().chain(std::iter::once(&bdesc)) {
+            if dsc.base_offset != 0 {
+                return Err(self.error(SimErrorKind::Other, wid, 0, line, "wgmma: matrix descriptors with a non-zero base offset are not supported by the simulator".into()));
+            }
+        }
+        let g = w.wg.as_deref().unwrap_or_else(|| unreachable!());
+        let used: Vec<u32> = d.iter().copied().chain(match a {
+            WgA::Regs(r) => r.to_vec(),
+            WgA::Desc(_) => vec![],
+        }).collect();
+        if let Some(r) = used.iter().find(|&&r| g.touched[r as usize]) {
+            return Err(self.error(SimErrorKind::WgmmaHazard, wid, 0, line, format!("wgmma uses register #{r}, which an ordinary instruction accessed since the last wgmma.fence (wgmma.fence.sync.aligned must separate them)")));
+        }
+        let half = |x: u16| if *bf { f32::from_bits((x as u32) << 16) as f64 } else { num::f16_to_f32(x) as f64 };
+        // operands: A rows 16q.., B all n rows, as f64
+        let mut chunks: Vec<u32> = Vec::new();
+        let mut am = [[0f64; 16]; 16];
+        let mut bm = vec![[0f64; 16]; n];
+        let mut read16 = |s: &mut Self, addr: u32, what: &str| -> R<u16> {
+            let k = s.sh_check(wid, 0, addr as u64, 2, line)?;
+            if !addr.is_multiple_of(2) {
+                return Err(s.misaligned(wid, 0, line, "wgmma operand", addr as u64, 2));
+            }
+            s.async_read_ok(k, wid, 0, line, what)?;
+            s.async_read_ok(k + 1, wid, 0, line, what)?;
+            chunks.push(addr >> 4);
+            Ok(u16::from_le_bytes([s.shared[k], s.shared[k + 1]]))
+        };
+        match (a, adesc) {
+            (_, Some(ad)) => {
+                for (r, row) in am.iter_mut().enumerate() {
+                    for (k, v) in row.iter_mut().enumerate() {
+                        *v = half(read16(self, ad.addr16((16 * q + r) as u32, k as u32, *trans_a), "wgmma (A operand)")?);
+                    }
+                }
+            }
+            (WgA::Regs(ar), None) => {
+                let w = &self.warps[wi];
+                for (r, row) in am.iter_mut().enumerate() {
+                    for (k, v) in row.iter_mut().enumerate() {
+                        let lane = (r % 8) * 4 + (k % 8) / 2;
+                        let word = w.r32[ar[r / 8 + 2 * (k / 8)] as usize][lane];
+                        *v = half((word >> (16 * (k % 2))) as u16);
+                    }
+                }
+            }
+            _ => unreachable!(),
+        }
+        for (c, row) in bm.iter_mut().enumerate() {
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = half(read16(self, bdesc.addr16(c as u32, k as u32, *trans_b), "wgmma (B operand)")?);
+            }
+        }
+        let sa = if *neg_a { -1.0 } else { 1.0 };
+        let sb = if *neg_b { -1.0 } else { 1.0 };
+        let w = &self.warps[wi];
+        let sd = w.p[scale_d.0 as usize];
+        let mut out: Vec<(u32, [u32; 32])> = Vec::with_capacity(n / 2);
+        for (i, &reg) in d.iter().enumerate() {
+            let cur = Self::wg_current(w, reg);
+            let mut v = [0u32; 32];
+            for l in 0..32 {
+                let row = l / 4 + 8 * ((i / 2) % 2);
+                let col = (i / 4) * 8 + (l % 4) * 2 + (i % 2);
+                let scale = (sd >> l & 1 == 1) != scale_d.1;
+                let mut acc = if scale { f32::from_bits(cur[l]) as f64 } else { 0.0 };
+                for k in 0..16 {
+                    acc += sa * am[row][k] * sb * bm[col][k];
+                }
+                v[l] = (acc as f32).to_bits();
+            }
+            out.push((reg, v));
+        }
+        chunks.sort_unstable();
+        chunks.dedup();
+        let h = self.hop.as_deref_mut().unwrap_or_else(|| unreachable!());
+        for &c in &chunks {
+            h.aread[c as usize] += 1;
+        }
+        let aregs = match a {
+            WgA::Regs(r) => r.to_vec(),
+            WgA::Desc(_) => vec![],
+        };
+        let g = self.warps[wi].wg.as_deref_mut().unwrap_or_else(|| unreachable!());
+        for r in d.iter().chain(&aregs) {
+            g.busy[*r as usize] += 1;
+        }
+        g.open.push(WgOp { out, aregs, chunks });
+        Ok(())
+    }
+
+    /// `cp.async.bulk.tensor` load by lane `l`: read the box now, put it in flight.
+    /// The tensor map lane `l` names: a generic address of a kernel
+    /// parameter (`cvta.param`) or of global memory.
+    fn tensor_map(&mut self, wi: usize, l: usize, map: u32, line: u32) -> R<crate::device::TensorMap> {
+        let wid = self.warps[wi].id;
+        let a = self.warps[wi].r64[map as usize][l];
+        let mut bytes = [0u8; TMAP_BYTES];
+        if !a.is_multiple_of(64) {
+            return Err(self.misaligned(wid, l, line, "tensor map", a, 64));
+        }
+        match Self::generic(a) {
+            (Space::Param, off) => {
+                let p = &self.l.params;
+                if off + TMAP_BYTES as u64 > p.len() as u64 {
+                    return Err(self.error(SimErrorKind::OutOfBounds, wid, l, line, format!("tensor map at param offset {off} runs past the {} bytes of parameters", p.len())));
+                }
+                bytes.copy_from_slice(&p[off as usize..off as usize + TMAP_BYTES]);
+            }
+            (Space::Global, g) => {
+                let (al, o) = self.gl_find(wid, l, g, TMAP_BYTES as u32, line)?;
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    *b = al.load(o + i as u64, 1) as u8;
+                }
+            }
+            _ => return Err(self.error(SimErrorKind::Other, wid, l, line, format!("tensor map address {a:#x} is not a parameter or global address"))),
+        }
+        decode_tmap(&bytes).map_err(|m| self.error(SimErrorKind::Other, wid, l, line, m))
+    }
+
+    fn exec_tma_load(&mut self, wi: usize, l: usize, dst: &Addr, map: u32, coords: &[u32], mbar: &Addr, line: u32) -> R<()> {
+        let wid = self.warps[wi].id;
+        let t = self.tensor_map(wi, l, map, line)?;
+        let w = &self.warps[wi];
+        if coords.len() != t.rank as usize {
+            return Err(self.error(SimErrorKind::Other, wid, l, line, format!("a {}d copy through a rank-{} tensor map", coords.len(), t.rank)));
+        }
+        let c: Vec<i64> = coords.iter().map(|&r| w.r32[r as usize][l] as i32 as i64).collect();
+        let da = Self::addr_of(w, dst, l);
+        let ma = Self::addr_of(w, mbar, l);
+        if da % 128 != 0 {
+            return Err(self.misaligned(wid, l, line, "TMA shared destination", da, 128));
+        }
+        let bytes = t.box_bytes();
+        self.sh_check(wid, l, da, bytes as u32, line)?;
+        let moff = self.mbar_off(wid, l, ma, line)?;
+        if !self.hop.as_deref().is_some_and(|h| h.mbars.contains_key(&moff)) {
+            return Err(self.mbar_err(wid, l, line, format!("the TMA load completes on shared address {moff:#x}, which holds no initialised mbarrier")));
+        }
+        let es = t.dtype.bytes() as u64;
+        let mut data = vec![0u8; bytes as usize];
+        let mut oob = None;
+        let mem = self.l.mem;
+        box_elements(&t, &c, |pos, g| {
+            if let Some(g) = g {
+                let ga = t.addr + g;
+                match mem.find(ga, es, &mut self.hint) {
+                    Some((a, o)) => {
+                        for b in 0..es {
+                            data[(pos * es + b) as usize] = a.load(o + b, 1) as u8;
+                        }
+                    }
+                    None => oob = oob.or(Some(ga)),
+                }
+            }
+        });
+        if let Some(ga) = oob {
+            return Err(self.error(SimErrorKind::OutOfBounds, wid, l, line, format!("TMA load reads global address {ga:#x} outside every allocation ({}): the tensor map's dims or strides overrun its buffer", mem.describe(ga))));
+        }
+        let da = da as u32;
+        for a in da..da + bytes as u32 {
+            let k = t.swizzle.apply(a) as usize;
+            if k >= self.shared.len() {
+                return Err(self.error(SimErrorKind::OutOfBounds, wid, l, line, format!("swizzled TMA destination {k:#x} is past the block's shared memory")));
+            }
+            if self.shadow[k].w_tid & PENDING != 0 {
+                return Err(self.error(SimErrorKind::AsyncCopyHazard, wid, l, line, format!("TMA load into shared address {k:#x}, which another copy in flight also writes")));
+            }
+            let h = self.hop.as_deref().unwrap_or_else(|| unreachable!());
+            if h.aread[k >> 4] > 0 {
+                return Err(self.error(SimErrorKind::AsyncCopyHazard, wid, l, line, format!("TMA load overwrites shared address {k:#x} while an in-flight wgmma or TMA store reads it")));
+            }
+            let g = h.gwrite[k];
+            if g != 0 && h.fences[(g & 0x7ff) as usize - 1] == g >> 11 {
+                return Err(self.error(SimErrorKind::ProxyFence, wid, l, line, format!("TMA load overwrites shared address {k:#x}, written by {} with an ordinary store and no fence.proxy.async since", self.thread_str(((g & 0x7ff) - 1) as u16))));
+            }
+            self.shadow[k].w_tid |= PENDING;
+        }
+        let h = self.hop.as_deref_mut().unwrap_or_else(|| unreachable!());
+        h.tma.push(TmaOp { mbar: moff, dst: da, swz: t.swizzle, data, line, warp: wid, lane: l as u8 });
+        Ok(())
+    }
+
+    /// `cp.async.bulk.tensor` store by lane `l`: read the shared box through
+    /// the async proxy, write the elements inside the tensor.
+    fn exec_tma_store(&mut self, wi: usize, l: usize, map: u32, coords: &[u32], src: &Addr, line: u32) -> R<()> {
+        let wid = self.warps[wi].id;
+        let t = self.tensor_map(wi, l, map, line)?;
+        let w = &self.warps[wi];
+        if coords.len() != t.rank as usize {
+            return Err(self.error(SimErrorKind::Other, wid, l, line, format!("a {}d copy through a rank-{} tensor map", coords.len(), t.rank)));
+        }
+        let c: Vec<i64> = coords.iter().map(|&r| w.r32[r as usize][l] as i32 as i64).collect();
+        let sa = Self::addr_of(w, src, l);
+        if sa % 128 != 0 {
+            return Err(self.misaligned(wid, l, line, "TMA shared source", sa, 128));
+        }
+        let bytes = t.box_bytes();
+        self.sh_check(wid, l, sa, bytes as u32, line)?;
+        let sa = sa as u32;
+        let mut chunks = Vec::new();
+        for a in sa..sa + bytes as u32 {
+            let k = t.swizzle.apply(a) as usize;
+            if k >= self.shared.len() {
+                return Err(self.error(SimErrorKind::OutOfBounds, wid, l, line, format!("swizzled TMA source {k:#x} is past the block's shared memory")));
+            }
+            self.async_read_ok(k, wid, l, line, "TMA store")?;
+            chunks.push((k >> 4) as u32);
+        }
+        let es = t.dtype.bytes() as u64;
+        let mut err = None;
+        let mem = self.l.mem;
+        let shared = &self.shared;
+        box_elements(&t, &c, |pos, g| {
+            if let Some(g) = g {
+                let ga = t.addr + g;
+                match mem.find(ga, es, &mut self.hint) {
+                    Some((a, o)) => {
+                        for b in 0..es {
+                            let k = t.swizzle.apply(sa + (pos * es + b) as u32) as usize;
+                            a.store(o + b, 1, shared[k] as u64);
+                        }
+                    }
+                    None => err = err.or(Some(ga)),
+                }
+            }
+        });
+        if let Some(ga) = err {
+            return Err(self.error(SimErrorKind::OutOfBounds, wid, l, line, format!("TMA store writes global address {ga:#x} outside every allocation ({})", mem.describe(ga))));
+        }
+        chunks.sort_unstable();
+        chunks.dedup();
+        let h = self.hop.as_deref_mut().unwrap_or_else(|| unreachable!());
+        for &ch in &chunks {
+            h.aread[ch as usize] += 1;
+        }
+        self.warps[wi].bulk_open.extend(chunks);
         Ok(())
     }
 
@@ -703,6 +1355,14 @@ impl<'a> BlockRunner<'a> {
                 let p = w.p[di.guard as usize];
                 mask & if di.guard_neg { !p } else { p }
             };
+            if k.wgmma && em != 0 && di.inst.is_warpgroup() {
+                // the warpgroup's four warps meet here before any executes it
+                if w.pass != Some(pc) {
+                    w.susp = Some(Susp::Group { pc, line: di.line });
+                    return Ok(());
+                }
+                w.pass = None;
+            }
             self.thread_insts += mask.count_ones() as u64;
             self.warp_insts += 1;
             self.steps += 1;
@@ -722,6 +1382,10 @@ impl<'a> BlockRunner<'a> {
             }
             let line = di.line;
             let wid = w.id;
+            if k.wgmma && !di.inst.is_warpgroup() {
+                self.wg_reg_check(wi, &di.inst, line)?;
+            }
+            let w = &mut self.warps[wi];
             match &di.inst {
                 Inst::I32 { op, d, a, b, w16 } => {
                     let (av, bv) = (w.r32[*a as usize], w.r32[*b as usize]);
@@ -1012,6 +1676,7 @@ impl<'a> BlockRunner<'a> {
                     let win = match space {
                         Space::Shared => SHARED_WINDOW,
                         Space::Local => LOCAL_WINDOW,
+                        Space::Param => PARAM_WINDOW,
                         _ => 0,
                     };
                     let src: [u64; 32] = w.read_wide(a);
@@ -1435,6 +2100,199 @@ impl<'a> BlockRunner<'a> {
                     self.check_aligned_collective(wi, em, line, "mma.sync")?;
                     let w = &mut self.warps[wi];
                     mma_m16n8k16(w, *bf, d, a, b, c);
+                }
+                Inst::MbarInit { addr, count } => {
+                    for l in lanes(em) {
+                        let w = &self.warps[wi];
+                        let (a, n) = (Self::addr_of(w, addr, l), w.r32[*count as usize][l]);
+                        let off = self.mbar_off(wid, l, a, line)?;
+                        if n == 0 || n as i64 > MBAR_MAX {
+                            return Err(self.mbar_err(wid, l, line, format!("mbarrier.init count {n} (1 to 2^20 - 1)")));
+                        }
+                        let h = self.hop.as_deref_mut().unwrap_or_else(|| unreachable!());
+                        let busy = h.mbars.get(&off).is_some_and(|m| m.pending != m.expected || m.tx != 0) || h.tma.iter().any(|o| o.mbar == off);
+                        if busy {
+                            let il = h.mbars[&off].init_line;
+                            return Err(self.mbar_err(wid, l, line, format!("mbarrier.init on the mbarrier at shared {off:#x} (initialised at line {il}) while its phase has arrivals or transactions outstanding")));
+                        }
+                        h.mbars.insert(off, MBar::new(n, line));
+                        h.mbar_at[off as usize >> 3] = line.max(1);
+                        // an mbarrier is an object, not data: it counts as written
+                        for b in off as usize..off as usize + 8 {
+                            self.shadow[b].w_epoch = 1;
+                        }
+                    }
+                }
+                Inst::MbarArrive { addr, tx, arrive, state } => {
+                    for l in lanes(em) {
+                        let w = &self.warps[wi];
+                        let a = Self::addr_of(w, addr, l);
+                        let txv = tx.map(|r| w.r32[r as usize][l]);
+                        let off = self.mbar_off(wid, l, a, line)?;
+                        let h = self.hop.as_deref_mut().unwrap_or_else(|| unreachable!());
+                        let Some(m) = h.mbars.get_mut(&off) else {
+                            return Err(self.mbar_err(wid, l, line, format!("arrive on shared address {off:#x}, which holds no initialised mbarrier (mbarrier.init first)")));
+                        };
+                        let token = m.phase as u64;
+                        let mut r = Ok(false);
+                        if let Some(b) = txv {
+                            if let Err(e) = m.expect_tx(b) {
+                                r = Err(e);
+                            }
+                        }
+                        if r.is_ok() && *arrive {
+                            r = m.arrive(1);
+                        }
+                        match r {
+                            Ok(true) => self.phase_completed(),
+                            Ok(false) => {}
+                            Err(msg) => return Err(self.mbar_err(wid, l, line, msg)),
+                        }
+                        if let Some(s) = state {
+                            self.warps[wi].r64[*s as usize][l] = token;
+                        }
+                    }
+                }
+                Inst::MbarWait { p, addr, parity } => {
+                    let mut pv = 0u32;
+                    let mut blocked = None;
+                    for l in lanes(em) {
+                        let w = &self.warps[wi];
+                        let (a, par) = (Self::addr_of(w, addr, l), w.r32[*parity as usize][l]);
+                        let off = self.mbar_off(wid, l, a, line)?;
+                        let done = |s: &Self| s.hop.as_deref().and_then(|h| h.mbars.get(&off)).map(|m| m.parity_done(par));
+                        let mut ok = match done(self) {
+                            Some(d) => d,
+                            None => return Err(self.mbar_err(wid, l, line, format!("wait on shared address {off:#x}, which holds no initialised mbarrier"))),
+                        };
+                        if !ok && self.land(Some(off))? {
+                            ok = done(self).unwrap_or(false);
+                        }
+                        if ok {
+                            pv |= 1 << l;
+                        } else if blocked.is_none() {
+                            let ph = self.hop.as_deref().and_then(|h| h.mbars.get(&off)).map_or(0, |m| m.phase);
+                            blocked = Some((off, ph));
+                        }
+                    }
+                    let w = &mut self.warps[wi];
+                    let pd = &mut w.p[*p as usize];
+                    *pd = (*pd & !em) | pv;
+                    if let Some((off, phase)) = blocked {
+                        // the wait times out (false) and the warp yields until the phase moves
+                        w.stack.last_mut().unwrap_or_else(|| unreachable!()).pc = next;
+                        w.susp = Some(Susp::Mbar { off, phase, line });
+                        return Ok(());
+                    }
+                }
+                Inst::TmaLoad { dst, map, coords, mbar } => {
+                    for l in lanes(em) {
+                        self.exec_tma_load(wi, l, dst, *map, coords, mbar, line)?;
+                    }
+                }
+                Inst::TmaStore { map, coords, src } => {
+                    for l in lanes(em) {
+                        self.exec_tma_store(wi, l, *map, coords, src, line)?;
+                    }
+                }
+                Inst::BulkCommit => {
+                    let w = &mut self.warps[wi];
+                    let g = std::mem::take(&mut w.bulk_open);
+                    w.bulk_groups.push_back(g);
+                }
+                Inst::BulkWait { n, .. } => {
+                    // stores write global memory at issue, so .read and the plain form both end the reads
+                    let mut done = Vec::new();
+                    let w = &mut self.warps[wi];
+                    while w.bulk_groups.len() > *n as usize {
+                        done.extend(w.bulk_groups.pop_front().unwrap_or_default());
+                    }
+                    if let Some(h) = self.hop.as_deref_mut() {
+                        for c in done {
+                            h.aread[c as usize] -= 1;
+                        }
+                    }
+                }
+                Inst::FenceProxyAsync => {
+                    if let Some(h) = self.hop.as_deref_mut() {
+                        each!(em, |l| h.fences[wid as usize * 32 + l] += 1);
+                    }
+                }
+                Inst::WgFence => {
+                    self.check_aligned_collective(wi, em, line, "wgmma.fence.sync")?;
+                    if let Some(g) = self.warps[wi].wg.as_deref_mut() {
+                        g.touched.fill(false);
+                    }
+                }
+                Inst::WgCommit => {
+                    self.check_aligned_collective(wi, em, line, "wgmma.commit_group.sync")?;
+                    if let Some(g) = self.warps[wi].wg.as_deref_mut() {
+                        let ops = std::mem::take(&mut g.open);
+                        g.groups.push_back(ops);
+                    }
+                }
+                Inst::WgWait { n } => {
+                    self.check_aligned_collective(wi, em, line, "wgmma.wait_group.sync")?;
+                    self.wg_complete(wi, *n as usize);
+                }
+                Inst::Wgmma { .. } => {
+                    self.check_aligned_collective(wi, em, line, "wgmma.mma_async.sync")?;
+                    if !self.warps.len().is_multiple_of(4) {
+                        return Err(self.error(SimErrorKind::WarpDivergence, wid, 0, line, format!("wgmma needs whole warpgroups: the block has {} warps, not a multiple of 4", self.warps.len())));
+                    }
+                    self.exec_wgmma(wi, &di.inst, line)?;
+                }
+                Inst::Elect { d, p, mask: mr } => {
+                    let mv = w.r32[*mr as usize][em.trailing_zeros() as usize];
+                    self.check_converged(wi, em, mv, line, "elect.sync")?;
+                    let leader = (em & mv).trailing_zeros();
+                    let w = &mut self.warps[wi];
+                    if let Some(d) = d {
+                        let dv = &mut w.r32[*d as usize];
+                        each!(em, |l| dv[l] = leader);
+                    }
+                    let pd = &mut w.p[*p as usize];
+                    *pd = (*pd & !em) | (em & (1u32 << leader));
+                }
+                Inst::Setmaxnreg { .. } => {
+                    self.check_aligned_collective(wi, em, line, "setmaxnreg.sync")?;
+                }
+                Inst::Stmatrix { num, trans, s, addr } => {
+                    self.check_aligned_collective(wi, em, line, "stmatrix")?;
+                    if self.counters.is_some() {
+                        let rows = FULL >> (32 - 8 * *num);
+                        self.count_access(wi, pc, Space::Shared, addr, rows, 16, Acc::Write);
+                    }
+                    let w = &self.warps[wi];
+                    let mut mats = [[[0u16; 8]; 8]; 4];
+                    for i in 0..*num as usize {
+                        let sv = &w.r32[s[i] as usize];
+                        for (l, &word) in sv.iter().enumerate() {
+                            let (r, c) = (l / 4, 2 * (l % 4));
+                            let (x, y) = (word as u16, (word >> 16) as u16);
+                            if *trans {
+                                mats[i][c][r] = x;
+                                mats[i][c + 1][r] = y;
+                            } else {
+                                mats[i][r][c] = x;
+                                mats[i][r][c + 1] = y;
+                            }
+                        }
+                    }
+                    for (i, mat) in mats.iter().enumerate().take(*num as usize) {
+                        for (r, row) in mat.iter().enumerate() {
+                            let p = i * 8 + r;
+                            let ad = Self::addr_of(&self.warps[wi], addr, p);
+                            if ad % 16 != 0 {
+                                return Err(self.misaligned(wid, p, line, "stmatrix row", ad, 16));
+                            }
+                            let off = self.sh_check(wid, p, ad, 16, line)?;
+                            self.shadow_write(wid, p, off, 16, line)?;
+                            for (c, v) in row.iter().enumerate() {
+                                self.shared[off + 2 * c..off + 2 * c + 2].copy_from_slice(&v.to_le_bytes());
+                            }
+                        }
+                    }
                 }
             }
             self.warps[wi].stack.last_mut().unwrap_or_else(|| unreachable!()).pc = next;

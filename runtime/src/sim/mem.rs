@@ -33,6 +33,8 @@ pub const GUARD: u64 = 4096;
 pub const SHARED_WINDOW: u64 = 0x0000_5000_0000_0000;
 /// Generic addresses of the local window: LOCAL_WINDOW + local address.
 pub const LOCAL_WINDOW: u64 = 0x0000_6000_0000_0000;
+/// Generic addresses of the kernel parameters (`cvta.param`): PARAM_WINDOW + param offset.
+pub const PARAM_WINDOW: u64 = 0x0000_4000_0000_0000;
 pub const WINDOW_SIZE: u64 = 1 << 32;
 
 /// Words per page of a lazy allocation (64 KiB).

@@ -18,6 +18,7 @@
 pub mod counters;
 pub mod decode;
 pub mod exec;
+pub mod hopper;
 pub mod mem;
 pub mod num;
 pub mod options;
@@ -296,7 +297,16 @@ impl Device for SimDevice {
         }
         let mut params = vec![0u8; k.param_bytes as usize];
         for (i, (a, p)) in args.iter().zip(&k.params).enumerate() {
+            if let KernelArg::TensorMap(t) = a {
+                if p.size != hopper::TMAP_BYTES as u32 || p.offset % 64 != 0 {
+                    return Err(DeviceError::BadArgs { kernel: kernel.into(), msg: format!("argument {i} is a tensor map, but parameter `{}` is not a 64-byte aligned 128-byte array", p.name) });
+                }
+                t.validate().map_err(|m| DeviceError::BadArgs { kernel: kernel.into(), msg: format!("argument {i}: bad tensor map: {m}") })?;
+                params[p.offset as usize..p.offset as usize + hopper::TMAP_BYTES].copy_from_slice(&hopper::encode_tmap(t));
+                continue;
+            }
             let (bytes, size): (u64, u32) = match a {
+                KernelArg::TensorMap(_) => unreachable!(),
                 KernelArg::Buf(b, off) => (b.addr.wrapping_add(*off), 8),
                 KernelArg::U64(v) => (*v, 8),
                 KernelArg::U32(v) => (*v as u64, 4),

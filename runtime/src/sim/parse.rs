@@ -125,7 +125,9 @@ pub fn lex(src: &str) -> PResult<Vec<Token>> {
             toks.push(Token { tok: Tok::Ident(text.clone()), span, text });
             continue;
         }
-        if c == '.' && i + 1 < chars.len() && (chars[i + 1].is_ascii_alphabetic() || chars[i + 1] == '_') {
+        // `.2d` (tensor copy dimensions) is a modifier too
+        let dim_mod = i + 2 < chars.len() && chars[i + 1].is_ascii_digit() && chars[i + 2] == 'd' && !chars.get(i + 3).is_some_and(|&x| is_ident_char(x));
+        if c == '.' && i + 1 < chars.len() && (chars[i + 1].is_ascii_alphabetic() || chars[i + 1] == '_' || dim_mod) {
             adv!();
             loop {
                 while i < chars.len() && is_ident_char(chars[i]) {
@@ -262,6 +264,8 @@ pub enum Operand {
     Imm(Imm, Span),
     Vector(Vec<Operand>, Span),
     Addr { base: AddrBase, offset: i64, span: Span },
+    /// `[tmap, {c0, c1, ..}]`: a tensor map and coordinates (`cp.async.bulk.tensor`)
+    TensorAddr { map: String, coords: Vec<Operand>, span: Span },
     /// `d|p`
     Pair(Box<Operand>, Box<Operand>, Span),
     /// `_`
@@ -272,7 +276,7 @@ impl Operand {
     pub fn span(&self) -> Span {
         match self {
             Operand::Name(_, s) | Operand::NotName(_, s) | Operand::Imm(_, s) | Operand::Vector(_, s) | Operand::Pair(_, _, s) | Operand::Sink(s) => *s,
-            Operand::Addr { span, .. } => *span,
+            Operand::Addr { span, .. } | Operand::TensorAddr { span, .. } => *span,
         }
     }
 }
@@ -760,7 +764,8 @@ fn parse_operand(p: &mut P, allow_pair: bool) -> PResult<Operand> {
                 }
                 p.expect_punct(',')?;
             }
-            if v.len() > 8 {
+            // wgmma.m64n256 has 128 accumulator registers
+            if v.len() > 128 {
                 return err(t.span, "vector operand too long");
             }
             Operand::Vector(v, t.span)
@@ -773,6 +778,14 @@ fn parse_operand(p: &mut P, allow_pair: bool) -> PResult<Operand> {
             match &t2.tok {
                 Tok::Ident(_) => {
                     let (n, _) = parse_name(p)?;
+                    if p.eat_punct(',') {
+                        let coords = match parse_operand(p, false)? {
+                            Operand::Vector(v, _) => v,
+                            o => return err(o.span(), "tensor coordinates must be a vector `{x, y, ..}`"),
+                        };
+                        p.expect_punct(']')?;
+                        return Ok(Operand::TensorAddr { map: n, coords, span: t.span });
+                    }
                     base = AddrBase::Name(n);
                     if p.eat_punct('+') || p.is_punct('-') {
                         let (imm, sp) = parse_imm(p)?;
