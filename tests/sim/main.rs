@@ -10,4 +10,5 @@ mod gpu_golden;
 mod kernels;
 mod ptxas;
 mod hopper;
+mod wgmma;
 mod speed;

@@ -496,6 +496,51 @@ pub enum Inst {
     MmaBf16 { d: [Reg; 4], a: [Reg; 4], b: [Reg; 2], c: [Reg; 4] },
     Bra { target: Label, uni: bool },
     Ret,
+    // ---- Hopper (sm_90a): mbarriers, TMA, the async proxy, wgmma
+    /// `cvta.param.u64 dst, src` (the generic address of a kernel parameter, e.g. a tensor map)
+    CvtaParam { dst: Reg, src: Reg },
+    /// `mbarrier.init.shared::cta.b64 [addr], count`
+    MbarInit { addr: Addr, count: Operand },
+    /// `mbarrier.arrive{.expect_tx}.shared::cta.b64 _, [addr]{, tx}`
+    MbarArrive { addr: Addr, expect_tx: Option<Operand> },
+    /// `mbarrier.try_wait.parity.shared::cta.b64 dst, [addr], parity`
+    MbarTryWait { dst: Reg, addr: Addr, parity: Operand },
+    /// `cp.async.bulk.tensor.Nd.shared::cluster.global.tile.mbarrier::complete_tx::bytes [dst], [map, {coords}], [mbar]`
+    TmaLoad { dst: Addr, map: Reg, coords: Vec<Operand>, mbar: Addr },
+    /// `cp.async.bulk.tensor.Nd.global.shared::cta.tile.bulk_group [map, {coords}], [src]`
+    TmaStore { map: Reg, coords: Vec<Operand>, src: Addr },
+    /// `cp.async.bulk.commit_group`
+    BulkCommit,
+    /// `cp.async.bulk.wait_group{.read} n`
+    BulkWait { n: u32, read: bool },
+    /// `fence.proxy.async.shared::cta` (ordinary shared stores become visible to TMA and wgmma)
+    FenceProxyAsync,
+    /// `fence.mbarrier_init.release.cluster`
+    FenceMbarrierInit,
+    /// `wgmma.fence.sync.aligned`
+    WgmmaFence,
+    /// `wgmma.commit_group.sync.aligned`
+    WgmmaCommit,
+    /// `wgmma.wait_group.sync.aligned n`
+    WgmmaWait(u32),
+    /// `wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 {d}, a, b, scale_d, 1, 1{, trans_a}, trans_b`
+    Wgmma { d: Vec<Reg>, a: WgmmaA, b: Reg, scale_d: Operand, trans_a: bool, trans_b: bool },
+    /// `elect.sync _|dst, 0xffffffff` (one lane of the warp)
+    Elect { dst: Reg },
+    /// `setmaxnreg.{inc,dec}.sync.aligned.u32 n`
+    Setmaxnreg { inc: bool, n: u32 },
+    /// `stmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16 [addr], {src}`
+    Stmatrix { trans: bool, src: Vec<Reg>, addr: Addr },
+    /// `bar.sync id, count` / `bar.arrive id, count`: a named barrier over `count` threads
+    BarCount { id: u32, count: u32, arrive: bool },
+}
+
+/// The A operand of a wgmma: a shared-memory matrix descriptor (64-bit) or
+/// a 64x16 fragment in four registers of bf16 pairs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WgmmaA {
+    Desc(Reg),
+    Regs([Reg; 4]),
 }
 
 /// An optional guard predicate `@p` / `@!p`.
@@ -625,7 +670,56 @@ impl Inst {
             | Inst::CpAsyncWaitAll
             | Inst::BarSync(_)
             | Inst::Bra { .. }
-            | Inst::Ret => {}
+            | Inst::Ret
+            | Inst::BulkCommit
+            | Inst::FenceProxyAsync
+            | Inst::FenceMbarrierInit
+            | Inst::WgmmaFence
+            | Inst::WgmmaCommit => {}
+            Inst::CvtaParam { dst, src } => want(dst.class == RegClass::B64 && src.class == RegClass::B64, self, "cvta.param"),
+            Inst::MbarInit { addr, count } => {
+                check_addr(Space::Shared, addr, self);
+                want(op_ok(Type::U32, count), self, "mbarrier count");
+            }
+            Inst::MbarArrive { addr, expect_tx } => {
+                check_addr(Space::Shared, addr, self);
+                if let Some(t) = expect_tx {
+                    want(op_ok(Type::U32, t), self, "expect_tx bytes");
+                }
+            }
+            Inst::MbarTryWait { dst, addr, parity } => {
+                want(dst.class == RegClass::Pred && op_ok(Type::U32, parity), self, "try_wait");
+                check_addr(Space::Shared, addr, self);
+            }
+            Inst::TmaLoad { dst, map, coords, mbar } => {
+                want(map.class == RegClass::B64 && (1..=5).contains(&coords.len()) && coords.iter().all(|c| op_ok(Type::S32, c)), self, "tma load");
+                check_addr(Space::Shared, dst, self);
+                check_addr(Space::Shared, mbar, self);
+            }
+            Inst::TmaStore { map, coords, src } => {
+                want(map.class == RegClass::B64 && (1..=5).contains(&coords.len()) && coords.iter().all(|c| op_ok(Type::S32, c)), self, "tma store");
+                check_addr(Space::Shared, src, self);
+            }
+            Inst::BulkWait { n, .. } => want(*n < 64, self, "bulk wait_group count"),
+            Inst::WgmmaWait(n) => want(*n < 8, self, "wgmma wait_group count"),
+            Inst::Wgmma { d, a, b, scale_d, trans_a, .. } => {
+                let n = d.len() * 2;
+                want((8..=256).contains(&n) && n % 8 == 0, self, "wgmma N (d holds N/2 f32 registers)");
+                want(d.iter().all(|r| r.class == RegClass::F32), self, "wgmma f32 accumulators");
+                want(b.class == RegClass::B64, self, "wgmma B descriptor");
+                match a {
+                    WgmmaA::Desc(r) => want(r.class == RegClass::B64, self, "wgmma A descriptor"),
+                    WgmmaA::Regs(r) => want(r.iter().all(|x| x.class == RegClass::B32) && !*trans_a, self, "wgmma A fragment (no transpose)"),
+                }
+                want(matches!(scale_d, Operand::Reg(Reg { class: RegClass::Pred, .. }) | Operand::Imm(0 | 1)), self, "wgmma scale-d");
+            }
+            Inst::Elect { dst } => want(dst.class == RegClass::Pred, self, "elect"),
+            Inst::Setmaxnreg { n, .. } => want((24..=256).contains(n) && n % 8 == 0, self, "setmaxnreg count"),
+            Inst::Stmatrix { src, addr, .. } => {
+                want(matches!(src.len(), 1 | 2 | 4) && src.iter().all(|r| r.class == RegClass::B32), self, "stmatrix registers");
+                check_addr(Space::Shared, addr, self);
+            }
+            Inst::BarCount { id, count, .. } => want(*id < 16 && *count > 0 && count % 32 == 0, self, "named barrier"),
         }
     }
 
@@ -644,6 +738,8 @@ impl Inst {
             | Inst::Shfl { dst, .. } => vec![*dst],
             Inst::Ld { dst, .. } | Inst::Ldmatrix { dst, .. } => dst.clone(),
             Inst::MmaBf16 { d, .. } => d.to_vec(),
+            Inst::Wgmma { d, .. } => d.clone(),
+            Inst::CvtaParam { dst, .. } | Inst::MbarTryWait { dst, .. } | Inst::Elect { dst } => vec![*dst],
             _ => vec![],
         }
     }
@@ -764,6 +860,44 @@ impl fmt::Display for Inst {
             ),
             Inst::Bra { target, uni } => write!(f, "bra{} {target};", if *uni { ".uni" } else { "" }),
             Inst::Ret => f.write_str("ret;"),
+            Inst::CvtaParam { dst, src } => write!(f, "cvta.param.u64 {dst}, {src};"),
+            Inst::MbarInit { addr, count } => write!(f, "mbarrier.init.shared::cta.b64 {addr}, {count};"),
+            Inst::MbarArrive { addr, expect_tx: None } => write!(f, "mbarrier.arrive.shared::cta.b64 _, {addr};"),
+            Inst::MbarArrive { addr, expect_tx: Some(t) } => write!(f, "mbarrier.arrive.expect_tx.shared::cta.b64 _, {addr}, {t};"),
+            Inst::MbarTryWait { dst, addr, parity } => write!(f, "mbarrier.try_wait.parity.shared::cta.b64 {dst}, {addr}, {parity};"),
+            Inst::TmaLoad { dst, map, coords, mbar } => write!(
+                f,
+                "cp.async.bulk.tensor.{}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {dst}, [{map}, {{{}}}], {mbar};",
+                coords.len(),
+                join(coords)
+            ),
+            Inst::TmaStore { map, coords, src } => {
+                write!(f, "cp.async.bulk.tensor.{}d.global.shared::cta.tile.bulk_group [{map}, {{{}}}], {src};", coords.len(), join(coords))
+            }
+            Inst::BulkCommit => f.write_str("cp.async.bulk.commit_group;"),
+            Inst::BulkWait { n, read } => write!(f, "cp.async.bulk.wait_group{} {n};", if *read { ".read" } else { "" }),
+            Inst::FenceProxyAsync => f.write_str("fence.proxy.async.shared::cta;"),
+            Inst::FenceMbarrierInit => f.write_str("fence.mbarrier_init.release.cluster;"),
+            Inst::WgmmaFence => f.write_str("wgmma.fence.sync.aligned;"),
+            Inst::WgmmaCommit => f.write_str("wgmma.commit_group.sync.aligned;"),
+            Inst::WgmmaWait(n) => write!(f, "wgmma.wait_group.sync.aligned {n};"),
+            Inst::Wgmma { d, a, b, scale_d, trans_a, trans_b } => {
+                write!(f, "wgmma.mma_async.sync.aligned.m64n{}k16.f32.bf16.bf16 {{{}}}, ", d.len() * 2, join(d))?;
+                match a {
+                    WgmmaA::Desc(r) => write!(f, "{r}, {b}, {scale_d}, 1, 1, {}, {};", *trans_a as u32, *trans_b as u32),
+                    WgmmaA::Regs(r) => write!(f, "{{{}}}, {b}, {scale_d}, 1, 1, {};", join(r), *trans_b as u32),
+                }
+            }
+            Inst::Elect { dst } => write!(f, "elect.sync _|{dst}, 0xffffffff;"),
+            Inst::Setmaxnreg { inc, n } => write!(f, "setmaxnreg.{}.sync.aligned.u32 {n};", if *inc { "inc" } else { "dec" }),
+            Inst::Stmatrix { trans, src, addr } => write!(
+                f,
+                "stmatrix.sync.aligned.m8n8.x{}{}.shared.b16 {addr}, {{{}}};",
+                src.len(),
+                if *trans { ".trans" } else { "" },
+                join(src)
+            ),
+            Inst::BarCount { id, count, arrive } => write!(f, "bar.{} {id}, {count};", if *arrive { "arrive" } else { "sync" }),
         }
     }
 }
@@ -1235,6 +1369,84 @@ impl KernelBuilder {
 
     pub fn mma_bf16(&mut self, d: [Reg; 4], a: [Reg; 4], b: [Reg; 2], c: [Reg; 4]) {
         self.push(Inst::MmaBf16 { d, a, b, c });
+    }
+
+    // ---- Hopper
+
+    /// A TMA tensor-map parameter (`.param .align 64 .b8 name[128]`) and
+    /// the register holding its generic address, which is how TMA
+    /// instructions name a map.
+    pub fn tensor_map_param(&mut self, name: &str) -> Reg {
+        let p = self.param(name, ParamType::Bytes { align: 64, size: 128 });
+        let sym = self.param_sym(&p);
+        let r = self.reg(RegClass::B64);
+        self.push(Inst::Mov { ty: Type::U64, dst: r, src: Operand::Sym(sym) });
+        self.push(Inst::CvtaParam { dst: r, src: r });
+        r
+    }
+
+    pub fn mbar_init(&mut self, addr: Addr, count: impl Into<Operand>) {
+        self.push(Inst::MbarInit { addr, count: count.into() });
+    }
+
+    pub fn mbar_arrive(&mut self, addr: Addr, expect_tx: Option<Operand>) {
+        self.push(Inst::MbarArrive { addr, expect_tx });
+    }
+
+    /// Spin until the phase of parity `parity` of the mbarrier at `addr` has
+    /// completed (`try_wait` may time out, so it loops).
+    pub fn mbar_wait(&mut self, addr: Addr, parity: impl Into<Operand>) {
+        let parity = parity.into();
+        let top = self.new_label();
+        self.place(top);
+        let p = self.reg(RegClass::Pred);
+        self.push(Inst::MbarTryWait { dst: p, addr, parity });
+        self.push_guarded(Guard { pred: p, negate: true }, Inst::Bra { target: top, uni: false });
+    }
+
+    pub fn tma_load(&mut self, dst: Addr, map: Reg, coords: Vec<Operand>, mbar: Addr) {
+        self.push(Inst::TmaLoad { dst, map, coords, mbar });
+    }
+
+    pub fn tma_store(&mut self, map: Reg, coords: Vec<Operand>, src: Addr) {
+        self.push(Inst::TmaStore { map, coords, src });
+    }
+
+    /// Commit this thread's TMA stores and wait until they have read shared memory.
+    pub fn bulk_commit_and_wait_read(&mut self) {
+        self.push(Inst::BulkCommit);
+        self.push(Inst::BulkWait { n: 0, read: true });
+    }
+
+    pub fn fence_proxy_async(&mut self) {
+        self.push(Inst::FenceProxyAsync);
+    }
+
+    pub fn wgmma_fence(&mut self) {
+        self.push(Inst::WgmmaFence);
+    }
+
+    pub fn wgmma_commit(&mut self) {
+        self.push(Inst::WgmmaCommit);
+    }
+
+    pub fn wgmma_wait(&mut self, n: u32) {
+        self.push(Inst::WgmmaWait(n));
+    }
+
+    pub fn wgmma(&mut self, d: &[Reg], a: WgmmaA, b: Reg, scale_d: impl Into<Operand>, trans_a: bool, trans_b: bool) {
+        self.push(Inst::Wgmma { d: d.to_vec(), a, b, scale_d: scale_d.into(), trans_a, trans_b });
+    }
+
+    /// A predicate true in one lane of the (converged) warp.
+    pub fn elect(&mut self) -> Reg {
+        let p = self.reg(RegClass::Pred);
+        self.push(Inst::Elect { dst: p });
+        p
+    }
+
+    pub fn bar_count(&mut self, id: u32, count: u32, arrive: bool) {
+        self.push(Inst::BarCount { id, count, arrive });
     }
 
     pub fn bra(&mut self, target: Label) {

@@ -956,9 +956,19 @@ impl<'a> BlockRunner<'a> {
                 }
             }
         }
-        let groups = self.warps.len() / 4;
+        let groups = self.warps.len().div_ceil(4);
         for g in 0..groups {
-            let ws = &self.warps[4 * g..4 * g + 4];
+            let ws = &self.warps[4 * g..(4 * g + 4).min(self.warps.len())];
+            if ws.len() < 4 {
+                if let Some(w) = ws.iter().find(|w| matches!(w.susp, Some(Susp::Group { .. }))) {
+                    let line = match w.susp {
+                        Some(Susp::Group { line, .. }) => line,
+                        _ => 0,
+                    };
+                    return Err(self.error(SimErrorKind::WarpDivergence, w.id, 0, line, format!("wgmma needs whole warpgroups: warpgroup {g} has {} warps (the block has {} threads, not a multiple of 128)", ws.len(), self.nthreads)));
+                }
+                continue;
+            }
             let pcs: Vec<Option<(u32, u32)>> = ws.iter().map(|w| match w.susp {
                 Some(Susp::Group { pc, line }) => Some((pc, line)),
                 _ => None,
