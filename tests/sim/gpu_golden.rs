@@ -125,3 +125,57 @@ fn float_semantics_match_the_gpu() {
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// The Hopper micro-kernels (`run_on_gpu.py --hopper`): TMA copies must
+/// match bit for bit, wgmma within the tensor cores' accumulation error.
+/// Until a GPU has recorded them, the simulator's semantics for TMA,
+/// mbarriers and wgmma come from the PTX ISA alone (runtime/src/sim/SUBSET.md).
+#[test]
+#[ignore = "needs tests/ptx/gpu/hopper_{tma,wgmma}.bin from the first GPU (tests/ptx/gpu/run_on_gpu.py --hopper, run by scripts/gpu-check)"]
+fn hopper_micro_kernels_match_the_gpu() {
+    use pgc_runtime::device::{TensorMap, TmaDtype, TmaSwizzle};
+    let sws = [TmaSwizzle::None, TmaSwizzle::B32, TmaSwizzle::B64, TmaSwizzle::B128];
+    let d = SimDevice::new();
+    let g = golden("hopper_tma");
+    let (rows, cols, pitch) = (100u64, 70u64, 72u64);
+    for (code, (sw, box_cols)) in sws.iter().zip([64u32, 16, 32, 64]).enumerate() {
+        let (gx, gy) = (cols.div_ceil(box_cols as u64) as u32, rows.div_ceil(64) as u32);
+        let box_bytes = 64 * box_cols * 2;
+        let src = up(&d, &g["src"]);
+        let dst = up(&d, &vec![0xad, 0xde].repeat((rows * pitch) as usize));
+        let raw = d.alloc((gx * gy * box_bytes) as usize).unwrap();
+        let map = |b: &DevBuf| TensorMap::matrix(b, 0, TmaDtype::Bf16, rows, cols, pitch * 2, 64, box_cols, *sw).unwrap();
+        run(&d, "hopper/tma_roundtrip.ptx", "tma_roundtrip", [gx, gy, 1], [128, 1, 1], &[KernelArg::TensorMap(map(&src)), KernelArg::TensorMap(map(&dst)), KernelArg::Buf(raw, 0), KernelArg::U32(box_bytes), KernelArg::U32(box_cols), KernelArg::U32(64)]);
+        assert_eq!(down(&d, &raw), g[&format!("sw{code}.raw")], "TMA load layout, swizzle {sw:?}");
+        assert_eq!(down(&d, &dst), g[&format!("sw{code}.dst")], "TMA store, swizzle {sw:?}");
+    }
+    let g = golden("hopper_wgmma");
+    let kc = |sw: TmaSwizzle| if sw == TmaSwizzle::None { 8 } else { sw.span() / 2 };
+    for (name, a_sw, b_sw, b_mn) in [
+        ("wgmma_k_sw128", Some(TmaSwizzle::B128), TmaSwizzle::B128, false),
+        ("wgmma_k_sw64", Some(TmaSwizzle::B64), TmaSwizzle::B64, false),
+        ("wgmma_k_sw32", Some(TmaSwizzle::B32), TmaSwizzle::B32, false),
+        ("wgmma_k_interleave", Some(TmaSwizzle::None), TmaSwizzle::None, false),
+        ("wgmma_b_mn_sw128", Some(TmaSwizzle::B128), TmaSwizzle::B128, true),
+        ("wgmma_a_regs", None, TmaSwizzle::B128, false),
+    ] {
+        let (m, n, k) = if a_sw.is_some() { (128u64, 128u64, 72u64) } else { (128, 64, 128) };
+        let lda = k.div_ceil(8) * 8;
+        let (a, b) = (up(&d, &g[&format!("{name}.a")]), up(&d, &g[&format!("{name}.b")]));
+        let c = d.alloc((m * n * 4) as usize).unwrap();
+        let a_arg = match a_sw {
+            Some(sw) => KernelArg::TensorMap(TensorMap::matrix(&a, 0, TmaDtype::Bf16, m, k, lda * 2, 64, kc(sw), sw).unwrap()),
+            None => KernelArg::Buf(a, 0),
+        };
+        let b_map = if b_mn { TensorMap::matrix(&b, 0, TmaDtype::Bf16, k, n, n * 2, 64, 64, TmaSwizzle::B128) } else { TensorMap::matrix(&b, 0, TmaDtype::Bf16, n, k, lda * 2, 64, kc(b_sw), b_sw) }.unwrap();
+        let args = [a_arg, KernelArg::TensorMap(b_map), KernelArg::Buf(c, 0), KernelArg::U32(n as u32), KernelArg::U32(k.div_ceil(64) as u32), KernelArg::U32(lda as u32)];
+        run(&d, &format!("hopper/{name}.ptx"), name, [(n / 64) as u32, (m / 64) as u32, 1], [128, 1, 1], &args);
+        let sim: Vec<f32> = words(&down(&d, &c)).into_iter().map(f32::from_bits).collect();
+        let gpu: Vec<f32> = words(&g[&format!("{name}.c")]).into_iter().map(f32::from_bits).collect();
+        let scale = gpu.iter().fold(0f32, |s, v| s.max(v.abs()));
+        let worst = sim.iter().zip(&gpu).map(|(s, g)| (s - g).abs()).fold(0f32, f32::max);
+        let exact = sim.iter().zip(&gpu).filter(|(s, g)| s == g).count();
+        eprintln!("{name} vs GPU: max |diff| {worst:e} (scale {scale}), {exact}/{} bit-identical", sim.len());
+        assert!(worst <= 1e-5 * scale, "{name}: max |diff| {worst} vs scale {scale}");
+    }
+}

@@ -2,7 +2,9 @@
 """Run the PTX test kernels of tests/ptx on a real GPU through the CUDA driver
 API (ctypes on libcuda; no toolkit needed) and record inputs and outputs as
 golden files for tests/sim/gpu_golden.rs, which checks that the simulator
-reproduces them. Usage: run_on_gpu.py OUTDIR (writes OUTDIR/<kernel>.bin).
+reproduces them. Usage: run_on_gpu.py OUTDIR (writes OUTDIR/<kernel>.bin);
+run_on_gpu.py --hopper OUTDIR records the sm_90 micro-kernels of
+tests/ptx/hopper (TMA, mbarriers, wgmma) as OUTDIR/hopper_*.bin.
 
 File format: a sequence of records: u32 name length, name (utf-8), u64 byte
 length, bytes. Integers little-endian.
@@ -69,10 +71,31 @@ def fetch(p, nbytes):
 def launch(f, grid, block, args, shared=0):
     vals = []
     for a in args:
-        vals.append(C.c_uint64(a.value) if isinstance(a, C.c_uint64) else C.c_uint32(a))
+        if isinstance(a, TensorMap):
+            vals.append(a.buf)  # 128 bytes passed by value (the driver copies them)
+        else:
+            vals.append(C.c_uint64(a.value) if isinstance(a, C.c_uint64) else C.c_uint32(a))
     params = (C.c_void_p * len(vals))(*[C.cast(C.byref(v), C.c_void_p) for v in vals])
     chk(cu.cuLaunchKernel(f, *grid, *block, shared, None, params, None), "cuLaunchKernel")
     chk(cu.cuCtxSynchronize(), "sync")
+
+
+class TensorMap:
+    """A TMA tensor map over a row-major bf16 matrix (cuTensorMapEncodeTiled):
+    rows x cols elements, `pitch` bytes between rows, boxes of box_rows x
+    box_cols, swizzle 0 (none), 1 (32B), 2 (64B), 3 (128B)."""
+
+    def __init__(self, ptr, rows, cols, pitch, box_rows, box_cols, swizzle):
+        raw = C.create_string_buffer(128 + 64)
+        self._raw = raw
+        addr = (C.addressof(raw) + 63) & ~63
+        self.buf = (C.c_uint8 * 128).from_address(addr)
+        dims = (C.c_uint64 * 2)(cols, rows)
+        strides = (C.c_uint64 * 1)(pitch)
+        box = (C.c_uint32 * 2)(box_cols, box_rows)
+        estr = (C.c_uint32 * 2)(1, 1)
+        # CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9, interleave none, L2 promotion 128B, no NaN fill
+        chk(cu.cuTensorMapEncodeTiled(C.c_void_p(addr), 9, 2, C.c_void_p(ptr.value), dims, strides, box, estr, 0, swizzle, 2, 0), "cuTensorMapEncodeTiled")
 
 
 def f32s(xs):
@@ -140,5 +163,59 @@ def main(outdir):
     save(outdir, "numerics", [("x", bx), ("y", by), ("out", fetch(po, 256 * 48))])
 
 
+def bf16_array(seed, n, keep=None):
+    """n random bf16 values (uniform in [-1, 1)); entries where keep(i) is false are 0."""
+    r = random.Random(seed)
+    vals = []
+    for i in range(n):
+        v = bf16(struct.pack("<f", r.uniform(-1, 1)))
+        vals.append(v if keep is None or keep(i) else 0)
+    return struct.pack(f"<{n}H", *vals)
+
+
+def hopper(outdir):
+    """The sm_90 micro-kernels of tests/ptx/hopper (TMA in every swizzle mode,
+    mbarrier phases, wgmma from descriptors and registers), for
+    tests/sim/gpu_golden.rs's replay of the simulator's Hopper semantics."""
+    os.makedirs(outdir, exist_ok=True)
+    # tma_roundtrip: 100 x 70 bf16 (row pitch 72), 64-row boxes, each swizzle with its span
+    rows, cols, pitch = 100, 70, 72
+    recs = []
+    src = bf16_array(21, rows * pitch)
+    for sw, box_cols in [(0, 64), (1, 16), (2, 32), (3, 64)]:
+        gx, gy = -(-cols // box_cols), -(-rows // 64)
+        box_bytes = 64 * box_cols * 2
+        pa = dalloc(len(src), src)
+        pb = dalloc(len(src), struct.pack(f"<{rows * pitch}H", *([0xDEAD] * (rows * pitch))))
+        praw = dalloc(gx * gy * box_bytes)
+        ma = TensorMap(pa, rows, cols, pitch * 2, 64, box_cols, sw)
+        mb = TensorMap(pb, rows, cols, pitch * 2, 64, box_cols, sw)
+        launch(func(load("hopper/tma_roundtrip.ptx"), "tma_roundtrip"), (gx, gy, 1), (128, 1, 1), [ma, mb, praw, box_bytes, box_cols, 64])
+        recs += [(f"sw{sw}.dst", fetch(pb, len(src))), (f"sw{sw}.raw", fetch(praw, gx * gy * box_bytes))]
+    save(outdir, "hopper_tma", [("src", src)] + recs)
+    # wgmma tiles: M = N = 128, K = 72 (the second K tile mostly out of bounds); A from registers: N = 64, K = 128
+    recs = []
+    for name, a_sw, b_sw, b_mn in [("wgmma_k_sw128", 3, 3, False), ("wgmma_k_sw64", 2, 2, False), ("wgmma_k_sw32", 1, 1, False),
+                                   ("wgmma_k_interleave", 0, 0, False), ("wgmma_b_mn_sw128", 3, 3, True), ("wgmma_a_regs", None, 3, False)]:
+        m, n, k = (128, 128, 72) if a_sw is not None else (128, 64, 128)
+        lda = -(-k // 8) * 8
+        kc = {0: 8, 1: 16, 2: 32, 3: 64}
+        a = bf16_array(31, m * lda, lambda i: i % lda < k)
+        if b_mn:
+            b, ldb = bf16_array(32, k * n), n
+        else:
+            b, ldb = bf16_array(32, n * lda, lambda i: i % lda < k), lda
+        pa, pb, pc = dalloc(len(a), a), dalloc(len(b), b), dalloc(m * n * 4)
+        a_arg = TensorMap(pa, m, k, lda * 2, 64, kc[a_sw], a_sw) if a_sw is not None else pa
+        b_arg = TensorMap(pb, k, n, ldb * 2, 64, 64, 3) if b_mn else TensorMap(pb, n, k, ldb * 2, 64, kc[b_sw], b_sw)
+        launch(func(load(f"hopper/{name}.ptx"), name), (n // 64, m // 64, 1), (128, 1, 1), [a_arg, b_arg, pc, n, -(-k // 64), lda])
+        recs += [(f"{name}.a", a), (f"{name}.b", b), (f"{name}.c", fetch(pc, m * n * 4))]
+    save(outdir, "hopper_wgmma", recs)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE))
+    args = sys.argv[1:]
+    if args[:1] == ["--hopper"]:
+        hopper(args[1] if len(args) > 1 else HERE)
+    else:
+        main(args[0] if args else HERE)
