@@ -5,9 +5,10 @@
 
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::templates::epilogue::DType;
-use pgc_backends::ptx::templates::gemm::GemmKernel;
+use pgc_backends::ptx::templates::gemm::{GemmKernel, GemmPath};
+use pgc_backends::ptx::templates::gemm_wgmma::{operand_maps, OperandMap};
 use super::gemm_matrix::{decode, encode, rel_err, GemmCase};
-use pgc_runtime::device::{Device, KernelArg, LaunchConfig, ModuleHandle};
+use pgc_runtime::device::{DevBuf, Device, KernelArg, LaunchConfig, ModuleHandle, TensorMap, TmaDtype, TmaSwizzle};
 use std::collections::BTreeMap;
 
 /// `elems` NaNs of `dt`: outputs start as NaN so an element the kernel
@@ -44,6 +45,15 @@ pub fn run_gemm(
         bufs.push(b);
     }
     let mut args: Vec<KernelArg> = bufs[..3].iter().map(|b| KernelArg::Buf(*b, 0)).collect();
+    if k.config.path == GemmPath::Wgmma {
+        // the wgmma kernels take A and B as tensor maps
+        let (ma, mb) = operand_maps(&k.config.wgmma_spec(), case.m, case.n, case.k);
+        let map = |b: &DevBuf, m: OperandMap| -> Result<KernelArg, String> {
+            TensorMap::matrix(b, 0, TmaDtype::Bf16, m.rows as u64, m.cols as u64, m.cols as u64 * 2, m.box_rows, m.box_cols, TmaSwizzle::B128).map(KernelArg::TensorMap)
+        };
+        args[0] = map(&bufs[0], ma)?;
+        args[1] = map(&bufs[1], mb)?;
+    }
     args.extend([KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)]);
     args.extend(bufs[3..].iter().map(|b| KernelArg::Buf(*b, 0)));
     let cfg = LaunchConfig { grid: k.grid(case.m, case.n), block: k.block(), shared_bytes: k.smem_bytes };

@@ -238,6 +238,32 @@ impl GemmCase {
     }
 }
 
+/// The bf16 cases the wgmma path can run (operand rows a multiple of 16
+/// bytes, bf16 in memory), on it, plus the shapes with K = 8, 24 and
+/// N = 1, 70 the Hopper GEMM issue names, N = 64 tiles where N is small.
+pub fn wgmma_cases() -> Vec<GemmCase> {
+    let mut all = cases();
+    for (layout, s) in [(GemmLayout::LINEAR, (70, 1, 8)), (GemmLayout::LINEAR, (129, 70, 24)), (GemmLayout::INPUT_GRAD, (65, 24, 70)), (GemmLayout::LINEAR, (300, 260, 136))] {
+        all.push(GemmCase::new(Precision::Bf16, layout, s, EpiCase::Store, DType::F32));
+        all.push(GemmCase::new(Precision::Bf16, layout, s, EpiCase::Store, DType::Bf16));
+    }
+    all.into_iter()
+        .filter(|c| c.config.precision == Precision::Bf16 && c.config.wgmma_allowed(c.m, c.n, c.k) && !c.config.a_f32 && !c.config.b_f32)
+        .enumerate()
+        .map(|(i, mut c)| {
+            let bn = if c.n <= 64 { 64 } else { 128 };
+            let split = c.config.split_k;
+            c.config = c.config.with_wgmma(bn, 4);
+            if split > 1 {
+                c.config = c.config.with_split_k(split);
+            }
+            // the case's index in the name: two pointwise epilogues can share a tag
+            c.config.name = format!("{}_c{i}", c.config.name);
+            c
+        })
+        .collect()
+}
+
 /// The test matrix: every layout x precision x awkward shape (plain store),
 /// every epilogue on two shapes per precision, and each tile preset / stage
 /// count.

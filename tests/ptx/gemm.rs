@@ -9,7 +9,7 @@
 use crate::common;
 
 use common::gemm::{check_cases, render, run_gemm};
-use common::gemm_matrix::{bf16_to_f32, cases, f32_to_bf16, rel_err, EpiCase, GemmCase, AWKWARD_SHAPES};
+use common::gemm_matrix::{bf16_to_f32, cases, f32_to_bf16, rel_err, wgmma_cases, EpiCase, GemmCase, AWKWARD_SHAPES};
 use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
 use pgc_runtime::device::{Device, ModuleHandle};
@@ -70,6 +70,18 @@ fn sim_f32_epilogues() {
 #[test]
 fn sim_tile_presets() {
     check(&select(|c| !awkward(c) && c.config.split_k == 1));
+}
+
+/// The wgmma path (TMA, mbarriers, producer and consumer warpgroups) on
+/// every case it takes: layouts, awkward shapes, every epilogue, split-K.
+#[test]
+fn sim_wgmma_cases() {
+    let cases = wgmma_cases();
+    let layouts: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.config.layout.tag()).collect();
+    assert!(cases.len() >= 20 && layouts.len() >= 2, "{} wgmma cases over {layouts:?}", cases.len());
+    assert!(cases.iter().any(|c| c.config.split_k > 1) && cases.iter().any(|c| !is_plain(c)));
+    eprintln!("{} wgmma cases over layouts {layouts:?}", cases.len());
+    check(&cases);
 }
 
 #[test]

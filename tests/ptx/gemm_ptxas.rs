@@ -12,7 +12,7 @@
 
 use crate::common;
 
-use common::gemm_matrix::{cases, perf_cases, EpiCase, GemmCase, AWKWARD_SHAPES, LAYOUTS};
+use common::gemm_matrix::{cases, perf_cases, wgmma_cases, EpiCase, GemmCase, AWKWARD_SHAPES, LAYOUTS};
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::ptxas;
 use pgc_backends::ptx::templates::epilogue::DType;
@@ -40,7 +40,8 @@ fn manifest(cases: &[GemmCase]) -> Vec<serde_json::Value> {
 
 #[test]
 fn all_gemm_configurations_assemble_without_spills() {
-    let test_cases = cases();
+    let mut test_cases = cases();
+    test_cases.extend(wgmma_cases());
     let perf = perf_cases();
     let mut module = Module::new();
     let mut kernels: BTreeMap<String, GemmConfig> = BTreeMap::new();

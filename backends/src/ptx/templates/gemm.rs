@@ -43,6 +43,7 @@
 
 use crate::ptx::builder::*;
 use super::epilogue::{self, Epilogue};
+use super::gemm_wgmma::{self, WgmmaSpec};
 use serde::{Deserialize, Serialize};
 
 /// bf16 operands on tensor cores with f32 accumulation, or f32 operands on FFMA:
@@ -159,6 +160,30 @@ impl TileConfig {
     }
 }
 
+/// Which instructions a bf16 GEMM is built from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GemmPath {
+    /// `cp.async` + `ldmatrix` + `mma.sync` (any sm_80+ GPU); also the FFMA
+    /// kernels of f32 precision.
+    #[default]
+    MmaSync,
+    /// Hopper: TMA loads into a ring of stages guarded by mbarriers, one
+    /// producer warpgroup, two consumer warpgroups issuing `wgmma` (see `gemm_wgmma.rs`).
+    Wgmma,
+}
+
+impl GemmPath {
+    /// The name `report.json` gives the path (`"wgmma"`, `"mma.sync"`, `"ffma"`).
+    pub fn label(self, precision: Precision) -> &'static str {
+        match (self, precision) {
+            (_, Precision::F32) => "ffma",
+            (GemmPath::MmaSync, _) => "mma.sync",
+            (GemmPath::Wgmma, _) => "wgmma",
+        }
+    }
+}
+
 /// Everything that determines one GEMM kernel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GemmConfig {
@@ -189,6 +214,9 @@ pub struct GemmConfig {
     #[serde(default)]
     pub batched: bool,
     pub epilogue: Epilogue,
+    /// mma.sync or wgmma (bf16 only; see [`GemmConfig::wgmma_allowed`]).
+    #[serde(default)]
+    pub path: GemmPath,
 }
 
 fn widest(extent: u32, max: u32) -> u32 {
@@ -225,6 +253,7 @@ impl GemmConfig {
             b_f32: false,
             batched: false,
             epilogue,
+            path: GemmPath::MmaSync,
         };
         if c.tile == TileConfig::LARGE && (c.vec_a < maxv || c.vec_b < maxv) {
             c.tile = TileConfig::LARGE_8W;
@@ -296,8 +325,37 @@ impl GemmConfig {
         self
     }
 
+    /// Whether the wgmma path can run this GEMM at these sizes: bf16
+    /// operands in memory (TMA copies, no conversion), each operand's rows a
+    /// multiple of 16 bytes (a tensor map's strides must be), no batch.
+    pub fn wgmma_allowed(&self, m: u32, n: u32, k: u32) -> bool {
+        let a_ext = match self.layout.a {
+            AStore::MK => k,
+            AStore::KM => m,
+        };
+        let b_ext = match self.layout.b {
+            BStore::NK => k,
+            BStore::KN => n,
+        };
+        self.precision == Precision::Bf16 && !self.a_f32 && !self.b_f32 && !self.batched && a_ext % 8 == 0 && b_ext % 8 == 0
+    }
+
+    /// The wgmma path with its tile: 128 rows (two consumer warpgroups of 64),
+    /// `bn` columns (the wgmma N: 64, 128 or 256), 64-deep K steps in `stages` stages.
+    pub fn with_wgmma(mut self, bn: u32, stages: u32) -> Self {
+        self.path = GemmPath::Wgmma;
+        // warps_m counts warpgroups (one producer, two consumers), warps_n the warps in each
+        self.tile = TileConfig { bm: 128, bn, bk: 64, warps_m: 3, warps_n: 4, stages, min_blocks: 1 };
+        self.name = self.default_name();
+        self
+    }
+
     pub fn default_name(&self) -> String {
         let t = &self.tile;
+        if self.path == GemmPath::Wgmma {
+            let split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
+            return format!("gemm_wgmma_{}_{}x{}x{}_s{}_v{}{split}_{}", self.layout.tag(), t.bm, t.bn, t.bk, t.stages, self.vec_c, self.epilogue.tag());
+        }
         let mut split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
         if self.a_f32 || self.b_f32 {
             split.push_str(&format!("_f{}{}", if self.a_f32 { "a" } else { "" }, if self.b_f32 { "b" } else { "" }));
@@ -326,7 +384,38 @@ impl GemmConfig {
         )
     }
 
+    /// The wgmma emitter's view of this configuration.
+    pub fn wgmma_spec(&self) -> WgmmaSpec {
+        WgmmaSpec { name: self.name.clone(), a_km: self.layout.a == AStore::KM, b_kn: self.layout.b == BStore::KN, bn: self.tile.bn, stages: self.tile.stages, split_k: self.split_k }
+    }
+
+    fn validate_wgmma(&self) -> Result<(), GemmError> {
+        let bad = |msg: String| Err(GemmError::Config { name: self.name.clone(), msg });
+        if self.precision != Precision::Bf16 || self.a_f32 || self.b_f32 || self.batched {
+            return bad("the wgmma path takes bf16 operands in memory and no batch".into());
+        }
+        let t = &self.tile;
+        if (t.bm, t.bk, t.warps_m, t.warps_n) != (gemm_wgmma::BM, gemm_wgmma::BK, 1 + gemm_wgmma::CONSUMERS, 4) {
+            return bad(format!("the wgmma tile is {}x{{bn}}x{} over {} warpgroups", gemm_wgmma::BM, gemm_wgmma::BK, 1 + gemm_wgmma::CONSUMERS));
+        }
+        if !matches!(self.vec_c, 1 | 2) {
+            return bad("vec_c must be 1 or 2".into());
+        }
+        if self.split_k > 1 && (self.epilogue.out != epilogue::DType::F32 || !self.epilogue.steps.iter().all(|s| s.is_linear())) {
+            return bad("split-K accumulates atomically: it needs an f32 output and only row-scale steps".into());
+        }
+        self.wgmma_spec().validate().or_else(bad)?;
+        self.epilogue.validate(&["a", "b", "c", "m", "n", "k"]).map_err(|m| GemmError::Config { name: self.name.clone(), msg: m })?;
+        if !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || self.name.is_empty() {
+            return bad("kernel name is not an identifier".into());
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), GemmError> {
+        if self.path == GemmPath::Wgmma {
+            return self.validate_wgmma();
+        }
         let t = &self.tile;
         let bad = |m: String| Err(GemmError::Config { name: self.name.clone(), msg: m });
         let pow2 = |x: u32| x.is_power_of_two();
@@ -436,6 +525,9 @@ impl GemmConfig {
 
     /// Dynamic shared memory per block.
     pub fn smem_bytes(&self) -> u32 {
+        if self.path == GemmPath::Wgmma {
+            return self.wgmma_spec().smem_bytes();
+        }
         let [a, b] = self.region_bytes();
         (a + b) * self.tile.stages
     }
@@ -476,7 +568,13 @@ impl GemmKernel {
 /// Emit a GEMM kernel.
 pub fn emit_gemm(cfg: &GemmConfig) -> Result<GemmKernel, GemmError> {
     cfg.validate()?;
-    let kernel = Skeleton::emit(cfg);
+    let kernel = match cfg.path {
+        GemmPath::MmaSync => Skeleton::emit(cfg),
+        GemmPath::Wgmma => gemm_wgmma::emit(&cfg.wgmma_spec(), &cfg.epilogue, |b, er, f| {
+            let cm = Common { tid: f.tid, m0: f.m0, n0: f.n0, m: f.m, n: f.n, smem: f.smem };
+            fragment_epilogue(b, cfg, &cm, er, (1, f.acc.len() as u32), &f.acc, (f.row0, f.col0));
+        }),
+    };
     Ok(GemmKernel { config: cfg.clone(), kernel, threads: cfg.tile.threads(), smem_bytes: cfg.smem_bytes() })
 }
 
@@ -644,13 +742,13 @@ impl Loader {
 // ---------------------------------------------------------------------------
 // The kernel skeleton.
 
-struct Common {
-    tid: Reg,
-    m0: Reg,
-    n0: Reg,
-    m: Reg,
-    n: Reg,
-    smem: Reg,
+pub(super) struct Common {
+    pub(super) tid: Reg,
+    pub(super) m0: Reg,
+    pub(super) n0: Reg,
+    pub(super) m: Reg,
+    pub(super) n: Reg,
+    pub(super) smem: Reg,
 }
 
 enum Compute {
@@ -925,24 +1023,33 @@ impl MmaState {
     }
 
     fn epilogue(&self, b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &mut epilogue::EpiRegs) {
+        fragment_epilogue(b, cfg, cm, er, (self.mt, self.nt), &self.acc, (self.row0, self.col0));
+    }
+}
+
+/// The epilogue over accumulators in the m16n8 fragment layout (mma.sync's,
+/// and wgmma's per warp): `acc[i * nt + j]` holds rows `row0 + 16i (+8)`,
+/// columns `col0 + 8j (+1)` of this lane.
+pub(super) fn fragment_epilogue(b: &mut KernelBuilder, cfg: &GemmConfig, cm: &Common, er: &mut epilogue::EpiRegs, (mt, nt): (u32, u32), acc: &[[Reg; 4]], (row0, col0): (Reg, Reg)) {
+    {
         let epi = &cfg.epilogue;
         let pair = cfg.vec_c == 2;
         let leader = row_sum_leader(b, er, cm.tid, 3);
         // column values for every column this thread owns
         let mut cols = vec![];
-        for j in 0..self.nt {
-            let col = b.add(Type::U32, self.col0, j * 8);
+        for j in 0..nt {
+            let col = b.add(Type::U32, col0, j * 8);
             let ok0 = b.setp(Cmp::Lt, Type::U32, col, cm.n);
             let col1 = b.add(Type::U32, col, 1u32);
             let ok1 = b.setp(Cmp::Lt, Type::U32, col1, cm.n);
             cols.push((col, ok0, ok1));
         }
-        for i in 0..self.mt {
+        for i in 0..mt {
             for h in 0..2u32 {
-                let (row, row_ok, rv) = epi_row(b, cfg, cm, er, self.row0, i * 16 + h * 8);
-                for j in 0..self.nt as usize {
+                let (row, row_ok, rv) = epi_row(b, cfg, cm, er, row0, i * 16 + h * 8);
+                for j in 0..nt as usize {
                     let (col, ok0, ok1) = &cols[j];
-                    let acc = self.acc[i as usize * self.nt as usize + j];
+                    let acc = acc[i as usize * nt as usize + j];
                     let vals = [acc[2 * h as usize], acc[2 * h as usize + 1]];
                     let idx = epilogue::elem_index(b, er, row, *col);
                     let p0 = b.and_pred(row_ok, *ok0);

@@ -6,6 +6,8 @@
 //! * [`gemm`]: GEMMs `C = op(A) @ op(B)` in the model's training layouts,
 //!   bf16 on tensor cores (`mma.sync` m16n8k16, `ldmatrix`, a `cp.async`
 //!   multi-stage pipeline) or f32 FFMA, any M, N, K, optional split-K;
+//! * [`gemm_wgmma`]: the Hopper path of the bf16 GEMMs (TMA, mbarriers,
+//!   a producer warpgroup and two `wgmma` consumer warpgroups);
 //! * [`epilogue`]: the fused epilogue as serializable data;
 //! * [`attention`]: flash attention forward and backward (mma.sync or FFMA),
 //!   and the q/k preparation row kernels;
@@ -14,4 +16,5 @@
 pub mod attention;
 pub mod epilogue;
 pub mod gemm;
+pub mod gemm_wgmma;
 pub mod optim;
