@@ -155,11 +155,15 @@ fn describe(e: cu::DriverError) -> String {
 }
 
 /// The driver's encoding of a tensor map (`cuTensorMapEncodeTiled`).
-fn encode_tensor_map(t: &crate::device::TensorMap) -> std::result::Result<sys::CUtensorMap, String> {
+fn encode_tensor_map(t: &crate::device::TensorMap, driver_version: i32) -> std::result::Result<sys::CUtensorMap, String> {
     use crate::device::{TmaDtype, TmaSwizzle};
     use sys::CUtensorMapDataType as D;
     use sys::CUtensorMapSwizzle as S;
     t.validate()?;
+    // the entry point exists from CUDA 12.0 on (calling a missing one would abort)
+    if driver_version < 12000 {
+        return Err(format!("TMA tensor maps need a CUDA 12 driver; this one is {}.{}", driver_version / 1000, driver_version % 1000 / 10));
+    }
     let dt = match t.dtype {
         TmaDtype::U8 => D::CU_TENSOR_MAP_DATA_TYPE_UINT8,
         TmaDtype::U16 => D::CU_TENSOR_MAP_DATA_TYPE_UINT16,
@@ -763,7 +767,7 @@ impl Device for CudaDevice {
         for (i, a) in args.iter().enumerate() {
             values.push(match a {
                 KernelArg::TensorMap(t) => {
-                    maps.push(encode_tensor_map(t).map_err(|m| bad_args(format!("argument {i}: {m}")))?);
+                    maps.push(encode_tensor_map(t, self.info.driver_version).map_err(|m| bad_args(format!("argument {i}: {m}")))?);
                     0
                 }
                 KernelArg::Buf(b, off) => {

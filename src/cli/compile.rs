@@ -510,6 +510,14 @@ pub fn kernel_rows(plan: &Plan, program: Option<&Program>, ptxas: Option<&PtxasR
                 }
                 row["launches"] = json!(p.launches.iter().filter(|l| l.plan_kernel == k).count());
                 row["entries"] = json!(entries);
+                // the instructions of the kernel's products: tensor-core path, or FFMA in f32 plans
+                let products = matches!(kr.kind, pgc_ir::plan::KernelKind::Gemm | pgc_ir::plan::KernelKind::Attention | pgc_ir::plan::KernelKind::AttentionBackward | pgc_ir::plan::KernelKind::LmHead);
+                let path = p.launches.iter().filter(|l| l.plan_kernel == k).filter_map(|l| p.entry(&l.entry).and_then(|e| e.product_path())).next();
+                match (path, products) {
+                    (Some(x), _) => row["path"] = json!(x),
+                    (None, true) => row["path"] = json!("ffma"),
+                    _ => {}
+                }
                 if ptxas.is_some() {
                     row["registers"] = json!(max_reg);
                     row["spill_bytes"] = json!(spills);

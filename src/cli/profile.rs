@@ -583,6 +583,7 @@ fn arg_labels(g: &Graph, program: &pgc_backends::ptx::program::Program, i: usize
     program.launches[i]
         .args
         .iter()
+        .filter_map(|a| a.pointer())
         .filter_map(|a| match a {
             ArgRef::Value(v) => Some(match &program.plan.values[v.index()] {
                 Place::Param { id, .. } => format!("%{} param {}", v.index(), g.params.get(id.index()).map_or("?", |p| p.name.as_str())),

@@ -25,9 +25,23 @@ pub fn plan(g: &Graph, precision: Precision, outputs: &[String], disabled: &[Fus
     plan::build(g, &opts).map_err(internal)
 }
 
+/// The PTX backend's options: `PGC_GEMM_PATH=mma.sync` keeps the bf16 GEMMs
+/// on the mma.sync kernels (for comparison); the default, `wgmma`, puts
+/// every GEMM whose shapes allow it on the Hopper kernels.
+pub fn ptx_options() -> Result<pgc_backends::ptx::compile::PtxOptions> {
+    use pgc_backends::ptx::templates::gemm::GemmPath;
+    let mut o = pgc_backends::ptx::compile::PtxOptions::default();
+    match std::env::var("PGC_GEMM_PATH").ok().as_deref() {
+        None | Some("") | Some("wgmma") => {}
+        Some("mma.sync") | Some("mma") => o.gemm_path = GemmPath::MmaSync,
+        Some(other) => return Err(input(format!("PGC_GEMM_PATH={other}: expected `wgmma` or `mma.sync`"))),
+    }
+    Ok(o)
+}
+
 /// Compile a plan to a PTX program (the error: what the emitters do not handle).
 pub fn compile(g: &Graph, plan: &Plan) -> Result<Program> {
-    pgc_backends::ptx::compile::compile_program(g, plan).map_err(input)
+    pgc_backends::ptx::compile::compile_program_with(g, plan, &ptx_options()?).map_err(input)
 }
 
 fn exec_err(e: ExecError) -> super::PipelineError {

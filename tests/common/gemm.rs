@@ -51,8 +51,12 @@ pub fn run_gemm(
         let map = |b: &DevBuf, m: OperandMap| -> Result<KernelArg, String> {
             TensorMap::matrix(b, 0, TmaDtype::Bf16, m.rows as u64, m.cols as u64, m.cols as u64 * 2, m.box_rows, m.box_cols, TmaSwizzle::B128).map(KernelArg::TensorMap)
         };
-        args[0] = map(&bufs[0], ma)?;
-        args[1] = map(&bufs[1], mb)?;
+        if !k.config.a_f32 {
+            args[0] = map(&bufs[0], ma)?;
+        }
+        if !k.config.b_f32 {
+            args[1] = map(&bufs[1], mb)?;
+        }
     }
     args.extend([KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)]);
     args.extend(bufs[3..].iter().map(|b| KernelArg::Buf(*b, 0)));

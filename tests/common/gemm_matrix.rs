@@ -247,8 +247,22 @@ pub fn wgmma_cases() -> Vec<GemmCase> {
         all.push(GemmCase::new(Precision::Bf16, layout, s, EpiCase::Store, DType::F32));
         all.push(GemmCase::new(Precision::Bf16, layout, s, EpiCase::Store, DType::Bf16));
     }
+    // f32 operands converted by the producer warpgroup (the residual stream under a row scale, f32 weights)
+    for (layout, s, fa, fb) in [
+        (GemmLayout::LINEAR, (33, 48, 200), true, false),
+        (GemmLayout::LINEAR, (129, 70, 24), false, true),
+        (GemmLayout::INPUT_GRAD, (65, 24, 72), true, true),
+        (GemmLayout::WEIGHT_GRAD, (48, 136, 70), true, false),
+    ] {
+        let mut c = GemmCase::new(Precision::Bf16, layout, s, EpiCase::Store, DType::F32);
+        c.config = c.config.with_f32_operands(fa, fb, s.0, s.1, s.2);
+        all.push(c);
+        let mut c = GemmCase::new(Precision::Bf16, layout, s, EpiCase::RowScale, DType::Bf16);
+        c.config = c.config.with_f32_operands(fa, fb, s.0, s.1, s.2);
+        all.push(c);
+    }
     all.into_iter()
-        .filter(|c| c.config.precision == Precision::Bf16 && c.config.wgmma_allowed(c.m, c.n, c.k) && !c.config.a_f32 && !c.config.b_f32)
+        .filter(|c| c.config.precision == Precision::Bf16 && c.config.wgmma_allowed(c.m, c.n, c.k))
         .enumerate()
         .map(|(i, mut c)| {
             let bn = if c.n <= 64 { 64 } else { 128 };
@@ -382,7 +396,9 @@ impl GemmCase {
         } else {
             TensorSpec { initial: self.config.split_k > 1, ..t("c", m * n, out, true) }
         };
-        let mut v = vec![t("a", m * k, inp, false), t("b", k * n, inp, false), c];
+        // an operand the kernel converts is f32 in memory
+        let (ta, tb) = (if self.config.a_f32 { DType::F32 } else { inp }, if self.config.b_f32 { DType::F32 } else { inp });
+        let mut v = vec![t("a", m * k, ta, false), t("b", k * n, tb, false), c];
         v.extend(self.epi.build(self.m, self.n, out).1);
         v
     }
@@ -400,7 +416,9 @@ impl GemmCase {
                 .map(|_| {
                     let u = rng.uniform();
                     let x = if positive { 0.5 + u.abs() } else { u };
-                    round_to(x, t.dtype)
+                    // f32 operands of a bf16 GEMM hold bf16 values: the in-kernel conversion is exact
+                    let converted = (t.name == "a" && self.config.a_f32) || (t.name == "b" && self.config.b_f32);
+                    round_to(x, if converted { DType::Bf16 } else { t.dtype })
                 })
                 .collect();
             out.insert(t.name.clone(), v);

@@ -163,6 +163,15 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
 }
 
 typedef struct { double t; } Event;
+// A tensor map: the mock keeps the global address in the first 8 bytes.
+CUresult cuTensorMapEncodeTiled(void *map, int dtype, unsigned rank, void *addr, const uint64_t *dims, const uint64_t *strides,
+                                const unsigned *box, const unsigned *estr, int il, int sw, int l2, int oob) {
+    (void)dtype; (void)dims; (void)strides; (void)box; (void)estr; (void)il; (void)sw; (void)l2; (void)oob;
+    if (rank < 1 || rank > 5 || ((uintptr_t)addr & 15)) return INVALID_VALUE;
+    memset(map, 0, 128); memcpy(map, &addr, 8);
+    return OK;
+}
+
 CUresult cuEventCreate(void **e, unsigned flags) { (void)flags; *e = calloc(1, sizeof(Event)); return OK; }
 CUresult cuEventRecord(void *e, void *s) { (void)s; ((Event *)e)->t = clock_ms; return OK; }
 CUresult cuEventSynchronize(void *e) { (void)e; return sticky; }

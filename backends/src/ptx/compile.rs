@@ -44,6 +44,7 @@
 use super::adapters;
 use super::ctx::{Ctx, PtxError};
 use super::program::{ArgRef, Launch, LaunchStep, Program, ZeroRef};
+use super::templates::gemm::GemmPath;
 use pgc_ir::plan::{FusionRule, KernelKind, Place, Plan};
 use pgc_ir::{Graph, ValueId};
 use std::collections::BTreeSet;
@@ -84,13 +85,32 @@ fn check_sizes(g: &Graph) -> Result<(), PtxError> {
     Ok(())
 }
 
-/// Compile a kernel plan of `g` to a PTX program.
+/// Choices of the PTX backend that the plan does not make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PtxOptions {
+    /// The bf16 GEMMs' path where their shapes allow it (default wgmma).
+    pub gemm_path: GemmPath,
+}
+
+impl Default for PtxOptions {
+    fn default() -> Self {
+        PtxOptions { gemm_path: GemmPath::Wgmma }
+    }
+}
+
+/// Compile a kernel plan of `g` to a PTX program with the default options.
 pub fn compile_program(g: &Graph, plan: &Plan) -> Result<Program, PtxError> {
+    compile_program_with(g, plan, &PtxOptions::default())
+}
+
+/// Compile a kernel plan of `g` to a PTX program.
+pub fn compile_program_with(g: &Graph, plan: &Plan, opts: &PtxOptions) -> Result<Program, PtxError> {
     if plan.values.len() != g.nodes.len() {
         return Err(PtxError::Unsupported(format!("the plan places {} values but the graph has {} nodes", plan.values.len(), g.nodes.len())));
     }
     check_sizes(g)?;
     let mut cx = Ctx::new(g, plan);
+    cx.gemm_path = opts.gemm_path;
     for (ki, k) in plan.kernels.iter().enumerate() {
         cx.kernel = ki;
         emit_plan_kernel(&mut cx, ki).map_err(|e| PtxError::Kernel { kernel: k.name.clone(), kind: k.kind.name(), msg: e.to_string() })?;
@@ -108,7 +128,7 @@ fn footprint(plan: &Plan, l: &LaunchStep) -> (Vec<(u64, u64)>, Vec<usize>) {
             arena.push((s.offset, s.offset + s.bytes));
         }
     };
-    for a in &l.args {
+    for a in l.args.iter().filter_map(|a| a.pointer()) {
         match a {
             ArgRef::Value(v) => value(*v, &mut arena),
             ArgRef::Aux(k) => aux.push(*k),

@@ -7,6 +7,7 @@ use super::builder::{Kernel, Module};
 use super::pointwise::BufArg;
 use super::program::{ArgRef, AuxBuffer, Launch, LaunchStep, ZeroRef};
 use super::templates::epilogue::DType;
+use super::templates::gemm::GemmPath;
 use pgc_ir::plan::Plan;
 use pgc_ir::Graph;
 use std::collections::{HashMap, HashSet};
@@ -47,6 +48,9 @@ pub struct Ctx<'a> {
     names: HashSet<String>,
     /// Kernel code (its text less its name) -> the entry already in the module.
     bodies: HashMap<String, String>,
+    /// The bf16 GEMMs' path where their shapes allow it
+    /// ([`super::templates::gemm::GemmConfig::wgmma_allowed`]; mma.sync elsewhere).
+    pub gemm_path: GemmPath,
 }
 
 impl<'a> Ctx<'a> {
@@ -61,6 +65,7 @@ impl<'a> Ctx<'a> {
             lse: HashMap::new(),
             names: HashSet::new(),
             bodies: HashMap::new(),
+            gemm_path: GemmPath::Wgmma,
         }
     }
 

@@ -36,6 +36,23 @@ pub enum ArgRef {
     I32(i32),
     U64(u64),
     F32(f32),
+    /// A TMA tensor map (128 bytes by value) over the bf16 matrix `of` points
+    /// at: `rows x cols` row-major (`cols` contiguous), moved in boxes of
+    /// `box_rows x box_cols` with the 128-byte swizzle (the wgmma GEMMs' A and B).
+    TensorMap { of: Box<ArgRef>, rows: u32, cols: u32, box_rows: u32, box_cols: u32 },
+}
+
+
+impl ArgRef {
+    /// The buffer the argument points at: itself for a pointer, the matrix
+    /// of a tensor map, `None` for a scalar.
+    pub fn pointer(&self) -> Option<&ArgRef> {
+        match self {
+            ArgRef::Value(_) | ArgRef::ParamMaster(_) | ArgRef::Aux(_) => Some(self),
+            ArgRef::TensorMap { of, .. } => of.pointer(),
+            ArgRef::U32(_) | ArgRef::I32(_) | ArgRef::U64(_) | ArgRef::F32(_) => None,
+        }
+    }
 }
 
 /// A buffer the program needs besides the plan's values: constant tables
@@ -94,6 +111,18 @@ pub fn entries_of(module: &Module) -> Vec<Entry> {
 }
 
 impl Entry {
+    /// The instructions the entry's matrix products use: `"wgmma"`,
+    /// `"mma.sync"`, `"ffma"` (an f32 FMA kernel), `None` without products.
+    pub fn product_path(&self) -> Option<&'static str> {
+        if self.code.contains("wgmma.mma_async") {
+            Some("wgmma")
+        } else if self.code.contains("mma.sync") {
+            Some("mma.sync")
+        } else {
+            None
+        }
+    }
+
     /// The entry's PTX text.
     pub fn text(&self) -> String {
         format!(".visible .entry {}{}", self.name, self.code)

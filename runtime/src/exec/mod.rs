@@ -40,7 +40,7 @@
 
 mod helpers;
 
-use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle};
+use crate::device::{DevBuf, Device, DeviceError, KernelArg, LaunchConfig, ModuleHandle, TensorMap, TmaDtype, TmaSwizzle};
 use pgc_backends::ptx::program::{entries_of, ArgRef, AuxBuffer, LaunchStep, Program, ZeroRef};
 use pgc_ir::plan::{Place, Slot};
 use pgc_ir::types::DType;
@@ -480,7 +480,19 @@ impl<'a> Executor<'a> {
         let mut args = Vec::with_capacity(l.args.len());
         let mut regions = Vec::new();
         for (j, a) in l.args.iter().enumerate() {
+            if let ArgRef::TensorMap { of, rows, cols, box_rows, box_cols } = a {
+                let (buf, offset) = match self.resolve_pointer(of) {
+                    Ok(x) => x,
+                    Err(m) => return Err(bad(format!("argument {j}: {m}"))),
+                };
+                regions.push((buf.addr + offset, (*rows as u64 * *cols as u64 * 2).min(buf.bytes as u64 - offset.min(buf.bytes as u64))));
+                let t = TensorMap::matrix(&buf, offset, TmaDtype::Bf16, *rows as u64, *cols as u64, *cols as u64 * 2, *box_rows, *box_cols, TmaSwizzle::B128)
+                    .map_err(|m| bad(format!("argument {j}: tensor map: {m}")))?;
+                args.push(KernelArg::TensorMap(t));
+                continue;
+            }
             args.push(match a {
+                ArgRef::TensorMap { .. } => unreachable!(),
                 ArgRef::Value(v) => {
                     let r = self.value_region(*v).map_err(|m| bad(format!("argument {j}: {m}")))?;
                     regions.push((r.buf.addr + r.offset, r.bytes));
@@ -517,6 +529,19 @@ impl<'a> Executor<'a> {
             return Err(bad(format!("empty launch: grid {:?}, block {:?}", l.grid, l.block)));
         }
         Ok(Resolved { cfg: LaunchConfig { grid: l.grid, block: l.block, shared_bytes: l.shared_bytes }, args, zero, zero_launch: None, regions })
+    }
+
+    /// The buffer and byte offset a pointer argument names.
+    fn resolve_pointer(&self, a: &ArgRef) -> std::result::Result<(DevBuf, u64), String> {
+        match a {
+            ArgRef::Value(v) => self.value_region(*v).map(|r| (r.buf, r.offset)),
+            ArgRef::ParamMaster(id) => {
+                let name = self.param_name(*id).map_err(|e| e.to_string())?;
+                self.masters.get(name).map(|(b, _)| (*b, 0)).ok_or_else(|| format!("no parameter `{name}`"))
+            }
+            ArgRef::Aux(k) => self.aux.get(*k).map(|b| (*b, 0)).ok_or_else(|| format!("aux buffer {k} of {}", self.aux.len())),
+            other => Err(format!("{other:?} is not a pointer")),
+        }
     }
 
     /// Where a value lives in device memory.

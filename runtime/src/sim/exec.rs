@@ -1222,7 +1222,25 @@ impl<'a> BlockRunner<'a> {
         decode_tmap(&bytes).map_err(|m| self.error(SimErrorKind::Other, wid, l, line, m))
     }
 
-    fn exec_tma_load(&mut self, wi: usize, l: usize, dst: &Addr, map: u32, coords: &[u32], mbar: &Addr, line: u32) -> R<()> {
+    /// The counters' record of a TMA copy's global bytes (contiguous runs of the box).
+    fn count_tma(&mut self, pc: u32, t: &crate::device::TensorMap, coords: &[i64], write: bool) {
+        let es = t.dtype.bytes() as u64;
+        let mut runs: Vec<(u64, u32)> = Vec::new();
+        box_elements(t, coords, |_, g| {
+            if let Some(g) = g {
+                let a = t.addr + g;
+                match runs.last_mut() {
+                    Some((s, n)) if *s + *n as u64 == a => *n += es as u32,
+                    _ => runs.push((a, es as u32)),
+                }
+            }
+        });
+        if let Some(c) = self.counters.as_deref_mut() {
+            c.global(pc as usize, &runs, write, false);
+        }
+    }
+
+    fn exec_tma_load(&mut self, wi: usize, l: usize, dst: &Addr, map: u32, coords: &[u32], mbar: &Addr, line: u32, pc: u32) -> R<()> {
         let wid = self.warps[wi].id;
         let t = self.tensor_map(wi, l, map, line)?;
         let w = &self.warps[wi];
@@ -1231,6 +1249,10 @@ impl<'a> BlockRunner<'a> {
         }
         let c: Vec<i64> = coords.iter().map(|&r| w.r32[r as usize][l] as i32 as i64).collect();
         let da = Self::addr_of(w, dst, l);
+        if self.counters.is_some() {
+            self.count_tma(pc, &t, &c, false);
+        }
+        let w = &self.warps[wi];
         let ma = Self::addr_of(w, mbar, l);
         if da % 128 != 0 {
             return Err(self.misaligned(wid, l, line, "TMA shared destination", da, 128));
@@ -1287,7 +1309,7 @@ impl<'a> BlockRunner<'a> {
 
     /// `cp.async.bulk.tensor` store by lane `l`: read the shared box through
     /// the async proxy, write the elements inside the tensor.
-    fn exec_tma_store(&mut self, wi: usize, l: usize, map: u32, coords: &[u32], src: &Addr, line: u32) -> R<()> {
+    fn exec_tma_store(&mut self, wi: usize, l: usize, map: u32, coords: &[u32], src: &Addr, line: u32, pc: u32) -> R<()> {
         let wid = self.warps[wi].id;
         let t = self.tensor_map(wi, l, map, line)?;
         let w = &self.warps[wi];
@@ -1296,6 +1318,9 @@ impl<'a> BlockRunner<'a> {
         }
         let c: Vec<i64> = coords.iter().map(|&r| w.r32[r as usize][l] as i32 as i64).collect();
         let sa = Self::addr_of(w, src, l);
+        if self.counters.is_some() {
+            self.count_tma(pc, &t, &c, true);
+        }
         if sa % 128 != 0 {
             return Err(self.misaligned(wid, l, line, "TMA shared source", sa, 128));
         }
@@ -2197,12 +2222,12 @@ impl<'a> BlockRunner<'a> {
                 }
                 Inst::TmaLoad { dst, map, coords, mbar } => {
                     for l in lanes(em) {
-                        self.exec_tma_load(wi, l, dst, *map, coords, mbar, line)?;
+                        self.exec_tma_load(wi, l, dst, *map, coords, mbar, line, pc)?;
                     }
                 }
                 Inst::TmaStore { map, coords, src } => {
                     for l in lanes(em) {
-                        self.exec_tma_store(wi, l, *map, coords, src, line)?;
+                        self.exec_tma_store(wi, l, *map, coords, src, line, pc)?;
                     }
                 }
                 Inst::BulkCommit => {

@@ -24,7 +24,8 @@
 use super::toolkit::{self, output_target, plain_source, Fused};
 use crate::ptx::ctx::{Ctx, PtxError};
 use crate::ptx::templates::epilogue::{EpiStep, Epilogue};
-use crate::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout};
+use crate::ptx::templates::gemm::{emit_gemm, GemmConfig, GemmLayout, GemmPath};
+use crate::ptx::templates::gemm_wgmma;
 use crate::ptx::pointwise::epi::{PwEpilogue, PwRowSum, PwStore};
 use crate::scalar::expr::{Ty, Var, E};
 use pgc_ir::types::DType;
@@ -238,11 +239,31 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     Ok(launch)
 }
 
+/// Stages of the wgmma ring (4 x 32 KiB at bn = 128).
+const WGMMA_STAGES: u32 = 4;
+
 fn launch_gemm(cx: &mut Ctx, cfg: GemmConfig, abc: [ArgRef; 3], sizes: &[ArgRef; 3], extra: Vec<ArgRef>, zero: Vec<ZeroRef>) -> Result<Launch, PtxError> {
-    let (m, n) = match (&sizes[0], &sizes[1]) {
-        (ArgRef::U32(m), ArgRef::U32(n)) => (*m, *n),
+    let (m, n, k) = match (&sizes[0], &sizes[1], &sizes[2]) {
+        (ArgRef::U32(m), ArgRef::U32(n), ArgRef::U32(k)) => (*m, *n, *k),
         _ => unreachable!(),
     };
+    let mut cfg = cfg;
+    let mut abc = abc;
+    if cx.gemm_path == GemmPath::Wgmma && cfg.wgmma_allowed(m, n, k) {
+        // the wgmma path reads A and B through tensor maps
+        let name = std::mem::take(&mut cfg.name);
+        cfg = cfg.with_wgmma(if n <= 64 { 64 } else { 128 }, WGMMA_STAGES);
+        cfg.name = name;
+        let (ma, mb) = gemm_wgmma::operand_maps(&cfg.wgmma_spec(), m, n, k);
+        for ((arg, mp), f32src) in abc.iter_mut().zip([ma, mb]).zip([cfg.a_f32, cfg.b_f32]) {
+            if f32src {
+                // converted by the producer warpgroup: a plain pointer
+                continue;
+            }
+            let of = Box::new(std::mem::replace(arg, ArgRef::U32(0)));
+            *arg = ArgRef::TensorMap { of, rows: mp.rows, cols: mp.cols, box_rows: mp.box_rows, box_cols: mp.box_cols };
+        }
+    }
     let gk = emit_gemm(&cfg)?;
     let launch = Launch { grid: gk.grid(m, n), block: gk.block(), shared_bytes: gk.smem_bytes };
     let entry = cx.add_kernel(gk.kernel);

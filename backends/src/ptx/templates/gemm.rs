@@ -325,9 +325,10 @@ impl GemmConfig {
         self
     }
 
-    /// Whether the wgmma path can run this GEMM at these sizes: bf16
-    /// operands in memory (TMA copies, no conversion), each operand's rows a
-    /// multiple of 16 bytes (a tensor map's strides must be), no batch.
+    /// Whether the wgmma path can run this GEMM at these sizes: each
+    /// operand's contiguous extent a multiple of 8 elements (a tensor map's
+    /// strides are multiples of 16 bytes; an f32 operand is converted 8
+    /// elements at a time), no batch.
     pub fn wgmma_allowed(&self, m: u32, n: u32, k: u32) -> bool {
         let a_ext = match self.layout.a {
             AStore::MK => k,
@@ -337,7 +338,7 @@ impl GemmConfig {
             BStore::NK => k,
             BStore::KN => n,
         };
-        self.precision == Precision::Bf16 && !self.a_f32 && !self.b_f32 && !self.batched && a_ext % 8 == 0 && b_ext % 8 == 0
+        self.precision == Precision::Bf16 && !self.batched && a_ext % 8 == 0 && b_ext % 8 == 0
     }
 
     /// The wgmma path with its tile: 128 rows (two consumer warpgroups of 64),
@@ -353,7 +354,10 @@ impl GemmConfig {
     pub fn default_name(&self) -> String {
         let t = &self.tile;
         if self.path == GemmPath::Wgmma {
-            let split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
+            let mut split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
+            if self.a_f32 || self.b_f32 {
+                split.push_str(&format!("_f{}{}", if self.a_f32 { "a" } else { "" }, if self.b_f32 { "b" } else { "" }));
+            }
             return format!("gemm_wgmma_{}_{}x{}x{}_s{}_v{}{split}_{}", self.layout.tag(), t.bm, t.bn, t.bk, t.stages, self.vec_c, self.epilogue.tag());
         }
         let mut split = if self.split_k > 1 { format!("_k{}", self.split_k) } else { String::new() };
@@ -386,13 +390,22 @@ impl GemmConfig {
 
     /// The wgmma emitter's view of this configuration.
     pub fn wgmma_spec(&self) -> WgmmaSpec {
-        WgmmaSpec { name: self.name.clone(), a_km: self.layout.a == AStore::KM, b_kn: self.layout.b == BStore::KN, bn: self.tile.bn, stages: self.tile.stages, split_k: self.split_k }
+        WgmmaSpec {
+            name: self.name.clone(),
+            a_km: self.layout.a == AStore::KM,
+            b_kn: self.layout.b == BStore::KN,
+            bn: self.tile.bn,
+            stages: self.tile.stages,
+            split_k: self.split_k,
+            a_f32: self.a_f32,
+            b_f32: self.b_f32,
+        }
     }
 
     fn validate_wgmma(&self) -> Result<(), GemmError> {
         let bad = |msg: String| Err(GemmError::Config { name: self.name.clone(), msg });
-        if self.precision != Precision::Bf16 || self.a_f32 || self.b_f32 || self.batched {
-            return bad("the wgmma path takes bf16 operands in memory and no batch".into());
+        if self.precision != Precision::Bf16 || self.batched {
+            return bad("the wgmma path takes bf16 precision and no batch".into());
         }
         let t = &self.tile;
         if (t.bm, t.bk, t.warps_m, t.warps_n) != (gemm_wgmma::BM, gemm_wgmma::BK, 1 + gemm_wgmma::CONSUMERS, 4) {

@@ -50,6 +50,11 @@ pub struct WgmmaSpec {
     pub bn: u32,
     pub stages: u32,
     pub split_k: u32,
+    /// A (B) is f32 in memory: the producer warpgroup loads it, converts to
+    /// bf16 and stores it in the swizzled layout TMA would have written
+    /// (then `fence.proxy.async` and an arrival per thread on `full`).
+    pub a_f32: bool,
+    pub b_f32: bool,
 }
 
 /// One operand's tensor map, as the launch must encode it: a row-major bf16
@@ -98,7 +103,7 @@ impl WgmmaSpec {
 }
 
 /// The tensor maps of A and B for a GEMM of `m x n x k` (what the launch's
-/// `a` and `b` arguments encode).
+/// `a` and `b` arguments encode; an f32 operand is passed as a pointer instead).
 pub fn operand_maps(spec: &WgmmaSpec, m: u32, n: u32, k: u32) -> (OperandMap, OperandMap) {
     let a = if spec.a_km { OperandMap { rows: k, cols: m, box_rows: BK, box_cols: 64 } } else { OperandMap { rows: m, cols: k, box_rows: BM, box_cols: BK } };
     let b = if spec.b_kn { OperandMap { rows: k, cols: n, box_rows: BK, box_cols: 64 } } else { OperandMap { rows: n, cols: k, box_rows: spec.bn, box_cols: BK } };
@@ -144,8 +149,17 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
         spec.split_k,
         epi.tag()
     ));
-    let a_map = b.tensor_map_param("a");
-    let b_map = b.tensor_map_param("b");
+    let operand = |b: &mut KernelBuilder, name: &str, f32src: bool| -> Reg {
+        if f32src {
+            let p = b.param(name, ParamType::U64);
+            b.ld_param_global_ptr(&p)
+        } else {
+            b.tensor_map_param(name)
+        }
+    };
+    let a_map = operand(&mut b, "a", spec.a_f32);
+    let b_map = operand(&mut b, "b", spec.b_f32);
+    let converts = spec.a_f32 || spec.b_f32;
     let pc = b.param("c", ParamType::U64);
     let pm = b.param("m", ParamType::U32);
     let pn = b.param("n", ParamType::U32);
@@ -200,7 +214,8 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
         for s in 0..s_n {
             let sv = b.val(Type::U32, s);
             let f = full(b, sv);
-            b.mbar_init(f, 1u32);
+            // with a converted operand every producer thread arrives (after its stores)
+            b.mbar_init(f, if converts { WARPGROUP } else { 1 });
             let e = empty(b, sv);
             b.mbar_init(e, CONSUMERS * 4);
         }
@@ -212,10 +227,13 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
     let consumer = b.new_label();
     b.push_guarded(Guard { pred: is_producer, negate: true }, Inst::Bra { target: consumer, uni: false });
 
-    // ---- producer: one thread feeds the ring
-    b.comment("producer warpgroup: thread 0 issues the TMA copies");
+    // ---- producer: one thread feeds the ring (the whole warpgroup when it converts f32)
+    b.comment(if converts { "producer warpgroup: TMA copies by thread 0, f32 operands converted by all" } else { "producer warpgroup: thread 0 issues the TMA copies" });
     let done = b.new_label();
-    b.push_guarded(Guard { pred: t0, negate: true }, Inst::Bra { target: done, uni: false });
+    if !converts {
+        b.push_guarded(Guard { pred: t0, negate: true }, Inst::Bra { target: done, uni: false });
+    }
+    let tma_bytes = if spec.a_f32 { 0 } else { spec.a_bytes() } + if spec.b_f32 { 0 } else { spec.b_bytes() };
     {
         let stage = b.val(Type::U32, 0u32);
         let phase = b.val(Type::U32, 0u32);
@@ -228,28 +246,65 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
                 b.mbar_wait(e, par);
             });
             let f = full(b, stage);
-            b.mbar_arrive(f.clone(), Some(Operand::Imm(spec.stage_bytes() as i64)));
+            if !converts {
+                b.mbar_arrive(f.clone(), Some(Operand::Imm(spec.stage_bytes() as i64)));
+            }
             let base = b.mad_lo(Type::U32, stage, spec.stage_bytes(), ring);
             let ktg = b.add(Type::U32, kt0, kt);
             let k0 = b.mul_lo(Type::U32, ktg, BK);
-            if spec.a_km {
-                for c in 0..CONSUMERS {
-                    let dst = b.add(Type::U32, base, c * 64 * BK * 2);
-                    let x = b.add(Type::U32, m0, 64 * c);
-                    b.tma_load(Addr::reg(dst), a_map, vec![x.into(), k0.into()], f.clone());
-                }
+            // the boxes of each operand: (shared offset, x (contiguous), y, rows)
+            let a_boxes: Vec<(u32, Reg, Reg, u32)> = if spec.a_km {
+                (0..CONSUMERS).map(|c| (c * 64 * BK * 2, b.add(Type::U32, m0, 64 * c), k0, BK)).collect()
             } else {
-                b.tma_load(Addr::reg(base), a_map, vec![k0.into(), m0.into()], f.clone());
-            }
-            let bbase = b.add(Type::U32, base, spec.a_bytes());
-            if spec.b_kn {
-                for j in 0..spec.bn / 64 {
-                    let dst = b.add(Type::U32, bbase, j * 64 * BK * 2);
-                    let x = b.add(Type::U32, n0, 64 * j);
-                    b.tma_load(Addr::reg(dst), b_map, vec![x.into(), k0.into()], f.clone());
-                }
+                vec![(0, k0, m0, BM)]
+            };
+            let b_boxes: Vec<(u32, Reg, Reg, u32)> = if spec.b_kn {
+                (0..spec.bn / 64).map(|j| (spec.a_bytes() + j * 64 * BK * 2, b.add(Type::U32, n0, 64 * j), k0, BK)).collect()
             } else {
-                b.tma_load(Addr::reg(bbase), b_map, vec![k0.into(), n0.into()], f.clone());
+                vec![(spec.a_bytes(), k0, n0, spec.bn)]
+            };
+            let tma = |b: &mut KernelBuilder, map: Reg, boxes: &[(u32, Reg, Reg, u32)]| {
+                for &(off, x, y, _) in boxes {
+                    let dst = b.add(Type::U32, base, off);
+                    b.tma_load(Addr::reg(dst), map, vec![x.into(), y.into()], f.clone());
+                }
+            };
+            if converts {
+                b.if_then(t0, false, |b| {
+                    if !spec.a_f32 {
+                        tma(b, a_map, &a_boxes);
+                    }
+                    if !spec.b_f32 {
+                        tma(b, b_map, &b_boxes);
+                    }
+                });
+                // (rows, cols, leading dimension) of the f32 operands in memory
+                let (a_rows, a_cols) = if spec.a_km { (k, m) } else { (m, k) };
+                let (b_rows, b_cols) = if spec.b_kn { (k, n) } else { (n, k) };
+                if spec.a_f32 {
+                    for &bx in &a_boxes {
+                        convert_box(b, a_map, base, bx, (a_rows, a_cols), tid);
+                    }
+                }
+                if spec.b_f32 {
+                    for &bx in &b_boxes {
+                        convert_box(b, b_map, base, bx, (b_rows, b_cols), tid);
+                    }
+                }
+                // the stores reach the async proxy (wgmma) once fenced; each thread
+                // arrives after its own, thread 0 announcing the TMA bytes (the count
+                // may go negative meanwhile: the phase waits for every arrival)
+                b.fence_proxy_async();
+                let f2 = full(b, stage);
+                b.if_then(t0, false, |b| b.mbar_arrive(f2.clone(), (tma_bytes > 0).then_some(Operand::Imm(tma_bytes as i64))));
+                b.if_then(t0, true, |b| b.mbar_arrive(f2.clone(), None));
+            } else {
+                if !spec.a_f32 {
+                    tma(b, a_map, &a_boxes);
+                }
+                if !spec.b_f32 {
+                    tma(b, b_map, &b_boxes);
+                }
             }
             advance(b, stage, phase, s_n);
         });
@@ -329,6 +384,39 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
     epilogue_fn(&mut b, &mut er, &frag);
     b.ret();
     b.finish()
+}
+
+/// The producer's 128 threads load box `(off, x0, y0, rows)` of an f32
+/// operand (`rows x cols` in memory, `cols` contiguous and a multiple of 8)
+/// 8 elements at a time, round them to bf16 and store them where a 128-byte
+/// swizzled TMA copy would (row `r`, 16-byte chunk `c` at `r * 128 + (c ^ r % 8) * 16`).
+fn convert_box(b: &mut KernelBuilder, ptr: Reg, base: Reg, (off, x0, y0, rows): (u32, Reg, Reg, u32), (n_rows, n_cols): (Reg, Reg), tid: Reg) {
+    let chunks = rows * (BK / 8);
+    for i in 0..chunks.div_ceil(WARPGROUP) {
+        let idx = b.add(Type::U32, tid, i * WARPGROUP);
+        let r = b.bin(BinOp::Shr, Type::U32, idx, 3u32);
+        let c = b.bin(BinOp::And, Type::U32, idx, 7u32);
+        let gy = b.add(Type::U32, y0, r);
+        let gx = b.mad_lo(Type::U32, c, 8u32, x0);
+        let in_r = b.setp(Cmp::Lt, Type::U32, gy, n_rows);
+        let in_c = b.setp(Cmp::Lt, Type::U32, gx, n_cols);
+        let ok = b.and_pred(in_r, in_c);
+        let v: Vec<Reg> = (0..8).map(|_| b.val(Type::F32, 0.0f32)).collect();
+        let e = b.mad_lo(Type::U32, gy, n_cols, gx);
+        let boff = b.mul_wide_u32(e, 4u32);
+        let p = b.add_u64(ptr, boff);
+        b.guarded(ok, false, |b| {
+            b.ld_vec(Space::Global, true, Type::F32, &v[..4], Addr::reg(p));
+            b.ld_vec(Space::Global, true, Type::F32, &v[4..], Addr::reg_off(p, 16));
+        });
+        let packed: Vec<Operand> = (0..4).map(|j| b.pack_bf16x2(v[2 * j + 1], v[2 * j]).into()).collect();
+        let rx = b.bin(BinOp::And, Type::U32, r, 7u32);
+        let sc = b.bin(BinOp::Xor, Type::U32, c, rx);
+        let so = b.mad_lo(Type::U32, r, 128u32, off);
+        let so = b.mad_lo(Type::U32, sc, 16u32, so);
+        let sa = b.add(Type::U32, base, so);
+        b.st_vec(Space::Shared, Type::B32, Addr::reg(sa), packed);
+    }
 }
 
 /// `stage += 1`, wrapping to 0 (and flipping `phase`) after the last stage.
