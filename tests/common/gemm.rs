@@ -36,6 +36,19 @@ pub fn run_gemm(
     case: &GemmCase,
     inputs: &BTreeMap<String, Vec<f64>>,
 ) -> Result<BTreeMap<String, Vec<f64>>, String> {
+    run_gemm_on_grid(dev, mh, k, case, inputs, k.grid(case.m, case.n))
+}
+
+/// [`run_gemm`] on a grid of the caller's choosing (persistent kernels
+/// cover the output with any number of blocks).
+pub fn run_gemm_on_grid(
+    dev: &dyn Device,
+    mh: &ModuleHandle,
+    k: &GemmKernel,
+    case: &GemmCase,
+    inputs: &BTreeMap<String, Vec<f64>>,
+    grid: [u32; 3],
+) -> Result<BTreeMap<String, Vec<f64>>, String> {
     let specs = case.tensors();
     let mut bufs = vec![];
     for t in &specs {
@@ -60,7 +73,7 @@ pub fn run_gemm(
     }
     args.extend([KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)]);
     args.extend(bufs[3..].iter().map(|b| KernelArg::Buf(*b, 0)));
-    let cfg = LaunchConfig { grid: k.grid(case.m, case.n), block: k.block(), shared_bytes: k.smem_bytes };
+    let cfg = LaunchConfig { grid, block: k.block(), shared_bytes: k.smem_bytes };
     dev.launch(mh, k.name(), cfg, &args).map_err(|e| format!("{}: {e}", k.name()))?;
     dev.synchronize().map_err(|e| format!("{}: {e}", k.name()))?;
     let mut out = BTreeMap::new();

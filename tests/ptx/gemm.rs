@@ -8,7 +8,7 @@
 
 use crate::common;
 
-use common::gemm::{check_cases, render, run_gemm};
+use common::gemm::{check_cases, render, run_gemm, run_gemm_on_grid};
 use common::gemm_matrix::{bf16_to_f32, cases, f32_to_bf16, rel_err, wgmma_cases, EpiCase, GemmCase, AWKWARD_SHAPES};
 use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
@@ -82,6 +82,37 @@ fn sim_wgmma_cases() {
     assert!(cases.iter().any(|c| c.config.split_k > 1) && cases.iter().any(|c| !is_plain(c)));
     eprintln!("{} wgmma cases over layouts {layouts:?}", cases.len());
     check(&cases);
+}
+
+/// Persistent wgmma blocks walking several output tiles each (the ring and
+/// its mbarrier phases running on across tiles), with a 2-stage ring that
+/// wraps often: grids of 1, 2 and 5 blocks over 9 to 16 tiles.
+#[test]
+fn sim_wgmma_persistent_blocks_walk_many_tiles() {
+    let dev = SimDevice::new();
+    let cases = [
+        (GemmLayout::LINEAR, (300, 260, 136), 1, EpiCase::Store, DType::F32),
+        (GemmLayout::INPUT_GRAD, (257, 200, 64), 1, EpiCase::RowScale, DType::Bf16),
+        (GemmLayout::WEIGHT_GRAD, (136, 200, 264), 3, EpiCase::Store, DType::F32),
+    ];
+    for (i, (layout, s, split, epi, out)) in cases.into_iter().enumerate() {
+        let mut c = GemmCase::new(Precision::Bf16, layout, s, epi, out);
+        c.config = c.config.with_wgmma(64, 2);
+        if split > 1 {
+            c.config = c.config.with_split_k(split);
+        }
+        let (k, mh) = load(&dev, &c).unwrap();
+        for blocks in [1u32, 2, 5] {
+            let inputs = c.inputs(77 + i as u64);
+            let want = c.reference(&inputs);
+            let got = run_gemm_on_grid(&dev, &mh, &k, &c, &inputs, [blocks, 1, split]).unwrap_or_else(|e| panic!("{e}"));
+            for t in c.tensors().iter().filter(|t| t.output) {
+                let err = rel_err(&got[&t.name], &want[&t.name]);
+                eprintln!("{} {:?} on {blocks} block(s): {} rel err {err:.2e}", c.config.name, s, t.name);
+                assert!(err <= GemmCase::tolerance(t.dtype), "{} on {blocks} blocks: {} error {err}", c.config.name, t.name);
+            }
+        }
+    }
 }
 
 #[test]

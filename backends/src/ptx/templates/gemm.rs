@@ -567,6 +567,9 @@ impl GemmKernel {
     }
     /// The grid of one GEMM (a batched kernel: of a batch of 1; set `z` to the batch).
     pub fn grid(&self, m: u32, n: u32) -> [u32; 3] {
+        if self.config.path == GemmPath::Wgmma {
+            return gemm_wgmma::grid(&self.config.wgmma_spec(), m, n);
+        }
         [n.div_ceil(self.config.tile.bn), m.div_ceil(self.config.tile.bm), self.config.split_k]
     }
     pub fn block(&self) -> [u32; 3] {

@@ -15,6 +15,9 @@
 //! * Every operand tile is stored with the 128-byte swizzle: K-major (A `[M, K]`,
 //!   B `[N, K]`) as rows of 64 k, MN-major (A `[K, M]`, B `[K, N]`, read
 //!   with wgmma's transpose) as boxes of 64 m or n by 64 k.
+//! * Blocks are persistent ([`PERSISTENT_BLOCKS`]): each walks the output
+//!   tiles in a grouped order, the ring and its mbarrier phases running on
+//!   from tile to tile, so loads of the next tile overlap this tile's epilogue.
 //! * The epilogue runs on the consumers' accumulators, which per warp have the
 //!   `mma.sync` m16n8 layout, so the fused epilogues of the mma.sync path
 //!   apply unchanged.
@@ -37,6 +40,20 @@ pub const BM: u32 = 64 * CONSUMERS;
 /// K per stage.
 pub const BK: u32 = 64;
 const SWIZZLE_SPAN: u32 = 128;
+/// Blocks of a launch (one per SM of an H100 / H200: 132): each walks the
+/// output tiles `blockIdx.x, blockIdx.x + gridDim.x, ...`, so the producer
+/// fills the next tile's stages while the consumers run this tile's epilogue.
+pub const PERSISTENT_BLOCKS: u32 = 132;
+/// Output tiles are visited in groups of this many tile rows (the B tiles
+/// of a group stay in L2 while its rows go by).
+const GROUP_M: u32 = 8;
+
+/// The grid of a launch over an `m x n` output: persistent blocks, and the
+/// K splits along z.
+pub fn grid(spec: &WgmmaSpec, m: u32, n: u32) -> [u32; 3] {
+    let tiles = m.div_ceil(BM) * n.div_ceil(spec.bn);
+    [tiles.clamp(1, PERSISTENT_BLOCKS), 1, spec.split_k]
+}
 
 /// What the emitter needs of a GEMM configuration.
 #[derive(Clone, Debug)]
@@ -172,9 +189,18 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
     let k = b.ld_param(&pk);
     let tid = b.special(Special::TidX);
     let bx = b.special(Special::CtaidX);
-    let by = b.special(Special::CtaidY);
-    let m0 = b.mul_lo(Type::U32, by, BM);
-    let n0 = b.mul_lo(Type::U32, bx, spec.bn);
+    let nblocks = b.special(Special::NctaidX);
+    // the output tiles and this block's first
+    let tiles_m = {
+        let t = b.add(Type::U32, m, BM - 1);
+        b.bin(BinOp::Div, Type::U32, t, BM)
+    };
+    let tiles_n = {
+        let t = b.add(Type::U32, n, spec.bn - 1);
+        b.bin(BinOp::Div, Type::U32, t, spec.bn)
+    };
+    let tiles = b.mul_lo(Type::U32, tiles_m, tiles_n);
+    let group_w = b.mul_lo(Type::U32, tiles_n, GROUP_M);
     // the ring from the first 1024-byte boundary of the dynamic shared memory
     let raw = b.shared_addr(&smem_sym);
     let up = b.add(Type::U32, raw, 1023u32);
@@ -237,9 +263,13 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
     {
         let stage = b.val(Type::U32, 0u32);
         let phase = b.val(Type::U32, 0u32);
+        // k tiles issued so far, over every output tile of this block
+        let issued = b.val(Type::U32, 0u32);
+        tile_loop(b_ref(&mut b), bx, nblocks, tiles, (group_w, tiles_m), spec.bn, false, &mut |b, m0, n0| {
         b.for_range(0u32, ktiles, 1, false, |b, kt| {
             // a stage's second and later uses wait for the consumers to free it
-            let reuse = b.setp(Cmp::Ge, Type::U32, kt, s_n);
+            let reuse = b.setp(Cmp::Ge, Type::U32, issued, s_n);
+            b.bin_to(BinOp::Add, Type::U32, issued, issued, 1u32);
             b.if_then(reuse, false, |b| {
                 let par = b.bin(BinOp::Xor, Type::U32, phase, 1u32);
                 let e = empty(b, stage);
@@ -308,6 +338,7 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
             }
             advance(b, stage, phase, s_n);
         });
+        });
     }
     b.place(done);
     b.ret();
@@ -322,15 +353,20 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
         b.bin(BinOp::And, Type::U32, w, 3u32)
     };
     let acc: Vec<Reg> = (0..spec.bn / 2).map(|_| b.reg(RegClass::F32)).collect();
-    for r in &acc {
-        b.mov(Type::F32, *r, 0.0f32);
-    }
     let lane0 = b.setp(Cmp::Eq, Type::U32, lane, 0u32);
     let a_wg = b.mul_lo(Type::U32, cw, 64 * BK * 2);
+    let g = b.bin(BinOp::Shr, Type::U32, lane, 2u32);
+    let t = b.bin(BinOp::And, Type::U32, lane, 3u32);
+    let mut er = epilogue::setup(&mut b, epi, &epi_params, None, c, m, n, spec.split_k > 1);
+    let mut epilogue_fn = Some(epilogue_fn);
     {
         let stage = b.val(Type::U32, 0u32);
         let phase = b.val(Type::U32, 0u32);
         let prev = b.val(Type::U32, 0u32);
+        tile_loop(b_ref(&mut b), bx, nblocks, tiles, (group_w, tiles_m), spec.bn, true, &mut |b, m0, n0| {
+        for r in &acc {
+            b.mov(Type::F32, *r, 0.0f32);
+        }
         b.for_range(0u32, ktiles, 1, true, |b, kt| {
             let f = full(b, stage);
             b.mbar_wait(f, phase);
@@ -370,20 +406,64 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
             b.mov(Type::U32, prev, stage);
             advance(b, stage, phase, s_n);
         });
+        // the tile's last group done: its stage goes back too, and the
+        // accumulators are final
+        b.wgmma_wait(0);
+        b.if_then(lane0, false, |b| {
+            let e = empty(b, prev);
+            b.mbar_arrive(e, None);
+        });
+        b.comment("epilogue");
+        let row0 = b.mad_lo(Type::U32, cw, 64u32, m0);
+        let row0 = b.mad_lo(Type::U32, warp_in_wg, 16u32, row0);
+        let row0 = b.add(Type::U32, row0, g);
+        let col0 = b.mad_lo(Type::U32, t, 2u32, n0);
+        let frag = Fragment { tid, m0, n0, m, n, smem: ring, acc: acc.chunks(4).map(|q| [q[0], q[1], q[2], q[3]]).collect(), row0, col0 };
+        match epilogue_fn.take() {
+            Some(f) => {
+                // the epilogue's code, emitted once inside the loop
+                f(b, &mut er, &frag);
+            }
+            None => unreachable!("the tile loop's body is emitted once"),
+        }
+        });
     }
-    b.wgmma_wait(0);
-    b.comment("epilogue");
-    let g = b.bin(BinOp::Shr, Type::U32, lane, 2u32);
-    let t = b.bin(BinOp::And, Type::U32, lane, 3u32);
-    let row0 = b.mad_lo(Type::U32, cw, 64u32, m0);
-    let row0 = b.mad_lo(Type::U32, warp_in_wg, 16u32, row0);
-    let row0 = b.add(Type::U32, row0, g);
-    let col0 = b.mad_lo(Type::U32, t, 2u32, n0);
-    let frag = Fragment { tid, m0, n0, m, n, smem: ring, acc: acc.chunks(4).map(|q| [q[0], q[1], q[2], q[3]]).collect(), row0, col0 };
-    let mut er = epilogue::setup(&mut b, epi, &epi_params, None, c, m, n, spec.split_k > 1);
-    epilogue_fn(&mut b, &mut er, &frag);
     b.ret();
     b.finish()
+}
+
+fn b_ref(b: &mut KernelBuilder) -> &mut KernelBuilder {
+    b
+}
+
+/// `body(m0, n0)` for the output tiles `first, first + step, ...` below
+/// `tiles`, in groups of [`GROUP_M`] tile rows: tile `t` of group
+/// `t / (GROUP_M * tiles_n)` is at row `first_row + (t % w) % rows_in_group`,
+/// column `(t % w) / rows_in_group`.
+fn tile_loop(b: &mut KernelBuilder, first: Reg, step: Reg, tiles: Reg, (group_w, tiles_m): (Reg, Reg), bn: u32, uniform: bool, body: &mut dyn FnMut(&mut KernelBuilder, Reg, Reg)) {
+    let tile = b.val(Type::U32, first);
+    let top = b.new_label();
+    let exit = b.new_label();
+    let p = b.setp(Cmp::Ge, Type::U32, tile, tiles);
+    b.push_guarded(Guard { pred: p, negate: false }, Inst::Bra { target: exit, uni: uniform });
+    b.place(top);
+    let grp = b.bin(BinOp::Div, Type::U32, tile, group_w);
+    let first_m = b.mul_lo(Type::U32, grp, GROUP_M);
+    let left = b.bin(BinOp::Sub, Type::U32, tiles_m, first_m);
+    let rows = b.bin(BinOp::Min, Type::U32, left, GROUP_M);
+    let within = b.bin(BinOp::Rem, Type::U32, tile, group_w);
+    let tm = {
+        let r = b.bin(BinOp::Rem, Type::U32, within, rows);
+        b.add(Type::U32, first_m, r)
+    };
+    let tn = b.bin(BinOp::Div, Type::U32, within, rows);
+    let m0 = b.mul_lo(Type::U32, tm, BM);
+    let n0 = b.mul_lo(Type::U32, tn, bn);
+    body(b, m0, n0);
+    b.bin_to(BinOp::Add, Type::U32, tile, tile, step);
+    let p2 = b.setp(Cmp::Lt, Type::U32, tile, tiles);
+    b.push_guarded(Guard { pred: p2, negate: false }, Inst::Bra { target: top, uni: uniform });
+    b.place(exit);
 }
 
 /// The producer's 128 threads load box `(off, x0, y0, rows)` of an f32
