@@ -1556,16 +1556,7 @@ fn decode_instr(d: &mut Dec, i: &Instr) -> DResult<DInst> {
             }
         }
         "ldmatrix" => {
-            if !(m.take("sync") && m.take("aligned") && m.take("m8n8")) {
-                return unsupported(i);
-            }
-            let num = match m.take_any(&["x1", "x2", "x4"]) {
-                Some("x1") => 1,
-                Some("x2") => 2,
-                Some("x4") => 4,
-                _ => return unsupported(i),
-            };
-            let trans = m.take("trans");
+            let (num, trans) = matrix_shape(i, &mut m)?;
             let space = m.space();
             if !matches!(space, Space::Shared) {
                 return derr(i.span, "ldmatrix needs .shared");
@@ -1630,6 +1621,20 @@ fn decode_instr(d: &mut Dec, i: &Instr) -> DResult<DInst> {
     };
     m.finish()?;
     Ok(DInst { inst, guard, guard_neg, line: i.span.line, reconv: RECONV_NONE })
+}
+
+/// `ldmatrix`/`stmatrix`'s `.sync.aligned.m8n8.x{1,2,4}{.trans}`: the matrix count and the transpose.
+fn matrix_shape(i: &Instr, m: &mut Mods) -> DResult<(u32, bool)> {
+    if !(m.take("sync") && m.take("aligned") && m.take("m8n8")) {
+        return unsupported(i);
+    }
+    let num = match m.take_any(&["x1", "x2", "x4"]) {
+        Some("x1") => 1,
+        Some("x2") => 2,
+        Some("x4") => 4,
+        _ => return unsupported(i),
+    };
+    Ok((num, m.take("trans")))
 }
 
 /// An integer immediate operand in `range`.
@@ -1855,16 +1860,7 @@ fn decode_hopper(d: &mut Dec, i: &Instr, m: &mut Mods) -> DResult<Inst> {
             Inst::Setmaxnreg { n }
         }
         "stmatrix" => {
-            if !(m.take("sync") && m.take("aligned") && m.take("m8n8")) {
-                return unsupported(i);
-            }
-            let num = match m.take_any(&["x1", "x2", "x4"]) {
-                Some("x1") => 1,
-                Some("x2") => 2,
-                Some("x4") => 4,
-                _ => return unsupported(i),
-            };
-            let trans = m.take("trans");
+            let (num, trans) = matrix_shape(i, m)?;
             if !matches!(m.space(), Space::Shared) || m.one_type()? != Ty::B16 {
                 return unsupported(i);
             }

@@ -1240,19 +1240,27 @@ impl<'a> BlockRunner<'a> {
         }
     }
 
-    fn exec_tma_load(&mut self, wi: usize, l: usize, dst: &Addr, map: u32, coords: &[u32], mbar: &Addr, line: u32, pc: u32) -> R<()> {
+    /// Lane `l`'s tensor map and box coordinates of a TMA copy (counted when
+    /// the counters are on: `write` for a store).
+    fn tma_box(&mut self, wi: usize, l: usize, map: u32, coords: &[u32], line: u32, pc: u32, write: bool) -> R<(crate::device::TensorMap, Vec<i64>)> {
         let wid = self.warps[wi].id;
         let t = self.tensor_map(wi, l, map, line)?;
-        let w = &self.warps[wi];
         if coords.len() != t.rank as usize {
             return Err(self.error(SimErrorKind::Other, wid, l, line, format!("a {}d copy through a rank-{} tensor map", coords.len(), t.rank)));
         }
-        let c: Vec<i64> = coords.iter().map(|&r| w.r32[r as usize][l] as i32 as i64).collect();
-        let da = Self::addr_of(w, dst, l);
-        if self.counters.is_some() {
-            self.count_tma(pc, &t, &c, false);
-        }
         let w = &self.warps[wi];
+        let c: Vec<i64> = coords.iter().map(|&r| w.r32[r as usize][l] as i32 as i64).collect();
+        if self.counters.is_some() {
+            self.count_tma(pc, &t, &c, write);
+        }
+        Ok((t, c))
+    }
+
+    fn exec_tma_load(&mut self, wi: usize, l: usize, dst: &Addr, map: u32, coords: &[u32], mbar: &Addr, line: u32, pc: u32) -> R<()> {
+        let wid = self.warps[wi].id;
+        let (t, c) = self.tma_box(wi, l, map, coords, line, pc, false)?;
+        let w = &self.warps[wi];
+        let da = Self::addr_of(w, dst, l);
         let ma = Self::addr_of(w, mbar, l);
         if da % 128 != 0 {
             return Err(self.misaligned(wid, l, line, "TMA shared destination", da, 128));
@@ -1311,16 +1319,8 @@ impl<'a> BlockRunner<'a> {
     /// the async proxy, write the elements inside the tensor.
     fn exec_tma_store(&mut self, wi: usize, l: usize, map: u32, coords: &[u32], src: &Addr, line: u32, pc: u32) -> R<()> {
         let wid = self.warps[wi].id;
-        let t = self.tensor_map(wi, l, map, line)?;
-        let w = &self.warps[wi];
-        if coords.len() != t.rank as usize {
-            return Err(self.error(SimErrorKind::Other, wid, l, line, format!("a {}d copy through a rank-{} tensor map", coords.len(), t.rank)));
-        }
-        let c: Vec<i64> = coords.iter().map(|&r| w.r32[r as usize][l] as i32 as i64).collect();
-        let sa = Self::addr_of(w, src, l);
-        if self.counters.is_some() {
-            self.count_tma(pc, &t, &c, true);
-        }
+        let (t, c) = self.tma_box(wi, l, map, coords, line, pc, true)?;
+        let sa = Self::addr_of(&self.warps[wi], src, l);
         if sa % 128 != 0 {
             return Err(self.misaligned(wid, l, line, "TMA shared source", sa, 128));
         }

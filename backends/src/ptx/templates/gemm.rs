@@ -84,6 +84,20 @@ impl GemmLayout {
     /// `A^T @ W^T`: not used by the model, supported for completeness.
     pub const TT: GemmLayout = GemmLayout { a: AStore::KM, b: BStore::NK };
 
+    /// The contiguous extents of A and B in memory for a GEMM of `m x n x k`
+    /// (what vector widths and tensor-map strides depend on).
+    pub fn contiguous(self, m: u32, n: u32, k: u32) -> (u32, u32) {
+        let a = match self.a {
+            AStore::MK => k,
+            AStore::KM => m,
+        };
+        let b = match self.b {
+            BStore::NK => k,
+            BStore::KN => n,
+        };
+        (a, b)
+    }
+
     pub fn tag(self) -> &'static str {
         match (self.a, self.b) {
             (AStore::MK, BStore::NK) => "nt",
@@ -232,14 +246,7 @@ impl GemmConfig {
     /// widest vector widths the sizes allow, a generated name.
     pub fn new(precision: Precision, layout: GemmLayout, m: u32, n: u32, k: u32, epilogue: Epilogue) -> Self {
         let maxv = 16 / precision.elem_bytes();
-        let a_ext = match layout.a {
-            AStore::MK => k,
-            AStore::KM => m,
-        };
-        let b_ext = match layout.b {
-            BStore::NK => k,
-            BStore::KN => n,
-        };
+        let (a_ext, b_ext) = layout.contiguous(m, n, k);
         let mut c = GemmConfig {
             name: String::new(),
             precision,
@@ -269,14 +276,7 @@ impl GemmConfig {
         assert_eq!(self.precision, Precision::Bf16, "f32 operands are for bf16 GEMMs");
         self.a_f32 = a;
         self.b_f32 = b;
-        let a_ext = match self.layout.a {
-            AStore::MK => k,
-            AStore::KM => m,
-        };
-        let b_ext = match self.layout.b {
-            BStore::NK => k,
-            BStore::KN => n,
-        };
+        let (a_ext, b_ext) = self.layout.contiguous(m, n, k);
         if a {
             self.vec_a = widest(a_ext, 4);
         }
@@ -330,14 +330,7 @@ impl GemmConfig {
     /// strides are multiples of 16 bytes; an f32 operand is converted 8
     /// elements at a time), no batch.
     pub fn wgmma_allowed(&self, m: u32, n: u32, k: u32) -> bool {
-        let a_ext = match self.layout.a {
-            AStore::MK => k,
-            AStore::KM => m,
-        };
-        let b_ext = match self.layout.b {
-            BStore::NK => k,
-            BStore::KN => n,
-        };
+        let (a_ext, b_ext) = self.layout.contiguous(m, n, k);
         self.precision == Precision::Bf16 && !self.batched && a_ext % 8 == 0 && b_ext % 8 == 0
     }
 

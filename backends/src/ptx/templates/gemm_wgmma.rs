@@ -153,6 +153,19 @@ fn descriptor(b: &mut KernelBuilder, addr: Reg, lbo: u32, sbo: u32) -> Reg {
     b.bin(BinOp::Or, Type::B64, w, Operand::Imm(hi as i64))
 }
 
+/// The descriptor of k16 step `s` of an operand tile at `base`: K-major
+/// tiles advance 32 bytes per step inside the swizzled row, MN-major ones
+/// (`mn`) 16 rows of 128 bytes, their 64-wide blocks one box (8 KiB) apart.
+fn step_descriptor(b: &mut KernelBuilder, base: Reg, s: u32, mn: bool) -> Reg {
+    if mn {
+        let a = b.add(Type::U32, base, s * 16 * SWIZZLE_SPAN);
+        descriptor(b, a, 64 * BK * 2, 8 * SWIZZLE_SPAN)
+    } else {
+        let a = b.add(Type::U32, base, s * 32);
+        descriptor(b, a, 16, 8 * SWIZZLE_SPAN)
+    }
+}
+
 /// Emit the kernel; `epilogue_fn` writes the outputs from a consumer's fragment.
 pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&mut KernelBuilder, &mut EpiRegs, &Fragment)) -> Kernel {
     let s_n = spec.stages;
@@ -375,22 +388,8 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
             let b_base = b.add(Type::U32, base, spec.a_bytes());
             b.wgmma_fence();
             for s in 0..BK / 16 {
-                // K-major tiles advance 32 bytes per k16 step inside the swizzled
-                // row; MN-major ones 16 rows of 128 bytes
-                let da = if spec.a_km {
-                    let a = b.add(Type::U32, a_base, s * 16 * SWIZZLE_SPAN);
-                    descriptor(b, a, 64 * BK * 2, 8 * SWIZZLE_SPAN)
-                } else {
-                    let a = b.add(Type::U32, a_base, s * 32);
-                    descriptor(b, a, 16, 8 * SWIZZLE_SPAN)
-                };
-                let db = if spec.b_kn {
-                    let a = b.add(Type::U32, b_base, s * 16 * SWIZZLE_SPAN);
-                    descriptor(b, a, 64 * BK * 2, 8 * SWIZZLE_SPAN)
-                } else {
-                    let a = b.add(Type::U32, b_base, s * 32);
-                    descriptor(b, a, 16, 8 * SWIZZLE_SPAN)
-                };
+                let da = step_descriptor(b, a_base, s, spec.a_km);
+                let db = step_descriptor(b, b_base, s, spec.b_kn);
                 b.wgmma(&acc, WgmmaA::Desc(da), db, 1u32, spec.a_km, spec.b_kn);
             }
             b.wgmma_commit();
