@@ -261,6 +261,14 @@ pub fn wgmma_cases() -> Vec<GemmCase> {
         c.config = c.config.with_f32_operands(fa, fb, s.0, s.1, s.2);
         all.push(c);
     }
+    let mut wide = Vec::new();
+    // 256-wide tiles (setmaxnreg): N over two tiles, with an epilogue
+    for (s, e, out) in [((200, 520, 136), EpiCase::Store, DType::Bf16), ((130, 300, 64), EpiCase::RowScale, DType::F32)] {
+        let mut c = GemmCase::new(Precision::Bf16, GemmLayout::LINEAR, s, e, out);
+        c.config = c.config.with_wgmma(256, 3);
+        c.config.name = format!("{}_w{}", c.config.name, wide.len());
+        wide.push(c);
+    }
     all.into_iter()
         .filter(|c| c.config.precision == Precision::Bf16 && c.config.wgmma_allowed(c.m, c.n, c.k))
         .enumerate()
@@ -275,6 +283,7 @@ pub fn wgmma_cases() -> Vec<GemmCase> {
             c.config.name = format!("{}_c{i}", c.config.name);
             c
         })
+        .chain(wide)
         .collect()
 }
 

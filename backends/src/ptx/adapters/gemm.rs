@@ -239,8 +239,18 @@ pub fn emit_kernel(cx: &mut Ctx, ki: usize) -> Result<Launch, PtxError> {
     Ok(launch)
 }
 
-/// Stages of the wgmma ring (4 x 32 KiB at bn = 128).
-const WGMMA_STAGES: u32 = 4;
+/// The wgmma tile's width and ring depth for an output `n` wide: 256-wide
+/// tiles (3 stages of 48 KiB) for wide outputs with a light epilogue, 128
+/// (4 of 32 KiB), 64 for narrow ones. A pointwise or split-K epilogue beside 128
+/// accumulators per thread would spill (ptxas holds the kernel to 168
+/// registers at 384 threads).
+fn wgmma_tile(n: u32, light_epilogue: bool) -> (u32, u32) {
+    match n {
+        0..=64 => (64, 4),
+        512.. if light_epilogue => (256, 3),
+        _ => (128, 4),
+    }
+}
 
 fn launch_gemm(cx: &mut Ctx, cfg: GemmConfig, abc: [ArgRef; 3], sizes: &[ArgRef; 3], extra: Vec<ArgRef>, zero: Vec<ZeroRef>) -> Result<Launch, PtxError> {
     let (m, n, k) = match (&sizes[0], &sizes[1], &sizes[2]) {
@@ -252,7 +262,9 @@ fn launch_gemm(cx: &mut Ctx, cfg: GemmConfig, abc: [ArgRef; 3], sizes: &[ArgRef;
     if cx.gemm_path == GemmPath::Wgmma && cfg.wgmma_allowed(m, n, k) {
         // the wgmma path reads A and B through tensor maps
         let name = std::mem::take(&mut cfg.name);
-        cfg = cfg.with_wgmma(if n <= 64 { 64 } else { 128 }, WGMMA_STAGES);
+        let light = cfg.split_k == 1 && cfg.epilogue.steps.iter().all(|s| s.is_linear());
+        let (bn, stages) = wgmma_tile(n, light);
+        cfg = cfg.with_wgmma(bn, stages);
         cfg.name = name;
         let (ma, mb) = gemm_wgmma::operand_maps(&cfg.wgmma_spec(), m, n, k);
         for ((arg, mp), f32src) in abc.iter_mut().zip([ma, mb]).zip([cfg.a_f32, cfg.b_f32]) {

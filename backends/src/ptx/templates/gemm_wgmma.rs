@@ -44,6 +44,9 @@ const SWIZZLE_SPAN: u32 = 128;
 /// output tiles `blockIdx.x, blockIdx.x + gridDim.x, ...`, so the producer
 /// fills the next tile's stages while the consumers run this tile's epilogue.
 pub const PERSISTENT_BLOCKS: u32 = 132;
+/// `setmaxnreg` for 256-wide tiles: 128 x 40 + 256 x 232 registers fit the SM's 64K.
+const PRODUCER_REGS: u32 = 40;
+const CONSUMER_REGS: u32 = 232;
 /// Output tiles are visited in groups of this many tile rows (the B tiles
 /// of a group stay in L2 while its rows go by).
 const GROUP_M: u32 = 8;
@@ -266,6 +269,12 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
     let consumer = b.new_label();
     b.push_guarded(Guard { pred: is_producer, negate: true }, Inst::Bra { target: consumer, uni: false });
 
+    // 256-wide tiles hold 128 accumulators per consumer thread: the producer
+    // gives registers back so the consumers can have 232
+    let regs = (spec.bn == 256).then_some((PRODUCER_REGS, CONSUMER_REGS));
+    if let Some((p, _)) = regs {
+        b.push(Inst::Setmaxnreg { inc: false, n: p });
+    }
     // ---- producer: one thread feeds the ring (the whole warpgroup when it converts f32)
     b.comment(if converts { "producer warpgroup: TMA copies by thread 0, f32 operands converted by all" } else { "producer warpgroup: thread 0 issues the TMA copies" });
     let done = b.new_label();
@@ -358,6 +367,9 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
 
     // ---- consumers
     b.place(consumer);
+    if let Some((_, c)) = regs {
+        b.push(Inst::Setmaxnreg { inc: true, n: c });
+    }
     b.comment(format!("consumer warpgroups: {} x wgmma.m64n{}k16 per stage", BK / 16, spec.bn));
     let cw = b.add(Type::U32, wg, u32::MAX); // consumer index 0..CONSUMERS
     let lane = b.bin(BinOp::And, Type::U32, tid, 31u32);
