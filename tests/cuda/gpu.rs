@@ -19,10 +19,11 @@ use crate::GPU_LOCK;
 
 use common::gemm::{check_cases, nan_bytes, render};
 use pgc_backends::ptx::templates::epilogue::DType;
-use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, Precision};
-use common::gemm_matrix::{cases, decode, encode, perf_cases, rel_err, round_to, EpiCase, GemmCase, Lcg};
+use pgc_backends::ptx::templates::gemm::{emit_gemm, GemmKernel, GemmLayout, GemmPath, Precision};
+use pgc_backends::ptx::templates::gemm_wgmma::operand_maps;
+use common::gemm_matrix::{cases, decode, encode, perf_cases, rel_err, round_to, wgmma_cases, EpiCase, GemmCase, Lcg};
 use pgc_runtime::cuda::{CudaDevice, TimingOptions};
-use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, LaunchConfig, ModuleHandle};
+use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, LaunchConfig, ModuleHandle, TensorMap, TmaDtype, TmaSwizzle};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -199,7 +200,9 @@ fn load_all(dev: &CudaDevice, ptx: &[String]) -> Vec<Result<ModuleHandle, String
 fn gpu_3_gemm_matrix() {
     let Some((_g, dev)) = gpu("gpu_gemm_matrix") else { return };
     let base = seed("gpu_gemm_matrix");
-    let all = cases();
+    // the mma.sync / FFMA matrix and the wgmma path's cases (TMA, mbarriers, warpgroups on silicon)
+    let mut all = cases();
+    all.extend(wgmma_cases());
     let t0 = std::time::Instant::now();
     let kernels: Vec<Result<GemmKernel, String>> = all.iter().map(|c| emit_gemm(&c.config).map_err(|e| e.to_string())).collect();
     let ptx: Vec<String> = kernels.iter().map(|k| k.as_ref().map(render).unwrap_or_default()).collect();
@@ -254,7 +257,13 @@ fn time_gemm(dev: &CudaDevice, case: &GemmCase, seed: u64, samples: usize) -> Re
     e(dev.copy_to_device(&da, &encode(&a, in_t)))?;
     e(dev.copy_to_device(&db, &encode(&b, in_t)))?;
     e(dev.copy_to_device(&dc, &nan_bytes(m * n, out_t)))?;
-    let args = [KernelArg::Buf(da, 0), KernelArg::Buf(db, 0), KernelArg::Buf(dc, 0), KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)];
+    let mut args = [KernelArg::Buf(da, 0), KernelArg::Buf(db, 0), KernelArg::Buf(dc, 0), KernelArg::U32(case.m), KernelArg::U32(case.n), KernelArg::U32(case.k)];
+    if case.config.path == GemmPath::Wgmma {
+        let (ma, mb) = operand_maps(&case.config.wgmma_spec(), case.m, case.n, case.k);
+        for (arg, (buf, mp)) in args.iter_mut().zip([(da, ma), (db, mb)]) {
+            *arg = KernelArg::TensorMap(TensorMap::matrix(&buf, 0, TmaDtype::Bf16, mp.rows as u64, mp.cols as u64, mp.cols as u64 * 2, mp.box_rows, mp.box_cols, TmaSwizzle::B128)?);
+        }
+    }
     let cfg = LaunchConfig { grid: k.grid(case.m, case.n), block: k.block(), shared_bytes: k.smem_bytes };
     // correctness first (split-K accumulates into C: start from zero)
     if case.config.split_k > 1 {
@@ -337,7 +346,17 @@ fn gpu_4_gemm_large_timing() {
     let default = first.config.clone();
     let mut list = vec![first];
     let all_perf = std::env::var("PGC_GPU_PERF_ALL").as_deref() == Ok("1");
+    // the wgmma path on every model shape (what the plans use), beside the mma.sync tiles
+    let mut perf = perf_cases();
     for c in perf_cases() {
+        if c.config.split_k == 1 && c.config.wgmma_allowed(c.m, c.n, c.k) && !perf.iter().any(|p: &GemmCase| p.config.path == GemmPath::Wgmma && (p.m, p.n, p.k, p.config.layout) == (c.m, c.n, c.k, c.config.layout)) {
+            let bn = if c.n >= 512 { 256 } else { 128 };
+            let mut w = c.clone();
+            w.config = c.config.clone().with_wgmma(bn, if bn == 256 { 3 } else { 4 });
+            perf.push(w);
+        }
+    }
+    for c in perf {
         let same = c.config.layout == GemmLayout::LINEAR && (c.m, c.n, c.k) == (m, n, k);
         if (all_perf || same) && !list.iter().any(|l| l.config == c.config && (l.m, l.n, l.k) == (c.m, c.n, c.k)) {
             list.push(c);
