@@ -9,18 +9,23 @@
 //!   as values checked against their types when pushed, guards, labels,
 //!   structured if-then and counted loops, parameters, static / dynamic
 //!   (`extern`) shared and `.local` arrays, vector loads and stores,
-//!   `cp.async`, `ldmatrix`, `mma.sync`, `red`; the text is rendered in one
-//!   place ([`builder::Module::render`]: `.version 8.0`, `.target sm_90a`).
-//! * [`compile`]: the entry point, plan -> program.
+//!   `cp.async`, `ldmatrix`, `mma.sync`, `red`, and Hopper's `mbarrier`,
+//!   TMA (`cp.async.bulk.tensor`, tensor-map parameters), `fence.proxy.async`,
+//!   `wgmma`, `elect`, `setmaxnreg`, `stmatrix`, counted named barriers; the
+//!   text is rendered in one place ([`builder::Module::render`]: `.version
+//!   8.0`, `.target sm_90a`).
+//! * [`compile`]: the entry point, plan -> program ([`compile::PtxOptions`]:
+//!   the GEMM path).
 //! * [`ctx`]: the state and error type the adapters share.
 //! * [`adapters`]: one per plan kernel kind, and their shared toolkit.
-//! * [`templates`]: GEMM, attention and epilogue emitters, configured by data.
+//! * [`templates`]: GEMM (mma.sync, and the warp-specialized TMA + wgmma
+//!   path), attention and epilogue emitters, configured by data.
 //! * [`pointwise`]: the scalar kernel IR ([`crate::scalar`]: expressions of
 //!   graph values at a multi-index) lowered to PTX, and the GEMM's pointwise
 //!   epilogue step.
 //! * [`program`]: the compiled program handed to the runtime: its entries
 //!   (name, parameter signature, text) and its ordered launches with
-//!   symbolic arguments.
+//!   symbolic arguments (pointers, scalars, tensor maps over pointers).
 //! * [`ptxas`]: finding and running ptxas, parsing registers / spills /
 //!   shared memory per kernel.
 //!
