@@ -10,7 +10,8 @@
 //! block reads counts once, see `counters::extrapolate`).
 //!
 //! The estimate is labelled as one: per kernel the largest of
-//! - tensor time: mma.sync instructions x 4096 FLOPs / the bf16 peak;
+//! - tensor time: the FLOPs of the mma.sync and wgmma instructions run (by
+//!   their shapes) / the bf16 peak;
 //! - memory time: unique bytes / DRAM bandwidth, or sectors x 32 / L2
 //!   bandwidth when larger;
 //! - issue time: (warp instructions / 4 + shared wavefronts beyond one per
@@ -144,6 +145,8 @@ pub struct KernelTotals {
     pub lanes: f64,
     pub by_class: BTreeMap<&'static str, f64>,
     pub mma: f64,
+    /// tensor-core FLOPs (mma.sync and wgmma, each by its shape)
+    pub tensor_flops: f64,
     pub global_requests: f64,
     pub global_sectors: f64,
     pub requested_bytes: f64,
@@ -180,6 +183,7 @@ impl KernelTotals {
         self.outside.0 += c.outside_read;
         self.outside.1 += c.outside_written;
         let t = c.total();
+        self.tensor_flops += c.tensor_flops() as f64 * s;
         self.launches += 1;
         self.blocks_total += c.blocks_total;
         self.blocks_run += c.blocks_run.len() as u64;
@@ -255,7 +259,7 @@ pub struct Estimate {
 }
 
 pub fn estimate(card: &Card, t: &KernelTotals, blocks_per_sm: u32) -> Estimate {
-    let tensor_s = t.mma * 4096.0 / card.bf16_flops;
+    let tensor_s = t.tensor_flops / card.bf16_flops;
     let memory_s = (t.unique_bytes() / card.dram_bytes_per_s).max(t.global_sectors * 32.0 / card.l2_bytes_per_s);
     let extra_wavefronts = (t.shared_wavefronts - t.shared_requests).max(0.0);
     let issue_s = (t.warp_insts / 4.0 + extra_wavefronts) / (card.sms as f64 * card.clock_hz);

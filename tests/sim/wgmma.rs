@@ -9,7 +9,7 @@
 use crate::harness::*;
 use pgc_backends::ptx::builder::{Addr, BinOp, Cmp, KernelBuilder, Module, Operand, ParamType, Reg, RegClass, Special, Type, WgmmaA};
 use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, LaunchConfig, TensorMap, TmaDtype, TmaSwizzle};
-use pgc_runtime::sim::{SimDevice, SimError, SimErrorKind};
+use pgc_runtime::sim::{SimDevice, SimError, SimErrorKind, SimOptions};
 
 /// How a variant lays out its operands.
 #[derive(Clone, Copy, Debug)]
@@ -252,7 +252,10 @@ struct Case {
 }
 
 fn run(v: &Variant, text: &str, cs: &Case, block: u32) -> Result<(Vec<f32>, Vec<f64>), DeviceError> {
-    let d = SimDevice::new();
+    run_on(&SimDevice::new(), v, text, cs, block)
+}
+
+fn run_on(d: &SimDevice, v: &Variant, text: &str, cs: &Case, block: u32) -> Result<(Vec<f32>, Vec<f64>), DeviceError> {
     let m = d.load_module(text).unwrap();
     let mut rng = Rng::new(11);
     // K padded to a multiple of 8 elements (16-byte rows for TMA); the padding is never read
@@ -358,3 +361,16 @@ fn a_partial_warpgroup_is_reported() {
     assert!(e.msg.contains("warpgroup") || e.msg.contains("multiple of 4"), "{}", e.msg);
 }
 
+
+#[test]
+fn the_counters_count_wgmma_flops_by_shape() {
+    // 128 x 128 outputs over two 64-deep K tiles: 2 x 128 x 128 x 128 tensor FLOPs
+    let d = SimDevice::with_options(SimOptions { counters: true, ..SimOptions::default() });
+    let v = &VARIANTS[0];
+    run_on(&d, v, &build(v, None), &Case { m: 128, n: 128, k: 72 }, 128).unwrap();
+    let c = d.take_launch_counters();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].tensor_flops(), 2 * 128 * 128 * 128);
+    // and the TMA copies' global bytes: A and B, 128 rows x 72 columns of bf16 each, per column block
+    assert!(c[0].read_bytes >= 2 * 128 * 72 * 2, "{}", c[0].read_bytes);
+}

@@ -111,6 +111,17 @@ impl InstClass {
     }
 }
 
+/// The tensor-core FLOPs of one warp's issue of `inst`: `mma.sync.m16n8k16`
+/// 2 x 16 x 8 x 16; a wgmma m64nNk16 is issued by the four warps of its
+/// warpgroup, each counted for a quarter, 2 x 16 x N x 16.
+pub fn tensor_flops(inst: &Inst) -> u64 {
+    match inst {
+        Inst::Mma { .. } => 2 * 16 * 8 * 16,
+        Inst::Wgmma { n, .. } => 2 * 16 * *n as u64 * 16,
+        _ => 0,
+    }
+}
+
 /// Counters of one PTX instruction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PcCounts {
@@ -312,6 +323,9 @@ pub struct LaunchCounters {
     /// PTX line and class per instruction
     pub lines: Vec<u32>,
     pub classes: Vec<InstClass>,
+    /// per instruction: the tensor-core FLOPs one warp's issue of it does
+    /// ([`tensor_flops`]; 0 for everything but mma.sync and wgmma)
+    pub flops: Vec<u64>,
     /// unique bytes of the blocks run
     pub read_bytes: u64,
     pub written_bytes: u64,
@@ -341,6 +355,11 @@ impl LaunchCounters {
             t.add(p);
         }
         t
+    }
+
+    /// Tensor-core FLOPs of the blocks run.
+    pub fn tensor_flops(&self) -> u64 {
+        self.pcs.iter().zip(&self.flops).map(|(p, &f)| p.warp_insts * f).sum()
     }
 
     /// Issued warp instructions per class (blocks run only).

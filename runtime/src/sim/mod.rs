@@ -400,6 +400,7 @@ impl Device for SimDevice {
                 pcs: c.pcs,
                 lines: k.insts.iter().map(|i| i.line).collect(),
                 classes: k.insts.iter().map(|i| counters::InstClass::of(&i.inst)).collect(),
+                flops: k.insts.iter().map(|i| counters::tensor_flops(&i.inst)).collect(),
                 read_bytes: r.raw,
                 written_bytes: w.raw,
                 read_bytes_est: r.est,
