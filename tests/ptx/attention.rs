@@ -9,14 +9,14 @@
 use crate::common;
 
 use pgc_backends::ptx::templates::attention::{
-    emit_attention, emit_qk_prep, emit_qk_prep_bwd, prologue_configs, rope_table, AttnConfig, AttnKernel, AttnLayout,
-    QkPrepConfig,
+    emit_attention, emit_forward_wgmma, emit_qk_prep, emit_qk_prep_bwd, prologue_configs, rope_table, wgmma_forward_boxes, AttnConfig, AttnKernel,
+    AttnLayout, QkPrepConfig,
 };
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::Precision;
 use common::gemm_matrix::{decode, encode, rel_err, round_to, Lcg};
-use pgc_runtime::device::{DevBuf, Device, KernelArg, LaunchConfig};
+use pgc_runtime::device::{DevBuf, Device, KernelArg, LaunchConfig, TensorMap, TmaDtype, TmaSwizzle};
 use pgc_runtime::sim::SimDevice;
 
 #[derive(Clone, Copy, Debug)]
@@ -154,9 +154,13 @@ fn buf(b: DevBuf) -> KernelArg {
 }
 
 /// Run forward, dsum and backward on one shape; returns (name, error, tolerance) per output.
-fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64) -> Result<Vec<(String, f64, f64)>, String> {
+/// `wgmma_fwd`: the forward is the Hopper kernel (q, k, v through tensor maps).
+fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64, wgmma_fwd: bool) -> Result<Vec<(String, f64, f64)>, String> {
     assert_eq!(cfg.head_dim as usize, s.d);
-    let ks = emit_attention(cfg).map_err(|e| e.to_string())?;
+    let mut ks = emit_attention(cfg).map_err(|e| e.to_string())?;
+    if wgmma_fwd {
+        ks.fwd = emit_forward_wgmma(cfg).map_err(|e| e.to_string())?;
+    }
     let it = cfg.in_type();
     let mut rng = Lcg(seed);
     let nq = s.b * s.h * s.t * s.d;
@@ -181,6 +185,13 @@ fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64) -> Result<Vec<(String, 
     let sz = [KernelArg::U32(h), KernelArg::U32(hk), KernelArg::U32(t), KernelArg::F32(scale as f32)];
     let grid = |k: &AttnKernel| k.grid(s.b as u32, h, hk, t);
     let mut args = vec![buf(bq), buf(bk), buf(bv), buf(bo), buf(blse)];
+    if wgmma_fwd {
+        let (qb, kb) = wgmma_forward_boxes();
+        let map = |b: &DevBuf, rows: usize, boxr: u32| TensorMap::matrix(b, 0, TmaDtype::Bf16, rows as u64, s.d as u64, s.d as u64 * 2, boxr, s.d as u32, TmaSwizzle::B128).map(KernelArg::TensorMap);
+        args[0] = map(&bq, s.b * s.h * s.t, qb)?;
+        args[1] = map(&bk, s.b * s.hk * s.t, kb)?;
+        args[2] = map(&bv, s.b * s.hk * s.t, kb)?;
+    }
     args.extend(sz);
     sim.launch(&ks.fwd, grid(&ks.fwd), &args)?;
     let dot_args = [buf(bo), buf(bdo), buf(bds), buf(bdq), KernelArg::U32(h), KernelArg::U32(t), KernelArg::U32(rows as u32)];
@@ -206,10 +217,14 @@ fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64) -> Result<Vec<(String, 
 }
 
 fn check(cases: &[(AttnConfig, Shape)]) {
+    check_with(cases, false)
+}
+
+fn check_with(cases: &[(AttnConfig, Shape)], wgmma_fwd: bool) {
     let mut failures = vec![];
     for (i, (cfg, s)) in cases.iter().enumerate() {
         println!("{} {s:?}", cfg.tag());
-        match run_attention(cfg, s, 100 + i as u64) {
+        match run_attention(cfg, s, 100 + i as u64, wgmma_fwd) {
             Ok(errs) => {
                 for (name, err, tol) in errs {
                     let line = format!("{} {s:?} {name}: err {err:.3e} (tol {tol:.0e})", cfg.tag());
@@ -223,6 +238,22 @@ fn check(cases: &[(AttnConfig, Shape)]) {
         }
     }
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The wgmma forward (then the mma.sync backward on its o and lse): T = 1,
+/// 33, 65, 128, 257 (tiles over the edge, a block with one live warpgroup),
+/// GQA 1 to 4.
+#[test]
+fn bf16_wgmma_forward_and_the_backward_on_its_outputs() {
+    let shapes = [
+        Shape { b: 1, h: 1, hk: 1, t: 1, d: 64 },
+        Shape { b: 1, h: 2, hk: 1, t: 33, d: 64 },
+        Shape { b: 1, h: 3, hk: 1, t: 65, d: 64 },
+        Shape { b: 2, h: 2, hk: 2, t: 128, d: 64 },
+        Shape { b: 1, h: 4, hk: 1, t: 257, d: 64 },
+    ];
+    let cases: Vec<(AttnConfig, Shape)> = shapes.iter().map(|s| (AttnConfig::new(Precision::Bf16, 64, AttnLayout::Bhtd), *s)).collect();
+    check_with(&cases, true);
 }
 
 fn cases(p: Precision, layout: AttnLayout) -> Vec<(AttnConfig, Shape)> {

@@ -88,7 +88,7 @@ fn zero_acc(b: &mut KernelBuilder, n: u32) -> Vec<[Reg; 4]> {
 }
 
 /// A fragments (bf16) for k-step `j` from C tiles `2j` and `2j + 1`.
-fn c_to_a(b: &mut KernelBuilder, c: &[[Reg; 4]], j: usize) -> [Reg; 4] {
+pub(super) fn c_to_a(b: &mut KernelBuilder, c: &[[Reg; 4]], j: usize) -> [Reg; 4] {
     let (x, y) = (c[2 * j], c[2 * j + 1]);
     [b.pack_bf16x2(x[1], x[0]), b.pack_bf16x2(x[3], x[2]), b.pack_bf16x2(y[1], y[0]), b.pack_bf16x2(y[3], y[2])]
 }

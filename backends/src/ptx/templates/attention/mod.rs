@@ -99,6 +99,7 @@ mod common;
 mod ffma;
 mod mma;
 mod rows;
+mod wgmma;
 
 pub use common::{AttnConfig, AttnError, AttnKernel, AttnKernels, AttnLayout, GridKind, Prologue, PrologueKernels};
 use super::gemm::Precision;
@@ -112,6 +113,24 @@ pub fn prologue_configs(cfg: &AttnConfig, p: Prologue) -> (QkPrepConfig, QkPrepC
     k.dx = p.dx;
     k.dy = cfg.grad_out;
     (q, k)
+}
+
+/// The Hopper forward (TMA, mbarriers, warp-specialized wgmma; see
+/// `wgmma.rs`): bf16, head dim 64, `[B, H, T, d]`. Its `q`, `k`, `v` are
+/// tensor maps over the `[rows, 64]` matrices with boxes of
+/// [`wgmma_forward_boxes`] rows; the rest of its contract is the mma.sync
+/// forward's.
+pub fn emit_forward_wgmma(cfg: &AttnConfig) -> Result<AttnKernel, AttnError> {
+    cfg.validate()?;
+    if cfg.precision != Precision::Bf16 || cfg.head_dim != 64 || cfg.layout != AttnLayout::Bhtd {
+        return Err(AttnError(format!("the wgmma forward takes bf16, head dim 64, [B, H, T, d]: {cfg:?}")));
+    }
+    Ok(wgmma::forward(cfg))
+}
+
+/// Rows of the wgmma forward's tensor-map boxes: (q, k and v).
+pub fn wgmma_forward_boxes() -> (u32, u32) {
+    wgmma::BOXES
 }
 
 /// Emit the forward, the `dsum` kernel and the backward kernel(s).
