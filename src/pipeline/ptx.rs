@@ -26,15 +26,18 @@ pub fn plan(g: &Graph, precision: Precision, outputs: &[String], disabled: &[Fus
 }
 
 /// The PTX backend's options: `PGC_GEMM_PATH=mma.sync` keeps the bf16 GEMMs
-/// on the mma.sync kernels (for comparison); the default, `wgmma`, puts
-/// every GEMM whose shapes allow it on the Hopper kernels.
+/// on the mma.sync kernels (for comparison), `PGC_ATTENTION_PATH=mma.sync`
+/// the attention forward; the default, `wgmma`, puts every GEMM whose shapes
+/// allow it, and the head-dim-64 attention forward, on the Hopper kernels.
 pub fn ptx_options() -> Result<pgc_backends::ptx::compile::PtxOptions> {
     use pgc_backends::ptx::templates::gemm::GemmPath;
     let mut o = pgc_backends::ptx::compile::PtxOptions::default();
-    match std::env::var("PGC_GEMM_PATH").ok().as_deref() {
-        None | Some("") | Some("wgmma") => {}
-        Some("mma.sync") | Some("mma") => o.gemm_path = GemmPath::MmaSync,
-        Some(other) => return Err(input(format!("PGC_GEMM_PATH={other}: expected `wgmma` or `mma.sync`"))),
+    for (var, slot) in [("PGC_GEMM_PATH", &mut o.gemm_path), ("PGC_ATTENTION_PATH", &mut o.attention_path)] {
+        match std::env::var(var).ok().as_deref() {
+            None | Some("") | Some("wgmma") => {}
+            Some("mma.sync") | Some("mma") => *slot = GemmPath::MmaSync,
+            Some(other) => return Err(input(format!("{var}={other}: expected `wgmma` or `mma.sync`"))),
+        }
     }
     Ok(o)
 }

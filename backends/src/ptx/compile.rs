@@ -90,11 +90,13 @@ fn check_sizes(g: &Graph) -> Result<(), PtxError> {
 pub struct PtxOptions {
     /// The bf16 GEMMs' path where their shapes allow it (default wgmma).
     pub gemm_path: GemmPath,
+    /// The attention forward's path where it applies (bf16, head dim 64; default wgmma).
+    pub attention_path: GemmPath,
 }
 
 impl Default for PtxOptions {
     fn default() -> Self {
-        PtxOptions { gemm_path: GemmPath::Wgmma }
+        PtxOptions { gemm_path: GemmPath::Wgmma, attention_path: GemmPath::Wgmma }
     }
 }
 
@@ -111,6 +113,7 @@ pub fn compile_program_with(g: &Graph, plan: &Plan, opts: &PtxOptions) -> Result
     check_sizes(g)?;
     let mut cx = Ctx::new(g, plan);
     cx.gemm_path = opts.gemm_path;
+    cx.attention_path = opts.attention_path;
     for (ki, k) in plan.kernels.iter().enumerate() {
         cx.kernel = ki;
         emit_plan_kernel(&mut cx, ki).map_err(|e| PtxError::Kernel { kernel: k.name.clone(), kind: k.kind.name(), msg: e.to_string() })?;

@@ -51,6 +51,8 @@ pub struct Ctx<'a> {
     /// The bf16 GEMMs' path where their shapes allow it
     /// ([`super::templates::gemm::GemmConfig::wgmma_allowed`]; mma.sync elsewhere).
     pub gemm_path: GemmPath,
+    /// The attention forward's path where it applies (bf16, head dim 64): wgmma or mma.sync.
+    pub attention_path: GemmPath,
 }
 
 impl<'a> Ctx<'a> {
@@ -66,6 +68,7 @@ impl<'a> Ctx<'a> {
             names: HashSet::new(),
             bodies: HashMap::new(),
             gemm_path: GemmPath::Wgmma,
+            attention_path: GemmPath::Wgmma,
         }
     }
 

@@ -15,7 +15,8 @@
 //! into scratch when stored otherwise. Head dims 8, 16, 32 and 64.
 
 use super::toolkit::{self, output_target, plan_outputs, Fused};
-use crate::ptx::templates::attention::{emit_attention, AttnConfig, AttnKernel, AttnKernels, AttnLayout};
+use crate::ptx::templates::attention::{emit_attention, emit_forward_wgmma, wgmma_forward_boxes, AttnConfig, AttnKernel, AttnKernels, AttnLayout};
+use crate::ptx::templates::gemm::GemmPath;
 use crate::ptx::ctx::{Ctx, PtxError};
 use pgc_ir::types::DType;
 use crate::ptx::pointwise::{BufArg, GraphExprs};
@@ -143,6 +144,20 @@ fn forward(cx: &mut Ctx, ki: usize, fwd: ValueId) -> Result<Launch, PtxError> {
     let ks = kernels(cx, &cfg)?;
     let mut args = vec![qa, ka, va, o, ArgRef::Aux(lse)];
     args.extend(sizes(&d, scale));
+    if cx.attention_path == GemmPath::Wgmma && cfg.precision == Precision::Bf16 && d.d == 64 {
+        // the Hopper forward: q, k, v through tensor maps over their [rows, 64] matrices
+        let k = emit_forward_wgmma(&cfg)?;
+        if !cx.module.kernels.iter().any(|m| m.name == k.kernel.name) {
+            cx.add_kernel(k.kernel.clone());
+        }
+        let (qb, kb) = wgmma_forward_boxes();
+        let rows = [d.b * d.h * d.t, d.b * d.hk * d.t, d.b * d.hk * d.t];
+        for (i, (r, bx)) in rows.into_iter().zip([qb, kb, kb]).enumerate() {
+            let of = Box::new(std::mem::replace(&mut args[i], ArgRef::U32(0)));
+            args[i] = ArgRef::TensorMap { of, rows: r, cols: d.d, box_rows: bx, box_cols: d.d };
+        }
+        return Ok(launch(cx, &k, &d, args, vec![]));
+    }
     Ok(launch(cx, &ks.fwd, &d, args, vec![]))
 }
 

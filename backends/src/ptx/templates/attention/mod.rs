@@ -23,7 +23,7 @@
 //!
 //! | kernel | bf16 ([`Precision::Bf16`]) | f32 ([`Precision::F32`]) |
 //! |---|---|---|
-//! | `fwd` | flash forward on tensor cores | FFMA, a group of threads per query row |
+//! | `fwd` | flash forward on tensor cores (mma.sync; at d = 64 also the Hopper kernel of [`emit_forward_wgmma`]) | FFMA, a group of threads per query row |
 //! | `dot` | `dsum = rowsum(do * o)`, zeroes `dq` | `dsum = rowsum(do * o)` |
 //! | `bwd` | one kernel: dk, dv per key block, dq by `red.global.add.f32` | two kernels: dk/dv per key row, dq per query row |
 //!
