@@ -2110,11 +2110,7 @@ impl<'a> BlockRunner<'a> {
                     for (i, mat) in mats.iter_mut().enumerate().take(*num as usize) {
                         for (r, row) in mat.iter_mut().enumerate() {
                             let p = i * 8 + r;
-                            let ad = Self::addr_of(&self.warps[wi], addr, p);
-                            if ad % 16 != 0 {
-                                return Err(self.misaligned(wid, p, line, "ldmatrix row", ad, 16));
-                            }
-                            let off = self.sh_check(wid, p, ad, 16, line)?;
+                            let off = self.matrix_row(wi, addr, p, line, "ldmatrix row")?;
                             self.shadow_read(wid, p, off, 16, line)?;
                             for (c, v) in row.iter_mut().enumerate() {
                                 *v = u16::from_le_bytes([self.shared[off + 2 * c], self.shared[off + 2 * c + 1]]);
@@ -2317,11 +2313,7 @@ impl<'a> BlockRunner<'a> {
                     for (i, mat) in mats.iter().enumerate().take(*num as usize) {
                         for (r, row) in mat.iter().enumerate() {
                             let p = i * 8 + r;
-                            let ad = Self::addr_of(&self.warps[wi], addr, p);
-                            if ad % 16 != 0 {
-                                return Err(self.misaligned(wid, p, line, "stmatrix row", ad, 16));
-                            }
-                            let off = self.sh_check(wid, p, ad, 16, line)?;
+                            let off = self.matrix_row(wi, addr, p, line, "stmatrix row")?;
                             self.shadow_write(wid, p, off, 16, line)?;
                             for (c, v) in row.iter().enumerate() {
                                 self.shared[off + 2 * c..off + 2 * c + 2].copy_from_slice(&v.to_le_bytes());
@@ -2332,6 +2324,16 @@ impl<'a> BlockRunner<'a> {
             }
             self.warps[wi].stack.last_mut().unwrap_or_else(|| unreachable!()).pc = next;
         }
+    }
+
+    /// The shared offset of the 16-byte matrix row lane `p` addresses (ldmatrix, stmatrix).
+    fn matrix_row(&self, wi: usize, addr: &Addr, p: usize, line: u32, what: &str) -> R<usize> {
+        let wid = self.warps[wi].id;
+        let ad = Self::addr_of(&self.warps[wi], addr, p);
+        if ad % 16 != 0 {
+            return Err(self.misaligned(wid, p, line, what, ad, 16));
+        }
+        self.sh_check(wid, p, ad, 16, line)
     }
 
     /// [`Self::count_access`] when the counters are on.

@@ -146,7 +146,7 @@ pub struct Fragment {
 
 /// A wgmma shared-memory descriptor for the 128-byte swizzle: start address
 /// `addr` (shared window), leading / stride byte offsets.
-fn descriptor(b: &mut KernelBuilder, addr: Reg, lbo: u32, sbo: u32) -> Reg {
+pub(crate) fn descriptor(b: &mut KernelBuilder, addr: Reg, lbo: u32, sbo: u32) -> Reg {
     let lo = b.bin(BinOp::Shr, Type::U32, addr, 4u32);
     let lo = b.bin(BinOp::And, Type::U32, lo, 0x3fffu32);
     let lo = b.bin(BinOp::Or, Type::U32, lo, (lbo >> 4) << 16);
@@ -511,7 +511,7 @@ fn convert_box(b: &mut KernelBuilder, ptr: Reg, base: Reg, (off, x0, y0, rows): 
 }
 
 /// `stage += 1`, wrapping to 0 (and flipping `phase`) after the last stage.
-fn advance(b: &mut KernelBuilder, stage: Reg, phase: Reg, stages: u32) {
+pub(crate) fn advance(b: &mut KernelBuilder, stage: Reg, phase: Reg, stages: u32) {
     b.bin_to(BinOp::Add, Type::U32, stage, stage, 1u32);
     let wrap = b.setp(Cmp::Eq, Type::U32, stage, stages);
     b.push(Inst::Selp { ty: Type::U32, dst: stage, a: 0u32.into(), b: stage.into(), p: wrap });

@@ -445,3 +445,46 @@ pub(super) fn store_row_vals(b: &mut KernelBuilder, ty: DType, addr: Addr, vals:
     }
 }
 
+
+/// Where a forward thread's two rows are: batch, head, the first row
+/// (`row_a`; the other is `row_a + 8`), the lane's index in its quad and its
+/// first column (`2 * tq`).
+pub(super) struct ForwardRows {
+    pub(super) bb: Reg,
+    pub(super) hh: Reg,
+    pub(super) row_a: Reg,
+    pub(super) tq: Reg,
+    pub(super) col2: Reg,
+}
+
+/// The forward's end: `o = acc / l` for the thread's two rows (accumulators
+/// in the m16n8 layout, `oacc[nt]` holding columns `8 nt + col2 (+1)`), and
+/// `lse = ln2 * (m + log2 l)` from the quad's first lane; `l` the partial row
+/// sums (reduced over the quad here), `m` the row maxima in log2 units.
+pub(super) fn store_forward(b: &mut KernelBuilder, cfg: &AttnConfig, (o, lse): (Reg, Reg), p: &AttnParams, r: &ForwardRows, (l, m): ([Reg; 2], [Reg; 2]), oacc: &[[Reg; 4]]) {
+    let or = head_rows(b, cfg.layout, o, r.bb, r.hh, p.h, p.t, cfg.head_dim, cfg.out.bytes());
+    let lse_base = stat_base(b, lse, r.bb, r.hh, p.h, p.t);
+    let col_bytes = b.mul_lo(Type::U32, r.col2, cfg.out.bytes());
+    let col_bytes = b.cvt(Type::U64, Type::U32, None, col_bytes);
+    let first_in_quad = b.setp(Cmp::Eq, Type::U32, r.tq, 0u32);
+    for h in 0..2usize {
+        let lt = group_reduce(b, l[h], 4, BinOp::Add);
+        let inv = b.unary(UnOp::Rcp, Type::F32, lt);
+        let row = b.add(Type::U32, r.row_a, 8 * h as u32);
+        let ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
+        let rowaddr = b.mad_wide_u32(row, or.stride, or.base);
+        let rowaddr = b.add_u64(rowaddr, col_bytes);
+        for (nt, acc) in oacc.iter().enumerate() {
+            let v0 = fmul(b, acc[2 * h], inv);
+            let v1 = fmul(b, acc[2 * h + 1], inv);
+            let addr = Addr::reg_off(rowaddr, (nt as u32 * 8 * cfg.out.bytes()) as i64);
+            store_row_vals(b, cfg.out, addr, &[v0, v1], ok);
+        }
+        let lg = b.unary(UnOp::Lg2Approx, Type::F32, lt);
+        let s2 = fadd(b, m[h], lg);
+        let val = fmul(b, s2, LN2);
+        let w = b.and_pred(ok, first_in_quad);
+        let la = b.mad_wide_u32(row, 4u32, lse_base);
+        b.guarded(w, false, |b| b.st(Space::Global, Type::F32, Addr::reg(la), val));
+    }
+}

@@ -293,32 +293,8 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
     b.cp_async_wait_all();
 
     b.comment("normalize and store O, lse");
-    let or = head_rows(&mut b, cfg.layout, o, bb, hh, p.h, p.t, d, cfg.out.bytes());
-    let lse_base = stat_base(&mut b, lse, bb, hh, p.h, p.t);
-    let col_bytes = b.mul_lo(Type::U32, col2, cfg.out.bytes());
-    let col_bytes = b.cvt(Type::U64, Type::U32, None, col_bytes);
-    let first_in_quad = b.setp(Cmp::Eq, Type::U32, ln.tq, 0u32);
-    for h in 0..2usize {
-        let lt = group_reduce(&mut b, l[h], 4, BinOp::Add);
-        let inv = b.unary(UnOp::Rcp, Type::F32, lt);
-        let row = b.add(Type::U32, row_a, 8 * h as u32);
-        let ok = b.setp(Cmp::Lt, Type::U32, row, p.t);
-        let rowaddr = b.mad_wide_u32(row, or.stride, or.base);
-        let rowaddr = b.add_u64(rowaddr, col_bytes);
-        for (nt, acc) in oacc.iter_mut().enumerate().take((d / 8) as usize) {
-            let v0 = fmul(&mut b, acc[2 * h], inv);
-            let v1 = fmul(&mut b, acc[2 * h + 1], inv);
-            let addr = Addr::reg_off(rowaddr, (nt as u32 * 8 * cfg.out.bytes()) as i64);
-            store_row_vals(&mut b, cfg.out, addr, &[v0, v1], ok);
-        }
-        // lse = ln2 * (m + log2 l)
-        let lg = b.unary(UnOp::Lg2Approx, Type::F32, lt);
-        let s2 = fadd(&mut b, m[h], lg);
-        let val = fmul(&mut b, s2, LN2);
-        let w = b.and_pred(ok, first_in_quad);
-        let la = b.mad_wide_u32(row, 4u32, lse_base);
-        b.guarded(w, false, |b| b.st(Space::Global, Type::F32, Addr::reg(la), val));
-    }
+    let rows = ForwardRows { bb, hh, row_a, tq: ln.tq, col2 };
+    store_forward(&mut b, cfg, (o, lse), &p, &rows, (l, m), &oacc[..(d / 8) as usize]);
     b.ret();
     AttnKernel { kernel: b.finish(), threads: THREADS, smem_bytes, grid_kind: GridKind::QueryBlocks, rows_per_block: BLOCK }
 }

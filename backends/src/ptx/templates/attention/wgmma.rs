@@ -22,6 +22,7 @@
 use super::common::*;
 use super::mma::c_to_a;
 use crate::ptx::builder::*;
+use crate::ptx::templates::gemm_wgmma;
 
 /// Query rows per block (two consumer warpgroups of 64).
 pub const BLOCK_Q: u32 = 128;
@@ -35,14 +36,9 @@ const ROW_BYTES: u32 = HEAD_DIM * 2;
 /// The boxes the launch's tensor maps move: (q rows, k and v rows) of 64 columns.
 pub const BOXES: (u32, u32) = (BLOCK_Q, TILE_K);
 
+/// A 128-byte-swizzle descriptor (SBO 1024: 8 rows of 128 bytes).
 fn descriptor(b: &mut KernelBuilder, addr: Reg, lbo: u32) -> Reg {
-    let lo = b.bin(BinOp::Shr, Type::U32, addr, 4u32);
-    let lo = b.bin(BinOp::And, Type::U32, lo, 0x3fffu32);
-    let lo = b.bin(BinOp::Or, Type::U32, lo, (lbo >> 4) << 16);
-    let w = b.cvt(Type::U64, Type::U32, None, lo);
-    // 128-byte swizzle, SBO 1024 (8 rows of 128 bytes)
-    let hi = (1u64 << 62) | ((1024u64 >> 4) << 32);
-    b.bin(BinOp::Or, Type::B64, w, Operand::Imm(hi as i64))
+    gemm_wgmma::descriptor(b, addr, lbo, 8 * ROW_BYTES)
 }
 
 /// The forward kernel (`cfg.head_dim == 64`, bf16 precision, `[B, H, T, d]` layout).
@@ -284,42 +280,14 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
     }
 
     b.comment("normalize and store O, lse");
-    let or = head_rows(&mut b, cfg.layout, o, bb, hh, h, t, HEAD_DIM, cfg.out.bytes());
-    let lse_base = stat_base(&mut b, lse, bb, hh, h, t);
-    let col_bytes = b.mul_lo(Type::U32, col2, cfg.out.bytes());
-    let col_bytes = b.cvt(Type::U64, Type::U32, None, col_bytes);
-    let first_in_quad = b.setp(Cmp::Eq, Type::U32, tq, 0u32);
-    for hr in 0..2usize {
-        let lt = group_reduce(&mut b, l[hr], 4, BinOp::Add);
-        let inv = b.unary(UnOp::Rcp, Type::F32, lt);
-        let row = b.add(Type::U32, row_a, 8 * hr as u32);
-        let ok = b.setp(Cmp::Lt, Type::U32, row, t);
-        let rowaddr = b.mad_wide_u32(row, or.stride, or.base);
-        let rowaddr = b.add_u64(rowaddr, col_bytes);
-        for nt in 0..(HEAD_DIM / 8) as usize {
-            let v0 = fmul(&mut b, oacc[4 * nt + 2 * hr], inv);
-            let v1 = fmul(&mut b, oacc[4 * nt + 2 * hr + 1], inv);
-            let addr = Addr::reg_off(rowaddr, (nt as u32 * 8 * cfg.out.bytes()) as i64);
-            store_row_vals(&mut b, cfg.out, addr, &[v0, v1], ok);
-        }
-        // lse = ln2 * (m + log2 l)
-        let lg = b.unary(UnOp::Lg2Approx, Type::F32, lt);
-        let s2 = fadd(&mut b, m[hr], lg);
-        let val = fmul(&mut b, s2, LN2);
-        let w = b.and_pred(ok, first_in_quad);
-        let la = b.mad_wide_u32(row, 4u32, lse_base);
-        b.guarded(w, false, |b| b.st(Space::Global, Type::F32, Addr::reg(la), val));
-    }
+    let rows = ForwardRows { bb, hh, row_a, tq, col2 };
+    let o4: Vec<[Reg; 4]> = oacc.chunks(4).map(|q| [q[0], q[1], q[2], q[3]]).collect();
+    store_forward(&mut b, cfg, (o, lse), &p, &rows, (l, m), &o4);
     b.ret();
     AttnKernel { kernel: b.finish(), threads: THREADS, smem_bytes, grid_kind: GridKind::QueryBlocks, rows_per_block: BLOCK_Q }
 }
 
-/// `stage += 1`, wrapping to 0 and flipping `phase` after the last stage.
+/// `stage += 1` around the ring, flipping `phase` at the wrap.
 fn advance(b: &mut KernelBuilder, stage: Reg, phase: Reg) {
-    b.bin_to(BinOp::Add, Type::U32, stage, stage, 1u32);
-    let wrap = b.setp(Cmp::Eq, Type::U32, stage, STAGES);
-    b.push(Inst::Selp { ty: Type::U32, dst: stage, a: 0u32.into(), b: stage.into(), p: wrap });
-    let flip = b.val(Type::U32, 0u32);
-    b.push(Inst::Selp { ty: Type::U32, dst: flip, a: 1u32.into(), b: 0u32.into(), p: wrap });
-    b.bin_to(BinOp::Xor, Type::U32, phase, phase, flip);
+    gemm_wgmma::advance(b, stage, phase, STAGES)
 }
