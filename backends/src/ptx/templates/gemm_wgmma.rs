@@ -263,11 +263,7 @@ pub(crate) fn emit(spec: &WgmmaSpec, epi: &Epilogue, epilogue_fn: impl FnOnce(&m
         }
         b.push(Inst::FenceMbarrierInit);
     });
-    b.bar_sync();
-    let wg = b.bin(BinOp::Shr, Type::U32, tid, 7u32);
-    let is_producer = b.setp(Cmp::Eq, Type::U32, wg, 0u32);
-    let consumer = b.new_label();
-    b.push_guarded(Guard { pred: is_producer, negate: true }, Inst::Bra { target: consumer, uni: false });
+    let (wg, consumer) = split_warpgroups(&mut b, tid);
 
     // 256-wide tiles hold 128 accumulators per consumer thread: the producer
     // gives registers back so the consumers can have 232
@@ -508,6 +504,18 @@ fn convert_box(b: &mut KernelBuilder, ptr: Reg, base: Reg, (off, x0, y0, rows): 
         let sa = b.add(Type::U32, base, so);
         b.st_vec(Space::Shared, Type::B32, Addr::reg(sa), packed);
     }
+}
+
+/// After the mbarriers' initialisation: a block barrier (so every thread sees
+/// them), then warpgroup 0 (the producer) falls through while the consumers
+/// branch to the returned label. Returns the thread's warpgroup too.
+pub(crate) fn split_warpgroups(b: &mut KernelBuilder, tid: Reg) -> (Reg, Label) {
+    b.bar_sync();
+    let wg = b.bin(BinOp::Shr, Type::U32, tid, 7u32);
+    let is_producer = b.setp(Cmp::Eq, Type::U32, wg, 0u32);
+    let consumer = b.new_label();
+    b.push_guarded(Guard { pred: is_producer, negate: true }, Inst::Bra { target: consumer, uni: false });
+    (wg, consumer)
 }
 
 /// `stage += 1`, wrapping to 0 (and flipping `phase`) after the last stage.

@@ -115,11 +115,7 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
         }
         b.push(Inst::FenceMbarrierInit);
     });
-    b.bar_sync();
-    let wg = b.bin(BinOp::Shr, Type::U32, tid, 7u32);
-    let is_producer = b.setp(Cmp::Eq, Type::U32, wg, 0u32);
-    let consumer = b.new_label();
-    b.push_guarded(Guard { pred: is_producer, negate: true }, Inst::Bra { target: consumer, uni: false });
+    let (wg, consumer) = gemm_wgmma::split_warpgroups(&mut b, tid);
 
     b.comment("producer: thread 0 loads Q once, then streams the K / V tiles");
     let done = b.new_label();
