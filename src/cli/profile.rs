@@ -331,7 +331,11 @@ pub fn run(args: ProfileArgs) -> CliResult {
     let RunInputs { graph, values, tokens, with_grads, mode } = inputs::prepare(&spec)?;
     let names = inputs::output_names(&graph, with_grads);
     let plan = ptx::plan(&graph, pgc_ir::plan::Precision::Bf16, &names, &[])?;
-    let program = ptx::compile(&graph, &plan).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
+    // one block per GEMM tile: the sampled blocks then cost a tile each, as
+    // the extrapolation assumes (persistent blocks would walk dozens)
+    let mut opts = ptx::ptx_options().map_err(|e| bad(e.to_string()))?;
+    opts.persistent = false;
+    let program = ptx::compile_with(&graph, &plan, &opts).map_err(|e| bad(format!("the PTX backend cannot compile this model: {e}")))?;
     let t_compiled = t_start.elapsed().as_secs_f64();
 
     // Registers and static shared memory per entry, for the occupancy.

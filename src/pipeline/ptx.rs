@@ -44,7 +44,12 @@ pub fn ptx_options() -> Result<pgc_backends::ptx::compile::PtxOptions> {
 
 /// Compile a plan to a PTX program (the error: what the emitters do not handle).
 pub fn compile(g: &Graph, plan: &Plan) -> Result<Program> {
-    pgc_backends::ptx::compile::compile_program_with(g, plan, &ptx_options()?).map_err(input)
+    compile_with(g, plan, &ptx_options()?)
+}
+
+/// [`compile`] with options of the caller's choosing.
+pub fn compile_with(g: &Graph, plan: &Plan, opts: &pgc_backends::ptx::compile::PtxOptions) -> Result<Program> {
+    pgc_backends::ptx::compile::compile_program_with(g, plan, opts).map_err(input)
 }
 
 fn exec_err(e: ExecError) -> super::PipelineError {

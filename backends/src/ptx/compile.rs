@@ -92,11 +92,15 @@ pub struct PtxOptions {
     pub gemm_path: GemmPath,
     /// The attention forward's path where it applies (bf16, head dim 64; default wgmma).
     pub attention_path: GemmPath,
+    /// wgmma GEMMs launch one block per SM, each walking many tiles (the
+    /// default); off, one block per tile (the same kernel, the same results):
+    /// what `pgc profile`'s sampled blocks want, a tile's cost per block.
+    pub persistent: bool,
 }
 
 impl Default for PtxOptions {
     fn default() -> Self {
-        PtxOptions { gemm_path: GemmPath::Wgmma, attention_path: GemmPath::Wgmma }
+        PtxOptions { gemm_path: GemmPath::Wgmma, attention_path: GemmPath::Wgmma, persistent: true }
     }
 }
 
@@ -114,6 +118,7 @@ pub fn compile_program_with(g: &Graph, plan: &Plan, opts: &PtxOptions) -> Result
     let mut cx = Ctx::new(g, plan);
     cx.gemm_path = opts.gemm_path;
     cx.attention_path = opts.attention_path;
+    cx.persistent = opts.persistent;
     for (ki, k) in plan.kernels.iter().enumerate() {
         cx.kernel = ki;
         emit_plan_kernel(&mut cx, ki).map_err(|e| PtxError::Kernel { kernel: k.name.clone(), kind: k.kind.name(), msg: e.to_string() })?;

@@ -53,6 +53,8 @@ pub struct Ctx<'a> {
     pub gemm_path: GemmPath,
     /// The attention forward's path where it applies (bf16, head dim 64): wgmma or mma.sync.
     pub attention_path: GemmPath,
+    /// Persistent wgmma GEMM launches (see `compile::PtxOptions::persistent`).
+    pub persistent: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -69,6 +71,7 @@ impl<'a> Ctx<'a> {
             bodies: HashMap::new(),
             gemm_path: GemmPath::Wgmma,
             attention_path: GemmPath::Wgmma,
+            persistent: true,
         }
     }
 

@@ -277,7 +277,12 @@ fn launch_gemm(cx: &mut Ctx, cfg: GemmConfig, abc: [ArgRef; 3], sizes: &[ArgRef;
         }
     }
     let gk = emit_gemm(&cfg)?;
-    let launch = Launch { grid: gk.grid(m, n), block: gk.block(), shared_bytes: gk.smem_bytes };
+    let mut grid = gk.grid(m, n);
+    if cfg.path == GemmPath::Wgmma && !cx.persistent {
+        // one block per output tile: the tile loop runs once per block
+        grid[0] = m.div_ceil(cfg.tile.bm) * n.div_ceil(cfg.tile.bn);
+    }
+    let launch = Launch { grid, block: gk.block(), shared_bytes: gk.smem_bytes };
     let entry = cx.add_kernel(gk.kernel);
     let mut args: Vec<ArgRef> = abc.to_vec();
     args.extend(sizes.iter().cloned());
