@@ -5,18 +5,7 @@ use crate::harness;
 
 use harness::*;
 use pgc_runtime::device::{Device, DeviceError, DeviceExt, KernelArg, LaunchConfig};
-use pgc_runtime::sim::{SimDevice, SimError, SimErrorKind, SimOptions};
-
-fn sim_err(r: Result<(), DeviceError>) -> SimError {
-    match r {
-        Err(DeviceError::Sim(e)) => {
-            eprintln!("reported: {e}");
-            *e
-        }
-        Err(e) => panic!("expected a simulator error, got {e}"),
-        Ok(()) => panic!("expected a simulator error, the kernel ran"),
-    }
-}
+use pgc_runtime::sim::{SimDevice, SimErrorKind, SimOptions};
 
 #[test]
 fn out_of_bounds_store_is_reported() {

@@ -61,3 +61,15 @@ pub fn gemm_f32(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> 
     }
     c
 }
+
+/// The simulator error a run must end with (printed); panics when it ran, or failed otherwise.
+pub fn sim_err<T>(r: Result<T, pgc_runtime::device::DeviceError>) -> pgc_runtime::sim::SimError {
+    match r {
+        Err(pgc_runtime::device::DeviceError::Sim(e)) => {
+            eprintln!("reported: {e}");
+            *e
+        }
+        Err(e) => panic!("expected a simulator error, got {e}"),
+        Ok(_) => panic!("expected a simulator error, the kernel ran"),
+    }
+}

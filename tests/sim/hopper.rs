@@ -7,18 +7,7 @@
 
 use crate::harness::*;
 use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, LaunchConfig, TensorMap, TmaDtype, TmaSwizzle};
-use pgc_runtime::sim::{SimDevice, SimError, SimErrorKind};
-
-fn sim_err(r: Result<(), DeviceError>) -> SimError {
-    match r {
-        Err(DeviceError::Sim(e)) => {
-            eprintln!("reported: {e}");
-            *e
-        }
-        Err(e) => panic!("expected a simulator error, got {e}"),
-        Ok(()) => panic!("expected a simulator error, the kernel ran"),
-    }
-}
+use pgc_runtime::sim::{SimDevice, SimErrorKind};
 
 fn upload_u16(d: &SimDevice, v: &[u16]) -> DevBuf {
     d.upload_u16(v).unwrap()

@@ -9,7 +9,7 @@
 use crate::harness::*;
 use pgc_backends::ptx::builder::{Addr, BinOp, Cmp, KernelBuilder, Module, Operand, ParamType, Reg, RegClass, Special, Type, WgmmaA};
 use pgc_runtime::device::{DevBuf, Device, DeviceError, DeviceExt, KernelArg, LaunchConfig, TensorMap, TmaDtype, TmaSwizzle};
-use pgc_runtime::sim::{SimDevice, SimError, SimErrorKind, SimOptions};
+use pgc_runtime::sim::{SimDevice, SimErrorKind, SimOptions};
 
 /// How a variant lays out its operands.
 #[derive(Clone, Copy, Debug)]
@@ -292,17 +292,6 @@ fn run_on(d: &SimDevice, v: &Variant, text: &str, cs: &Case, block: u32) -> Resu
         }
     }
     Ok((got, want))
-}
-
-fn sim_err(r: Result<(Vec<f32>, Vec<f64>), DeviceError>) -> SimError {
-    match r {
-        Err(DeviceError::Sim(e)) => {
-            eprintln!("reported: {e}");
-            *e
-        }
-        Err(e) => panic!("expected a simulator error, got {e}"),
-        Ok(_) => panic!("expected a simulator error, the kernel ran"),
-    }
 }
 
 #[test]
