@@ -131,7 +131,7 @@ fn float_semantics_match_the_gpu() {
 /// Until a GPU has recorded them, the simulator's semantics for TMA,
 /// mbarriers and wgmma come from the PTX ISA alone (runtime/src/sim/SUBSET.md).
 #[test]
-#[ignore = "needs tests/ptx/gpu/hopper_{tma,wgmma}.bin from the first GPU (tests/ptx/gpu/run_on_gpu.py --hopper, run by scripts/gpu-check)"]
+#[ignore = "needs tests/ptx/gpu/hopper_{tma,wgmma,bulk}.bin from the first GPU (tests/ptx/gpu/run_on_gpu.py --hopper, run by scripts/gpu-check)"]
 fn hopper_micro_kernels_match_the_gpu() {
     use pgc_runtime::device::{TensorMap, TmaDtype, TmaSwizzle};
     let sws = [TmaSwizzle::None, TmaSwizzle::B32, TmaSwizzle::B64, TmaSwizzle::B128];
@@ -178,4 +178,9 @@ fn hopper_micro_kernels_match_the_gpu() {
         eprintln!("{name} vs GPU: max |diff| {worst:e} (scale {scale}), {exact}/{} bit-identical", sim.len());
         assert!(worst <= 1e-5 * scale, "{name}: max |diff| {worst} vs scale {scale}");
     }
+    // the bulk reduce-add: sums of exact quarters, the same in any order
+    let g = golden("hopper_bulk");
+    let dst = up(&d, &0.5f32.to_le_bytes().repeat(1024));
+    run(&d, "hopper/bulk_reduce.ptx", "bulk_reduce", [3, 1, 1], [128, 1, 1], &[KernelArg::Buf(dst, 0), KernelArg::U32(1040)]);
+    assert_eq!(down(&d, &dst), g["dst"], "bulk reduce-add");
 }

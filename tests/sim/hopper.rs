@@ -189,3 +189,55 @@ fn overwriting_shared_memory_a_tma_store_still_reads_is_reported() {
     assert_eq!(e.kind, SimErrorKind::Mbarrier);
     assert_eq!(e.line, line_of(&bad, "st.shared.u32 [%r9], 0"));
 }
+
+/// Runs `bulk_reduce` on `blocks` blocks adding `bytes` into a buffer of
+/// 1024 f32 starting at 0.5; returns the buffer.
+fn bulk_reduce(text: &str, blocks: u32, bytes: u32) -> Result<Vec<f32>, DeviceError> {
+    let d = SimDevice::new();
+    let m = d.load_module(text).unwrap();
+    let init = vec![0.5f32; 1024];
+    let dst = d.alloc(4096).unwrap();
+    d.copy_to_device(&dst, &init.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    d.launch(&m, "bulk_reduce", LaunchConfig { grid: [blocks, 1, 1], block: [128, 1, 1], shared_bytes: 0 }, &[KernelArg::Buf(dst, 0), KernelArg::U32(bytes)])?;
+    let mut out = vec![0u8; 4096];
+    d.copy_from_device(&dst, &mut out).unwrap();
+    Ok(out.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+#[test]
+fn bulk_reduce_adds_every_block_into_global_memory() {
+    let text = ptx("hopper/bulk_reduce.ptx");
+    for (blocks, bytes) in [(1u32, 16u32), (3, 1040), (5, 4096)] {
+        let got = bulk_reduce(&text, blocks, bytes).unwrap();
+        for (i, &g) in got.iter().enumerate() {
+            let added: f32 = if (i as u32) < bytes / 4 { (0..blocks).map(|b| (i as u32 + 1000 * b) as f32 * 0.25).sum() } else { 0.0 };
+            assert_eq!(g, 0.5 + added, "{blocks} blocks, {bytes} bytes: element {i}");
+        }
+    }
+}
+
+#[test]
+fn bulk_reduce_hazards_are_reported() {
+    let good = ptx("hopper/bulk_reduce.ptx");
+    bulk_reduce(&good, 2, 512).unwrap();
+    // the shared values written without fence.proxy.async: the bulk copy may not see them
+    let bad = good.replace("    fence.proxy.async.shared::cta;\n", "");
+    let e = sim_err(bulk_reduce(&bad, 2, 512));
+    assert_eq!(e.kind, SimErrorKind::ProxyFence);
+    assert_eq!(e.line, line_of(&bad, "@%p0 cp.reduce.async.bulk"));
+    // the source overwritten while the copy still reads it
+    let bad = good.replace("    @%p0 cp.async.bulk.commit_group;\n", "    @%p0 st.shared.f32 [%r3], 0f00000000;\n    @%p0 cp.async.bulk.commit_group;\n");
+    let e = sim_err(bulk_reduce(&bad, 2, 512));
+    assert_eq!(e.kind, SimErrorKind::AsyncCopyHazard);
+    assert_eq!(e.line, line_of(&bad, "st.shared.f32 [%r3], 0f00000000"));
+    // exiting before the copy has read shared memory
+    let bad = good.replace("    @%p0 cp.async.bulk.wait_group.read 0;\n", "");
+    let e = sim_err(bulk_reduce(&bad, 2, 512));
+    assert_eq!(e.kind, SimErrorKind::AsyncCopyHazard);
+    // a size that is not a multiple of 16 bytes, and a source past the block's shared memory
+    let e = sim_err(bulk_reduce(&good, 1, 20));
+    assert!(e.msg.contains("multiple of 16"), "{}", e.msg);
+    let bad = good.replace("[%rd0], [%r3], %r1;", "[%rd0], [%r3+3968], %r1;");
+    let e = sim_err(bulk_reduce(&bad, 1, 512));
+    assert_eq!(e.kind, SimErrorKind::OutOfBounds);
+}

@@ -509,6 +509,10 @@ pub enum Inst {
     TmaLoad { dst: Addr, map: Reg, coords: Vec<Operand>, mbar: Addr },
     /// `cp.async.bulk.tensor.Nd.global.shared::cta.tile.bulk_group [map, {coords}], [src]`
     TmaStore { map: Reg, coords: Vec<Operand>, src: Addr },
+    /// `cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [dst], [src], bytes`:
+    /// adds `bytes / 4` contiguous f32 from shared memory into global memory
+    /// (element-wise atomic adds; 16-byte aligned addresses, `bytes % 16 == 0`)
+    BulkReduceAddF32 { dst: Addr, src: Addr, bytes: Operand },
     /// `cp.async.bulk.commit_group`
     BulkCommit,
     /// `cp.async.bulk.wait_group{.read} n`
@@ -700,6 +704,11 @@ impl Inst {
                 want(map.class == RegClass::B64 && (1..=5).contains(&coords.len()) && coords.iter().all(|c| op_ok(Type::S32, c)), self, "tma store");
                 check_addr(Space::Shared, src, self);
             }
+            Inst::BulkReduceAddF32 { dst, src, bytes } => {
+                check_addr(Space::Global, dst, self);
+                check_addr(Space::Shared, src, self);
+                want(op_ok(Type::U32, bytes), self, "bulk reduce bytes");
+            }
             Inst::BulkWait { n, .. } => want(*n < 64, self, "bulk wait_group count"),
             Inst::WgmmaWait(n) => want(*n < 8, self, "wgmma wait_group count"),
             Inst::Wgmma { d, a, b, scale_d, trans_a, .. } => {
@@ -874,6 +883,7 @@ impl fmt::Display for Inst {
             Inst::TmaStore { map, coords, src } => {
                 write!(f, "cp.async.bulk.tensor.{}d.global.shared::cta.tile.bulk_group [{map}, {{{}}}], {src};", coords.len(), join(coords))
             }
+            Inst::BulkReduceAddF32 { dst, src, bytes } => write!(f, "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 {dst}, {src}, {bytes};"),
             Inst::BulkCommit => f.write_str("cp.async.bulk.commit_group;"),
             Inst::BulkWait { n, read } => write!(f, "cp.async.bulk.wait_group{} {n};", if *read { ".read" } else { "" }),
             Inst::FenceProxyAsync => f.write_str("fence.proxy.async.shared::cta;"),
@@ -1410,6 +1420,12 @@ impl KernelBuilder {
 
     pub fn tma_store(&mut self, map: Reg, coords: Vec<Operand>, src: Addr) {
         self.push(Inst::TmaStore { map, coords, src });
+    }
+
+    /// Add `bytes` of f32 at shared `src` into global `dst` (a bulk copy:
+    /// commit it with [`Inst::BulkCommit`] and wait before reusing `src`).
+    pub fn bulk_reduce_add_f32(&mut self, dst: Addr, src: Addr, bytes: impl Into<Operand>) {
+        self.push(Inst::BulkReduceAddF32 { dst, src, bytes: bytes.into() });
     }
 
     /// Commit this thread's TMA stores and wait until they have read shared memory.

@@ -95,6 +95,7 @@ impl InstClass {
             Inst::Mma { .. } | Inst::Wgmma { .. } => InstClass::Mma,
             Inst::TmaLoad { .. } => InstClass::GlobalLoad,
             Inst::TmaStore { .. } => InstClass::GlobalStore,
+            Inst::BulkReduceAdd { .. } => InstClass::Atomic,
             Inst::Stmatrix { .. } => InstClass::SharedStore,
             Inst::MbarInit { .. } | Inst::MbarArrive { .. } | Inst::MbarWait { .. } | Inst::BulkCommit | Inst::BulkWait { .. } | Inst::WgFence | Inst::WgCommit | Inst::WgWait { .. } => InstClass::Barrier,
             Inst::Ldmatrix { .. } => InstClass::Ldmatrix,

@@ -324,6 +324,8 @@ pub enum Inst {
     TmaLoad { dst: Addr, map: u32, coords: Vec<u32>, mbar: Addr },
     /// `cp.async.bulk.tensor.Nd.global.shared::cta.tile.bulk_group [map, {c..}], [src]`
     TmaStore { map: u32, coords: Vec<u32>, src: Addr },
+    /// `cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [dst], [src], bytes`
+    BulkReduceAdd { dst: Addr, src: Addr, bytes: u32 },
     BulkCommit,
     /// `cp.async.bulk.wait_group{.read} n`
     BulkWait { n: u32, read: bool },
@@ -483,6 +485,11 @@ impl Inst {
             Inst::TmaStore { coords, src, .. } => {
                 addr(src, f);
                 coords.iter().for_each(|x| f(*x))
+            }
+            Inst::BulkReduceAdd { dst, src, bytes } => {
+                addr(dst, f);
+                addr(src, f);
+                f(*bytes)
             }
             Inst::Elect { d, mask, .. } => {
                 d.iter().for_each(|x| f(*x));
@@ -1226,7 +1233,7 @@ fn decode_entry(m: &Module, e: &Entry, globals: &HashMap<String, u64>) -> DResul
         static_shared: shared_off as u32,
         dyn_shared_offset: dyn_off as u32,
         local_bytes: align_up(local_off, 16) as u32,
-        hopper: insts.iter().any(|i| matches!(i.inst, Inst::MbarInit { .. } | Inst::MbarArrive { .. } | Inst::MbarWait { .. } | Inst::TmaLoad { .. } | Inst::TmaStore { .. } | Inst::Wgmma { .. } | Inst::Stmatrix { .. } | Inst::FenceProxyAsync)),
+        hopper: insts.iter().any(|i| matches!(i.inst, Inst::MbarInit { .. } | Inst::MbarArrive { .. } | Inst::MbarWait { .. } | Inst::TmaLoad { .. } | Inst::TmaStore { .. } | Inst::BulkReduceAdd { .. } | Inst::Wgmma { .. } | Inst::Stmatrix { .. } | Inst::FenceProxyAsync)),
         wgmma: insts.iter().any(|i| matches!(i.inst, Inst::Wgmma { .. })),
         insts,
     })
@@ -1713,8 +1720,17 @@ fn decode_hopper(d: &mut Dec, i: &Instr, m: &mut Mods) -> DResult<Inst> {
             }
         }
         "cp" => {
+            let reduce = m.take("reduce");
             if !(m.take("async") && m.take("bulk")) {
                 return unsupported(i);
+            }
+            if reduce {
+                // the plain (non-tensor) shared -> global add of f32; the tensor form is not supported
+                if !(m.take("global") && m.take("shared::cta") && m.take("bulk_group") && m.take("add") && m.take("f32")) {
+                    return derr(i.span, format!("`{}`: the simulator supports cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 only", m.full()));
+                }
+                nargs(i, 3)?;
+                return Ok(Inst::BulkReduceAdd { dst: d.addr(&a[0], Space::Global)?, src: d.addr(&a[1], Space::Shared)?, bytes: d.src32(&a[2], Ty::U32)? });
             }
             if m.take("commit_group") {
                 nargs(i, 0)?;

@@ -1367,6 +1367,51 @@ impl<'a> BlockRunner<'a> {
         Ok(())
     }
 
+    /// `cp.reduce.async.bulk...add.f32` by lane `l`: read `bytes` of shared
+    /// memory through the async proxy (in flight until the bulk group's
+    /// wait) and add them, as f32, into global memory (atomically: other
+    /// blocks may add to the same elements).
+    #[allow(clippy::too_many_arguments)]
+    fn exec_bulk_reduce(&mut self, wi: usize, l: usize, dst: &Addr, src: &Addr, bytes: u32, line: u32, pc: u32) -> R<()> {
+        let wid = self.warps[wi].id;
+        let w = &self.warps[wi];
+        let (ga, sa, n) = (Self::addr_of(w, dst, l), Self::addr_of(w, src, l), w.r32[bytes as usize][l]);
+        if sa % 16 != 0 {
+            return Err(self.misaligned(wid, l, line, "bulk reduce shared source", sa, 16));
+        }
+        if ga % 16 != 0 {
+            return Err(self.misaligned(wid, l, line, "bulk reduce global destination", ga, 16));
+        }
+        if n % 16 != 0 {
+            return Err(self.error(SimErrorKind::Other, wid, l, line, format!("bulk reduce of {n} bytes (must be a multiple of 16)")));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let k0 = self.sh_check(wid, l, sa, n, line)?;
+        for k in k0..k0 + n as usize {
+            self.async_read_ok(k, wid, l, line, "bulk reduce")?;
+        }
+        let (a, o) = self.gl_find(wid, l, ga, n, line)?;
+        for e in 0..(n / 4) as usize {
+            let k = k0 + 4 * e;
+            let x = f32::from_le_bytes([self.shared[k], self.shared[k + 1], self.shared[k + 2], self.shared[k + 3]]);
+            let off = o + 4 * e as u64;
+            let y = f32::from_bits(a.load(off, 4) as u32) + x;
+            a.store(off, 4, y.to_bits() as u64);
+        }
+        if let Some(c) = self.counters.as_deref_mut() {
+            c.global(pc as usize, &[(ga, n)], true, true);
+        }
+        let chunks: Vec<u32> = (k0 as u32 >> 4..(k0 as u32 + n) >> 4).collect();
+        let h = self.hop.as_deref_mut().unwrap_or_else(|| unreachable!());
+        for &ch in &chunks {
+            h.aread[ch as usize] += 1;
+        }
+        self.warps[wi].bulk_open.extend(chunks);
+        Ok(())
+    }
+
     // ------------------------------------------------------------ the warp loop
 
     fn run_warp(&mut self, wi: usize) -> R<()> {
@@ -2224,6 +2269,11 @@ impl<'a> BlockRunner<'a> {
                 Inst::TmaStore { map, coords, src } => {
                     for l in lanes(em) {
                         self.exec_tma_store(wi, l, *map, coords, src, line, pc)?;
+                    }
+                }
+                Inst::BulkReduceAdd { dst, src, bytes } => {
+                    for l in lanes(em) {
+                        self.exec_bulk_reduce(wi, l, dst, src, *bytes, line, pc)?;
                     }
                 }
                 Inst::BulkCommit => {

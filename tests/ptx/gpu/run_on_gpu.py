@@ -211,6 +211,10 @@ def hopper(outdir):
         launch(func(load(f"hopper/{name}.ptx"), name), (n // 64, m // 64, 1), (128, 1, 1), [a_arg, b_arg, pc, n, -(-k // 64), lda])
         recs += [(f"{name}.a", a), (f"{name}.b", b), (f"{name}.c", fetch(pc, m * n * 4))]
     save(outdir, "hopper_wgmma", recs)
+    # bulk reduce-add: 3 blocks add 1040 bytes of f32 into 1024 values of 0.5
+    pd = dalloc(4096, f32s([0.5] * 1024))
+    launch(func(load("hopper/bulk_reduce.ptx"), "bulk_reduce"), (3, 1, 1), (128, 1, 1), [pd, 1040])
+    save(outdir, "hopper_bulk", [("dst", fetch(pd, 4096))])
 
 
 if __name__ == "__main__":
