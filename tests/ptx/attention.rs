@@ -4,12 +4,14 @@
 //! hazards), against an f64 reference written here on the same (rounded)
 //! inputs. Error measure: `max|got - want| / max|want|` per tensor; bf16
 //! below 2e-2, f32 below 1e-5. Every output buffer starts as NaN, so an
-//! element a kernel fails to write fails the test.
+//! element a kernel fails to write fails the test. `PGC_TEST_DUMP_PTX=DIR`
+//! writes each launched kernel's PTX to `DIR/<kernel>.ptx` (simulator errors
+//! give PTX line numbers).
 
 use crate::common;
 
 use pgc_backends::ptx::templates::attention::{
-    emit_attention, emit_forward_wgmma, emit_qk_prep, emit_qk_prep_bwd, prologue_configs, rope_table, wgmma_forward_boxes, AttnConfig, AttnKernel,
+    emit_attention, emit_backward_wgmma, emit_forward_wgmma, emit_qk_prep, emit_qk_prep_bwd, prologue_configs, rope_table, wgmma_backward_boxes, wgmma_forward_boxes, AttnConfig, AttnKernel,
     AttnLayout, QkPrepConfig,
 };
 use pgc_backends::ptx::builder::Module;
@@ -136,6 +138,9 @@ impl Sim {
     fn launch(&self, k: &AttnKernel, grid: [u32; 3], args: &[KernelArg]) -> Result<(), String> {
         let mut m = Module::new();
         m.push(k.kernel.clone());
+        if let Ok(d) = std::env::var("PGC_TEST_DUMP_PTX") {
+            let _ = std::fs::write(format!("{d}/{}.ptx", k.name()), m.render());
+        }
         let mh = self.dev.load_module(&m.render()).map_err(|e| format!("load {}: {e}", k.name()))?;
         let cfg = LaunchConfig { grid, block: k.block(), shared_bytes: k.smem_bytes };
         self.dev.launch(&mh, k.name(), cfg, args).map_err(|e| format!("{}: {e}", k.name()))?;
@@ -154,12 +159,16 @@ fn buf(b: DevBuf) -> KernelArg {
 }
 
 /// Run forward, dsum and backward on one shape; returns (name, error, tolerance) per output.
-/// `wgmma_fwd`: the forward is the Hopper kernel (q, k, v through tensor maps).
-fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64, wgmma_fwd: bool) -> Result<Vec<(String, f64, f64)>, String> {
+/// `(wgmma_fwd, wgmma_bwd)`: the forward / the backward is the Hopper
+/// kernel (q, k, v (and do) through tensor maps).
+fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64, (wgmma_fwd, wgmma_bwd): (bool, bool)) -> Result<Vec<(String, f64, f64)>, String> {
     assert_eq!(cfg.head_dim as usize, s.d);
     let mut ks = emit_attention(cfg).map_err(|e| e.to_string())?;
     if wgmma_fwd {
         ks.fwd = emit_forward_wgmma(cfg).map_err(|e| e.to_string())?;
+    }
+    if wgmma_bwd {
+        ks.bwd = vec![emit_backward_wgmma(cfg).map_err(|e| e.to_string())?];
     }
     let it = cfg.in_type();
     let mut rng = Lcg(seed);
@@ -184,10 +193,10 @@ fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64, wgmma_fwd: bool) -> Res
     let (h, hk, t) = (s.h as u32, s.hk as u32, s.t as u32);
     let sz = [KernelArg::U32(h), KernelArg::U32(hk), KernelArg::U32(t), KernelArg::F32(scale as f32)];
     let grid = |k: &AttnKernel| k.grid(s.b as u32, h, hk, t);
+    let map = |b: &DevBuf, rows: usize, boxr: u32| TensorMap::matrix(b, 0, TmaDtype::Bf16, rows as u64, s.d as u64, s.d as u64 * 2, boxr, s.d as u32, TmaSwizzle::B128).map(KernelArg::TensorMap);
     let mut args = vec![buf(bq), buf(bk), buf(bv), buf(bo), buf(blse)];
     if wgmma_fwd {
         let (qb, kb) = wgmma_forward_boxes();
-        let map = |b: &DevBuf, rows: usize, boxr: u32| TensorMap::matrix(b, 0, TmaDtype::Bf16, rows as u64, s.d as u64, s.d as u64 * 2, boxr, s.d as u32, TmaSwizzle::B128).map(KernelArg::TensorMap);
         args[0] = map(&bq, s.b * s.h * s.t, qb)?;
         args[1] = map(&bk, s.b * s.hk * s.t, kb)?;
         args[2] = map(&bv, s.b * s.hk * s.t, kb)?;
@@ -197,6 +206,13 @@ fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64, wgmma_fwd: bool) -> Res
     let dot_args = [buf(bo), buf(bdo), buf(bds), buf(bdq), KernelArg::U32(h), KernelArg::U32(t), KernelArg::U32(rows as u32)];
     sim.launch(&ks.dot, grid(&ks.dot), &dot_args)?;
     let mut args = vec![buf(bq), buf(bk), buf(bv), buf(bdo), buf(blse), buf(bds), buf(bdq), buf(bdk), buf(bdv)];
+    if wgmma_bwd {
+        let (qb, kb) = wgmma_backward_boxes();
+        args[0] = map(&bq, s.b * s.h * s.t, qb)?;
+        args[1] = map(&bk, s.b * s.hk * s.t, kb)?;
+        args[2] = map(&bv, s.b * s.hk * s.t, kb)?;
+        args[3] = map(&bdo, s.b * s.h * s.t, qb)?;
+    }
     args.extend(sz);
     for k in &ks.bwd {
         sim.launch(k, grid(k), &args)?;
@@ -217,14 +233,14 @@ fn run_attention(cfg: &AttnConfig, s: &Shape, seed: u64, wgmma_fwd: bool) -> Res
 }
 
 fn check(cases: &[(AttnConfig, Shape)]) {
-    check_with(cases, false)
+    check_with(cases, (false, false))
 }
 
-fn check_with(cases: &[(AttnConfig, Shape)], wgmma_fwd: bool) {
+fn check_with(cases: &[(AttnConfig, Shape)], wgmma: (bool, bool)) {
     let mut failures = vec![];
     for (i, (cfg, s)) in cases.iter().enumerate() {
         println!("{} {s:?}", cfg.tag());
-        match run_attention(cfg, s, 100 + i as u64, wgmma_fwd) {
+        match run_attention(cfg, s, 100 + i as u64, wgmma) {
             Ok(errs) => {
                 for (name, err, tol) in errs {
                     let line = format!("{} {s:?} {name}: err {err:.3e} (tol {tol:.0e})", cfg.tag());
@@ -253,7 +269,27 @@ fn bf16_wgmma_forward_and_the_backward_on_its_outputs() {
         Shape { b: 1, h: 4, hk: 1, t: 257, d: 64 },
     ];
     let cases: Vec<(AttnConfig, Shape)> = shapes.iter().map(|s| (AttnConfig::new(Precision::Bf16, 64, AttnLayout::Bhtd), *s)).collect();
-    check_with(&cases, true);
+    check_with(&cases, (true, false));
+}
+
+/// The wgmma backward on the wgmma forward's outputs: T = 1, 33, 65, 128,
+/// 200, 257 (query tiles over the edge, a block with one live consumer
+/// warpgroup, several key blocks), GQA 1 to 4, bf16 and f32 dk/dv.
+#[test]
+fn bf16_wgmma_backward() {
+    let shapes = [
+        Shape { b: 1, h: 1, hk: 1, t: 1, d: 64 },
+        Shape { b: 1, h: 2, hk: 1, t: 33, d: 64 },
+        Shape { b: 1, h: 3, hk: 1, t: 65, d: 64 },
+        Shape { b: 2, h: 2, hk: 2, t: 128, d: 64 },
+        Shape { b: 1, h: 2, hk: 1, t: 200, d: 64 },
+        Shape { b: 1, h: 4, hk: 1, t: 257, d: 64 },
+    ];
+    let mut cases: Vec<(AttnConfig, Shape)> = shapes.iter().map(|s| (AttnConfig::new(Precision::Bf16, 64, AttnLayout::Bhtd), *s)).collect();
+    let mut c = AttnConfig::new(Precision::Bf16, 64, AttnLayout::Bhtd);
+    c.grad_out = DType::Bf16;
+    cases.push((c, Shape { b: 1, h: 2, hk: 2, t: 97, d: 64 }));
+    check_with(&cases, (true, true));
 }
 
 fn cases(p: Precision, layout: AttnLayout) -> Vec<(AttnConfig, Shape)> {

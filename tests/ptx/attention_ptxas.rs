@@ -4,7 +4,7 @@
 //! `ptxas -arch=sm_90a -O3` with zero spill bytes and no stack frame, for
 //! head dims 8, 16, 32 and 64. Prints the registers and shared memory of each.
 
-use pgc_backends::ptx::templates::attention::{emit_attention, emit_forward_wgmma, emit_qk_prep, emit_qk_prep_bwd, AttnConfig, AttnKernel, AttnLayout, QkPrepConfig};
+use pgc_backends::ptx::templates::attention::{emit_attention, emit_backward_wgmma, emit_forward_wgmma, emit_qk_prep, emit_qk_prep_bwd, AttnConfig, AttnKernel, AttnLayout, QkPrepConfig};
 use pgc_backends::ptx::builder::Module;
 use pgc_backends::ptx::templates::epilogue::DType;
 use pgc_backends::ptx::templates::gemm::Precision;
@@ -27,6 +27,9 @@ fn all_kernels() -> Vec<AttnKernel> {
                 out.extend(ks.all().into_iter().cloned());
                 // the Hopper forward where it applies (bf16, d = 64, [B, H, T, d])
                 if let Ok(k) = emit_forward_wgmma(&c) {
+                    out.push(k);
+                }
+                if let Ok(k) = emit_backward_wgmma(&c) {
                     out.push(k);
                 }
             }

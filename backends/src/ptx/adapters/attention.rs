@@ -15,7 +15,7 @@
 //! into scratch when stored otherwise. Head dims 8, 16, 32 and 64.
 
 use super::toolkit::{self, output_target, plan_outputs, Fused};
-use crate::ptx::templates::attention::{emit_attention, emit_forward_wgmma, wgmma_forward_boxes, AttnConfig, AttnKernel, AttnKernels, AttnLayout};
+use crate::ptx::templates::attention::{emit_attention, emit_backward_wgmma, emit_forward_wgmma, wgmma_backward_boxes, wgmma_forward_boxes, AttnConfig, AttnKernel, AttnKernels, AttnLayout};
 use crate::ptx::templates::gemm::GemmPath;
 use crate::ptx::ctx::{Ctx, PtxError};
 use pgc_ir::types::DType;
@@ -54,19 +54,16 @@ fn precision(cx: &Ctx) -> (Precision, DType) {
     }
 }
 
-/// Emit the kernels of `cfg` once per module (attention kernels are named by
-/// their configuration, and several layers share one).
-fn kernels(cx: &mut Ctx, cfg: &AttnConfig) -> Result<AttnKernels, PtxError> {
-    let ks = emit_attention(cfg)?;
-    for k in ks.all() {
-        if !cx.module.kernels.iter().any(|m| m.name == k.kernel.name) {
-            cx.add_kernel(k.kernel.clone());
-        }
-    }
-    Ok(ks)
+/// The kernels of `cfg` (added to the module by [`launch`], once: attention
+/// kernels are named by their configuration, and several layers share one).
+fn kernels(cfg: &AttnConfig) -> Result<AttnKernels, PtxError> {
+    Ok(emit_attention(cfg)?)
 }
 
 fn launch(cx: &mut Ctx, k: &AttnKernel, d: &Dims, args: Vec<ArgRef>, zero: Vec<ZeroRef>) -> Launch {
+    if !cx.module.kernels.iter().any(|m| m.name == k.kernel.name) {
+        cx.add_kernel(k.kernel.clone());
+    }
     let l = Launch { grid: k.grid(d.b, d.h, d.hk, d.t), block: k.block(), shared_bytes: k.smem_bytes };
     cx.launch(&k.kernel.name.clone(), l, args, zero);
     l
@@ -119,6 +116,21 @@ fn config(cx: &Ctx, d: &Dims) -> Result<AttnConfig, PtxError> {
     Ok(AttnConfig::new(precision(cx).0, d.d, AttnLayout::Bhtd))
 }
 
+/// The Hopper kernels apply: wgmma attention on, bf16, head dim 64.
+fn hopper(cx: &Ctx, cfg: &AttnConfig, d: &Dims) -> bool {
+    cx.attention_path == GemmPath::Wgmma && cfg.precision == Precision::Bf16 && d.d == 64
+}
+
+/// Turn the leading pointer arguments into tensor maps over their
+/// `[rows, d]` matrices: per argument (query-headed?, box rows).
+fn as_maps(args: &mut [ArgRef], d: &Dims, maps: &[(bool, u32)]) {
+    for (i, &(query, bx)) in maps.iter().enumerate() {
+        let rows = d.b * if query { d.h } else { d.hk } * d.t;
+        let of = Box::new(std::mem::replace(&mut args[i], ArgRef::U32(0)));
+        args[i] = ArgRef::TensorMap { of, rows, cols: d.d, box_rows: bx, box_cols: d.d };
+    }
+}
+
 fn forward(cx: &mut Ctx, ki: usize, fwd: ValueId) -> Result<Launch, PtxError> {
     let g = cx.g;
     let node = g.node(fwd).clone();
@@ -141,21 +153,14 @@ fn forward(cx: &mut Ctx, ki: usize, fwd: ValueId) -> Result<Launch, PtxError> {
     };
     let lse = cx.scratch(d.b as u64 * d.h as u64 * d.t as u64 * 4);
     cx.lse.insert(fwd.index(), (lse, o.clone(), cfg.out));
-    let ks = kernels(cx, &cfg)?;
+    let ks = kernels(&cfg)?;
     let mut args = vec![qa, ka, va, o, ArgRef::Aux(lse)];
     args.extend(sizes(&d, scale));
-    if cx.attention_path == GemmPath::Wgmma && cfg.precision == Precision::Bf16 && d.d == 64 {
+    if hopper(cx, &cfg, &d) {
         // the Hopper forward: q, k, v through tensor maps over their [rows, 64] matrices
         let k = emit_forward_wgmma(&cfg)?;
-        if !cx.module.kernels.iter().any(|m| m.name == k.kernel.name) {
-            cx.add_kernel(k.kernel.clone());
-        }
         let (qb, kb) = wgmma_forward_boxes();
-        let rows = [d.b * d.h * d.t, d.b * d.hk * d.t, d.b * d.hk * d.t];
-        for (i, (r, bx)) in rows.into_iter().zip([qb, kb, kb]).enumerate() {
-            let of = Box::new(std::mem::replace(&mut args[i], ArgRef::U32(0)));
-            args[i] = ArgRef::TensorMap { of, rows: r, cols: d.d, box_rows: bx, box_cols: d.d };
-        }
+        as_maps(&mut args, &d, &[(true, qb), (false, kb), (false, kb)]);
         return Ok(launch(cx, &k, &d, args, vec![]));
     }
     Ok(launch(cx, &ks.fwd, &d, args, vec![]))
@@ -177,7 +182,7 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
             // No forward ran in this program: run one here (o and lse into scratch).
             let mut fcfg = cfg.clone();
             fcfg.out = to_elem_type(want);
-            let ks = kernels(cx, &fcfg)?;
+            let ks = kernels(&fcfg)?;
             let (qa, ka, va) = (toolkit::operand(cx, q, want, "q")?, toolkit::operand(cx, k, want, "k")?, toolkit::operand(cx, v, want, "v")?);
             let o = ArgRef::Aux(cx.scratch(g.ty(q).numel() as u64 * fcfg.out.bytes() as u64));
             let lse = cx.scratch(d.b as u64 * d.h as u64 * d.t as u64 * 4);
@@ -202,7 +207,7 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
         _ => DType::F32,
     };
     cfg.grad_out = to_elem_type(kv_type);
-    let ks = kernels(cx, &cfg)?;
+    let ks = kernels(&cfg)?;
     let (qa, ka, va, da) = (
         toolkit::operand(cx, q, want, "q")?,
         toolkit::operand(cx, k, want, "k")?,
@@ -230,13 +235,22 @@ fn backward(cx: &mut Ctx, grads: &[ValueId]) -> Result<Launch, PtxError> {
     launch(cx, &ks.dot, &d, vec![o, da.clone(), ArgRef::Aux(dsum), dq.clone(), ArgRef::U32(d.h), ArgRef::U32(d.t), ArgRef::U32(rows)], vec![]);
     let mut args = vec![qa, ka, va, da, ArgRef::Aux(lse), ArgRef::Aux(dsum), dq, dk, dv];
     args.extend(sizes(&d, scale));
-    let mut last = None;
-    for bk in &ks.bwd {
-        last = Some(launch(cx, bk, &d, args.clone(), vec![]));
-    }
+    let last = if hopper(cx, &cfg, &d) {
+        // the Hopper backward: q, k, v, do through tensor maps
+        let k = emit_backward_wgmma(&cfg)?;
+        let (qb, kb) = wgmma_backward_boxes();
+        as_maps(&mut args, &d, &[(true, qb), (false, kb), (false, kb), (true, qb)]);
+        launch(cx, &k, &d, args, vec![])
+    } else {
+        let mut last = None;
+        for bk in &ks.bwd {
+            last = Some(launch(cx, bk, &d, args.clone(), vec![]));
+        }
+        last.expect("a backward kernel")
+    };
     for (x, a, ty) in copies {
         let dst = output_target(cx, x)?;
         toolkit::copy(cx, x, (ty, ArgRef::Aux(a)), dst, "convert")?;
     }
-    Ok(last.expect("a backward kernel"))
+    Ok(last)
 }

@@ -25,7 +25,7 @@
 //! |---|---|---|
 //! | `fwd` | flash forward on tensor cores (mma.sync; at d = 64 also the Hopper kernel of [`emit_forward_wgmma`]) | FFMA, a group of threads per query row |
 //! | `dot` | `dsum = rowsum(do * o)`, zeroes `dq` | `dsum = rowsum(do * o)` |
-//! | `bwd` | one kernel: dk, dv per key block, dq by `red.global.add.f32` | two kernels: dk/dv per key row, dq per query row |
+//! | `bwd` | one kernel: dk, dv per key block, dq by `red.global.add.f32` (at d = 64 also the Hopper kernel of [`emit_backward_wgmma`]: dq by one bulk reduce-add per tile) | two kernels: dk/dv per key row, dq per query row |
 //!
 //! Parameters (all pointers `.u64`, sizes `.u32`, `scale` `.f32`):
 //! * `fwd(q, k, v, o, lse, h, hk, t, scale)`: q, k, v in the precision's
@@ -77,6 +77,10 @@
 //! | f32 `bwd` dk/dv, dq | 64, 48 | 110, 90 | 94, 79 | 96, 80 |
 //! | `dot`, prep, prep backward | 21-26, 24-26, 27-32 (no shared memory) | | | |
 //!
+//! The Hopper kernels (384 threads: a producer warpgroup and two consumer
+//! warpgroups, `setmaxnreg` 40 / 232 in the backward): forward 109 registers
+//! and 49 KiB, backward 168 registers at launch and 114 KiB.
+//!
 //! The bf16 backward at d = 64 takes 55 KiB of dynamic shared memory: above
 //! 48 KiB the CUDA runtime must raise the kernel's dynamic shared-memory limit
 //! (`cuFuncSetAttribute`) before the launch, as for the large GEMM tiles.
@@ -126,6 +130,23 @@ pub fn emit_forward_wgmma(cfg: &AttnConfig) -> Result<AttnKernel, AttnError> {
         return Err(AttnError(format!("the wgmma forward takes bf16, head dim 64, [B, H, T, d]: {cfg:?}")));
     }
     Ok(wgmma::forward(cfg))
+}
+
+/// The Hopper backward (see `wgmma.rs`): bf16, head dim 64, `[B, H, T, d]`.
+/// Its `q, k, v, do` are tensor maps over the `[rows, 64]` matrices with
+/// boxes of [`wgmma_backward_boxes`] rows; the rest of its contract is the
+/// mma.sync backward's (launched after `dot`, which zeroes `dq`).
+pub fn emit_backward_wgmma(cfg: &AttnConfig) -> Result<AttnKernel, AttnError> {
+    cfg.validate()?;
+    if cfg.precision != Precision::Bf16 || cfg.head_dim != 64 || cfg.layout != AttnLayout::Bhtd {
+        return Err(AttnError(format!("the wgmma backward takes bf16, head dim 64, [B, H, T, d]: {cfg:?}")));
+    }
+    Ok(wgmma::backward(cfg))
+}
+
+/// Rows of the wgmma backward's tensor-map boxes: (q and do, k and v).
+pub fn wgmma_backward_boxes() -> (u32, u32) {
+    wgmma::BWD_BOXES
 }
 
 /// Rows of the wgmma forward's tensor-map boxes: (q, k and v).

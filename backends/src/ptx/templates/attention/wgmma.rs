@@ -1,6 +1,7 @@
-//! The Hopper attention forward (head dim 64, bf16, causal, GQA): TMA,
+//! The Hopper attention kernels (head dim 64, bf16, causal, GQA): TMA,
 //! mbarriers and warp-specialized `wgmma`, FlashAttention-3's structure
-//! without its ping-pong scheduling yet.
+//! without its ping-pong scheduling yet. The forward first; the backward
+//! ([`backward`]) below.
 //!
 //! A block takes 128 query rows of one head with three warpgroups: the
 //! producer's thread 0 loads the Q tile once and streams the 64-key K and V
@@ -286,4 +287,439 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
 /// `stage += 1` around the ring, flipping `phase` at the wrap.
 fn advance(b: &mut KernelBuilder, stage: Reg, phase: Reg) {
     gemm_wgmma::advance(b, stage, phase, STAGES)
+}
+
+// ---------------------------------------------------------------------------
+// Backward.
+
+/// Keys per backward block (two consumer warpgroups of 64).
+pub const BWD_BLOCK_K: u32 = 128;
+/// Query rows per backward tile.
+pub const BWD_TILE_Q: u32 = 64;
+/// The boxes the backward's tensor maps move: (q and do rows, k and v rows) of 64 columns.
+pub const BWD_BOXES: (u32, u32) = (BWD_TILE_Q, 64);
+const BWD_PRODUCER_REGS: u32 = 40;
+const BWD_CONSUMER_REGS: u32 = 232;
+
+/// The backward kernel (`cfg.head_dim == 64`, bf16, `[B, H, T, d]`).
+///
+/// A block owns 128 keys of one kv head; each consumer warpgroup 64 of them,
+/// with dK and dV (64 x 64 each) accumulated in registers over every query
+/// tile at or below the diagonal of every query head of the group. The
+/// producer warpgroup streams 64-row Q and dO tiles through a 2-stage TMA
+/// ring (thread 0) and the tile's lse / dsum rows into shared memory (warp 1).
+/// Per tile a consumer computes, on wgmma: `S^T = K Q^T`, `dP^T = V dO^T`
+/// (both K-major from 128-byte swizzled tiles), then `P^T` and
+/// `dS^T = P^T (dP^T - dsum)` on the accumulators, `dV += P^T dO` and
+/// `dK += dS^T Q` (A from registers, B MN-major), and `dQ = dS K` with dS^T
+/// stored swizzled in shared memory as an MN-major A. The 64 x 64 f32 dQ
+/// partial goes through shared memory to one `cp.reduce.async.bulk` add per
+/// tile into the f32 `dq` (zeroed by the `dot` kernel), instead of 4096
+/// scalar `red.global.add`s.
+///
+/// Parameters: `q, k, v, do` (tensor maps over the `[rows, 64]` bf16
+/// matrices, boxes of [`BWD_BOXES`] rows), then `lse, dsum, dq, dk, dv`
+/// (pointers), `h, hk, t`, `scale`: the mma.sync backward's contract.
+pub(super) fn backward(cfg: &AttnConfig) -> AttnKernel {
+    const TQ: u32 = BWD_TILE_Q;
+    let half_bytes = 64 * ROW_BYTES; // a 64-row bf16 tile: 8 KiB
+    let k_off = 0;
+    let v_off = 2 * half_bytes;
+    let ring_off = 4 * half_bytes;
+    let stage_bytes = 2 * half_bytes; // Q, dO
+    let ds_off = ring_off + STAGES * stage_bytes;
+    let dq_off = ds_off + 2 * half_bytes;
+    let dq_bytes = TQ * HEAD_DIM * 4;
+    let stats_off = dq_off + 2 * dq_bytes;
+    let stats_bytes = 2 * TQ * 4; // lse, dsum
+    let bars_off = stats_off + STAGES * stats_bytes;
+    let smem_bytes = bars_off + 8 * (1 + 2 * STAGES) + 1024;
+
+    let mut b = KernelBuilder::new(&format!("attn_bwd_wgmma_{}", cfg.tag()));
+    b.max_threads(THREADS, Some(1));
+    b.comment(format!("{cfg:?}: wgmma backward, {BWD_BLOCK_K} keys per block x {TQ}-query tiles, {STAGES}-stage TMA ring"));
+    let maps: Vec<Reg> = ["q", "k", "v", "do"].iter().map(|n| b.tensor_map_param(n)).collect();
+    let (q_map, k_map, v_map, do_map) = (maps[0], maps[1], maps[2], maps[3]);
+    let ptrs: Vec<Reg> = ["lse", "dsum", "dq", "dk", "dv"].iter().map(|n| {
+        let p = b.param(n, ParamType::U64);
+        b.ld_param_global_ptr(&p)
+    }).collect();
+    let (lse, dsum, dq, dk, dv) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
+    let ph = b.param("h", ParamType::U32);
+    let phk = b.param("hk", ParamType::U32);
+    let pt = b.param("t", ParamType::U32);
+    let ps = b.param("scale", ParamType::F32);
+    let (h, hk, t, scale) = (b.ld_param(&ph), b.ld_param(&phk), b.ld_param(&pt), b.ld_param(&ps));
+    let smem_sym = b.extern_shared("pgc_dyn_smem", 1024);
+    let raw = b.shared_addr(&smem_sym);
+    let up = b.add(Type::U32, raw, 1023u32);
+    let smem = b.bin(BinOp::And, Type::U32, up, !1023u32);
+    let (kb, kvh, bb) = grid_xyz(&mut b, false);
+    let tid = b.special(Special::TidX);
+    let group = b.bin(BinOp::Div, Type::U32, h, hk);
+    let k0 = b.mul_lo(Type::U32, kb, BWD_BLOCK_K);
+    let h0 = b.mul_lo(Type::U32, kvh, group);
+    // iterations: for each query head of the group, query tiles qt0 .. nq
+    let qt0 = b.bin(BinOp::Div, Type::U32, k0, TQ);
+    let tt = b.add(Type::U32, t, TQ - 1);
+    let nq = b.bin(BinOp::Div, Type::U32, tt, TQ);
+    let per_head = b.bin(BinOp::Sub, Type::U32, nq, qt0);
+    let iters = b.mul_lo(Type::U32, per_head, group);
+    let kv_row0 = {
+        let bh = b.mad_lo(Type::U32, bb, hk, kvh);
+        let r = b.mul_lo(Type::U32, bh, t);
+        b.add(Type::U32, r, k0)
+    };
+    let bars = b.add(Type::U32, smem, bars_off);
+    let kv_full = Addr::reg(bars);
+    let full = |b: &mut KernelBuilder, s: Reg| -> Addr {
+        let a = b.mad_lo(Type::U32, s, 8u32, bars);
+        Addr::reg_off(a, 8)
+    };
+    let empty = |b: &mut KernelBuilder, s: Reg| -> Addr {
+        let a = b.mad_lo(Type::U32, s, 8u32, bars);
+        Addr::reg_off(a, 8 + 8 * STAGES as i64)
+    };
+    // (query head, query tile) of an iteration, advanced in loop order
+    struct Cursor {
+        h: Reg,
+        qt: Reg,
+    }
+    let cursor = |b: &mut KernelBuilder| Cursor { h: b.val(Type::U32, h0), qt: b.val(Type::U32, qt0) };
+    let step = |b: &mut KernelBuilder, cu: &Cursor| {
+        b.bin_to(BinOp::Add, Type::U32, cu.qt, cu.qt, 1u32);
+        let wrap = b.setp(Cmp::Ge, Type::U32, cu.qt, nq);
+        b.push(Inst::Selp { ty: Type::U32, dst: cu.qt, a: qt0.into(), b: cu.qt.into(), p: wrap });
+        let hn = b.add(Type::U32, cu.h, 1u32);
+        b.push(Inst::Selp { ty: Type::U32, dst: cu.h, a: hn.into(), b: cu.h.into(), p: wrap });
+    };
+    // first row of (head, query tile) in the [B * H * T] rows of q, do, lse, dsum, dq
+    let q_row = |b: &mut KernelBuilder, cu: &Cursor| -> Reg {
+        let bh = b.mad_lo(Type::U32, bb, h, cu.h);
+        let r = b.mul_lo(Type::U32, bh, t);
+        b.mad_lo(Type::U32, cu.qt, TQ, r)
+    };
+
+    let t0 = b.setp(Cmp::Eq, Type::U32, tid, 0u32);
+    b.if_then(t0, false, |b| {
+        b.mbar_init(kv_full.clone(), 1u32);
+        for s in 0..STAGES {
+            let sv = b.val(Type::U32, s);
+            let f = full(b, sv);
+            // thread 0's arrival with the TMA bytes, and warp 1's 32 lanes with the row statistics
+            b.mbar_init(f, 33u32);
+            let e = empty(b, sv);
+            b.mbar_init(e, 8u32);
+        }
+        b.push(Inst::FenceMbarrierInit);
+    });
+    // (computed before the split: both sides use them)
+    let warp_id = b.bin(BinOp::Shr, Type::U32, tid, 5u32);
+    let lane = b.bin(BinOp::And, Type::U32, tid, 31u32);
+    let (wg, consumer) = gemm_wgmma::split_warpgroups(&mut b, tid);
+
+    b.push(Inst::Setmaxnreg { inc: false, n: BWD_PRODUCER_REGS });
+    b.comment("producer: thread 0 loads K, V once, then streams Q / dO tiles; warp 1 the lse / dsum rows");
+    let done = b.new_label();
+    let stats_warp = b.setp(Cmp::Eq, Type::U32, warp_id, 1u32);
+    let not_t0 = b.new_label();
+    b.push_guarded(Guard { pred: t0, negate: true }, Inst::Bra { target: not_t0, uni: false });
+    {
+        b.mbar_arrive(kv_full.clone(), Some(Operand::Imm(4 * half_bytes as i64)));
+        for (i, (map, off)) in [(k_map, k_off), (k_map, k_off + half_bytes), (v_map, v_off), (v_map, v_off + half_bytes)].into_iter().enumerate() {
+            let dst = b.add(Type::U32, smem, off);
+            let r = b.add(Type::U32, kv_row0, (i as u32 % 2) * 64);
+            b.tma_load(Addr::reg(dst), map, vec![0u32.into(), r.into()], kv_full.clone());
+        }
+        let stage = b.val(Type::U32, 0u32);
+        let phase = b.val(Type::U32, 0u32);
+        let cu = cursor(&mut b);
+        b.for_range(0u32, iters, 1, false, |b, j| {
+            let reuse = b.setp(Cmp::Ge, Type::U32, j, STAGES);
+            b.if_then(reuse, false, |b| {
+                let par = b.bin(BinOp::Xor, Type::U32, phase, 1u32);
+                let e = empty(b, stage);
+                b.mbar_wait(e, par);
+            });
+            let f = full(b, stage);
+            b.mbar_arrive(f.clone(), Some(Operand::Imm(stage_bytes as i64)));
+            let qs = b.mad_lo(Type::U32, stage, stage_bytes, smem);
+            let qs = b.add(Type::U32, qs, ring_off);
+            let dos = b.add(Type::U32, qs, half_bytes);
+            let r = q_row(b, &cu);
+            b.tma_load(Addr::reg(qs), q_map, vec![0u32.into(), r.into()], f.clone());
+            b.tma_load(Addr::reg(dos), do_map, vec![0u32.into(), r.into()], f);
+            step(b, &cu);
+            advance(b, stage, phase);
+        });
+        b.bra(done);
+    }
+    b.place(not_t0);
+    b.push_guarded(Guard { pred: stats_warp, negate: true }, Inst::Bra { target: done, uni: false });
+    {
+        let stage = b.val(Type::U32, 0u32);
+        let phase = b.val(Type::U32, 0u32);
+        let cu = cursor(&mut b);
+        let two = b.mul_lo(Type::U32, lane, 2u32);
+        b.for_range(0u32, iters, 1, true, |b, j| {
+            let reuse = b.setp(Cmp::Ge, Type::U32, j, STAGES);
+            b.if_then(reuse, false, |b| {
+                let par = b.bin(BinOp::Xor, Type::U32, phase, 1u32);
+                let e = empty(b, stage);
+                b.mbar_wait(e, par);
+            });
+            let st = b.mad_lo(Type::U32, stage, stats_bytes, smem);
+            let st = b.add(Type::U32, st, stats_off);
+            let r0 = q_row(b, &cu);
+            let q0 = b.mul_lo(Type::U32, cu.qt, TQ);
+            for e in 0..2u32 {
+                let pos = b.add(Type::U32, q0, two);
+                let pos = b.add(Type::U32, pos, e);
+                let ok = b.setp(Cmp::Lt, Type::U32, pos, t);
+                let row = b.add(Type::U32, r0, two);
+                let row = b.add(Type::U32, row, e);
+                for (src, soff) in [(lse, 0u32), (dsum, TQ * 4)] {
+                    let x = b.val(Type::F32, 0.0f32);
+                    let ga = b.mad_wide_u32(row, 4u32, src);
+                    b.guarded(ok, false, |b| b.ld_vec(Space::Global, true, Type::F32, &[x], Addr::reg(ga)));
+                    let sa = b.mad_lo(Type::U32, two, 4u32, st);
+                    b.st(Space::Shared, Type::F32, Addr::reg_off(sa, (soff + 4 * e) as i64), x);
+                }
+            }
+            let f = full(b, stage);
+            b.mbar_arrive(f, None);
+            step(b, &cu);
+            advance(b, stage, phase);
+        });
+    }
+    b.place(done);
+    b.ret();
+
+    b.place(consumer);
+    b.push(Inst::Setmaxnreg { inc: true, n: BWD_CONSUMER_REGS });
+    b.comment("consumers: 64 keys each");
+    let cw = b.add(Type::U32, wg, u32::MAX);
+    let warp = b.bin(BinOp::And, Type::U32, warp_id, 3u32);
+    let g = b.bin(BinOp::Shr, Type::U32, lane, 2u32);
+    let tq = b.bin(BinOp::And, Type::U32, lane, 3u32);
+    let col2 = b.mul_lo(Type::U32, tq, 2u32);
+    let lane0 = b.setp(Cmp::Eq, Type::U32, lane, 0u32);
+    let wtid = b.bin(BinOp::And, Type::U32, tid, 127u32);
+    let leader = b.setp(Cmp::Eq, Type::U32, wtid, 0u32);
+    let wg_k0 = b.mad_lo(Type::U32, cw, 64u32, k0);
+    let wrow = b.mul_lo(Type::U32, warp, 16u32);
+    let key_a = b.add(Type::U32, wg_k0, wrow);
+    let key_a = b.add(Type::U32, key_a, g);
+    let key_b = b.add(Type::U32, key_a, 8u32);
+    let sub = b.mul_lo(Type::U32, cw, half_bytes);
+    let ks = b.add(Type::U32, smem, sub);
+    let vs = b.add(Type::U32, ks, v_off);
+    let ds_base = b.add(Type::U32, ks, ds_off);
+    let dq_s = b.mad_lo(Type::U32, cw, dq_bytes, smem);
+    let dq_s = b.add(Type::U32, dq_s, dq_off);
+    let c = fmul(&mut b, scale, LOG2E);
+    let dkacc: Vec<Reg> = (0..HEAD_DIM / 2).map(|_| b.val(Type::F32, 0.0f32)).collect();
+    let dvacc: Vec<Reg> = (0..HEAD_DIM / 2).map(|_| b.val(Type::F32, 0.0f32)).collect();
+    let sacc: Vec<Reg> = (0..TQ / 2).map(|_| b.reg(RegClass::F32)).collect();
+    let pacc: Vec<Reg> = (0..TQ / 2).map(|_| b.reg(RegClass::F32)).collect();
+    let qacc: Vec<Reg> = (0..HEAD_DIM / 2).map(|_| b.reg(RegClass::F32)).collect();
+    // this thread's dS^T rows (keys wrow + g, + 8) in the 128-byte-swizzled
+    // [key][query] tile: 16-byte chunk j of the row lands at chunk j ^ g
+    let ds_row = {
+        let r = b.add(Type::U32, wrow, g);
+        let a = b.mad_lo(Type::U32, r, ROW_BYTES, ds_base);
+        b.mad_lo(Type::U32, tq, 4u32, a)
+    };
+    let chunk_off = |b: &mut KernelBuilder, j: u32| -> Reg {
+        let x = b.bin(BinOp::Xor, Type::U32, g, j);
+        b.bin(BinOp::Shl, Type::U32, x, 4u32)
+    };
+    let dq_row = {
+        let r = b.add(Type::U32, wrow, g);
+        let a = b.mad_lo(Type::U32, r, HEAD_DIM * 4, dq_s);
+        b.mad_lo(Type::U32, col2, 4u32, a)
+    };
+    b.mbar_wait(kv_full, 0u32);
+    {
+        let stage = b.val(Type::U32, 0u32);
+        let phase = b.val(Type::U32, 0u32);
+        let cu = cursor(&mut b);
+        let tl = b.bin(BinOp::Sub, Type::U32, t, 1u32);
+        let wg_dead = b.setp(Cmp::Ge, Type::U32, wg_k0, t);
+        b.for_range(0u32, iters, 1, true, |b, _j| {
+            let f = full(b, stage);
+            b.mbar_wait(f, phase);
+            let qs = b.mad_lo(Type::U32, stage, stage_bytes, smem);
+            let qs = b.add(Type::U32, qs, ring_off);
+            let dos = b.add(Type::U32, qs, half_bytes);
+            let st = b.mad_lo(Type::U32, stage, stats_bytes, smem);
+            let st = b.add(Type::U32, st, stats_off);
+            let q0 = b.mul_lo(Type::U32, cu.qt, TQ);
+            // a warpgroup whose keys all follow the tile's queries (or lie past T) skips it
+            let next = b.new_label();
+            let qlast = b.add(Type::U32, q0, TQ - 1);
+            let early = b.setp(Cmp::Lt, Type::U32, qlast, wg_k0);
+            let skip = b.bin(BinOp::Or, Type::Pred, early, wg_dead);
+            b.push_guarded(Guard { pred: skip, negate: false }, Inst::Bra { target: next, uni: false });
+
+            b.comment("S^T = K Q^T, dP^T = V dO^T");
+            b.wgmma_fence();
+            for (acc, a_base, b_base) in [(&sacc, ks, qs), (&pacc, vs, dos)] {
+                for kk in 0..HEAD_DIM / 16 {
+                    let aa = b.add(Type::U32, a_base, kk * 32);
+                    let da = descriptor(b, aa, 16);
+                    let ba = b.add(Type::U32, b_base, kk * 32);
+                    let db = descriptor(b, ba, 16);
+                    b.wgmma(acc, WgmmaA::Desc(da), db, if kk == 0 { 0u32 } else { 1u32 }, false, false);
+                }
+                b.wgmma_commit();
+            }
+            b.wgmma_wait(1);
+            b.comment("P^T = exp2(c S^T - log2e lse[query]), masked");
+            let stat = |b: &mut KernelBuilder, off: u32| -> Vec<[Reg; 2]> {
+                let base = b.mad_lo(Type::U32, col2, 4u32, st);
+                (0..TQ / 8)
+                    .map(|nt| {
+                        let r: [Reg; 2] = b.regs(RegClass::F32);
+                        b.ld_vec(Space::Shared, false, Type::F32, &r, Addr::reg_off(base, (off + nt * 32) as i64));
+                        r
+                    })
+                    .collect()
+            };
+            let lsev = stat(b, 0);
+            let s4: Vec<[Reg; 4]> = sacc.chunks(4).enumerate().map(|(nt, q4)| {
+                let mut o = [q4[0]; 4];
+                for (e, &x) in q4.iter().enumerate() {
+                    let nl = fmul(b, lsev[nt][e & 1], -LOG2E);
+                    let y = b.fma_f32(x, c, nl);
+                    o[e] = ex2(b, y);
+                }
+                o
+            }).collect();
+            let need = {
+                let kl = b.add(Type::U32, wg_k0, 63u32);
+                let diag = b.setp(Cmp::Lt, Type::U32, q0, kl);
+                let tail = b.setp(Cmp::Gt, Type::U32, qlast, tl);
+                b.bin(BinOp::Or, Type::Pred, diag, tail)
+            };
+            b.if_then(need, false, |b| {
+                let qc = b.add(Type::U32, q0, col2);
+                for (nt, q4) in s4.iter().enumerate() {
+                    for (e, &x) in q4.iter().enumerate() {
+                        let qi = b.add(Type::U32, qc, nt as u32 * 8 + (e as u32 & 1));
+                        let key = if e < 2 { key_a } else { key_b };
+                        // a query before the key, or past T (a row of the next head)
+                        let before = b.setp(Cmp::Lt, Type::U32, qi, key);
+                        let past = b.setp(Cmp::Ge, Type::U32, qi, t);
+                        let m = b.bin(BinOp::Or, Type::Pred, before, past);
+                        b.push_guarded(Guard { pred: m, negate: false }, Inst::Mov { ty: Type::F32, dst: x, src: 0.0f32.into() });
+                    }
+                }
+            });
+            b.wgmma_wait(0);
+            b.comment("dS^T = P^T (dP^T - dsum[query])");
+            let dsv = stat(b, TQ * 4);
+            let d4: Vec<[Reg; 4]> = pacc.chunks(4).enumerate().map(|(nt, q4)| {
+                let mut o = [q4[0]; 4];
+                for (e, &x) in q4.iter().enumerate() {
+                    let y = fsub(b, x, dsv[nt][e & 1]);
+                    o[e] = fmul(b, s4[nt][e], y);
+                }
+                o
+            }).collect();
+            let pf: Vec<[Reg; 4]> = (0..TQ as usize / 16).map(|kk| c_to_a(b, &s4, kk)).collect();
+            let dsf: Vec<[Reg; 4]> = (0..TQ as usize / 16).map(|kk| c_to_a(b, &d4, kk)).collect();
+            b.comment("dS^T -> shared (bf16, [key][query], 128-byte swizzle)");
+            for (kk, f) in dsf.iter().enumerate() {
+                // f: (row g, chunk 2kk), (row g + 8, chunk 2kk), (row g, 2kk + 1), (row g + 8, 2kk + 1)
+                for (i, &w) in f.iter().enumerate() {
+                    let j = 2 * kk as u32 + (i as u32 / 2);
+                    let off = chunk_off(b, j);
+                    let a = b.add(Type::U32, ds_row, off);
+                    b.st(Space::Shared, Type::B32, Addr::reg_off(a, if i % 2 == 1 { 8 * ROW_BYTES as i64 } else { 0 }), w);
+                }
+            }
+            b.comment("dV += P^T dO, dK += dS^T Q (A from registers, B MN-major)");
+            b.wgmma_fence();
+            for (acc, frags, b_base) in [(&dvacc, &pf, dos), (&dkacc, &dsf, qs)] {
+                for (kk, a) in frags.iter().enumerate() {
+                    let ba = b.add(Type::U32, b_base, kk as u32 * 16 * ROW_BYTES);
+                    let db = descriptor(b, ba, 64 * ROW_BYTES);
+                    b.wgmma(acc, WgmmaA::Regs(*a), db, 1u32, false, true);
+                }
+            }
+            b.wgmma_commit();
+            // the previous tile's dQ add must have read its shared buffer before it is rewritten
+            b.if_then(leader, false, |b| b.push(Inst::BulkWait { n: 0, read: true }));
+            b.fence_proxy_async();
+            wg_barrier(b, cw);
+            b.comment("dQ = dS K (dS^T from shared as an MN-major A, K MN-major)");
+            b.wgmma_fence();
+            for kk in 0..BWD_BLOCK_K / 2 / 16 {
+                let aa = b.add(Type::U32, ds_base, kk * 16 * ROW_BYTES);
+                let da = descriptor(b, aa, 64 * ROW_BYTES);
+                let ba = b.add(Type::U32, ks, kk * 16 * ROW_BYTES);
+                let db = descriptor(b, ba, 64 * ROW_BYTES);
+                b.wgmma(&qacc, WgmmaA::Desc(da), db, if kk == 0 { 0u32 } else { 1u32 }, true, true);
+            }
+            b.wgmma_commit();
+            b.wgmma_wait(0);
+            b.comment("scale * dQ -> shared f32 [query][64], then one bulk add into dq");
+            for (nt, q4) in qacc.chunks(4).enumerate() {
+                for hr in 0..2 {
+                    let v0 = fmul(b, q4[2 * hr], scale);
+                    let v1 = fmul(b, q4[2 * hr + 1], scale);
+                    let off = (hr as u32 * 8 * HEAD_DIM * 4 + nt as u32 * 32) as i64;
+                    b.st_vec(Space::Shared, Type::F32, Addr::reg_off(dq_row, off), vec![v0.into(), v1.into()]);
+                }
+            }
+            b.fence_proxy_async();
+            wg_barrier(b, cw);
+            b.if_then(leader, false, |b| {
+                let left = b.bin(BinOp::Sub, Type::U32, t, q0);
+                let rows = b.bin(BinOp::Min, Type::U32, left, TQ);
+                let bytes = b.mul_lo(Type::U32, rows, HEAD_DIM * 4);
+                let r = q_row(b, &cu);
+                let ga = b.mad_wide_u32(r, HEAD_DIM * 4, dq);
+                b.bulk_reduce_add_f32(Addr::reg(ga), Addr::reg(dq_s), bytes);
+                b.push(Inst::BulkCommit);
+            });
+            b.place(next);
+            b.if_then(lane0, false, |b| {
+                let e = empty(b, stage);
+                b.mbar_arrive(e, None);
+            });
+            step(b, &cu);
+            advance(b, stage, phase);
+        });
+    }
+    b.if_then(leader, false, |b| b.push(Inst::BulkWait { n: 0, read: false }));
+
+    b.comment("store dK (scaled), dV");
+    let ge = cfg.grad_out;
+    let dkr = head_rows(&mut b, cfg.layout, dk, bb, kvh, hk, t, HEAD_DIM, ge.bytes());
+    let dvr = head_rows(&mut b, cfg.layout, dv, bb, kvh, hk, t, HEAD_DIM, ge.bytes());
+    let col_bytes = b.mul_lo(Type::U32, col2, ge.bytes());
+    let col_bytes = b.cvt(Type::U64, Type::U32, None, col_bytes);
+    for hr in 0..2usize {
+        let key = if hr == 0 { key_a } else { key_b };
+        let ok = b.setp(Cmp::Lt, Type::U32, key, t);
+        for (rows, acc, scaled) in [(&dkr, &dkacc, true), (&dvr, &dvacc, false)] {
+            let ra = b.mad_wide_u32(key, rows.stride, rows.base);
+            let ra = b.add_u64(ra, col_bytes);
+            for (nt, q4) in acc.chunks(4).enumerate() {
+                let (v0, v1) = if scaled { (fmul(&mut b, q4[2 * hr], scale), fmul(&mut b, q4[2 * hr + 1], scale)) } else { (q4[2 * hr], q4[2 * hr + 1]) };
+                store_row_vals(&mut b, ge, Addr::reg_off(ra, (nt as u32 * 8 * ge.bytes()) as i64), &[v0, v1], ok);
+            }
+        }
+    }
+    b.ret();
+    AttnKernel { kernel: b.finish(), threads: THREADS, smem_bytes, grid_kind: GridKind::KeyBlocks, rows_per_block: BWD_BLOCK_K }
+}
+
+/// `bar.sync 1 + cw, 128`: the consumer warpgroup `cw`'s own named barrier.
+fn wg_barrier(b: &mut KernelBuilder, cw: Reg) {
+    let first = b.setp(Cmp::Eq, Type::U32, cw, 0u32);
+    b.push_guarded(Guard { pred: first, negate: false }, Inst::BarCount { id: 1, count: 128, arrive: false });
+    b.push_guarded(Guard { pred: first, negate: true }, Inst::BarCount { id: 2, count: 128, arrive: false });
 }
