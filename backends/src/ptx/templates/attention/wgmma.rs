@@ -104,18 +104,7 @@ pub(super) fn forward(cfg: &AttnConfig) -> AttnKernel {
     };
 
     let t0 = b.setp(Cmp::Eq, Type::U32, tid, 0u32);
-    b.if_then(t0, false, |b| {
-        b.mbar_init(q_full.clone(), 1u32);
-        for s in 0..STAGES {
-            let sv = b.val(Type::U32, s);
-            let f = full(b, sv);
-            b.mbar_init(f, 1u32);
-            let e = empty(b, sv);
-            // one arrival per consumer warp
-            b.mbar_init(e, 8u32);
-        }
-        b.push(Inst::FenceMbarrierInit);
-    });
+    init_barriers(&mut b, t0, &q_full, 1, &full, &empty);
     let (wg, consumer) = gemm_wgmma::split_warpgroups(&mut b, tid);
 
     b.comment("producer: thread 0 loads Q once, then streams the K / V tiles");
@@ -401,18 +390,8 @@ pub(super) fn backward(cfg: &AttnConfig) -> AttnKernel {
     };
 
     let t0 = b.setp(Cmp::Eq, Type::U32, tid, 0u32);
-    b.if_then(t0, false, |b| {
-        b.mbar_init(kv_full.clone(), 1u32);
-        for s in 0..STAGES {
-            let sv = b.val(Type::U32, s);
-            let f = full(b, sv);
-            // thread 0's arrival with the TMA bytes, and warp 1's 32 lanes with the row statistics
-            b.mbar_init(f, 33u32);
-            let e = empty(b, sv);
-            b.mbar_init(e, 8u32);
-        }
-        b.push(Inst::FenceMbarrierInit);
-    });
+    // full: thread 0's arrival with the TMA bytes, and warp 1's 32 lanes with the row statistics
+    init_barriers(&mut b, t0, &kv_full, 33, &full, &empty);
     // (computed before the split: both sides use them)
     let warp_id = b.bin(BinOp::Shr, Type::U32, tid, 5u32);
     let lane = b.bin(BinOp::And, Type::U32, tid, 31u32);
@@ -722,4 +701,21 @@ fn wg_barrier(b: &mut KernelBuilder, cw: Reg) {
     let first = b.setp(Cmp::Eq, Type::U32, cw, 0u32);
     b.push_guarded(Guard { pred: first, negate: false }, Inst::BarCount { id: 1, count: 128, arrive: false });
     b.push_guarded(Guard { pred: first, negate: true }, Inst::BarCount { id: 2, count: 128, arrive: false });
+}
+
+/// Thread `t0` initialises the once-loaded tile's barrier `first` (one
+/// arrival) and the ring's `full` (`full_count` arrivals) and `empty` (one
+/// arrival per consumer warp) barriers of every stage.
+fn init_barriers(b: &mut KernelBuilder, t0: Reg, first: &Addr, full_count: u32, full: &dyn Fn(&mut KernelBuilder, Reg) -> Addr, empty: &dyn Fn(&mut KernelBuilder, Reg) -> Addr) {
+    b.if_then(t0, false, |b| {
+        b.mbar_init(first.clone(), 1u32);
+        for s in 0..STAGES {
+            let sv = b.val(Type::U32, s);
+            let f = full(b, sv);
+            b.mbar_init(f, full_count);
+            let e = empty(b, sv);
+            b.mbar_init(e, 8u32);
+        }
+        b.push(Inst::FenceMbarrierInit);
+    });
 }
